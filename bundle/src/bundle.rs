@@ -1,0 +1,554 @@
+//! Packing a tree into a bundle and reading one back: the glue between the
+//! header, the STREAM payload, zstd and tar.
+//!
+//! Reading is split in three steps so that a caller can decide between them:
+//! [`BundleReader::new`] reads the header bytes; [`BundleReader::authenticate`]
+//! checks the tag (with the key the header names) and the declared sizes
+//! against the limits; [`Authenticated::extract`] streams the payload into a
+//! staging directory (or nowhere, to verify). Only when `extract` returns `Ok`
+//! has every chunk authenticated; a caller must treat what was written before
+//! an error as garbage and throw it away.
+
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::sync::mpsc;
+
+use sha2::{Digest, Sha256};
+
+use crate::archive::{TreeError, TreeSummary, write_tree};
+use crate::extract::{ExtractError, ExtractOptions, ExtractSummary, extract};
+use crate::header::{Cipher, HEADER_LEN, Header, HeaderError, RawHeader, SALT_LEN, Scope};
+use crate::io::{CountWriter, HashWriter, LimitExceeded, LimitReader};
+use crate::key::{Key, KeyId, hex_encode};
+use crate::limits::{Limits, ZSTD_WINDOW_LOG_MAX};
+use crate::path::RelPath;
+use crate::stream::{PayloadKey, StreamError, StreamReader, StreamWriter};
+
+/// Highest zstd level `pack` accepts; 20–22 need windows over the decoder's
+/// 8 MiB bound.
+pub const MAX_LEVEL: i32 = 19;
+/// Default zstd level (see docs/bundle-format.md for the reasoning).
+pub const DEFAULT_LEVEL: i32 = 9;
+
+/// What to pack and how.
+#[derive(Debug, Clone)]
+pub struct PackOptions<'a> {
+    /// Encrypt for this key; `None` makes an unencrypted bundle.
+    pub key: Option<&'a Key>,
+    /// The bundle's generation.
+    pub generation: u64,
+    /// Creation time, Unix seconds (the caller's clock: the library has none).
+    pub created: i64,
+    /// Expiry, Unix seconds.
+    pub expires: Option<i64>,
+    /// Which nodes the bundle is for.
+    pub scope: Scope,
+    /// zstd level, 1 to 19.
+    pub level: i32,
+    /// zstd worker threads (0: compress on the calling thread).
+    pub threads: u32,
+    /// Paths of the base image to delete.
+    pub deletions: Vec<RelPath>,
+    /// Limits the bundle must fit.
+    pub limits: Limits,
+}
+
+/// What `pack` wrote.
+#[derive(Debug, Clone)]
+pub struct PackSummary {
+    /// The header written.
+    pub header: Header,
+    /// The bundle digest (header tag, hex).
+    pub digest: String,
+    /// What went into the tar.
+    pub tree: TreeSummary,
+}
+
+/// Why packing failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PackError {
+    /// The tree could not be archived.
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+    /// The header could not be made.
+    #[error(transparent)]
+    Header(#[from] HeaderError),
+    /// A bad option.
+    #[error("{0}")]
+    Options(String),
+    /// The result would break a limit readers enforce.
+    #[error("bundle {what} of {value} bytes is over the limit of {limit} bytes")]
+    Limit {
+        /// Which size.
+        what: &'static str,
+        /// The size.
+        value: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// Writing the bundle failed.
+    #[error("{context}")]
+    Io {
+        /// What was being done.
+        context: &'static str,
+        /// The error.
+        #[source]
+        err: io::Error,
+    },
+}
+
+fn pio(context: &'static str) -> impl FnOnce(io::Error) -> PackError {
+    move |err| PackError::Io { context, err }
+}
+
+/// Packs the tree at `root` into `out`, which must be empty and seekable:
+/// the header is written last, once the payload's length and digest are known.
+pub fn pack<W: Write + Seek>(root: &Path, mut out: W, opts: &PackOptions<'_>) -> Result<PackSummary, PackError> {
+    if !(1..=MAX_LEVEL).contains(&opts.level) {
+        return Err(PackError::Options(format!("compression level must be 1 to {MAX_LEVEL}")));
+    }
+    let mut salt = [0u8; SALT_LEN];
+    getrandom::fill(&mut salt).map_err(|e| PackError::Options(format!("reading the OS random source: {e}")))?;
+    let cipher = if opts.key.is_some() { Cipher::Aes256GcmStream } else { Cipher::None };
+    let mut header = Header {
+        cipher,
+        key_id: opts.key.map(Key::id).unwrap_or_default(),
+        salt,
+        generation: opts.generation,
+        created: opts.created,
+        expires: opts.expires,
+        payload_len: 0,
+        expanded_len: 0,
+        entry_count: 0,
+        scope: opts.scope.clone(),
+        payload_sha256: [0; 32],
+        signature: None,
+    };
+    // Validate the header (scope, expiry, key) before doing the work.
+    header.to_bytes(opts.key)?;
+    out.seek(SeekFrom::Start(0)).map_err(pio("writing bundle"))?;
+    out.write_all(&[0u8; HEADER_LEN]).map_err(pio("writing bundle"))?;
+
+    let sink = HashWriter::new(BufWriter::with_capacity(256 * 1024, &mut out));
+    let (tree, expanded, sink) = match opts.key {
+        Some(key) => {
+            let payload_key = crate::header::payload_key(key, &header.salt);
+            let enc = StreamWriter::new(&payload_key, sink);
+            let (tree, expanded, enc) = compress_tree(root, enc, opts)?;
+            (tree, expanded, enc.finish().map_err(pio("encrypting payload"))?)
+        }
+        None => compress_tree(root, sink, opts)?,
+    };
+    let (sha, payload_len, mut buffered) = sink.finish();
+    buffered.flush().map_err(pio("writing bundle"))?;
+    drop(buffered);
+    for (what, value, limit) in
+        [("payload", payload_len, opts.limits.max_payload), ("expanded size", expanded, opts.limits.max_expanded)]
+    {
+        if value > limit {
+            return Err(PackError::Limit { what, value, limit });
+        }
+    }
+    header.payload_len = payload_len;
+    header.expanded_len = expanded;
+    header.entry_count = tree.entries;
+    header.payload_sha256 = sha;
+    let bytes = header.to_bytes(opts.key)?;
+    out.seek(SeekFrom::Start(0)).map_err(pio("writing header"))?;
+    out.write_all(&bytes).map_err(pio("writing header"))?;
+    out.flush().map_err(pio("writing header"))?;
+    let digest = RawHeader::parse(&bytes)?.digest_hex();
+    Ok(PackSummary { header, digest, tree })
+}
+
+fn compress_tree<W: Write>(root: &Path, w: W, opts: &PackOptions<'_>) -> Result<(TreeSummary, u64, W), PackError> {
+    let mut enc = zstd::Encoder::new(w, opts.level).map_err(pio("starting zstd"))?;
+    enc.window_log(ZSTD_WINDOW_LOG_MAX.min(window_for_level(opts.level))).map_err(pio("configuring zstd"))?;
+    if opts.threads > 0 {
+        enc.multithread(opts.threads).map_err(pio("configuring zstd"))?;
+    }
+    let counted = CountWriter::new(enc);
+    let (counted, tree) = write_tree(root, &opts.deletions, counted, &opts.limits)?;
+    let expanded = counted.count();
+    let w = counted.into_inner().finish().map_err(pio("finishing zstd"))?;
+    Ok((tree, expanded, w))
+}
+
+/// zstd's own window for a level on large inputs, capped by the decoder bound.
+fn window_for_level(level: i32) -> u32 {
+    match level {
+        1 => 19,
+        2..=3 => 21,
+        4..=7 => 22,
+        _ => 23,
+    }
+}
+
+/// Why a bundle could not be opened or verified.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The header is malformed, or the key is wrong.
+    #[error(transparent)]
+    Header(#[from] HeaderError),
+    /// A chunk failed to authenticate.
+    #[error(transparent)]
+    Stream(StreamError),
+    /// The input ended before the declared payload length.
+    #[error("truncated: payload is {got} bytes, the header declares {expected}")]
+    Truncated {
+        /// Declared payload bytes.
+        expected: u64,
+        /// Payload bytes present.
+        got: u64,
+    },
+    /// Bytes follow the payload.
+    #[error("trailing data after the end of the bundle")]
+    TrailingData,
+    /// A declared or actual size is over a limit.
+    #[error("bundle {what} of {value} bytes is over the limit of {limit} bytes")]
+    Limit {
+        /// Which size.
+        what: &'static str,
+        /// The size (at least; streaming stops at the first byte over).
+        value: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The payload does not match its digest or the header's counts.
+    #[error("corrupt bundle: {0}")]
+    Corrupt(String),
+    /// The tar stream broke a rule.
+    #[error(transparent)]
+    Extract(ExtractError),
+    /// Reading the input failed.
+    #[error("reading bundle")]
+    Io(#[source] io::Error),
+}
+
+/// A bundle whose header has been read but not authenticated.
+#[derive(Debug)]
+pub struct BundleReader<R> {
+    inner: R,
+    raw: RawHeader,
+}
+
+impl<R: Read> BundleReader<R> {
+    /// Reads the header from `inner`.
+    pub fn new(mut inner: R) -> Result<Self, OpenError> {
+        let mut buf = [0u8; HEADER_LEN];
+        let got = read_full(&mut inner, &mut buf).map_err(OpenError::Io)?;
+        let raw = RawHeader::parse(buf.get(..got).unwrap_or_default())?;
+        Ok(BundleReader { inner, raw })
+    }
+
+    /// The header as received, not yet authenticated.
+    pub fn raw_header(&self) -> &RawHeader {
+        &self.raw
+    }
+
+    /// The key id the header asks for (zero when unencrypted).
+    pub fn key_id(&self) -> KeyId {
+        self.raw.key_id()
+    }
+
+    /// Authenticates the header and checks its declared sizes against
+    /// `limits`, so an oversized bundle is refused before its payload is read.
+    pub fn authenticate(self, key: Option<&Key>, limits: &Limits) -> Result<Authenticated<R>, OpenError> {
+        let (header, payload_key) = self.raw.authenticate(key)?;
+        for (what, value, limit) in [
+            ("payload", header.payload_len, limits.max_payload),
+            ("expanded size", header.expanded_len, limits.max_expanded),
+            ("entry count", u64::from(header.entry_count), u64::from(limits.max_entries)),
+        ] {
+            if value > limit {
+                return Err(OpenError::Limit { what, value, limit });
+            }
+        }
+        Ok(Authenticated { inner: self.inner, raw: self.raw, header, payload_key, limits: *limits })
+    }
+}
+
+/// A bundle whose header authenticated; the payload is still unread.
+#[derive(Debug)]
+pub struct Authenticated<R> {
+    inner: R,
+    raw: RawHeader,
+    header: Header,
+    payload_key: Option<PayloadKey>,
+    limits: Limits,
+}
+
+/// What a successful open found.
+#[derive(Debug, Clone)]
+pub struct OpenSummary {
+    /// The authenticated header.
+    pub header: Header,
+    /// The bundle digest (header tag, hex).
+    pub digest: String,
+    /// What the payload held.
+    pub extract: ExtractSummary,
+}
+
+/// Options for [`Authenticated::extract`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenOptions<'a> {
+    /// An empty directory to extract into; `None` verifies only.
+    pub dest: Option<&'a Path>,
+    /// Apply owners from the bundle (needs root).
+    pub owners: bool,
+    /// Decompress on a second thread while extracting on this one.
+    pub threaded: bool,
+}
+
+impl<R: Read + Send> Authenticated<R> {
+    /// The authenticated header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The bundle digest (header tag, hex).
+    pub fn digest_hex(&self) -> String {
+        self.raw.digest_hex()
+    }
+
+    /// Streams the payload: decrypts, decompresses and extracts it, then
+    /// checks that the input ends exactly where the header says. On error,
+    /// whatever was written to `dest` must be discarded.
+    pub fn extract(mut self, opts: OpenOptions<'_>) -> Result<OpenSummary, OpenError> {
+        let hash = self.header.cipher == Cipher::None || self.header.signature.is_some();
+        let mut src = PayloadSource {
+            inner: &mut self.inner,
+            remaining: self.header.payload_len,
+            got: 0,
+            hasher: hash.then(Sha256::new),
+        };
+        let result = run_payload(&mut src, self.payload_key.as_ref(), &self.header, &self.limits, opts);
+        if src.remaining > 0 && result.is_err() {
+            // Tell truncation and corruption apart: read what is left.
+            let _ = io::copy(&mut src, &mut io::sink());
+        }
+        if src.remaining > 0 {
+            return Err(OpenError::Truncated { expected: self.header.payload_len, got: src.got });
+        }
+        if let Some(h) = src.hasher.take() {
+            if h.finalize().as_slice() != self.header.payload_sha256 {
+                return Err(OpenError::Corrupt("payload digest mismatch".into()));
+            }
+        }
+        let summary = result?;
+        let mut extra = [0u8; 1];
+        if read_full(&mut self.inner, &mut extra).map_err(OpenError::Io)? > 0 {
+            return Err(OpenError::TrailingData);
+        }
+        Ok(OpenSummary { header: self.header, digest: self.raw.digest_hex(), extract: summary })
+    }
+}
+
+/// The payload bytes: exactly `remaining` bytes of the input, hashed when
+/// the digest must be checked.
+struct PayloadSource<'a, R> {
+    inner: &'a mut R,
+    remaining: u64,
+    got: u64,
+    hasher: Option<Sha256>,
+}
+
+impl<R: Read> Read for PayloadSource<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = buf.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.inner.read(buf.get_mut(..want).unwrap_or_default())?;
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(buf.get(..n).unwrap_or_default());
+        }
+        self.remaining -= n as u64;
+        self.got += n as u64;
+        Ok(n)
+    }
+}
+
+fn run_payload<R: Read + Send>(
+    src: &mut PayloadSource<'_, R>,
+    payload_key: Option<&PayloadKey>,
+    header: &Header,
+    limits: &Limits,
+    opts: OpenOptions<'_>,
+) -> Result<ExtractSummary, OpenError> {
+    let payload_len = header.payload_len;
+    let decoded = |src| decoded_reader(src, payload_key, payload_len, limits);
+    let consume = |tar: &mut dyn Read| -> Result<ExtractSummary, OpenError> {
+        let summary = extract(&mut *tar, ExtractOptions { dest: opts.dest, limits, owners: opts.owners }).map_err(
+            |e| match e {
+                ExtractError::Io { err, context } => match classify_io(err, limits) {
+                    OpenError::Io(err) => OpenError::Extract(ExtractError::Io { context, err }),
+                    other => other,
+                },
+                e => OpenError::Extract(e),
+            },
+        )?;
+        // After the end-of-archive marker only zero padding may follow.
+        let mut buf = [0u8; 8192];
+        loop {
+            match tar.read(&mut buf) {
+                Ok(0) => return Ok(summary),
+                Ok(n) if buf.get(..n).unwrap_or_default().iter().all(|&b| b == 0) => {}
+                Ok(_) => return Err(OpenError::Corrupt("data after the end of the archive".into())),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(classify_io(e, limits)),
+            }
+        }
+    };
+
+    let (expanded, summary) = if opts.threaded {
+        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(8);
+        std::thread::scope(|s| {
+            let producer = s.spawn(move || -> Result<u64, OpenError> {
+                let mut limited = decoded(src)?;
+                loop {
+                    let mut buf = vec![0u8; 128 * 1024];
+                    let n = match limited.read(&mut buf) {
+                        Ok(0) => return Ok(limited.count()),
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(classify_io(e, limits)),
+                    };
+                    buf.truncate(n);
+                    if tx.send(buf).is_err() {
+                        // The consumer stopped; its error is the one to report.
+                        return Ok(limited.count());
+                    }
+                }
+            });
+            let mut reader = ChannelReader { rx, buf: Vec::new(), pos: 0 };
+            let consumed = consume(&mut reader);
+            // Let the producer see a closed channel if we stopped early.
+            drop(reader);
+            let produced =
+                producer.join().unwrap_or_else(|_| Err(OpenError::Corrupt("decompression thread panicked".into())));
+            // When both failed, the producer's error is the cause: the
+            // consumer only saw its input end early.
+            match (produced, consumed) {
+                (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+                (Ok(n), Ok(s)) => Ok((n, s)),
+            }
+        })?
+    } else {
+        let mut limited = decoded(src)?;
+        let summary = consume(&mut limited)?;
+        (limited.count(), summary)
+    };
+    if expanded != header.expanded_len {
+        return Err(OpenError::Corrupt(format!(
+            "expanded size {expanded} differs from the header's {}",
+            header.expanded_len
+        )));
+    }
+    if summary.entries != header.entry_count {
+        return Err(OpenError::Corrupt(format!("{} entries, the header says {}", summary.entries, header.entry_count)));
+    }
+    Ok(summary)
+}
+
+/// The payload chain: decrypt (when encrypted), zstd, expanded-size limit.
+fn decoded_reader<'s, R: Read>(
+    src: &'s mut PayloadSource<'_, R>,
+    payload_key: Option<&'s PayloadKey>,
+    payload_len: u64,
+    limits: &Limits,
+) -> Result<LimitReader<Box<dyn Read + 's>>, OpenError> {
+    let plain: Box<dyn Read + 's> = match payload_key {
+        Some(k) => Box::new(StreamReader::new(k, src, payload_len)),
+        None => Box::new(src),
+    };
+    let mut dec = zstd::Decoder::new(plain).map_err(|e| OpenError::Corrupt(format!("zstd: {e}")))?;
+    dec.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|e| OpenError::Corrupt(format!("zstd: {e}")))?;
+    Ok(LimitReader::new(Box::new(ZstdErrors(dec)), limits.max_expanded, "expanded size"))
+}
+
+/// Maps an I/O error from the payload chain to the error that caused it.
+fn classify_io(e: io::Error, limits: &Limits) -> OpenError {
+    if e.get_ref().is_some_and(|i| i.is::<StreamError>()) {
+        return match e.into_inner().map(|b| b.downcast::<StreamError>()) {
+            Some(Ok(se)) => OpenError::Stream(*se),
+            Some(Err(other)) => OpenError::Io(io::Error::other(other)),
+            None => OpenError::Corrupt("stream error".into()),
+        };
+    }
+    if let Some(le) = e.get_ref().and_then(|i| i.downcast_ref::<LimitExceeded>()) {
+        return OpenError::Limit { what: le.what, value: le.limit + 1, limit: limits.max_expanded };
+    }
+    if let Some(z) = e.get_ref().and_then(|i| i.downcast_ref::<ZstdError>()) {
+        return OpenError::Corrupt(z.to_string());
+    }
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        return OpenError::Corrupt("payload ended unexpectedly".into());
+    }
+    OpenError::Io(e)
+}
+
+struct ChannelReader {
+    rx: mpsc::Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos >= self.buf.len() {
+            match self.rx.recv() {
+                Ok(b) => {
+                    self.buf = b;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let avail = self.buf.get(self.pos..).unwrap_or_default();
+        let n = avail.len().min(out.len());
+        out.get_mut(..n).unwrap_or_default().copy_from_slice(avail.get(..n).unwrap_or_default());
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Marks zstd's own errors as corruption, keeping errors from below it
+/// (authentication, truncation) as they are.
+struct ZstdErrors<R>(R);
+
+impl<R: Read> Read for ZstdErrors<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf).map_err(|e| {
+            if e.get_ref().is_some_and(|i| i.is::<StreamError>()) || e.kind() == io::ErrorKind::UnexpectedEof {
+                e
+            } else {
+                io::Error::new(io::ErrorKind::InvalidData, ZstdError(e.to_string()))
+            }
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("zstd: {0}")]
+struct ZstdError(String);
+
+fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(buf.get_mut(got..).unwrap_or_default()) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// Hex of a payload digest, for display.
+pub fn sha_hex(sha: &[u8; 32]) -> String {
+    hex_encode(sha)
+}

@@ -1,0 +1,534 @@
+//! The fixed 320-byte bundle header: parse and serialise over bytes.
+//!
+//! Layout (all integers big-endian; see docs/bundle-format.md):
+//!
+//! | offset | len | field |
+//! |-------:|----:|-------|
+//! | 0   | 8  | magic `STLSBNDL` |
+//! | 8   | 2  | format version (1) |
+//! | 10  | 1  | cipher: 0 none, 1 AES-256-GCM STREAM |
+//! | 11  | 1  | compression: 1 zstd |
+//! | 12  | 4  | flags: bit 0 = signed; other bits zero |
+//! | 16  | 16 | key id (zero when unencrypted) |
+//! | 32  | 32 | salt |
+//! | 64  | 8  | generation |
+//! | 72  | 8  | created, Unix seconds |
+//! | 80  | 8  | expires, Unix seconds, 0 = never |
+//! | 88  | 8  | payload length in bytes |
+//! | 96  | 8  | expanded (tar) length in bytes |
+//! | 104 | 4  | tar entry count |
+//! | 108 | 1  | scope kind: 0 any, 1 node, 2 group |
+//! | 109 | 1  | scope name length |
+//! | 110 | 64 | scope name, zero padded |
+//! | 174 | 32 | SHA-256 of the payload |
+//! | 206 | 2  | reserved, zero |
+//! | 208 | 8  | signature: publisher key id (Ed25519, reserved) |
+//! | 216 | 64 | signature: Ed25519 over bytes 0..208 (reserved) |
+//! | 280 | 8  | reserved, zero |
+//! | 288 | 32 | header tag over bytes 0..288 |
+//!
+//! The tag is HMAC-SHA256 under a key derived from the site key and the salt
+//! when the bundle is encrypted, and plain SHA-256 when it is not (a checksum
+//! against corruption, not a proof of origin). Nothing parsed from the header
+//! is trusted until [`RawHeader::authenticate`] has checked the tag over the
+//! exact bytes received.
+
+use hkdf::Hkdf;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::key::{KEY_ID_LEN, Key, KeyId, hex_encode};
+use crate::stream::{self, PayloadKey};
+
+/// The first eight bytes of every bundle.
+pub const MAGIC: &[u8; 8] = b"STLSBNDL";
+/// The format version this build writes and reads.
+pub const FORMAT_VERSION: u16 = 1;
+/// Size of the header in bytes.
+pub const HEADER_LEN: usize = 320;
+/// Longest node or group name a scope may carry.
+pub const MAX_SCOPE_NAME_LEN: usize = 64;
+/// Length of the salt from which per-bundle keys are derived.
+pub const SALT_LEN: usize = 32;
+
+const TAGGED_LEN: usize = 288;
+const SIGNED_LEN: usize = 208;
+const FLAG_SIGNED: u32 = 1;
+const HEADER_KEY_INFO: &[u8] = b"stateless-bundle/v1/header";
+const PAYLOAD_KEY_INFO: &[u8] = b"stateless-bundle/v1/payload";
+
+/// How the payload is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cipher {
+    /// Not encrypted; integrity by SHA-256 only.
+    None,
+    /// AES-256-GCM in the STREAM construction, 64 KiB chunks.
+    Aes256GcmStream,
+}
+
+impl Cipher {
+    fn code(self) -> u8 {
+        match self {
+            Cipher::None => 0,
+            Cipher::Aes256GcmStream => 1,
+        }
+    }
+
+    /// The name used in `inspect` output and docs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cipher::None => "none",
+            Cipher::Aes256GcmStream => "aes-256-gcm-stream",
+        }
+    }
+}
+
+/// Which nodes a bundle is meant for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Any node.
+    Any,
+    /// One node, by id.
+    Node(String),
+    /// The nodes of one group.
+    Group(String),
+}
+
+impl Scope {
+    /// Parses `any`, `node:NAME` or `group:NAME`.
+    pub fn parse(s: &str) -> Result<Scope, HeaderError> {
+        let scope = match s.split_once(':') {
+            None if s == "any" => Scope::Any,
+            Some(("node", name)) => Scope::Node(name.to_owned()),
+            Some(("group", name)) => Scope::Group(name.to_owned()),
+            _ => return Err(HeaderError::BadScope("scope must be any, node:NAME or group:NAME")),
+        };
+        if let Scope::Node(name) | Scope::Group(name) = &scope {
+            validate_name(name.as_bytes())?;
+        }
+        Ok(scope)
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::Any => f.write_str("any"),
+            Scope::Node(n) => write!(f, "node:{n}"),
+            Scope::Group(g) => write!(f, "group:{g}"),
+        }
+    }
+}
+
+/// Checks a node or group name: 1 to 64 bytes of `[A-Za-z0-9._:-]`, not
+/// starting with a dot, so a name is always safe as one path component.
+pub fn validate_name(name: &[u8]) -> Result<(), HeaderError> {
+    let ok_char = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-');
+    if name.is_empty() || name.len() > MAX_SCOPE_NAME_LEN {
+        return Err(HeaderError::BadScope("name must be 1 to 64 bytes"));
+    }
+    if name.first() == Some(&b'.') || !name.iter().all(ok_char) {
+        return Err(HeaderError::BadScope("name may use only A-Z a-z 0-9 . _ : - and must not start with a dot"));
+    }
+    Ok(())
+}
+
+/// The reserved publisher signature slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureSlot {
+    /// First 8 bytes of the publisher key's id.
+    pub signer: [u8; 8],
+    /// Ed25519 signature over header bytes 0..208.
+    pub signature: [u8; 64],
+}
+
+/// The fields of a bundle header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// How the payload is protected.
+    pub cipher: Cipher,
+    /// Id of the key the bundle is sealed for (zero when unencrypted).
+    pub key_id: KeyId,
+    /// Random salt for the per-bundle keys.
+    pub salt: [u8; SALT_LEN],
+    /// Monotonic generation; loaders refuse to go backwards.
+    pub generation: u64,
+    /// Creation time, Unix seconds.
+    pub created: i64,
+    /// Expiry, Unix seconds.
+    pub expires: Option<i64>,
+    /// Bytes of payload after the header.
+    pub payload_len: u64,
+    /// Bytes of the decompressed tar stream.
+    pub expanded_len: u64,
+    /// Number of tar entries.
+    pub entry_count: u32,
+    /// Which nodes the bundle is for.
+    pub scope: Scope,
+    /// SHA-256 of the payload bytes.
+    pub payload_sha256: [u8; 32],
+    /// Publisher signature, when the bundle is signed.
+    pub signature: Option<SignatureSlot>,
+}
+
+impl Header {
+    /// Serialises the header with its tag. `key` must be the key the header
+    /// names when the cipher is not `None`.
+    pub fn to_bytes(&self, key: Option<&Key>) -> Result<[u8; HEADER_LEN], HeaderError> {
+        let mut b = [0u8; HEADER_LEN];
+        let (fields, rest) = b.split_at_mut(TAGGED_LEN);
+        let mut w = Writer { buf: fields, pos: 0 };
+        w.put(MAGIC);
+        w.put(&FORMAT_VERSION.to_be_bytes());
+        w.put(&[self.cipher.code(), 1]);
+        let flags = if self.signature.is_some() { FLAG_SIGNED } else { 0 };
+        w.put(&flags.to_be_bytes());
+        w.put(&self.key_id.0);
+        w.put(&self.salt);
+        w.put(&self.generation.to_be_bytes());
+        w.put(&self.created.to_be_bytes());
+        w.put(&self.expires.unwrap_or(0).to_be_bytes());
+        w.put(&self.payload_len.to_be_bytes());
+        w.put(&self.expanded_len.to_be_bytes());
+        w.put(&self.entry_count.to_be_bytes());
+        let (kind, name) = match &self.scope {
+            Scope::Any => (0u8, ""),
+            Scope::Node(n) => (1, n.as_str()),
+            Scope::Group(g) => (2, g.as_str()),
+        };
+        if kind != 0 {
+            validate_name(name.as_bytes())?;
+        }
+        let name_len = u8::try_from(name.len()).map_err(|_| HeaderError::BadScope("name too long"))?;
+        w.put(&[kind, name_len]);
+        let mut padded = [0u8; MAX_SCOPE_NAME_LEN];
+        padded.get_mut(..name.len()).ok_or(HeaderError::BadScope("name too long"))?.copy_from_slice(name.as_bytes());
+        w.put(&padded);
+        w.put(&self.payload_sha256);
+        w.put(&[0, 0]);
+        match &self.signature {
+            Some(s) => {
+                w.put(&s.signer);
+                w.put(&s.signature);
+            }
+            None => w.put(&[0u8; 72]),
+        }
+        w.put(&[0u8; 8]);
+        debug_assert_eq!(w.pos, TAGGED_LEN);
+        if self.expires == Some(0) {
+            return Err(HeaderError::BadField("expiry 0 is reserved for 'never'"));
+        }
+        let tag = match (self.cipher, key) {
+            (Cipher::None, _) => sha256(fields),
+            (Cipher::Aes256GcmStream, Some(key)) => {
+                if key.id() != self.key_id {
+                    return Err(HeaderError::WrongKey { needed: self.key_id, have: key.id() });
+                }
+                hmac_tag(&derive_keys(key, &self.salt).0, fields)
+            }
+            (Cipher::Aes256GcmStream, None) => return Err(HeaderError::KeyRequired { needed: self.key_id }),
+        };
+        rest.copy_from_slice(&tag);
+        Ok(b)
+    }
+
+    /// The bytes a publisher signature covers.
+    pub fn signed_bytes(raw: &[u8; HEADER_LEN]) -> &[u8] {
+        raw.get(..SIGNED_LEN).unwrap_or(&[])
+    }
+}
+
+/// The received header bytes, parsed but not yet authenticated.
+#[derive(Debug, Clone)]
+pub struct RawHeader {
+    bytes: [u8; HEADER_LEN],
+    fields: Header,
+}
+
+impl RawHeader {
+    /// Parses the fixed part of a header. The result is not authenticated:
+    /// only [`RawHeader::key_id`] and [`RawHeader::cipher`] may be used to pick
+    /// a key, and [`RawHeader::unverified`] only for display.
+    pub fn parse(bytes: &[u8]) -> Result<RawHeader, HeaderError> {
+        if bytes.len() < MAGIC.len() && MAGIC.starts_with(bytes) {
+            return Err(HeaderError::Truncated { got: bytes.len() });
+        }
+        if bytes.get(..MAGIC.len()) != Some(MAGIC.as_slice()) {
+            return Err(HeaderError::BadMagic);
+        }
+        let b: [u8; HEADER_LEN] = bytes
+            .get(..HEADER_LEN)
+            .and_then(|s| s.try_into().ok())
+            .ok_or(HeaderError::Truncated { got: bytes.len() })?;
+        let mut r = Reader { buf: &b, pos: MAGIC.len() };
+        let version = u16::from_be_bytes(r.take());
+        if version != FORMAT_VERSION {
+            return Err(HeaderError::UnsupportedVersion(version));
+        }
+        let [cipher, compression] = r.take();
+        let cipher = match cipher {
+            0 => Cipher::None,
+            1 => Cipher::Aes256GcmStream,
+            other => return Err(HeaderError::UnknownCipher(other)),
+        };
+        if compression != 1 {
+            return Err(HeaderError::UnknownCompression(compression));
+        }
+        let flags = u32::from_be_bytes(r.take());
+        if flags & !FLAG_SIGNED != 0 {
+            return Err(HeaderError::UnknownFlags(flags));
+        }
+        let key_id = KeyId(r.take::<KEY_ID_LEN>());
+        if (cipher == Cipher::None) != key_id.is_zero() {
+            return Err(HeaderError::BadField("key id must be zero exactly when unencrypted"));
+        }
+        let salt = r.take::<SALT_LEN>();
+        let generation = u64::from_be_bytes(r.take());
+        let created = i64::from_be_bytes(r.take());
+        let expires = match i64::from_be_bytes(r.take()) {
+            0 => None,
+            t => Some(t),
+        };
+        let payload_len = u64::from_be_bytes(r.take());
+        if cipher == Cipher::Aes256GcmStream && stream::plaintext_len(payload_len).is_none() {
+            return Err(HeaderError::BadField("payload length is not a valid STREAM length"));
+        }
+        let expanded_len = u64::from_be_bytes(r.take());
+        let entry_count = u32::from_be_bytes(r.take());
+        let [kind, name_len] = r.take();
+        let name_field = r.take::<MAX_SCOPE_NAME_LEN>();
+        let name_len = usize::from(name_len);
+        let (name, padding) =
+            name_field.split_at_checked(name_len).ok_or(HeaderError::BadScope("name length over 64"))?;
+        if padding.iter().any(|&c| c != 0) {
+            return Err(HeaderError::BadField("scope name padding is not zero"));
+        }
+        let scope = match kind {
+            0 if name.is_empty() => Scope::Any,
+            0 => return Err(HeaderError::BadScope("scope any carries a name")),
+            1 | 2 => {
+                validate_name(name)?;
+                // validate_name admits ASCII only, so this cannot fail.
+                let name = String::from_utf8_lossy(name).into_owned();
+                if kind == 1 { Scope::Node(name) } else { Scope::Group(name) }
+            }
+            _ => return Err(HeaderError::BadScope("unknown scope kind")),
+        };
+        let payload_sha256 = r.take::<32>();
+        let reserved_a = r.take::<2>();
+        let signer = r.take::<8>();
+        let signature = r.take::<64>();
+        let reserved_b = r.take::<8>();
+        if reserved_a != [0; 2] || reserved_b != [0; 8] {
+            return Err(HeaderError::BadField("reserved bytes are not zero"));
+        }
+        let signature = if flags & FLAG_SIGNED != 0 {
+            Some(SignatureSlot { signer, signature })
+        } else if signer != [0; 8] || signature != [0; 64] {
+            return Err(HeaderError::BadField("signature slot is filled but the signed flag is clear"));
+        } else {
+            None
+        };
+        let fields = Header {
+            cipher,
+            key_id,
+            salt,
+            generation,
+            created,
+            expires,
+            payload_len,
+            expanded_len,
+            entry_count,
+            scope,
+            payload_sha256,
+            signature,
+        };
+        Ok(RawHeader { bytes: b, fields })
+    }
+
+    /// The cipher the header claims (unauthenticated).
+    pub fn cipher(&self) -> Cipher {
+        self.fields.cipher
+    }
+
+    /// The key id the header claims (unauthenticated), for choosing a key.
+    pub fn key_id(&self) -> KeyId {
+        self.fields.key_id
+    }
+
+    /// The fields, not authenticated: for display only.
+    pub fn unverified(&self) -> &Header {
+        &self.fields
+    }
+
+    /// The exact header bytes as received.
+    pub fn bytes(&self) -> &[u8; HEADER_LEN] {
+        &self.bytes
+    }
+
+    /// The header tag: identifies this exact bundle (used as its digest and
+    /// HTTP entity tag).
+    pub fn tag(&self) -> [u8; 32] {
+        let mut tag = [0u8; 32];
+        if let Some(t) = self.bytes.get(TAGGED_LEN..) {
+            tag.copy_from_slice(t);
+        }
+        tag
+    }
+
+    /// The bundle digest as lowercase hex (the header tag).
+    pub fn digest_hex(&self) -> String {
+        hex_encode(&self.tag())
+    }
+
+    /// Checks the tag: with `key` for an encrypted bundle, as a checksum for
+    /// an unencrypted one. Returns the trusted header and, when encrypted,
+    /// the payload key.
+    pub fn authenticate(&self, key: Option<&Key>) -> Result<(Header, Option<PayloadKey>), HeaderError> {
+        let (fields, tag) = self.bytes.split_at(TAGGED_LEN);
+        match self.fields.cipher {
+            Cipher::None => {
+                if !constant_time_eq(&sha256(fields), tag) {
+                    return Err(HeaderError::BadChecksum);
+                }
+                Ok((self.fields.clone(), None))
+            }
+            Cipher::Aes256GcmStream => {
+                let key = key.ok_or(HeaderError::KeyRequired { needed: self.fields.key_id })?;
+                if key.id() != self.fields.key_id {
+                    return Err(HeaderError::WrongKey { needed: self.fields.key_id, have: key.id() });
+                }
+                let (header_key, payload_key) = derive_keys(key, &self.fields.salt);
+                let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(header_key.as_slice())
+                    .map_err(|_| HeaderError::BadTag)?;
+                mac.update(fields);
+                mac.verify_slice(tag).map_err(|_| HeaderError::BadTag)?;
+                Ok((self.fields.clone(), Some(payload_key)))
+            }
+        }
+    }
+}
+
+/// The payload key for a bundle with this salt (used when packing).
+pub(crate) fn payload_key(key: &Key, salt: &[u8; SALT_LEN]) -> PayloadKey {
+    derive_keys(key, salt).1
+}
+
+fn derive_keys(key: &Key, salt: &[u8; SALT_LEN]) -> (Zeroizing<[u8; 32]>, PayloadKey) {
+    let hk = Hkdf::<Sha256>::new(Some(salt), key.as_bytes());
+    let mut header_key = Zeroizing::new([0u8; 32]);
+    let mut payload_key = Zeroizing::new([0u8; 32]);
+    // 32-byte outputs are always within HKDF-SHA256's limit.
+    if hk.expand(HEADER_KEY_INFO, header_key.as_mut_slice()).is_err()
+        || hk.expand(PAYLOAD_KEY_INFO, payload_key.as_mut_slice()).is_err()
+    {
+        unreachable!("HKDF output length 32 is always valid");
+    }
+    (header_key, PayloadKey::new(payload_key))
+}
+
+fn hmac_tag(key: &[u8; 32], data: &[u8]) -> [u8; 32] {
+    let mut tag = [0u8; 32];
+    if let Ok(mut mac) = <Hmac<Sha256> as KeyInit>::new_from_slice(key) {
+        mac.update(data);
+        tag.copy_from_slice(&mac.finalize().into_bytes());
+    }
+    tag
+}
+
+pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&Sha256::digest(data));
+    out
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+struct Writer<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
+
+impl Writer<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        let end = self.pos + bytes.len();
+        if let Some(dst) = self.buf.get_mut(self.pos..end) {
+            dst.copy_from_slice(bytes);
+        }
+        self.pos = end;
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8; HEADER_LEN],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    /// Reads the next N bytes. Every call site reads a fixed layout that fits
+    /// in HEADER_LEN, so the zero fallback is never taken.
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        let mut out = [0u8; N];
+        if let Some(src) = self.buf.get(self.pos..self.pos + N) {
+            out.copy_from_slice(src);
+        }
+        self.pos += N;
+        out
+    }
+}
+
+/// Errors in a bundle header.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeaderError {
+    /// The file does not start with the bundle magic.
+    #[error("not a stateless bundle (bad magic)")]
+    BadMagic,
+    /// The file ends inside the header.
+    #[error("truncated: bundle is {got} bytes, shorter than the {HEADER_LEN}-byte header")]
+    Truncated {
+        /// Bytes available.
+        got: usize,
+    },
+    /// A format version this build does not read.
+    #[error("unknown bundle format version {0} (this build reads version {FORMAT_VERSION})")]
+    UnsupportedVersion(u16),
+    /// An unknown cipher code.
+    #[error("unknown cipher {0}")]
+    UnknownCipher(u8),
+    /// An unknown compression code.
+    #[error("unknown compression {0}")]
+    UnknownCompression(u8),
+    /// Flag bits this version does not define.
+    #[error("unknown header flags {0:#x}")]
+    UnknownFlags(u32),
+    /// A malformed scope.
+    #[error("bad scope: {0}")]
+    BadScope(&'static str),
+    /// Another malformed field.
+    #[error("malformed header: {0}")]
+    BadField(&'static str),
+    /// The bundle is encrypted and no key was given.
+    #[error("bundle is encrypted for key {}; no key was given", needed.short())]
+    KeyRequired {
+        /// The key the bundle needs.
+        needed: KeyId,
+    },
+    /// The key given is not the one the bundle is sealed for.
+    #[error("bundle is sealed for key {}, this key is {}", needed.short(), have.short())]
+    WrongKey {
+        /// The key the bundle needs.
+        needed: KeyId,
+        /// The key that was offered.
+        have: KeyId,
+    },
+    /// The header MAC did not verify.
+    #[error("header authentication failed: the header was modified or is corrupt")]
+    BadTag,
+    /// The header checksum of an unencrypted bundle did not match.
+    #[error("header checksum mismatch: the header is corrupt")]
+    BadChecksum,
+}

@@ -1,0 +1,241 @@
+//! Site keys: the 256-bit secret, its public id, and the text key file format.
+//!
+//! A key file is one line `stateless-key-v1:<64 lowercase hex>` and may carry
+//! `#` comment lines (the generator writes the key id as a comment). The id is
+//! derived from the key with HKDF so it can be printed and stored in bundle
+//! headers without revealing anything about the key.
+
+use std::fmt;
+
+use hkdf::Hkdf;
+use sha2::Sha256;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// Length of a site key in bytes.
+pub const KEY_LEN: usize = 32;
+/// Length of a key id in bytes.
+pub const KEY_ID_LEN: usize = 16;
+/// Prefix of the key line in a key file; the `v1` names the file format.
+pub const KEY_FILE_PREFIX: &str = "stateless-key-v1:";
+/// A key file larger than this is not a key file (keeps a mistaken path
+/// such as a disk image from being read into memory).
+pub const MAX_KEY_FILE_LEN: usize = 4096;
+
+const KEY_ID_INFO: &[u8] = b"stateless-bundle/v1/key-id";
+
+/// A 256-bit site key. Zeroized on drop; `Debug` shows only the id.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct Key([u8; KEY_LEN]);
+
+impl Key {
+    /// Wraps raw key bytes.
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
+        Key(bytes)
+    }
+
+    /// Draws a new key from the operating system's random source.
+    pub fn generate() -> Result<Self, KeyError> {
+        let mut bytes = [0u8; KEY_LEN];
+        getrandom::fill(&mut bytes).map_err(|e| KeyError::Random(e.to_string()))?;
+        Ok(Key(bytes))
+    }
+
+    /// The raw key bytes, for key derivation and sealing only.
+    pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+
+    /// The public id of this key.
+    pub fn id(&self) -> KeyId {
+        let hk = Hkdf::<Sha256>::new(None, &self.0);
+        let mut id = [0u8; KEY_ID_LEN];
+        // HKDF-SHA256 can expand up to 8160 bytes; 16 always fits.
+        if hk.expand(KEY_ID_INFO, &mut id).is_err() {
+            unreachable!("HKDF output length 16 is always valid");
+        }
+        KeyId(id)
+    }
+
+    /// Serialises the key as the text of a key file.
+    pub fn to_file_text(&self) -> String {
+        format!(
+            "# Stateless Loader site key. Keep this file secret (mode 0600).\n# key id: {}\n{}{}\n",
+            self.id(),
+            KEY_FILE_PREFIX,
+            hex_encode(&self.0)
+        )
+    }
+
+    /// Parses the text of a key file.
+    pub fn from_file_text(text: &[u8]) -> Result<Self, KeyError> {
+        if text.len() > MAX_KEY_FILE_LEN {
+            return Err(KeyError::NotAKey("file is too large to be a key file"));
+        }
+        let text = std::str::from_utf8(text).map_err(|_| KeyError::NotAKey("not text"))?;
+        let mut found: Option<Key> = None;
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some(hex) = line.strip_prefix(KEY_FILE_PREFIX) else {
+                if line.starts_with("stateless-key-") {
+                    return Err(KeyError::UnsupportedVersion);
+                }
+                return Err(KeyError::NotAKey("no stateless-key-v1: line"));
+            };
+            if found.is_some() {
+                return Err(KeyError::NotAKey("more than one key line"));
+            }
+            let mut bytes = [0u8; KEY_LEN];
+            if hex.len() != KEY_LEN * 2 || !hex_decode(hex, &mut bytes) {
+                bytes.zeroize();
+                return Err(KeyError::NotAKey("key must be 64 hex digits"));
+            }
+            found = Some(Key(bytes));
+            bytes.zeroize();
+        }
+        found.ok_or(KeyError::NotAKey("no stateless-key-v1: line"))
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key({})", self.id())
+    }
+}
+
+/// The public id of a key: HKDF-SHA256 of the key, 16 bytes, shown as hex.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct KeyId(pub [u8; KEY_ID_LEN]);
+
+impl KeyId {
+    /// The first 8 hex digits and an ellipsis, for console messages.
+    pub fn short(&self) -> String {
+        let full = self.to_string();
+        format!("{}…", full.get(..8).unwrap_or(&full))
+    }
+
+    /// Parses 32 hex digits.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let mut id = [0u8; KEY_ID_LEN];
+        hex_decode(s, &mut id).then_some(KeyId(id))
+    }
+
+    /// True for the all-zero id carried by unencrypted bundles.
+    pub fn is_zero(&self) -> bool {
+        self.0 == [0u8; KEY_ID_LEN]
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex_encode(&self.0))
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyId({self})")
+    }
+}
+
+/// Errors from making or reading keys.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The text is not a Stateless Loader key file.
+    #[error("not a key file: {0}")]
+    NotAKey(&'static str),
+    /// The key file uses a format version this build does not know.
+    #[error("key file uses an unknown format version (expected {KEY_FILE_PREFIX})")]
+    UnsupportedVersion,
+    /// The operating system's random source failed.
+    #[error("reading the OS random source: {0}")]
+    Random(String),
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex_encode(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        for nib in [b >> 4, b & 0xf] {
+            s.push(char::from(DIGITS.get(usize::from(nib)).copied().unwrap_or(b'0')));
+        }
+    }
+    s
+}
+
+/// Decodes hex into `out`, which must be exactly half the length of `s`.
+/// Returns `false` (with `out` partly written) when `s` is not such hex.
+#[must_use]
+pub fn hex_decode(s: &str, out: &mut [u8]) -> bool {
+    if s.len() != out.len() * 2 {
+        return false;
+    }
+    for (pair, o) in s.as_bytes().chunks_exact(2).zip(out.iter_mut()) {
+        match (nibble(pair.first().copied()), nibble(pair.get(1).copied())) {
+            (Some(hi), Some(lo)) => *o = (hi << 4) | lo,
+            _ => return false,
+        }
+    }
+    true
+}
+
+fn nibble(c: Option<u8>) -> Option<u8> {
+    match c {
+        Some(c @ b'0'..=b'9') => Some(c - b'0'),
+        Some(c @ b'a'..=b'f') => Some(c - b'a' + 10),
+        Some(c @ b'A'..=b'F') => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_file_round_trip() {
+        let key = Key::generate().unwrap();
+        let text = key.to_file_text();
+        let back = Key::from_file_text(text.as_bytes()).unwrap();
+        assert_eq!(key.as_bytes(), back.as_bytes());
+        assert!(text.contains(&key.id().to_string()));
+    }
+
+    #[test]
+    fn debug_never_prints_key_bytes() {
+        let key = Key::from_bytes([0xab; 32]);
+        let dbg = format!("{key:?}");
+        assert!(!dbg.contains("abab"), "{dbg}");
+    }
+
+    #[test]
+    fn key_id_is_stable_and_distinct() {
+        let a = Key::from_bytes([1; 32]);
+        let b = Key::from_bytes([2; 32]);
+        assert_eq!(a.id(), Key::from_bytes([1; 32]).id());
+        assert_ne!(a.id(), b.id());
+        assert_eq!(a.id().short().chars().count(), 9);
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_key() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"", "no stateless-key-v1"),
+            (b"hello\n", "no stateless-key-v1"),
+            (b"stateless-key-v1:abcd\n", "64 hex"),
+            (b"stateless-key-v9:00\n", "unknown format version"),
+            (&[0xff, 0xfe], "not text"),
+        ];
+        for (text, want) in cases {
+            let err = Key::from_file_text(text).unwrap_err().to_string();
+            assert!(err.contains(want), "{err:?} should contain {want:?}");
+        }
+        let two = format!("{}{}\n{}{}\n", KEY_FILE_PREFIX, "0".repeat(64), KEY_FILE_PREFIX, "1".repeat(64));
+        assert!(Key::from_file_text(two.as_bytes()).unwrap_err().to_string().contains("more than one"));
+        assert!(Key::from_file_text(&vec![b'#'; 5000]).unwrap_err().to_string().contains("too large"));
+    }
+}

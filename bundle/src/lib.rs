@@ -1,0 +1,39 @@
+//! The Stateless Loader bundle format.
+//!
+//! A bundle is one file: a fixed 320-byte [`header`] followed by the payload,
+//! a zstd-compressed tar of a directory tree, encrypted with AES-256-GCM in
+//! the STREAM construction ([`stream`]) unless the site chose no key. This
+//! crate is pure: parse and serialise functions over bytes, thin `Read` and
+//! `Write` loops, and extraction into a directory the caller names. It has no
+//! clock, no network and no logger; the loader, `statelessctl` and the server
+//! share it. The format is specified in `docs/bundle-format.md`.
+//!
+//! ```no_run
+//! use stateless_bundle::{BundleReader, Key, Limits, OpenOptions};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let key = Key::from_file_text(&std::fs::read("site.key")?)?;
+//! let reader = BundleReader::new(std::fs::File::open("node42.bundle")?)?;
+//! let bundle = reader.authenticate(Some(&key), &Limits::default())?;
+//! let staging = std::path::Path::new("staging");
+//! bundle.extract(OpenOptions { dest: Some(staging), ..Default::default() })?;
+//! # Ok(()) }
+//! ```
+
+pub mod archive;
+mod bundle;
+pub mod extract;
+pub mod header;
+pub mod io;
+pub mod key;
+pub mod limits;
+pub mod path;
+pub mod stream;
+
+pub use bundle::{
+    Authenticated, BundleReader, DEFAULT_LEVEL, MAX_LEVEL, OpenError, OpenOptions, OpenSummary, PackError, PackOptions,
+    PackSummary, pack, sha_hex,
+};
+pub use header::{Cipher, Header, HeaderError, RawHeader, Scope};
+pub use key::{Key, KeyError, KeyId};
+pub use limits::Limits;
+pub use path::RelPath;

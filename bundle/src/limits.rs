@@ -1,0 +1,29 @@
+//! Limits on untrusted sizes, with documented defaults.
+
+/// Bounds applied to every bundle read (and checked when packing, so that a
+/// bundle made with the defaults is always accepted with the defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest payload (compressed, encrypted) in bytes. Default 512 MiB.
+    pub max_payload: u64,
+    /// Largest decompressed tar stream in bytes. Default 2 GiB.
+    pub max_expanded: u64,
+    /// Most tar entries. Default 100,000.
+    pub max_entries: u32,
+    /// Longest entry path or link target in bytes. Default 4096 (PATH_MAX).
+    pub max_path: usize,
+}
+
+/// Longest single path component, as on Linux filesystems.
+pub const MAX_COMPONENT: usize = 255;
+
+/// The decoder refuses zstd frames whose window exceeds 2^23 bytes (8 MiB),
+/// which bounds decompression memory whatever the bundle says. Levels 1–19
+/// without long-distance matching stay within it.
+pub const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_payload: 512 << 20, max_expanded: 2 << 30, max_entries: 100_000, max_path: 4096 }
+    }
+}

@@ -1,0 +1,295 @@
+//! The encrypted payload: AES-256-GCM in the STREAM construction.
+//!
+//! The payload key is unique to each bundle (derived from a random salt), so
+//! the 7-byte nonce prefix is all zero; the last 5 bytes of each nonce are the
+//! big-endian chunk counter and the "last chunk" flag (`aead-stream`'s
+//! `StreamBE32`). Every chunk holds [`CHUNK_SIZE`] bytes of plaintext except
+//! the last, which holds 0 to [`CHUNK_SIZE`] bytes and is the only chunk with
+//! the last flag set; it is empty only when the whole plaintext is. The
+//! header declares the payload length, so a reader always knows which chunk
+//! is the last one and never has to guess from a short read.
+
+use std::io::{self, Read, Write};
+
+use aead_stream::{StreamBE32, StreamPrimitive};
+use aes_gcm::Aes256Gcm;
+use aes_gcm::aead::{KeyInit, array::Array};
+use zeroize::Zeroizing;
+
+/// Plaintext bytes per chunk.
+pub const CHUNK_SIZE: usize = 64 * 1024;
+/// AES-GCM tag bytes per chunk.
+pub const TAG_SIZE: usize = 16;
+/// Ciphertext bytes of a full chunk.
+pub const ENCRYPTED_CHUNK_SIZE: usize = CHUNK_SIZE + TAG_SIZE;
+
+const NONCE_PREFIX: [u8; 7] = [0; 7];
+
+/// The per-bundle payload key. Zeroized on drop.
+pub struct PayloadKey(Zeroizing<[u8; 32]>);
+
+impl PayloadKey {
+    pub(crate) fn new(key: Zeroizing<[u8; 32]>) -> Self {
+        PayloadKey(key)
+    }
+
+    fn stream(&self) -> StreamBE32<Aes256Gcm> {
+        let aead = Aes256Gcm::new(&Array::from(*self.0));
+        <StreamBE32<Aes256Gcm> as aead_stream::NewStream<Aes256Gcm>>::from_aead(aead, &Array::from(NONCE_PREFIX))
+    }
+}
+
+impl std::fmt::Debug for PayloadKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PayloadKey(..)")
+    }
+}
+
+/// Ciphertext length for `plain` bytes of plaintext.
+pub fn encrypted_len(plain: u64) -> u64 {
+    let chunk = CHUNK_SIZE as u64;
+    let chunks = plain.div_ceil(chunk).max(1);
+    plain + chunks * TAG_SIZE as u64
+}
+
+/// Plaintext length for a ciphertext of `len` bytes, or `None` when no
+/// plaintext encrypts to that length.
+pub fn plaintext_len(len: u64) -> Option<u64> {
+    let full = ENCRYPTED_CHUNK_SIZE as u64;
+    let chunks = len.div_ceil(full).max(1);
+    let plain = len.checked_sub(chunks * TAG_SIZE as u64)?;
+    (chunks <= u64::from(u32::MAX) && encrypted_len(plain) == len).then_some(plain)
+}
+
+/// Why a STREAM payload failed to decrypt. Carried inside `io::Error`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamError {
+    /// A chunk's tag did not verify.
+    #[error("authentication failed in chunk {chunk}: the payload was modified or is corrupt")]
+    Authentication {
+        /// Zero-based chunk index.
+        chunk: u32,
+    },
+    /// The payload ended before its declared length.
+    #[error("truncated: payload ended in chunk {chunk}")]
+    Truncated {
+        /// Zero-based chunk index.
+        chunk: u32,
+    },
+}
+
+impl From<StreamError> for io::Error {
+    fn from(e: StreamError) -> io::Error {
+        let kind = match e {
+            StreamError::Truncated { .. } => io::ErrorKind::UnexpectedEof,
+            StreamError::Authentication { .. } => io::ErrorKind::InvalidData,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
+/// Encrypts everything written to it. [`StreamWriter::finish`] MUST be
+/// called: it seals the last chunk, without which the payload is invalid.
+pub struct StreamWriter<W: Write> {
+    stream: StreamBE32<Aes256Gcm>,
+    inner: W,
+    buf: Vec<u8>,
+    chunk: u32,
+}
+
+impl<W: Write> StreamWriter<W> {
+    /// Starts a payload under `key`.
+    pub fn new(key: &PayloadKey, inner: W) -> Self {
+        StreamWriter { stream: key.stream(), inner, buf: Vec::with_capacity(ENCRYPTED_CHUNK_SIZE), chunk: 0 }
+    }
+
+    fn seal(&mut self, last: bool) -> io::Result<()> {
+        self.stream
+            .encrypt_in_place(self.chunk, last, &[], &mut self.buf)
+            .map_err(|_| io::Error::other("AES-GCM encryption failed"))?;
+        self.inner.write_all(&self.buf)?;
+        self.buf.clear();
+        self.chunk =
+            self.chunk.checked_add(1).ok_or_else(|| io::Error::other("payload too large for the STREAM counter"))?;
+        Ok(())
+    }
+
+    /// Seals the last chunk and returns the inner writer.
+    pub fn finish(mut self) -> io::Result<W> {
+        self.seal(true)?;
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for StreamWriter<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        // A full chunk is held back until more data arrives, because only
+        // then do we know it is not the last one.
+        if self.buf.len() == CHUNK_SIZE && !data.is_empty() {
+            self.seal(false)?;
+        }
+        let take = data.len().min(CHUNK_SIZE - self.buf.len());
+        self.buf.extend_from_slice(data.get(..take).unwrap_or_default());
+        Ok(take)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<W: Write> std::fmt::Debug for StreamWriter<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamWriter").field("chunk", &self.chunk).finish_non_exhaustive()
+    }
+}
+
+/// Decrypts a payload of known length, chunk by chunk. Plaintext of a chunk
+/// is released only after that chunk authenticated; callers must still read
+/// to the end before trusting the whole payload.
+pub struct StreamReader<R: Read> {
+    stream: StreamBE32<Aes256Gcm>,
+    inner: R,
+    remaining: u64,
+    buf: Vec<u8>,
+    pos: usize,
+    chunk: u32,
+}
+
+impl<R: Read> StreamReader<R> {
+    /// Reads `payload_len` bytes of ciphertext from `inner`.
+    pub fn new(key: &PayloadKey, inner: R, payload_len: u64) -> Self {
+        StreamReader {
+            stream: key.stream(),
+            inner,
+            remaining: payload_len,
+            buf: Vec::with_capacity(ENCRYPTED_CHUNK_SIZE),
+            pos: 0,
+            chunk: 0,
+        }
+    }
+
+    /// True once the last chunk has been read and authenticated.
+    pub fn is_finished(&self) -> bool {
+        self.remaining == 0 && self.pos >= self.buf.len()
+    }
+
+    /// Returns the inner reader.
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+
+    fn next_chunk(&mut self) -> io::Result<()> {
+        let len = self.remaining.min(ENCRYPTED_CHUNK_SIZE as u64);
+        let last = len == self.remaining;
+        self.buf.clear();
+        self.pos = 0;
+        let got = (&mut self.inner).take(len).read_to_end(&mut self.buf)?;
+        if (got as u64) < len {
+            return Err(StreamError::Truncated { chunk: self.chunk }.into());
+        }
+        self.stream
+            .decrypt_in_place(self.chunk, last, &[], &mut self.buf)
+            .map_err(|_| StreamError::Authentication { chunk: self.chunk })?;
+        self.remaining -= len;
+        // The header validated the length, so the counter cannot overflow
+        // before the last chunk.
+        self.chunk = self.chunk.saturating_add(1);
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for StreamReader<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos >= self.buf.len() {
+            if self.remaining == 0 {
+                return Ok(0);
+            }
+            self.next_chunk()?;
+        }
+        let avail = self.buf.get(self.pos..).unwrap_or_default();
+        let n = avail.len().min(out.len());
+        out.get_mut(..n).unwrap_or_default().copy_from_slice(avail.get(..n).unwrap_or_default());
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl<R: Read> std::fmt::Debug for StreamReader<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamReader")
+            .field("chunk", &self.chunk)
+            .field("remaining", &self.remaining)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> PayloadKey {
+        PayloadKey::new(Zeroizing::new([7u8; 32]))
+    }
+
+    fn encrypt(data: &[u8]) -> Vec<u8> {
+        let mut w = StreamWriter::new(&key(), Vec::new());
+        w.write_all(data).unwrap();
+        w.finish().unwrap()
+    }
+
+    fn decrypt(ct: &[u8]) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        StreamReader::new(&key(), ct, ct.len() as u64).read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn round_trip_size_classes() {
+        for len in [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 3 * CHUNK_SIZE, 5 * CHUNK_SIZE + 17] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let ct = encrypt(&data);
+            assert_eq!(ct.len() as u64, encrypted_len(len as u64), "len {len}");
+            assert_eq!(plaintext_len(ct.len() as u64), Some(len as u64));
+            assert_eq!(decrypt(&ct).unwrap(), data, "len {len}");
+        }
+    }
+
+    #[test]
+    fn lengths_that_no_plaintext_has() {
+        assert_eq!(plaintext_len(0), None);
+        assert_eq!(plaintext_len(15), None);
+        assert_eq!(plaintext_len(16), Some(0));
+        assert_eq!(plaintext_len(ENCRYPTED_CHUNK_SIZE as u64), Some(CHUNK_SIZE as u64));
+        // A full chunk followed by a bare tag would be an empty last chunk
+        // after a full one, which the writer never produces.
+        assert_eq!(plaintext_len(ENCRYPTED_CHUNK_SIZE as u64 + 16), None);
+        assert_eq!(plaintext_len(u64::MAX), None);
+    }
+
+    #[test]
+    fn flipped_bit_names_the_chunk() {
+        let mut ct = encrypt(&vec![1u8; 3 * CHUNK_SIZE + 5]);
+        ct[2 * ENCRYPTED_CHUNK_SIZE + 3] ^= 1;
+        let err = decrypt(&ct).unwrap_err();
+        assert!(err.to_string().contains("authentication failed in chunk 2"), "{err}");
+    }
+
+    #[test]
+    fn dropped_last_chunk_is_caught() {
+        let ct = encrypt(&vec![1u8; 2 * CHUNK_SIZE + 5]);
+        // Pretend the payload was two full chunks: the second was sealed as
+        // "not last", so it must fail when read as the last one.
+        let cut = &ct[..2 * ENCRYPTED_CHUNK_SIZE];
+        assert!(decrypt(cut).unwrap_err().to_string().contains("chunk 1"));
+    }
+
+    #[test]
+    fn short_input_is_truncation() {
+        let ct = encrypt(&vec![1u8; 2 * CHUNK_SIZE]);
+        let mut out = Vec::new();
+        let err = StreamReader::new(&key(), &ct[..ct.len() - 10], ct.len() as u64).read_to_end(&mut out).unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
+    }
+}

@@ -1,0 +1,272 @@
+//! `statelessctl bundle …`
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use stateless_bundle::{BundleReader, Cipher, Header, Key, Limits, OpenOptions, PackOptions, RelPath, Scope, sha_hex};
+use stateless_keys::read_key_file;
+
+use crate::cli::{BundleCmd, LimitArgs};
+
+pub fn run(cmd: BundleCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        BundleCmd::Pack {
+            dir,
+            output,
+            key,
+            unencrypted: _,
+            generation,
+            scope,
+            expires,
+            level,
+            threads,
+            deletions,
+            force,
+            limits,
+        } => {
+            let key = key.map(|k| read_key_file(&k).context("reading key file")).transpose()?;
+            let scope = Scope::parse(&scope).with_context(|| format!("parsing --scope {scope}"))?;
+            let expires =
+                expires.map(|e| parse_time(&e).with_context(|| format!("parsing --expires {e}"))).transpose()?;
+            let deletions = deletions
+                .iter()
+                .map(|d| {
+                    RelPath::parse(d.trim_start_matches('/').as_bytes(), 4096)
+                        .map_err(|e| anyhow::anyhow!("--delete {d}: {e}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            if !dir.is_dir() {
+                bail!("{} is not a directory", dir.display());
+            }
+            if output.exists() && !force {
+                bail!("{} exists (use --force to replace it)", output.display());
+            }
+            let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+            let opts = PackOptions {
+                key: key.as_ref(),
+                generation,
+                created: now(),
+                expires,
+                scope,
+                level,
+                threads: if threads > 1 { threads } else { 0 },
+                deletions,
+                limits: limits_from(&limits),
+            };
+            // Write beside the output and rename, so a failed pack never
+            // leaves a half-written bundle under the final name.
+            let parent = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let mut tmp = tempfile::Builder::new()
+                .prefix(".statelessctl-pack")
+                .tempfile_in(parent)
+                .with_context(|| format!("creating a temporary file in {}", parent.display()))?;
+            let summary = stateless_bundle::pack(&dir, tmp.as_file_mut(), &opts)
+                .with_context(|| format!("packing {}", dir.display()))?;
+            tmp.as_file().sync_all().context("syncing bundle")?;
+            tmp.persist(&output).with_context(|| format!("writing {}", output.display()))?;
+            let h = &summary.header;
+            println!(
+                "{}: generation {}, {}, scope {}, {} entries, {} bytes ({} expanded), digest {}",
+                output.display(),
+                h.generation,
+                match h.cipher {
+                    Cipher::None => "unencrypted".to_owned(),
+                    _ => format!("key {}", h.key_id),
+                },
+                h.scope,
+                h.entry_count,
+                h.payload_len + stateless_bundle::header::HEADER_LEN as u64,
+                h.expanded_len,
+                short(&summary.digest),
+            );
+        }
+        BundleCmd::Inspect { file, json } => inspect(&file, json)?,
+        BundleCmd::Verify { file, key, limits } => {
+            let summary = open(&file, key.as_deref(), &limits_from(&limits), None, false)?;
+            println!(
+                "{}: OK, generation {}, {}, {} entries ({} files, {} deletions), digest {}",
+                file.display(),
+                summary.header.generation,
+                describe_cipher(&summary.header),
+                summary.extract.entries,
+                summary.extract.files,
+                summary.extract.whiteouts,
+                short(&summary.digest)
+            );
+        }
+        BundleCmd::Open { file, key, output, no_same_owner, limits } => {
+            if output.symlink_metadata().is_ok() {
+                bail!("{} exists; open extracts into a new directory", output.display());
+            }
+            let parent = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            // Extract beside the output and rename only once everything
+            // authenticated; the temporary directory vanishes on error.
+            let staging = tempfile::Builder::new()
+                .prefix(".statelessctl-open")
+                .tempdir_in(parent)
+                .with_context(|| format!("creating a staging directory in {}", parent.display()))?;
+            let owners = !no_same_owner && rustix::process::geteuid().is_root();
+            let summary = open(&file, key.as_deref(), &limits_from(&limits), Some(staging.path()), owners)?;
+            let staged = staging.keep();
+            if let Err(e) = std::fs::rename(&staged, &output) {
+                let _ = std::fs::remove_dir_all(&staged);
+                return Err(e).with_context(|| format!("moving the extracted tree to {}", output.display()));
+            }
+            println!(
+                "{}: generation {}, {} files, {} dirs, {} links, {} deletions -> {}",
+                file.display(),
+                summary.header.generation,
+                summary.extract.files,
+                summary.extract.dirs,
+                summary.extract.symlinks + summary.extract.hardlinks,
+                summary.extract.whiteouts,
+                output.display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn open(
+    file: &Path,
+    key: Option<&Path>,
+    limits: &Limits,
+    dest: Option<&Path>,
+    owners: bool,
+) -> anyhow::Result<stateless_bundle::OpenSummary> {
+    let key: Option<Key> = key.map(|k| read_key_file(k).context("reading key file")).transpose()?;
+    let f = File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let reader =
+        BundleReader::new(BufReader::with_capacity(256 * 1024, f)).with_context(|| format!("{}", file.display()))?;
+    if reader.raw_header().cipher() == Cipher::None && key.is_some() {
+        log::warn!("{} is not encrypted; the key is not used", file.display());
+    }
+    let bundle = reader.authenticate(key.as_ref(), limits).with_context(|| format!("{}", file.display()))?;
+    bundle.extract(OpenOptions { dest, owners, threaded: true }).with_context(|| format!("{}", file.display()))
+}
+
+fn inspect(file: &Path, json: bool) -> anyhow::Result<()> {
+    let f = File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let reader = BundleReader::new(f).with_context(|| format!("{}", file.display()))?;
+    let raw = reader.raw_header();
+    let h = raw.unverified();
+    // Unencrypted headers carry a checksum anyone can check; encrypted ones
+    // need the key.
+    let checked = match h.cipher {
+        Cipher::None => Some(raw.authenticate(None).is_ok()),
+        _ => None,
+    };
+    let view = InspectView {
+        format_version: stateless_bundle::header::FORMAT_VERSION,
+        cipher: h.cipher.name(),
+        key_id: (h.cipher != Cipher::None).then(|| h.key_id.to_string()),
+        generation: h.generation,
+        created: fmt_time(h.created),
+        expires: h.expires.map(fmt_time),
+        scope: h.scope.to_string(),
+        payload_bytes: h.payload_len,
+        expanded_bytes: h.expanded_len,
+        entries: h.entry_count,
+        payload_sha256: sha_hex(&h.payload_sha256),
+        digest: raw.digest_hex(),
+        signed: h.signature.is_some(),
+        file_bytes: len,
+        header_authenticated: checked,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view).context("serialising")?);
+        return Ok(());
+    }
+    println!("bundle:          {}", file.display());
+    println!("format:          version {}", view.format_version);
+    println!("cipher:          {}", view.cipher);
+    println!("key id:          {}", view.key_id.as_deref().unwrap_or("none (unencrypted)"));
+    println!("generation:      {}", view.generation);
+    println!("created:         {}", view.created);
+    println!("expires:         {}", view.expires.as_deref().unwrap_or("never"));
+    println!("scope:           {}", view.scope);
+    println!(
+        "payload:         {} bytes ({} bytes expanded, {} entries)",
+        view.payload_bytes, view.expanded_bytes, view.entries
+    );
+    println!("payload sha256:  {}", view.payload_sha256);
+    println!("digest:          {}", view.digest);
+    println!("signed:          {}", if view.signed { "yes" } else { "no" });
+    println!(
+        "header:          {}",
+        match checked {
+            Some(true) => "checksum OK (unencrypted: not proof of origin)",
+            Some(false) => "CHECKSUM MISMATCH (corrupt)",
+            None => "not authenticated (needs the key: bundle verify)",
+        }
+    );
+    let expected = h.payload_len + stateless_bundle::header::HEADER_LEN as u64;
+    if len != expected {
+        println!("warning:         file is {len} bytes, header declares {expected}");
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct InspectView {
+    format_version: u16,
+    cipher: &'static str,
+    key_id: Option<String>,
+    generation: u64,
+    created: String,
+    expires: Option<String>,
+    scope: String,
+    payload_bytes: u64,
+    expanded_bytes: u64,
+    entries: u32,
+    payload_sha256: String,
+    digest: String,
+    signed: bool,
+    file_bytes: u64,
+    /// `null` when the header needs the key to be authenticated.
+    header_authenticated: Option<bool>,
+}
+
+fn describe_cipher(h: &Header) -> String {
+    match h.cipher {
+        Cipher::None => "unencrypted".into(),
+        c => format!("{} key {}", c.name(), h.key_id.short()),
+    }
+}
+
+fn limits_from(a: &LimitArgs) -> Limits {
+    let d = Limits::default();
+    Limits {
+        max_payload: a.max_payload.unwrap_or(d.max_payload),
+        max_expanded: a.max_expanded.unwrap_or(d.max_expanded),
+        max_entries: a.max_entries.unwrap_or(d.max_entries),
+        max_path: a.max_path.unwrap_or(d.max_path),
+    }
+}
+
+fn short(digest: &str) -> String {
+    digest.get(..16).unwrap_or(digest).to_owned()
+}
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn parse_time(s: &str) -> anyhow::Result<i64> {
+    let t = humantime::parse_rfc3339(s).map_err(|e| anyhow::anyhow!("{e} (expected e.g. 2027-01-01T00:00:00Z)"))?;
+    let secs = t.duration_since(UNIX_EPOCH).context("time before 1970")?.as_secs();
+    Ok(i64::try_from(secs)?)
+}
+
+fn fmt_time(t: i64) -> String {
+    match u64::try_from(t) {
+        Ok(s) => humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(s)).to_string(),
+        Err(_) => format!("{t} (before 1970)"),
+    }
+}

@@ -1,0 +1,158 @@
+//! Key sources: where the loader looks for keys, behind one trait.
+
+use std::path::{Path, PathBuf};
+
+use stateless_bundle::{Key, KeyId};
+
+use crate::file::{KeyFileError, read_key_file};
+
+/// Why a source could not offer keys.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeySourceError {
+    /// A key file was unreadable or malformed.
+    #[error(transparent)]
+    File(#[from] KeyFileError),
+    /// The source is not present (no stick, no TPM, no file).
+    #[error("{0}")]
+    Absent(String),
+}
+
+/// A place keys can come from (boot image, USB stick, TPM, …).
+pub trait KeySource {
+    /// A short name for messages, e.g. `file /etc/stateless/keys`.
+    fn describe(&self) -> String;
+    /// The keys this source offers. Bounded in time: a source that is not
+    /// there says so quickly.
+    fn keys(&self) -> Result<Vec<Key>, KeySourceError>;
+}
+
+/// One key file.
+#[derive(Debug, Clone)]
+pub struct FileSource(pub PathBuf);
+
+impl KeySource for FileSource {
+    fn describe(&self) -> String {
+        format!("key file {}", self.0.display())
+    }
+
+    fn keys(&self) -> Result<Vec<Key>, KeySourceError> {
+        if !self.0.exists() {
+            return Err(KeySourceError::Absent(format!("{} does not exist", self.0.display())));
+        }
+        Ok(vec![read_key_file(&self.0)?])
+    }
+}
+
+/// Every `*.key` file in a directory (several keys allow rotation).
+#[derive(Debug, Clone)]
+pub struct DirSource(pub PathBuf);
+
+impl KeySource for DirSource {
+    fn describe(&self) -> String {
+        format!("key directory {}", self.0.display())
+    }
+
+    fn keys(&self) -> Result<Vec<Key>, KeySourceError> {
+        let entries = match std::fs::read_dir(&self.0) {
+            Ok(e) => e,
+            Err(_) => return Err(KeySourceError::Absent(format!("{} does not exist", self.0.display()))),
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "key"))
+            .collect();
+        paths.sort();
+        let mut keys = Vec::new();
+        for p in &paths {
+            match read_key_file(Path::new(p)) {
+                Ok(k) => keys.push(k),
+                // One bad file must not hide the good ones beside it.
+                Err(e) => log::warn!("skipping {e}"),
+            }
+        }
+        Ok(keys)
+    }
+}
+
+/// What each source offered, for the error message when no key matches.
+#[derive(Debug, Default)]
+pub struct Offered(pub Vec<(String, Result<Vec<KeyId>, String>)>);
+
+impl std::fmt::Display for Offered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|(name, r)| match r {
+                Ok(ids) if ids.is_empty() => format!("{name} had no keys"),
+                Ok(ids) => format!("{name} had {}", ids.iter().map(KeyId::short).collect::<Vec<_>>().join(", ")),
+                Err(e) => format!("{name}: {e}"),
+            })
+            .collect();
+        f.write_str(&parts.join("; "))
+    }
+}
+
+/// Walks `sources` in order and returns the first key whose id is `needed`,
+/// with the source's description; otherwise what every source offered.
+pub fn find_key(needed: KeyId, sources: &[&dyn KeySource]) -> Result<(Key, String), Offered> {
+    let mut offered = Offered::default();
+    for src in sources {
+        match src.keys() {
+            Ok(keys) => {
+                let ids = keys.iter().map(Key::id).collect();
+                if let Some(k) = keys.into_iter().find(|k| k.id() == needed) {
+                    return Ok((k, src.describe()));
+                }
+                offered.0.push((src.describe(), Ok(ids)));
+            }
+            Err(e) => {
+                let mut msg = e.to_string();
+                let mut cur = std::error::Error::source(&e);
+                while let Some(c) = cur {
+                    msg.push_str(&format!(": {c}"));
+                    cur = c.source();
+                }
+                offered.0.push((src.describe(), Err(msg)))
+            }
+        }
+    }
+    Err(offered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::write_key_file;
+
+    #[test]
+    fn rotation_picks_the_key_the_bundle_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = Key::generate().unwrap();
+        let new = Key::generate().unwrap();
+        write_key_file(&dir.path().join("a-old.key"), &old, false).unwrap();
+        write_key_file(&dir.path().join("b-new.key"), &new, false).unwrap();
+        std::fs::write(dir.path().join("c-bad.key"), "junk").unwrap();
+        let src = DirSource(dir.path().to_owned());
+        let (k, from) = find_key(new.id(), &[&src]).unwrap();
+        assert_eq!(k.id(), new.id());
+        assert!(from.contains("key directory"));
+        let (k, _) = find_key(old.id(), &[&src]).unwrap();
+        assert_eq!(k.id(), old.id());
+    }
+
+    #[test]
+    fn no_match_says_what_each_source_had() {
+        let dir = tempfile::tempdir().unwrap();
+        let have = Key::generate().unwrap();
+        write_key_file(&dir.path().join("site.key"), &have, false).unwrap();
+        let file = FileSource(dir.path().join("site.key"));
+        let missing = FileSource(dir.path().join("nope.key"));
+        let needed = Key::generate().unwrap().id();
+        let err = find_key(needed, &[&file, &missing]).unwrap_err().to_string();
+        assert!(err.contains(&have.id().short()), "{err}");
+        assert!(err.contains("nope.key does not exist"), "{err}");
+    }
+}
