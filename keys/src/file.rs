@@ -42,6 +42,10 @@ pub fn read_key_file(path: &Path) -> Result<Key, KeyFileError> {
     if !meta.is_file() {
         return Err(io_err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")));
     }
+    let mut text = Zeroizing::new(Vec::with_capacity(256));
+    file.take(MAX_KEY_FILE_LEN as u64 + 1).read_to_end(&mut text).map_err(io_err)?;
+    let key = Key::from_file_text(&text).map_err(|err| KeyFileError::Key { path: path.to_owned(), err })?;
+    // Only a real key deserves the warning; a wrong path gets the error alone.
     if meta.mode() & 0o077 != 0 {
         log::warn!(
             "key file {} is readable by group or others (mode {:04o}); run: chmod 600 {}",
@@ -50,9 +54,7 @@ pub fn read_key_file(path: &Path) -> Result<Key, KeyFileError> {
             path.display()
         );
     }
-    let mut text = Zeroizing::new(Vec::with_capacity(256));
-    file.take(MAX_KEY_FILE_LEN as u64 + 1).read_to_end(&mut text).map_err(io_err)?;
-    Key::from_file_text(&text).map_err(|err| KeyFileError::Key { path: path.to_owned(), err })
+    Ok(key)
 }
 
 /// Writes `key` to a new file with mode 0600. Refuses to replace an existing
