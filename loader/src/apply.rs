@@ -1,0 +1,669 @@
+//! Applying a verified staging tree to the root file system.
+//!
+//! The staging directory is the bundle's extracted tree, already
+//! authenticated and checked by `stateless-bundle` (no `..`, no devices, no
+//! links escaping the root, whiteouts well formed). This module lays it over
+//! the real root (`/sysroot`), in two passes:
+//!
+//! 1. Deletions: opaque markers (`DIR/.wh..wh..opq` empties `DIR`), then
+//!    whiteouts (`DIR/.wh.NAME` removes `DIR/NAME` and whatever is under it).
+//! 2. Directories, files and links, in a pre-order walk of staging (names in
+//!    byte order), then the metadata of every directory, deepest first, so
+//!    that writing into a directory does not disturb its mtime afterwards.
+//!
+//! Invariants:
+//!
+//! - Every path is resolved inside the root the way the booted system will
+//!   see it: parents are opened with `openat2(RESOLVE_IN_ROOT |
+//!   RESOLVE_NO_MAGICLINKS)` on a descriptor of the root, so an absolute
+//!   symlink (`var/run -> /run`) or one that climbs (`x -> ../../..`) stays in
+//!   the root, and merged-/usr links (`lib -> usr/lib`) are kept and followed.
+//!   Everything else is a `*at` call on the parent's descriptor, and the final
+//!   component is never followed.
+//! - A reader never sees a half-written file or a missing link: each is made
+//!   under a temporary name in its target directory and renamed over the old
+//!   one.
+//! - `.wh.*` entries are never written into the root.
+//! - A deletion never crosses a mount point and never removes the root.
+//! - Everything about the staging tree is checked before the root is
+//!   touched; a failure half-way through leaves the root partly applied (the
+//!   caller's `onfail` policy decides what happens next).
+//!
+//! Files are not fsynced: the root is rebuilt on every boot, and a power
+//! cut before switch-root reruns the loader.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use rustix::fs::{
+    AtFlags, CWD, Dir, FileType, Gid, Mode, OFlags, ResolveFlags, StatxAttributes, StatxFlags, Timespec, Timestamps,
+    Uid,
+};
+use rustix::io::Errno;
+
+/// Name of an OCI opaque-directory marker.
+const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+/// Prefix of an OCI whiteout.
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+/// How often to retry an `openat2` that failed with `EAGAIN` (the kernel
+/// returns it for `RESOLVE_IN_ROOT` when a rename raced the lookup).
+const OPENAT2_RETRIES: u32 = 16;
+/// How many temporary names to try before giving up.
+const TEMP_ATTEMPTS: u32 = 64;
+
+/// Options for [`apply`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApplyOptions {
+    /// Give files the owners (uid/gid) they have in staging. Needs root;
+    /// staging must have been extracted with owners too.
+    pub owners: bool,
+}
+
+/// What [`apply`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplySummary {
+    /// Regular files written.
+    pub files: u64,
+    /// Directories created or updated (kept symlinks are not counted).
+    pub dirs: u64,
+    /// Symbolic links written.
+    pub symlinks: u64,
+    /// Hard links made.
+    pub hardlinks: u64,
+    /// Entries removed from the root by whiteouts and opaque markers,
+    /// counting everything under a removed directory.
+    pub deleted: u64,
+    /// Bytes of regular file data written.
+    pub bytes: u64,
+}
+
+/// Why [`apply`] stopped. Paths are shown as the booted system will see
+/// them (`/etc/motd`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    /// The root directory could not be opened.
+    #[error("opening the root {}", path.display())]
+    OpenRoot {
+        /// The root as given.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The staging tree could not be read.
+    #[error("reading staging {}", path.display())]
+    Staging {
+        /// The path in staging.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Staging holds something the loader never applies (a device, fifo or
+    /// socket, a malformed whiteout, a whiteout that is not a file).
+    #[error("staging {}: {what} refused", path.display())]
+    Unsupported {
+        /// The path in staging.
+        path: PathBuf,
+        /// What it is.
+        what: &'static str,
+    },
+    /// The root has a directory where the bundle has a file or link; the
+    /// bundle must delete the directory first.
+    #[error("{path}: the root has a directory where the bundle has a {kind}; the bundle must delete it first")]
+    DirectoryInTheWay {
+        /// The path in the root.
+        path: String,
+        /// What the bundle has there.
+        kind: &'static str,
+    },
+    /// The root has a symlink where the bundle has a directory, and it does
+    /// not lead to a directory.
+    #[error("{path}: the root has a symlink that does not lead to a directory where the bundle has a directory")]
+    SymlinkNotDirectory {
+        /// The path in the root.
+        path: String,
+    },
+    /// A file system operation on the root failed.
+    #[error("{op} {path}")]
+    Io {
+        /// What was being done ("creating", "renaming", …).
+        op: &'static str,
+        /// The path in the root.
+        path: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Applies the tree at `staging` to the root at `sysroot`. See the module
+/// documentation for the order and the guarantees.
+pub fn apply(staging: &Path, sysroot: &Path, opts: &ApplyOptions) -> Result<ApplySummary, ApplyError> {
+    let plan = Plan::scan(staging)?;
+    let root = Root::open(sysroot)?;
+    let mut summary = ApplySummary::default();
+    for dir in &plan.opaque {
+        root.clear_opaque(dir, &mut summary)?;
+    }
+    for path in &plan.whiteouts {
+        root.delete(path, &mut summary)?;
+    }
+    let mut dirs = Vec::new();
+    for entry in &plan.entries {
+        match &entry.op {
+            Op::Dir => {
+                if root.make_dir(&entry.rel)? {
+                    dirs.push(entry);
+                    summary.dirs += 1;
+                }
+            }
+            Op::File => {
+                summary.bytes += root.write_file(staging, entry, opts)?;
+                summary.files += 1;
+            }
+            Op::Symlink(target) => {
+                root.write_symlink(entry, target, opts)?;
+                summary.symlinks += 1;
+            }
+            Op::HardLink(first) => {
+                root.write_hardlink(&entry.rel, first)?;
+                summary.hardlinks += 1;
+            }
+        }
+    }
+    // Deepest first: setting a directory's metadata must come after
+    // everything written into it, and a read-only parent must not block a
+    // child.
+    for entry in dirs.iter().rev() {
+        root.finish_dir(entry, opts)?;
+    }
+    log::debug!(
+        "applied {} files, {} dirs, {} symlinks, {} hard links, {} deletions, {} bytes",
+        summary.files,
+        summary.dirs,
+        summary.symlinks,
+        summary.hardlinks,
+        summary.deleted,
+        summary.bytes
+    );
+    Ok(summary)
+}
+
+/// What to do with one staging entry.
+#[derive(Debug)]
+enum Op {
+    Dir,
+    File,
+    Symlink(PathBuf),
+    /// A second name for the file at this path (relative to the root).
+    HardLink(PathBuf),
+}
+
+/// Metadata taken from staging.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: Timespec,
+}
+
+impl Meta {
+    fn of(md: &fs::Metadata) -> Meta {
+        Meta {
+            mode: md.mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+            mtime: Timespec { tv_sec: md.mtime(), tv_nsec: md.mtime_nsec() },
+        }
+    }
+
+    fn times(&self) -> Timestamps {
+        Timestamps { last_access: self.mtime, last_modification: self.mtime }
+    }
+
+    fn owner(&self) -> (Option<Uid>, Option<Gid>) {
+        // -1 means "leave unchanged" to chown; never pass it on.
+        (
+            (self.uid != u32::MAX).then(|| Uid::from_raw(self.uid)),
+            (self.gid != u32::MAX).then(|| Gid::from_raw(self.gid)),
+        )
+    }
+}
+
+/// One entry of staging, other than deletions.
+#[derive(Debug)]
+struct Entry {
+    /// Relative to the staging root and to the root.
+    rel: PathBuf,
+    op: Op,
+    meta: Meta,
+}
+
+/// Everything staging asks for, read before the root is touched.
+#[derive(Debug, Default)]
+struct Plan {
+    /// Directories to empty (`""` is the root).
+    opaque: Vec<PathBuf>,
+    /// Paths to delete.
+    whiteouts: Vec<PathBuf>,
+    /// Directories, files and links in pre-order.
+    entries: Vec<Entry>,
+}
+
+impl Plan {
+    fn scan(staging: &Path) -> Result<Plan, ApplyError> {
+        let mut plan = Plan::default();
+        let mut inodes = HashMap::new();
+        plan.scan_dir(staging, Path::new(""), &mut inodes)?;
+        Ok(plan)
+    }
+
+    fn scan_dir(
+        &mut self,
+        staging: &Path,
+        rel: &Path,
+        inodes: &mut HashMap<(u64, u64), PathBuf>,
+    ) -> Result<(), ApplyError> {
+        let dir = staging.join(rel);
+        let read_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| ApplyError::Staging { path, source }
+        };
+        let mut names = fs::read_dir(&dir)
+            .and_then(|rd| rd.map(|e| e.map(|e| e.file_name())).collect::<io::Result<Vec<OsString>>>())
+            .map_err(read_err(&dir))?;
+        names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        for name in names {
+            let child = rel.join(&name);
+            let full = staging.join(&child);
+            let md = fs::symlink_metadata(&full).map_err(read_err(&full))?;
+            let ft = md.file_type();
+            let bytes = name.as_bytes();
+            if let Some(target) = bytes.strip_prefix(WHITEOUT_PREFIX) {
+                if !ft.is_file() {
+                    return Err(ApplyError::Unsupported { path: full, what: "whiteout that is not a regular file" });
+                }
+                if bytes == OPAQUE_MARKER {
+                    self.opaque.push(rel.to_owned());
+                } else if target.is_empty() || target == b"." || target == b".." || target.starts_with(WHITEOUT_PREFIX)
+                {
+                    return Err(ApplyError::Unsupported { path: full, what: "malformed whiteout name" });
+                } else {
+                    self.whiteouts.push(rel.join(OsStr::from_bytes(target)));
+                }
+                continue;
+            }
+            let meta = Meta::of(&md);
+            let op = if ft.is_dir() {
+                Op::Dir
+            } else if ft.is_file() {
+                // Staging holds a bundle's hard links as real hard links:
+                // the first name walked becomes the file, later ones links.
+                if md.nlink() > 1 {
+                    match inodes.get(&(md.dev(), md.ino())) {
+                        Some(first) => Op::HardLink(Path::to_owned(first)),
+                        None => {
+                            inodes.insert((md.dev(), md.ino()), child.clone());
+                            Op::File
+                        }
+                    }
+                } else {
+                    Op::File
+                }
+            } else if ft.is_symlink() {
+                Op::Symlink(fs::read_link(&full).map_err(read_err(&full))?)
+            } else {
+                let what = if ft.is_block_device() || ft.is_char_device() {
+                    "device node"
+                } else if ft.is_fifo() {
+                    "fifo"
+                } else {
+                    "special file"
+                };
+                return Err(ApplyError::Unsupported { path: full, what });
+            };
+            let is_dir = matches!(op, Op::Dir);
+            self.entries.push(Entry { rel: child.clone(), op, meta });
+            if is_dir {
+                self.scan_dir(staging, &child, inodes)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `/rel`, for messages.
+fn shown(rel: &Path) -> String {
+    format!("/{}", rel.display())
+}
+
+/// Wraps an error from an operation on `rel` in the root.
+fn ctx<E: Into<io::Error>>(op: &'static str, rel: &Path) -> impl FnOnce(E) -> ApplyError {
+    let path = shown(rel);
+    move |err| ApplyError::Io { op, path, source: err.into() }
+}
+
+/// What `statx` says about a name in a directory.
+#[derive(Debug, Clone, Copy)]
+struct Node {
+    kind: FileType,
+    dev: (u32, u32),
+    ino: u64,
+    mount_root: bool,
+}
+
+fn stat_at(dir: &OwnedFd, name: &OsStr) -> Result<Option<Node>, Errno> {
+    stat_fd(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+}
+
+fn stat_fd(dir: &OwnedFd, name: &OsStr, flags: AtFlags) -> Result<Option<Node>, Errno> {
+    match rustix::fs::statx(dir, name, flags, StatxFlags::TYPE | StatxFlags::INO) {
+        Ok(st) => Ok(Some(Node {
+            kind: FileType::from_raw_mode(u32::from(st.stx_mode)),
+            dev: (st.stx_dev_major, st.stx_dev_minor),
+            ino: st.stx_ino,
+            mount_root: st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT)
+                && st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT),
+        })),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Counter for temporary names, unique within the process.
+static TEMP_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Runs `make` with fresh temporary names until one does not exist yet.
+fn with_temp_name<T>(mut make: impl FnMut(&OsStr) -> Result<T, Errno>) -> Result<(OsString, T), Errno> {
+    let pid = std::process::id();
+    for _ in 0..TEMP_ATTEMPTS {
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = OsString::from(format!(".#stateless-apply.{pid}.{n}"));
+        match make(&name) {
+            Ok(t) => return Ok((name, t)),
+            Err(Errno::EXIST) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Errno::EXIST)
+}
+
+/// The root, open as a directory descriptor.
+struct Root {
+    fd: OwnedFd,
+    node: Node,
+}
+
+impl Root {
+    fn open(sysroot: &Path) -> Result<Root, ApplyError> {
+        let err = |source: io::Error| ApplyError::OpenRoot { path: sysroot.to_owned(), source };
+        let fd = rustix::fs::openat(CWD, sysroot, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| err(e.into()))?;
+        let node = stat_fd(&fd, OsStr::new(""), AtFlags::EMPTY_PATH)
+            .map_err(|e| err(e.into()))?
+            .ok_or_else(|| err(io::ErrorKind::NotFound.into()))?;
+        Ok(Root { fd, node })
+    }
+
+    /// Opens `rel` (a path relative to the root; empty for the root itself)
+    /// resolving every symlink inside the root.
+    fn open_in_root(&self, rel: &Path, flags: OFlags) -> Result<OwnedFd, Errno> {
+        let path = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
+        let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+        let mut tries = 0;
+        loop {
+            match rustix::fs::openat2(&self.fd, path, flags | OFlags::CLOEXEC, Mode::empty(), resolve) {
+                Err(Errno::AGAIN) if tries < OPENAT2_RETRIES => tries += 1,
+                other => return other,
+            }
+        }
+    }
+
+    /// Opens the parent of `rel` (as `O_PATH`) and returns it with the final
+    /// component.
+    fn parent<'a>(&self, rel: &'a Path) -> Result<(OwnedFd, &'a OsStr), Errno> {
+        let name = rel.file_name().ok_or(Errno::INVAL)?;
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        let fd = self.open_in_root(parent, OFlags::PATH | OFlags::DIRECTORY)?;
+        Ok((fd, name))
+    }
+
+    /// Removes `rel` and everything under it. Absent is fine.
+    fn delete(&self, rel: &Path, summary: &mut ApplySummary) -> Result<(), ApplyError> {
+        let (parent, name) = match self.parent(rel) {
+            Ok(p) => p,
+            Err(Errno::NOENT | Errno::NOTDIR) => {
+                log::debug!("whiteout {}: not present", shown(rel));
+                return Ok(());
+            }
+            Err(e) => return Err(ctx("opening the parent of", rel)(e)),
+        };
+        let Some(node) = stat_at(&parent, name).map_err(ctx("inspecting", rel))? else {
+            log::debug!("whiteout {}: not present", shown(rel));
+            return Ok(());
+        };
+        if node.kind != FileType::Directory {
+            rustix::fs::unlinkat(&parent, name, AtFlags::empty()).map_err(ctx("deleting", rel))?;
+            summary.deleted += 1;
+            return Ok(());
+        }
+        if (node.dev, node.ino) == (self.node.dev, self.node.ino) {
+            log::warn!("whiteout {}: refusing to delete the root", shown(rel));
+            return Ok(());
+        }
+        let parent_node = stat_fd(&parent, OsStr::new(""), AtFlags::EMPTY_PATH)
+            .map_err(ctx("inspecting", rel))?
+            .ok_or_else(|| ctx("inspecting", rel)(Errno::NOENT))?;
+        if node.mount_root || node.dev != parent_node.dev {
+            log::warn!("whiteout {}: is a mount point, not deleted", shown(rel));
+            return Ok(());
+        }
+        let dir = rustix::fs::openat(&parent, name, dir_flags(), Mode::empty()).map_err(ctx("opening", rel))?;
+        if self.clear_dir(&dir, node.dev, rel, summary)? {
+            log::warn!("whiteout {}: a mount point below it was kept, so was the directory", shown(rel));
+            return Ok(());
+        }
+        rustix::fs::unlinkat(&parent, name, AtFlags::REMOVEDIR).map_err(ctx("deleting", rel))?;
+        summary.deleted += 1;
+        Ok(())
+    }
+
+    /// Empties the directory `rel` for an opaque marker. Absent is fine.
+    fn clear_opaque(&self, rel: &Path, summary: &mut ApplySummary) -> Result<(), ApplyError> {
+        let dir = match self.open_in_root(rel, dir_flags()) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT | Errno::NOTDIR) => {
+                log::debug!("opaque {}: no such directory", shown(rel));
+                return Ok(());
+            }
+            Err(e) => return Err(ctx("opening", rel)(e)),
+        };
+        let node = stat_fd(&dir, OsStr::new(""), AtFlags::EMPTY_PATH)
+            .map_err(ctx("inspecting", rel))?
+            .ok_or_else(|| ctx("inspecting", rel)(Errno::NOENT))?;
+        if self.clear_dir(&dir, node.dev, rel, summary)? {
+            log::warn!("opaque {}: mount points in it were kept", shown(rel));
+        }
+        Ok(())
+    }
+
+    /// Removes everything in `dir` (on device `dev`) except mount points.
+    /// Returns true when something had to be kept.
+    fn clear_dir(
+        &self,
+        dir: &OwnedFd,
+        dev: (u32, u32),
+        rel: &Path,
+        summary: &mut ApplySummary,
+    ) -> Result<bool, ApplyError> {
+        // Read all names first: deleting while reading a directory may skip
+        // entries.
+        let mut names = Vec::new();
+        for entry in Dir::read_from(dir).map_err(ctx("reading", rel))? {
+            let entry = entry.map_err(ctx("reading", rel))?;
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                names.push(OsStr::from_bytes(name).to_owned());
+            }
+        }
+        let mut kept = false;
+        for name in names {
+            let child = rel.join(&name);
+            let Some(node) = stat_at(dir, &name).map_err(ctx("inspecting", &child))? else { continue };
+            if node.kind != FileType::Directory {
+                rustix::fs::unlinkat(dir, &name, AtFlags::empty()).map_err(ctx("deleting", &child))?;
+                summary.deleted += 1;
+                continue;
+            }
+            if node.mount_root || node.dev != dev || (node.dev, node.ino) == (self.node.dev, self.node.ino) {
+                log::warn!("{}: is a mount point, not deleted", shown(&child));
+                kept = true;
+                continue;
+            }
+            let sub = rustix::fs::openat(dir, &name, dir_flags(), Mode::empty()).map_err(ctx("opening", &child))?;
+            if self.clear_dir(&sub, dev, &child, summary)? {
+                kept = true;
+                continue;
+            }
+            drop(sub);
+            rustix::fs::unlinkat(dir, &name, AtFlags::REMOVEDIR).map_err(ctx("deleting", &child))?;
+            summary.deleted += 1;
+        }
+        Ok(kept)
+    }
+
+    /// Makes sure `rel` is a directory. Returns false when a symlink in the
+    /// root stands there and is kept (its metadata is left alone).
+    fn make_dir(&self, rel: &Path) -> Result<bool, ApplyError> {
+        let (parent, name) = self.parent(rel).map_err(ctx("opening the parent of", rel))?;
+        match stat_at(&parent, name).map_err(ctx("inspecting", rel))? {
+            None => {}
+            Some(node) if node.kind == FileType::Directory => return Ok(true),
+            Some(node) if node.kind == FileType::Symlink => {
+                // A merged-/usr link (`lib -> usr/lib`) or similar: the
+                // booted system sees a directory there, so keep the link.
+                return match self.open_in_root(rel, OFlags::PATH | OFlags::DIRECTORY) {
+                    Ok(_) => {
+                        log::debug!("{}: keeping the symlink the root has there", shown(rel));
+                        Ok(false)
+                    }
+                    Err(_) => Err(ApplyError::SymlinkNotDirectory { path: shown(rel) }),
+                };
+            }
+            Some(_) => {
+                log::debug!("{}: replacing a file with a directory", shown(rel));
+                rustix::fs::unlinkat(&parent, name, AtFlags::empty()).map_err(ctx("deleting", rel))?;
+            }
+        }
+        // Private until finish_dir sets the bundle's owner and mode.
+        rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o700)).map_err(ctx("creating", rel))?;
+        Ok(true)
+    }
+
+    /// Sets a directory's owner, mode and mtime from staging.
+    fn finish_dir(&self, entry: &Entry, opts: &ApplyOptions) -> Result<(), ApplyError> {
+        let fd = self.open_in_root(&entry.rel, dir_flags()).map_err(ctx("opening", &entry.rel))?;
+        set_meta(&fd, &entry.meta, opts).map_err(ctx("setting metadata of", &entry.rel))
+    }
+
+    /// Fails when the root has a directory at `name`.
+    fn refuse_dir(parent: &OwnedFd, name: &OsStr, rel: &Path, kind: &'static str) -> Result<(), ApplyError> {
+        match stat_at(parent, name).map_err(ctx("inspecting", rel))? {
+            Some(node) if node.kind == FileType::Directory => {
+                Err(ApplyError::DirectoryInTheWay { path: shown(rel), kind })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes a regular file under a temporary name and renames it over
+    /// `entry.rel`. Returns the bytes written.
+    fn write_file(&self, staging: &Path, entry: &Entry, opts: &ApplyOptions) -> Result<u64, ApplyError> {
+        let rel = &entry.rel;
+        let (parent, name) = self.parent(rel).map_err(ctx("opening the parent of", rel))?;
+        Self::refuse_dir(&parent, name, rel, "file")?;
+        let src_path = staging.join(rel);
+        let mut src = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(OFlags::NOFOLLOW.bits() as i32)
+            .open(&src_path)
+            .map_err(|source| ApplyError::Staging { path: src_path.clone(), source })?;
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let (tmp, fd) = with_temp_name(|tmp| rustix::fs::openat(&parent, tmp, flags, Mode::from_raw_mode(0o600)))
+            .map_err(ctx("creating a temporary file for", rel))?;
+        let mut dst = File::from(fd);
+        let written = io::copy(&mut src, &mut dst)
+            .map_err(ctx("writing", rel))
+            .and_then(|n| set_meta(&dst, &entry.meta, opts).map(|()| n).map_err(ctx("setting metadata of", rel)))
+            .and_then(|n| {
+                rustix::fs::renameat(&parent, &tmp, &parent, name).map(|()| n).map_err(ctx("replacing", rel))
+            });
+        if written.is_err() {
+            let _ = rustix::fs::unlinkat(&parent, &tmp, AtFlags::empty());
+        }
+        written
+    }
+
+    /// Makes a symlink under a temporary name and renames it over
+    /// `entry.rel`.
+    fn write_symlink(&self, entry: &Entry, target: &Path, opts: &ApplyOptions) -> Result<(), ApplyError> {
+        let rel = &entry.rel;
+        let (parent, name) = self.parent(rel).map_err(ctx("opening the parent of", rel))?;
+        Self::refuse_dir(&parent, name, rel, "symlink")?;
+        let (tmp, ()) =
+            with_temp_name(|tmp| rustix::fs::symlinkat(target, &parent, tmp)).map_err(ctx("creating symlink", rel))?;
+        let result = (|| {
+            if opts.owners {
+                let (uid, gid) = entry.meta.owner();
+                rustix::fs::chownat(&parent, &tmp, uid, gid, AtFlags::SYMLINK_NOFOLLOW)?;
+            }
+            rustix::fs::utimensat(&parent, &tmp, &entry.meta.times(), AtFlags::SYMLINK_NOFOLLOW)
+        })()
+        .map_err(ctx("setting metadata of", rel))
+        .and_then(|()| rustix::fs::renameat(&parent, &tmp, &parent, name).map_err(ctx("replacing", rel)));
+        if result.is_err() {
+            let _ = rustix::fs::unlinkat(&parent, &tmp, AtFlags::empty());
+        }
+        result
+    }
+
+    /// Links `rel` to the already applied file at `first`.
+    fn write_hardlink(&self, rel: &Path, first: &Path) -> Result<(), ApplyError> {
+        let (parent, name) = self.parent(rel).map_err(ctx("opening the parent of", rel))?;
+        Self::refuse_dir(&parent, name, rel, "hard link")?;
+        let (first_parent, first_name) = self.parent(first).map_err(ctx("opening the parent of", first))?;
+        let (tmp, ()) =
+            with_temp_name(|tmp| rustix::fs::linkat(&first_parent, first_name, &parent, tmp, AtFlags::empty()))
+                .map_err(ctx("creating hard link", rel))?;
+        let result = rustix::fs::renameat(&parent, &tmp, &parent, name).map_err(ctx("replacing", rel));
+        // rename() between two names of the same inode succeeds without
+        // doing anything, which would leave the temporary name behind.
+        let _ = rustix::fs::unlinkat(&parent, &tmp, AtFlags::empty());
+        result
+    }
+}
+
+/// Flags to open a directory for reading, not following a final symlink.
+fn dir_flags() -> OFlags {
+    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+}
+
+/// Owner (when asked), then mode (chown clears set-id bits), then mtime.
+fn set_meta<Fd: std::os::fd::AsFd>(fd: &Fd, meta: &Meta, opts: &ApplyOptions) -> Result<(), Errno> {
+    if opts.owners {
+        let (uid, gid) = meta.owner();
+        rustix::fs::fchown(fd, uid, gid)?;
+    }
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))?;
+    rustix::fs::futimens(fd, &meta.times())
+}

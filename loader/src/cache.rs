@@ -1,0 +1,397 @@
+//! The last-known-good cache: the last two bundles that applied, kept on a
+//! local disk so that a node boots its configuration when the server is
+//! down.
+//!
+//! A cache is a directory (the mounted cache device, see
+//! [`crate::blockdev`], or `--cache-dir`) holding two slots:
+//!
+//! ```text
+//! current.bundle   current.json     the last bundle that applied
+//! previous.bundle  previous.json    the one before it
+//! ```
+//!
+//! A `.bundle` is the bundle exactly as received (still encrypted: the cache
+//! disk holds no plaintext and no key). A `.json` is its [`SlotMeta`]. A slot
+//! is used only when both files are there, the size matches and the digest in
+//! the JSON is the digest in the bundle's header; otherwise it is skipped
+//! with a warning and the other slot is still used. The bundle is verified
+//! again in full (key, tag, every chunk) before it is applied, like a
+//! download.
+//!
+//! # Writing, and what a power cut leaves
+//!
+//! [`Cache::store`] runs only after a bundle applied. With C the current
+//! slot, P the previous one and N the new bundle, it does:
+//!
+//! 1. write N to `.new.bundle` and its metadata to `.new.json`, `fsync` both
+//!    (a full disk fails here: the temporary files are removed and C and P
+//!    are untouched);
+//! 2. when C is usable and is not N: hard-link `current.*` to `.prev.*`, then
+//!    rename `.prev.bundle` to `previous.bundle` and `.prev.json` to
+//!    `previous.json`;
+//! 3. rename `.new.bundle` to `current.bundle`, then `.new.json` to
+//!    `current.json`;
+//! 4. `fsync` the directory.
+//!
+//! Each rename is atomic, and on ext4 (ordered metadata journal) the renames
+//! reach the disk in the order they were made, so a power cut leaves one of
+//! these states:
+//!
+//! | cut after | current slot | previous slot | boots from |
+//! |---|---|---|---|
+//! | nothing / step 1 / the links | C | P | C (stray `.new.*`, `.prev.*` are ignored and removed by the next store) |
+//! | `previous.bundle` renamed | C | C's bundle with P's JSON: digest mismatch, skipped | C |
+//! | `previous.json` renamed | C | C | C |
+//! | `current.bundle` renamed | N's bundle with C's JSON: digest mismatch, skipped | C | C |
+//! | `current.json` renamed | N | C | N |
+//!
+//! Every state has a usable slot holding C or N, and the temporary files were
+//! fsynced before any rename made them visible, so a slot never names a
+//! half-written bundle. The hard links are what make this work: moving a
+//! pair of files by renaming them one at a time would pass through a state
+//! where neither slot is a matching pair. The cache file system must support
+//! hard links (ext4 does); where it does not, the files are copied instead.
+//!
+//! # Rollback memory
+//!
+//! Each JSON also carries `highest_generation`, the highest generation ever
+//! stored, so that a rotation does not forget it;
+//! [`Cache::highest_generation`] reads it from every readable JSON, even one
+//! whose bundle is corrupt.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rustix::io::Errno;
+use stateless_bundle::{BundleReader, OpenError};
+
+/// Largest metadata file read; a real one is a few hundred bytes.
+const MAX_JSON: u64 = 64 * 1024;
+
+/// File stems of the two slots, newest first.
+const SLOTS: [&str; 2] = ["current", "previous"];
+/// The new bundle and its metadata while they are written.
+const NEW_BUNDLE: &str = ".new.bundle";
+const NEW_JSON: &str = ".new.json";
+/// Links to the current slot while it becomes the previous one.
+const PREV_BUNDLE: &str = ".prev.bundle";
+const PREV_JSON: &str = ".prev.json";
+
+/// What the cache knows about a stored bundle (the slot's `.json`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SlotMeta {
+    /// The bundle's generation.
+    pub generation: u64,
+    /// The bundle's digest (hex of the header tag).
+    pub digest: String,
+    /// When it was fetched, Unix seconds (the initramfs clock, which may be
+    /// unset).
+    pub fetched: i64,
+    /// The URL it was fetched from.
+    pub server: String,
+    /// The id of the key it is sealed for (hex; all zeros when unencrypted).
+    pub key_id: String,
+    /// The bundle's size in bytes.
+    pub size: u64,
+    /// The highest generation ever stored in this cache (anti-rollback
+    /// memory); [`Cache::store`] never lets it go down.
+    pub highest_generation: u64,
+}
+
+/// One slot: the bundle's path and metadata, or why it cannot be used (a
+/// warning that names the slot's file, e.g. `current.json: unreadable: …`).
+pub type Slot = Result<(PathBuf, SlotMeta), String>;
+
+/// Why [`Cache::store`] failed. Whatever the error, the slots that were
+/// there before are intact.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CacheError {
+    /// The bundle to store could not be read.
+    #[error("reading {}", path.display())]
+    Read {
+        /// The bundle.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The bundle to store has no readable header.
+    #[error("reading the header of {}", path.display())]
+    Header {
+        /// The bundle.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: OpenError,
+    },
+    /// The bundle does not match the metadata given for it.
+    #[error("{}: {what} is {found}, the metadata says {expected}", path.display())]
+    Mismatch {
+        /// The bundle.
+        path: PathBuf,
+        /// Which field ("size", "digest").
+        what: &'static str,
+        /// The value in the metadata.
+        expected: String,
+        /// The bundle's value.
+        found: String,
+    },
+    /// Writing the cache failed (a full disk, an I/O error).
+    #[error("{op} {}", path.display())]
+    Write {
+        /// What was being done.
+        op: &'static str,
+        /// The file in the cache.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A cache directory.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    dir: PathBuf,
+}
+
+impl Cache {
+    /// A cache in `dir`, which must exist.
+    pub fn new(dir: impl Into<PathBuf>) -> Cache {
+        Cache { dir: dir.into() }
+    }
+
+    /// The cache directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Stores `bundle` as the current slot, the old current slot becoming the
+    /// previous one. See the module documentation for the steps and what a
+    /// power cut leaves. The stored `highest_generation` is the highest of
+    /// `meta`'s, `meta.generation` and the cache's own.
+    pub fn store(&self, bundle: &Path, meta: &SlotMeta) -> Result<(), CacheError> {
+        let mut src = File::open(bundle).map_err(|source| CacheError::Read { path: bundle.to_owned(), source })?;
+        check_bundle(&mut src, bundle, meta)?;
+        let mut meta = meta.clone();
+        let cached = self.highest_generation().map_or(0, |(g, _)| g);
+        meta.highest_generation = meta.highest_generation.max(meta.generation).max(cached);
+
+        self.remove_temps();
+        let result = self.write_new(&mut src, bundle, &meta).and_then(|()| self.rotate(&meta));
+        if result.is_err() {
+            self.remove_temps();
+        }
+        result
+    }
+
+    /// Step 1: the new bundle and its metadata, written and fsynced under
+    /// temporary names.
+    fn write_new(&self, src: &mut File, bundle: &Path, meta: &SlotMeta) -> Result<(), CacheError> {
+        let tmp = self.path(NEW_BUNDLE);
+        let werr = |op: &'static str, path: &Path| {
+            let path = path.to_owned();
+            move |source| CacheError::Write { op, path, source }
+        };
+        let mut out = create(&tmp).map_err(werr("creating", &tmp))?;
+        src.seek(SeekFrom::Start(0)).map_err(|source| CacheError::Read { path: bundle.to_owned(), source })?;
+        let copied = io::copy(&mut src.take(meta.size), &mut out).map_err(werr("writing", &tmp))?;
+        if copied != meta.size {
+            return Err(CacheError::Mismatch {
+                path: bundle.to_owned(),
+                what: "size",
+                expected: meta.size.to_string(),
+                found: copied.to_string(),
+            });
+        }
+        out.sync_all().map_err(werr("syncing", &tmp))?;
+
+        let tmp = self.path(NEW_JSON);
+        let mut json = serde_json::to_vec_pretty(meta).map_err(|e| werr("encoding", &tmp)(io::Error::other(e)))?;
+        json.push(b'\n');
+        let mut out = create(&tmp).map_err(werr("creating", &tmp))?;
+        out.write_all(&json).map_err(werr("writing", &tmp))?;
+        out.sync_all().map_err(werr("syncing", &tmp))
+    }
+
+    /// Steps 2 to 4: current becomes previous, the new files become current.
+    fn rotate(&self, meta: &SlotMeta) -> Result<(), CacheError> {
+        let rename = |from: &str, to: &str| {
+            fs::rename(self.path(from), self.path(to)).map_err(|source| CacheError::Write {
+                op: "renaming",
+                path: self.path(to),
+                source,
+            })
+        };
+        // A corrupt current slot would push out a good previous one, and
+        // storing the same bundle again would leave two copies of it.
+        match self.read_slot("current") {
+            Ok((_, current)) if current.digest != meta.digest => {
+                for (from, to) in [("current.bundle", PREV_BUNDLE), ("current.json", PREV_JSON)] {
+                    link_or_copy(&self.path(from), &self.path(to)).map_err(|source| CacheError::Write {
+                        op: "linking",
+                        path: self.path(to),
+                        source,
+                    })?;
+                }
+                rename(PREV_BUNDLE, "previous.bundle")?;
+                rename(PREV_JSON, "previous.json")?;
+            }
+            Ok(_) => log::debug!("cache: current slot already holds {}", short(&meta.digest)),
+            Err(w) => log::debug!("cache: not keeping the current slot as previous: {w}"),
+        }
+        rename(NEW_BUNDLE, "current.bundle")?;
+        rename(NEW_JSON, "current.json")?;
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|source| CacheError::Write {
+            op: "syncing",
+            path: self.dir.clone(),
+            source,
+        })?;
+        log::debug!("cache: stored generation {} ({})", meta.generation, short(&meta.digest));
+        Ok(())
+    }
+
+    /// Removes temporary files left by an earlier store.
+    fn remove_temps(&self) {
+        for name in [NEW_BUNDLE, NEW_JSON, PREV_BUNDLE, PREV_JSON] {
+            match fs::remove_file(self.path(name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => log::warn!("cache: removing {name}: {e}"),
+            }
+        }
+    }
+
+    /// The current slot, then the previous one. A slot with neither file is
+    /// left out; one that cannot be used is an `Err` with the reason. The
+    /// caller logs the warnings.
+    pub fn slots(&self) -> Vec<Slot> {
+        SLOTS
+            .iter()
+            .filter(|stem| {
+                self.path(&format!("{stem}.bundle")).symlink_metadata().is_ok()
+                    || self.path(&format!("{stem}.json")).symlink_metadata().is_ok()
+            })
+            .map(|stem| self.read_slot(stem))
+            .collect()
+    }
+
+    /// Reads and checks one slot.
+    fn read_slot(&self, stem: &str) -> Slot {
+        let json_name = format!("{stem}.json");
+        let bundle_name = format!("{stem}.bundle");
+        let meta = read_meta(&self.path(&json_name)).map_err(|e| format!("{json_name}: {e}"))?;
+        let path = self.path(&bundle_name);
+        let mut file = File::open(&path).map_err(|e| format!("{bundle_name}: {}", describe(&e)))?;
+        check_bundle(&mut file, &path, &meta).map_err(|e| match e {
+            CacheError::Mismatch { what: "digest", expected, found, .. } => {
+                format!("{bundle_name}: digest {} does not match {json_name} ({})", short(&found), short(&expected))
+            }
+            CacheError::Mismatch { what, expected, found, .. } => {
+                format!("{bundle_name}: {what} is {found}, {json_name} says {expected}")
+            }
+            CacheError::Header { source, .. } => format!("{bundle_name}: {source}"),
+            other => format!("{bundle_name}: {}", chain(&other)),
+        })?;
+        Ok((path, meta))
+    }
+
+    /// The highest generation this cache has stored, with the digest of the
+    /// cached bundle of that generation (empty when that bundle is no longer
+    /// cached). Read from every readable metadata file, including one whose
+    /// bundle is corrupt. `None` when there is none.
+    pub fn highest_generation(&self) -> Option<(u64, String)> {
+        let metas: Vec<SlotMeta> =
+            SLOTS.iter().filter_map(|stem| read_meta(&self.path(&format!("{stem}.json"))).ok()).collect();
+        let highest = metas.iter().map(|m| m.highest_generation.max(m.generation)).max()?;
+        let digest = metas.iter().find(|m| m.generation == highest).map(|m| m.digest.clone()).unwrap_or_default();
+        Some((highest, digest))
+    }
+}
+
+/// Checks `file`'s size and header digest against `meta`.
+fn check_bundle(file: &mut File, path: &Path, meta: &SlotMeta) -> Result<(), CacheError> {
+    let size = file.metadata().map_err(|source| CacheError::Read { path: path.to_owned(), source })?.len();
+    if size != meta.size {
+        return Err(CacheError::Mismatch {
+            path: path.to_owned(),
+            what: "size",
+            expected: meta.size.to_string(),
+            found: size.to_string(),
+        });
+    }
+    let digest = BundleReader::new(&mut *file)
+        .map_err(|source| CacheError::Header { path: path.to_owned(), source })?
+        .raw_header()
+        .digest_hex();
+    if digest != meta.digest {
+        return Err(CacheError::Mismatch {
+            path: path.to_owned(),
+            what: "digest",
+            expected: meta.digest.clone(),
+            found: digest,
+        });
+    }
+    Ok(())
+}
+
+/// Reads a slot's metadata; the error is a short reason.
+fn read_meta(path: &Path) -> Result<SlotMeta, String> {
+    let mut text = Vec::new();
+    File::open(path).and_then(|f| f.take(MAX_JSON + 1).read_to_end(&mut text)).map_err(|e| describe(&e))?;
+    if text.len() as u64 > MAX_JSON {
+        return Err(format!("over {MAX_JSON} bytes"));
+    }
+    serde_json::from_slice(&text).map_err(|e| format!("unreadable: {e}"))
+}
+
+/// "missing" for a missing file, else the error.
+fn describe(e: &io::Error) -> String {
+    if e.kind() == io::ErrorKind::NotFound { "missing".to_owned() } else { e.to_string() }
+}
+
+/// The first 8 hex digits of a digest, for messages.
+fn short(digest: &str) -> String {
+    format!("{}…", digest.get(..8).unwrap_or(digest))
+}
+
+/// An error and its causes, `: `-separated.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Creates a new private file.
+fn create(path: &Path) -> io::Result<File> {
+    OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)
+}
+
+/// Hard-links `from` to `to`; copies (and fsyncs) on a file system without
+/// hard links.
+fn link_or_copy(from: &Path, to: &Path) -> io::Result<()> {
+    match fs::hard_link(from, to) {
+        Ok(()) => Ok(()),
+        // vfat says EPERM.
+        Err(e) if [Errno::PERM, Errno::OPNOTSUPP].iter().any(|n| e.raw_os_error() == Some(n.raw_os_error())) => {
+            log::debug!("cache: {}: no hard links ({e}); copying", to.display());
+            let mut src = File::open(from)?;
+            let mut dst = create(to)?;
+            io::copy(&mut src, &mut dst)?;
+            dst.sync_all()
+        }
+        Err(e) => Err(e),
+    }
+}

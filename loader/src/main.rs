@@ -1,0 +1,183 @@
+//! `stateless-loader`: runs in the initramfs before switch-root, finds the
+//! configuration server, fetches, verifies and applies this node's bundle.
+//!
+//! This file stays thin: parse the flags, install the logger, call [`run`],
+//! map the outcome to an exit code. The flags and exit codes are documented
+//! in `docs/cmdline.md`.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use stateless_loader::cmdline::Config;
+use stateless_loader::logger;
+use stateless_loader::pipeline::{self, Paths};
+
+/// Where the kernel command line is read from in the initramfs.
+const PROC_CMDLINE: &str = "/proc/cmdline";
+
+/// Fetch, verify and apply this node's configuration bundle before switch-root.
+///
+/// In the initramfs it takes no arguments; the flags let tests and people on
+/// a workstation run it against a scratch root.
+#[derive(Debug, Parser)]
+#[command(version, about, help_expected = true)]
+struct Args {
+    /// Kernel command line to use instead of /proc/cmdline
+    #[arg(long, value_name = "STRING")]
+    cmdline: Option<String>,
+
+    /// Root filesystem the bundle is applied to
+    #[arg(long, value_name = "DIR", default_value = "/sysroot")]
+    sysroot: PathBuf,
+
+    /// Run-time directory for the staging area and status.json
+    #[arg(long, value_name = "DIR", default_value = "/run/stateless")]
+    run_dir: PathBuf,
+
+    /// Directory standing in for the mounted cache device (overrides rd.stateless.cache=)
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Log to stderr even when /dev/kmsg can be written
+    #[arg(long)]
+    log_stderr: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    // Info level until the command line says whether to debug.
+    // Tests and workstations may also ask through the environment, so that
+    // wrappers need not know the flag.
+    let stderr = args.log_stderr || std::env::var_os("STATELESS_LOG_STDERR").is_some();
+    if let Err(err) = logger::init_to(false, stderr) {
+        eprintln!("stateless: installing the logger: {err}");
+    }
+    match run(args) {
+        Ok(code) => code,
+        Err(err) => {
+            log::error!("{err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let cmdline = match &args.cmdline {
+        Some(line) => line.clone(),
+        None => fs::read_to_string(PROC_CMDLINE).with_context(|| format!("reading {PROC_CMDLINE}"))?,
+    };
+    let config = Config::from_cmdline(&cmdline).context("reading the kernel command line")?;
+    logger::set_debug(config.debug);
+    for warning in &config.warnings {
+        log::warn!("{warning}");
+    }
+    log_config(&args, &config);
+    let paths = Paths {
+        sysroot: args.sysroot.clone(),
+        run_dir: args.run_dir.clone(),
+        cache_dir: args.cache_dir.clone(),
+        host_root: PathBuf::from("/"),
+        key_dir: PathBuf::from(pipeline::EMBEDDED_KEY_DIR),
+    };
+    let report = pipeline::run(&config, &paths);
+    // The one line a person reads off the console: on stderr (the console
+    // in the initramfs, whatever the kernel's loglevel) and in the kernel log.
+    let line = format!("{}{}", logger::TAG, report.message);
+    if report.result == "applied" {
+        log::info!("{}", report.message);
+    } else {
+        log::error!("{}", report.message);
+    }
+    if !logger::to_stderr() {
+        eprintln!("{line}");
+    }
+    Ok(ExitCode::from(pipeline::exit_code(&report, config.onfail)))
+}
+
+/// The parsed configuration at debug level, a few short records.
+fn log_config(args: &Args, config: &Config) {
+    let servers: Vec<&str> = config.servers.iter().map(|t| t.as_str()).collect();
+    let cache_dir = args.cache_dir.as_ref().map(|d| d.display().to_string());
+    log::debug!(
+        "flags: cmdline from {}, sysroot {}, run dir {}, cache dir {}",
+        if args.cmdline.is_some() { "--cmdline" } else { PROC_CMDLINE },
+        args.sysroot.display(),
+        args.run_dir.display(),
+        cache_dir.as_deref().unwrap_or("(none)"),
+    );
+    log::debug!(
+        "discovery: servers {servers:?}, domain {:?}, srv {}, dns {:?}, timeout {} s",
+        config.domain,
+        config.srv,
+        config.dns,
+        config.timeout.as_secs(),
+    );
+    log::debug!(
+        "identity: node {:?}, group {:?}, BOOTIF {:?}; key {:?}, cache {:?}, onfail {}, overlay {:?}",
+        config.node,
+        config.group,
+        config.bootif,
+        config.key,
+        config.cache,
+        config.onfail,
+        config.overlay,
+    );
+    log::debug!("trust: ca {:?}, pins {:?}, insecure {}", config.ca, config.pins, config.insecure);
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_valid() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_table() {
+        // (argv, --cmdline, --sysroot, --run-dir, --cache-dir)
+        type Case<'a> = (&'a [&'a str], Option<&'a str>, &'a str, &'a str, Option<&'a str>);
+        let cases: &[Case<'_>] = &[
+            (&[], None, "/sysroot", "/run/stateless", None),
+            (
+                &[
+                    "--cmdline",
+                    "rd.stateless.debug",
+                    "--sysroot",
+                    "/tmp/root",
+                    "--run-dir",
+                    "/tmp/run",
+                    "--cache-dir",
+                    "/tmp/c",
+                ],
+                Some("rd.stateless.debug"),
+                "/tmp/root",
+                "/tmp/run",
+                Some("/tmp/c"),
+            ),
+        ];
+        for (argv, cmdline, sysroot, run_dir, cache_dir) in cases {
+            let args = Args::try_parse_from(std::iter::once("stateless-loader").chain(argv.iter().copied())).unwrap();
+            assert_eq!(args.cmdline.as_deref(), *cmdline);
+            assert_eq!(args.sysroot, PathBuf::from(sysroot));
+            assert_eq!(args.run_dir, PathBuf::from(run_dir));
+            assert_eq!(args.cache_dir, cache_dir.map(PathBuf::from));
+        }
+    }
+
+    #[test]
+    fn bad_cmdline_is_an_error_before_any_network() {
+        let args = Args::try_parse_from(["stateless-loader", "--cmdline", "rd.stateless.timeout=abc"]).unwrap();
+        let err = run(args).map(|_| ()).map_err(|e| format!("{e:#}"));
+        assert_eq!(
+            err,
+            Err("reading the kernel command line: rd.stateless.timeout=abc: not a number of seconds".to_owned())
+        );
+    }
+}

@@ -1,0 +1,639 @@
+//! The loader's pipeline: find servers, fetch, verify, apply, cache, report.
+//!
+//! Order of sources: the servers (explicit URLs, else DNS SRV), then the
+//! cache's current slot, then its previous slot. Whatever the source, the
+//! bundle goes through the same checks: authenticated with a key from the key
+//! ladder, extracted completely into a staging directory under the run
+//! directory, checked against policy (scope, anti-rollback, expiry,
+//! downgrade), and only then applied to the root. Nothing touches the root
+//! before that point.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use stateless_bundle::header::{HEADER_LEN, RawHeader};
+use stateless_bundle::{BundleReader, Cipher, Header, Key, KeyId, Limits, OpenOptions as BundleOpen, Scope};
+use stateless_keys::{DirSource, FileSource, KeySource, find_key};
+
+use crate::cache::{Cache, SlotMeta};
+use crate::cmdline::{Config, KeyChoice, OnFail};
+use crate::dns::{ResolvConf, Resolver};
+use crate::fetch::{FetchError, Outcome, Request, Transport, TransportConfig};
+use crate::identity::{self, Identity};
+use crate::srv::{self, SplitMix64};
+
+/// The site CA file used when neither `ca=` nor `pin=` is given, if present
+/// (installed by the dracut module).
+pub const DEFAULT_CA_BUNDLE: &str = "etc/stateless/ca.pem";
+/// Where keys embedded in the initramfs live (`*.key` files).
+pub const EMBEDDED_KEY_DIR: &str = "/etc/stateless/keys";
+/// A clock earlier than this (2026-01-01) is taken to be unset, as it is on
+/// machines without a battery-backed RTC; expiry is then not enforced.
+pub const SANE_CLOCK_FLOOR: i64 = 1_767_225_600;
+/// First wait between rounds over all servers; it doubles up to [`MAX_BACKOFF`].
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// Longest wait between rounds.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Where the pipeline reads and writes.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// The root to apply to (`/sysroot`).
+    pub sysroot: PathBuf,
+    /// Run-time directory (`/run/stateless`): download, staging, status.
+    pub run_dir: PathBuf,
+    /// A directory standing in for the mounted cache device.
+    pub cache_dir: Option<PathBuf>,
+    /// Root for `/sys`, `/proc` and `/etc/resolv.conf` lookups (`/`).
+    pub host_root: PathBuf,
+    /// Directory of keys embedded in the boot image.
+    pub key_dir: PathBuf,
+}
+
+/// What happened, written to `status.json` and summarised on the console.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Report {
+    /// `applied` or `failed`.
+    pub result: &'static str,
+    /// `server`, `cache-current`, `cache-previous` or `none`.
+    pub source: &'static str,
+    /// The server URL the bundle came from (or was first fetched from).
+    pub server: Option<String>,
+    /// The node id used.
+    pub node: Option<String>,
+    /// Generation applied.
+    pub generation: Option<u64>,
+    /// Digest of the applied bundle.
+    pub digest: Option<String>,
+    /// Key id used (none for unencrypted bundles).
+    pub key_id: Option<String>,
+    /// Where the key came from.
+    pub key_source: Option<String>,
+    /// When the applied bundle was fetched (Unix seconds).
+    pub fetched: Option<i64>,
+    /// Milliseconds per stage.
+    pub timings_ms: Vec<(String, u64)>,
+    /// Every fetch attempt: URL and outcome.
+    pub attempts: Vec<String>,
+    /// Warnings, in order.
+    pub warnings: Vec<String>,
+    /// The console line.
+    pub message: String,
+    /// The `onfail` action requested when nothing was applied.
+    pub onfail: Option<&'static str>,
+}
+
+/// Exit codes the dracut module maps to actions (see docs/cmdline.md).
+pub fn exit_code(report: &Report, onfail: OnFail) -> u8 {
+    if report.result == "applied" {
+        return 0;
+    }
+    match onfail {
+        OnFail::Emergency => 10,
+        OnFail::Continue => 11,
+        OnFail::Reboot => 12,
+        OnFail::Poweroff => 13,
+    }
+}
+
+struct Ctx<'a> {
+    config: &'a Config,
+    paths: &'a Paths,
+    limits: Limits,
+    report: Report,
+    started: Instant,
+    highest: Option<(u64, String)>,
+    identity: Option<Identity>,
+    /// A key is configured: unencrypted bundles are a downgrade.
+    key_required: bool,
+}
+
+/// A bundle that authenticated and is extracted in staging.
+struct Ready {
+    header: Header,
+    digest: String,
+    key_source: Option<String>,
+}
+
+/// Runs the whole pipeline and writes the status file. Never panics on
+/// input; every failure ends in the report.
+pub fn run(config: &Config, paths: &Paths) -> Report {
+    let mut ctx = Ctx {
+        config,
+        paths,
+        limits: Limits::default(),
+        report: Report { result: "failed", source: "none", ..Report::default() },
+        started: Instant::now(),
+        highest: None,
+        identity: None,
+        key_required: !matches!(config.key, KeyChoice::None),
+    };
+    let outcome = run_inner(&mut ctx);
+    let mut report = ctx.report;
+    match outcome {
+        Ok(line) => {
+            report.result = "applied";
+            report.message = line;
+        }
+        Err(line) => {
+            report.onfail = Some(config.onfail.as_str());
+            report.message = format!("{line}; onfail={}", config.onfail);
+        }
+    }
+    report.timings_ms.push(("total".into(), ms(ctx.started.elapsed())));
+    if let Err(e) = write_status(&paths.run_dir, &report) {
+        log::warn!("writing status.json: {e}");
+    }
+    report
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+impl Ctx<'_> {
+    fn warn(&mut self, msg: String) {
+        log::warn!("{msg}");
+        self.report.warnings.push(msg);
+    }
+
+    fn stage(&mut self, name: &str, since: Instant) {
+        self.report.timings_ms.push((name.to_owned(), ms(since.elapsed())));
+    }
+}
+
+fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, String> {
+    fs::create_dir_all(&ctx.paths.run_dir).map_err(|e| format!("creating {}: {e}", ctx.paths.run_dir.display()))?;
+    match identity::discover(&ctx.paths.host_root, ctx.config.node.as_deref(), ctx.config.bootif) {
+        Ok(id) => {
+            log::debug!("node {} (from {})", id.node, id.source);
+            ctx.report.node = Some(id.node.clone());
+            ctx.identity = Some(id);
+        }
+        Err(e) => ctx.warn(e.to_string()),
+    }
+    let cache = open_cache(ctx);
+    if let Some(c) = &cache {
+        ctx.highest = c.highest_generation();
+    }
+    let current_digest =
+        cache.as_ref().and_then(|c| c.slots().into_iter().next()).and_then(|s| s.ok()).map(|(_, m)| m.digest);
+
+    // 1. The servers.
+    let t = Instant::now();
+    let fetched = fetch_from_servers(ctx, current_digest.as_deref());
+    ctx.stage("fetch", t);
+    let network_note = match fetched {
+        Ok(FetchResult::Fresh { path, url }) => match verify_and_apply(ctx, &path, "server") {
+            Ok(ready) => {
+                ctx.report.server = Some(url.clone());
+                ctx.report.fetched = Some(now());
+                if let Some(c) = &cache {
+                    store_in_cache(ctx, c, &path, &ready, &url);
+                }
+                let _ = fs::remove_file(&path);
+                return Ok(format!(
+                    "applied generation {} from {url}{} in {:.1} s",
+                    ready.header.generation,
+                    key_note(&ready),
+                    ctx.started.elapsed().as_secs_f64()
+                ));
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                format!("bundle from {url} refused: {e}")
+            }
+        },
+        Ok(FetchResult::NotModified { url }) => {
+            ctx.report.server = Some(url.clone());
+            format!("{url} says the cached bundle is current")
+        }
+        Err(note) => note,
+    };
+    log::warn!("{network_note}");
+    ctx.report.warnings.push(network_note.clone());
+
+    // 2. The cache, current slot then previous.
+    let Some(cache) = cache else {
+        return Err(format!("no bundle applied: {network_note}; no cache"));
+    };
+    let mut slot_notes = Vec::new();
+    for (i, slot) in cache.slots().into_iter().enumerate() {
+        let name = if i == 0 { "cache-current" } else { "cache-previous" };
+        let (path, meta) = match slot {
+            Ok(s) => s,
+            Err(w) => {
+                ctx.warn(format!("{name}: {w}"));
+                slot_notes.push(format!("{name} unusable"));
+                continue;
+            }
+        };
+        match verify_and_apply(ctx, &path, name) {
+            Ok(ready) => {
+                ctx.report.fetched = Some(meta.fetched);
+                ctx.report.server = Some(meta.server.clone());
+                let when = fmt_date(meta.fetched);
+                return Ok(format!(
+                    "{network_note}; applied {} generation {} (fetched {when}){}",
+                    if i == 0 { "cached" } else { "previous cached" },
+                    ready.header.generation,
+                    key_note(&ready),
+                ));
+            }
+            Err(e) => {
+                ctx.warn(format!("{name}: {e}"));
+                slot_notes.push(format!("{name} refused"));
+            }
+        }
+    }
+    if slot_notes.is_empty() {
+        slot_notes.push("cache empty".into());
+    }
+    Err(format!("no bundle applied: {network_note}; {}", slot_notes.join(", ")))
+}
+
+fn key_note(r: &Ready) -> String {
+    match &r.key_source {
+        Some(src) => format!(" (key {} from {src})", r.header.key_id.short()),
+        None => " (unencrypted)".into(),
+    }
+}
+
+fn fmt_date(t: i64) -> String {
+    let s = u64::try_from(t).unwrap_or(0);
+    let full = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(s)).to_string();
+    full.get(..10).unwrap_or(&full).to_owned()
+}
+
+fn open_cache(ctx: &mut Ctx<'_>) -> Option<Cache> {
+    if let Some(dir) = &ctx.paths.cache_dir {
+        return Some(Cache::new(dir.clone()));
+    }
+    match &ctx.config.cache {
+        crate::cmdline::CacheDevice::None => None,
+        other => {
+            ctx.warn(format!("cache device {other:?}: mounting cache devices is not wired in yet"));
+            None
+        }
+    }
+}
+
+enum FetchResult {
+    Fresh { path: PathBuf, url: String },
+    NotModified { url: String },
+}
+
+/// The base URLs to try, in order.
+fn base_urls(ctx: &mut Ctx<'_>, deadline: Instant) -> Result<Vec<String>, String> {
+    let cfg = ctx.config;
+    if !cfg.servers.is_empty() {
+        let Some(id) = &ctx.identity else {
+            return Err("no node identity to fill in the server URLs".into());
+        };
+        let rendered: Vec<_> = cfg.servers.iter().map(|t| (t.as_str(), t.render(id))).collect();
+        let mut out = Vec::new();
+        for (template, url) in rendered {
+            match url {
+                Ok(u) => out.push(u.trim_end_matches('/').to_owned()),
+                Err(e) => ctx.warn(format!("server {template}: {e}")),
+            }
+        }
+        return Ok(out);
+    }
+    let resolv = fs::read_to_string(ctx.paths.host_root.join("etc/resolv.conf"))
+        .map(|t| ResolvConf::parse(&t))
+        .unwrap_or_default();
+    let domain = cfg
+        .domain
+        .clone()
+        .or(resolv.search.clone())
+        .ok_or("no server: no rd.stateless.server=, no rd.stateless.domain= and no search domain from DHCP")?;
+    let servers = match cfg.dns {
+        Some(d) => vec![d],
+        None => resolv.servers.clone(),
+    };
+    let name = format!("{}.{domain}", cfg.srv);
+    let answer = Resolver::new(servers).srv(&name, deadline).map_err(|e| format!("DNS SRV {name}: {e}"))?;
+    let mut seed = [0u8; 8];
+    let _ = getrandom::fill(&mut seed);
+    let mut rng = SplitMix64::new(u64::from_le_bytes(seed));
+    let mut draw = |max: u64| if max == 0 { 0 } else { rng.next_u64() % (max + 1) };
+    let ordered = srv::order(answer.records, &mut draw).map_err(|e| format!("DNS SRV {name}: {e}"))?;
+    let scheme = if cfg.insecure { "http" } else { "https" };
+    Ok(ordered.iter().map(|r| format!("{scheme}://{}:{}", r.host(), r.port)).collect())
+}
+
+fn fetch_from_servers(ctx: &mut Ctx<'_>, current_digest: Option<&str>) -> Result<FetchResult, String> {
+    let budget = ctx.config.timeout;
+    let deadline = ctx.started + budget;
+    let bases = base_urls(ctx, deadline)?;
+    if bases.is_empty() {
+        return Err("no server to try".into());
+    }
+    let Some(node) = ctx.identity.as_ref().map(|i| i.node.clone()) else {
+        return Err("no node identity".into());
+    };
+    let mut dns = ctx.config.dns.into_iter().collect::<Vec<_>>();
+    if dns.is_empty() {
+        if let Ok(t) = fs::read_to_string(ctx.paths.host_root.join("etc/resolv.conf")) {
+            dns = ResolvConf::parse(&t).servers;
+        }
+    }
+    // Without ca= or pin=, the site CA the dracut module put in the
+    // initramfs is the trust store.
+    let ca = ctx.config.ca.clone().or_else(|| {
+        let bundle = ctx.paths.host_root.join(DEFAULT_CA_BUNDLE);
+        (ctx.config.pins.is_empty() && bundle.is_file()).then_some(bundle)
+    });
+    let transport = Transport::new(&TransportConfig {
+        ca,
+        pins: ctx.config.pins.iter().map(|p| p.0).collect(),
+        dns,
+        ..TransportConfig::default()
+    })
+    .map_err(|e| format!("setting up HTTPS: {}", chain(&e)))?;
+    let mut paths = vec![format!("v1/nodes/{node}/bundle")];
+    if let Some(g) = &ctx.config.group {
+        paths.push(format!("v1/groups/{g}/bundle"));
+    }
+    paths.push("v1/default/bundle".into());
+    let download = ctx.paths.run_dir.join("download.bundle");
+    let max = ctx.limits.max_payload + HEADER_LEN as u64;
+    let mut backoff = FIRST_BACKOFF;
+    let mut last = String::from("no server answered");
+    let mut round = 0;
+    loop {
+        round += 1;
+        let mut all_missing = true;
+        for base in &bases {
+            let plain_http = base.starts_with("http://");
+            for p in &paths {
+                if Instant::now() >= deadline {
+                    return Err(format!("{last}; gave up after {} s", budget.as_secs()));
+                }
+                let url = format!("{base}/{p}");
+                let mut file =
+                    match OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&download) {
+                        Ok(f) => f,
+                        Err(e) => return Err(format!("creating {}: {e}", download.display())),
+                    };
+                let insecure = ctx.config.insecure;
+                let key_required = ctx.key_required;
+                let mut check =
+                    |head: &[u8], total: Option<u64>| early_check(head, total, plain_http, insecure, key_required);
+                let t = Instant::now();
+                let res = transport.get(
+                    &Request { url: &url, if_none_match: current_digest, limit: max, deadline, check_len: HEADER_LEN },
+                    &mut file,
+                    &mut check,
+                );
+                let took = t.elapsed().as_millis();
+                match res {
+                    Ok(Outcome::Fetched { bytes, resumes, .. }) => {
+                        ctx.report.attempts.push(format!("{url}: 200, {bytes} bytes, {resumes} resumes, {took} ms"));
+                        log::info!("fetched {url} ({bytes} bytes) in {took} ms");
+                        return Ok(FetchResult::Fresh { path: download, url });
+                    }
+                    Ok(Outcome::NotModified) => {
+                        ctx.report.attempts.push(format!("{url}: 304"));
+                        return Ok(FetchResult::NotModified { url });
+                    }
+                    Ok(Outcome::NotFound) => {
+                        ctx.report.attempts.push(format!("{url}: 404"));
+                        continue;
+                    }
+                    Err(e) => {
+                        let msg = chain(&e);
+                        ctx.report.attempts.push(format!("{url}: {msg}"));
+                        log::warn!("{url}: {msg}");
+                        all_missing = false;
+                        last = format!("{base}: {msg}");
+                        if !e.is_transient() {
+                            // A refused bundle is a verdict on this server.
+                            if matches!(e, FetchError::Refused(_) | FetchError::TooLarge(_)) {
+                                return Err(format!("bundle from {url} refused: {msg}"));
+                            }
+                        }
+                        // Try the next server rather than the next path: a
+                        // broken server must not make us fall back to a less
+                        // specific bundle.
+                        break;
+                    }
+                }
+            }
+        }
+        if all_missing {
+            return Err(format!("no bundle for node {node} on any server"));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("{last}; server unreachable after {} s", budget.as_secs()));
+        }
+        let wait = jitter(backoff).min(left);
+        log::info!("round {round} failed; retrying in {} ms", wait.as_millis());
+        std::thread::sleep(wait);
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        if Instant::now() >= deadline {
+            return Err(format!("{last}; server unreachable after {} s", budget.as_secs()));
+        }
+    }
+}
+
+/// Full jitter: a random wait in [d/2, d].
+fn jitter(d: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let _ = getrandom::fill(&mut b);
+    let frac = f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX);
+    d.mul_f64(0.5 + frac / 2.0)
+}
+
+/// Refuses a body from its first bytes: not a bundle, size inconsistent,
+/// or unencrypted over plain HTTP.
+fn early_check(
+    head: &[u8],
+    total: Option<u64>,
+    plain_http: bool,
+    insecure: bool,
+    key_required: bool,
+) -> Result<(), String> {
+    let raw = RawHeader::parse(head).map_err(|e| e.to_string())?;
+    let h = raw.unverified();
+    let declared = h.payload_len + HEADER_LEN as u64;
+    if let Some(t) = total {
+        if t != declared {
+            return Err(format!("server sends {t} bytes, the bundle header declares {declared}"));
+        }
+    }
+    if h.cipher == Cipher::None && key_required {
+        return Err("bundle is not encrypted but a key is configured (downgrade refused; use rd.stateless.key=none for unencrypted sites)".into());
+    }
+    if h.cipher == Cipher::None && plain_http && !insecure {
+        return Err("refusing an unencrypted bundle over plain HTTP (use https, or rd.stateless.insecure)".into());
+    }
+    Ok(())
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(&format!(": {c}"));
+        cur = c.source();
+    }
+    s
+}
+
+/// Key sources for the configured `rd.stateless.key=`.
+fn key_sources(ctx: &Ctx<'_>) -> Vec<Box<dyn KeySource>> {
+    match &ctx.config.key {
+        KeyChoice::Auto => vec![Box::new(DirSource(ctx.paths.key_dir.clone()))],
+        KeyChoice::File(p) => vec![Box::new(FileSource(p.clone()))],
+        KeyChoice::Usb { .. } | KeyChoice::Tpm | KeyChoice::None => vec![],
+    }
+}
+
+fn verify_and_apply(ctx: &mut Ctx<'_>, path: &Path, source: &'static str) -> Result<Ready, String> {
+    let t = Instant::now();
+    let ready = verify(ctx, path, source)?;
+    ctx.stage(&format!("verify ({source})"), t);
+    let t = Instant::now();
+    let staging = ctx.paths.run_dir.join("staging");
+    let opts = crate::apply::ApplyOptions { owners: rustix::process::geteuid().is_root() };
+    let res = crate::apply::apply(&staging, &ctx.paths.sysroot, &opts);
+    let _ = fs::remove_dir_all(&staging);
+    let summary = res.map_err(|e| format!("applying to {}: {}", ctx.paths.sysroot.display(), chain(&e)))?;
+    ctx.stage("apply", t);
+    log::debug!("applied {summary:?}");
+    ctx.report.source = source;
+    ctx.report.generation = Some(ready.header.generation);
+    ctx.report.digest = Some(ready.digest.clone());
+    ctx.report.key_id = (ready.header.cipher != Cipher::None).then(|| ready.header.key_id.to_string());
+    ctx.report.key_source = ready.key_source.clone();
+    Ok(ready)
+}
+
+/// Authenticates the bundle at `path`, checks policy, and extracts it into
+/// `run_dir/staging`.
+fn verify(ctx: &mut Ctx<'_>, path: &Path, source: &str) -> Result<Ready, String> {
+    let file = File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+    let reader = BundleReader::new(BufReader::with_capacity(256 * 1024, file)).map_err(|e| e.to_string())?;
+    let needed = reader.key_id();
+    let (key, key_source): (Option<Key>, Option<String>) = match reader.raw_header().cipher() {
+        Cipher::None => {
+            if ctx.key_required {
+                return Err("bundle is not encrypted but a key is configured (downgrade refused)".into());
+            }
+            (None, None)
+        }
+        _ => {
+            let (k, src) = pick_key(ctx, needed)?;
+            (Some(k), Some(src))
+        }
+    };
+    let bundle = reader.authenticate(key.as_ref(), &ctx.limits).map_err(|e| e.to_string())?;
+    let header = bundle.header().clone();
+    let digest = bundle.digest_hex();
+    check_policy(ctx, &header, &digest, source.starts_with("cache"))?;
+    let staging = ctx.paths.run_dir.join("staging");
+    let _ = fs::remove_dir_all(&staging);
+    fs::create_dir_all(&staging).map_err(|e| format!("creating {}: {e}", staging.display()))?;
+    let owners = rustix::process::geteuid().is_root();
+    if let Err(e) = bundle.extract(BundleOpen { dest: Some(&staging), owners, threaded: true }) {
+        let _ = fs::remove_dir_all(&staging);
+        return Err(chain(&e));
+    }
+    Ok(Ready { header, digest, key_source })
+}
+
+fn pick_key(ctx: &Ctx<'_>, needed: KeyId) -> Result<(Key, String), String> {
+    let sources = key_sources(ctx);
+    if sources.is_empty() {
+        return Err(match &ctx.config.key {
+            KeyChoice::None => format!("bundle needs key {} but rd.stateless.key=none", needed.short()),
+            other => {
+                format!("bundle needs key {}; key source {other:?} is not available in this build", needed.short())
+            }
+        });
+    }
+    let refs: Vec<&dyn KeySource> = sources.iter().map(AsRef::as_ref).collect();
+    find_key(needed, &refs).map_err(|offered| format!("bundle needs key {}; {offered}", needed.short()))
+}
+
+/// The scope, rollback and expiry rules. The rollback rule guards against a
+/// server (or someone between it and the node) serving an old bundle; it is
+/// not applied to the cache's own slots, which applied before on this node:
+/// the previous slot is used only when the current one is unusable.
+fn check_policy(ctx: &Ctx<'_>, h: &Header, digest: &str, from_cache: bool) -> Result<(), String> {
+    let node = ctx.identity.as_ref().map(|i| i.node.as_str());
+    match &h.scope {
+        Scope::Any => {}
+        Scope::Node(n) if Some(n.as_str()) == node => {}
+        Scope::Group(g) if Some(g) == ctx.config.group.as_ref() => {}
+        other => {
+            return Err(format!(
+                "bundle is for {other}, this is node {} (group {})",
+                node.unwrap_or("?"),
+                ctx.config.group.as_deref().unwrap_or("none")
+            ));
+        }
+    }
+    if let Some((generation, seen_digest)) = ctx.highest.as_ref().filter(|_| !from_cache) {
+        if h.generation < *generation {
+            return Err(format!(
+                "rollback refused: bundle generation {} is older than generation {generation} already applied",
+                h.generation
+            ));
+        }
+        if h.generation == *generation && digest != seen_digest {
+            return Err(format!("generation {generation} already applied with a different digest; refused"));
+        }
+    }
+    let t = now();
+    if let Some(exp) = h.expires {
+        if t >= SANE_CLOCK_FLOOR && t > exp {
+            return Err(format!(
+                "bundle expired at {}",
+                humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(u64::try_from(exp).unwrap_or(0)))
+            ));
+        }
+        if t < SANE_CLOCK_FLOOR {
+            log::warn!("clock is not set; bundle expiry not checked");
+        }
+    }
+    Ok(())
+}
+
+fn store_in_cache(ctx: &mut Ctx<'_>, cache: &Cache, path: &Path, ready: &Ready, url: &str) {
+    let size = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let meta = SlotMeta {
+        generation: ready.header.generation,
+        digest: ready.digest.clone(),
+        fetched: now(),
+        server: url.to_owned(),
+        key_id: ready.header.key_id.to_string(),
+        size,
+        highest_generation: ctx
+            .highest
+            .as_ref()
+            .map_or(ready.header.generation, |(g, _)| (*g).max(ready.header.generation)),
+    };
+    let t = Instant::now();
+    match cache.store(path, &meta) {
+        Ok(()) => ctx.stage("cache", t),
+        Err(e) => ctx.warn(format!("cache not updated (old slots kept): {}", chain(&e))),
+    }
+}
+
+fn write_status(run_dir: &Path, report: &Report) -> std::io::Result<()> {
+    let json = serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?;
+    let tmp = run_dir.join(".status.json.tmp");
+    fs::write(&tmp, json)?;
+    fs::rename(tmp, run_dir.join("status.json"))
+}

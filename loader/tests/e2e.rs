@@ -1,0 +1,333 @@
+//! The loader binary against real servers on 127.0.0.1: nginx serving the
+//! protocol's directory layout (HTTP and HTTPS), dnsmasq answering SRV
+//! queries, and fault-injecting proxies for cut and stalled transfers.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use stateless_bundle::Scope;
+use support::{Dnsmasq, Nginx, Node, Proxy, Site};
+
+const NODE: &str = "rd.stateless.node=node42";
+
+fn node_scope() -> Scope {
+    Scope::Node("node42".into())
+}
+
+fn key_arg(site: &Site) -> String {
+    format!("rd.stateless.key=file:{}", site.key_file.display())
+}
+
+#[test]
+fn fresh_fetch_applies_and_caches() {
+    let site = Site::new();
+    site.publish("v1/nodes/node42/bundle", 3, node_scope(), &[("etc/motd", b"hello node42\n")], true);
+    let nginx = Nginx::start(&site.www(), None, "");
+    let node = Node::new();
+    let (code, err, status) =
+        node.boot(&format!("rd.stateless.server=http://127.0.0.1:{} {NODE} {}", nginx.port, key_arg(&site)));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(node.read("etc/motd").as_deref(), Some("hello node42\n"));
+    assert_eq!(node.read("etc/base").as_deref(), Some("from the image\n"));
+    assert_eq!(status["source"], "server");
+    assert_eq!(status["generation"], 3);
+    assert_eq!(status["key_source"].as_str().unwrap(), format!("key file {}", site.key_file.display()));
+    assert!(err.contains("stateless: applied generation 3 from http://127.0.0.1"), "{err}");
+    assert!(node.dir.path().join("cache/current.bundle").exists());
+}
+
+#[test]
+fn falls_back_from_node_to_group_to_default() {
+    let site = Site::new();
+    site.publish("v1/default/bundle", 1, Scope::Any, &[("etc/motd", b"default\n")], true);
+    let nginx = Nginx::start(&site.www(), None, "");
+    let node = Node::new();
+    let base = format!("rd.stateless.server=http://127.0.0.1:{} {NODE} {}", nginx.port, key_arg(&site));
+    let (code, err, status) = node.boot(&base);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(node.read("etc/motd").as_deref(), Some("default\n"));
+    let attempts = status["attempts"].to_string();
+    assert!(attempts.contains("nodes/node42/bundle: 404"), "{attempts}");
+    site.publish("v1/groups/rack7/bundle", 2, Scope::Group("rack7".into()), &[("etc/motd", b"rack7\n")], true);
+    node.fresh_sysroot();
+    let (code, err, _) = node.boot(&format!("{base} rd.stateless.group=rack7"));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(node.read("etc/motd").as_deref(), Some("rack7\n"));
+}
+
+#[test]
+fn explicit_urls_fail_over_in_order() {
+    let site = Site::new();
+    site.publish("v1/nodes/node42/bundle", 1, node_scope(), &[("etc/motd", b"second\n")], true);
+    let nginx = Nginx::start(&site.www(), None, "");
+    let dead = support::free_port();
+    let node = Node::new();
+    let (code, err, status) = node.boot(&format!(
+        "rd.stateless.server=http://127.0.0.1:{dead},http://127.0.0.1:{} {NODE} {}",
+        nginx.port,
+        key_arg(&site)
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(node.read("etc/motd").as_deref(), Some("second\n"));
+    let attempts = status["attempts"].as_array().unwrap();
+    assert!(attempts[0].as_str().unwrap().contains(&dead.to_string()), "{attempts:?}");
+}
+
+#[test]
+fn srv_discovery_prefers_priority_and_fails_over() {
+    let site = Site::new();
+    site.publish("v1/nodes/node42/bundle", 1, node_scope(), &[("etc/motd", b"via srv\n")], true);
+    let nginx = Nginx::start(&site.www(), None, "");
+    let dead = support::free_port();
+    // The best (lowest) priority points at a dead port; the loader must
+    // fail over to the next priority.
+    let dns = Dnsmasq::start(
+        &[(10, 100, dead, "down.lab.test"), (20, 60, nginx.port, "up.lab.test"), (20, 40, nginx.port, "up2.lab.test")],
+        &[("down.lab.test", "127.0.0.1"), ("up.lab.test", "127.0.0.1"), ("up2.lab.test", "127.0.0.1")],
+    );
+    let node = Node::new();
+    let (code, err, status) = node.boot(&format!(
+        "rd.stateless.domain=lab.test rd.stateless.dns=127.0.0.1:{} rd.stateless.insecure {NODE} {}",
+        dns.port,
+        key_arg(&site)
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(node.read("etc/motd").as_deref(), Some("via srv\n"));
+    let attempts = status["attempts"].as_array().unwrap();
+    assert!(attempts[0].as_str().unwrap().starts_with(&format!("http://down.lab.test:{dead}/")), "{attempts:?}");
+    assert!(status["server"].as_str().unwrap().contains(".lab.test:"), "{status}");
+}
+
+#[test]
+fn not_modified_uses_the_cache() {
+    let site = Site::new();
+    let bytes = site.publish("v1/nodes/node42/bundle", 5, node_scope(), &[("etc/motd", b"v5\n")], true);
+    let digest = stateless_bundle::BundleReader::new(&bytes[..]).unwrap().raw_header().digest_hex();
+    // nginx's own ETag is mtime-size; a site that wants 304s for its blades
+    // answers If-None-Match with the bundle digest, as the project's server does.
+    let nginx =
+        Nginx::start(&site.www(), None, &format!("if ($http_if_none_match = '\"{digest}\"') {{ return 304; }}"));
+    let node = Node::new();
+    let cmd = format!("rd.stateless.server=http://127.0.0.1:{} {NODE} {}", nginx.port, key_arg(&site));
+    let (code, err, _) = node.boot(&cmd);
+    assert_eq!(code, 0, "{err}");
+    node.fresh_sysroot();
+    let (code, err, status) = node.boot(&cmd);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status["source"], "cache-current", "{status}");
+    assert!(status["attempts"].to_string().contains(": 304"), "{status}");
+    assert_eq!(node.read("etc/motd").as_deref(), Some("v5\n"));
+}
+
+#[test]
+fn server_down_boots_from_cache_then_previous() {
+    let site = Site::new();
+    site.publish("v1/nodes/node42/bundle", 1, node_scope(), &[("etc/motd", b"gen1\n")], true);
+    let nginx = Nginx::start(&site.www(), None, "");
+    let node = Node::new();
+    let cmd = |port: u16| {
+        format!("rd.stateless.server=http://127.0.0.1:{port} {NODE} {} rd.stateless.timeout=3", key_arg(&site))
+    };
+    assert_eq!(node.boot(&cmd(nginx.port)).0, 0);
+    site.publish("v1/nodes/node42/bundle", 2, node_scope(), &[("etc/motd", b"gen2\n")], true);
+    assert_eq!(node.boot(&cmd(nginx.port)).0, 0);
+    let port = nginx.port;
+    drop(nginx);
+    node.fresh_sysroot();
+    let started = Instant::now();
+    let (code, err, status) = node.boot(&cmd(port));
+    assert!(started.elapsed() < Duration::from_secs(10), "budget not kept: {:?}", started.elapsed());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status["source"], "cache-current");
+    assert_eq!(node.read("etc/motd").as_deref(), Some("gen2\n"));
+    assert!(err.contains("applied cached generation 2 (fetched"), "{err}");
+    // Corrupt the current slot: the previous one is used.
+    let cur = node.dir.path().join("cache/current.bundle");
+    let mut b = std::fs::read(&cur).unwrap();
+    let n = b.len();
+    b[n - 10] ^= 1;
+    std::fs::write(&cur, b).unwrap();
+    node.fresh_sysroot();
+    let (code, err, status) = node.boot(&cmd(port));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status["source"], "cache-previous", "{status}");
+    assert_eq!(node.read("etc/motd").as_deref(), Some("gen1\n"));
+}
+
+#[test]
+fn tampered_and_truncated_bundles_leave_the_root_untouched() {
+    let site = Site::new();
+    let good = site.make(1, node_scope(), &[("etc/motd", b"good\n"), ("usr/lib/blob", &[7u8; 300_000])], true);
+    let nginx = Nginx::start(&site.www(), None, "");
+    let node = Node::new();
+    let cmd =
+        format!("rd.stateless.server=http://127.0.0.1:{} {NODE} {} rd.stateless.timeout=3", nginx.port, key_arg(&site));
+    let before = node.tree_digest();
+    let mut tampered = good.clone();
+    let n = tampered.len();
+    tampered[n / 2] ^= 0x20;
+    for (what, bytes) in [("tampered", tampered), ("truncated", good[..good.len() * 2 / 3].to_vec())] {
+        site.put("v1/nodes/node42/bundle", &bytes);
+        let (code, err, status) = node.boot(&cmd);
+        assert_eq!(code, 10, "{what}: {err}");
+        assert_eq!(status["result"], "failed");
+        assert_eq!(node.tree_digest(), before, "{what}: the root changed");
+        assert!(err.contains("no bundle applied") && err.contains("onfail=emergency"), "{what}: {err}");
+    }
+    assert!(!node.dir.path().join("run/staging").exists());
+    // With a cache, the tampered bundle is refused and the cache is used.
+    site.put("v1/nodes/node42/bundle", &good);
+    assert_eq!(node.boot(&cmd).0, 0);
+    let mut tampered = good.clone();
+    tampered[400] ^= 1;
+    site.put("v1/nodes/node42/bundle", &tampered);
+    node.fresh_sysroot();
+    let (code, err, status) = node.boot(&cmd);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status["source"], "cache-current");
+    assert!(err.contains("authentication failed"), "{err}");
+}
+
+#[test]
+fn rollback_scope_and_downgrade_are_refused() {
+    let site = Site::new();
+    site.publish("v1/nodes/node42/bundle", 5, node_scope(), &[("etc/motd", b"gen5\n")], true);
+    let nginx = Nginx::start(&site.www(), None, "");
+    let node = Node::new();
+    let cmd =
+        format!("rd.stateless.server=http://127.0.0.1:{} {NODE} {} rd.stateless.timeout=3", nginx.port, key_arg(&site));
+    assert_eq!(node.boot(&cmd).0, 0);
+    site.publish("v1/nodes/node42/bundle", 4, node_scope(), &[("etc/motd", b"gen4\n")], true);
+    let (code, err, status) = node.boot(&cmd);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("rollback refused: bundle generation 4 is older than generation 5"), "{err}");
+    assert_eq!(status["source"], "cache-current");
+    assert_eq!(node.read("etc/motd").as_deref(), Some("gen5\n"));
+
+    let other = Node::new();
+    site.publish("v1/nodes/node42/bundle", 6, Scope::Node("node43".into()), &[("etc/motd", b"x\n")], true);
+    let (code, err, _) = other.boot(&cmd);
+    assert_eq!(code, 10, "{err}");
+    assert!(err.contains("bundle is for node:node43, this is node node42"), "{err}");
+
+    site.publish("v1/nodes/node42/bundle", 7, node_scope(), &[("etc/motd", b"plain\n")], false);
+    let (code, err, _) = other.boot(&cmd);
+    assert_eq!(code, 10, "{err}");
+    assert!(err.contains("not encrypted but a key is configured"), "{err}");
+    // An unencrypted bundle over plain http needs rd.stateless.insecure.
+    let (code, err, _) = other.boot(&format!(
+        "rd.stateless.server=http://127.0.0.1:{} {NODE} rd.stateless.key=none rd.stateless.timeout=3",
+        nginx.port
+    ));
+    assert_eq!(code, 10, "{err}");
+    assert!(err.contains("unencrypted bundle over plain HTTP"), "{err}");
+    let (code, err, _) = other.boot(&format!(
+        "rd.stateless.server=http://127.0.0.1:{} {NODE} rd.stateless.key=none rd.stateless.insecure",
+        nginx.port
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(other.read("etc/motd").as_deref(), Some("plain\n"));
+}
+
+#[test]
+fn wrong_key_names_what_was_offered() {
+    let site = Site::new();
+    site.publish("v1/nodes/node42/bundle", 1, node_scope(), &[("etc/motd", b"x\n")], true);
+    let nginx = Nginx::start(&site.www(), None, "");
+    let other = Site::new();
+    let node = Node::new();
+    let (code, err, _) = node.boot(&format!(
+        "rd.stateless.server=http://127.0.0.1:{} {NODE} {} rd.stateless.timeout=3",
+        nginx.port,
+        key_arg(&other)
+    ));
+    assert_eq!(code, 10, "{err}");
+    let needed = site.key.id().short();
+    let had = other.key.id().short();
+    assert!(
+        err.contains(&format!("bundle needs key {needed}; key file")) && err.contains(&format!("had {had}")),
+        "{err}"
+    );
+    let (code, err, _) = node.boot(&format!(
+        "rd.stateless.server=http://127.0.0.1:{} {NODE} rd.stateless.key=none rd.stateless.timeout=3",
+        nginx.port
+    ));
+    assert_eq!(code, 10);
+    assert!(err.contains(&format!("bundle needs key {needed} but rd.stateless.key=none")), "{err}");
+}
+
+#[test]
+fn https_with_pin_or_ca() {
+    let site = Site::new();
+    site.publish("v1/nodes/node42/bundle", 1, node_scope(), &[("etc/motd", b"tls\n")], false);
+    let (ca, cert, key, pin) = support::self_signed(site.dir.path());
+    let nginx = Nginx::start(&site.www(), Some((&cert, &key)), "");
+    let node = Node::new();
+    let base = format!(
+        "rd.stateless.server=https://127.0.0.1:{} {NODE} rd.stateless.key=none rd.stateless.timeout=3",
+        nginx.port
+    );
+    let (code, err, _) = node.boot(&format!("{base} rd.stateless.pin=sha256:{pin}"));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(node.read("etc/motd").as_deref(), Some("tls\n"));
+    node.fresh_sysroot();
+    let (code, err, _) = node.boot(&format!("{base} rd.stateless.ca={}", ca.display()));
+    assert_eq!(code, 0, "{err}");
+    // A node with nothing cached: a wrong pin or no trust at all fails.
+    let bare = Node::new();
+    let wrong = "sha256:".to_owned() + &"00".repeat(32);
+    let (code, err, _) = bare.boot(&format!("{base} rd.stateless.pin={wrong}"));
+    assert_eq!(code, 10, "{err}");
+    assert!(err.contains("does not match rd.stateless.pin"), "{err}");
+    let (code, err, _) = bare.boot(&base);
+    assert_eq!(code, 10, "{err}");
+    assert!(err.contains("no trust for https"), "{err}");
+}
+
+#[test]
+fn cut_transfer_resumes_with_range() {
+    let site = Site::new();
+    // Incompressible (xorshift), so the bundle is as large as the file.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let big: Vec<u8> = (0..3_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    site.publish("v1/nodes/node42/bundle", 1, node_scope(), &[("usr/lib/big", &big)], true);
+    let nginx = Nginx::start(&site.www(), None, "");
+    // The first two connections are cut after ~1 MB of response.
+    let proxy = Proxy::cutting(nginx.port, 1_000_000, 2);
+    let node = Node::new();
+    let (code, err, status) =
+        node.boot(&format!("rd.stateless.server=http://127.0.0.1:{} {NODE} {}", proxy.port, key_arg(&site)));
+    assert_eq!(code, 0, "{err}");
+    assert!(status["attempts"][0].as_str().unwrap().contains("2 resumes"), "{status}");
+    assert_eq!(std::fs::read(node.sysroot().join("usr/lib/big")).unwrap(), big);
+}
+
+#[test]
+fn stalled_server_hits_the_budget() {
+    let site = Site::new();
+    let stall = Proxy::stalling();
+    let node = Node::new();
+    let started = Instant::now();
+    let (code, err, status) = node.boot(&format!(
+        "rd.stateless.server=http://127.0.0.1:{} {NODE} {} rd.stateless.timeout=3",
+        stall.port,
+        key_arg(&site)
+    ));
+    let took = started.elapsed();
+    assert_eq!(code, 10, "{err}");
+    assert!(took >= Duration::from_secs(3) && took < Duration::from_secs(8), "took {took:?}");
+    assert!(
+        status["message"].as_str().unwrap().contains("gave up after 3 s")
+            || status["message"].as_str().unwrap().contains("after 3 s"),
+        "{status}"
+    );
+}
