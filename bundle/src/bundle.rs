@@ -390,12 +390,18 @@ fn run_payload<R: Read + Send>(
                 e => OpenError::Extract(e),
             },
         )?;
-        // After the end-of-archive marker only zero padding may follow.
+        // The tar reader stops at the first zero block of the end-of-archive
+        // marker (two zero blocks); the second must follow, then only zero
+        // padding. An archive that simply stops was cut short.
         let mut buf = [0u8; 8192];
+        let mut zeros: u64 = 0;
         loop {
             match tar.read(&mut buf) {
+                Ok(0) if zeros < 512 => {
+                    return Err(OpenError::Corrupt("the archive has no end-of-archive marker".into()));
+                }
                 Ok(0) => return Ok(summary),
-                Ok(n) if buf.get(..n).unwrap_or_default().iter().all(|&b| b == 0) => {}
+                Ok(n) if buf.get(..n).unwrap_or_default().iter().all(|&b| b == 0) => zeros += n as u64,
                 Ok(_) => return Err(OpenError::Corrupt("data after the end of the archive".into())),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(classify_io(e, limits)),

@@ -181,11 +181,20 @@ pub fn extract<R: Read>(tar_stream: R, opts: ExtractOptions<'_>) -> Result<Extra
         let gid = header.gid().map_err(ExtractError::io(format!("{shown}: gid")))?;
         let mtime = header.mtime().map_err(ExtractError::io(format!("{shown}: mtime")))?;
         let target = opts.dest.map(|d| d.join(path.as_path()));
+        // A whiteout or opaque marker is only meaningful as an empty regular
+        // file; under any other type the name would slip past the deletion
+        // rules and land in the root as an overlayfs marker.
+        let regular = matches!(etype, tar::EntryType::Regular | tar::EntryType::Continuous);
+        if path.whiteout().is_some() && !regular {
+            return Err(ExtractError::BadWhiteout(shown));
+        }
+        // Implicit parent directories are recorded in verify-only mode too, so
+        // that both modes refuse the same archives.
+        ensure_parents(opts.dest, &path, &mut seen)?;
 
         let kind = match etype {
             tar::EntryType::Directory => {
                 if let Some(t) = &target {
-                    ensure_parents(opts.dest, &path, &mut seen)?;
                     fs::create_dir(t).map_err(ExtractError::io(format!("creating {shown}")))?;
                     dirs.push(DirMeta { path: t.clone(), mode, uid, gid, mtime });
                 }
@@ -201,18 +210,15 @@ pub fn extract<R: Read>(tar_stream: R, opts: ExtractOptions<'_>) -> Result<Extra
                     summary.whiteouts += 1;
                 }
                 let mut file = match &target {
-                    Some(t) => {
-                        ensure_parents(opts.dest, &path, &mut seen)?;
-                        Some(
-                            OpenOptions::new()
-                                .write(true)
-                                .create_new(true)
-                                .mode(0o600)
-                                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                                .open(t)
-                                .map_err(ExtractError::io(format!("creating {shown}")))?,
-                        )
-                    }
+                    Some(t) => Some(
+                        OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .mode(0o600)
+                            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                            .open(t)
+                            .map_err(ExtractError::io(format!("creating {shown}")))?,
+                    ),
                     None => None,
                 };
                 let n = copy(&mut entry, file.as_mut(), &mut buf)
@@ -239,7 +245,6 @@ pub fn extract<R: Read>(tar_stream: R, opts: ExtractOptions<'_>) -> Result<Extra
                     err => ExtractError::Path { path: shown.clone(), err },
                 })?;
                 if let Some(t) = &target {
-                    ensure_parents(opts.dest, &path, &mut seen)?;
                     use std::os::unix::ffi::OsStrExt;
                     std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&link), t)
                         .map_err(ExtractError::io(format!("creating {shown}")))?;
@@ -258,7 +263,6 @@ pub fn extract<R: Read>(tar_stream: R, opts: ExtractOptions<'_>) -> Result<Extra
                     return Err(bad());
                 }
                 if let (Some(t), Some(d)) = (&target, opts.dest) {
-                    ensure_parents(opts.dest, &path, &mut seen)?;
                     fs::hard_link(d.join(link_path.as_path()), t)
                         .map_err(ExtractError::io(format!("creating {shown}")))?;
                 }
@@ -300,15 +304,19 @@ fn check_parents(path: &RelPath, seen: &HashMap<RelPath, Kind>, shown: &str) -> 
     Ok(())
 }
 
+/// Records the ancestors of `path` that the archive did not list as
+/// directories, creating them (mode 0755 until the walk ends) when
+/// extracting.
 fn ensure_parents(dest: Option<&Path>, path: &RelPath, seen: &mut HashMap<RelPath, Kind>) -> Result<(), ExtractError> {
-    let Some(dest) = dest else { return Ok(()) };
     for anc in path.ancestors() {
         let Ok(anc) = RelPath::parse(anc, usize::MAX) else { continue };
         if seen.contains_key(&anc) {
             continue;
         }
-        let dir = dest.join(anc.as_path());
-        fs::create_dir(&dir).map_err(ExtractError::io(format!("creating {anc}")))?;
+        if let Some(dest) = dest {
+            let dir = dest.join(anc.as_path());
+            fs::create_dir(&dir).map_err(ExtractError::io(format!("creating {anc}")))?;
+        }
         seen.insert(anc, Kind::Dir);
     }
     Ok(())

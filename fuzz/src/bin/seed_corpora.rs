@@ -1,0 +1,93 @@
+//! Turns the test vectors into seed corpora, one directory per fuzz target:
+//!
+//! ```text
+//! cargo run --release --manifest-path fuzz/Cargo.toml --bin seed_corpora -- tests/vectors fuzz/corpus
+//! ```
+//!
+//! * `bundle_open`: each bundle as it is, and (when its payload can be
+//!   recovered with the vector's key) its payload resealed unencrypted, so
+//!   mutations are not stopped by the header checksum;
+//! * `header_parse`: the 320 header bytes followed by the vector's key;
+//! * `stream_decrypt`: a fixed test key followed by the payload encrypted
+//!   under the key the target derives from it;
+//! * `tar_extract`: the decompressed tar stream.
+//!
+//! Nothing is committed: `fuzz/corpus` is ignored by git.
+
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+
+use stateless_bundle::header::HEADER_LEN;
+use stateless_bundle::stream::StreamReader;
+use stateless_bundle::{Cipher, Key, RawHeader};
+use stateless_fuzz::{encrypt, payload_key, seal};
+
+const STREAM_KEY: [u8; 32] = [0x11; 32];
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [vectors, corpus] = args.as_slice() else {
+        eprintln!("usage: seed_corpora VECTORS_DIR CORPUS_DIR");
+        std::process::exit(2);
+    };
+    let corpus = Path::new(corpus);
+    for t in ["bundle_open", "header_parse", "stream_decrypt", "tar_extract"] {
+        fs::create_dir_all(corpus.join(t)).expect("creating corpus directory");
+    }
+    let write = |target: &str, name: &str, data: &[u8]| {
+        fs::write(corpus.join(target).join(name), data).expect("writing seed");
+    };
+    let mut entries: Vec<_> = fs::read_dir(vectors).expect("reading vectors").filter_map(Result::ok).collect();
+    entries.sort_by_key(|e| e.file_name());
+    let (mut n, mut plains) = (0, 0);
+    for e in entries {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.contains('.') || !e.path().is_file() {
+            continue;
+        }
+        let data = fs::read(e.path()).expect("reading vector");
+        let Some(split) = data.windows(2).position(|w| w == b"\n\n") else { continue };
+        let text = String::from_utf8_lossy(&data[..split]);
+        let bundle = &data[split + 2..];
+        let key = text
+            .lines()
+            .find_map(|l| l.strip_prefix("key: "))
+            .and_then(|k| Key::from_file_text(k.as_bytes()).ok());
+        n += 1;
+        write("bundle_open", &name, bundle);
+        let mut header = bundle[..bundle.len().min(HEADER_LEN)].to_vec();
+        if let (Some(k), true) = (&key, header.len() == HEADER_LEN) {
+            header.extend_from_slice(k.as_bytes());
+        }
+        write("header_parse", &name, &header);
+
+        // Recover the compressed payload where the vector allows it.
+        let Ok(raw) = RawHeader::parse(bundle) else { continue };
+        let Ok((fields, pk)) = raw.authenticate(key.as_ref()) else { continue };
+        let payload = &bundle[HEADER_LEN..];
+        let plain = match (raw.cipher(), pk) {
+            (Cipher::None, _) => payload.to_vec(),
+            (_, Some(pk)) => {
+                let mut out = Vec::new();
+                match StreamReader::new(&pk, payload, fields.payload_len).read_to_end(&mut out) {
+                    Ok(_) => out,
+                    Err(_) => continue,
+                }
+            }
+            _ => continue,
+        };
+        plains += 1;
+        write("bundle_open", &format!("{name}.plain"), &seal(&fields, None, &plain));
+        let mut s = STREAM_KEY.to_vec();
+        s.extend_from_slice(&encrypt(&payload_key(&Key::from_bytes(STREAM_KEY)), &plain));
+        write("stream_decrypt", &name, &s);
+        let Ok(mut dec) = zstd::stream::read::Decoder::new(&plain[..]) else { continue };
+        let _ = dec.window_log_max(23);
+        let mut tar = Vec::new();
+        if dec.take(16 << 20).read_to_end(&mut tar).is_ok() && !tar.is_empty() {
+            write("tar_extract", &name, &tar);
+        }
+    }
+    println!("seeded {} from {n} vectors ({plains} payloads recovered)", corpus.display());
+}

@@ -1,0 +1,321 @@
+//! The bodies of the fuzz targets, shared by the libFuzzer binaries in
+//! `fuzz_targets/` and by the plain `replay` binary (which runs the same code
+//! over files on a stable toolchain, without libFuzzer).
+//!
+//! Every target panics only on a property violation: the library is expected
+//! to return errors for bad input, never to panic, and a few round-trip and
+//! agreement properties are asserted on top. Set `STATELESS_FUZZ_STRICT=1` to
+//! also assert that verify-only (`dest: None`) and extraction agree, which
+//! the library does not yet guarantee (see `tar_child_before_parent_dir` in
+//! `tests/vectors/`).
+//!
+//! No key file is ever read: keys are fixed constants or bytes of the input.
+
+use std::fs;
+use std::io::{Cursor, Read, Write};
+use std::path::Path;
+use std::sync::OnceLock;
+
+use sha2::{Digest, Sha256};
+use stateless_bundle::extract::{self, ExtractOptions, ExtractSummary};
+use stateless_bundle::header::HEADER_LEN;
+use stateless_bundle::stream::{self, CHUNK_SIZE, PayloadKey, StreamReader, StreamWriter};
+use stateless_bundle::{BundleReader, Cipher, Header, Key, KeyId, Limits, OpenOptions, RawHeader, Scope};
+
+/// The key `bundle_open` tries and seals with (a constant, not a secret).
+pub const FUZZ_KEY: [u8; 32] = *b"stateless-fuzz: not a secret key";
+
+/// Limits small enough that one input cannot fill the disk or take seconds.
+pub fn limits() -> Limits {
+    Limits { max_payload: 64 << 20, max_expanded: 16 << 20, max_entries: 4096, max_path: 4096 }
+}
+
+fn strict() -> bool {
+    static STRICT: OnceLock<bool> = OnceLock::new();
+    *STRICT.get_or_init(|| std::env::var_os("STATELESS_FUZZ_STRICT").is_some_and(|v| v != "0"))
+}
+
+/// The payload key for `key` with an all-zero salt, obtained through the
+/// crate's public API (a header sealed for the key, then authenticated).
+pub fn payload_key(key: &Key) -> PayloadKey {
+    payload_key_for(key, [0; 32])
+}
+
+fn payload_key_for(key: &Key, salt: [u8; 32]) -> PayloadKey {
+    let header = Header {
+        cipher: Cipher::Aes256GcmStream,
+        key_id: key.id(),
+        salt,
+        generation: 0,
+        created: 0,
+        expires: None,
+        payload_len: stream::encrypted_len(0),
+        expanded_len: 0,
+        entry_count: 0,
+        scope: Scope::Any,
+        payload_sha256: [0; 32],
+        signature: None,
+    };
+    let bytes = header.to_bytes(Some(key)).expect("a plain header serialises");
+    let (_, pk) = RawHeader::parse(&bytes).and_then(|r| r.authenticate(Some(key))).expect("own header authenticates");
+    pk.expect("an encrypted header yields a payload key")
+}
+
+/// Encrypts `plain` as a STREAM payload.
+pub fn encrypt(pk: &PayloadKey, plain: &[u8]) -> Vec<u8> {
+    let mut w = StreamWriter::new(pk, Vec::new());
+    w.write_all(plain).expect("writing to a Vec");
+    w.finish().expect("writing to a Vec")
+}
+
+fn decrypt(pk: &PayloadKey, ct: &[u8], declared: u64) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    StreamReader::new(pk, ct, declared).read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// Wraps `payload` (compressed, not encrypted) in a bundle whose header is
+/// `fields` with valid lengths, digest and tag: unencrypted when `key` is
+/// `None`, else sealed for `key` with the header's salt.
+pub fn seal(fields: &Header, key: Option<&Key>, payload: &[u8]) -> Vec<u8> {
+    let mut h = fields.clone();
+    let body = match key {
+        None => {
+            h.cipher = Cipher::None;
+            h.key_id = KeyId::default();
+            payload.to_vec()
+        }
+        Some(k) => {
+            h.cipher = Cipher::Aes256GcmStream;
+            h.key_id = k.id();
+            encrypt(&payload_key_for(k, h.salt), payload)
+        }
+    };
+    h.payload_len = body.len() as u64;
+    h.payload_sha256 = Sha256::digest(&body).into();
+    let mut out = h.to_bytes(key).expect("a parsed header re-serialises").to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Scratch directories
+
+/// A fresh `outer/dest` to extract into, with an empty sibling `outer/outside`
+/// that must still be empty afterwards (nothing may escape `dest`).
+struct Scratch {
+    outer: tempfile::TempDir,
+}
+
+impl Scratch {
+    fn new() -> Scratch {
+        let outer = tempfile::tempdir().expect("creating a temporary directory");
+        fs::create_dir(outer.path().join("dest")).expect("creating dest");
+        fs::create_dir(outer.path().join("outside")).expect("creating outside");
+        Scratch { outer }
+    }
+
+    fn dest(&self) -> std::path::PathBuf {
+        self.outer.path().join("dest")
+    }
+
+    fn check_contained(&self) {
+        let mut names: Vec<_> = fs::read_dir(self.outer.path())
+            .expect("listing scratch")
+            .map(|e| e.expect("listing scratch").file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["dest", "outside"], "extraction wrote next to its destination");
+        let outside = fs::read_dir(self.outer.path().join("outside")).expect("listing outside").count();
+        assert_eq!(outside, 0, "extraction wrote outside its destination");
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // Read-only directories from the archive would stop removal as non-root.
+        make_writable(self.outer.path());
+    }
+}
+
+fn make_writable(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = fs::symlink_metadata(dir) else { return };
+    if meta.is_dir() {
+        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+        if let Ok(entries) = fs::read_dir(dir) {
+            for e in entries.flatten() {
+                make_writable(&e.path());
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Targets
+
+/// `RawHeader::parse` and `authenticate` over arbitrary bytes. The key is
+/// bytes 320..352 of the input (zero-padded), so seeds can carry the key of
+/// their bundle. Whatever parses must re-serialise to the same bytes.
+pub fn header_parse(data: &[u8]) {
+    text_parsers(data);
+    let mut kb = [0u8; 32];
+    if let Some(tail) = data.get(HEADER_LEN..) {
+        let n = tail.len().min(32);
+        kb[..n].copy_from_slice(&tail[..n]);
+    }
+    let key = Key::from_bytes(kb);
+    let Ok(raw) = RawHeader::parse(data) else { return };
+    let _ = (raw.digest_hex(), raw.key_id(), raw.cipher(), Header::signed_bytes(raw.bytes()));
+    let without_key = raw.authenticate(None);
+    let with_key = raw.authenticate(Some(&key));
+
+    // Re-serialise the parsed fields (sealed for our key when encrypted).
+    let mut fields = raw.unverified().clone();
+    let k = (fields.cipher == Cipher::Aes256GcmStream).then_some(&key);
+    if k.is_some() {
+        fields.key_id = key.id();
+    }
+    let bytes = fields.to_bytes(k).unwrap_or_else(|e| panic!("parse accepted a header that to_bytes refuses: {e}"));
+    let mut want = *raw.bytes();
+    want[16..32].copy_from_slice(&fields.key_id.0);
+    assert!(bytes[..288] == want[..288], "re-serialised header fields differ from the parsed bytes");
+    let (again, pk) = RawHeader::parse(&bytes)
+        .and_then(|r| r.authenticate(k))
+        .unwrap_or_else(|e| panic!("a re-serialised header does not open: {e}"));
+    assert_eq!(again, fields);
+    assert_eq!(pk.is_some(), k.is_some());
+
+    // What authenticated as received must be byte-for-byte what to_bytes makes.
+    let authed = match raw.cipher() {
+        Cipher::None => without_key.ok(),
+        Cipher::Aes256GcmStream => with_key.ok(),
+    };
+    if let Some((h, _)) = authed {
+        assert_eq!(&h, raw.unverified());
+        assert_eq!(&bytes, raw.bytes(), "an authenticated header is not canonical");
+    }
+}
+
+/// Key files, key ids and scopes from text.
+fn text_parsers(data: &[u8]) {
+    if let Ok(key) = Key::from_file_text(data) {
+        let again = Key::from_file_text(key.to_file_text().as_bytes()).expect("a written key file parses");
+        assert_eq!(again.as_bytes(), key.as_bytes());
+    }
+    if let Ok(s) = std::str::from_utf8(data) {
+        if let Some(id) = KeyId::from_hex(s) {
+            assert_eq!(id.to_string(), s.to_ascii_lowercase());
+        }
+        if let Ok(scope) = Scope::parse(s) {
+            assert_eq!(scope.to_string(), s, "Scope::parse does not round-trip");
+        }
+    }
+}
+
+/// `StreamReader` over arbitrary bytes under a key made of input bytes
+/// 0..32; then a round trip of the rest of the input (cycled to a length the
+/// input picks, up to two chunks and a bit) with truncation and a bit flip.
+pub fn stream_decrypt(data: &[u8]) {
+    let Some((kb, rest)) = data.split_first_chunk::<32>() else { return };
+    let pk = payload_key(&Key::from_bytes(*kb));
+
+    // Arbitrary ciphertext, read as the header would declare it, and with a
+    // declared length the input picks.
+    let declared = rest.len() as u64;
+    if let Ok(plain) = decrypt(&pk, rest, declared) {
+        assert_eq!(stream::plaintext_len(declared), Some(plain.len() as u64));
+    }
+    let other = u64::from(u16::from_le_bytes([kb[3], kb[4]]));
+    let _ = decrypt(&pk, rest, other);
+    if let Some(p) = stream::plaintext_len(other) {
+        assert_eq!(stream::encrypted_len(p), other);
+    }
+
+    // Round trip.
+    let n = usize::from(u16::from_le_bytes([kb[0], kb[1]])) * 3 % (2 * CHUNK_SIZE + 64);
+    let plain: Vec<u8> = if rest.is_empty() { vec![0; n] } else { rest.iter().copied().cycle().take(n).collect() };
+    let ct = encrypt(&pk, &plain);
+    assert_eq!(ct.len() as u64, stream::encrypted_len(n as u64));
+    assert_eq!(stream::plaintext_len(ct.len() as u64), Some(n as u64));
+    assert!(decrypt(&pk, &ct, ct.len() as u64).expect("own ciphertext decrypts") == plain);
+    // Missing bytes: either the declared length is short (a chunk ends early
+    // or the last chunk is not sealed as last) or the input is.
+    assert!(decrypt(&pk, &ct[..ct.len() - 1], ct.len() as u64 - 1).is_err(), "a shortened payload decrypted");
+    assert!(decrypt(&pk, &ct[..ct.len() - 1], ct.len() as u64).is_err(), "a truncated payload decrypted");
+    let mut flipped = ct.clone();
+    let at = usize::from(kb[2]) * 997 % flipped.len();
+    flipped[at] ^= 1 << (kb[5] % 8);
+    assert!(decrypt(&pk, &flipped, ct.len() as u64).is_err(), "a flipped bit went unnoticed");
+}
+
+/// The outcome of opening a bundle: the summary, or the error text.
+type Outcome = Result<ExtractSummary, String>;
+
+fn open(bundle: &[u8], key: Option<&Key>, dest: bool, threaded: bool) -> Outcome {
+    let scratch = dest.then(Scratch::new);
+    let dest_path = scratch.as_ref().map(Scratch::dest);
+    let opts = OpenOptions { dest: dest_path.as_deref(), owners: false, threaded };
+    let out = BundleReader::new(Cursor::new(bundle))
+        .and_then(|r| r.authenticate(key, &limits()))
+        .and_then(|a| a.extract(opts))
+        .map(|s| s.extract)
+        .map_err(|e| e.to_string());
+    if let Some(s) = &scratch {
+        s.check_contained();
+    }
+    out
+}
+
+/// `BundleReader` over arbitrary bytes, without a key (the unencrypted path)
+/// and with [`FUZZ_KEY`], extracting into a temporary directory. Then the
+/// input's payload is resealed (valid checksum, digest and tag, the input's
+/// other header fields) both unencrypted and for `FUZZ_KEY`, so mutations
+/// reach zstd and tar on both paths; both must give the same result.
+pub fn bundle_open(data: &[u8]) {
+    let key = Key::from_bytes(FUZZ_KEY);
+    let _ = open(data, None, true, false);
+    let _ = open(data, Some(&key), true, true);
+
+    let Ok(raw) = RawHeader::parse(data) else { return };
+    let payload = data.get(HEADER_LEN..).unwrap_or_default();
+    let plain = seal(raw.unverified(), None, payload);
+    let sealed = seal(raw.unverified(), Some(&key), payload);
+    let a = open(&plain, None, true, true);
+    let b = open(&sealed, Some(&key), true, false);
+    assert_eq!(a.is_ok(), b.is_ok(), "unencrypted {a:?} but encrypted {b:?}");
+    if let (Ok(x), Ok(y)) = (&a, &b) {
+        assert_eq!(x, y);
+    }
+    if strict() {
+        assert_eq!(a, b, "the same payload sealed two ways fails differently");
+        let verify = open(&plain, None, false, false);
+        assert_eq!(verify, a, "verify-only and extraction disagree");
+    }
+}
+
+/// `stateless_bundle::extract::extract` over arbitrary tar bytes into a
+/// temporary directory (and verify-only).
+pub fn tar_extract(data: &[u8]) {
+    let limits = limits();
+    let scratch = Scratch::new();
+    let dest = scratch.dest();
+    let written = extract::extract(data, ExtractOptions { dest: Some(&dest), limits: &limits, owners: false });
+    scratch.check_contained();
+    let verify = extract::extract(data, ExtractOptions { dest: None, limits: &limits, owners: false });
+    if strict() {
+        assert_eq!(
+            written.as_ref().map_err(ToString::to_string),
+            verify.as_ref().map_err(ToString::to_string),
+            "verify-only and extraction disagree"
+        );
+    }
+}
+
+/// The targets by name, for `replay`.
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("header_parse", header_parse),
+    ("stream_decrypt", stream_decrypt),
+    ("bundle_open", bundle_open),
+    ("tar_extract", tar_extract),
+];
