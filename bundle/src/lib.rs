@@ -37,3 +37,20 @@ pub use header::{Cipher, Header, HeaderError, RawHeader, Scope};
 pub use key::{Key, KeyError, KeyId};
 pub use limits::Limits;
 pub use path::RelPath;
+
+/// An error and its sources joined by `: `, the one line a person reads (what
+/// `anyhow`'s `{:#}` prints). A source whose text the line already ends with
+/// is not repeated.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let text = inner.to_string();
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = inner.source();
+    }
+    s
+}

@@ -15,6 +15,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+use stateless_bundle::error_chain as chain;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{Cursor, Read};
@@ -125,21 +126,6 @@ fn listing(root: &Path) -> Vec<String> {
 
 fn sha_hex(data: &[u8]) -> String {
     hex_encode(&Sha256::digest(data))
-}
-
-/// The error and its sources joined by `: ` (what `anyhow`'s `{:#}` shows):
-/// an `error:` line may match text from any level.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        let text = inner.to_string();
-        if !s.ends_with(&text) {
-            write!(s, ": {text}").unwrap();
-        }
-        cur = inner.source();
-    }
-    s
 }
 
 /// Makes every directory writable again so the temporary tree can be removed.

@@ -87,16 +87,7 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    /// The error and its sources, as `anyhow`'s `{:#}` prints them.
-    fn chain(e: &dyn std::error::Error) -> String {
-        let mut s = e.to_string();
-        let mut cur = e.source();
-        while let Some(c) = cur {
-            s.push_str(&format!(": {c}"));
-            cur = c.source();
-        }
-        s
-    }
+    use stateless_bundle::error_chain as chain;
 
     #[test]
     fn written_0600_and_read_back() {

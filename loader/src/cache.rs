@@ -65,6 +65,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rustix::io::Errno;
+use stateless_bundle::error_chain as chain;
 use stateless_bundle::{BundleReader, OpenError};
 
 /// Largest metadata file read; a real one is a few hundred bytes.
@@ -360,18 +361,6 @@ fn describe(e: &io::Error) -> String {
 /// The first 8 hex digits of a digest, for messages.
 fn short(digest: &str) -> String {
     format!("{}…", digest.get(..8).unwrap_or(digest))
-}
-
-/// An error and its causes, `: `-separated.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Creates a new private file.
