@@ -71,6 +71,14 @@ pub enum StreamError {
         /// Zero-based chunk index.
         chunk: u32,
     },
+    /// The declared length is not the length of any STREAM ciphertext
+    /// (for instance 0: even an empty plaintext has one authenticated
+    /// chunk).
+    #[error("payload length {len} is not a valid encrypted length")]
+    BadLength {
+        /// The declared length.
+        len: u64,
+    },
     /// The payload ended before its declared length.
     #[error("truncated: payload ended in chunk {chunk}")]
     Truncated {
@@ -83,7 +91,7 @@ impl From<StreamError> for io::Error {
     fn from(e: StreamError) -> io::Error {
         let kind = match e {
             StreamError::Truncated { .. } => io::ErrorKind::UnexpectedEof,
-            StreamError::Authentication { .. } => io::ErrorKind::InvalidData,
+            StreamError::Authentication { .. } | StreamError::BadLength { .. } => io::ErrorKind::InvalidData,
         };
         io::Error::new(kind, e)
     }
@@ -155,6 +163,8 @@ pub struct StreamReader<R: Read> {
     buf: Vec<u8>,
     pos: usize,
     chunk: u32,
+    /// `payload_len` is not a possible ciphertext length.
+    bad_length: bool,
 }
 
 impl<R: Read> StreamReader<R> {
@@ -167,6 +177,7 @@ impl<R: Read> StreamReader<R> {
             buf: Vec::with_capacity(ENCRYPTED_CHUNK_SIZE),
             pos: 0,
             chunk: 0,
+            bad_length: plaintext_len(payload_len).is_none(),
         }
     }
 
@@ -202,6 +213,12 @@ impl<R: Read> StreamReader<R> {
 
 impl<R: Read> Read for StreamReader<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        // Checked here, not trusted to the caller: a length no plaintext
+        // encrypts to would otherwise end the stream without a final chunk
+        // (for 0, with no authentication at all).
+        if self.bad_length {
+            return Err(StreamError::BadLength { len: self.remaining }.into());
+        }
         while self.pos >= self.buf.len() {
             if self.remaining == 0 {
                 return Ok(0);
@@ -243,6 +260,19 @@ mod tests {
         let mut out = Vec::new();
         StreamReader::new(&key(), ct, ct.len() as u64).read_to_end(&mut out)?;
         Ok(out)
+    }
+
+    #[test]
+    fn impossible_lengths_are_refused() {
+        // 0 and 16 are shorter than one tag-only chunk plus data rules allow
+        // for (0 has no chunk at all); a full chunk plus a lone tag is the
+        // length of no plaintext either.
+        for len in [0u64, 5, (ENCRYPTED_CHUNK_SIZE + TAG_SIZE) as u64] {
+            assert_eq!(plaintext_len(len), None, "{len}");
+            let ct = vec![0u8; usize::try_from(len).unwrap()];
+            let err = StreamReader::new(&key(), &ct[..], len).read_to_end(&mut Vec::new()).unwrap_err();
+            assert!(err.to_string().contains("not a valid encrypted length"), "{len}: {err}");
+        }
     }
 
     #[test]
