@@ -23,6 +23,22 @@ pub enum Command {
     /// Make, inspect, verify and open bundles.
     #[command(subcommand)]
     Bundle(BundleCmd),
+    /// Serve a data directory to nodes (the reference config server).
+    Serve(crate::cli_server::ServeArgs),
+    /// Publish a bundle into a data directory (atomic, generation must increase).
+    Publish(crate::cli_server::PublishArgs),
+    /// List known, pending and rejected nodes, with when they were last seen.
+    Nodes(crate::cli_server::NodesArgs),
+    /// Approve a node (optionally put it in a group and enrol it for push).
+    Approve(crate::cli_server::ApproveArgs),
+    /// Reject a node (revokes an approval and push enrolment).
+    Reject(crate::cli_server::RejectArgs),
+    /// List bundles nodes pushed that await review.
+    Pushes(crate::cli_server::PushesArgs),
+    /// Publish a node's pushed bundle.
+    AcceptPush(crate::cli_server::AcceptPushArgs),
+    /// On a running node: push the persisted paths to the config server.
+    Persist(crate::cli_server::PersistArgs),
 }
 
 #[derive(Debug, Subcommand)]

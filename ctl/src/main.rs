@@ -8,8 +8,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod cli;
+mod cli_server;
 mod cmd_bundle;
 mod cmd_key;
+mod cmd_persist;
+mod cmd_server;
 mod logger;
 
 fn main() -> ExitCode {
@@ -28,5 +31,13 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
     match args.command {
         cli::Command::Key(k) => cmd_key::run(k),
         cli::Command::Bundle(b) => cmd_bundle::run(b),
+        cli::Command::Serve(a) => cmd_server::serve(a),
+        cli::Command::Publish(a) => cmd_server::publish(a),
+        cli::Command::Nodes(a) => cmd_server::nodes(a),
+        cli::Command::Approve(a) => cmd_server::approve(a),
+        cli::Command::Reject(a) => cmd_server::reject(a),
+        cli::Command::Pushes(a) => cmd_server::list_pushes(a),
+        cli::Command::AcceptPush(a) => cmd_server::accept_push(a),
+        cli::Command::Persist(a) => cmd_persist::run(a),
     }
 }

@@ -1,0 +1,169 @@
+//! Command-line definitions of the server commands (serve, publish, nodes,
+//! approve, reject, pushes, accept-push) and of `persist`. The doc comments
+//! are the help text.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{ArgGroup, Args};
+
+/// `statelessctl serve`
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// The data directory (bundles under v1/, server state under state/).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Address to listen on, e.g. 0.0.0.0:443 or 127.0.0.1:8080.
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// Server certificate chain (PEM).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address (bundles must then be encrypted).
+    #[arg(long)]
+    pub insecure_plain_http: bool,
+    /// Most connections open at once; more clients wait in the listen backlog.
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request head (and finish the TLS handshake).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub head_timeout: u64,
+    /// Largest pushed bundle accepted, e.g. 256M.
+    #[arg(long, value_name = "SIZE", value_parser = crate::cli::parse_size, default_value = "256M")]
+    pub max_push: u64,
+}
+
+/// `statelessctl publish`
+#[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("target").required(true).args(["node", "group", "default"])))]
+pub struct PublishArgs {
+    /// The data directory.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Publish as this node's bundle.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Publish as this group's bundle.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Publish as the bundle for every node.
+    #[arg(long)]
+    pub default: bool,
+    /// How many earlier bundles to keep in the history.
+    #[arg(long, default_value_t = stateless_server::store::DEFAULT_HISTORY)]
+    pub keep: usize,
+    /// The bundle file.
+    pub bundle: PathBuf,
+}
+
+/// `statelessctl nodes`
+#[derive(Debug, Clone, Args)]
+pub struct NodesArgs {
+    /// The data directory.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `statelessctl approve`
+#[derive(Debug, Clone, Args)]
+pub struct ApproveArgs {
+    /// The data directory.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The node id.
+    pub node: String,
+    /// Put the node in this group (recorded for the inventory).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Enrol the node for push: its key file, from which only the push public key is derived and stored.
+    #[arg(long, value_name = "KEYFILE", conflicts_with = "push_public_key")]
+    pub push_key: Option<PathBuf>,
+    /// Enrol the node for push with the public key `statelessctl persist --print-public-key` printed.
+    #[arg(long, value_name = "HEX")]
+    pub push_public_key: Option<String>,
+    /// Publish the node's pushes without review.
+    #[arg(long)]
+    pub auto_accept: bool,
+}
+
+/// `statelessctl reject`
+#[derive(Debug, Clone, Args)]
+pub struct RejectArgs {
+    /// The data directory.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The node id.
+    pub node: String,
+}
+
+/// `statelessctl pushes`
+#[derive(Debug, Clone, Args)]
+pub struct PushesArgs {
+    /// The data directory.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `statelessctl accept-push`
+#[derive(Debug, Clone, Args)]
+pub struct AcceptPushArgs {
+    /// The data directory.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The node id.
+    pub node: String,
+    /// The generation of the pushed bundle.
+    pub generation: u64,
+    /// How many earlier bundles to keep in the history.
+    #[arg(long, default_value_t = stateless_server::store::DEFAULT_HISTORY)]
+    pub keep: usize,
+}
+
+/// `statelessctl persist`
+#[derive(Debug, Clone, Args)]
+pub struct PersistArgs {
+    /// Paths to persist, besides those in the config file (absolute, as on the running node).
+    pub paths: Vec<String>,
+    /// The persist config file.
+    #[arg(long, default_value = "/etc/stateless/persist.conf")]
+    pub config: PathBuf,
+    /// The loader's status file (server, node and generation when not configured).
+    #[arg(long, default_value = "/run/stateless/status.json")]
+    pub status: PathBuf,
+    /// The root the paths are read from.
+    #[arg(long, default_value = "/")]
+    pub root: PathBuf,
+    /// The server's base URL, e.g. https://cfg.example:8443.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// The node id.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// The node's key file.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// CA certificate (PEM) for an https server.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Generation of the pushed bundle (default: one more than the newest known).
+    #[arg(long)]
+    pub generation: Option<u64>,
+    /// Do not start from the node's current bundle; push only the listed paths.
+    #[arg(long)]
+    pub only_paths: bool,
+    /// Write the bundle here instead of pushing it.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Print the push public key to enrol with `approve --push-public-key`, and exit.
+    #[arg(long)]
+    pub print_public_key: bool,
+}

@@ -1,0 +1,708 @@
+//! `statelessctl serve` and friends against real clients on 127.0.0.1: raw
+//! HTTP requests, `statelessctl persist`, the loader binary, and nginx
+//! serving (and accepting WebDAV PUTs into) the same data directory.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use stateless_bundle::{Key, Limits, PackOptions, Scope};
+
+fn ctl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_statelessctl"))
+}
+
+fn run(args: &[&str]) -> Output {
+    ctl().args(args).output().unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = run(args);
+    assert_eq!(out.status.code(), Some(1), "{args:?} should fail: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8(out.stderr).unwrap()
+}
+
+/// `statelessctl serve` on an ephemeral port, killed when dropped.
+struct Serve {
+    port: u16,
+    child: Child,
+}
+
+impl Serve {
+    fn start(data: &Path, extra: &[&str]) -> Serve {
+        let mut child = ctl()
+            .args(["serve", "--data", data.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stderr.take().unwrap()).read_line(&mut line).unwrap();
+        let port = line.trim().rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("{line}"));
+        Serve { port, child }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw HTTP/1.1 exchange on a fresh connection: (status, head, body).
+fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "PUT" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    parse_response(&resp)
+}
+
+fn parse_response(resp: &[u8]) -> (u16, String, Vec<u8>) {
+    let end = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| panic!("{resp:?}")) + 4;
+    let head = String::from_utf8_lossy(&resp[..end]).into_owned();
+    let status = head[9..12].parse().unwrap();
+    (status, head, resp[end..].to_vec())
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+struct Site {
+    dir: tempfile::TempDir,
+    key: Key,
+    key_file: PathBuf,
+}
+
+impl Site {
+    fn new() -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Key::generate().unwrap();
+        let key_file = dir.path().join("site.key");
+        stateless_keys::write_key_file(&key_file, &key, false).unwrap();
+        Site { dir, key, key_file }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn data_s(&self) -> String {
+        self.data().display().to_string()
+    }
+
+    fn key_s(&self) -> String {
+        self.key_file.display().to_string()
+    }
+
+    /// Packs a bundle file holding `files`; returns its path.
+    fn bundle(&self, name: &str, generation: u64, scope: Scope, files: &[(&str, &[u8])]) -> PathBuf {
+        let tree = tempfile::tempdir().unwrap();
+        for (p, data) in files {
+            let path = tree.path().join(p);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, data).unwrap();
+        }
+        let opts = PackOptions {
+            key: Some(&self.key),
+            generation,
+            created: 1_760_000_000,
+            expires: None,
+            scope,
+            level: 3,
+            threads: 0,
+            deletions: vec![],
+            limits: Limits::default(),
+        };
+        let out = self.dir.path().join(name);
+        stateless_bundle::pack(tree.path(), fs::File::create(&out).unwrap(), &opts).unwrap();
+        out
+    }
+
+    fn publish(&self, target: &[&str], bundle: &Path) -> String {
+        let mut args = vec!["publish", "--data"];
+        let data = self.data_s();
+        args.push(&data);
+        args.extend_from_slice(target);
+        let b = bundle.display().to_string();
+        args.push(&b);
+        ok(&args)
+    }
+
+    fn digest(path: &Path) -> String {
+        let bytes = fs::read(path).unwrap();
+        stateless_bundle::BundleReader::new(&bytes[..]).unwrap().raw_header().digest_hex()
+    }
+
+    /// Opens a bundle file with the site key into a new directory.
+    fn open(&self, bytes: &[u8]) -> tempfile::TempDir {
+        let out = tempfile::tempdir().unwrap();
+        let dest = out.path().join("x");
+        fs::create_dir(&dest).unwrap();
+        let reader = stateless_bundle::BundleReader::new(bytes).unwrap();
+        let b = reader.authenticate(Some(&self.key), &Limits::default()).unwrap();
+        b.extract(stateless_bundle::OpenOptions { dest: Some(&dest), owners: false, threaded: false }).unwrap();
+        out
+    }
+}
+
+fn node_scope() -> Scope {
+    Scope::Node("node42".into())
+}
+
+const NODE_PATH: &str = "/v1/nodes/node42/bundle";
+
+#[test]
+fn publish_and_fetch_with_etag_304_and_range() {
+    let site = Site::new();
+    let b3 = site.bundle("b3", 3, node_scope(), &[("etc/motd", b"gen3\n")]);
+    let out = site.publish(&["--node", "node42"], &b3);
+    assert!(out.contains("published generation 3 as the node node42 bundle"), "{out}");
+    let srv = Serve::start(&site.data(), &[]);
+    let want = fs::read(&b3).unwrap();
+    let digest = Site::digest(&b3);
+    let etag = format!("\"{digest}\"");
+
+    let (status, head, body) = http(srv.port, "GET", NODE_PATH, &[], b"");
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(body, want);
+    assert_eq!(header(&head, "etag"), Some(etag.as_str()));
+    assert_eq!(header(&head, "content-length"), Some(want.len().to_string().as_str()));
+
+    // HEAD: same head, no body.
+    let (status, head, body) = http(srv.port, "HEAD", NODE_PATH, &[], b"");
+    assert_eq!((status, body.len()), (200, 0), "{head}");
+    assert_eq!(header(&head, "etag"), Some(etag.as_str()));
+
+    // The loader's If-None-Match (quoted digest), a list, a weak tag, and a stale tag.
+    for inm in [etag.clone(), format!("\"0000\", {etag}"), format!("W/{etag}")] {
+        let (status, head, body) = http(srv.port, "GET", NODE_PATH, &[("If-None-Match", &inm)], b"");
+        assert_eq!((status, body.len()), (304, 0), "{inm}: {head}");
+        assert_eq!(header(&head, "etag"), Some(etag.as_str()));
+    }
+    let (status, _, body) = http(srv.port, "GET", NODE_PATH, &[("If-None-Match", "\"stale\"")], b"");
+    assert_eq!((status, body), (200, want.clone()));
+
+    // Range, as the loader resumes: from an offset, with If-Range.
+    let (status, head, body) = http(srv.port, "GET", NODE_PATH, &[("Range", "bytes=100-"), ("If-Range", &etag)], b"");
+    assert_eq!(status, 206, "{head}");
+    assert_eq!(body, want[100..]);
+    assert_eq!(header(&head, "content-range"), Some(format!("bytes 100-{}/{}", want.len() - 1, want.len()).as_str()));
+    let (status, _, body) = http(srv.port, "GET", NODE_PATH, &[("Range", "bytes=0-319")], b"");
+    assert_eq!((status, body.len()), (206, 320));
+    let (status, _, body) = http(srv.port, "GET", NODE_PATH, &[("Range", "bytes=-10")], b"");
+    assert_eq!((status, body), (206, want[want.len() - 10..].to_vec()));
+    // If-Range naming another version: the whole new body.
+    let (status, _, body) = http(srv.port, "GET", NODE_PATH, &[("Range", "bytes=100-"), ("If-Range", "\"old\"")], b"");
+    assert_eq!((status, body), (200, want.clone()));
+    let far = format!("bytes={}-", want.len());
+    let (status, head, _) = http(srv.port, "GET", NODE_PATH, &[("Range", &far)], b"");
+    assert_eq!(status, 416);
+    assert_eq!(header(&head, "content-range"), Some(format!("bytes */{}", want.len()).as_str()));
+
+    // Nothing but the three protocol paths, with valid names, is served.
+    for path in ["/v1/groups/rack7/bundle", "/v1/default/bundle", "/state/seen.json", "/v1/nodes/../state/audit.log"] {
+        assert_eq!(http(srv.port, "GET", path, &[], b"").0, 404, "{path}");
+    }
+    assert_eq!(http(srv.port, "DELETE", NODE_PATH, &[], b"").0, 405);
+
+    // Publishing: the generation must increase; the old bundle is kept.
+    let again = site.bundle("b3b", 3, node_scope(), &[("etc/motd", b"other 3\n")]);
+    let err = fails(&["publish", "--data", &site.data_s(), "--node", "node42", again.to_str().unwrap()]);
+    assert!(err.contains("generation 3 is not newer than the published generation 3"), "{err}");
+    let wrong = site.bundle("w", 9, Scope::Node("node43".into()), &[("etc/motd", b"x\n")]);
+    let err = fails(&["publish", "--data", &site.data_s(), "--node", "node42", wrong.to_str().unwrap()]);
+    assert!(err.contains("scoped node:node43; it cannot be published as the node node42 bundle"), "{err}");
+    let err = fails(&["publish", "--data", &site.data_s(), "--node", "../x", again.to_str().unwrap()]);
+    assert!(err.contains("invalid name"), "{err}");
+    let b4 = site.bundle("b4", 4, node_scope(), &[("etc/motd", b"gen4\n")]);
+    let out = site.publish(&["--node", "node42"], &b4);
+    assert!(out.contains("replacing generation 3"), "{out}");
+    let (status, head, body) = http(srv.port, "GET", NODE_PATH, &[("If-None-Match", &etag)], b"");
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(body, fs::read(&b4).unwrap());
+    let hist = site.data().join("state/history/nodes/node42/00000000000000000003.bundle");
+    assert_eq!(fs::read(hist).unwrap(), want);
+    // Default and group bundles.
+    let d = site.bundle("d1", 1, Scope::Any, &[("etc/motd", b"default\n")]);
+    site.publish(&["--default"], &d);
+    let g = site.bundle("g1", 1, Scope::Group("rack7".into()), &[("etc/motd", b"rack7\n")]);
+    site.publish(&["--group", "rack7"], &g);
+    assert_eq!(http(srv.port, "GET", "/v1/default/bundle", &[], b"").2, fs::read(&d).unwrap());
+    assert_eq!(http(srv.port, "GET", "/v1/groups/rack7/bundle", &[], b"").2, fs::read(&g).unwrap());
+    let audit = fs::read_to_string(site.data().join("state/audit.log")).unwrap();
+    assert_eq!(audit.lines().filter(|l| l.contains("\"publish\"")).count(), 4, "{audit}");
+}
+
+#[test]
+fn hostile_requests_are_bounded() {
+    let site = Site::new();
+    let srv = Serve::start(&site.data(), &["--head-timeout", "1"]);
+    let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+    s.write_all(format!("GET /{} HTTP/1.1\r\n", "a".repeat(10_000)).as_bytes()).unwrap();
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    assert_eq!(parse_response(&resp).0, 431);
+    let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+    s.write_all(b"GARBAGE\r\n\r\n").unwrap();
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    assert_eq!(parse_response(&resp).0, 400);
+    // A client that starts a request and stalls is answered 408 and dropped.
+    let started = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /v1/default/bundle HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    assert_eq!(parse_response(&resp).0, 408);
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    // Plain HTTP off loopback must be asked for explicitly.
+    let err = fails(&["serve", "--data", &site.data_s(), "--listen", "0.0.0.0:0"]);
+    assert!(err.contains("refusing plain HTTP"), "{err}");
+}
+
+fn nodes_json(site: &Site) -> serde_json::Value {
+    serde_json::from_str(&ok(&["nodes", "--data", &site.data_s(), "--json"])).unwrap()
+}
+
+fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn unknown_nodes_are_pending_until_approved_or_rejected() {
+    let site = Site::new();
+    let srv = Serve::start(&site.data(), &[]);
+    assert_eq!(http(srv.port, "GET", "/v1/nodes/newnode/bundle", &[], b"").0, 404);
+    assert_eq!(http(srv.port, "GET", "/v1/nodes/intruder/bundle", &[], b"").0, 404);
+    wait_for(|| nodes_json(&site).as_array().unwrap().len() == 2, "two pending nodes");
+    let list = nodes_json(&site);
+    let n = list.as_array().unwrap().iter().find(|n| n["node"] == "newnode").unwrap().clone();
+    assert_eq!(n["state"], "pending");
+    assert_eq!(n["address"], "127.0.0.1");
+    assert!(n["first_seen"].as_str().unwrap().ends_with('Z'), "{n}");
+    let text = ok(&["nodes", "--data", &site.data_s()]);
+    assert!(text.contains("newnode") && text.contains("pending"), "{text}");
+
+    let out = ok(&["approve", "--data", &site.data_s(), "newnode", "--group", "rack7"]);
+    assert!(out.contains("approved newnode in group rack7"), "{out}");
+    ok(&["reject", "--data", &site.data_s(), "intruder"]);
+    // The server keeps recording requests; states come from the admin.
+    assert_eq!(http(srv.port, "GET", "/v1/nodes/intruder/bundle", &[], b"").0, 404);
+    let list = nodes_json(&site);
+    let state = |id: &str| list.as_array().unwrap().iter().find(|n| n["node"] == id).unwrap().clone();
+    assert_eq!(state("newnode")["state"], "known");
+    assert_eq!(state("newnode")["group"], "rack7");
+    assert_eq!(state("intruder")["state"], "rejected");
+    let audit = fs::read_to_string(site.data().join("state/audit.log")).unwrap();
+    assert!(audit.contains("\"approve\"") && audit.contains("\"reject\""), "{audit}");
+    assert!(fails(&["approve", "--data", &site.data_s(), "../etc"]).contains("invalid name"));
+}
+
+/// A node's running root and its `persist` command line.
+struct NodeRoot {
+    dir: tempfile::TempDir,
+}
+
+impl NodeRoot {
+    fn new() -> NodeRoot {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("etc/ssh")).unwrap();
+        fs::write(dir.path().join("etc/ssh/ssh_host_ed25519_key"), "host key\n").unwrap();
+        NodeRoot { dir }
+    }
+
+    fn persist(&self, site: &Site, server: &str, extra: &[&str]) -> Output {
+        let root = self.dir.path().display().to_string();
+        let none = self.dir.path().join("none").display().to_string();
+        let mut args = vec![
+            "persist", "--config", &none, "--status", &none, "--root", &root, "--server", server, "--node", "node42",
+        ];
+        let key = site.key_s();
+        args.extend_from_slice(&["--key", &key]);
+        args.extend_from_slice(extra);
+        args.push("/etc/ssh/ssh_host_ed25519_key");
+        run(&args)
+    }
+}
+
+fn spool_and_pushes_empty(site: &Site) {
+    let spool: Vec<_> = fs::read_dir(site.data().join("state/spool")).unwrap().collect();
+    assert!(spool.is_empty(), "{spool:?}");
+    let pushes = site.data().join("state/pushes/node42");
+    assert!(!pushes.exists() || fs::read_dir(&pushes).unwrap().next().is_none());
+}
+
+#[test]
+fn push_waits_for_review_then_auto_accept() {
+    let site = Site::new();
+    let b3 = site.bundle("b3", 3, node_scope(), &[("etc/motd", b"from the admin\n")]);
+    site.publish(&["--node", "node42"], &b3);
+    let srv = Serve::start(&site.data(), &[]);
+    let server = format!("http://127.0.0.1:{}", srv.port);
+    let node = NodeRoot::new();
+    // Not enrolled yet: 401, nothing kept.
+    let out = node.persist(&site, &server, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 401: node is not enrolled for push"), "{out:?}");
+    spool_and_pushes_empty(&site);
+
+    let out = ok(&["approve", "--data", &site.data_s(), "node42", "--push-key", &site.key_s()]);
+    assert!(out.contains("push enrolled (review)"), "{out}");
+    let record = fs::read_to_string(site.data().join("state/nodes/node42.json")).unwrap();
+    assert!(!record.contains(&stateless_bundle::key::hex_encode(site.key.as_bytes())), "the key must not be stored");
+    let out = node.persist(&site, &server, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("pushed generation 4") && stdout.contains("HTTP 202"), "{stdout}");
+    // Awaiting review: the published bundle is unchanged.
+    assert_eq!(http(srv.port, "GET", NODE_PATH, &[], b"").2, fs::read(&b3).unwrap());
+    let pushes: serde_json::Value = serde_json::from_str(&ok(&["pushes", "--data", &site.data_s(), "--json"])).unwrap();
+    assert_eq!(pushes[0]["node"], "node42");
+    assert_eq!(pushes[0]["generation"], 4);
+    assert!(ok(&["pushes", "--data", &site.data_s()]).contains("node42"));
+    let err = fails(&["accept-push", "--data", &site.data_s(), "node42", "5"]);
+    assert!(err.contains("no pushed bundle of generation 5"), "{err}");
+    ok(&["accept-push", "--data", &site.data_s(), "node42", "4"]);
+    let (_, _, body) = http(srv.port, "GET", NODE_PATH, &[], b"");
+    let opened = site.open(&body);
+    let x = opened.path().join("x");
+    // The admin's content and the persisted path, both.
+    assert_eq!(fs::read_to_string(x.join("etc/motd")).unwrap(), "from the admin\n");
+    assert_eq!(fs::read_to_string(x.join("etc/ssh/ssh_host_ed25519_key")).unwrap(), "host key\n");
+    assert!(ok(&["pushes", "--data", &site.data_s(), "--json"]).trim() == "[]");
+
+    // Auto-accept: published on arrival.
+    ok(&["approve", "--data", &site.data_s(), "node42", "--auto-accept"]);
+    fs::write(node.dir.path().join("etc/ssh/ssh_host_ed25519_key"), "new host key\n").unwrap();
+    let out = node.persist(&site, &server, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("HTTP 201"), "{out:?}");
+    let (_, _, body) = http(srv.port, "GET", NODE_PATH, &[], b"");
+    let opened = site.open(&body);
+    assert_eq!(fs::read_to_string(opened.path().join("x/etc/ssh/ssh_host_ed25519_key")).unwrap(), "new host key\n");
+    let audit = fs::read_to_string(site.data().join("state/audit.log")).unwrap();
+    assert_eq!(audit.lines().filter(|l| l.contains("\"accept-push\"")).count(), 2, "{audit}");
+    assert_eq!(audit.lines().filter(|l| l.contains("\"push-received\"")).count(), 2, "{audit}");
+}
+
+#[test]
+fn push_with_bad_proof_or_lower_generation_is_refused() {
+    let site = Site::new();
+    let b3 = site.bundle("b3", 3, node_scope(), &[("etc/motd", b"gen3\n")]);
+    site.publish(&["--node", "node42"], &b3);
+    ok(&["approve", "--data", &site.data_s(), "node42", "--push-key", &site.key_s(), "--auto-accept"]);
+    let srv = Serve::start(&site.data(), &[]);
+    let push = site.bundle("p5", 5, node_scope(), &[("etc/motd", b"pushed\n")]);
+    let body = fs::read(&push).unwrap();
+    let sha: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&body).into();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let len = body.len() as u64;
+
+    // Signed with a key derived from another key.
+    let other = stateless_server::push::PushSigner::new(&Key::generate().unwrap(), "node42").unwrap();
+    let auth = other.authorization("PUT", NODE_PATH, now, &sha, len);
+    let (status, head, _) = http(srv.port, "PUT", NODE_PATH, &[("Authorization", &auth)], &body);
+    assert_eq!(status, 401, "{head}");
+    // The right key, but the body changed after signing.
+    let good = stateless_server::push::PushSigner::new(&site.key, "node42").unwrap();
+    let auth = good.authorization("PUT", NODE_PATH, now, &sha, len);
+    let mut tampered = body.clone();
+    *tampered.last_mut().unwrap() ^= 1;
+    assert_eq!(http(srv.port, "PUT", NODE_PATH, &[("Authorization", &auth)], &tampered).0, 401);
+    // Too old a timestamp.
+    let stale = good.authorization("PUT", NODE_PATH, now - 3600, &sha, len);
+    assert_eq!(http(srv.port, "PUT", NODE_PATH, &[("Authorization", &stale)], &body).0, 401);
+    // No credentials; credentials for another node's path.
+    assert_eq!(http(srv.port, "PUT", NODE_PATH, &[], &body).0, 401);
+    let (status, _, _) = http(srv.port, "PUT", "/v1/nodes/node43/bundle", &[("Authorization", &auth)], &body);
+    assert_eq!(status, 401);
+    spool_and_pushes_empty(&site);
+    assert_eq!(http(srv.port, "GET", NODE_PATH, &[], b"").2, fs::read(&b3).unwrap(), "nothing published");
+
+    // A correctly signed push of a lower generation: 409, nothing kept.
+    let low = site.bundle("p2", 2, node_scope(), &[("etc/motd", b"old\n")]);
+    let low_body = fs::read(&low).unwrap();
+    let low_sha: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&low_body).into();
+    let auth = good.authorization("PUT", NODE_PATH, now, &low_sha, low_body.len() as u64);
+    let (status, _, msg) = http(srv.port, "PUT", NODE_PATH, &[("Authorization", &auth)], &low_body);
+    assert_eq!(status, 409);
+    assert!(String::from_utf8_lossy(&msg).contains("generation 2 is not newer than generation 3"), "{msg:?}");
+    let node = NodeRoot::new();
+    let out = node.persist(&site, &format!("http://127.0.0.1:{}", srv.port), &["--generation", "3"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 409"), "{out:?}");
+    // A bundle for another node, correctly signed: refused.
+    let alien = site.bundle("a", 9, Scope::Node("node43".into()), &[("etc/motd", b"x\n")]);
+    let alien_body = fs::read(&alien).unwrap();
+    let alien_sha: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&alien_body).into();
+    let auth = good.authorization("PUT", NODE_PATH, now, &alien_sha, alien_body.len() as u64);
+    assert_eq!(http(srv.port, "PUT", NODE_PATH, &[("Authorization", &auth)], &alien_body).0, 422);
+    spool_and_pushes_empty(&site);
+    assert_eq!(http(srv.port, "GET", NODE_PATH, &[], b"").2, fs::read(&b3).unwrap(), "nothing published");
+    // And the good one goes through (auto-accept).
+    let auth = good.authorization("PUT", NODE_PATH, now, &sha, len);
+    assert_eq!(http(srv.port, "PUT", NODE_PATH, &[("Authorization", &auth)], &body).0, 201);
+    assert_eq!(http(srv.port, "GET", NODE_PATH, &[], b"").2, body);
+}
+
+// ---- the loader binary and nginx ----
+
+fn loader_bin() -> PathBuf {
+    // target/debug/deps/server-HASH -> target/debug/stateless-loader; built by
+    // `cargo test --workspace` (or `cargo build -p stateless-loader`).
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("stateless-loader");
+    assert!(bin.exists(), "{} is missing: run cargo build -p stateless-loader", bin.display());
+    bin
+}
+
+struct Node {
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn new() -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["sysroot/etc", "run", "cache"] {
+            fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        Node { dir }
+    }
+
+    fn boot(&self, cmdline: &str) -> (i32, String, serde_json::Value) {
+        let _ = fs::remove_file(self.dir.path().join("run/status.json"));
+        let out = Command::new(loader_bin())
+            .arg("--cmdline")
+            .arg(cmdline)
+            .arg("--sysroot")
+            .arg(self.dir.path().join("sysroot"))
+            .arg("--run-dir")
+            .arg(self.dir.path().join("run"))
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("cache"))
+            .env("STATELESS_LOG_STDERR", "1")
+            .output()
+            .unwrap();
+        let status = fs::read(self.dir.path().join("run/status.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(serde_json::Value::Null);
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned(), status)
+    }
+
+    fn read(&self, rel: &str) -> Option<String> {
+        fs::read_to_string(self.dir.path().join("sysroot").join(rel)).ok()
+    }
+}
+
+fn require(bin: &str) -> PathBuf {
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(bin))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{bin} is not installed: scripts/test installs it"))
+}
+
+/// nginx serving `root` on 127.0.0.1 (`location_conf` inside `location /`).
+struct Nginx {
+    port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(root: &Path, location_conf: &str) -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let d = dir.path().display();
+        let conf = format!(
+            "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;
+events {{ worker_connections 256; }}
+http {{
+  access_log off; sendfile on; tcp_nopush off;
+  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
+  uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+  default_type application/octet-stream;
+  server {{ listen 127.0.0.1:{port}; root {root};
+    location / {{ return 404; }}
+    location /v1/ {{ {location_conf} }}
+  }}
+}}
+",
+            root = root.display()
+        );
+        fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+        let child = Command::new(require("nginx"))
+            .args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < until,
+                "nginx: {}",
+                fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nginx { port, child, _dir: dir }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A private CA and a server certificate for 127.0.0.1: (CA, cert, key).
+fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    require("openssl");
+    let d = dir.display();
+    fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n").unwrap();
+    let script = format!(
+        "set -e
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=test-ca \
+  -keyout {d}/ca.key -out {d}/ca.pem
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=127.0.0.1 \
+  -keyout {d}/server.key -out {d}/server.csr
+openssl x509 -req -in {d}/server.csr -CA {d}/ca.pem -CAkey {d}/ca.key -CAcreateserial -days 2 \
+  -extfile {d}/server.ext -out {d}/server.pem
+"
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"))
+}
+
+#[test]
+fn loader_fetches_from_serve_over_http_and_https() {
+    let site = Site::new();
+    let b = site.bundle("b5", 5, node_scope(), &[("etc/motd", b"served by statelessctl\n")]);
+    site.publish(&["--node", "node42"], &b);
+    let srv = Serve::start(&site.data(), &[]);
+    let node = Node::new();
+    let cmd = format!(
+        "rd.stateless.server=http://127.0.0.1:{} rd.stateless.node=node42 rd.stateless.key=file:{} rd.stateless.timeout=5",
+        srv.port,
+        site.key_s()
+    );
+    let (code, err, status) = node.boot(&cmd);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(node.read("etc/motd").as_deref(), Some("served by statelessctl\n"));
+    assert_eq!(status["source"], "server");
+    assert_eq!(status["generation"], 5);
+    // The second boot sends the cached digest and gets 304.
+    let (code, err, status) = node.boot(&cmd);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status["source"], "cache-current", "{status}");
+    assert!(status["attempts"].to_string().contains(": 304"), "{status}");
+
+    // HTTPS with the site's CA.
+    let (ca, cert, key) = certificates(site.dir.path());
+    let tls = Serve::start(&site.data(), &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    let node = Node::new();
+    let (code, err, status) = node.boot(&format!(
+        "rd.stateless.server=https://127.0.0.1:{} rd.stateless.ca={} rd.stateless.node=node42 rd.stateless.key=file:{} rd.stateless.timeout=5",
+        tls.port,
+        ca.display(),
+        site.key_s()
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status["source"], "server");
+    assert_eq!(node.read("etc/motd").as_deref(), Some("served by statelessctl\n"));
+    // And persist pushes over https with --ca.
+    ok(&["approve", "--data", &site.data_s(), "node42", "--push-key", &site.key_s()]);
+    let root = NodeRoot::new();
+    let out = root.persist(&site, &format!("https://127.0.0.1:{}", tls.port), &["--ca", ca.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pushed generation 6"), "{out:?}");
+}
+
+#[test]
+fn loader_fetches_from_nginx_serving_the_same_data_dir() {
+    let site = Site::new();
+    let d = site.bundle("d1", 1, Scope::Any, &[("etc/motd", b"default via nginx\n")]);
+    site.publish(&["--default"], &d);
+    // The server's state is beside the bundles; nginx must not serve it.
+    let nginx = Nginx::start(&site.data(), "");
+    assert_eq!(http(nginx.port, "GET", "/state/audit.log", &[], b"").0, 404);
+    let node = Node::new();
+    let (code, err, status) = node.boot(&format!(
+        "rd.stateless.server=http://127.0.0.1:{} rd.stateless.node=node42 rd.stateless.key=file:{} rd.stateless.timeout=5",
+        nginx.port,
+        site.key_s()
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(node.read("etc/motd").as_deref(), Some("default via nginx\n"));
+    assert!(status["attempts"].to_string().contains("nodes/node42/bundle: 404"), "{status}");
+}
+
+#[test]
+fn persist_puts_to_nginx_webdav() {
+    let site = Site::new();
+    let b = site.bundle("b1", 1, node_scope(), &[("etc/motd", b"gen1\n")]);
+    site.publish(&["--node", "node42"], &b);
+    // A plain site: nginx's WebDAV PUT writes the node's bundle directly
+    // (the site's own access control decides who may; nginx ignores the proof).
+    let nginx = Nginx::start(
+        &site.data(),
+        "dav_methods PUT; create_full_put_path on; dav_access user:rw group:r all:r; client_max_body_size 64m;",
+    );
+    let root = NodeRoot::new();
+    let out = root.persist(&site, &format!("http://127.0.0.1:{}", nginx.port), &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pushed generation 2"), "{out:?}");
+    let stored = fs::read(site.data().join("v1/nodes/node42/bundle")).unwrap();
+    let opened = site.open(&stored);
+    assert_eq!(fs::read_to_string(opened.path().join("x/etc/ssh/ssh_host_ed25519_key")).unwrap(), "host key\n");
+    // The loader applies what was pushed.
+    let node = Node::new();
+    let (code, err, status) = node.boot(&format!(
+        "rd.stateless.server=http://127.0.0.1:{} rd.stateless.node=node42 rd.stateless.key=file:{} rd.stateless.timeout=5",
+        nginx.port,
+        site.key_s()
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status["generation"], 2);
+    assert_eq!(node.read("etc/ssh/ssh_host_ed25519_key").as_deref(), Some("host key\n"));
+    assert_eq!(node.read("etc/motd").as_deref(), Some("gen1\n"));
+}

@@ -1,0 +1,238 @@
+//! The data directory: public bundles laid out exactly as the protocol's URL
+//! paths, and the server's private state beside them.
+//!
+//! ```text
+//! DIR/v1/nodes/{node}/bundle      served (GET/HEAD, and PUT for node push)
+//! DIR/v1/groups/{group}/bundle    served
+//! DIR/v1/default/bundle           served
+//! DIR/state/                      private (mode 0700), never served
+//! ```
+//!
+//! A plain web server pointed at `DIR` with only `/v1/` exposed serves the
+//! same bundles; `state/` holds node records, the audit log, the publish
+//! history and pushed bundles awaiting review.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use stateless_bundle::Scope;
+
+/// Checks a node id or group name with the bundle format's scope-name rules
+/// (1 to 64 bytes of `[A-Za-z0-9._:-]`, not starting with a dot), which make
+/// every valid name a safe single path component.
+pub fn check_name(name: &str) -> Result<(), NameError> {
+    stateless_bundle::header::validate_name(name.as_bytes()).map_err(|e| NameError(name.escape_debug().to_string(), e))
+}
+
+/// A node id or group name that is not allowed.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid name {0:?}")]
+pub struct NameError(String, #[source] stateless_bundle::HeaderError);
+
+/// Which bundle a path names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// `/v1/nodes/{node}/bundle`
+    Node(String),
+    /// `/v1/groups/{group}/bundle`
+    Group(String),
+    /// `/v1/default/bundle`
+    Default,
+}
+
+impl Target {
+    /// A node target with a checked name.
+    pub fn node(name: &str) -> Result<Target, NameError> {
+        check_name(name)?;
+        Ok(Target::Node(name.to_owned()))
+    }
+
+    /// A group target with a checked name.
+    pub fn group(name: &str) -> Result<Target, NameError> {
+        check_name(name)?;
+        Ok(Target::Group(name.to_owned()))
+    }
+
+    /// Parses a request path (without query). Anything but the three
+    /// protocol paths with valid names is `None`.
+    pub fn from_url_path(path: &str) -> Option<Target> {
+        let rest = path.strip_prefix("/v1/")?;
+        if rest == "default/bundle" {
+            return Some(Target::Default);
+        }
+        let (kind, rest) = rest.split_once('/')?;
+        let name = rest.strip_suffix("/bundle")?;
+        match kind {
+            "nodes" => Target::node(name).ok(),
+            "groups" => Target::group(name).ok(),
+            _ => None,
+        }
+    }
+
+    /// The path below the data directory (and below a server's base URL).
+    pub fn rel_path(&self) -> String {
+        match self {
+            Target::Node(n) => format!("v1/nodes/{n}/bundle"),
+            Target::Group(g) => format!("v1/groups/{g}/bundle"),
+            Target::Default => "v1/default/bundle".to_owned(),
+        }
+    }
+
+    /// Whether a bundle of this scope may be published here: `any`
+    /// everywhere, `node:X` and `group:X` only at their own path (a loader
+    /// would refuse them anywhere else).
+    pub fn accepts(&self, scope: &Scope) -> bool {
+        match (self, scope) {
+            (_, Scope::Any) => true,
+            (Target::Node(a), Scope::Node(b)) | (Target::Group(a), Scope::Group(b)) => a == b,
+            _ => false,
+        }
+    }
+
+    fn history_rel(&self) -> PathBuf {
+        match self {
+            Target::Node(n) => Path::new("nodes").join(n),
+            Target::Group(g) => Path::new("groups").join(g),
+            Target::Default => PathBuf::from("default"),
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Node(n) => write!(f, "node {n}"),
+            Target::Group(g) => write!(f, "group {g}"),
+            Target::Default => f.write_str("default"),
+        }
+    }
+}
+
+/// The data directory.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    /// Opens (creating what is missing) the data directory at `root`.
+    pub fn open(root: &Path) -> io::Result<DataDir> {
+        let data = DataDir { root: root.to_owned() };
+        fs::create_dir_all(root.join("v1/nodes"))?;
+        fs::create_dir_all(root.join("v1/groups"))?;
+        fs::create_dir_all(root.join("v1/default"))?;
+        let state = data.state();
+        if !state.is_dir() {
+            fs::DirBuilder::new().recursive(true).mode(0o700).create(&state)?;
+        }
+        // The state holds node records and pushed bundles: keep a web
+        // server running as another user out even if it is misconfigured.
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o700))?;
+        for d in ["nodes", "rejected", "pushes", "history", "spool"] {
+            fs::create_dir_all(state.join(d))?;
+        }
+        Ok(data)
+    }
+
+    /// The data directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where a target's bundle is.
+    pub fn bundle(&self, target: &Target) -> PathBuf {
+        self.root.join(target.rel_path())
+    }
+
+    /// The private state directory.
+    pub fn state(&self) -> PathBuf {
+        self.root.join("state")
+    }
+
+    /// Earlier bundles of a target, `{generation:020}.bundle`.
+    pub fn history(&self, target: &Target) -> PathBuf {
+        self.state().join("history").join(target.history_rel())
+    }
+
+    /// A known (approved) node's record.
+    pub fn node_record(&self, node: &str) -> PathBuf {
+        self.state().join("nodes").join(format!("{node}.json"))
+    }
+
+    /// The marker of a rejected node.
+    pub fn rejected(&self, node: &str) -> PathBuf {
+        self.state().join("rejected").join(format!("{node}.json"))
+    }
+
+    /// Bundles a node pushed, awaiting review.
+    pub fn pushes(&self, node: &str) -> PathBuf {
+        self.state().join("pushes").join(node)
+    }
+
+    /// Every node that asked for its bundle: first and last seen, address.
+    pub fn seen(&self) -> PathBuf {
+        self.state().join("seen.json")
+    }
+
+    /// The append-only audit log.
+    pub fn audit_log(&self) -> PathBuf {
+        self.state().join("audit.log")
+    }
+
+    /// Where uploads are received before they are checked.
+    pub fn spool(&self) -> PathBuf {
+        self.state().join("spool")
+    }
+
+    /// The lock file that serialises publications.
+    pub fn lock_file(&self) -> PathBuf {
+        self.state().join("lock")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_paths() {
+        assert_eq!(Target::from_url_path("/v1/nodes/node42/bundle"), Some(Target::Node("node42".into())));
+        assert_eq!(
+            Target::from_url_path("/v1/nodes/aa:bb:cc:dd:ee:ff/bundle"),
+            Some(Target::Node("aa:bb:cc:dd:ee:ff".into()))
+        );
+        assert_eq!(Target::from_url_path("/v1/groups/rack7/bundle"), Some(Target::Group("rack7".into())));
+        assert_eq!(Target::from_url_path("/v1/default/bundle"), Some(Target::Default));
+        for bad in [
+            "/v1/nodes/../bundle",
+            "/v1/nodes/./bundle",
+            "/v1/nodes/.hidden/bundle",
+            "/v1/nodes/a/b/bundle",
+            "/v1/nodes//bundle",
+            "/v1/nodes/a%2Fb/bundle",
+            "/v1/nodes/node42/bundle/",
+            "/v1/nodes/node42",
+            "/v1/default/bundle/x",
+            "/v1/other/x/bundle",
+            "/state/seen.json",
+            "/v1/nodes/ünïcode/bundle",
+        ] {
+            assert_eq!(Target::from_url_path(bad), None, "{bad}");
+        }
+        let long = format!("/v1/nodes/{}/bundle", "a".repeat(65));
+        assert_eq!(Target::from_url_path(&long), None);
+    }
+
+    #[test]
+    fn scopes() {
+        let n = Target::Node("n1".into());
+        assert!(n.accepts(&Scope::Any));
+        assert!(n.accepts(&Scope::Node("n1".into())));
+        assert!(!n.accepts(&Scope::Node("n2".into())));
+        assert!(!n.accepts(&Scope::Group("n1".into())));
+        assert!(!Target::Default.accepts(&Scope::Node("n1".into())));
+        assert!(Target::Group("g".into()).accepts(&Scope::Group("g".into())));
+    }
+}

@@ -1,0 +1,690 @@
+//! The HTTP(S) server: one thread per connection with blocking I/O, up to a
+//! bounded number of connections.
+//!
+//! Why threads: every request is a file send (with `sendfile(2)` on plain
+//! HTTP, so bytes go from the page cache to the socket without passing
+//! through user space) or a small upload; a blocked thread costs a small
+//! stack and no work. When `max_connections` are open, the accept loop waits
+//! for one to end and further clients wait in the kernel's listen backlog,
+//! which is the back-pressure a boot storm needs. Every read has a deadline:
+//! the request head must arrive within `head_timeout` (slowloris), an idle
+//! keep-alive connection is closed after `idle_timeout`, and a body transfer
+//! that makes no progress for `io_timeout` is abandoned.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use sha2::{Digest, Sha256};
+use stateless_bundle::header::HEADER_LEN;
+use stateless_bundle::{RawHeader, Scope};
+
+use crate::http::{self, HeadError, RangeAnswer, RequestHead};
+use crate::layout::{DataDir, Target};
+use crate::push::{AuthError, Proof};
+use crate::registry::{self, SeenTable, now};
+use crate::store::{self, PublishLock};
+use crate::{pushes, tls};
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The data directory.
+    pub data: DataDir,
+    /// TLS, or plain HTTP when `None`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// Time allowed for a request head (and the TLS handshake) to arrive.
+    pub head_timeout: Duration,
+    /// A keep-alive connection idle this long is closed.
+    pub idle_timeout: Duration,
+    /// A body transfer with no progress for this long is abandoned.
+    pub io_timeout: Duration,
+    /// Largest pushed bundle accepted.
+    pub max_push: u64,
+    /// How many earlier bundles `accept` keeps when a push is auto-accepted.
+    pub keep_history: usize,
+    /// How often the table of seen nodes is written.
+    pub flush_interval: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults for `data`.
+    pub fn new(data: DataDir) -> ServerConfig {
+        ServerConfig {
+            data,
+            tls: None,
+            max_connections: 4096,
+            head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(15),
+            io_timeout: Duration::from_secs(30),
+            max_push: 256 << 20,
+            keep_history: store::DEFAULT_HISTORY,
+            flush_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Requests served on one connection before it is closed (so a single
+/// client cannot hold a slot forever).
+const MAX_REQUESTS_PER_CONNECTION: usize = 1000;
+/// Stack of a connection thread: the request path is shallow.
+const THREAD_STACK: usize = 256 * 1024;
+/// Entity tags remembered (by file identity) before the cache is cleared.
+const ETAG_CACHE: usize = 10_000;
+
+/// Device, inode, size and modification time: a published file's identity.
+type FileId = (u64, u64, u64, i64, i64);
+/// Entity tags by path, valid while the file's identity is unchanged.
+type EtagCache = HashMap<PathBuf, (FileId, Option<Arc<str>>)>;
+
+struct Shared {
+    cfg: ServerConfig,
+    seen: SeenTable,
+    etags: Mutex<EtagCache>,
+    active: Mutex<usize>,
+    slot_freed: Condvar,
+}
+
+/// A bound server; [`Server::run`] serves until the process ends.
+#[allow(missing_debug_implementations)]
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Binds `addr` and loads the server's state.
+    pub fn bind(addr: SocketAddr, cfg: ServerConfig) -> io::Result<Server> {
+        let listener = TcpListener::bind(addr)?;
+        let seen = SeenTable::load(&cfg.data);
+        let shared = Arc::new(Shared {
+            cfg,
+            seen,
+            etags: Mutex::new(HashMap::new()),
+            active: Mutex::new(0),
+            slot_freed: Condvar::new(),
+        });
+        Ok(Server { listener, shared })
+    }
+
+    /// The address actually bound (for port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts connections forever.
+    pub fn run(self) -> io::Result<()> {
+        let flusher = self.shared.clone();
+        std::thread::Builder::new().name("flush".into()).spawn(move || {
+            loop {
+                std::thread::sleep(flusher.cfg.flush_interval);
+                if let Err(e) = flusher.seen.flush(&flusher.cfg.data) {
+                    log::warn!("writing {}: {e}", flusher.cfg.data.seen().display());
+                }
+            }
+        })?;
+        loop {
+            self.wait_for_slot();
+            let (stream, peer) = match self.listener.accept() {
+                Ok(c) => c,
+                Err(e) => {
+                    self.release_slot();
+                    log::warn!("accept: {e}");
+                    // Out of file descriptors: give connections time to end.
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            let shared = self.shared.clone();
+            let spawned = std::thread::Builder::new().stack_size(THREAD_STACK).spawn(move || {
+                let _slot = SlotGuard(&shared);
+                serve_connection(&shared, stream, peer);
+            });
+            if let Err(e) = spawned {
+                log::warn!("starting a connection thread: {e}");
+                self.release_slot();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    fn wait_for_slot(&self) {
+        let max = self.shared.cfg.max_connections.max(1);
+        let Ok(mut n) = self.shared.active.lock() else { return };
+        while *n >= max {
+            n = match self.shared.slot_freed.wait(n) {
+                Ok(n) => n,
+                Err(_) => return,
+            };
+        }
+        *n += 1;
+    }
+
+    fn release_slot(&self) {
+        release(&self.shared);
+    }
+}
+
+fn release(shared: &Shared) {
+    if let Ok(mut n) = shared.active.lock() {
+        *n = n.saturating_sub(1);
+    }
+    shared.slot_freed.notify_one();
+}
+
+struct SlotGuard<'a>(&'a Shared);
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        release(self.0);
+    }
+}
+
+/// A client connection, plain or TLS.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+}
+
+impl Conn {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(t) => &t.sock,
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(t) => t.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(t) => t.flush(),
+        }
+    }
+}
+
+fn serve_connection(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
+    let cfg = &shared.cfg;
+    let _ = stream.set_nodelay(true);
+    if stream.set_write_timeout(Some(cfg.io_timeout)).is_err() {
+        return;
+    }
+    let mut conn = match &cfg.tls {
+        None => Conn::Plain(stream),
+        Some(tls) => match rustls::ServerConnection::new(tls.clone()) {
+            Ok(c) => Conn::Tls(Box::new(rustls::StreamOwned::new(c, stream))),
+            Err(e) => {
+                log::warn!("{peer}: TLS: {e}");
+                return;
+            }
+        },
+    };
+    let mut buf: Vec<u8> = Vec::with_capacity(2048);
+    for i in 0..MAX_REQUESTS_PER_CONNECTION {
+        let wait = if i == 0 { cfg.head_timeout } else { cfg.idle_timeout };
+        let head = match read_head(&mut conn, &mut buf, Instant::now() + wait) {
+            Ok(Some(h)) => h,
+            Ok(None) => return,
+            Err(ReadHeadError::Timeout { partial: true }) => {
+                let _ = simple(&mut conn, 408, "request head not received in time", false, None);
+                return;
+            }
+            Err(ReadHeadError::Timeout { partial: false }) => return,
+            Err(ReadHeadError::Io(e)) => {
+                log::debug!("{peer}: {e}");
+                return;
+            }
+            Err(ReadHeadError::Head(HeadError::TooLarge)) => {
+                let _ = simple(&mut conn, 431, "request head too large", false, None);
+                return;
+            }
+            Err(ReadHeadError::Head(e)) => {
+                let _ = simple(&mut conn, 400, &e.to_string(), false, None);
+                return;
+            }
+        };
+        match handle(shared, &mut conn, &head, &mut buf, peer, i + 1 < MAX_REQUESTS_PER_CONNECTION) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                log::debug!("{peer}: {e}");
+                return;
+            }
+        }
+    }
+    if let Conn::Tls(t) = &mut conn {
+        t.conn.send_close_notify();
+        let _ = t.flush();
+    }
+}
+
+enum ReadHeadError {
+    Timeout { partial: bool },
+    Head(HeadError),
+    Io(io::Error),
+}
+
+/// Reads until `buf` starts with a whole request head, which is removed
+/// from `buf`; bytes after it (a pipelined request or a body) stay. `None`
+/// when the client closed the connection between requests.
+fn read_head(conn: &mut Conn, buf: &mut Vec<u8>, deadline: Instant) -> Result<Option<RequestHead>, ReadHeadError> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some((head, n)) = http::parse_head(buf).map_err(ReadHeadError::Head)? {
+            buf.drain(..n);
+            return Ok(Some(head));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ReadHeadError::Timeout { partial: !buf.is_empty() });
+        }
+        conn.tcp().set_read_timeout(Some(left)).map_err(ReadHeadError::Io)?;
+        match conn.read(&mut chunk) {
+            Ok(0) if buf.is_empty() => return Ok(None),
+            Ok(0) => return Err(ReadHeadError::Io(io::ErrorKind::UnexpectedEof.into())),
+            Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                return Err(ReadHeadError::Timeout { partial: !buf.is_empty() });
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ReadHeadError::Io(e)),
+        }
+    }
+}
+
+/// Writes a response head. `extra` lines end in `\r\n`.
+fn write_head(conn: &mut Conn, status: u16, len: Option<u64>, extra: &str, keep: bool) -> io::Result<()> {
+    let len = len.map(|n| format!("Content-Length: {n}\r\n")).unwrap_or_default();
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\nServer: statelessctl\r\nDate: {}\r\n{len}{extra}{}\r\n",
+        http::reason(status),
+        http::http_date(SystemTime::now()),
+        if keep { "" } else { "Connection: close\r\n" },
+    );
+    conn.write_all(head.as_bytes())
+}
+
+/// A response with a one-line text body.
+fn simple(conn: &mut Conn, status: u16, msg: &str, keep: bool, extra: Option<&str>) -> io::Result<bool> {
+    let body = format!("{msg}\n");
+    let extra = format!("Content-Type: text/plain; charset=utf-8\r\n{}", extra.unwrap_or(""));
+    write_head(conn, status, Some(body.len() as u64), &extra, keep)?;
+    conn.write_all(body.as_bytes())?;
+    conn.flush()?;
+    Ok(keep)
+}
+
+fn handle(
+    shared: &Shared,
+    conn: &mut Conn,
+    head: &RequestHead,
+    buf: &mut Vec<u8>,
+    peer: SocketAddr,
+    may_keep: bool,
+) -> io::Result<bool> {
+    let mut keep = may_keep && head.keep_alive();
+    let content_length = match head.header("content-length").map(|v| v.parse::<u64>()) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => return simple(conn, 400, "bad Content-Length", false, None),
+    };
+    let chunked = head.header("transfer-encoding").is_some();
+    let target = Target::from_url_path(&head.path);
+    if head.method == "PUT" {
+        return match target {
+            Some(Target::Node(node)) if !chunked => handle_push(shared, conn, head, buf, peer, &node, content_length),
+            Some(Target::Node(_)) => simple(conn, 411, "send the bundle with a Content-Length", false, None),
+            _ => simple(conn, 405, "only node bundles can be pushed", false, Some("Allow: GET, HEAD\r\n")),
+        };
+    }
+    // A body on anything else is not read: answer, then close so the
+    // unread bytes are never taken for the next request.
+    if chunked || content_length.is_some_and(|n| n > 0) {
+        keep = false;
+    }
+    let get = head.method == "GET";
+    if !get && head.method != "HEAD" {
+        return simple(conn, 405, "method not allowed", keep, Some("Allow: GET, HEAD, PUT\r\n"));
+    }
+    let Some(target) = target else {
+        return simple(conn, 404, "not found", keep, None);
+    };
+    if let Target::Node(node) = &target {
+        shared.seen.saw(node, &peer.ip().to_string());
+    }
+    serve_bundle(shared, conn, head, &target, get, keep)
+}
+
+fn serve_bundle(
+    shared: &Shared,
+    conn: &mut Conn,
+    head: &RequestHead,
+    target: &Target,
+    get: bool,
+    keep: bool,
+) -> io::Result<bool> {
+    let path = shared.cfg.data.bundle(target);
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
+            return simple(conn, 404, "no bundle here", keep, None);
+        }
+        Err(e) => {
+            log::warn!("{}: {e}", path.display());
+            return simple(conn, 500, "cannot read the bundle", keep, None);
+        }
+    };
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return simple(conn, 404, "no bundle here", keep, None);
+    }
+    let len = meta.len();
+    let etag = shared.etag(&path, &file, &meta);
+    let last_modified = meta.modified().map(http::http_date).unwrap_or_default();
+    let mut extra = format!("Last-Modified: {last_modified}\r\n");
+    if let Some(tag) = &etag {
+        extra.push_str(&format!("ETag: {tag}\r\n"));
+    }
+    if let (Some(inm), Some(tag)) = (head.header("if-none-match"), &etag) {
+        if http::none_match(inm, tag) {
+            // No Content-Length: on a 304 it would describe the body not sent.
+            write_head(conn, 304, None, &extra, keep)?;
+            conn.flush()?;
+            return Ok(keep);
+        }
+    }
+    let mut range = RangeAnswer::Full;
+    if let Some(r) = head.header("range") {
+        let applies = match head.header("if-range") {
+            None => true,
+            Some(ir) => etag.as_deref().is_some_and(|t| http::if_range_matches(ir, t)),
+        };
+        if applies {
+            range = http::parse_range(r, len);
+        }
+    }
+    extra.push_str("Content-Type: application/octet-stream\r\nAccept-Ranges: bytes\r\nCache-Control: no-cache\r\n");
+    let (status, start, count) = match range {
+        RangeAnswer::Full => (200, 0, len),
+        RangeAnswer::Partial { start, end } => {
+            extra.push_str(&format!("Content-Range: bytes {start}-{end}/{len}\r\n"));
+            (206, start, end - start + 1)
+        }
+        RangeAnswer::Unsatisfiable => {
+            return simple(
+                conn,
+                416,
+                "range not satisfiable",
+                keep,
+                Some(&format!("Content-Range: bytes */{len}\r\n")),
+            );
+        }
+    };
+    write_head(conn, status, Some(count), &extra, keep)?;
+    if get {
+        send_file(conn, &file, start, count)?;
+    }
+    conn.flush()?;
+    Ok(keep)
+}
+
+impl Shared {
+    /// The quoted bundle digest of a file, cached by file identity so a boot
+    /// storm reads each header once.
+    fn etag(&self, path: &Path, file: &File, meta: &std::fs::Metadata) -> Option<Arc<str>> {
+        let id: FileId = (meta.dev(), meta.ino(), meta.size(), meta.mtime(), meta.mtime_nsec());
+        if let Ok(cache) = self.etags.lock() {
+            if let Some((cid, tag)) = cache.get(path) {
+                if *cid == id {
+                    return tag.clone();
+                }
+            }
+        }
+        let mut head = [0u8; HEADER_LEN];
+        // Not a bundle (or too short): serve it without an entity tag, as
+        // a plain web server would; the loader refuses it.
+        let tag: Option<Arc<str>> = file
+            .read_exact_at(&mut head, 0)
+            .ok()
+            .and_then(|()| RawHeader::parse(&head).ok())
+            .map(|r| Arc::from(format!("\"{}\"", r.digest_hex())));
+        if let Ok(mut cache) = self.etags.lock() {
+            if cache.len() >= ETAG_CACHE {
+                cache.clear();
+            }
+            cache.insert(path.to_owned(), (id, tag.clone()));
+        }
+        tag
+    }
+}
+
+/// Sends `count` bytes of `file` from `start`: `sendfile(2)` on plain
+/// connections, a read/encrypt loop on TLS.
+fn send_file(conn: &mut Conn, file: &File, start: u64, count: u64) -> io::Result<()> {
+    let end = start.saturating_add(count);
+    let mut off = start;
+    match conn {
+        Conn::Plain(sock) => {
+            while off < end {
+                let want = (end - off).min(1 << 30) as usize;
+                match rustix::fs::sendfile(&*sock, file, Some(&mut off), want) {
+                    Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                    Ok(_) => {}
+                    Err(rustix::io::Errno::INTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Conn::Tls(t) => {
+            let mut buf = vec![0u8; 64 * 1024];
+            while off < end {
+                let want = ((end - off) as usize).min(buf.len());
+                let chunk = buf.get_mut(..want).ok_or_else(|| io::Error::other("buffer"))?;
+                let n = file.read_at(chunk, off)?;
+                if n == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                t.write_all(chunk.get(..n).unwrap_or_default())?;
+                off += n as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Receives a node's push: proof checked before the body is read, the
+/// signature after it is hashed, then the bundle's header, then the
+/// generation; only then is anything kept.
+fn handle_push(
+    shared: &Shared,
+    conn: &mut Conn,
+    head: &RequestHead,
+    buf: &mut Vec<u8>,
+    peer: SocketAddr,
+    node: &str,
+    content_length: Option<u64>,
+) -> io::Result<bool> {
+    let cfg = &shared.cfg;
+    let data = &cfg.data;
+    // Refusals before the body is read close the connection; the unread
+    // body is drained first so the client sees the answer, not a reset.
+    let unauthorized = |conn: &mut Conn, e: AuthError| {
+        log::info!("push for {node} from {peer} refused: {e}");
+        let www = format!("WWW-Authenticate: {}\r\n", crate::push::SCHEME);
+        simple(conn, 401, &e.to_string(), false, Some(&www))?;
+        linger(conn);
+        Ok(false)
+    };
+    let proof = match Proof::parse(head.header("authorization")) {
+        Ok(p) => p,
+        Err(e) => return unauthorized(conn, e),
+    };
+    if proof.node != node {
+        return unauthorized(conn, AuthError::WrongNode);
+    }
+    let record = registry::node_record(data, node).filter(|_| !registry::is_rejected(data, node));
+    let Some((record, public)) = record.and_then(|r| r.push_public_key.clone().map(|p| (r, p))) else {
+        return unauthorized(conn, AuthError::NotEnrolled);
+    };
+    if let Err(e) = proof.check_time(now()) {
+        return unauthorized(conn, e);
+    }
+    let Some(len) = content_length else {
+        return simple(conn, 411, "send the bundle with a Content-Length", false, None);
+    };
+    if len > cfg.max_push {
+        simple(conn, 413, &format!("pushed bundles are limited to {} bytes", cfg.max_push), false, None)?;
+        linger(conn);
+        return Ok(false);
+    }
+    if head.header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
+        conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        conn.flush()?;
+    }
+    let mut tmp = tempfile::Builder::new().prefix(".push").tempfile_in(data.spool())?;
+    let mut hasher = Sha256::new();
+    let from_buf = (len.min(buf.len() as u64)) as usize;
+    let first: Vec<u8> = buf.drain(..from_buf).collect();
+    hasher.update(&first);
+    tmp.as_file_mut().write_all(&first)?;
+    let mut left = len - from_buf as u64;
+    let mut chunk = vec![0u8; 64 * 1024];
+    conn.tcp().set_read_timeout(Some(cfg.io_timeout))?;
+    while left > 0 {
+        let want = (left as usize).min(chunk.len());
+        let part = chunk.get_mut(..want).ok_or_else(|| io::Error::other("buffer"))?;
+        let n = match conn.read(part) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let got = part.get(..n).unwrap_or_default();
+        hasher.update(got);
+        tmp.as_file_mut().write_all(got)?;
+        left -= n as u64;
+    }
+    let digest: [u8; 32] = hasher.finalize().into();
+    if let Err(e) = proof.verify(&public, "PUT", &head.path, &digest, len) {
+        return unauthorized(conn, e);
+    }
+    let keep = head.keep_alive();
+    let info = match store::bundle_info(tmp.path()) {
+        Ok(i) => i,
+        Err(e) => return simple(conn, 422, &format!("not a complete bundle: {}", chain(&e)), keep, None),
+    };
+    if info.scope != Scope::Node(node.to_owned()) {
+        return simple(
+            conn,
+            422,
+            &format!("bundle is scoped {}; a push must be scoped node:{node}", info.scope),
+            keep,
+            None,
+        );
+    }
+    if let Some(k) = record.key_id.as_deref().filter(|k| *k != info.key_id) {
+        return simple(
+            conn,
+            422,
+            &format!("bundle is sealed for key {}, node {node} uses key {k}", info.key_id),
+            keep,
+            None,
+        );
+    }
+    let lock = PublishLock::take(data)?;
+    let current = store::published(data, &Target::Node(node.to_owned())).map(|i| i.generation);
+    let waiting = pushes::highest(data, node);
+    if let Some(newest) = current.into_iter().chain(waiting).max().filter(|g| info.generation <= *g) {
+        let msg = format!(
+            "generation {} is not newer than generation {newest} (published or awaiting review)",
+            info.generation
+        );
+        return simple(conn, 409, &msg, keep, None);
+    }
+    let address = peer.ip().to_string();
+    pushes::store(data, node, tmp, &info, &address, store::rfc3339(SystemTime::now()))?;
+    let detail = format!("generation {} digest {} from {address}", info.generation, info.digest);
+    store::audit(data, "push-received", Some(node), detail, "server".into())?;
+    if record.auto_accept {
+        match pushes::accept(data, node, info.generation, cfg.keep_history, &lock) {
+            Ok(p) => {
+                let detail = format!("generation {} digest {} (auto-accept)", p.info.generation, p.info.digest);
+                store::audit(data, "accept-push", Some(node), detail, "server".into())?;
+                return simple(conn, 201, &format!("published generation {}", info.generation), keep, None);
+            }
+            Err(e) => {
+                log::warn!("auto-accepting push of {node}: {}", chain(&e));
+                return simple(conn, 500, "stored for review; publishing failed", keep, None);
+            }
+        }
+    }
+    log::info!("push of {node} generation {} from {address} awaits review", info.generation);
+    simple(conn, 202, &format!("generation {} awaits review", info.generation), keep, None)
+}
+
+/// After an early answer on a connection that is closing: stop sending,
+/// then read and discard what the client still sends, for a short while, so
+/// that closing with unread data does not reset the connection before the
+/// client has read the answer.
+fn linger(conn: &mut Conn) {
+    if let Conn::Tls(t) = conn {
+        t.conn.send_close_notify();
+        let _ = t.flush();
+    }
+    let sock = conn.tcp();
+    let _ = sock.shutdown(std::net::Shutdown::Write);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut sink = [0u8; 16 * 1024];
+    let mut raw: &TcpStream = sock;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || raw.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match raw.read(&mut sink) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// An error and its sources on one line.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Loads a certificate chain and private key (PEM) for the server.
+pub fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, tls::TlsError> {
+    tls::load(cert, key)
+}

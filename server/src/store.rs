@@ -1,0 +1,271 @@
+//! Publishing bundles into the data directory, atomically and only forwards,
+//! with a short history; and the append-only audit log.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use stateless_bundle::header::HEADER_LEN;
+use stateless_bundle::{RawHeader, Scope};
+
+use crate::layout::{DataDir, Target};
+
+/// How many earlier bundles of each target `publish` keeps by default.
+pub const DEFAULT_HISTORY: usize = 5;
+
+/// Why a bundle could not be published.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// Reading or writing a file failed.
+    #[error("{}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        err: io::Error,
+    },
+    /// The file is not a bundle.
+    #[error("{}: not a bundle", path.display())]
+    NotABundle {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        err: stateless_bundle::HeaderError,
+    },
+    /// The file is shorter or longer than its header declares.
+    #[error("{}: {len} bytes, but its header declares {declared}", path.display())]
+    Length {
+        /// The file.
+        path: PathBuf,
+        /// Its length.
+        len: u64,
+        /// 320 + the declared payload length.
+        declared: u64,
+    },
+    /// The bundle's scope does not fit where it is published.
+    #[error("bundle is scoped {scope}; it cannot be published as the {target} bundle")]
+    Scope {
+        /// The bundle's scope.
+        scope: Scope,
+        /// Where it was to go.
+        target: Target,
+    },
+    /// The generation does not increase.
+    #[error("generation {new} is not newer than the published generation {current} (loaders refuse to go back)")]
+    NotNewer {
+        /// The bundle's generation.
+        new: u64,
+        /// The published one.
+        current: u64,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PublishError + '_ {
+    move |err| PublishError::Io { path: path.to_owned(), err }
+}
+
+/// What the header of a bundle file says (unauthenticated: the server has
+/// no key; the loader authenticates).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleInfo {
+    /// Generation.
+    pub generation: u64,
+    /// The digest (header tag, hex), the entity tag.
+    pub digest: String,
+    /// Scope.
+    pub scope: Scope,
+    /// Key id, hex (all zero when unencrypted).
+    pub key_id: String,
+    /// File length.
+    pub len: u64,
+}
+
+/// Reads the header of a bundle file and checks its length.
+pub fn bundle_info(path: &Path) -> Result<BundleInfo, PublishError> {
+    let mut f = File::open(path).map_err(io_err(path))?;
+    let len = f.metadata().map_err(io_err(path))?.len();
+    let mut head = [0u8; HEADER_LEN];
+    let got = read_up_to(&mut f, &mut head).map_err(io_err(path))?;
+    let raw = RawHeader::parse(head.get(..got).unwrap_or_default())
+        .map_err(|err| PublishError::NotABundle { path: path.to_owned(), err })?;
+    let h = raw.unverified();
+    let declared = h.payload_len.saturating_add(HEADER_LEN as u64);
+    if declared != len {
+        return Err(PublishError::Length { path: path.to_owned(), len, declared });
+    }
+    Ok(BundleInfo {
+        generation: h.generation,
+        digest: raw.digest_hex(),
+        scope: h.scope.clone(),
+        key_id: raw.key_id().to_string(),
+        len,
+    })
+}
+
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(buf.get_mut(n..).unwrap_or_default()) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// The generation published for a target, if any (a file that is not a
+/// bundle counts as none, so a broken file can be replaced).
+pub fn published(data: &DataDir, target: &Target) -> Option<BundleInfo> {
+    bundle_info(&data.bundle(target)).ok()
+}
+
+/// An exclusive lock on the data directory's publications, held until
+/// dropped. `publish`, `accept-push` and the server's push handler take it so
+/// that two publications never race past the generation check.
+#[derive(Debug)]
+pub struct PublishLock(#[allow(dead_code)] File);
+
+impl PublishLock {
+    /// Waits for the lock.
+    pub fn take(data: &DataDir) -> io::Result<PublishLock> {
+        let path = data.lock_file();
+        let f = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&path)?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)?;
+        Ok(PublishLock(f))
+    }
+}
+
+/// What `publish` did.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// The new bundle.
+    pub info: BundleInfo,
+    /// The generation it replaced.
+    pub previous: Option<u64>,
+}
+
+/// Publishes the bundle at `src` as `target`'s bundle: checks it is a bundle
+/// of the right scope with a higher generation than the published one,
+/// writes it to a temporary file beside the target, syncs it, keeps the old
+/// one in the history (the newest `keep`), and renames it into place. The
+/// caller holds the [`PublishLock`].
+pub fn publish(
+    data: &DataDir,
+    target: &Target,
+    src: &Path,
+    keep: usize,
+    _lock: &PublishLock,
+) -> Result<Published, PublishError> {
+    let info = bundle_info(src)?;
+    if !target.accepts(&info.scope) {
+        return Err(PublishError::Scope { scope: info.scope, target: target.clone() });
+    }
+    let dest = data.bundle(target);
+    let current = published(data, target);
+    if let Some(cur) = &current {
+        if info.generation <= cur.generation {
+            return Err(PublishError::NotNewer { new: info.generation, current: cur.generation });
+        }
+    }
+    let dir = dest.parent().unwrap_or(data.root()).to_owned();
+    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let mut tmp = tempfile::Builder::new().prefix(".publish").tempfile_in(&dir).map_err(io_err(&dir))?;
+    let mut input = File::open(src).map_err(io_err(src))?;
+    io::copy(&mut input, tmp.as_file_mut()).map_err(io_err(src))?;
+    tmp.as_file().sync_all().map_err(io_err(tmp.path()))?;
+    // Web servers read the file as whoever they run as; the bundle is
+    // encrypted (or deliberately public), so world-readable is right.
+    fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(io_err(tmp.path()))?;
+    if let Some(cur) = &current {
+        let hist = data.history(target);
+        fs::create_dir_all(&hist).map_err(io_err(&hist))?;
+        let old = hist.join(format!("{:020}.bundle", cur.generation));
+        // A hard link keeps the old bytes without copying; the rename
+        // below then only replaces the name in the public tree.
+        if !old.exists() {
+            fs::hard_link(&dest, &old).or_else(|_| fs::copy(&dest, &old).map(|_| ())).map_err(io_err(&old))?;
+        }
+        prune_history(&hist, keep).map_err(io_err(&hist))?;
+    }
+    tmp.persist(&dest).map_err(|e| PublishError::Io { path: dest.clone(), err: e.error })?;
+    File::open(&dir).and_then(|d| d.sync_all()).map_err(io_err(&dir))?;
+    Ok(Published { info, previous: current.map(|c| c.generation) })
+}
+
+fn prune_history(dir: &Path, keep: usize) -> io::Result<()> {
+    let mut names: Vec<_> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".bundle"))
+        .collect();
+    // Zero-padded generations sort numerically as strings.
+    names.sort();
+    let excess = names.len().saturating_sub(keep);
+    for n in names.iter().take(excess) {
+        fs::remove_file(dir.join(n))?;
+    }
+    Ok(())
+}
+
+/// The history of a target: (generation, path), oldest first.
+pub fn history(data: &DataDir, target: &Target) -> Vec<(u64, PathBuf)> {
+    let dir = data.history(target);
+    let mut out: Vec<(u64, PathBuf)> = fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let g = name.strip_suffix(".bundle")?.parse().ok()?;
+            Some((g, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEntry<'a> {
+    /// RFC 3339 UTC.
+    pub time: String,
+    /// `publish`, `approve`, `reject`, `push-received`, `accept-push`, …
+    pub action: &'a str,
+    /// The node, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<&'a str>,
+    /// Free-form details (target, generation, digest, group, address).
+    pub detail: String,
+    /// Who: `uid N` for commands, `server` for the server.
+    pub by: String,
+}
+
+/// Appends one JSON line to the audit log (opened with `O_APPEND`, synced),
+/// so entries are never rewritten.
+pub fn audit(data: &DataDir, action: &str, node: Option<&str>, detail: String, by: String) -> io::Result<()> {
+    let entry = AuditEntry { time: rfc3339(SystemTime::now()), action, node, detail, by };
+    let mut line = serde_json::to_string(&entry).map_err(io::Error::other)?;
+    line.push('\n');
+    let mut f = OpenOptions::new().create(true).append(true).mode(0o600).open(data.audit_log())?;
+    // One write per entry: concurrent writers never interleave lines.
+    f.write_all(line.as_bytes())?;
+    f.sync_data()
+}
+
+/// Who is running this command, for the audit log.
+pub fn by_uid() -> String {
+    format!("uid {}", rustix::process::getuid().as_raw())
+}
+
+/// RFC 3339, seconds, UTC.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
