@@ -57,6 +57,14 @@ pub enum KeyCmd {
         /// The key file.
         file: PathBuf,
     },
+    /// Append keys to a boot image (initramfs) as an extra cpio archive.
+    Initramfs(crate::cmd_initramfs::InitramfsArgs),
+    /// Put keys on a USB stick or a stick image (vfat labelled STATELESS).
+    Usb(crate::cmd_usb::UsbArgs),
+    /// Seal a key to this machine's TPM and its current PCR values.
+    TpmSeal(crate::cmd_tpm::SealArgs),
+    /// Check that a TPM-sealed key unseals here (prints its id, never the key).
+    TpmCheck(crate::cmd_tpm::CheckArgs),
 }
 
 /// Limits on what a bundle may hold (defaults in docs/bundle-format.md).

@@ -19,6 +19,10 @@ pub fn run(cmd: KeyCmd) -> anyhow::Result<ExitCode> {
             let key = read_key_file(&file).context("reading key file")?;
             println!("{}", key.id());
         }
+        KeyCmd::Initramfs(args) => return crate::cmd_initramfs::run(args),
+        KeyCmd::Usb(args) => return crate::cmd_usb::run(args),
+        KeyCmd::TpmSeal(args) => return crate::cmd_tpm::seal(args),
+        KeyCmd::TpmCheck(args) => return crate::cmd_tpm::check(args),
     }
     Ok(ExitCode::SUCCESS)
 }

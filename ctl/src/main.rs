@@ -10,9 +10,12 @@ use clap::Parser;
 mod cli;
 mod cli_server;
 mod cmd_bundle;
+mod cmd_initramfs;
 mod cmd_key;
 mod cmd_persist;
 mod cmd_server;
+mod cmd_tpm;
+mod cmd_usb;
 mod logger;
 
 fn main() -> ExitCode {

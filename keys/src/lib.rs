@@ -3,12 +3,26 @@
 //! A key file holds one site key in the text format of
 //! [`stateless_bundle::key`]; it is written with mode 0600 and a warning is
 //! logged when one is read that the group or others can read. Key sources
-//! (a file, a directory of key files; later a USB stick and the TPM) share the
-//! [`KeySource`] trait so the loader can walk its key ladder and pick the key
-//! whose id a bundle names.
+//! share the [`KeySource`] trait so the loader can walk its key ladder and
+//! pick the key whose id a bundle names: key files and directories of them
+//! (the boot image), a USB stick ([`usb`]) and the TPM ([`tpm`]).
+//! [`cpio`] writes the archive that puts keys into a boot image and
+//! [`sealed`] is the file format of a TPM-sealed key. `docs/keys.md` is the
+//! user-facing description.
 
+pub mod cpio;
 mod file;
+pub mod sealed;
 mod source;
+pub mod tpm;
+pub mod usb;
 
 pub use file::{KeyFileError, read_key_file, write_key_file};
-pub use source::{DirSource, FileSource, KeySource, KeySourceError, find_key};
+pub use source::{DirSource, FileSource, KeySource, KeySourceError, Lookup, Offered, find_key};
+pub use tpm::source::TpmSource;
+pub use usb::UsbSource;
+
+/// Where keys embedded in the boot image live (`*.key`, mode 0600).
+pub const EMBEDDED_KEY_DIR: &str = "/etc/stateless/keys";
+/// Where TPM-sealed keys live in the boot image (`*.sealed`).
+pub const SEALED_DIR: &str = "/etc/stateless/tpm";

@@ -16,6 +16,19 @@ pub enum KeySourceError {
     /// The source is not present (no stick, no TPM, no file).
     #[error("{0}")]
     Absent(String),
+    /// The source is there but could not give its keys (an unreadable
+    /// stick, a TPM that refused to unseal).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What a source has for a bundle that needs one key id.
+#[derive(Debug)]
+pub enum Lookup {
+    /// The key the bundle needs.
+    Found(Key),
+    /// The source has only these keys.
+    Offered(Vec<KeyId>),
 }
 
 /// A place keys can come from (boot image, USB stick, TPM, …).
@@ -25,6 +38,14 @@ pub trait KeySource {
     /// The keys this source offers. Bounded in time: a source that is not
     /// there says so quickly.
     fn keys(&self) -> Result<Vec<Key>, KeySourceError>;
+    /// Looks for the key `needed`. Sources that can tell a key's id without
+    /// reading the key (a TPM-sealed key names its id) override this to
+    /// touch only the key the bundle needs.
+    fn lookup(&self, needed: KeyId) -> Result<Lookup, KeySourceError> {
+        let keys = self.keys()?;
+        let ids = keys.iter().map(Key::id).collect();
+        Ok(keys.into_iter().find(|k| k.id() == needed).map_or(Lookup::Offered(ids), Lookup::Found))
+    }
 }
 
 /// One key file.
@@ -100,14 +121,9 @@ impl std::fmt::Display for Offered {
 pub fn find_key(needed: KeyId, sources: &[&dyn KeySource]) -> Result<(Key, String), Offered> {
     let mut offered = Offered::default();
     for src in sources {
-        match src.keys() {
-            Ok(keys) => {
-                let ids = keys.iter().map(Key::id).collect();
-                if let Some(k) = keys.into_iter().find(|k| k.id() == needed) {
-                    return Ok((k, src.describe()));
-                }
-                offered.0.push((src.describe(), Ok(ids)));
-            }
+        match src.lookup(needed) {
+            Ok(Lookup::Found(k)) => return Ok((k, src.describe())),
+            Ok(Lookup::Offered(ids)) => offered.0.push((src.describe(), Ok(ids))),
             Err(e) => {
                 let mut msg = e.to_string();
                 let mut cur = std::error::Error::source(&e);

@@ -66,6 +66,7 @@ pub const WORDS: &[(&str, &str)] = &[
     ("insecure", "rd.stateless.insecure[=0|1]"),
     ("debug", "rd.stateless.debug[=0|1]"),
     ("overlay", "rd.stateless.overlay=0|1"),
+    ("tpm", "rd.stateless.tpm=device:/PATH|swtpm:host=HOST,port=PORT"),
 ];
 
 /// One word of a kernel command line.
@@ -255,6 +256,8 @@ pub struct Config {
     pub group: Option<String>,
     /// `key=`.
     pub key: KeyChoice,
+    /// `tpm=`: which TPM unseals TPM-sealed keys.
+    pub tpm: stateless_keys::tpm::TpmSelector,
     /// `cache=`.
     pub cache: CacheDevice,
     /// `timeout=`: total network budget.
@@ -288,6 +291,7 @@ impl Default for Config {
             node: None,
             group: None,
             key: KeyChoice::default(),
+            tpm: stateless_keys::tpm::TpmSelector::default(),
             cache: CacheDevice::default(),
             timeout: DEFAULT_TIMEOUT,
             onfail: OnFail::default(),
@@ -436,6 +440,7 @@ impl Config {
             "node" => self.node = Some(parse_name(value)?),
             "group" => self.group = Some(parse_name(value)?),
             "key" => self.key = parse_key(value)?,
+            "tpm" => self.tpm = parse_tpm(value)?,
             "cache" => self.cache = parse_cache(value)?,
             "timeout" => self.timeout = parse_timeout(value)?,
             "onfail" => self.onfail = parse_onfail(value)?,
@@ -460,6 +465,7 @@ impl Config {
             "node" => self.node = d.node,
             "group" => self.group = d.group,
             "key" => self.key = d.key,
+            "tpm" => self.tpm = d.tpm,
             "cache" => self.cache = d.cache,
             "timeout" => self.timeout = d.timeout,
             "onfail" => self.onfail = d.onfail,
@@ -613,6 +619,10 @@ fn parse_key(v: &str) -> Result<KeyChoice, Reason> {
             }
         }
     }
+}
+
+fn parse_tpm(v: &str) -> Result<stateless_keys::tpm::TpmSelector, Reason> {
+    v.parse().map_err(|_| Reason::NotOneOf { choices: "device:/PATH, swtpm:host=HOST,port=PORT" })
 }
 
 fn parse_cache(v: &str) -> Result<CacheDevice, Reason> {
@@ -819,6 +829,10 @@ mod tests {
             ("rd.stateless.key=\"usb:KEYS 2\"".into(), |c| c.key == KeyChoice::Usb { label: Some("KEYS 2".into()) }),
             ("rd.stateless.key=tpm".into(), |c| c.key == KeyChoice::Tpm),
             ("rd.stateless.key=none".into(), |c| c.key == KeyChoice::None),
+            ("rd.stateless.tpm=swtpm:host=127.0.0.1,port=2321".into(), |c| {
+                c.tpm.to_string() == "swtpm:host=127.0.0.1,port=2321"
+            }),
+            ("rd.stateless.tpm=device:/dev/tpmrm1".into(), |c| c.tpm.to_string() == "device:/dev/tpmrm1"),
             ("rd.stateless.cache=LABEL=slcache".into(), |c| c.cache == CacheDevice::Label("slcache".into())),
             ("\"rd.stateless.cache=LABEL=my cache\"".into(), |c| c.cache == CacheDevice::Label("my cache".into())),
             ("rd.stateless.cache=UUID=1234-ABCD".into(), |c| c.cache == CacheDevice::Uuid("1234-ABCD".into())),
@@ -932,6 +946,10 @@ mod tests {
                 "rd.stateless.group=a%2f: not a name of 1 to 128 letters, digits, '.', '_', ':' or '-' (and not . or ..)",
             ),
             ("rd.stateless.key=usb:", "rd.stateless.key=usb:: not one of auto, file:/PATH, usb, usb:LABEL, tpm, none"),
+            (
+                "rd.stateless.tpm=/dev/tpm0",
+                "rd.stateless.tpm=/dev/tpm0: not one of device:/PATH, swtpm:host=HOST,port=PORT",
+            ),
             ("rd.stateless.key=file:site.key", "rd.stateless.key=file:site.key: not an absolute path"),
             ("rd.stateless.key=AUTO", "rd.stateless.key=AUTO: not one of auto, file:/PATH, usb, usb:LABEL, tpm, none"),
             ("rd.stateless.cache=LABEL=", "rd.stateless.cache=LABEL=: LABEL needs a value"),
@@ -1081,7 +1099,8 @@ mod tests {
             assert!(doc.contains(&format!("`{PREFIX}{name}")), "docs/cmdline.md lacks {PREFIX}{name}");
             assert!(doc.contains(syntax), "docs/cmdline.md lacks the syntax {syntax}");
         }
-        for flag in ["--cmdline", "--sysroot", "--run-dir", "--cache-dir"] {
+        for flag in ["--cmdline", "--sysroot", "--run-dir", "--cache-dir", "--key-dir", "--sealed-dir", "--usb-device"]
+        {
             assert!(doc.contains(flag), "docs/cmdline.md lacks {flag}");
         }
     }

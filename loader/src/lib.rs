@@ -12,6 +12,7 @@ pub mod cmdline;
 pub mod dns;
 pub mod fetch;
 pub mod identity;
+pub mod keyladder;
 pub mod logger;
 pub mod pipeline;
 pub mod srv;

@@ -44,6 +44,18 @@ struct Args {
     /// Log to stderr even when /dev/kmsg can be written
     #[arg(long)]
     log_stderr: bool,
+
+    /// Directory of key files embedded in the boot image
+    #[arg(long, value_name = "DIR", default_value = stateless_keys::EMBEDDED_KEY_DIR)]
+    key_dir: PathBuf,
+
+    /// Directory of TPM-sealed keys embedded in the boot image
+    #[arg(long, value_name = "DIR", default_value = stateless_keys::SEALED_DIR)]
+    sealed_dir: PathBuf,
+
+    /// Look for the USB key stick only on this device or image file (repeatable; tests)
+    #[arg(long = "usb-device", value_name = "PATH")]
+    usb_devices: Vec<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -80,7 +92,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         run_dir: args.run_dir.clone(),
         cache_dir: args.cache_dir.clone(),
         host_root: PathBuf::from("/"),
-        key_dir: PathBuf::from(pipeline::EMBEDDED_KEY_DIR),
+        key_dir: args.key_dir.clone(),
+        sealed_dir: args.sealed_dir.clone(),
+        usb_devices: args.usb_devices.clone(),
     };
     let report = pipeline::run(&config, &paths);
     // The one line a person reads off the console: on stderr (the console

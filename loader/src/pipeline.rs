@@ -16,7 +16,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use stateless_bundle::header::{HEADER_LEN, RawHeader};
 use stateless_bundle::{BundleReader, Cipher, Header, Key, KeyId, Limits, OpenOptions as BundleOpen, Scope};
-use stateless_keys::{DirSource, FileSource, KeySource, find_key};
+use stateless_keys::usb::Devices;
+
+use crate::keyladder::KeyPlaces;
 
 use crate::cache::{Cache, SlotMeta};
 use crate::cmdline::{Config, KeyChoice, OnFail};
@@ -51,6 +53,11 @@ pub struct Paths {
     pub host_root: PathBuf,
     /// Directory of keys embedded in the boot image.
     pub key_dir: PathBuf,
+    /// Directory of TPM-sealed keys embedded in the boot image.
+    pub sealed_dir: PathBuf,
+    /// Devices to look at for a USB key stick instead of scanning
+    /// `/sys/class/block` (tests; empty: scan).
+    pub usb_devices: Vec<PathBuf>,
 }
 
 /// What happened, written to `status.json` and summarised on the console.
@@ -490,15 +497,6 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Key sources for the configured `rd.stateless.key=`.
-fn key_sources(ctx: &Ctx<'_>) -> Vec<Box<dyn KeySource>> {
-    match &ctx.config.key {
-        KeyChoice::Auto => vec![Box::new(DirSource(ctx.paths.key_dir.clone()))],
-        KeyChoice::File(p) => vec![Box::new(FileSource(p.clone()))],
-        KeyChoice::Usb { .. } | KeyChoice::Tpm | KeyChoice::None => vec![],
-    }
-}
-
 fn verify_and_apply(ctx: &mut Ctx<'_>, path: &Path, source: &'static str) -> Result<Ready, String> {
     let t = Instant::now();
     let ready = verify(ctx, path, source)?;
@@ -553,17 +551,19 @@ fn verify(ctx: &mut Ctx<'_>, path: &Path, source: &str) -> Result<Ready, String>
 }
 
 fn pick_key(ctx: &Ctx<'_>, needed: KeyId) -> Result<(Key, String), String> {
-    let sources = key_sources(ctx);
-    if sources.is_empty() {
-        return Err(match &ctx.config.key {
-            KeyChoice::None => format!("bundle needs key {} but rd.stateless.key=none", needed.short()),
-            other => {
-                format!("bundle needs key {}; key source {other:?} is not available in this build", needed.short())
-            }
-        });
-    }
-    let refs: Vec<&dyn KeySource> = sources.iter().map(AsRef::as_ref).collect();
-    find_key(needed, &refs).map_err(|offered| format!("bundle needs key {}; {offered}", needed.short()))
+    let usb = if ctx.paths.usb_devices.is_empty() {
+        Devices::Scan { sys: ctx.paths.host_root.join("sys"), dev: ctx.paths.host_root.join("dev") }
+    } else {
+        Devices::List(ctx.paths.usb_devices.clone())
+    };
+    let places = KeyPlaces {
+        key_dir: ctx.paths.key_dir.clone(),
+        sealed_dir: ctx.paths.sealed_dir.clone(),
+        usb,
+        usb_mount: ctx.paths.run_dir.join("usb"),
+        tpm: ctx.config.tpm.clone(),
+    };
+    crate::keyladder::pick_key(&ctx.config.key, &places, needed)
 }
 
 /// The scope, rollback and expiry rules. The rollback rule guards against a

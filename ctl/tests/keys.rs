@@ -1,0 +1,423 @@
+//! Enrolling keys: `statelessctl key initramfs`, `key usb`, `key tpm-seal`
+//! and `key tpm-check`, checked with the standard tools (cpio, dosfstools,
+//! mtools, tpm2-tools) and read back with the loader's own key sources.
+//! TPM tests run against swtpm started on 127.0.0.1 by the test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+use std::fs;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use stateless_bundle::Key;
+use stateless_keys::cpio::read_archives;
+use stateless_keys::sealed::{Bank, SealedKey, read_sealed_file};
+use stateless_keys::tpm::{Tpm, TpmError};
+use stateless_keys::usb::{Devices, FsKind, UsbSource, probe};
+use stateless_keys::{KeySource, Lookup, TpmSource, read_key_file};
+
+fn ctl(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_statelessctl")).args(args).current_dir(cwd).output().unwrap()
+}
+
+fn ok(args: &[&str], cwd: &Path) -> String {
+    let o = ctl(args, cwd);
+    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn fails(args: &[&str], cwd: &Path) -> String {
+    let o = ctl(args, cwd);
+    assert_eq!(o.status.code(), Some(1), "{args:?} should fail: {}", String::from_utf8_lossy(&o.stdout));
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "one line expected: {err}");
+    err
+}
+
+fn sh(script: &str, cwd: &Path) -> Output {
+    let o = Command::new("bash").args(["-c", script]).current_dir(cwd).output().unwrap();
+    assert!(o.status.success(), "{script}: {}", String::from_utf8_lossy(&o.stderr));
+    o
+}
+
+fn new_key(dir: &Path, name: &str) -> Key {
+    ok(&["key", "new", "-o", name], dir);
+    read_key_file(&dir.join(name)).unwrap()
+}
+
+fn mode(p: &Path) -> u32 {
+    fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+// ---------------------------------------------------------------- initramfs
+
+#[test]
+fn initramfs_gets_a_keyed_archive_the_kernel_and_cpio_can_read() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let (a, b) = (new_key(p, "a.key"), new_key(p, "b.key"));
+    // A base image as dracut makes it: a newc archive, here of an odd length
+    // so that the padding rule matters.
+    fs::create_dir_all(p.join("base/etc")).unwrap();
+    fs::write(p.join("base/etc/os-release"), "ID=test\n").unwrap();
+    fs::write(p.join("base/init"), "#!/bin/sh\n").unwrap();
+    sh("cd base && find . | cpio -o -H newc --quiet > ../in.img && printf x >> ../in.img", p);
+    let input = fs::read(p.join("in.img")).unwrap();
+    let out = ok(&["key", "initramfs", "--key", "a.key", "--key", "b.key", "--initrd", "in.img", "-o", "out.img"], p);
+    assert!(out.contains(&a.id().to_string()) && out.contains(&b.id().to_string()), "{out}");
+    assert_eq!(mode(&p.join("out.img")), 0o600);
+    let image = fs::read(p.join("out.img")).unwrap();
+    assert_eq!(&image[..input.len()], &input[..], "the original image is kept byte for byte");
+    let tail_at = input.len().div_ceil(4) * 4;
+    assert!(image[input.len()..tail_at].iter().all(|&b| b == 0));
+
+    // Our reader, from the start of the appended archive.
+    let (entries, end) = read_archives(&image[tail_at..]).unwrap();
+    assert_eq!(end, image.len() - tail_at);
+    let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    let (ka, kb) = (format!("etc/stateless/keys/{}.key", a.id()), format!("etc/stateless/keys/{}.key", b.id()));
+    assert_eq!(names, ["etc", "etc/stateless", "etc/stateless/keys", ka.as_str(), kb.as_str()]);
+    assert_eq!(entries[0].mode, 0o040_755);
+    assert_eq!(entries[2].mode, 0o040_700);
+    assert_eq!(entries[3].mode, 0o100_600);
+    assert_eq!(Key::from_file_text(&entries[3].data).unwrap().id(), a.id());
+
+    // Debian's cpio lists and extracts it.
+    fs::write(p.join("tail.cpio"), &image[tail_at..]).unwrap();
+    let list = sh("cpio -t --quiet < tail.cpio", p);
+    let list = String::from_utf8(list.stdout).unwrap();
+    assert!(list.lines().any(|l| l == ka), "{list}");
+    fs::create_dir(p.join("x")).unwrap();
+    sh("cd x && cpio -i -d --quiet < ../tail.cpio", p);
+    let extracted = p.join("x").join(&kb);
+    assert_eq!(read_key_file(&extracted).unwrap().id(), b.id());
+    assert_eq!(mode(&extracted), 0o600);
+
+    // No silent overwrite; --force replaces.
+    let err = fails(&["key", "initramfs", "--key", "a.key", "--initrd", "in.img", "-o", "out.img"], p);
+    assert!(err.contains("exists"), "{err}");
+    ok(&["key", "initramfs", "--key", "a.key", "--initrd", "in.img", "-o", "out.img", "--force"], p);
+}
+
+#[test]
+fn initramfs_after_a_compressed_image() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let a = new_key(p, "a.key");
+    fs::create_dir_all(p.join("base")).unwrap();
+    fs::write(p.join("base/init"), "#!/bin/sh\n").unwrap();
+    sh("cd base && find . | cpio -o -H newc --quiet | zstd -q -19 > ../in.img", p);
+    let input_len = fs::metadata(p.join("in.img")).unwrap().len() as usize;
+    ok(&["key", "initramfs", "--key", "a.key", "--initrd", "in.img", "-o", "out.img"], p);
+    let image = fs::read(p.join("out.img")).unwrap();
+    // The zstd frame decodes on its own; the key archive follows, aligned.
+    sh("head -c $(stat -c %s in.img) out.img | zstd -dq | cpio -t --quiet | grep -qx init", p);
+    let (entries, _) = read_archives(&image[input_len.div_ceil(4) * 4..]).unwrap();
+    assert!(entries.iter().any(|e| e.name == format!("etc/stateless/keys/{}.key", a.id())));
+}
+
+// ---------------------------------------------------------------- USB
+
+#[test]
+fn usb_image_holds_rotated_keys_and_is_valid_vfat() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let (old, new) = (new_key(p, "old.key"), new_key(p, "new.key"));
+    let out = ok(&["key", "usb", "--key", "old.key", "--image", "usb.img"], p);
+    assert!(out.contains(&format!("/stateless/keys/{}.key", old.id())), "{out}");
+    ok(&["key", "usb", "--key", "new.key", "--image", "usb.img"], p);
+    let img = p.join("usb.img");
+    assert_eq!(mode(&img), 0o600);
+    assert_eq!(fs::metadata(&img).unwrap().len(), 16 << 20);
+    assert_eq!(probe(&img).unwrap(), Some((FsKind::Vfat, "STATELESS".into())));
+    // The standard tools agree it is a clean FAT file system with that label.
+    sh("fsck.vfat -n usb.img >/dev/null", p);
+    let label = String::from_utf8(sh("fatlabel usb.img", p).stdout).unwrap();
+    assert_eq!(label.trim(), "STATELESS");
+    let listing = String::from_utf8(sh("MTOOLS_SKIP_CHECK=1 mdir -b -i usb.img ::/stateless/keys", p).stdout).unwrap();
+    assert!(listing.contains(&old.id().to_string()) && listing.contains(&new.id().to_string()), "{listing}");
+
+    // The loader's source reads both and picks the one a bundle names.
+    let src =
+        UsbSource { label: "STATELESS".into(), devices: Devices::List(vec![img.clone()]), mount_dir: p.join("m") };
+    for k in [&old, &new] {
+        match src.lookup(k.id()).unwrap() {
+            Lookup::Found(found) => assert_eq!(found.id(), k.id()),
+            Lookup::Offered(ids) => panic!("not found, offered {ids:?}"),
+        }
+    }
+    assert_eq!(src.describe(), "USB stick STATELESS");
+
+    // Another label is another stick.
+    ok(&["key", "usb", "--key", "old.key", "--image", "site2.img", "--label", "SITE2", "--size", "2M"], p);
+    let err = fails(&["key", "usb", "--key", "old.key", "--image", "site2.img"], p);
+    assert!(err.contains("not vfat \"STATELESS\""), "{err}");
+}
+
+#[test]
+fn usb_refusals() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    new_key(p, "a.key");
+    fs::write(p.join("plain.img"), vec![0u8; 1 << 20]).unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--image", "plain.img"], "holds no vfat file system labelled \"STATELESS\""),
+        (&["--device", "plain.img"], "is not a block device"),
+        (&["--image", "x.img", "--label", "keys"], "a FAT label is 1 to 11 upper-case"),
+        (&["--image", "y.img", "--size", "4K"], "at least 1M"),
+    ];
+    for (extra, want) in cases {
+        let mut args = vec!["key", "usb", "--key", "a.key"];
+        args.extend_from_slice(extra);
+        let err = fails(&args, p);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    // --wipe only goes with --device: a usage error.
+    assert_eq!(ctl(&["key", "usb", "--key", "a.key", "--image", "z.img", "--wipe"], p).status.code(), Some(2));
+}
+
+/// A loop device over an image file, detached when dropped.
+struct Loop(String);
+
+impl Loop {
+    fn attach(img: &Path) -> Loop {
+        let o = Command::new("losetup").args(["-f", "--show"]).arg(img).output().unwrap();
+        assert!(o.status.success(), "losetup: {}", String::from_utf8_lossy(&o.stderr));
+        Loop(String::from_utf8(o.stdout).unwrap().trim().to_owned())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+#[test]
+fn usb_block_devices_vfat_and_mounted_ext4() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let a = new_key(p, "a.key");
+    // A blank "stick": refused without --wipe, formatted with it.
+    fs::write(p.join("stick.img"), vec![0u8; 4 << 20]).unwrap();
+    let lo = Loop::attach(&p.join("stick.img"));
+    let err = fails(&["key", "usb", "--key", "a.key", "--device", &lo.0], p);
+    assert!(err.contains("--wipe makes a new one"), "{err}");
+    ok(&["key", "usb", "--key", "a.key", "--device", &lo.0, "--wipe"], p);
+    let src = UsbSource {
+        label: "STATELESS".into(),
+        devices: Devices::List(vec![lo.0.clone().into()]),
+        mount_dir: p.join("m"),
+    };
+    assert_eq!(src.keys().unwrap().iter().map(Key::id).collect::<Vec<_>>(), [a.id()]);
+
+    // An ext4 stick made by hand is mounted read-only and read.
+    fs::create_dir_all(p.join("tree/stateless/keys")).unwrap();
+    fs::copy(p.join("a.key"), p.join("tree/stateless/keys/site.key")).unwrap();
+    sh("mke2fs -q -t ext4 -L STATELESS -d tree ext4.img 8M", p);
+    let lo4 = Loop::attach(&p.join("ext4.img"));
+    let before = fs::read(p.join("ext4.img")).unwrap();
+    let src = UsbSource {
+        label: "STATELESS".into(),
+        devices: Devices::List(vec![lo4.0.clone().into()]),
+        mount_dir: p.join("m"),
+    };
+    assert_eq!(src.keys().unwrap().iter().map(Key::id).collect::<Vec<_>>(), [a.id()]);
+    // Unmounted again, and never written.
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(&p.join("m").display().to_string()), "{mounts}");
+    drop(lo4);
+    assert!(before == fs::read(p.join("ext4.img")).unwrap(), "the ext4 stick was written to");
+}
+
+// ---------------------------------------------------------------- TPM
+
+/// swtpm on 127.0.0.1 (raw TPM commands on the data port), killed when
+/// dropped.
+struct Swtpm {
+    port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Swtpm {
+    fn start() -> Swtpm {
+        let dir = tempfile::tempdir().unwrap();
+        // tpm2-tools' swtpm TCTI expects the control port right after the
+        // data port: find a free pair.
+        let (port, ctrl) = loop {
+            let l1 = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = l1.local_addr().unwrap().port();
+            if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+                break (port, port + 1);
+            }
+        };
+        let child = Command::new("swtpm")
+            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+            .arg("--server")
+            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+            .arg("--ctrl")
+            .arg(format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"))
+            .arg("--tpmstate")
+            .arg(format!("dir={}", dir.path().display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("swtpm is not installed: scripts/test installs it (apt-get install swtpm swtpm-tools)");
+        let until = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < until, "swtpm did not start on port {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Swtpm { port, child, _dir: dir }
+    }
+
+    fn selector(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    fn tpm(&self) -> Tpm {
+        Tpm::open(&self.selector().parse().unwrap()).unwrap()
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn seal(p: &Path, tpm: &Swtpm, key: &str, pcrs: &str, out: &str) -> SealedKey {
+    let printed = ok(&["key", "tpm-seal", "--key", key, "--pcrs", pcrs, "--tpm", &tpm.selector(), "-o", out], p);
+    assert!(printed.contains("sealed to PCR"), "{printed}");
+    assert_eq!(mode(&p.join(out)), 0o600);
+    read_sealed_file(&p.join(out)).unwrap()
+}
+
+#[test]
+fn tpm_seal_then_unseal_by_statelessctl_and_the_key_source() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let swtpm = Swtpm::start();
+    let key = new_key(p, "site.key");
+    let sealed = seal(p, &swtpm, "site.key", "0,7", "node.sealed");
+    assert_eq!(sealed.key_id, key.id());
+    assert_eq!(sealed.pcr_indices(), [0, 7]);
+    let text = fs::read_to_string(p.join("node.sealed")).unwrap();
+    assert!(!text.contains(&stateless_bundle::key::hex_encode(key.as_bytes())), "the key is in the file in the clear");
+    let out = ok(&["key", "tpm-check", "node.sealed", "--tpm", &swtpm.selector()], p);
+    assert!(out.starts_with(&format!("key {} unseals", key.id())), "{out}");
+
+    // As the loader uses it: a directory of sealed keys, unsealed on demand.
+    fs::create_dir(p.join("tpm")).unwrap();
+    fs::rename(p.join("node.sealed"), p.join("tpm/node.sealed")).unwrap();
+    let src = TpmSource { dir: p.join("tpm"), selector: swtpm.selector().parse().unwrap() };
+    match src.lookup(key.id()).unwrap() {
+        Lookup::Found(k) => assert_eq!(k.as_bytes(), key.as_bytes()),
+        Lookup::Offered(_) => panic!("not found"),
+    }
+    let other = Key::generate().unwrap();
+    assert!(matches!(src.lookup(other.id()).unwrap(), Lookup::Offered(ids) if ids == [key.id()]));
+    let empty = TpmSource { dir: p.join("none"), selector: swtpm.selector().parse().unwrap() };
+    assert!(empty.lookup(key.id()).unwrap_err().to_string().contains("no sealed key"));
+
+    // Sealing and unsealing leave no objects or sessions behind (swtpm has
+    // no resource manager: a leak would show up here).
+    let mut tpm = swtpm.tpm();
+    for _ in 0..5 {
+        tpm.unseal(&sealed).unwrap();
+    }
+}
+
+#[test]
+fn tpm_changed_pcr_fails_closed_naming_it() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let swtpm = Swtpm::start();
+    new_key(p, "site.key");
+    let sealed = seal(p, &swtpm, "site.key", "0,7,10", "node.sealed");
+    let mut tpm = swtpm.tpm();
+    // What a different boot chain does to PCR 7.
+    tpm.pcr_extend(7, Bank::Sha256, &[0x42; 32]).unwrap();
+    let err = tpm.unseal(&sealed).unwrap_err();
+    assert!(matches!(&err, TpmError::PcrMismatch { pcrs, .. } if pcrs == &[7]), "{err}");
+    // swtpm serves one connection at a time.
+    drop(tpm);
+    let err = fails(&["key", "tpm-check", "node.sealed", "--tpm", &swtpm.selector()], p);
+    assert!(err.contains("PCR 7 (sha256) differs from the sealed policy"), "{err}");
+    let mut tpm = swtpm.tpm();
+
+    // Even a file edited to claim the new values does not unseal: the TPM
+    // enforces the policy bound into the object.
+    let now = tpm.pcr_read(Bank::Sha256, &[0, 7, 10]).unwrap();
+    let forged = SealedKey {
+        policy: stateless_keys::sealed::policy_pcr_digest(Bank::Sha256, &now),
+        pcrs: now,
+        ..sealed.clone()
+    };
+    let err = tpm.unseal(&forged).unwrap_err().to_string();
+    assert!(err.contains("TPM2_Unseal: TPM_RC_POLICY_FAIL"), "{err}");
+    // Re-sealing to the new state works (the documented update procedure).
+    drop(tpm);
+    let resealed = seal(p, &swtpm, "site.key", "0,7,10", "node2.sealed");
+    swtpm.tpm().unseal(&resealed).unwrap();
+}
+
+#[test]
+fn tpm_object_of_another_tpm_or_edited_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let (one, two) = (Swtpm::start(), Swtpm::start());
+    new_key(p, "site.key");
+    let sealed = seal(p, &one, "site.key", "7", "node.sealed");
+    let err = two.tpm().unseal(&sealed).unwrap_err();
+    assert!(matches!(err, TpmError::WrongObject { .. }), "{err}");
+    assert!(err.to_string().contains("not made by this TPM"), "{err}");
+    let mut flipped = sealed.clone();
+    let last = flipped.private.len() - 1;
+    flipped.private[last] ^= 1;
+    assert!(matches!(one.tpm().unseal(&flipped).unwrap_err(), TpmError::WrongObject { .. }));
+    // A file that names another key id than the one sealed inside.
+    let lying = SealedKey { key_id: Key::generate().unwrap().id(), ..sealed.clone() };
+    assert!(one.tpm().unseal(&lying).unwrap_err().to_string().contains("is not key"));
+    // An unreachable TPM is a quick, clear error.
+    let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let err = fails(&["key", "tpm-check", "node.sealed", "--tpm", &format!("swtpm:host=127.0.0.1,port={dead}")], p);
+    assert!(err.contains("opening the TPM") && err.contains("refused"), "{err}");
+}
+
+#[test]
+fn tpm_sealed_by_statelessctl_unseals_with_tpm2_tools() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let swtpm = Swtpm::start();
+    let key = new_key(p, "site.key");
+    seal(p, &swtpm, "site.key", "0,7", "node.sealed");
+    // Cut the standard TPM2B blobs out of the file, make the same SRK and
+    // unseal with a PCR policy session, as docs/keys.md shows. swtpm has no
+    // resource manager, so transient objects are flushed between tools.
+    let script = format!(
+        "set -euo pipefail
+export TPM2TOOLS_TCTI={sel}
+sed -n 's/^public //p' node.sealed | xxd -r -p > obj.pub
+sed -n 's/^private //p' node.sealed | xxd -r -p > obj.priv
+tpm2_createprimary -Q -C o -g sha256 -G ecc256:aes128cfb \\
+  -a 'fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt' -c srk.ctx
+tpm2_flushcontext -t
+tpm2_load -Q -C srk.ctx -u obj.pub -r obj.priv -c obj.ctx
+tpm2_flushcontext -t
+tpm2_unseal -c obj.ctx -p pcr:sha256:0,7 > unsealed.bin
+tpm2_flushcontext -t
+tpm2_createpolicy -Q --policy-pcr -l sha256:0,7 -L policy.bin
+",
+        sel = swtpm.selector()
+    );
+    sh(&script, p);
+    assert_eq!(fs::read(p.join("unsealed.bin")).unwrap(), key.as_bytes());
+    // Our policy digest is the one tpm2-tools computes for the same PCRs.
+    let sealed = read_sealed_file(&p.join("node.sealed")).unwrap();
+    assert_eq!(fs::read(p.join("policy.bin")).unwrap(), sealed.policy);
+}

@@ -1,0 +1,424 @@
+//! The sealed-key file: a site key sealed by a TPM to PCR values.
+//!
+//! Text, one field per line, so that a person can read which PCRs a node is
+//! bound to and a script can cut the TPM blobs out for `tpm2_load`:
+//!
+//! ```text
+//! # Stateless Loader TPM-sealed site key. ...
+//! stateless-sealed-v1
+//! key-id 73d6fb7e07e1ba223b6ba33a50327f0f
+//! parent srk-ecc-p256
+//! bank sha256
+//! pcr 7 <hex of the PCR value the key is sealed to>
+//! policy <hex of the TPM2_PolicyPCR policy digest>
+//! public <hex of the TPM2B_PUBLIC of the sealed object>
+//! private <hex of the TPM2B_PRIVATE of the sealed object>
+//! ```
+//!
+//! Everything in the file is untrusted until the TPM unseals: the key id is
+//! used only to skip objects a bundle does not need and is checked against
+//! the unsealed key; the PCR values only explain a refusal (the TPM enforces
+//! the policy). See `docs/keys.md`.
+
+use std::fmt::Write as _;
+use std::io::Read;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+use stateless_bundle::KeyId;
+use stateless_bundle::key::{hex_decode, hex_encode};
+
+/// First line of a sealed-key file (after comments).
+pub const SEALED_MAGIC: &str = "stateless-sealed-v1";
+/// The only parent this version knows: the SRK made from the template in
+/// [`crate::tpm`] (ECC NIST P-256, AES-128-CFB, owner hierarchy).
+pub const PARENT_SRK_ECC: &str = "srk-ecc-p256";
+/// A sealed-key file larger than this is refused unread.
+pub const MAX_SEALED_FILE_LEN: usize = 16 * 1024;
+/// Largest TPM2B blob accepted from a file (a keyed-hash object is ~100
+/// bytes; TPM2B_PUBLIC can never exceed ~1 KiB).
+pub const MAX_BLOB_LEN: usize = 2048;
+/// PCR indices run 0..=23 on PC TPMs.
+pub const PCR_COUNT: u8 = 24;
+
+/// A PCR bank (the hash of the PCR values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bank {
+    /// SHA-1 (20-byte PCRs).
+    Sha1,
+    /// SHA-256 (32-byte PCRs), the default.
+    Sha256,
+    /// SHA-384 (48-byte PCRs).
+    Sha384,
+}
+
+impl Bank {
+    /// Parses `sha1`, `sha256`, `sha384`.
+    pub fn parse(s: &str) -> Option<Bank> {
+        match s {
+            "sha1" => Some(Bank::Sha1),
+            "sha256" => Some(Bank::Sha256),
+            "sha384" => Some(Bank::Sha384),
+            _ => None,
+        }
+    }
+
+    /// The name used in files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bank::Sha1 => "sha1",
+            Bank::Sha256 => "sha256",
+            Bank::Sha384 => "sha384",
+        }
+    }
+
+    /// The TPM_ALG_ID of the hash.
+    pub fn alg(self) -> u16 {
+        match self {
+            Bank::Sha1 => 0x0004,
+            Bank::Sha256 => 0x000B,
+            Bank::Sha384 => 0x000C,
+        }
+    }
+
+    /// Size of a PCR value in this bank.
+    pub fn digest_len(self) -> usize {
+        match self {
+            Bank::Sha1 => 20,
+            Bank::Sha256 => 32,
+            Bank::Sha384 => 48,
+        }
+    }
+}
+
+/// Parses a PCR list such as `0,7` or `7`: sorted, no duplicates, 0..=23.
+pub fn parse_pcr_list(s: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim) {
+        let n: u8 = part.parse().map_err(|_| format!("{part:?} is not a PCR number"))?;
+        if n >= PCR_COUNT {
+            return Err(format!("PCR {n} does not exist (0 to {})", PCR_COUNT - 1));
+        }
+        out.push(n);
+    }
+    out.sort_unstable();
+    out.dedup();
+    if out.is_empty() {
+        return Err("no PCR given".into());
+    }
+    Ok(out)
+}
+
+/// The TPM_CC of TPM2_PolicyPCR, part of the policy digest.
+const TPM_CC_POLICY_PCR: u32 = 0x0000_017F;
+
+/// The marshalled TPML_PCR_SELECTION for one bank and `pcrs`.
+pub fn pcr_selection(bank: Bank, pcrs: &[u8]) -> Vec<u8> {
+    let mut bits = [0u8; 3];
+    for &p in pcrs {
+        if let Some(b) = bits.get_mut(usize::from(p / 8)) {
+            *b |= 1 << (p % 8);
+        }
+    }
+    let mut out = Vec::with_capacity(10);
+    out.extend_from_slice(&1u32.to_be_bytes());
+    out.extend_from_slice(&bank.alg().to_be_bytes());
+    out.push(3);
+    out.extend_from_slice(&bits);
+    out
+}
+
+/// The PCR composite digest TPM2_PolicyPCR compares: SHA-256 (the session's
+/// hash) over the values in ascending PCR order.
+pub fn pcr_digest(values: &[(u8, Vec<u8>)]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for (_, v) in values {
+        h.update(v);
+    }
+    h.finalize().into()
+}
+
+/// The policy digest of a policy that is exactly one TPM2_PolicyPCR
+/// (TPM 2.0 Part 3, 23.7): `SHA-256(0^32 || TPM_CC_PolicyPCR || pcrs || digest)`.
+pub fn policy_pcr_digest(bank: Bank, values: &[(u8, Vec<u8>)]) -> [u8; 32] {
+    let pcrs: Vec<u8> = values.iter().map(|(p, _)| *p).collect();
+    let mut h = Sha256::new();
+    h.update([0u8; 32]);
+    h.update(TPM_CC_POLICY_PCR.to_be_bytes());
+    h.update(pcr_selection(bank, &pcrs));
+    h.update(pcr_digest(values));
+    h.finalize().into()
+}
+
+/// A parsed sealed-key file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedKey {
+    /// The id of the sealed key (claimed; checked after unsealing).
+    pub key_id: KeyId,
+    /// The PCR bank of the policy.
+    pub bank: Bank,
+    /// PCR index and the value the key is sealed to, ascending.
+    pub pcrs: Vec<(u8, Vec<u8>)>,
+    /// The policy digest (recomputed from `pcrs` when parsing).
+    pub policy: [u8; 32],
+    /// TPM2B_PUBLIC of the sealed object, size prefix included.
+    pub public: Vec<u8>,
+    /// TPM2B_PRIVATE of the sealed object, size prefix included.
+    pub private: Vec<u8>,
+}
+
+/// Why a sealed-key file was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SealedError {
+    /// Not a sealed-key file at all.
+    #[error("not a sealed-key file: {0}")]
+    NotSealed(&'static str),
+    /// A line is malformed.
+    #[error("line {line}: {what}")]
+    Line {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        what: String,
+    },
+    /// A field is missing.
+    #[error("missing {0} line")]
+    Missing(&'static str),
+    /// The policy line does not match the PCR values.
+    #[error("the policy digest does not match the PCR values (file edited or corrupt)")]
+    PolicyMismatch,
+    /// Larger than [`MAX_SEALED_FILE_LEN`].
+    #[error("larger than {MAX_SEALED_FILE_LEN} bytes")]
+    TooLarge,
+    /// The file could not be read.
+    #[error("{0}")]
+    Io(String),
+}
+
+fn decode_blob(hex: &str, line: usize, what: &str) -> Result<Vec<u8>, SealedError> {
+    let bad = |why: &str| SealedError::Line { line, what: format!("{what}: {why}") };
+    if hex.len() % 2 != 0 || hex.len() / 2 > MAX_BLOB_LEN {
+        return Err(bad("not hex of an acceptable length"));
+    }
+    let mut out = vec![0u8; hex.len() / 2];
+    if !hex_decode(hex, &mut out) {
+        return Err(bad("not hex"));
+    }
+    // A TPM2B: a big-endian u16 size, then exactly that many bytes.
+    let declared = match out.as_slice() {
+        [a, b, ..] => usize::from(u16::from_be_bytes([*a, *b])),
+        _ => return Err(bad("too short")),
+    };
+    if declared + 2 != out.len() {
+        return Err(bad("size prefix does not match its length"));
+    }
+    Ok(out)
+}
+
+impl SealedKey {
+    /// Parses the text of a sealed-key file.
+    pub fn parse(text: &[u8]) -> Result<SealedKey, SealedError> {
+        if text.len() > MAX_SEALED_FILE_LEN {
+            return Err(SealedError::TooLarge);
+        }
+        let text = std::str::from_utf8(text).map_err(|_| SealedError::NotSealed("not text"))?;
+        let mut lines = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| (i + 1, l.trim()))
+            .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'));
+        match lines.next() {
+            Some((_, SEALED_MAGIC)) => {}
+            Some((_, l)) if l.starts_with("stateless-sealed-") => {
+                return Err(SealedError::NotSealed("unknown format version (expected stateless-sealed-v1)"));
+            }
+            _ => return Err(SealedError::NotSealed("no stateless-sealed-v1 line")),
+        }
+        let (mut key_id, mut bank, mut parent, mut policy, mut public, mut private) =
+            (None, None, None, None, None, None);
+        let mut pcrs: Vec<(u8, Vec<u8>)> = Vec::new();
+        let mut pending_pcrs: Vec<(usize, u8, &str)> = Vec::new();
+        for (n, line) in lines {
+            let bad = |what: String| SealedError::Line { line: n, what };
+            let (name, value) = line.split_once(' ').ok_or_else(|| bad(format!("{line:?}: no value")))?;
+            let value = value.trim();
+            let once = |slot: bool| if slot { Err(bad(format!("{name} given twice"))) } else { Ok(()) };
+            match name {
+                "key-id" => {
+                    once(key_id.is_some())?;
+                    key_id = Some(KeyId::from_hex(value).ok_or_else(|| bad("key-id: not 32 hex digits".into()))?);
+                }
+                "parent" => {
+                    once(parent.is_some())?;
+                    if value != PARENT_SRK_ECC {
+                        return Err(bad(format!("unknown parent {value:?} (this build knows {PARENT_SRK_ECC})")));
+                    }
+                    parent = Some(());
+                }
+                "bank" => {
+                    once(bank.is_some())?;
+                    bank = Some(Bank::parse(value).ok_or_else(|| bad(format!("unknown PCR bank {value:?}")))?);
+                }
+                "pcr" => {
+                    let (idx, hex) = value.split_once(' ').ok_or_else(|| bad("pcr: want INDEX HEX".into()))?;
+                    let idx: u8 =
+                        idx.parse().ok().filter(|i| *i < PCR_COUNT).ok_or_else(|| bad("pcr: bad index".into()))?;
+                    if pending_pcrs.iter().any(|(_, i, _)| *i == idx) {
+                        return Err(bad(format!("pcr {idx} given twice")));
+                    }
+                    if pending_pcrs.len() >= usize::from(PCR_COUNT) {
+                        return Err(bad("too many pcr lines".into()));
+                    }
+                    pending_pcrs.push((n, idx, hex.trim()));
+                }
+                "policy" => {
+                    once(policy.is_some())?;
+                    let mut d = [0u8; 32];
+                    if !hex_decode(value, &mut d) {
+                        return Err(bad("policy: not 64 hex digits".into()));
+                    }
+                    policy = Some(d);
+                }
+                "public" => {
+                    once(public.is_some())?;
+                    public = Some(decode_blob(value, n, "public")?);
+                }
+                "private" => {
+                    once(private.is_some())?;
+                    private = Some(decode_blob(value, n, "private")?);
+                }
+                other => return Err(bad(format!("unknown field {other:?}"))),
+            }
+        }
+        let bank = bank.ok_or(SealedError::Missing("bank"))?;
+        parent.ok_or(SealedError::Missing("parent"))?;
+        for (n, idx, hex) in pending_pcrs {
+            let mut v = vec![0u8; bank.digest_len()];
+            if !hex_decode(hex, &mut v) {
+                return Err(SealedError::Line {
+                    line: n,
+                    what: format!("pcr {idx}: not a {} value ({} hex digits)", bank.name(), bank.digest_len() * 2),
+                });
+            }
+            pcrs.push((idx, v));
+        }
+        if pcrs.is_empty() {
+            return Err(SealedError::Missing("pcr"));
+        }
+        pcrs.sort_by_key(|(i, _)| *i);
+        let policy = policy.ok_or(SealedError::Missing("policy"))?;
+        if policy != policy_pcr_digest(bank, &pcrs) {
+            return Err(SealedError::PolicyMismatch);
+        }
+        Ok(SealedKey {
+            key_id: key_id.ok_or(SealedError::Missing("key-id"))?,
+            bank,
+            pcrs,
+            policy,
+            public: public.ok_or(SealedError::Missing("public"))?,
+            private: private.ok_or(SealedError::Missing("private"))?,
+        })
+    }
+
+    /// The PCR indices of the policy, ascending.
+    pub fn pcr_indices(&self) -> Vec<u8> {
+        self.pcrs.iter().map(|(i, _)| *i).collect()
+    }
+
+    /// Serialises to the file text.
+    pub fn to_text(&self) -> String {
+        let list: Vec<String> = self.pcrs.iter().map(|(i, _)| i.to_string()).collect();
+        let mut s = format!(
+            "# Stateless Loader TPM-sealed site key {id}, bound to PCR {list} ({bank}).\n\
+             # Only the TPM that sealed it can unseal it, and only while those PCRs hold\n\
+             # the values below. Not secret, but keep it 0600 like the key. See docs/keys.md.\n\
+             {SEALED_MAGIC}\nkey-id {id}\nparent {PARENT_SRK_ECC}\nbank {bank}\n",
+            id = self.key_id,
+            list = list.join(","),
+            bank = self.bank.name(),
+        );
+        for (i, v) in &self.pcrs {
+            let _ = writeln!(s, "pcr {i} {}", hex_encode(v));
+        }
+        let _ = writeln!(s, "policy {}", hex_encode(&self.policy));
+        let _ = writeln!(s, "public {}", hex_encode(&self.public));
+        let _ = writeln!(s, "private {}", hex_encode(&self.private));
+        s
+    }
+}
+
+/// Reads and parses a sealed-key file, refusing anything over the size limit
+/// unread.
+pub fn read_sealed_file(path: &Path) -> Result<SealedKey, SealedError> {
+    let file = std::fs::File::open(path).map_err(|e| SealedError::Io(e.to_string()))?;
+    let mut text = Vec::new();
+    file.take(MAX_SEALED_FILE_LEN as u64 + 1).read_to_end(&mut text).map_err(|e| SealedError::Io(e.to_string()))?;
+    SealedKey::parse(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> SealedKey {
+        let pcrs = vec![(0u8, vec![0x11; 32]), (7u8, vec![0x77; 32])];
+        SealedKey {
+            key_id: KeyId([0xab; 16]),
+            bank: Bank::Sha256,
+            policy: policy_pcr_digest(Bank::Sha256, &pcrs),
+            pcrs,
+            public: vec![0, 3, 1, 2, 3],
+            private: vec![0, 1, 9],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let s = sample();
+        let text = s.to_text();
+        assert_eq!(SealedKey::parse(text.as_bytes()).unwrap(), s);
+        assert!(text.contains("bound to PCR 0,7 (sha256)"), "{text}");
+    }
+
+    #[test]
+    fn pcr_selection_bitmap() {
+        // One bank, three bytes of bitmap, PCR n is bit n%8 of byte n/8. The
+        // policy digest itself is checked against tpm2_createpolicy in the
+        // swtpm tests.
+        assert_eq!(hex_encode(&pcr_selection(Bank::Sha256, &[7])), "00000001000b03800000");
+        assert_eq!(hex_encode(&pcr_selection(Bank::Sha1, &[0, 8, 23])), "000000010004030101".to_owned() + "80");
+    }
+
+    #[test]
+    fn refusals() {
+        let good = sample().to_text();
+        let cases: Vec<(String, &str)> = vec![
+            ("hello".into(), "no stateless-sealed-v1"),
+            ("stateless-sealed-v2\n".into(), "unknown format version"),
+            (good.replace("bank sha256", "bank md5"), "unknown PCR bank"),
+            (good.replace("parent srk-ecc-p256", "parent srk-rsa"), "unknown parent"),
+            (good.replace("pcr 7 ", "pcr 0 "), "pcr 0 given twice"),
+            (good.replace("pcr 7 ", "pcr 24 "), "bad index"),
+            (good.replace(&"77".repeat(32), &"78".repeat(32)), "policy digest does not match"),
+            (good.replace("public 0003010203", "public 0009010203"), "size prefix"),
+            (good.replace("public 0003010203", "public zz"), "public: not hex"),
+            (good.lines().filter(|l| !l.starts_with("private")).collect::<Vec<_>>().join("\n"), "missing private"),
+            (format!("{good}frob 1\n"), "unknown field"),
+            ("#".repeat(MAX_SEALED_FILE_LEN + 1), "larger than"),
+        ];
+        for (text, want) in cases {
+            let err = SealedKey::parse(text.as_bytes()).unwrap_err().to_string();
+            assert!(err.contains(want), "{err:?} should contain {want:?}");
+        }
+    }
+
+    #[test]
+    fn pcr_lists() {
+        assert_eq!(parse_pcr_list("7"), Ok(vec![7]));
+        assert_eq!(parse_pcr_list("7,0,7"), Ok(vec![0, 7]));
+        assert!(parse_pcr_list("24").is_err());
+        assert!(parse_pcr_list("x").is_err());
+        assert!(parse_pcr_list("").is_err());
+    }
+}

@@ -1,0 +1,425 @@
+//! Sealing a site key to a TPM 2.0 and unsealing it, in pure Rust.
+//!
+//! The loader must stay one static binary, so instead of the TSS C
+//! libraries this module marshals the handful of commands it needs itself
+//! ([`wire`]) and talks to `/dev/tpmrm0` or to swtpm over TCP
+//! ([`transport`]).
+//!
+//! **Objects.** The parent is a storage root key (SRK) created on the fly in
+//! the owner hierarchy from a fixed template ([`srk_template`]: ECC NIST
+//! P-256, AES-128-CFB, the TCG provisioning guidance's attributes). It is
+//! the same key every time on the same TPM, so nothing needs to be persisted
+//! in the TPM, and tpm2-tools can make the same parent:
+//!
+//! ```text
+//! tpm2_createprimary -C o -g sha256 -G ecc256:aes128cfb \
+//!   -a 'fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt' -c srk.ctx
+//! ```
+//!
+//! The sealed object is a keyed-hash object holding the 32 key bytes, with
+//! `fixedTPM|fixedParent`, no `userWithAuth` (only the policy can unseal it)
+//! and an `authPolicy` of exactly one `TPM2_PolicyPCR` over the chosen PCRs.
+//!
+//! **Threat model.** The policy session is unsalted and unbound, and the
+//! unsealed key crosses the bus to the CPU in the clear: someone with a
+//! probe on the TPM bus of a running node can read it, as with an unsealed
+//! LUKS key. The sealing protects against the disk or boot image being
+//! copied and used on another machine, or booted with a different firmware
+//! configuration or boot chain (PCR 7: Secure Boot state and keys).
+
+pub mod source;
+pub mod transport;
+pub mod wire;
+
+use std::fmt;
+
+use stateless_bundle::Key;
+use stateless_bundle::key::KEY_LEN;
+use zeroize::Zeroizing;
+
+pub use transport::{DEFAULT_DEVICE, TpmSelector, Transport};
+use wire::{Auth, Command, Parsed, is_retry, parse_response, rc_text};
+
+use crate::sealed::{Bank, SealedKey, pcr_digest, pcr_selection, policy_pcr_digest};
+
+const CC_CREATE_PRIMARY: u32 = 0x131;
+const CC_CREATE: u32 = 0x153;
+const CC_LOAD: u32 = 0x157;
+const CC_UNSEAL: u32 = 0x15E;
+const CC_FLUSH_CONTEXT: u32 = 0x165;
+const CC_START_AUTH_SESSION: u32 = 0x176;
+const CC_PCR_READ: u32 = 0x17E;
+const CC_POLICY_PCR: u32 = 0x17F;
+const CC_PCR_EXTEND: u32 = 0x182;
+
+const RH_OWNER: u32 = 0x4000_0001;
+const RH_NULL: u32 = 0x4000_0007;
+const ALG_NULL: u16 = 0x0010;
+const ALG_SHA256: u16 = 0x000B;
+const SE_POLICY: u8 = 0x01;
+/// How often a command is sent again after a "try again" warning.
+const RETRIES: usize = 5;
+
+/// The SRK's public template (TPMT_PUBLIC, without the TPM2B size).
+pub fn srk_template() -> Vec<u8> {
+    let mut t = Vec::with_capacity(32);
+    t.extend_from_slice(&0x0023u16.to_be_bytes()); // TPM_ALG_ECC
+    t.extend_from_slice(&ALG_SHA256.to_be_bytes()); // nameAlg
+    // fixedTPM | fixedParent | sensitiveDataOrigin | userWithAuth | noDA | restricted | decrypt
+    t.extend_from_slice(&0x0003_0472u32.to_be_bytes());
+    t.extend_from_slice(&0u16.to_be_bytes()); // authPolicy: empty
+    t.extend_from_slice(&0x0006u16.to_be_bytes()); // symmetric: AES
+    t.extend_from_slice(&128u16.to_be_bytes()); //   128 bits
+    t.extend_from_slice(&0x0043u16.to_be_bytes()); //   CFB
+    t.extend_from_slice(&ALG_NULL.to_be_bytes()); // scheme
+    t.extend_from_slice(&0x0003u16.to_be_bytes()); // curve: NIST P-256
+    t.extend_from_slice(&ALG_NULL.to_be_bytes()); // kdf
+    t.extend_from_slice(&0u16.to_be_bytes()); // unique.x: empty
+    t.extend_from_slice(&0u16.to_be_bytes()); // unique.y: empty
+    t
+}
+
+/// The sealed object's public template for `policy`.
+fn sealed_template(policy: &[u8; 32]) -> Vec<u8> {
+    let mut t = Vec::with_capacity(48);
+    t.extend_from_slice(&0x0008u16.to_be_bytes()); // TPM_ALG_KEYEDHASH
+    t.extend_from_slice(&ALG_SHA256.to_be_bytes());
+    t.extend_from_slice(&0x0000_0012u32.to_be_bytes()); // fixedTPM | fixedParent
+    t.extend_from_slice(&32u16.to_be_bytes());
+    t.extend_from_slice(policy);
+    t.extend_from_slice(&ALG_NULL.to_be_bytes()); // keyed-hash scheme: none (sealed data)
+    t.extend_from_slice(&0u16.to_be_bytes()); // unique: empty
+    t
+}
+
+/// Why a TPM operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TpmError {
+    /// The TPM could not be reached.
+    #[error("TPM {selector}")]
+    Io {
+        /// Which TPM.
+        selector: String,
+        /// The cause.
+        #[source]
+        err: std::io::Error,
+    },
+    /// The TPM refused a command.
+    #[error("{command}: {}", rc_text(*rc))]
+    Rc {
+        /// The command, e.g. `TPM2_Load`.
+        command: &'static str,
+        /// The response code.
+        rc: u32,
+    },
+    /// The response did not parse.
+    #[error("{0}: malformed TPM response")]
+    Malformed(&'static str),
+    /// The PCRs hold other values than the key was sealed to.
+    #[error("PCR {} ({bank}) differs from the sealed policy; the key stays sealed (re-seal after a firmware or boot chain change, see docs/keys.md)", list(.pcrs))]
+    PcrMismatch {
+        /// The PCRs whose value differs.
+        pcrs: Vec<u8>,
+        /// The bank.
+        bank: &'static str,
+    },
+    /// The sealed object was not made by this TPM, or is corrupt.
+    #[error("the sealed object was not made by this TPM or is corrupt (TPM2_Load: {})", rc_text(*rc))]
+    WrongObject {
+        /// The response code of TPM2_Load.
+        rc: u32,
+    },
+    /// The unsealed bytes are not the key the file claims.
+    #[error("the unsealed key is not key {claimed} that the file names")]
+    WrongKey {
+        /// The key id in the file.
+        claimed: String,
+    },
+    /// A PCR is not in the TPM's bank.
+    #[error("the TPM does not have PCR {0} in that bank")]
+    NoSuchPcr(u8),
+}
+
+fn list(pcrs: &[u8]) -> String {
+    pcrs.iter().map(u8::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn command_name(cc: u32) -> &'static str {
+    match cc {
+        CC_CREATE_PRIMARY => "TPM2_CreatePrimary",
+        CC_CREATE => "TPM2_Create",
+        CC_LOAD => "TPM2_Load",
+        CC_UNSEAL => "TPM2_Unseal",
+        CC_FLUSH_CONTEXT => "TPM2_FlushContext",
+        CC_START_AUTH_SESSION => "TPM2_StartAuthSession",
+        CC_PCR_READ => "TPM2_PCR_Read",
+        CC_POLICY_PCR => "TPM2_PolicyPCR",
+        CC_PCR_EXTEND => "TPM2_PCR_Extend",
+        _ => "TPM command",
+    }
+}
+
+/// An open TPM.
+pub struct Tpm {
+    transport: Transport,
+    selector: TpmSelector,
+}
+
+impl fmt::Debug for Tpm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tpm({})", self.selector)
+    }
+}
+
+/// A successful response: handles and the parameter bytes (zeroized on
+/// drop, as they may be a key).
+struct Reply {
+    handles: Vec<u32>,
+    params: Zeroizing<Vec<u8>>,
+}
+
+impl Tpm {
+    /// Opens the TPM `selector` names.
+    pub fn open(selector: &TpmSelector) -> Result<Tpm, TpmError> {
+        let transport =
+            Transport::open(selector).map_err(|err| TpmError::Io { selector: selector.to_string(), err })?;
+        Ok(Tpm { transport, selector: selector.clone() })
+    }
+
+    /// Sends `cmd`, retrying on the TPM's "try again" warnings.
+    fn run(&mut self, cmd: &mut Command, handles: usize) -> Result<Reply, TpmError> {
+        let name = command_name(cmd.code());
+        let mut tries = 0;
+        loop {
+            let bytes = Zeroizing::new(
+                self.transport
+                    .transact(cmd.finish())
+                    .map_err(|err| TpmError::Io { selector: self.selector.to_string(), err })?,
+            );
+            match parse_response(&bytes, handles).map_err(|_| TpmError::Malformed(name))? {
+                Parsed::Ok(r) => {
+                    return Ok(Reply { handles: r.handles, params: Zeroizing::new(r.params.rest().to_vec()) });
+                }
+                Parsed::Rc(rc) if is_retry(rc) && tries < RETRIES => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20 << tries));
+                }
+                Parsed::Rc(rc) => return Err(TpmError::Rc { command: name, rc }),
+            }
+        }
+    }
+
+    fn handle(reply: &Reply, name: &'static str) -> Result<u32, TpmError> {
+        reply.handles.first().copied().ok_or(TpmError::Malformed(name))
+    }
+
+    /// Reads PCR values of one bank, in ascending PCR order.
+    pub fn pcr_read(&mut self, bank: Bank, pcrs: &[u8]) -> Result<Vec<(u8, Vec<u8>)>, TpmError> {
+        let mut want: Vec<u8> = pcrs.to_vec();
+        want.sort_unstable();
+        want.dedup();
+        let mut out: Vec<(u8, Vec<u8>)> = Vec::new();
+        // A TPM returns at most 8 digests per call; 24 PCRs take 3 rounds.
+        for _ in 0..4 {
+            let missing: Vec<u8> = want.iter().copied().filter(|p| !out.iter().any(|(q, _)| q == p)).collect();
+            let Some(first) = missing.first() else { break };
+            let mut cmd = Command::new(CC_PCR_READ, &[], &[]);
+            cmd.bytes(&pcr_selection(bank, &missing));
+            let reply = self.run(&mut cmd, 0)?;
+            let got = parse_pcr_read(&reply.params, bank).ok_or(TpmError::Malformed("TPM2_PCR_Read"))?;
+            if got.is_empty() {
+                return Err(TpmError::NoSuchPcr(*first));
+            }
+            for (p, v) in got {
+                if missing.contains(&p) {
+                    out.push((p, v));
+                }
+            }
+        }
+        out.sort_by_key(|(p, _)| *p);
+        if let Some(p) = want.iter().find(|p| !out.iter().any(|(q, _)| q == *p)) {
+            return Err(TpmError::NoSuchPcr(*p));
+        }
+        Ok(out)
+    }
+
+    /// Extends PCR `pcr` of `bank` with `digest` (tests use it to change a
+    /// PCR the way a different boot chain would).
+    pub fn pcr_extend(&mut self, pcr: u8, bank: Bank, digest: &[u8]) -> Result<(), TpmError> {
+        let mut cmd = Command::new(CC_PCR_EXTEND, &[u32::from(pcr)], &[Auth::EmptyPassword]);
+        cmd.u32(1).u16(bank.alg()).bytes(digest);
+        self.run(&mut cmd, 0).map(|_| ())
+    }
+
+    /// Makes the SRK (the same key every time on the same TPM) and returns
+    /// its transient handle.
+    fn create_srk(&mut self) -> Result<u32, TpmError> {
+        let mut cmd = Command::new(CC_CREATE_PRIMARY, &[RH_OWNER], &[Auth::EmptyPassword]);
+        cmd.u16(4).u16(0).u16(0); // inSensitive: no auth value, no data
+        cmd.tpm2b(&srk_template());
+        cmd.u16(0); // outsideInfo
+        cmd.u32(0); // creationPCR: none
+        let reply = self.run(&mut cmd, 1)?;
+        Self::handle(&reply, "TPM2_CreatePrimary")
+    }
+
+    /// Flushes a transient object or session; failures only logged (the
+    /// resource manager flushes what is left when the device is closed).
+    fn flush(&mut self, handle: u32) {
+        let mut cmd = Command::new(CC_FLUSH_CONTEXT, &[], &[]);
+        cmd.u32(handle);
+        if let Err(e) = self.run(&mut cmd, 0) {
+            log::debug!("flushing TPM handle {handle:#x}: {e}");
+        }
+    }
+
+    /// Seals `key` to the current values of `pcrs` in `bank`.
+    pub fn seal(&mut self, key: &Key, bank: Bank, pcrs: &[u8]) -> Result<SealedKey, TpmError> {
+        let values = self.pcr_read(bank, pcrs)?;
+        let policy = policy_pcr_digest(bank, &values);
+        let srk = self.create_srk()?;
+        let result = (|| {
+            let mut cmd = Command::new(CC_CREATE, &[srk], &[Auth::EmptyPassword]);
+            // inSensitive: TPMS_SENSITIVE_CREATE { userAuth: empty, data: key }
+            let size = u16::try_from(2 + 2 + KEY_LEN).unwrap_or(0);
+            cmd.u16(size).u16(0).tpm2b(key.as_bytes());
+            cmd.tpm2b(&sealed_template(&policy));
+            cmd.u16(0).u32(0);
+            let reply = self.run(&mut cmd, 0)?;
+            let mut r = wire::Reader::new(&reply.params);
+            let private = r.tpm2b_whole().map_err(|_| TpmError::Malformed("TPM2_Create"))?;
+            let public = r.tpm2b_whole().map_err(|_| TpmError::Malformed("TPM2_Create"))?;
+            Ok(SealedKey { key_id: key.id(), bank, pcrs: values, policy, public, private })
+        })();
+        self.flush(srk);
+        result
+    }
+
+    /// The PCRs of `sealed` whose current value differs from the sealed one.
+    pub fn changed_pcrs(&mut self, sealed: &SealedKey) -> Result<Vec<u8>, TpmError> {
+        let now = self.pcr_read(sealed.bank, &sealed.pcr_indices())?;
+        Ok(sealed.pcrs.iter().zip(&now).filter(|((_, want), (_, have))| want != have).map(|((p, _), _)| *p).collect())
+    }
+
+    /// Unseals `sealed`. Fails closed, naming the PCRs that changed, when
+    /// the PCRs no longer hold the sealed values.
+    pub fn unseal(&mut self, sealed: &SealedKey) -> Result<Key, TpmError> {
+        // The TPM enforces the policy; reading the PCRs first only lets the
+        // refusal name what changed.
+        let changed = self.changed_pcrs(sealed)?;
+        if !changed.is_empty() {
+            return Err(TpmError::PcrMismatch { pcrs: changed, bank: sealed.bank.name() });
+        }
+        let srk = self.create_srk()?;
+        let mut handles = vec![srk];
+        let result = self.unseal_under(srk, sealed, &mut handles);
+        for h in handles.into_iter().rev() {
+            self.flush(h);
+        }
+        result
+    }
+
+    fn unseal_under(&mut self, srk: u32, sealed: &SealedKey, handles: &mut Vec<u32>) -> Result<Key, TpmError> {
+        let mut cmd = Command::new(CC_LOAD, &[srk], &[Auth::EmptyPassword]);
+        cmd.bytes(&sealed.private).bytes(&sealed.public);
+        let object = match self.run(&mut cmd, 1) {
+            Ok(reply) => Self::handle(&reply, "TPM2_Load")?,
+            // Integrity and value errors: another TPM's object, or edited.
+            Err(TpmError::Rc { rc, .. }) => return Err(TpmError::WrongObject { rc }),
+            Err(e) => return Err(e),
+        };
+        handles.push(object);
+
+        let mut nonce = [0u8; 16];
+        getrandom::fill(&mut nonce).map_err(|e| TpmError::Io {
+            selector: self.selector.to_string(),
+            err: std::io::Error::other(format!("OS random source: {e}")),
+        })?;
+        let mut cmd = Command::new(CC_START_AUTH_SESSION, &[RH_NULL, RH_NULL], &[]);
+        cmd.tpm2b(&nonce).u16(0).u8(SE_POLICY).u16(ALG_NULL).u16(ALG_SHA256);
+        let session = Self::handle(&self.run(&mut cmd, 1)?, "TPM2_StartAuthSession")?;
+        handles.push(session);
+
+        let mut cmd = Command::new(CC_POLICY_PCR, &[session], &[]);
+        cmd.tpm2b(&pcr_digest(&sealed.pcrs)).bytes(&pcr_selection(sealed.bank, &sealed.pcr_indices()));
+        self.run(&mut cmd, 0)?;
+
+        let mut cmd = Command::new(CC_UNSEAL, &[object], &[Auth::Policy(session)]);
+        let reply = self.run(&mut cmd, 0)?;
+        // The session ended with the command (continueSession clear).
+        handles.retain(|h| *h != session);
+        let mut r = wire::Reader::new(&reply.params);
+        let data = r.tpm2b().map_err(|_| TpmError::Malformed("TPM2_Unseal"))?;
+        let bytes: [u8; KEY_LEN] =
+            data.try_into().map_err(|_| TpmError::WrongKey { claimed: sealed.key_id.to_string() })?;
+        let key = Key::from_bytes(bytes);
+        let mut bytes = bytes;
+        zeroize::Zeroize::zeroize(&mut bytes);
+        if key.id() != sealed.key_id {
+            return Err(TpmError::WrongKey { claimed: sealed.key_id.to_string() });
+        }
+        Ok(key)
+    }
+}
+
+/// Parses a TPM2_PCR_Read response: which PCRs came back and their values.
+fn parse_pcr_read(params: &[u8], bank: Bank) -> Option<Vec<(u8, Vec<u8>)>> {
+    let mut r = wire::Reader::new(params);
+    r.u32().ok()?; // pcrUpdateCounter
+    let count = r.u32().ok()?;
+    let mut returned = Vec::new();
+    for _ in 0..count.min(16) {
+        let alg = r.u16().ok()?;
+        let n = r.take(1).ok()?.first().copied()?;
+        let bits = r.take(usize::from(n)).ok()?;
+        if alg != bank.alg() {
+            continue;
+        }
+        for (byte, b) in bits.iter().enumerate() {
+            for bit in 0..8u8 {
+                if b & (1 << bit) != 0 {
+                    returned.push(u8::try_from(byte * 8).ok()? + bit);
+                }
+            }
+        }
+    }
+    let n = r.u32().ok()?;
+    if usize::try_from(n).ok()? != returned.len() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for p in returned {
+        let v = r.tpm2b().ok()?;
+        if v.len() != bank.digest_len() {
+            return None;
+        }
+        out.push((p, v.to_vec()));
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pcr_read_parse() {
+        let mut p = vec![0, 0, 0, 5, 0, 0, 0, 1, 0, 0x0B, 3, 0x81, 0, 0, 0, 0, 0, 2];
+        p.extend_from_slice(&[0, 32]);
+        p.extend_from_slice(&[0xAA; 32]);
+        p.extend_from_slice(&[0, 32]);
+        p.extend_from_slice(&[0x77; 32]);
+        let got = parse_pcr_read(&p, Bank::Sha256).unwrap();
+        assert_eq!(got, vec![(0, vec![0xAA; 32]), (7, vec![0x77; 32])]);
+        for cut in 0..p.len() {
+            assert!(parse_pcr_read(&p[..cut], Bank::Sha256).is_none());
+        }
+    }
+
+    #[test]
+    fn templates() {
+        assert_eq!(srk_template().len(), 26);
+        assert_eq!(sealed_template(&[0; 32]).len(), 2 + 2 + 4 + 2 + 32 + 2 + 2);
+    }
+}

@@ -1,0 +1,98 @@
+//! The key ladder: where the loader looks for the key a bundle names.
+//!
+//! `rd.stateless.key=auto` tries the keys embedded in the boot image
+//! (`/etc/stateless/keys/*.key`), then a USB stick labelled `STATELESS`,
+//! then the TPM (`/etc/stateless/tpm/*.sealed`), and stops at the first key
+//! whose id is the bundle's. Only when none has it does the loader wait for
+//! a stick that is slow to appear: it polls `/sys/class/block` for up to
+//! [`USB_WAIT`] and looks again whenever the set of block devices changes.
+//! An explicit `usb` choice waits the same way. Nothing else waits (the TPM
+//! device node only briefly, see [`stateless_keys::tpm::source`]), so a node
+//! without a stick or TPM is never held up for long.
+//!
+//! When no source has the key, the error names the id needed and what each
+//! source offered:
+//! `bundle needs key 3f2a8c01…; key directory /etc/stateless/keys had 91bc4d22…; USB stick STATELESS: not found (waited 5 s); TPM: no sealed key in /etc/stateless/tpm`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use stateless_bundle::{Key, KeyId};
+use stateless_keys::tpm::TpmSelector;
+use stateless_keys::usb::{DEFAULT_LABEL, Devices, UsbSource};
+use stateless_keys::{DirSource, FileSource, KeySource, Lookup, TpmSource, find_key};
+
+use crate::cmdline::KeyChoice;
+
+/// Longest wait for a USB stick to appear, once nothing else had the key.
+pub const USB_WAIT: Duration = Duration::from_secs(5);
+/// How often `/sys/class/block` is looked at while waiting.
+const USB_POLL: Duration = Duration::from_millis(200);
+
+/// Where each source looks.
+#[derive(Debug, Clone)]
+pub struct KeyPlaces {
+    /// Key files embedded in the boot image.
+    pub key_dir: PathBuf,
+    /// TPM-sealed keys embedded in the boot image.
+    pub sealed_dir: PathBuf,
+    /// Block devices that may be a USB stick.
+    pub usb: Devices,
+    /// Where ext4 and iso9660 sticks are mounted (read-only).
+    pub usb_mount: PathBuf,
+    /// The TPM.
+    pub tpm: TpmSelector,
+}
+
+/// Finds the key `needed` as `choice` says; returns it with a description
+/// of where it came from, or the console line saying what each source had.
+pub fn pick_key(choice: &KeyChoice, places: &KeyPlaces, needed: KeyId) -> Result<(Key, String), String> {
+    let usb = |label: &str| UsbSource {
+        label: label.to_owned(),
+        devices: places.usb.clone(),
+        mount_dir: places.usb_mount.clone(),
+    };
+    let tpm = || TpmSource { dir: places.sealed_dir.clone(), selector: places.tpm.clone() };
+    let (sources, usb_at): (Vec<Box<dyn KeySource>>, Option<usize>) = match choice {
+        KeyChoice::Auto => {
+            (vec![Box::new(DirSource(places.key_dir.clone())), Box::new(usb(DEFAULT_LABEL)), Box::new(tpm())], Some(1))
+        }
+        KeyChoice::File(p) => (vec![Box::new(FileSource(p.clone()))], None),
+        KeyChoice::Usb { label } => (vec![Box::new(usb(label.as_deref().unwrap_or(DEFAULT_LABEL)))], Some(0)),
+        KeyChoice::Tpm => (vec![Box::new(tpm())], None),
+        KeyChoice::None => return Err(format!("bundle needs key {} but rd.stateless.key=none", needed.short())),
+    };
+    let refs: Vec<&dyn KeySource> = sources.iter().map(AsRef::as_ref).collect();
+    let mut offered = match find_key(needed, &refs) {
+        Ok(found) => return Ok(found),
+        Err(offered) => offered,
+    };
+    // Only a scan can see a stick arrive; an explicit device list cannot change.
+    if let (Some(i), Devices::Scan { .. }) = (usb_at, &places.usb) {
+        if let Some(src) = sources.get(i) {
+            log::info!("no source had key {}; waiting up to {} s for a USB stick", needed.short(), USB_WAIT.as_secs());
+            let start = Instant::now();
+            let mut seen = places.usb.list();
+            while start.elapsed() < USB_WAIT {
+                std::thread::sleep(USB_POLL);
+                let now = places.usb.list();
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                let entry = match src.lookup(needed) {
+                    Ok(Lookup::Found(k)) => return Ok((k, src.describe())),
+                    Ok(Lookup::Offered(ids)) => Ok(ids),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Some(slot) = offered.0.get_mut(i) {
+                    slot.1 = entry;
+                }
+            }
+            if let Some((_, Err(msg))) = offered.0.get_mut(i) {
+                msg.push_str(&format!(" (waited {} s)", USB_WAIT.as_secs()));
+            }
+        }
+    }
+    Err(format!("bundle needs key {}; {offered}", needed.short()))
+}

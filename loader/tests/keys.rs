@@ -1,0 +1,219 @@
+//! The loader's key ladder end to end: the loader binary fetches an
+//! encrypted bundle from nginx on 127.0.0.1 and finds its key in the boot
+//! image's key directory, on a vfat USB stick image, or sealed in swtpm.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+mod support;
+
+use std::fs;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use stateless_bundle::{Key, Scope};
+use stateless_keys::sealed::Bank;
+use stateless_keys::tpm::Tpm;
+use support::{Nginx, Node, Site};
+
+const NODE: &str = "rd.stateless.node=node42 rd.stateless.timeout=3";
+
+/// Runs the loader with extra flags; returns (exit code, stderr, status.json).
+fn boot(node: &Node, cmdline: &str, extra: &[&dyn AsRef<std::ffi::OsStr>]) -> (i32, String, serde_json::Value) {
+    let run = node.dir.path().join("run");
+    let _ = fs::remove_file(run.join("status.json"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stateless-loader"));
+    cmd.arg("--cmdline").arg(cmdline).arg("--sysroot").arg(node.sysroot()).arg("--run-dir").arg(&run);
+    cmd.arg("--cache-dir").arg(node.dir.path().join("cache")).env("STATELESS_LOG_STDERR", "1");
+    for e in extra {
+        cmd.arg(e);
+    }
+    let out = cmd.output().unwrap();
+    let status = fs::read(run.join("status.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(serde_json::Value::Null);
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned(), status)
+}
+
+/// A vfat stick image with `keys` at /stateless/keys, made by the standard
+/// tools (`statelessctl key usb --image` does the same; ctl/tests/keys.rs
+/// checks that the loader's source reads its images).
+fn stick(dir: &Path, label: &str, keys: &[&Key]) -> PathBuf {
+    let img = dir.join(format!("{label}.img"));
+    fs::File::create(&img).unwrap().set_len(4 << 20).unwrap();
+    let mut script = format!(
+        "set -e; mkfs.vfat -n {label} {0} >/dev/null; mmd -i {0} ::/stateless ::/stateless/keys\n",
+        img.display()
+    );
+    for (i, k) in keys.iter().enumerate() {
+        let f = dir.join(format!("k{i}"));
+        stateless_keys::write_key_file(&f, k, true).unwrap();
+        script.push_str(&format!("mcopy -i {} {} ::/stateless/keys/{}.key\n", img.display(), f.display(), k.id()));
+    }
+    let out = Command::new("bash").args(["-c", &script]).env("MTOOLS_SKIP_CHECK", "1").output().unwrap();
+    assert!(out.status.success(), "dosfstools/mtools: {}", String::from_utf8_lossy(&out.stderr));
+    img
+}
+
+fn serve(site: &Site) -> (Nginx, String) {
+    site.publish("v1/nodes/node42/bundle", 1, Scope::Node("node42".into()), &[("etc/motd", b"keyed\n")], true);
+    let nginx = Nginx::start(&site.www(), None, "");
+    let server = format!("rd.stateless.server=http://127.0.0.1:{}", nginx.port);
+    (nginx, server)
+}
+
+#[test]
+fn key_from_a_usb_stick_image() {
+    let site = Site::new();
+    let (_nginx, server) = serve(&site);
+    let node = Node::new();
+    let img = stick(node.dir.path(), "STATELESS", &[&Key::generate().unwrap(), &site.key]);
+    let (code, err, status) = boot(&node, &format!("{server} {NODE} rd.stateless.key=usb"), &[&"--usb-device", &img]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(node.read("etc/motd").as_deref(), Some("keyed\n"));
+    assert_eq!(status["key_source"], "USB stick STATELESS");
+    assert!(err.contains(&format!("(key {} from USB stick STATELESS)", site.key.id().short())), "{err}");
+    // Another label is another stick: not found, and no waiting with a fixed device list.
+    node.fresh_sysroot();
+    let t = Instant::now();
+    let (code, err, _) = boot(&node, &format!("{server} {NODE} rd.stateless.key=usb:KEYS"), &[&"--usb-device", &img]);
+    assert_eq!(code, 10, "{err}");
+    assert!(err.contains("USB stick KEYS: not found"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+}
+
+#[test]
+fn auto_ladder_names_what_each_source_had_then_rotation() {
+    let site = Site::new();
+    let (_nginx, server) = serve(&site);
+    let node = Node::new();
+    let (old, on_stick) = (Key::generate().unwrap(), Key::generate().unwrap());
+    let keys = node.dir.path().join("keys");
+    fs::create_dir(&keys).unwrap();
+    stateless_keys::write_key_file(&keys.join("old.key"), &old, false).unwrap();
+    let img = stick(node.dir.path(), "STATELESS", &[&on_stick]);
+    let sealed = node.dir.path().join("tpm");
+    let flags: [&dyn AsRef<std::ffi::OsStr>; 6] =
+        [&"--key-dir", &keys, &"--usb-device", &img, &"--sealed-dir", &sealed];
+    let (code, err, _) = boot(&node, &format!("{server} {NODE}"), &flags);
+    assert_eq!(code, 10, "{err}");
+    let want = format!(
+        "bundle needs key {}; key directory {} had {}; USB stick STATELESS had {}; TPM: no sealed key ({} does not exist)",
+        site.key.id().short(),
+        keys.display(),
+        old.id().short(),
+        on_stick.id().short(),
+        sealed.display()
+    );
+    assert!(err.contains(&want), "{err}\nwant: {want}");
+    // Rotation: the new key joins the old one in the boot image.
+    stateless_keys::write_key_file(&keys.join("new.key"), &site.key, false).unwrap();
+    let (code, err, status) = boot(&node, &format!("{server} {NODE}"), &flags);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status["key_source"], format!("key directory {}", keys.display()));
+    assert_eq!(status["key_id"], site.key.id().to_string());
+}
+
+#[test]
+fn usb_wait_is_bounded() {
+    let site = Site::new();
+    let (_nginx, server) = serve(&site);
+    let node = Node::new();
+    // A real scan of /sys/class/block for a label nothing has.
+    let t = Instant::now();
+    let (code, err, _) = boot(&node, &format!("{server} {NODE} rd.stateless.key=usb:NOSUCH42"), &[]);
+    let took = t.elapsed();
+    assert_eq!(code, 10, "{err}");
+    assert!(err.contains("USB stick NOSUCH42: not found (waited 5 s)"), "{err}");
+    assert!(took >= Duration::from_secs(5) && took < Duration::from_secs(12), "{took:?}");
+}
+
+/// swtpm on 127.0.0.1, killed when dropped.
+struct Swtpm {
+    port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Swtpm {
+    fn start() -> Swtpm {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, ctrl) = loop {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let p = l.local_addr().unwrap().port();
+            if p < u16::MAX && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+                break (p, p + 1);
+            }
+        };
+        let child = Command::new("swtpm")
+            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+            .arg("--server")
+            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+            .arg("--ctrl")
+            .arg(format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"))
+            .arg("--tpmstate")
+            .arg(format!("dir={}", dir.path().display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("swtpm is not installed: scripts/test installs it (apt-get install swtpm swtpm-tools)");
+        let until = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < until, "swtpm did not start on port {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Swtpm { port, child, _dir: dir }
+    }
+
+    fn selector(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn key_sealed_in_swtpm_then_pcr_change_fails_closed() {
+    let site = Site::new();
+    let (_nginx, server) = serve(&site);
+    let node = Node::new();
+    let swtpm = Swtpm::start();
+    let sealed_dir = node.dir.path().join("tpm");
+    fs::create_dir(&sealed_dir).unwrap();
+    {
+        let mut tpm = Tpm::open(&swtpm.selector().parse().unwrap()).unwrap();
+        let sealed = tpm.seal(&site.key, Bank::Sha256, &[7]).unwrap();
+        fs::write(sealed_dir.join("node42.sealed"), sealed.to_text()).unwrap();
+        // A second node's sealed key beside it is never sent to the TPM.
+        let other = tpm.seal(&Key::generate().unwrap(), Bank::Sha256, &[7]).unwrap();
+        fs::write(sealed_dir.join("node43.sealed"), other.to_text()).unwrap();
+    }
+    let cmdline = format!("{server} {NODE} rd.stateless.key=tpm rd.stateless.tpm={}", swtpm.selector());
+    let flags: [&dyn AsRef<std::ffi::OsStr>; 2] = [&"--sealed-dir", &sealed_dir];
+    let (code, err, status) = boot(&node, &cmdline, &flags);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(node.read("etc/motd").as_deref(), Some("keyed\n"));
+    assert_eq!(status["key_source"], "TPM");
+    // auto finds it too, after the empty boot image and no stick.
+    node.fresh_sysroot();
+    let empty = node.dir.path().join("nokeys");
+    let auto = format!("{server} {NODE} rd.stateless.tpm={}", swtpm.selector());
+    let (code, err, _) =
+        boot(&node, &auto, &[&"--sealed-dir", &sealed_dir, &"--key-dir", &empty, &"--usb-device", &"/dev/null"]);
+    assert_eq!(code, 0, "{err}");
+
+    // A different boot chain: PCR 7 changes, and the key stays sealed.
+    Tpm::open(&swtpm.selector().parse().unwrap()).unwrap().pcr_extend(7, Bank::Sha256, &[0x5a; 32]).unwrap();
+    node.fresh_sysroot();
+    let (code, err, _) = boot(&node, &cmdline, &flags);
+    assert_eq!(code, 10, "{err}");
+    let want = format!("TPM: key {}: PCR 7 (sha256) differs from the sealed policy", site.key.id().short());
+    assert!(err.contains(&want), "{err}");
+    assert_eq!(node.read("etc/motd"), None);
+}
