@@ -311,6 +311,17 @@ fn tpm_seal_then_unseal_by_statelessctl_and_the_key_source() {
     let out = ok(&["key", "tpm-check", "node.sealed", "--tpm", &swtpm.selector()], p);
     assert!(out.starts_with(&format!("key {} unseals", key.id())), "{out}");
 
+    // Into a boot image beside no plain key: /etc/stateless/tpm/<id>.sealed.
+    fs::write(p.join("in.img"), b"").unwrap();
+    let out = ok(&["key", "initramfs", "--sealed", "node.sealed", "--initrd", "in.img", "-o", "out.img"], p);
+    assert!(out.contains(&format!("TPM-sealed key {}", key.id())), "{out}");
+    let (entries, _) = read_archives(&fs::read(p.join("out.img")).unwrap()).unwrap();
+    let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    let want = format!("etc/stateless/tpm/{}.sealed", key.id());
+    assert_eq!(names, ["etc", "etc/stateless", "etc/stateless/tpm", want.as_str()]);
+    assert_eq!(entries[3].mode, 0o100_600);
+    assert_eq!(SealedKey::parse(&entries[3].data).unwrap(), sealed);
+
     // As the loader uses it: a directory of sealed keys, unsealed on demand.
     fs::create_dir(p.join("tpm")).unwrap();
     fs::rename(p.join("node.sealed"), p.join("tpm/node.sealed")).unwrap();
