@@ -17,7 +17,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 FUZZ_SECONDS="${FUZZ_SECONDS:-20}"
-TARGETS=(header_parse stream_decrypt bundle_open tar_extract)
+TARGETS=(header_parse stream_decrypt bundle_open tar_extract keys_sealed keys_cpio keys_usb keys_tpm_response)
 MANIFEST=fuzz/Cargo.toml
 start=$SECONDS
 

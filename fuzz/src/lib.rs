@@ -312,10 +312,62 @@ pub fn tar_extract(data: &[u8]) {
     }
 }
 
+/// `stateless_keys::sealed::SealedKey::parse` over arbitrary text: an
+/// accepted file must serialise and parse back to the same value.
+pub fn keys_sealed(data: &[u8]) {
+    use stateless_keys::sealed::SealedKey;
+    if let Ok(s) = SealedKey::parse(data) {
+        let again = SealedKey::parse(s.to_text().as_bytes()).expect("a parsed sealed file re-parses");
+        assert_eq!(again, s, "sealed file round trip");
+    }
+}
+
+/// `stateless_keys::cpio::read_archives` over arbitrary bytes: the stop
+/// offset and every entry lie within the input.
+pub fn keys_cpio(data: &[u8]) {
+    if let Ok((entries, end)) = stateless_keys::cpio::read_archives(data) {
+        assert!(end <= data.len(), "stopped past the end");
+        for e in &entries {
+            assert!(e.data.len() + e.name.len() <= data.len(), "an entry larger than the input");
+        }
+    }
+}
+
+/// The USB stick reader over an arbitrary device image: superblock probe and
+/// the user-space FAT reader (`fatfs`), from a file as the loader reads a
+/// device. Errors are fine; panics and hangs are not.
+pub fn keys_usb(data: &[u8]) {
+    let scratch = Scratch::new();
+    let img = scratch.dest().with_extension("img");
+    fs::write(&img, data).expect("writing the image");
+    let _ = stateless_keys::usb::probe(&img);
+    let _ = stateless_keys::usb::read_fat_keys(&img);
+    let _ = fs::remove_file(&img);
+}
+
+/// TPM response parsing (a TPM device or a TCP peer is not trusted to be
+/// well formed): the header, handle and parameter areas, and the TPM2B
+/// readers over what is left.
+pub fn keys_tpm_response(data: &[u8]) {
+    use stateless_keys::tpm::wire::{Parsed, Reader, parse_response};
+    for handles in 0..3 {
+        if let Ok(Parsed::Ok(mut r)) = parse_response(data, handles) {
+            assert_eq!(r.handles.len(), handles);
+            while r.params.tpm2b().is_ok() {}
+        }
+    }
+    let mut r = Reader::new(data);
+    while r.tpm2b_whole().is_ok() {}
+}
+
 /// The targets by name, for `replay`.
 pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("header_parse", header_parse),
     ("stream_decrypt", stream_decrypt),
     ("bundle_open", bundle_open),
     ("tar_extract", tar_extract),
+    ("keys_sealed", keys_sealed),
+    ("keys_cpio", keys_cpio),
+    ("keys_usb", keys_usb),
+    ("keys_tpm_response", keys_tpm_response),
 ];

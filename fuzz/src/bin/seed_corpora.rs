@@ -10,7 +10,10 @@
 //! * `header_parse`: the 320 header bytes followed by the vector's key;
 //! * `stream_decrypt`: a fixed test key followed by the payload encrypted
 //!   under the key the target derives from it;
-//! * `tar_extract`: the decompressed tar stream.
+//! * `tar_extract`: the decompressed tar stream;
+//! * `keys_sealed`, `keys_cpio`, `keys_usb`, `keys_tpm_response`: a few
+//!   well-formed inputs made here (a sealed-key file with made-up blobs, a
+//!   key archive, a small FAT image with a key file, TPM responses).
 //!
 //! Nothing is committed: `fuzz/corpus` is ignored by git.
 
@@ -89,5 +92,60 @@ fn main() {
             write("tar_extract", &name, &tar);
         }
     }
+    seed_keys(corpus);
     println!("seeded {} from {n} vectors ({plains} payloads recovered)", corpus.display());
+}
+
+/// Seeds for the key-source parsers, made from scratch (no key file is read;
+/// the key is a constant).
+fn seed_keys(corpus: &Path) {
+    use stateless_keys::sealed::{Bank, SealedKey, policy_pcr_digest};
+    let key = Key::from_bytes(STREAM_KEY);
+    let write = |target: &str, name: &str, data: &[u8]| {
+        fs::create_dir_all(corpus.join(target)).expect("creating corpus directory");
+        fs::write(corpus.join(target).join(name), data).expect("writing seed");
+    };
+    let pcrs = vec![(0u8, vec![0u8; 32]), (7u8, vec![0x77; 32])];
+    let sealed = SealedKey {
+        key_id: key.id(),
+        bank: Bank::Sha256,
+        policy: policy_pcr_digest(Bank::Sha256, &pcrs),
+        pcrs,
+        public: [&[0u8, 4][..], &[1, 2, 3, 4]].concat(),
+        private: [&[0u8, 2][..], &[9, 9]].concat(),
+    };
+    write("keys_sealed", "two_pcrs", sealed.to_text().as_bytes());
+
+    let mut a = stateless_keys::cpio::Archive::new(1_700_000_000);
+    a.dir("etc", 0o755).expect("cpio");
+    a.file(&format!("etc/stateless/keys/{}.key", key.id()), 0o600, key.to_file_text().as_bytes()).expect("cpio");
+    let one = a.finish().expect("cpio");
+    let mut two = one.clone();
+    two.extend_from_slice(&[0; 8]);
+    two.extend_from_slice(&one);
+    write("keys_cpio", "one", &one);
+    write("keys_cpio", "two_padded", &two);
+
+    // A small FAT12 image labelled STATELESS with a key at the documented path.
+    let mut img = std::io::Cursor::new(vec![0u8; 192 * 1024]);
+    let mut label = [b' '; 11];
+    label[..9].copy_from_slice(b"STATELESS");
+    fatfs::format_volume(&mut img, fatfs::FormatVolumeOptions::new().volume_label(label)).expect("formatting");
+    {
+        let fs = fatfs::FileSystem::new(&mut img, fatfs::FsOptions::new()).expect("opening");
+        let dir = fs.root_dir().create_dir("stateless").and_then(|d| d.create_dir("keys")).expect("mkdir");
+        let mut f = dir.create_file("site.key").expect("create");
+        std::io::Write::write_all(&mut f, key.to_file_text().as_bytes()).expect("write");
+    }
+    write("keys_usb", "fat12_stateless", img.get_ref());
+
+    // TPM responses: GetRandom(8), a PCR_Read of PCR 7, an error code.
+    let get_random = [0x80, 0x01, 0, 0, 0, 20, 0, 0, 0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8];
+    let mut pcr_read = vec![0x80, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 1, 0, 0x0B, 3, 0x80, 0, 0, 0, 0, 0, 1, 0, 32];
+    pcr_read.extend_from_slice(&[0x77; 32]);
+    let len = pcr_read.len() as u8;
+    pcr_read[5] = len;
+    write("keys_tpm_response", "get_random", &get_random);
+    write("keys_tpm_response", "pcr_read", &pcr_read);
+    write("keys_tpm_response", "policy_fail", &[0x80, 0x01, 0, 0, 0, 10, 0, 0, 0x09, 0x9D]);
 }
