@@ -14,6 +14,7 @@ pub mod fetch;
 pub mod identity;
 pub mod keyladder;
 pub mod logger;
+pub mod overlay;
 pub mod pipeline;
 pub mod srv;
 pub mod template;

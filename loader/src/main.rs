@@ -12,8 +12,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser;
 use stateless_loader::cmdline::Config;
-use stateless_loader::logger;
 use stateless_loader::pipeline::{self, Paths};
+use stateless_loader::{logger, overlay};
 
 /// Where the kernel command line is read from in the initramfs.
 const PROC_CMDLINE: &str = "/proc/cmdline";
@@ -96,6 +96,22 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         sealed_dir: args.sealed_dir.clone(),
         usb_devices: args.usb_devices.clone(),
     };
+    // The overlay, when asked for or when the root cannot be written, comes
+    // first: the bundle must land in the upper layer, never in the base image.
+    match overlay::prepare(&args.sysroot, &args.run_dir, config.overlay) {
+        Ok(Some(note)) => log::info!("{note}"),
+        Ok(None) => {}
+        Err(err) => {
+            let err = anyhow::Error::from(err);
+            let line = format!("no bundle applied: making the root writable: {err:#}; onfail={}", config.onfail);
+            log::error!("{line}");
+            if !logger::to_stderr() {
+                eprintln!("{}{line}", logger::TAG);
+            }
+            let failed = pipeline::Report { result: "failed", ..pipeline::Report::default() };
+            return Ok(ExitCode::from(pipeline::exit_code(&failed, config.onfail)));
+        }
+    }
     let report = pipeline::run(&config, &paths);
     // The one line a person reads off the console: on stderr (the console
     // in the initramfs, whatever the kernel's loglevel) and in the kernel log.

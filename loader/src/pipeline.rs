@@ -20,8 +20,9 @@ use stateless_keys::usb::Devices;
 
 use crate::keyladder::KeyPlaces;
 
+use crate::blockdev::{self, CacheSpec, Mounted};
 use crate::cache::{Cache, SlotMeta};
-use crate::cmdline::{Config, KeyChoice, OnFail};
+use crate::cmdline::{CacheDevice, Config, KeyChoice, OnFail};
 use crate::dns::{ResolvConf, Resolver};
 use crate::fetch::{FetchError, Outcome, Request, Transport, TransportConfig};
 use crate::identity::{self, Identity};
@@ -186,7 +187,8 @@ fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, String> {
         }
         Err(e) => ctx.warn(e.to_string()),
     }
-    let cache = open_cache(ctx);
+    // Kept until the end of the run: dropping it unmounts the cache device.
+    let (cache, _mounted) = open_cache(ctx);
     if let Some(c) = &cache {
         ctx.highest = c.highest_generation();
     }
@@ -279,15 +281,49 @@ fn fmt_date(t: i64) -> String {
     full.get(..10).unwrap_or(&full).to_owned()
 }
 
-fn open_cache(ctx: &mut Ctx<'_>) -> Option<Cache> {
+/// How long to wait for the cache device to appear (udev may still be
+/// creating its node when the loader starts).
+const CACHE_DEVICE_WAIT: Duration = Duration::from_secs(2);
+
+/// The cache: `--cache-dir`, else the `rd.stateless.cache=` device mounted
+/// below the run directory (unmounted when the returned [`Mounted`] drops).
+/// A missing or unmountable device means no cache, with a warning.
+fn open_cache(ctx: &mut Ctx<'_>) -> (Option<Cache>, Option<Mounted>) {
     if let Some(dir) = &ctx.paths.cache_dir {
-        return Some(Cache::new(dir.clone()));
+        return (Some(Cache::new(dir.clone())), None);
     }
-    match &ctx.config.cache {
-        crate::cmdline::CacheDevice::None => None,
-        other => {
-            ctx.warn(format!("cache device {other:?}: mounting cache devices is not wired in yet"));
-            None
+    let spec = match &ctx.config.cache {
+        CacheDevice::None => return (None, None),
+        CacheDevice::Label(l) => CacheSpec::Label(l.clone()),
+        CacheDevice::Uuid(u) => CacheSpec::Uuid(u.clone()),
+        CacheDevice::PartLabel(l) => CacheSpec::PartLabel(l.clone()),
+        // udev's link is the only place a partition's GUID is named.
+        CacheDevice::PartUuid(u) => {
+            CacheSpec::Path(PathBuf::from("/dev/disk/by-partuuid").join(u.to_ascii_lowercase()))
+        }
+        CacheDevice::Path(p) => CacheSpec::Path(p.clone()),
+    };
+    let (dev, sys) = (ctx.paths.host_root.join("dev"), ctx.paths.host_root.join("sys"));
+    let t = Instant::now();
+    let device = loop {
+        match blockdev::find_device(&spec, &dev, &sys) {
+            Some(d) => break d,
+            None if t.elapsed() < CACHE_DEVICE_WAIT => std::thread::sleep(Duration::from_millis(100)),
+            None => {
+                ctx.warn(format!("cache device {spec} not found; booting without a cache"));
+                return (None, None);
+            }
+        }
+    };
+    match Mounted::mount(&device, &ctx.paths.run_dir.join("cache")) {
+        Ok(m) => {
+            log::debug!("cache {spec}: {} mounted on {}", device.display(), m.path().display());
+            ctx.stage("cache-mount", t);
+            (Some(Cache::new(m.path().to_owned())), Some(m))
+        }
+        Err(e) => {
+            ctx.warn(format!("cache device {spec} ({}): {}; booting without a cache", device.display(), chain(&e)));
+            (None, None)
         }
     }
 }
