@@ -1,12 +1,13 @@
 //! The HTTP(S) server: one thread per connection with blocking I/O, up to a
-//! bounded number of connections.
+//! bounded number of connections, threads reused from connection to
+//! connection.
 //!
 //! Why threads: every request is a file send (with `sendfile(2)` on plain
 //! HTTP, so bytes go from the page cache to the socket without passing
 //! through user space) or a small upload; a blocked thread costs a small
-//! stack and no work. When `max_connections` are open, the accept loop waits
-//! for one to end and further clients wait in the kernel's listen backlog,
-//! which is the back-pressure a boot storm needs. Every read has a deadline:
+//! stack and no work. When `max_connections` are open, no thread accepts and
+//! further clients wait in the kernel's listen backlog, which is the
+//! back-pressure a boot storm needs. Every read has a deadline:
 //! the request head must arrive within `head_timeout` (slowloris), an idle
 //! keep-alive connection is closed after `idle_timeout`, and a body transfer
 //! that makes no progress for `io_timeout` is abandoned.
@@ -17,7 +18,8 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
@@ -74,6 +76,14 @@ impl ServerConfig {
 /// Requests served on one connection before it is closed (so a single
 /// client cannot hold a slot forever).
 const MAX_REQUESTS_PER_CONNECTION: usize = 1000;
+/// Listen backlog: a boot storm connects all at once, and the standard
+/// library's 128 would drop SYNs (clients then retry after a second). The
+/// kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: i32 = 4096;
+/// Workers started with the server.
+const INITIAL_WORKERS: usize = 16;
+/// Idle workers kept for the next burst; more exit.
+const MAX_IDLE_WORKERS: usize = 256;
 /// Stack of a connection thread: the request path is shallow.
 const THREAD_STACK: usize = 256 * 1024;
 /// Entity tags remembered (by file identity) before the cache is cleared.
@@ -88,8 +98,10 @@ struct Shared {
     cfg: ServerConfig,
     seen: SeenTable,
     etags: Mutex<EtagCache>,
-    active: Mutex<usize>,
-    slot_freed: Condvar,
+    /// Connection workers alive.
+    workers: AtomicUsize,
+    /// Workers waiting in `accept`.
+    idle: AtomicUsize,
 }
 
 /// A bound server; [`Server::run`] serves until the process ends.
@@ -102,14 +114,14 @@ pub struct Server {
 impl Server {
     /// Binds `addr` and loads the server's state.
     pub fn bind(addr: SocketAddr, cfg: ServerConfig) -> io::Result<Server> {
-        let listener = TcpListener::bind(addr)?;
+        let listener = listen(addr)?;
         let seen = SeenTable::load(&cfg.data);
         let shared = Arc::new(Shared {
             cfg,
             seen,
             etags: Mutex::new(HashMap::new()),
-            active: Mutex::new(0),
-            slot_freed: Condvar::new(),
+            workers: AtomicUsize::new(0),
+            idle: AtomicUsize::new(0),
         });
         Ok(Server { listener, shared })
     }
@@ -119,72 +131,82 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// Accepts connections forever.
+    /// Serves forever: starts the connection workers, then writes the
+    /// table of seen nodes every `flush_interval` on this thread.
     pub fn run(self) -> io::Result<()> {
-        let flusher = self.shared.clone();
-        std::thread::Builder::new().name("flush".into()).spawn(move || {
-            loop {
-                std::thread::sleep(flusher.cfg.flush_interval);
-                if let Err(e) = flusher.seen.flush(&flusher.cfg.data) {
-                    log::warn!("writing {}: {e}", flusher.cfg.data.seen().display());
-                }
+        let listener = Arc::new(self.listener);
+        let initial = INITIAL_WORKERS.min(self.shared.cfg.max_connections.max(1));
+        for _ in 0..initial {
+            if !spawn_worker(&self.shared, &listener) {
+                return Err(io::Error::other("cannot start connection threads"));
             }
-        })?;
+        }
         loop {
-            self.wait_for_slot();
-            let (stream, peer) = match self.listener.accept() {
-                Ok(c) => c,
-                Err(e) => {
-                    self.release_slot();
-                    log::warn!("accept: {e}");
-                    // Out of file descriptors: give connections time to end.
-                    std::thread::sleep(Duration::from_millis(50));
-                    continue;
-                }
-            };
-            let shared = self.shared.clone();
-            let spawned = std::thread::Builder::new().stack_size(THREAD_STACK).spawn(move || {
-                let _slot = SlotGuard(&shared);
-                serve_connection(&shared, stream, peer);
-            });
-            if let Err(e) = spawned {
-                log::warn!("starting a connection thread: {e}");
-                self.release_slot();
+            std::thread::sleep(self.shared.cfg.flush_interval);
+            if let Err(e) = self.shared.seen.flush(&self.shared.cfg.data) {
+                log::warn!("writing {}: {e}", self.shared.cfg.data.seen().display());
+            }
+        }
+    }
+}
+
+/// Starts a worker if fewer than `max_connections` exist; counts it idle.
+fn spawn_worker(shared: &Arc<Shared>, listener: &Arc<TcpListener>) -> bool {
+    let max = shared.cfg.max_connections.max(1);
+    if shared.workers.fetch_add(1, Ordering::AcqRel) >= max {
+        shared.workers.fetch_sub(1, Ordering::AcqRel);
+        return false;
+    }
+    shared.idle.fetch_add(1, Ordering::AcqRel);
+    let (sh, l) = (shared.clone(), listener.clone());
+    match std::thread::Builder::new().stack_size(THREAD_STACK).spawn(move || worker(&sh, &l)) {
+        Ok(_) => true,
+        Err(e) => {
+            log::warn!("starting a connection thread: {e}");
+            shared.idle.fetch_sub(1, Ordering::AcqRel);
+            shared.workers.fetch_sub(1, Ordering::AcqRel);
+            false
+        }
+    }
+}
+
+/// A connection worker: accepts one connection, serves it to the end, and
+/// goes back to accepting. The last idle worker to take a connection starts
+/// another (up to `max_connections`), so one is always accepting while
+/// there is room; when all are busy, new clients wait in the listen
+/// backlog. Workers beyond [`MAX_IDLE_WORKERS`] idle ones exit. Reusing
+/// threads keeps thread creation off the path of every connection.
+fn worker(shared: &Arc<Shared>, listener: &Arc<TcpListener>) {
+    loop {
+        let accepted = listener.accept();
+        if shared.idle.fetch_sub(1, Ordering::AcqRel) == 1 {
+            spawn_worker(shared, listener);
+        }
+        match accepted {
+            Ok((stream, peer)) => serve_connection(shared, stream, peer),
+            Err(e) => {
+                log::warn!("accept: {e}");
+                // Out of file descriptors: give connections time to end.
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-    }
-
-    fn wait_for_slot(&self) {
-        let max = self.shared.cfg.max_connections.max(1);
-        let Ok(mut n) = self.shared.active.lock() else { return };
-        while *n >= max {
-            n = match self.shared.slot_freed.wait(n) {
-                Ok(n) => n,
-                Err(_) => return,
-            };
+        if shared.idle.fetch_add(1, Ordering::AcqRel) >= MAX_IDLE_WORKERS {
+            shared.idle.fetch_sub(1, Ordering::AcqRel);
+            shared.workers.fetch_sub(1, Ordering::AcqRel);
+            return;
         }
-        *n += 1;
-    }
-
-    fn release_slot(&self) {
-        release(&self.shared);
     }
 }
 
-fn release(shared: &Shared) {
-    if let Ok(mut n) = shared.active.lock() {
-        *n = n.saturating_sub(1);
-    }
-    shared.slot_freed.notify_one();
-}
-
-struct SlotGuard<'a>(&'a Shared);
-
-impl Drop for SlotGuard<'_> {
-    fn drop(&mut self) {
-        release(self.0);
-    }
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
+    let family = if addr.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
+    let fd = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+    // A restarted server must not wait for old connections in TIME_WAIT.
+    sockopt::set_socket_reuseaddr(&fd, true)?;
+    rustix::net::bind(&fd, &addr)?;
+    rustix::net::listen(&fd, LISTEN_BACKLOG)?;
+    Ok(TcpListener::from(fd))
 }
 
 /// A client connection, plain or TLS.
