@@ -9,7 +9,7 @@
 //! has every chunk authenticated; a caller must treat what was written before
 //! an error as garbage and throw it away.
 
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::mpsc;
 
@@ -410,18 +410,22 @@ fn run_payload<R: Read + Send>(
     };
 
     let (expanded, summary) = if opts.threaded {
-        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(8);
+        // Blocks go to the extracting thread and come back empty to be
+        // refilled, so the hand-off neither allocates nor zeroes memory;
+        // at most BLOCKS_IN_FLIGHT + 1 blocks exist.
+        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(BLOCKS_IN_FLIGHT - 1);
+        let (back_tx, back_rx) = mpsc::sync_channel::<Vec<u8>>(BLOCKS_IN_FLIGHT + 1);
         std::thread::scope(|s| {
             let producer = s.spawn(move || -> Result<u64, OpenError> {
                 let mut limited = decoded(src)?;
                 loop {
-                    let mut buf = vec![0u8; 128 * 1024];
-                    let n = match limited.read(&mut buf) {
-                        Ok(0) => return Ok(limited.count()),
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(classify_io(e, limits)),
-                    };
+                    let mut buf = back_rx.try_recv().unwrap_or_default();
+                    buf.resize(BLOCK_SIZE, 0);
+                    // Fill the block: fewer, fuller hand-offs.
+                    let n = read_full(&mut limited, &mut buf).map_err(|e| classify_io(e, limits))?;
+                    if n == 0 {
+                        return Ok(limited.count());
+                    }
                     buf.truncate(n);
                     if tx.send(buf).is_err() {
                         // The consumer stopped; its error is the one to report.
@@ -429,7 +433,7 @@ fn run_payload<R: Read + Send>(
                     }
                 }
             });
-            let mut reader = ChannelReader { rx, buf: Vec::new(), pos: 0 };
+            let mut reader = ChannelReader { rx, back: back_tx, buf: Vec::new(), pos: 0 };
             let consumed = consume(&mut reader);
             // Let the producer see a closed channel if we stopped early.
             drop(reader);
@@ -466,11 +470,13 @@ fn decoded_reader<'s, R: Read>(
     payload_len: u64,
     limits: &Limits,
 ) -> Result<LimitReader<Box<dyn Read + 's>>, OpenError> {
-    let plain: Box<dyn Read + 's> = match payload_key {
+    // zstd reads straight from the decrypted chunk (StreamReader is
+    // BufRead); only the unencrypted payload needs a buffer of its own.
+    let plain: Box<dyn BufRead + 's> = match payload_key {
         Some(k) => Box::new(StreamReader::new(k, src, payload_len)),
-        None => Box::new(src),
+        None => Box::new(BufReader::with_capacity(zstd::zstd_safe::DCtx::in_size(), src)),
     };
-    let mut dec = zstd::Decoder::new(plain).map_err(|e| OpenError::Corrupt(format!("zstd: {e}")))?;
+    let mut dec = zstd::Decoder::with_buffer(plain).map_err(|e| OpenError::Corrupt(format!("zstd: {e}")))?;
     dec.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|e| OpenError::Corrupt(format!("zstd: {e}")))?;
     Ok(LimitReader::new(Box::new(ZstdErrors(dec)), limits.max_expanded, "expanded size"))
 }
@@ -496,8 +502,18 @@ fn classify_io(e: io::Error, limits: &Limits) -> OpenError {
     OpenError::Io(e)
 }
 
+/// Bytes of decompressed tar per hand-off between the threads of a
+/// threaded open.
+const BLOCK_SIZE: usize = 256 * 1024;
+/// Blocks queued or being filled or read at once (bounds the hand-off's
+/// memory to a few hundred KiB whatever the bundle size).
+const BLOCKS_IN_FLIGHT: usize = 4;
+
+/// The extracting side of a threaded open: reads the blocks the
+/// decompressing thread sends, and sends each one back once read.
 struct ChannelReader {
     rx: mpsc::Receiver<Vec<u8>>,
+    back: mpsc::SyncSender<Vec<u8>>,
     buf: Vec<u8>,
     pos: usize,
 }
@@ -507,7 +523,9 @@ impl Read for ChannelReader {
         while self.pos >= self.buf.len() {
             match self.rx.recv() {
                 Ok(b) => {
-                    self.buf = b;
+                    let used = std::mem::replace(&mut self.buf, b);
+                    // Full (or the producer is gone): the block is dropped.
+                    let _ = self.back.try_send(used);
                     self.pos = 0;
                 }
                 Err(_) => return Ok(0),

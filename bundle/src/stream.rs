@@ -9,7 +9,7 @@
 //! header declares the payload length, so a reader always knows which chunk
 //! is the last one and never has to guess from a short read.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 
 use aead_stream::{StreamBE32, StreamPrimitive};
 use aes_gcm::Aes256Gcm;
@@ -213,6 +213,18 @@ impl<R: Read> StreamReader<R> {
 
 impl<R: Read> Read for StreamReader<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let avail = self.fill_buf()?;
+        let n = avail.len().min(out.len());
+        out.get_mut(..n).unwrap_or_default().copy_from_slice(avail.get(..n).unwrap_or_default());
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+/// Lends the decrypted chunk itself, so a consumer such as zstd reads the
+/// plaintext without another copy.
+impl<R: Read> BufRead for StreamReader<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
         // Checked here, not trusted to the caller: a length no plaintext
         // encrypts to would otherwise end the stream without a final chunk
         // (for 0, with no authentication at all).
@@ -221,15 +233,15 @@ impl<R: Read> Read for StreamReader<R> {
         }
         while self.pos >= self.buf.len() {
             if self.remaining == 0 {
-                return Ok(0);
+                return Ok(&[]);
             }
             self.next_chunk()?;
         }
-        let avail = self.buf.get(self.pos..).unwrap_or_default();
-        let n = avail.len().min(out.len());
-        out.get_mut(..n).unwrap_or_default().copy_from_slice(avail.get(..n).unwrap_or_default());
-        self.pos += n;
-        Ok(n)
+        Ok(self.buf.get(self.pos..).unwrap_or_default())
+    }
+
+    fn consume(&mut self, amt: usize) {
+        self.pos = self.pos.saturating_add(amt).min(self.buf.len());
     }
 }
 
@@ -321,5 +333,29 @@ mod tests {
         let mut out = Vec::new();
         let err = StreamReader::new(&key(), &ct[..ct.len() - 10], ct.len() as u64).read_to_end(&mut out).unwrap_err();
         assert!(err.to_string().contains("truncated"), "{err}");
+    }
+
+    #[test]
+    fn buf_read_lends_whole_chunks() {
+        for len in [0, 1, CHUNK_SIZE, CHUNK_SIZE + 1, 3 * CHUNK_SIZE + 7] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+            let ct = encrypt(&data);
+            let mut r = StreamReader::new(&key(), &ct[..], ct.len() as u64);
+            let mut out = Vec::new();
+            loop {
+                let got = r.fill_buf().unwrap();
+                if got.is_empty() {
+                    break;
+                }
+                assert!(got.len() <= CHUNK_SIZE);
+                // Take part of the chunk, then the rest: consume() keeps the place.
+                let half = got.len().div_ceil(2);
+                out.extend_from_slice(&got[..half]);
+                r.consume(half);
+            }
+            assert_eq!(out, data, "len {len}");
+            assert!(r.is_finished());
+        }
+        assert!(StreamReader::new(&key(), &[][..], 0).fill_buf().is_err(), "a length of 0 is refused");
     }
 }
