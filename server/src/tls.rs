@@ -36,11 +36,15 @@ pub fn load(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsErr
     }
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| pem(key, e.to_string()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Config)?
         .with_no_client_auth()
         .with_single_cert(certs, key_der)
         .map_err(TlsError::Config)?;
+    // A node connects once per boot and keeps the connection for its few
+    // requests: resumption tickets would be made (and stored) for nothing,
+    // on every handshake of a boot storm.
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
