@@ -384,7 +384,16 @@ fn tpm_object_of_another_tpm_or_edited_is_refused() {
     let (one, two) = (Swtpm::start(), Swtpm::start());
     new_key(p, "site.key");
     let sealed = seal(p, &one, "site.key", "7", "node.sealed");
+    // Another TPM has another SRK: refused before any salt or object is sent.
     let err = two.tpm().unseal(&sealed).unwrap_err();
+    assert!(matches!(err, TpmError::SrkMismatch), "{err}");
+    assert!(err.to_string().contains("not the one the key was sealed under"), "{err}");
+    // Told the other SRK's name, the other TPM refuses the object itself.
+    let other = {
+        let mut t = two.tpm();
+        t.seal(&Key::generate().unwrap(), Bank::Sha256, &[7]).unwrap()
+    };
+    let err = two.tpm().unseal(&SealedKey { parent_name: other.parent_name.clone(), ..sealed.clone() }).unwrap_err();
     assert!(matches!(err, TpmError::WrongObject { .. }), "{err}");
     assert!(err.to_string().contains("not made by this TPM"), "{err}");
     let mut flipped = sealed.clone();
@@ -417,6 +426,7 @@ sed -n 's/^public //p' node.sealed | xxd -r -p > obj.pub
 sed -n 's/^private //p' node.sealed | xxd -r -p > obj.priv
 tpm2_createprimary -Q -C o -g sha256 -G ecc256:aes128cfb \\
   -a 'fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt' -c srk.ctx
+tpm2_readpublic -c srk.ctx | sed -n 's/^name: //p' > srk.name
 tpm2_flushcontext -t
 tpm2_load -Q -C srk.ctx -u obj.pub -r obj.priv -c obj.ctx
 tpm2_flushcontext -t
@@ -431,4 +441,7 @@ tpm2_createpolicy -Q --policy-pcr -l sha256:0,7 -L policy.bin
     // Our policy digest is the one tpm2-tools computes for the same PCRs.
     let sealed = read_sealed_file(&p.join("node.sealed")).unwrap();
     assert_eq!(fs::read(p.join("policy.bin")).unwrap(), sealed.policy);
+    // And the SRK name we pin is the one tpm2-tools reports for the same template.
+    let name = fs::read_to_string(p.join("srk.name")).unwrap();
+    assert_eq!(name.trim(), stateless_bundle::key::hex_encode(&sealed.parent_name));
 }

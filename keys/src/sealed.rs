@@ -8,6 +8,7 @@
 //! stateless-sealed-v1
 //! key-id 73d6fb7e07e1ba223b6ba33a50327f0f
 //! parent srk-ecc-p256
+//! parent-name <hex of the SRK's TPM2B_NAME contents: 000b and a SHA-256>
 //! bank sha256
 //! pcr 7 <hex of the PCR value the key is sealed to>
 //! policy <hex of the TPM2_PolicyPCR policy digest>
@@ -155,6 +156,10 @@ pub fn policy_pcr_digest(bank: Bank, values: &[(u8, Vec<u8>)]) -> [u8; 32] {
 pub struct SealedKey {
     /// The id of the sealed key (claimed; checked after unsealing).
     pub key_id: KeyId,
+    /// The name of the SRK the key was sealed under (`000b` and the
+    /// SHA-256 of its public area): the unsealing side checks that the TPM
+    /// answers with this key before it sends it a salt.
+    pub parent_name: Vec<u8>,
     /// The PCR bank of the policy.
     pub bank: Bank,
     /// PCR index and the value the key is sealed to, ascending.
@@ -237,6 +242,7 @@ impl SealedKey {
         }
         let (mut key_id, mut bank, mut parent, mut policy, mut public, mut private) =
             (None, None, None, None, None, None);
+        let mut parent_name: Option<Vec<u8>> = None;
         let mut pcrs: Vec<(u8, Vec<u8>)> = Vec::new();
         let mut pending_pcrs: Vec<(usize, u8, &str)> = Vec::new();
         for (n, line) in lines {
@@ -255,6 +261,14 @@ impl SealedKey {
                         return Err(bad(format!("unknown parent {value:?} (this build knows {PARENT_SRK_ECC})")));
                     }
                     parent = Some(());
+                }
+                "parent-name" => {
+                    once(parent_name.is_some())?;
+                    let mut n = vec![0u8; 34];
+                    if !hex_decode(value, &mut n) || n.get(..2) != Some(&[0x00, 0x0b][..]) {
+                        return Err(bad("parent-name: not a SHA-256 name (000b and 64 hex digits)".into()));
+                    }
+                    parent_name = Some(n);
                 }
                 "bank" => {
                     once(bank.is_some())?;
@@ -313,6 +327,7 @@ impl SealedKey {
         }
         Ok(SealedKey {
             key_id: key_id.ok_or(SealedError::Missing("key-id"))?,
+            parent_name: parent_name.ok_or(SealedError::Missing("parent-name"))?,
             bank,
             pcrs,
             policy,
@@ -333,8 +348,9 @@ impl SealedKey {
             "# Stateless Loader TPM-sealed site key {id}, bound to PCR {list} ({bank}).\n\
              # Only the TPM that sealed it can unseal it, and only while those PCRs hold\n\
              # the values below. Not secret, but keep it 0600 like the key. See docs/keys.md.\n\
-             {SEALED_MAGIC}\nkey-id {id}\nparent {PARENT_SRK_ECC}\nbank {bank}\n",
+             {SEALED_MAGIC}\nkey-id {id}\nparent {PARENT_SRK_ECC}\nparent-name {name}\nbank {bank}\n",
             id = self.key_id,
+            name = hex_encode(&self.parent_name),
             list = list.join(","),
             bank = self.bank.name(),
         );
@@ -365,6 +381,7 @@ mod tests {
         let pcrs = vec![(0u8, vec![0x11; 32]), (7u8, vec![0x77; 32])];
         SealedKey {
             key_id: KeyId([0xab; 16]),
+            parent_name: [&[0u8, 0x0b][..], &[0x5a; 32]].concat(),
             bank: Bank::Sha256,
             policy: policy_pcr_digest(Bank::Sha256, &pcrs),
             pcrs,
@@ -398,6 +415,11 @@ mod tests {
             ("stateless-sealed-v2\n".into(), "unknown format version"),
             (good.replace("bank sha256", "bank md5"), "unknown PCR bank"),
             (good.replace("parent srk-ecc-p256", "parent srk-rsa"), "unknown parent"),
+            (good.replace("parent-name 000b", "parent-name 0004"), "not a SHA-256 name"),
+            (
+                good.lines().filter(|l| !l.starts_with("parent-name")).collect::<Vec<_>>().join("\n"),
+                "missing parent-name",
+            ),
             (good.replace("pcr 7 ", "pcr 0 "), "pcr 0 given twice"),
             (good.replace("pcr 7 ", "pcr 24 "), "bad index"),
             (good.replace(&"77".repeat(32), &"78".repeat(32)), "policy digest does not match"),

@@ -108,6 +108,7 @@ fn seed_keys(corpus: &Path) {
     let pcrs = vec![(0u8, vec![0u8; 32]), (7u8, vec![0x77; 32])];
     let sealed = SealedKey {
         key_id: key.id(),
+        parent_name: [&[0u8, 0x0b][..], &[0x5a; 32]].concat(),
         bank: Bank::Sha256,
         policy: policy_pcr_digest(Bank::Sha256, &pcrs),
         pcrs,

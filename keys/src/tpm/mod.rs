@@ -20,13 +20,19 @@
 //! `fixedTPM|fixedParent`, no `userWithAuth` (only the policy can unseal it)
 //! and an `authPolicy` of exactly one `TPM2_PolicyPCR` over the chosen PCRs.
 //!
-//! **Threat model.** The policy session is unsalted and unbound, and the
-//! unsealed key crosses the bus to the CPU in the clear: someone with a
-//! probe on the TPM bus of a running node can read it, as with an unsealed
-//! LUKS key. The sealing protects against the disk or boot image being
-//! copied and used on another machine, or booted with a different firmware
-//! configuration or boot chain (PCR 7: Secure Boot state and keys).
+//! **Threat model.** Unsealing uses a policy session salted by ECDH with
+//! the SRK ([`salt`]), and `TPM2_Unseal`'s output is encrypted with the
+//! session key: someone reading the bus between TPM and CPU sees neither
+//! the salt nor the key. Before sending the salt the loader checks that the
+//! SRK the TPM returns has the name recorded at sealing time, so an
+//! interposer cannot substitute its own key to learn the salt, and it checks
+//! the response HMAC. `TPM2_Create` at sealing time sends the key to the TPM
+//! in the clear: seal in a trusted setting. The sealing protects
+//! against the disk or boot image being copied and used on another machine,
+//! or booted with a different firmware configuration or boot chain (PCR 7:
+//! Secure Boot state and keys).
 
+pub mod salt;
 pub mod source;
 pub mod transport;
 pub mod wire;
@@ -57,6 +63,8 @@ const RH_NULL: u32 = 0x4000_0007;
 const ALG_NULL: u16 = 0x0010;
 const ALG_SHA256: u16 = 0x000B;
 const SE_POLICY: u8 = 0x01;
+const ALG_AES: u16 = 0x0006;
+const ALG_CFB: u16 = 0x0043;
 /// How often a command is sent again after a "try again" warning.
 const RETRIES: usize = 5;
 
@@ -139,6 +147,14 @@ pub enum TpmError {
     /// A PCR is not in the TPM's bank.
     #[error("the TPM does not have PCR {0} in that bank")]
     NoSuchPcr(u8),
+    /// The SRK is not the one the key was sealed under.
+    #[error(
+        "the TPM's storage root key is not the one the key was sealed under (TPM cleared, another TPM, or someone between CPU and TPM)"
+    )]
+    SrkMismatch,
+    /// The salted session could not be set up.
+    #[error("salted session: {0}")]
+    Salt(String),
 }
 
 fn list(pcrs: &[u8]) -> String {
@@ -177,6 +193,7 @@ impl fmt::Debug for Tpm {
 struct Reply {
     handles: Vec<u32>,
     params: Zeroizing<Vec<u8>>,
+    auth: Vec<u8>,
 }
 
 impl Tpm {
@@ -199,7 +216,11 @@ impl Tpm {
             );
             match parse_response(&bytes, handles).map_err(|_| TpmError::Malformed(name))? {
                 Parsed::Ok(r) => {
-                    return Ok(Reply { handles: r.handles, params: Zeroizing::new(r.params.rest().to_vec()) });
+                    return Ok(Reply {
+                        handles: r.handles,
+                        params: Zeroizing::new(r.params.rest().to_vec()),
+                        auth: r.auth.rest().to_vec(),
+                    });
                 }
                 Parsed::Rc(rc) if is_retry(rc) && tries < RETRIES => {
                     tries += 1;
@@ -253,15 +274,22 @@ impl Tpm {
     }
 
     /// Makes the SRK (the same key every time on the same TPM) and returns
-    /// its transient handle.
-    fn create_srk(&mut self) -> Result<u32, TpmError> {
+    /// its transient handle, name and public point.
+    fn create_srk(&mut self) -> Result<Srk, TpmError> {
         let mut cmd = Command::new(CC_CREATE_PRIMARY, &[RH_OWNER], &[Auth::EmptyPassword]);
         cmd.u16(4).u16(0).u16(0); // inSensitive: no auth value, no data
         cmd.tpm2b(&srk_template());
         cmd.u16(0); // outsideInfo
         cmd.u32(0); // creationPCR: none
         let reply = self.run(&mut cmd, 1)?;
-        Self::handle(&reply, "TPM2_CreatePrimary")
+        let handle = Self::handle(&reply, "TPM2_CreatePrimary")?;
+        match parse_srk_public(&reply.params) {
+            Some((name, x, y)) => Ok(Srk { handle, name, x, y }),
+            None => {
+                self.flush(handle);
+                Err(TpmError::Malformed("TPM2_CreatePrimary"))
+            }
+        }
     }
 
     /// Flushes a transient object or session; failures only logged (the
@@ -279,6 +307,7 @@ impl Tpm {
         let values = self.pcr_read(bank, pcrs)?;
         let policy = policy_pcr_digest(bank, &values);
         let srk = self.create_srk()?;
+        let (srk, parent_name) = (srk.handle, srk.name);
         let result = (|| {
             let mut cmd = Command::new(CC_CREATE, &[srk], &[Auth::EmptyPassword]);
             // inSensitive: TPMS_SENSITIVE_CREATE { userAuth: empty, data: key }
@@ -290,7 +319,7 @@ impl Tpm {
             let mut r = wire::Reader::new(&reply.params);
             let private = r.tpm2b_whole().map_err(|_| TpmError::Malformed("TPM2_Create"))?;
             let public = r.tpm2b_whole().map_err(|_| TpmError::Malformed("TPM2_Create"))?;
-            Ok(SealedKey { key_id: key.id(), bank, pcrs: values, policy, public, private })
+            Ok(SealedKey { key_id: key.id(), parent_name, bank, pcrs: values, policy, public, private })
         })();
         self.flush(srk);
         result
@@ -312,47 +341,102 @@ impl Tpm {
             return Err(TpmError::PcrMismatch { pcrs: changed, bank: sealed.bank.name() });
         }
         let srk = self.create_srk()?;
-        let mut handles = vec![srk];
-        let result = self.unseal_under(srk, sealed, &mut handles);
+        let mut handles = vec![srk.handle];
+        let result = self.unseal_under(&srk, sealed, &mut handles);
         for h in handles.into_iter().rev() {
             self.flush(h);
         }
         result
     }
 
-    fn unseal_under(&mut self, srk: u32, sealed: &SealedKey, handles: &mut Vec<u32>) -> Result<Key, TpmError> {
-        let mut cmd = Command::new(CC_LOAD, &[srk], &[Auth::EmptyPassword]);
+    fn unseal_under(&mut self, srk: &Srk, sealed: &SealedKey, handles: &mut Vec<u32>) -> Result<Key, TpmError> {
+        // The salt goes to the SRK: make sure it is the key sealed under.
+        if srk.name != sealed.parent_name {
+            return Err(TpmError::SrkMismatch);
+        }
+        let mut cmd = Command::new(CC_LOAD, &[srk.handle], &[Auth::EmptyPassword]);
         cmd.bytes(&sealed.private).bytes(&sealed.public);
-        let object = match self.run(&mut cmd, 1) {
-            Ok(reply) => Self::handle(&reply, "TPM2_Load")?,
+        let (object, object_name) = match self.run(&mut cmd, 1) {
+            Ok(reply) => {
+                let name =
+                    wire::Reader::new(&reply.params).tpm2b().map_err(|_| TpmError::Malformed("TPM2_Load"))?.to_vec();
+                (Self::handle(&reply, "TPM2_Load")?, name)
+            }
             // Integrity and value errors: another TPM's object, or edited.
             Err(TpmError::Rc { rc, .. }) => return Err(TpmError::WrongObject { rc }),
             Err(e) => return Err(e),
         };
         handles.push(object);
 
-        let mut nonce = [0u8; 16];
-        getrandom::fill(&mut nonce).map_err(|e| TpmError::Io {
-            selector: self.selector.to_string(),
-            err: std::io::Error::other(format!("OS random source: {e}")),
-        })?;
-        let mut cmd = Command::new(CC_START_AUTH_SESSION, &[RH_NULL, RH_NULL], &[]);
-        cmd.tpm2b(&nonce).u16(0).u8(SE_POLICY).u16(ALG_NULL).u16(ALG_SHA256);
-        let session = Self::handle(&self.run(&mut cmd, 1)?, "TPM2_StartAuthSession")?;
+        let salt = salt::make_salt(&srk.x, &srk.y).map_err(TpmError::Salt)?;
+        let nonce_caller = self.nonce()?;
+        let mut cmd = Command::new(CC_START_AUTH_SESSION, &[srk.handle, RH_NULL], &[]);
+        cmd.tpm2b(&nonce_caller).tpm2b(&salt.encrypted).u8(SE_POLICY);
+        cmd.u16(ALG_AES).u16(128).u16(ALG_CFB).u16(ALG_SHA256);
+        let reply = self.run(&mut cmd, 1)?;
+        let session = Self::handle(&reply, "TPM2_StartAuthSession")?;
         handles.push(session);
+        let nonce_tpm = wire::Reader::new(&reply.params)
+            .tpm2b()
+            .map_err(|_| TpmError::Malformed("TPM2_StartAuthSession"))?
+            .to_vec();
+        // No bind entity: the session key comes from the salt alone.
+        let session_key = salt::kdfa(&salt.salt, "ATH", &nonce_tpm, &nonce_caller, 256);
 
         let mut cmd = Command::new(CC_POLICY_PCR, &[session], &[]);
         cmd.tpm2b(&pcr_digest(&sealed.pcrs)).bytes(&pcr_selection(sealed.bank, &sealed.pcr_indices()));
         self.run(&mut cmd, 0)?;
 
-        let mut cmd = Command::new(CC_UNSEAL, &[object], &[Auth::Policy(session)]);
+        // A session with a session key needs the command HMAC:
+        // HMAC(sessionKey, cpHash || nonceCaller || nonceTPM || attributes),
+        // cpHash = SHA-256(commandCode || name of the object), Unseal having
+        // no parameters.
+        let nonce = self.nonce()?;
+        let cp_hash: [u8; 32] = {
+            use sha2::{Digest, Sha256};
+            let mut h = Sha256::new();
+            h.update(CC_UNSEAL.to_be_bytes());
+            h.update(&object_name);
+            h.finalize().into()
+        };
+        let attrs = wire::policy_attributes(true);
+        let hmac = salt::hmac(&session_key, &[&cp_hash, &nonce, &nonce_tpm, &[attrs]]).map_err(TpmError::Salt)?;
+        let auth = Auth::Policy { handle: session, nonce, encrypt: true, hmac: Some(hmac) };
+        let mut cmd = Command::new(CC_UNSEAL, &[object], &[auth]);
         let reply = self.run(&mut cmd, 0)?;
         // The session ended with the command (continueSession clear).
         handles.retain(|h| *h != session);
-        let mut r = wire::Reader::new(&reply.params);
-        let data = r.tpm2b().map_err(|_| TpmError::Malformed("TPM2_Unseal"))?;
+        let malformed = || TpmError::Malformed("TPM2_Unseal");
+        let mut data = Zeroizing::new(wire::Reader::new(&reply.params).tpm2b().map_err(|_| malformed())?.to_vec());
+        let mut auth = wire::Reader::new(&reply.auth);
+        let nonce_tpm = auth.tpm2b().map_err(|_| malformed())?;
+        let attrs = auth.take(1).map_err(|_| malformed())?;
+        let their_hmac = auth.tpm2b().map_err(|_| malformed())?;
+        // The response HMAC proves the answer comes from the TPM that holds
+        // the SRK (only it knows the salt): HMAC(sessionKey, rpHash ||
+        // nonceTPM || nonceCaller || attributes), rpHash = SHA-256(rc ||
+        // commandCode || parameters).
+        let rp_hash: [u8; 32] = {
+            use sha2::{Digest, Sha256};
+            let mut h = Sha256::new();
+            h.update(0u32.to_be_bytes());
+            h.update(CC_UNSEAL.to_be_bytes());
+            h.update(reply.params.as_slice());
+            h.finalize().into()
+        };
+        let want = salt::hmac(&session_key, &[&rp_hash, nonce_tpm, &nonce, attrs]).map_err(TpmError::Salt)?;
+        if !salt::constant_time_eq(&want, their_hmac) {
+            return Err(TpmError::Salt(
+                "the response HMAC does not verify: the answer did not come from the TPM".into(),
+            ));
+        }
+        // outData is AES-128-CFB encrypted under the session key with the
+        // response's nonces (TPM nonce newer, caller nonce older).
+        let key_iv = salt::kdfa(&session_key, "CFB", nonce_tpm, &nonce, 256);
+        let (k, iv) = key_iv.split_at(16);
+        salt::cfb_decrypt(k, iv, &mut data).map_err(TpmError::Salt)?;
         let bytes: [u8; KEY_LEN] =
-            data.try_into().map_err(|_| TpmError::WrongKey { claimed: sealed.key_id.to_string() })?;
+            data.as_slice().try_into().map_err(|_| TpmError::WrongKey { claimed: sealed.key_id.to_string() })?;
         let key = Key::from_bytes(bytes);
         let mut bytes = bytes;
         zeroize::Zeroize::zeroize(&mut bytes);
@@ -361,6 +445,44 @@ impl Tpm {
         }
         Ok(key)
     }
+
+    /// A fresh 16-byte caller nonce.
+    fn nonce(&self) -> Result<[u8; 16], TpmError> {
+        let mut nonce = [0u8; 16];
+        getrandom::fill(&mut nonce).map_err(|e| TpmError::Salt(format!("OS random source: {e}")))?;
+        Ok(nonce)
+    }
+}
+
+/// The SRK as created: handle, name, public point.
+struct Srk {
+    handle: u32,
+    name: Vec<u8>,
+    x: Vec<u8>,
+    y: Vec<u8>,
+}
+
+/// From a TPM2_CreatePrimary response's parameters, the SRK's name
+/// (`000b` and the SHA-256 of its TPMT_PUBLIC) and its ECC point, checking
+/// that the public area is the ECC key of our template.
+fn parse_srk_public(params: &[u8]) -> Option<(Vec<u8>, Vec<u8>, Vec<u8>)> {
+    use sha2::{Digest, Sha256};
+    let public = wire::Reader::new(params).tpm2b().ok()?;
+    let mut r = wire::Reader::new(public);
+    let template = srk_template();
+    // Everything before the unique field must be the template's.
+    let fixed = template.len().checked_sub(4)?;
+    if r.take(fixed).ok()? != template.get(..fixed)? {
+        return None;
+    }
+    let x = r.tpm2b().ok()?.to_vec();
+    let y = r.tpm2b().ok()?.to_vec();
+    if !r.rest().is_empty() {
+        return None;
+    }
+    let mut name = ALG_SHA256.to_be_bytes().to_vec();
+    name.extend_from_slice(&Sha256::digest(public));
+    Some((name, x, y))
 }
 
 /// Parses a TPM2_PCR_Read response: which PCRs came back and their values.

@@ -12,6 +12,17 @@ pub const ST_NO_SESSIONS: u16 = 0x8001;
 pub const ST_SESSIONS: u16 = 0x8002;
 /// `TPM_RS_PW`: the password authorization "session".
 pub const RS_PW: u32 = 0x4000_0009;
+/// `TPMA_SESSION` continueSession.
+const SESSION_CONTINUE: u8 = 0x01;
+/// `TPMA_SESSION` encrypt: the first response parameter is encrypted.
+const SESSION_ENCRYPT: u8 = 0x40;
+/// The session attributes sent with a policy session: continueSession
+/// clear (the session ends with the command it authorizes), `encrypt` as
+/// asked. Part of the command HMAC, hence a function.
+pub fn policy_attributes(encrypt: bool) -> u8 {
+    if encrypt { SESSION_ENCRYPT } else { 0 }
+}
+
 /// Command and response header length: tag, size, code.
 pub const HEADER_LEN: usize = 10;
 /// Largest command or response this module handles (TPMs report 4096 in
@@ -23,8 +34,20 @@ pub const MAX_MESSAGE: usize = 8192;
 pub enum Auth {
     /// The empty password (`TPM_RS_PW`, empty HMAC field).
     EmptyPassword,
-    /// A policy session that needs no HMAC (PolicyPCR alone).
-    Policy(u32),
+    /// A policy session that needs no HMAC (PolicyPCR alone), with the
+    /// caller's nonce and whether the response's first parameter is to be
+    /// encrypted (the session must be salted for that to mean anything).
+    Policy {
+        /// The session handle.
+        handle: u32,
+        /// nonceCaller for this command (empty for none).
+        nonce: [u8; 16],
+        /// Set `encrypt`: the TPM encrypts the first response parameter.
+        encrypt: bool,
+        /// The command HMAC, required once the session has a session key
+        /// (salted or bound); `None` sends an empty one.
+        hmac: Option<[u8; 32]>,
+    },
 }
 
 /// A command being built.
@@ -59,16 +82,28 @@ impl Command {
         if !auths.is_empty() {
             let mut area = Vec::new();
             for a in auths {
-                let handle = match a {
-                    Auth::EmptyPassword => RS_PW,
-                    Auth::Policy(h) => *h,
-                };
-                area.extend_from_slice(&handle.to_be_bytes());
-                area.extend_from_slice(&0u16.to_be_bytes()); // nonceCaller: empty
-                // continueSession for the password; a policy session ends
-                // with the command it authorizes.
-                area.push(u8::from(matches!(a, Auth::EmptyPassword)));
-                area.extend_from_slice(&0u16.to_be_bytes()); // hmac / password: empty
+                match a {
+                    Auth::EmptyPassword => {
+                        area.extend_from_slice(&RS_PW.to_be_bytes());
+                        area.extend_from_slice(&0u16.to_be_bytes()); // nonceCaller: empty
+                        area.push(SESSION_CONTINUE);
+                    }
+                    Auth::Policy { handle, nonce, encrypt, hmac } => {
+                        area.extend_from_slice(&handle.to_be_bytes());
+                        area.extend_from_slice(&16u16.to_be_bytes());
+                        area.extend_from_slice(nonce);
+                        area.push(policy_attributes(*encrypt));
+                        match hmac {
+                            Some(h) => {
+                                area.extend_from_slice(&32u16.to_be_bytes());
+                                area.extend_from_slice(h);
+                            }
+                            None => area.extend_from_slice(&0u16.to_be_bytes()),
+                        }
+                        continue;
+                    }
+                }
+                area.extend_from_slice(&0u16.to_be_bytes()); // password: empty
             }
             c.u32(u32::try_from(area.len()).unwrap_or(0)).bytes(&area);
         }
@@ -191,6 +226,8 @@ pub struct Response<'a> {
     pub handles: Vec<u32>,
     /// The parameters.
     pub params: Reader<'a>,
+    /// The response authorization area (empty without sessions).
+    pub auth: Reader<'a>,
 }
 
 /// What came back: a response code other than success, or a response.
@@ -218,15 +255,16 @@ pub fn parse_response(buf: &[u8], handles: usize) -> Result<Parsed<'_>, Malforme
     for _ in 0..handles {
         hs.push(r.u32()?);
     }
-    let params = match tag {
+    let (params, auth) = match tag {
         ST_SESSIONS => {
             let n = r.u32()?;
-            Reader::new(r.take(usize::try_from(n).map_err(|_| Malformed)?)?)
+            let params = Reader::new(r.take(usize::try_from(n).map_err(|_| Malformed)?)?);
+            (params, r)
         }
-        ST_NO_SESSIONS => r,
+        ST_NO_SESSIONS => (r, Reader::new(&[])),
         _ => return Err(Malformed),
     };
-    Ok(Parsed::Ok(Response { handles: hs, params }))
+    Ok(Parsed::Ok(Response { handles: hs, params, auth }))
 }
 
 /// A TPM response code as a person can look it up: the name when known
