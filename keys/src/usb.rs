@@ -19,7 +19,7 @@
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
@@ -171,8 +171,10 @@ fn keys_from(files: Vec<(String, Zeroizing<Vec<u8>>)>, origin: &str) -> Vec<Key>
 
 /// Reads the key files of a FAT file system in user space.
 pub fn read_fat_keys(dev: &Path) -> io::Result<Vec<Key>> {
+    // Unbuffered: a buffer would keep copies of the key file's sectors that
+    // nothing zeroizes; fatfs reads whole sectors, so this costs little.
     let file = OpenOptions::new().read(true).open(dev)?;
-    let fs = fatfs::FileSystem::new(ReadOnly(BufReader::new(file)), fatfs::FsOptions::new())
+    let fs = fatfs::FileSystem::new(ReadOnly(file), fatfs::FsOptions::new())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("not a readable FAT file system: {e}")))?;
     let root = fs.root_dir();
     let mut dir = root;

@@ -6,15 +6,18 @@
 //! whose id is the bundle's. Only when none has it does the loader wait for
 //! a stick that is slow to appear: it polls `/sys/class/block` for up to
 //! [`USB_WAIT`] and looks again whenever the set of block devices changes.
-//! An explicit `usb` choice waits the same way. Nothing else waits (the TPM
+//! An explicit `usb` choice waits the same way. The wait happens at most once
+//! per run: when the server's bundle and then the cached ones need a key that
+//! is nowhere, the loader does not wait again for each of them. Nothing else waits (the TPM
 //! device node only briefly, see [`stateless_keys::tpm::source`]), so a node
 //! without a stick or TPM is never held up for long.
 //!
 //! When no source has the key, the error names the id needed and what each
 //! source offered:
-//! `bundle needs key 3f2a8c01…; key directory /etc/stateless/keys had 91bc4d22…; USB stick STATELESS: not found (waited 5 s); TPM: no sealed key in /etc/stateless/tpm`.
+//! `bundle needs key 3f2a8c01…; key directory /etc/stateless/keys had 91bc4d22…; USB stick STATELESS: not found (waited 5 s); TPM: no sealed key (/etc/stateless/tpm does not exist)`.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use stateless_bundle::{Key, KeyId};
@@ -28,6 +31,9 @@ use crate::cmdline::KeyChoice;
 pub const USB_WAIT: Duration = Duration::from_secs(5);
 /// How often `/sys/class/block` is looked at while waiting.
 const USB_POLL: Duration = Duration::from_millis(200);
+/// Set once this process has waited for a stick (the loader runs once per
+/// boot, so process-wide is per boot).
+static USB_WAITED: AtomicBool = AtomicBool::new(false);
 
 /// Where each source looks.
 #[derive(Debug, Clone)]
@@ -69,7 +75,7 @@ pub fn pick_key(choice: &KeyChoice, places: &KeyPlaces, needed: KeyId) -> Result
     };
     // Only a scan can see a stick arrive; an explicit device list cannot change.
     if let (Some(i), Devices::Scan { .. }) = (usb_at, &places.usb) {
-        if let Some(src) = sources.get(i) {
+        if let Some(src) = sources.get(i).filter(|_| !USB_WAITED.swap(true, Ordering::Relaxed)) {
             log::info!("no source had key {}; waiting up to {} s for a USB stick", needed.short(), USB_WAIT.as_secs());
             let start = Instant::now();
             let mut seen = places.usb.list();
