@@ -63,8 +63,10 @@ impl FromStr for TpmSelector {
             return Ok(TpmSelector::Device(PathBuf::from(path)));
         }
         if let Some(conf) = s.strip_prefix("swtpm:").or(if s == "swtpm" { Some("") } else { None }) {
-            // tpm2-tools' defaults.
-            let (mut host, mut port) = ("localhost".to_owned(), 2321u16);
+            // tpm2-tools' default port; the address rather than its
+            // `localhost`, since the loader is a static binary without a
+            // name service in the initramfs.
+            let (mut host, mut port) = ("127.0.0.1".to_owned(), 2321u16);
             for kv in conf.split(',').filter(|kv| !kv.is_empty()) {
                 match kv.split_once('=') {
                     Some(("host", h)) if !h.is_empty() => host = h.to_owned(),
@@ -96,7 +98,13 @@ impl Transport {
             TpmSelector::Device(p) => Ok(Transport::Device(OpenOptions::new().read(true).write(true).open(p)?)),
             TpmSelector::Swtpm { host, port } => {
                 let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host}: no address"));
-                for addr in (host.as_str(), *port).to_socket_addrs()? {
+                // An address needs no resolver (none in the initramfs); a
+                // name is resolved by the C library, for workstations.
+                let addrs: Vec<std::net::SocketAddr> = match host.parse::<std::net::IpAddr>() {
+                    Ok(ip) => vec![std::net::SocketAddr::new(ip, *port)],
+                    Err(_) => (host.as_str(), *port).to_socket_addrs()?.collect(),
+                };
+                for addr in addrs {
                     match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
                         Ok(s) => {
                             s.set_read_timeout(Some(IO_TIMEOUT))?;
@@ -163,8 +171,8 @@ mod tests {
         let ok = [
             ("device:/dev/tpmrm0", TpmSelector::Device("/dev/tpmrm0".into())),
             ("swtpm:host=127.0.0.1,port=2321", TpmSelector::Swtpm { host: "127.0.0.1".into(), port: 2321 }),
-            ("swtpm:port=4000", TpmSelector::Swtpm { host: "localhost".into(), port: 4000 }),
-            ("swtpm", TpmSelector::Swtpm { host: "localhost".into(), port: 2321 }),
+            ("swtpm:port=4000", TpmSelector::Swtpm { host: "127.0.0.1".into(), port: 4000 }),
+            ("swtpm", TpmSelector::Swtpm { host: "127.0.0.1".into(), port: 2321 }),
         ];
         for (s, want) in ok.clone() {
             assert_eq!(s.parse::<TpmSelector>().as_ref(), Ok(&want), "{s}");
