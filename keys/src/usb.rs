@@ -442,6 +442,29 @@ mod tests {
     }
 
     #[test]
+    fn iso9660_and_ext4_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let iso = dir.path().join("cd.iso");
+        let mut img = vec![0u8; 17 * 2048];
+        img[16 * 2048] = 1;
+        img[16 * 2048 + 1..16 * 2048 + 6].copy_from_slice(b"CD001");
+        let mut id = [b' '; 32];
+        id[..9].copy_from_slice(b"STATELESS");
+        img[16 * 2048 + 40..16 * 2048 + 72].copy_from_slice(&id);
+        std::fs::write(&iso, &img).unwrap();
+        assert_eq!(probe(&iso).unwrap(), Some((FsKind::Iso9660, "STATELESS".into())));
+        let ext = dir.path().join("ext.img");
+        let mut img = vec![0u8; 4096];
+        img[1024 + 56..1024 + 58].copy_from_slice(&[0x53, 0xEF]);
+        img[1024 + 120..1024 + 129].copy_from_slice(b"stateless");
+        std::fs::write(&ext, &img).unwrap();
+        assert_eq!(probe(&ext).unwrap(), Some((FsKind::Ext4, "stateless".into())));
+        // ext4 labels compare exactly, FAT labels without case.
+        assert!(!label_matches(FsKind::Ext4, "stateless", "STATELESS"));
+        assert!(label_matches(FsKind::Vfat, "stateless", "STATELESS"));
+    }
+
+    #[test]
     fn labels() {
         assert!(check_fat_label("STATELESS").is_ok());
         for bad in ["", "stateless", "TWELVE_CHARS", "A B"] {
