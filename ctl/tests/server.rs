@@ -621,7 +621,7 @@ fn loader_fetches_from_serve_over_http_and_https() {
     let srv = Serve::start(&site.data(), &[]);
     let node = Node::new();
     let cmd = format!(
-        "rd.stateless.server=http://127.0.0.1:{} rd.stateless.node=node42 rd.stateless.key=file:{} rd.stateless.timeout=5",
+        "rd.stateless.server=http://127.0.0.1:{} rd.stateless.node=node42 rd.stateless.key=file:{} rd.stateless.timeout=30",
         srv.port,
         site.key_s()
     );
@@ -641,7 +641,7 @@ fn loader_fetches_from_serve_over_http_and_https() {
     let tls = Serve::start(&site.data(), &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
     let node = Node::new();
     let (code, err, status) = node.boot(&format!(
-        "rd.stateless.server=https://127.0.0.1:{} rd.stateless.ca={} rd.stateless.node=node42 rd.stateless.key=file:{} rd.stateless.timeout=5",
+        "rd.stateless.server=https://127.0.0.1:{} rd.stateless.ca={} rd.stateless.node=node42 rd.stateless.key=file:{} rd.stateless.timeout=30",
         tls.port,
         ca.display(),
         site.key_s()
@@ -667,7 +667,7 @@ fn loader_fetches_from_nginx_serving_the_same_data_dir() {
     assert_eq!(http(nginx.port, "GET", "/state/audit.log", &[], b"").0, 404);
     let node = Node::new();
     let (code, err, status) = node.boot(&format!(
-        "rd.stateless.server=http://127.0.0.1:{} rd.stateless.node=node42 rd.stateless.key=file:{} rd.stateless.timeout=5",
+        "rd.stateless.server=http://127.0.0.1:{} rd.stateless.node=node42 rd.stateless.key=file:{} rd.stateless.timeout=30",
         nginx.port,
         site.key_s()
     ));
@@ -697,7 +697,7 @@ fn persist_puts_to_nginx_webdav() {
     // The loader applies what was pushed.
     let node = Node::new();
     let (code, err, status) = node.boot(&format!(
-        "rd.stateless.server=http://127.0.0.1:{} rd.stateless.node=node42 rd.stateless.key=file:{} rd.stateless.timeout=5",
+        "rd.stateless.server=http://127.0.0.1:{} rd.stateless.node=node42 rd.stateless.key=file:{} rd.stateless.timeout=30",
         nginx.port,
         site.key_s()
     ));

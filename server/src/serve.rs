@@ -273,6 +273,7 @@ fn serve_connection(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
             Ok(None) => return,
             Err(ReadHeadError::Timeout { partial: true }) => {
                 let _ = simple(&mut conn, 408, "request head not received in time", false, None);
+                linger(&mut conn);
                 return;
             }
             Err(ReadHeadError::Timeout { partial: false }) => return,
@@ -282,16 +283,27 @@ fn serve_connection(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
             }
             Err(ReadHeadError::Head(HeadError::TooLarge)) => {
                 let _ = simple(&mut conn, 431, "request head too large", false, None);
+                linger(&mut conn);
                 return;
             }
             Err(ReadHeadError::Head(e)) => {
                 let _ = simple(&mut conn, 400, &e.to_string(), false, None);
+                linger(&mut conn);
                 return;
             }
         };
         match handle(shared, &mut conn, &head, &mut buf, peer, i + 1 < MAX_REQUESTS_PER_CONNECTION) {
             Ok(true) => {}
-            Ok(false) => break,
+            Ok(false) => {
+                // Closing with unread input resets the connection, and the
+                // client may lose the answer: drain first.
+                let body = head.header("content-length").is_some_and(|v| v != "0");
+                if !buf.is_empty() || body || head.header("transfer-encoding").is_some() {
+                    linger(&mut conn);
+                    return;
+                }
+                break;
+            }
             Err(e) => {
                 log::debug!("{peer}: {e}");
                 return;
@@ -611,61 +623,61 @@ fn handle_push(
         left -= n as u64;
     }
     let digest: [u8; 32] = hasher.finalize().into();
+    // Every refusal below removes the upload before answering, so a client
+    // that sees the answer never finds it in the spool.
     if let Err(e) = proof.verify(&public, "PUT", &head.path, &digest, len) {
+        drop(tmp);
         return unauthorized(conn, e);
     }
     let keep = head.keep_alive();
     let info = match store::bundle_info(tmp.path()) {
         Ok(i) => i,
-        Err(e) => return simple(conn, 422, &format!("not a complete bundle: {}", chain(&e)), keep, None),
+        Err(e) => {
+            drop(tmp);
+            return simple(conn, 422, &format!("not a complete bundle: {}", chain(&e)), keep, None);
+        }
     };
-    if info.scope != Scope::Node(node.to_owned()) {
-        return simple(
-            conn,
-            422,
-            &format!("bundle is scoped {}; a push must be scoped node:{node}", info.scope),
-            keep,
-            None,
-        );
-    }
-    if let Some(k) = record.key_id.as_deref().filter(|k| *k != info.key_id) {
-        return simple(
-            conn,
-            422,
-            &format!("bundle is sealed for key {}, node {node} uses key {k}", info.key_id),
-            keep,
-            None,
-        );
-    }
     let lock = PublishLock::take(data)?;
     let current = store::published(data, &Target::Node(node.to_owned())).map(|i| i.generation);
-    let waiting = pushes::highest(data, node);
-    if let Some(newest) = current.into_iter().chain(waiting).max().filter(|g| info.generation <= *g) {
-        let msg = format!(
-            "generation {} is not newer than generation {newest} (published or awaiting review)",
-            info.generation
-        );
-        return simple(conn, 409, &msg, keep, None);
+    let newest = current.into_iter().chain(pushes::highest(data, node)).max();
+    let refusal = if info.scope != Scope::Node(node.to_owned()) {
+        Some((422, format!("bundle is scoped {}; a push must be scoped node:{node}", info.scope)))
+    } else if let Some(k) = record.key_id.as_deref().filter(|k| *k != info.key_id) {
+        Some((422, format!("bundle is sealed for key {}, node {node} uses key {k}", info.key_id)))
+    } else if let Some(newest) = newest.filter(|g| info.generation <= *g) {
+        let g = info.generation;
+        Some((409, format!("generation {g} is not newer than generation {newest} (published or awaiting review)")))
+    } else {
+        None
+    };
+    if let Some((status, msg)) = refusal {
+        drop(tmp);
+        drop(lock);
+        return simple(conn, status, &msg, keep, None);
     }
     let address = peer.ip().to_string();
     pushes::store(data, node, tmp, &info, &address, store::rfc3339(SystemTime::now()))?;
     let detail = format!("generation {} digest {} from {address}", info.generation, info.digest);
     store::audit(data, "push-received", Some(node), detail, "server".into())?;
-    if record.auto_accept {
+    let (status, msg) = if record.auto_accept {
         match pushes::accept(data, node, info.generation, cfg.keep_history, &lock) {
             Ok(p) => {
                 let detail = format!("generation {} digest {} (auto-accept)", p.info.generation, p.info.digest);
                 store::audit(data, "accept-push", Some(node), detail, "server".into())?;
-                return simple(conn, 201, &format!("published generation {}", info.generation), keep, None);
+                (201, format!("published generation {}", info.generation))
             }
             Err(e) => {
                 log::warn!("auto-accepting push of {node}: {}", chain(&e));
-                return simple(conn, 500, "stored for review; publishing failed", keep, None);
+                (500, "stored for review; publishing failed".to_owned())
             }
         }
-    }
-    log::info!("push of {node} generation {} from {address} awaits review", info.generation);
-    simple(conn, 202, &format!("generation {} awaits review", info.generation), keep, None)
+    } else {
+        log::info!("push of {node} generation {} from {address} awaits review", info.generation);
+        (202, format!("generation {} awaits review", info.generation))
+    };
+    // Not held while a slow client reads the answer.
+    drop(lock);
+    simple(conn, status, &msg, keep, None)
 }
 
 /// After an early answer on a connection that is closing: stop sending,
