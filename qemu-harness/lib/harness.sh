@@ -69,7 +69,7 @@ build_initramfs() {
     log "building the $flavour initramfs (dracut, about a minute)"
     mkdir -p "$WORK/empty-confdir"
     if [ "$flavour" = systemd ]; then
-        modules="systemd systemd-initrd base rootfs-block kernel-modules network-legacy network kernel-network-modules stateless"
+        modules="systemd systemd-initrd dracut-systemd base rootfs-block kernel-modules network-legacy network kernel-network-modules stateless"
         omit=""
     else
         modules="base rootfs-block kernel-modules network-legacy network kernel-network-modules stateless sltest"
@@ -96,13 +96,15 @@ module_size() {
 # bundle deletes. As an ext4 image and as a squashfs.
 build_root() {
     local tree=$WORK/root-tree
-    if [ -f "$WORK/root.img" ] && [ "$WORK/root.img" -nt "$HARNESS/lib/guest-init" ]; then
+    if [ -f "$WORK/root.img" ] && [ "$WORK/root.img" -nt "$HARNESS/lib/guest-init" ] && [ "$WORK/root.img" -nt "$CTL" ]; then
         return
     fi
     log "building the small root image"
     rm -rf "$tree"
-    mkdir -p "$tree"/{bin,sbin,etc/sltest,proc,sys,dev,run,tmp,root}
+    mkdir -p "$tree"/{bin,sbin,etc/sltest,proc,sys,dev,run,tmp,root,mnt}
     cp /bin/busybox "$tree/bin/busybox"
+    # For the tpm-key scenario's enrolment boot (static, like the loader).
+    cp "$CTL" "$tree/bin/statelessctl"
     local app
     for app in sh cat echo awk tr cut mount umount poweroff reboot sync ls sleep dmesg; do
         ln -s busybox "$tree/bin/$app"
@@ -112,8 +114,41 @@ build_root() {
     echo "base image" > "$tree/etc/sltest/marker"
     echo "the bundle deletes this file" > "$tree/etc/sltest/delete-me"
     rm -f "$WORK/root.img" "$WORK/root.squashfs"
-    mkfs.ext4 -q -L sltest-root -d "$tree" "$WORK/root.img" 32M
+    mkfs.ext4 -q -L sltest-root -d "$tree" "$WORK/root.img" 48M
     mksquashfs "$tree" "$WORK/root.squashfs" -quiet -noappend -all-root > /dev/null
+}
+
+# A real Debian root (debootstrap from Debian's archive, cached in
+# $WORK/debian-root between runs) with systemd, as an ext4 image with a
+# report unit that prints SLTEST-* lines and powers off.
+build_debian_root() {
+    local tree=$WORK/debian-root img=$WORK/debian.img stamp
+    if [ ! -d "$tree" ]; then
+        log "debootstrap of Debian bookworm with systemd (cached for later runs; a few minutes)"
+        rm -rf "$tree.tmp"
+        debootstrap --variant=minbase --include=systemd,systemd-sysv,udev,kmod bookworm "$tree.tmp" \
+            http://deb.debian.org/debian > "$WORK/debootstrap.log" 2>&1 || die "debootstrap failed: see $WORK/debootstrap.log"
+        mv "$tree.tmp" "$tree"
+    fi
+    stamp=$(cat "$HARNESS"/lib/debian/* | sha256sum | cut -c1-16)
+    if [ -f "$img" ] && [ "$(cat "$img.stamp" 2> /dev/null)" = "$stamp" ]; then
+        return
+    fi
+    log "building the Debian root image"
+    install -m 0644 "$HARNESS/lib/debian/sltest-report.service" "$tree/etc/systemd/system/"
+    install -m 0755 "$HARNESS/lib/debian/sltest-report" "$tree/usr/local/sbin/"
+    mkdir -p "$tree/etc/systemd/system/multi-user.target.wants" "$tree/etc/sltest"
+    ln -sf ../sltest-report.service "$tree/etc/systemd/system/multi-user.target.wants/sltest-report.service"
+    # Nobody logs in on the serial console of a test machine.
+    ln -sf /dev/null "$tree/etc/systemd/system/serial-getty@ttyS0.service"
+    echo "base image" > "$tree/etc/sltest/marker"
+    echo "the bundle deletes this file" > "$tree/etc/sltest/delete-me"
+    echo sltest > "$tree/etc/hostname"
+    rm -f "$img"
+    local mb
+    mb=$(($(du -sm "$tree" | cut -f1) + 256))
+    mkfs.ext4 -q -L debian-root -d "$tree" "$img" "${mb}M"
+    echo "$stamp" > "$img.stamp"
 }
 
 # Site material, generated on the spot (never committed): a site key, a CA
@@ -129,7 +164,8 @@ build_site() {
         -keyout "$d/ca.key.pem" -out "$d/ca.pem" 2> /dev/null
     openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$HOST_FROM_GUEST" \
         -keyout "$d/server.key.pem" -out "$d/server.csr" 2> /dev/null
-    printf 'subjectAltName=IP:%s,IP:127.0.0.1\n' "$HOST_FROM_GUEST" > "$d/ext.cnf"
+    # SRV targets are names (srv scenario); explicit URLs use the address.
+    printf 'subjectAltName=IP:%s,IP:127.0.0.1,DNS:cfg1.lab.test,DNS:cfg2.lab.test\n' "$HOST_FROM_GUEST" > "$d/ext.cnf"
     openssl x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key.pem" -CAcreateserial -days 30 \
         -extfile "$d/ext.cnf" -out "$d/server.pem" 2> /dev/null
     mkdir -p "$WORK/no-keys"
@@ -280,6 +316,25 @@ expect() {
     if [ "$2" != "$3" ]; then
         FAILURES+=("$1: got '${2}', wanted '${3}'")
     fi
+}
+
+# flip_byte FILE OFFSET-FROM-END: damages one byte of a file in place.
+flip_byte() {
+    local size
+    size=$(stat -c %s "$1")
+    printf '\xa5' | dd of="$1" bs=1 seek=$((size - $2)) conv=notrunc status=none
+}
+
+# root_copy: a private, writable copy of the small root for this scenario.
+root_copy() {
+    cp --sparse=always "$WORK/root.img" "$SDIR/root.img"
+    echo "$SDIR/root.img"
+}
+
+# set_net [OPTIONS]: NET=(QEMU arguments) for user-mode networking only,
+# with extra -netdev user options (domainname=...) appended.
+set_net() {
+    NET=(-netdev "user,id=n0${1:+,$1}" -device "virtio-net-pci,netdev=n0")
 }
 
 # expect_console PATTERN WHAT: the console must show PATTERN (grep -E).
