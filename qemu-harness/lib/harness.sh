@@ -291,7 +291,7 @@ base_cmdline() {
 
 # marker NAME: the value of the last SLTEST-NAME line of the console.
 marker() {
-    grep -a "^SLTEST-$1" "$CONSOLE" | tail -1 | sed "s/^SLTEST-$1 \{0,1\}//" | tr -d '\r'
+    grep -a -E "^SLTEST-$1( |$)" "$CONSOLE" | tail -1 | sed "s/^SLTEST-$1 \{0,1\}//" | tr -d '\r'
 }
 
 # booted: yes when the root's init ran.

@@ -25,6 +25,7 @@ ExecStart=/bin/touch /run/sltest-bundle-ran
 WantedBy=multi-user.target
 UNIT
     ln -s ../sltest-bundle.service "$tree/etc/systemd/system/multi-user.target.wants/sltest-bundle.service"
+    mkdir -p "$srv/v1/nodes/$NODE_UUID"
     "$CTL" bundle pack "$tree" -o "$srv/v1/nodes/$NODE_UUID/bundle" --generation 12 \
         --key "$WORK/site/site.key" --delete /etc/sltest/delete-me > /dev/null
     start_nginx cfg "$srv" tls
