@@ -26,8 +26,8 @@
 //! the salt nor the key. Before sending the salt the loader checks that the
 //! SRK the TPM returns has the name recorded at sealing time, so an
 //! interposer cannot substitute its own key to learn the salt, and it checks
-//! the response HMAC. `TPM2_Create` at sealing time sends the key to the TPM
-//! in the clear: seal in a trusted setting. The sealing protects
+//! the response HMAC. Sealing works the same way: `TPM2_Create` runs in an
+//! HMAC session salted with the SRK, with the key encrypted on its way in. The sealing protects
 //! against the disk or boot image being copied and used on another machine,
 //! or booted with a different firmware configuration or boot chain (PCR 7:
 //! Secure Boot state and keys).
@@ -62,6 +62,7 @@ const RH_OWNER: u32 = 0x4000_0001;
 const RH_NULL: u32 = 0x4000_0007;
 const ALG_NULL: u16 = 0x0010;
 const ALG_SHA256: u16 = 0x000B;
+const SE_HMAC: u8 = 0x00;
 const SE_POLICY: u8 = 0x01;
 const ALG_AES: u16 = 0x0006;
 const ALG_CFB: u16 = 0x0043;
@@ -307,22 +308,96 @@ impl Tpm {
         let values = self.pcr_read(bank, pcrs)?;
         let policy = policy_pcr_digest(bank, &values);
         let srk = self.create_srk()?;
-        let (srk, parent_name) = (srk.handle, srk.name);
-        let result = (|| {
-            let mut cmd = Command::new(CC_CREATE, &[srk], &[Auth::EmptyPassword]);
-            // inSensitive: TPMS_SENSITIVE_CREATE { userAuth: empty, data: key }
-            let size = u16::try_from(2 + 2 + KEY_LEN).unwrap_or(0);
-            cmd.u16(size).u16(0).tpm2b(key.as_bytes());
-            cmd.tpm2b(&sealed_template(&policy));
-            cmd.u16(0).u32(0);
-            let reply = self.run(&mut cmd, 0)?;
-            let mut r = wire::Reader::new(&reply.params);
-            let private = r.tpm2b_whole().map_err(|_| TpmError::Malformed("TPM2_Create"))?;
-            let public = r.tpm2b_whole().map_err(|_| TpmError::Malformed("TPM2_Create"))?;
-            Ok(SealedKey { key_id: key.id(), parent_name, bank, pcrs: values, policy, public, private })
-        })();
-        self.flush(srk);
+        let mut handles = vec![srk.handle];
+        let result = self.create_sealed(&srk, key, &policy, &mut handles).map(|(public, private)| SealedKey {
+            key_id: key.id(),
+            parent_name: srk.name.clone(),
+            bank,
+            pcrs: values,
+            policy,
+            public,
+            private,
+        });
+        for h in handles.into_iter().rev() {
+            self.flush(h);
+        }
         result
+    }
+
+    /// TPM2_Create of the sealed object under the SRK, in an HMAC session
+    /// salted with the SRK whose `decrypt` attribute makes the key travel
+    /// to the TPM encrypted. Returns the TPM2B_PUBLIC and TPM2B_PRIVATE.
+    fn create_sealed(
+        &mut self,
+        srk: &Srk,
+        key: &Key,
+        policy: &[u8; 32],
+        handles: &mut Vec<u32>,
+    ) -> Result<(Vec<u8>, Vec<u8>), TpmError> {
+        let (session, session_key, nonce_tpm) = self.salted_session(srk, SE_HMAC, handles)?;
+        // inSensitive: TPMS_SENSITIVE_CREATE { userAuth: empty, data: key },
+        // its contents encrypted (the size stays clear) under
+        // KDFa(sessionKey, "CFB", nonceCaller, nonceTPM) — the SRK's auth
+        // value, which would follow the session key, is empty.
+        let nonce = self.nonce()?;
+        let mut sensitive = Zeroizing::new(Vec::with_capacity(4 + KEY_LEN));
+        sensitive.extend_from_slice(&0u16.to_be_bytes());
+        sensitive.extend_from_slice(&u16::try_from(KEY_LEN).unwrap_or(0).to_be_bytes());
+        sensitive.extend_from_slice(key.as_bytes());
+        let key_iv = salt::kdfa(&session_key, "CFB", &nonce, &nonce_tpm, 256);
+        let (k, iv) = key_iv.split_at(16);
+        salt::cfb_encrypt(k, iv, &mut sensitive).map_err(TpmError::Salt)?;
+        let mut params = Vec::with_capacity(128);
+        params.extend_from_slice(&u16::try_from(sensitive.len()).unwrap_or(0).to_be_bytes());
+        params.extend_from_slice(&sensitive);
+        let template = sealed_template(policy);
+        params.extend_from_slice(&u16::try_from(template.len()).unwrap_or(0).to_be_bytes());
+        params.extend_from_slice(&template);
+        params.extend_from_slice(&0u16.to_be_bytes()); // outsideInfo
+        params.extend_from_slice(&0u32.to_be_bytes()); // creationPCR: none
+        let cp_hash: [u8; 32] = {
+            use sha2::{Digest, Sha256};
+            let mut h = Sha256::new();
+            h.update(CC_CREATE.to_be_bytes());
+            h.update(&srk.name);
+            h.update(&params);
+            h.finalize().into()
+        };
+        let attrs = wire::ATTR_DECRYPT;
+        let hmac = salt::hmac(&session_key, &[&cp_hash, &nonce, &nonce_tpm, &[attrs]]).map_err(TpmError::Salt)?;
+        let mut cmd = Command::new(
+            CC_CREATE,
+            &[srk.handle],
+            &[Auth::Session { handle: session, nonce, attrs, hmac: Some(hmac) }],
+        );
+        cmd.bytes(&params);
+        let reply = self.run(&mut cmd, 0)?;
+        handles.retain(|h| *h != session);
+        check_response_hmac(&session_key, CC_CREATE, &reply, &nonce)?;
+        let mut r = wire::Reader::new(&reply.params);
+        let private = r.tpm2b_whole().map_err(|_| TpmError::Malformed("TPM2_Create"))?;
+        let public = r.tpm2b_whole().map_err(|_| TpmError::Malformed("TPM2_Create"))?;
+        Ok((public, private))
+    }
+
+    /// Starts a session of `kind` salted with the SRK; returns its handle
+    /// (also pushed on `handles`), the session key and the TPM's nonce.
+    fn salted_session(&mut self, srk: &Srk, kind: u8, handles: &mut Vec<u32>) -> Result<Session, TpmError> {
+        let salt = salt::make_salt(&srk.x, &srk.y).map_err(TpmError::Salt)?;
+        let nonce_caller = self.nonce()?;
+        let mut cmd = Command::new(CC_START_AUTH_SESSION, &[srk.handle, RH_NULL], &[]);
+        cmd.tpm2b(&nonce_caller).tpm2b(&salt.encrypted).u8(kind);
+        cmd.u16(ALG_AES).u16(128).u16(ALG_CFB).u16(ALG_SHA256);
+        let reply = self.run(&mut cmd, 1)?;
+        let session = Self::handle(&reply, "TPM2_StartAuthSession")?;
+        handles.push(session);
+        let nonce_tpm = wire::Reader::new(&reply.params)
+            .tpm2b()
+            .map_err(|_| TpmError::Malformed("TPM2_StartAuthSession"))?
+            .to_vec();
+        // No bind entity: the session key comes from the salt alone.
+        let session_key = salt::kdfa(&salt.salt, "ATH", &nonce_tpm, &nonce_caller, 256);
+        Ok((session, session_key, nonce_tpm))
     }
 
     /// The PCRs of `sealed` whose current value differs from the sealed one.
@@ -368,20 +443,7 @@ impl Tpm {
         };
         handles.push(object);
 
-        let salt = salt::make_salt(&srk.x, &srk.y).map_err(TpmError::Salt)?;
-        let nonce_caller = self.nonce()?;
-        let mut cmd = Command::new(CC_START_AUTH_SESSION, &[srk.handle, RH_NULL], &[]);
-        cmd.tpm2b(&nonce_caller).tpm2b(&salt.encrypted).u8(SE_POLICY);
-        cmd.u16(ALG_AES).u16(128).u16(ALG_CFB).u16(ALG_SHA256);
-        let reply = self.run(&mut cmd, 1)?;
-        let session = Self::handle(&reply, "TPM2_StartAuthSession")?;
-        handles.push(session);
-        let nonce_tpm = wire::Reader::new(&reply.params)
-            .tpm2b()
-            .map_err(|_| TpmError::Malformed("TPM2_StartAuthSession"))?
-            .to_vec();
-        // No bind entity: the session key comes from the salt alone.
-        let session_key = salt::kdfa(&salt.salt, "ATH", &nonce_tpm, &nonce_caller, 256);
+        let (session, session_key, nonce_tpm) = self.salted_session(srk, SE_POLICY, handles)?;
 
         let mut cmd = Command::new(CC_POLICY_PCR, &[session], &[]);
         cmd.tpm2b(&pcr_digest(&sealed.pcrs)).bytes(&pcr_selection(sealed.bank, &sealed.pcr_indices()));
@@ -399,46 +461,24 @@ impl Tpm {
             h.update(&object_name);
             h.finalize().into()
         };
-        let attrs = wire::policy_attributes(true);
+        let attrs = wire::ATTR_ENCRYPT;
         let hmac = salt::hmac(&session_key, &[&cp_hash, &nonce, &nonce_tpm, &[attrs]]).map_err(TpmError::Salt)?;
-        let auth = Auth::Policy { handle: session, nonce, encrypt: true, hmac: Some(hmac) };
+        let auth = Auth::Session { handle: session, nonce, attrs, hmac: Some(hmac) };
         let mut cmd = Command::new(CC_UNSEAL, &[object], &[auth]);
         let reply = self.run(&mut cmd, 0)?;
         // The session ended with the command (continueSession clear).
         handles.retain(|h| *h != session);
         let malformed = || TpmError::Malformed("TPM2_Unseal");
         let mut data = Zeroizing::new(wire::Reader::new(&reply.params).tpm2b().map_err(|_| malformed())?.to_vec());
-        let mut auth = wire::Reader::new(&reply.auth);
-        let nonce_tpm = auth.tpm2b().map_err(|_| malformed())?;
-        let attrs = auth.take(1).map_err(|_| malformed())?;
-        let their_hmac = auth.tpm2b().map_err(|_| malformed())?;
-        // The response HMAC proves the answer comes from the TPM that holds
-        // the SRK (only it knows the salt): HMAC(sessionKey, rpHash ||
-        // nonceTPM || nonceCaller || attributes), rpHash = SHA-256(rc ||
-        // commandCode || parameters).
-        let rp_hash: [u8; 32] = {
-            use sha2::{Digest, Sha256};
-            let mut h = Sha256::new();
-            h.update(0u32.to_be_bytes());
-            h.update(CC_UNSEAL.to_be_bytes());
-            h.update(reply.params.as_slice());
-            h.finalize().into()
-        };
-        let want = salt::hmac(&session_key, &[&rp_hash, nonce_tpm, &nonce, attrs]).map_err(TpmError::Salt)?;
-        if !salt::constant_time_eq(&want, their_hmac) {
-            return Err(TpmError::Salt(
-                "the response HMAC does not verify: the answer did not come from the TPM".into(),
-            ));
-        }
+        let nonce_tpm = check_response_hmac(&session_key, CC_UNSEAL, &reply, &nonce)?;
         // outData is AES-128-CFB encrypted under the session key with the
         // response's nonces (TPM nonce newer, caller nonce older).
-        let key_iv = salt::kdfa(&session_key, "CFB", nonce_tpm, &nonce, 256);
+        let key_iv = salt::kdfa(&session_key, "CFB", &nonce_tpm, &nonce, 256);
         let (k, iv) = key_iv.split_at(16);
         salt::cfb_decrypt(k, iv, &mut data).map_err(TpmError::Salt)?;
-        let bytes: [u8; KEY_LEN] =
+        let mut bytes: [u8; KEY_LEN] =
             data.as_slice().try_into().map_err(|_| TpmError::WrongKey { claimed: sealed.key_id.to_string() })?;
         let key = Key::from_bytes(bytes);
-        let mut bytes = bytes;
         zeroize::Zeroize::zeroize(&mut bytes);
         if key.id() != sealed.key_id {
             return Err(TpmError::WrongKey { claimed: sealed.key_id.to_string() });
@@ -453,6 +493,33 @@ impl Tpm {
         Ok(nonce)
     }
 }
+
+/// Checks the response HMAC of a command sent in a salted session: it
+/// proves the answer comes from the TPM that holds the SRK (only it knows
+/// the salt). HMAC(sessionKey, rpHash || nonceTPM || nonceCaller ||
+/// attributes), rpHash = SHA-256(rc || commandCode || parameters). Returns
+/// the TPM's new nonce.
+fn check_response_hmac(session_key: &[u8], cc: u32, reply: &Reply, nonce: &[u8]) -> Result<Vec<u8>, TpmError> {
+    use sha2::{Digest, Sha256};
+    let malformed = || TpmError::Malformed(command_name(cc));
+    let mut auth = wire::Reader::new(&reply.auth);
+    let nonce_tpm = auth.tpm2b().map_err(|_| malformed())?;
+    let attrs = auth.take(1).map_err(|_| malformed())?;
+    let their_hmac = auth.tpm2b().map_err(|_| malformed())?;
+    let mut h = Sha256::new();
+    h.update(0u32.to_be_bytes());
+    h.update(cc.to_be_bytes());
+    h.update(reply.params.as_slice());
+    let rp_hash: [u8; 32] = h.finalize().into();
+    let want = salt::hmac(session_key, &[&rp_hash, nonce_tpm, nonce, attrs]).map_err(TpmError::Salt)?;
+    if !salt::constant_time_eq(&want, their_hmac) {
+        return Err(TpmError::Salt("the response HMAC does not verify: the answer did not come from the TPM".into()));
+    }
+    Ok(nonce_tpm.to_vec())
+}
+
+/// A started session: handle, session key, the TPM's nonce.
+type Session = (u32, Zeroizing<Vec<u8>>, Vec<u8>);
 
 /// The SRK as created: handle, name, public point.
 struct Srk {

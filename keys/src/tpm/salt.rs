@@ -112,6 +112,27 @@ pub fn make_salt(x: &[u8], y: &[u8]) -> Result<Salt, String> {
     Ok(Salt { encrypted, salt })
 }
 
+/// AES-128-CFB encryption in place (full-block feedback, as TPMs use it).
+pub fn cfb_encrypt(key: &[u8], iv: &[u8], data: &mut [u8]) -> Result<(), String> {
+    let aes = aes::Aes128::new_from_slice(key).map_err(|_| "bad AES key length".to_owned())?;
+    let mut feedback = aes::Block::default();
+    if iv.len() != feedback.len() {
+        return Err("bad IV length".into());
+    }
+    feedback.copy_from_slice(iv);
+    for chunk in data.chunks_mut(16) {
+        let mut stream = feedback;
+        aes.encrypt_block(&mut stream);
+        for (c, s) in chunk.iter_mut().zip(stream.iter()) {
+            *c ^= s;
+        }
+        if let Some(next) = feedback.get_mut(..chunk.len()) {
+            next.copy_from_slice(chunk);
+        }
+    }
+    Ok(())
+}
+
 /// AES-128-CFB decryption in place (full-block feedback, as TPMs use it).
 pub fn cfb_decrypt(key: &[u8], iv: &[u8], data: &mut [u8]) -> Result<(), String> {
     let aes = aes::Aes128::new_from_slice(key).map_err(|_| "bad AES key length".to_owned())?;
@@ -184,6 +205,9 @@ mod tests {
             fb[..c.len()].copy_from_slice(&c);
             ct.extend_from_slice(&c);
         }
+        let mut again = plain.clone();
+        cfb_encrypt(&key, &iv, &mut again).unwrap();
+        assert_eq!(again, ct);
         cfb_decrypt(&key, &iv, &mut ct).unwrap();
         assert_eq!(ct, plain);
     }

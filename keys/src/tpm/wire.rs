@@ -14,14 +14,10 @@ pub const ST_SESSIONS: u16 = 0x8002;
 pub const RS_PW: u32 = 0x4000_0009;
 /// `TPMA_SESSION` continueSession.
 const SESSION_CONTINUE: u8 = 0x01;
-/// `TPMA_SESSION` encrypt: the first response parameter is encrypted.
-const SESSION_ENCRYPT: u8 = 0x40;
-/// The session attributes sent with a policy session: continueSession
-/// clear (the session ends with the command it authorizes), `encrypt` as
-/// asked. Part of the command HMAC, hence a function.
-pub fn policy_attributes(encrypt: bool) -> u8 {
-    if encrypt { SESSION_ENCRYPT } else { 0 }
-}
+/// `TPMA_SESSION` encrypt: the TPM encrypts the first response parameter.
+pub const ATTR_ENCRYPT: u8 = 0x40;
+/// `TPMA_SESSION` decrypt: the first command parameter is encrypted.
+pub const ATTR_DECRYPT: u8 = 0x20;
 
 /// Command and response header length: tag, size, code.
 pub const HEADER_LEN: usize = 10;
@@ -34,16 +30,16 @@ pub const MAX_MESSAGE: usize = 8192;
 pub enum Auth {
     /// The empty password (`TPM_RS_PW`, empty HMAC field).
     EmptyPassword,
-    /// A policy session that needs no HMAC (PolicyPCR alone), with the
-    /// caller's nonce and whether the response's first parameter is to be
-    /// encrypted (the session must be salted for that to mean anything).
-    Policy {
+    /// A policy or HMAC session, with the caller's nonce, the session
+    /// attributes ([`ATTR_ENCRYPT`], [`ATTR_DECRYPT`]; continueSession clear:
+    /// the session ends with the command) and the command HMAC.
+    Session {
         /// The session handle.
         handle: u32,
-        /// nonceCaller for this command (empty for none).
+        /// nonceCaller for this command.
         nonce: [u8; 16],
-        /// Set `encrypt`: the TPM encrypts the first response parameter.
-        encrypt: bool,
+        /// The session attributes.
+        attrs: u8,
         /// The command HMAC, required once the session has a session key
         /// (salted or bound); `None` sends an empty one.
         hmac: Option<[u8; 32]>,
@@ -88,11 +84,11 @@ impl Command {
                         area.extend_from_slice(&0u16.to_be_bytes()); // nonceCaller: empty
                         area.push(SESSION_CONTINUE);
                     }
-                    Auth::Policy { handle, nonce, encrypt, hmac } => {
+                    Auth::Session { handle, nonce, attrs, hmac } => {
                         area.extend_from_slice(&handle.to_be_bytes());
                         area.extend_from_slice(&16u16.to_be_bytes());
                         area.extend_from_slice(nonce);
-                        area.push(policy_attributes(*encrypt));
+                        area.push(*attrs);
                         match hmac {
                             Some(h) => {
                                 area.extend_from_slice(&32u16.to_be_bytes());
