@@ -71,7 +71,12 @@ fn read_status(path: &Path, s: &mut Settings) {
         return;
     };
     if s.server.is_none() {
-        s.server = v.get("server").and_then(|x| x.as_str()).map(str::to_owned);
+        // The loader records the URL the bundle came from; the base is what
+        // precedes the protocol path.
+        s.server = v.get("server").and_then(|x| x.as_str()).map(|u| match u.find("/v1/") {
+            Some(i) => u.get(..i).unwrap_or(u).to_owned(),
+            None => u.to_owned(),
+        });
     }
     if s.node.is_none() {
         s.node = v.get("node").and_then(|x| x.as_str()).map(str::to_owned);
@@ -376,6 +381,12 @@ mod tests {
         assert_eq!(s.paths, ["/etc/a", "/etc/b", "/var/c"]);
         fs::write(&conf, "bogus = 1\n").unwrap();
         assert!(read_config(&conf, &mut Settings::default()).is_err());
+        let status = dir.path().join("status.json");
+        fs::write(&status, r#"{"server":"https://h:8443/v1/nodes/n1/bundle","node":"n1","generation":7}"#).unwrap();
+        let mut s = Settings::default();
+        read_status(&status, &mut s);
+        assert_eq!(s.server.as_deref(), Some("https://h:8443"));
+        assert_eq!((s.node.as_deref(), s.status_generation), (Some("n1"), Some(7)));
     }
 
     #[test]
