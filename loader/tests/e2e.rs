@@ -39,6 +39,24 @@ fn fresh_fetch_applies_and_caches() {
 }
 
 #[test]
+fn missing_cache_device_is_a_warning_not_a_failure() {
+    let site = Site::new();
+    site.publish("v1/nodes/node42/bundle", 3, node_scope(), &[("etc/motd", b"hello node42\n")], true);
+    let nginx = Nginx::start(&site.www(), None, "");
+    let node = Node::new();
+    let cmdline = format!(
+        "rd.stateless.server=http://127.0.0.1:{} {NODE} {} rd.stateless.cache=LABEL=sl-no-such-cache",
+        nginx.port,
+        key_arg(&site)
+    );
+    let (code, err, status) = node.boot_with(&cmdline, false);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status["source"], "server");
+    let warnings = status["warnings"].to_string();
+    assert!(warnings.contains("cache device LABEL=sl-no-such-cache not found; booting without a cache"), "{warnings}");
+}
+
+#[test]
 fn falls_back_from_node_to_group_to_default() {
     let site = Site::new();
     site.publish("v1/default/bundle", 1, Scope::Any, &[("etc/motd", b"default\n")], true);

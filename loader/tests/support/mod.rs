@@ -347,19 +347,24 @@ impl Node {
 
     /// Runs the loader; returns (exit code, stderr, status.json).
     pub fn boot(&self, cmdline: &str) -> (i32, String, serde_json::Value) {
+        self.boot_with(cmdline, true)
+    }
+
+    /// Runs the loader, with `--cache-dir` or (`cache_dir` false) leaving
+    /// the cache to `rd.stateless.cache=`.
+    pub fn boot_with(&self, cmdline: &str, cache_dir: bool) -> (i32, String, serde_json::Value) {
         let _ = fs::remove_file(self.dir.path().join("run/status.json"));
-        let out: Output = Command::new(env!("CARGO_BIN_EXE_stateless-loader"))
-            .arg("--cmdline")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stateless-loader"));
+        cmd.arg("--cmdline")
             .arg(cmdline)
             .arg("--sysroot")
             .arg(self.sysroot())
             .arg("--run-dir")
-            .arg(self.dir.path().join("run"))
-            .arg("--cache-dir")
-            .arg(self.dir.path().join("cache"))
-            .env("STATELESS_LOG_STDERR", "1")
-            .output()
-            .unwrap();
+            .arg(self.dir.path().join("run"));
+        if cache_dir {
+            cmd.arg("--cache-dir").arg(self.dir.path().join("cache"));
+        }
+        let out: Output = cmd.env("STATELESS_LOG_STDERR", "1").output().unwrap();
         let status = fs::read(self.dir.path().join("run/status.json"))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
