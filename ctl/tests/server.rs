@@ -8,6 +8,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use stateless_bundle::{Key, Limits, PackOptions, Scope};
@@ -655,6 +657,82 @@ fn loader_fetches_from_serve_over_http_and_https() {
     let out = root.persist(&site, &format!("https://127.0.0.1:{}", tls.port), &["--ca", ca.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("pushed generation 6"), "{out:?}");
+}
+
+/// A TCP proxy to `upstream` that cuts its first `cuts` connections after
+/// `cut_after` response bytes. Returns its port and the count of response
+/// bytes it passed on.
+fn cutting_proxy(upstream: u16, cut_after: usize, cuts: usize) -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let total = Arc::new(AtomicUsize::new(0));
+    let counter = total.clone();
+    std::thread::spawn(move || {
+        for (n, client) in listener.incoming().enumerate() {
+            let Ok(mut client) = client else { return };
+            let limit = (n < cuts).then_some(cut_after);
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)) else { return };
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c2, &mut s2);
+                });
+                let mut sent = 0;
+                let mut buf = [0u8; 16 * 1024];
+                while let Ok(n) = server.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let n = limit.map_or(n, |l| n.min(l - sent));
+                    if client.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    sent += n;
+                    counter.fetch_add(n, Ordering::Relaxed);
+                    if limit == Some(sent) {
+                        break;
+                    }
+                }
+                let _ = client.shutdown(std::net::Shutdown::Both);
+                let _ = server.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    (port, total)
+}
+
+#[test]
+fn loader_resumes_a_cut_transfer_from_serve() {
+    let site = Site::new();
+    // Incompressible (xorshift), so the bundle is as large as the file.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let big: Vec<u8> = (0..2_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let b = site.bundle("big", 1, node_scope(), &[("usr/lib/big", &big)]);
+    site.publish(&["--node", "node42"], &b);
+    let srv = Serve::start(&site.data(), &[]);
+    // The first connection is cut after ~700 kB: the loader resumes with
+    // Range and If-Range carrying the server's entity tag, and gets a 206.
+    let (proxy, passed) = cutting_proxy(srv.port, 700_000, 1);
+    let node = Node::new();
+    let (code, err, status) = node.boot(&format!(
+        "rd.stateless.server=http://127.0.0.1:{proxy} rd.stateless.node=node42 rd.stateless.key=file:{} rd.stateless.timeout=30",
+        site.key_s()
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert!(status["attempts"][0].as_str().unwrap().contains("1 resumes"), "{status}");
+    assert_eq!(fs::read(node.dir.path().join("sysroot/usr/lib/big")).unwrap(), big);
+    // Resumed, not restarted: the bundle crossed the proxy once, plus heads.
+    let len = fs::metadata(&b).unwrap().len() as usize;
+    let passed = passed.load(Ordering::Relaxed);
+    assert!(passed < len + 10_000, "{passed} bytes passed for a {len}-byte bundle");
 }
 
 #[test]
