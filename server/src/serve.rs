@@ -134,6 +134,7 @@ impl Server {
     /// Serves forever: starts the connection workers, then writes the
     /// table of seen nodes every `flush_interval` on this thread.
     pub fn run(self) -> io::Result<()> {
+        raise_fd_limit(self.shared.cfg.max_connections);
         let listener = Arc::new(self.listener);
         let initial = INITIAL_WORKERS.min(self.shared.cfg.max_connections.max(1));
         for _ in 0..initial {
@@ -146,6 +147,22 @@ impl Server {
             if let Err(e) = self.shared.seen.flush(&self.shared.cfg.data) {
                 log::warn!("writing {}: {e}", self.shared.cfg.data.seen().display());
             }
+        }
+    }
+}
+
+/// Each connection holds a socket and, while sending, the bundle file; the
+/// usual soft limit of 1,024 descriptors (systemd's default) would make
+/// `accept` fail long before `max_connections`. Raise it as far as the
+/// hard limit allows.
+fn raise_fd_limit(max_connections: usize) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let want = (max_connections as u64).saturating_mul(2).saturating_add(64);
+    let lim = getrlimit(Resource::Nofile);
+    let target = lim.maximum.map_or(want, |hard| want.min(hard));
+    if lim.current.is_some_and(|cur| cur < target) {
+        if let Err(e) = setrlimit(Resource::Nofile, rustix::process::Rlimit { current: Some(target), ..lim }) {
+            log::warn!("raising the open file limit to {target}: {e}");
         }
     }
 }
