@@ -338,6 +338,9 @@ fn tpm_seal_then_unseal_by_statelessctl_and_the_key_source() {
     // Sealing and unsealing leave no objects or sessions behind (swtpm has
     // no resource manager: a leak would show up here).
     let mut tpm = swtpm.tpm();
+    // The TPM's RNG, mixed in when the kernel's is not ready yet at boot.
+    let (r1, r2) = (tpm.get_random(32).unwrap(), tpm.get_random(32).unwrap());
+    assert!(r1.len() == 32 && r1 != r2);
     for _ in 0..5 {
         tpm.unseal(&sealed).unwrap();
     }

@@ -53,6 +53,7 @@ const CC_CREATE: u32 = 0x153;
 const CC_LOAD: u32 = 0x157;
 const CC_UNSEAL: u32 = 0x15E;
 const CC_FLUSH_CONTEXT: u32 = 0x165;
+const CC_GET_RANDOM: u32 = 0x17B;
 const CC_START_AUTH_SESSION: u32 = 0x176;
 const CC_PCR_READ: u32 = 0x17E;
 const CC_POLICY_PCR: u32 = 0x17F;
@@ -169,6 +170,7 @@ fn command_name(cc: u32) -> &'static str {
         CC_LOAD => "TPM2_Load",
         CC_UNSEAL => "TPM2_Unseal",
         CC_FLUSH_CONTEXT => "TPM2_FlushContext",
+        CC_GET_RANDOM => "TPM2_GetRandom",
         CC_START_AUTH_SESSION => "TPM2_StartAuthSession",
         CC_PCR_READ => "TPM2_PCR_Read",
         CC_POLICY_PCR => "TPM2_PolicyPCR",
@@ -383,7 +385,16 @@ impl Tpm {
     /// Starts a session of `kind` salted with the SRK; returns its handle
     /// (also pushed on `handles`), the session key and the TPM's nonce.
     fn salted_session(&mut self, srk: &Srk, kind: u8, handles: &mut Vec<u32>) -> Result<Session, TpmError> {
-        let salt = salt::make_salt(&srk.x, &srk.y).map_err(TpmError::Salt)?;
+        let mut bytes = Zeroizing::new([0u8; 64]);
+        self.random(bytes.as_mut_slice())?;
+        let mut pool = bytes.chunks(32);
+        let mut take = |out: &mut [u8]| -> Result<(), String> {
+            // Two tries are plenty: a draw is out of range with odds 2^-32.
+            let chunk = pool.next().ok_or("no random bytes left")?;
+            out.copy_from_slice(chunk.get(..out.len()).ok_or("short random bytes")?);
+            Ok(())
+        };
+        let salt = salt::make_salt(&srk.x, &srk.y, &mut take).map_err(TpmError::Salt)?;
         let nonce_caller = self.nonce()?;
         let mut cmd = Command::new(CC_START_AUTH_SESSION, &[srk.handle, RH_NULL], &[]);
         cmd.tpm2b(&nonce_caller).tpm2b(&salt.encrypted).u8(kind);
@@ -486,11 +497,53 @@ impl Tpm {
         Ok(key)
     }
 
+    /// `n` (at most 32) random bytes from the TPM's RNG.
+    pub fn get_random(&mut self, n: u16) -> Result<Vec<u8>, TpmError> {
+        let mut cmd = Command::new(CC_GET_RANDOM, &[], &[]);
+        cmd.u16(n.min(32));
+        let reply = self.run(&mut cmd, 0)?;
+        let bytes = wire::Reader::new(&reply.params).tpm2b().map_err(|_| TpmError::Malformed("TPM2_GetRandom"))?;
+        Ok(bytes.to_vec())
+    }
+
     /// A fresh 16-byte caller nonce.
-    fn nonce(&self) -> Result<[u8; 16], TpmError> {
+    fn nonce(&mut self) -> Result<[u8; 16], TpmError> {
         let mut nonce = [0u8; 16];
-        getrandom::fill(&mut nonce).map_err(|e| TpmError::Salt(format!("OS random source: {e}")))?;
+        self.random(&mut nonce)?;
         Ok(nonce)
+    }
+
+    /// Random bytes that never make the boot wait. The kernel's random
+    /// source when it is ready; otherwise (early boot in a virtual machine
+    /// without a hardware RNG, where `getrandom` blocks for a minute or
+    /// more) SHA-256 over the TPM's own random bytes, the kernel's
+    /// not-yet-initialised pool and the clock, so that neither someone who
+    /// reads the TPM's answer on the bus nor a weak early pool alone gives
+    /// the bytes away.
+    fn random(&mut self, out: &mut [u8]) -> Result<(), TpmError> {
+        use rustix::rand::{GetRandomFlags, getrandom};
+        if matches!(getrandom(&mut *out, GetRandomFlags::NONBLOCK), Ok(n) if n == out.len()) {
+            return Ok(());
+        }
+        log::debug!("the kernel's random source is not ready; mixing in the TPM's");
+        let tpm = self.get_random(32)?;
+        let mut early = Zeroizing::new([0u8; 32]);
+        let _ = getrandom(early.as_mut_slice(), GetRandomFlags::INSECURE);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        for (i, chunk) in out.chunks_mut(32).enumerate() {
+            use sha2::{Digest, Sha256};
+            let mut h = Sha256::new();
+            h.update((i as u64).to_be_bytes());
+            h.update(&tpm);
+            h.update(early.as_slice());
+            h.update(now.to_be_bytes());
+            h.update(std::process::id().to_be_bytes());
+            let block = h.finalize();
+            for (o, b) in chunk.iter_mut().zip(block.iter()) {
+                *o = *b;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -80,8 +80,9 @@ pub fn kdfe(z: &[u8], label: &str, party_u: &[u8], party_v: &[u8]) -> Zeroizing<
     Zeroizing::new(h.finalize().to_vec())
 }
 
-/// Makes a salt for a TPM key whose public point is (`x`, `y`).
-pub fn make_salt(x: &[u8], y: &[u8]) -> Result<Salt, String> {
+/// Makes a salt for a TPM key whose public point is (`x`, `y`), drawing the
+/// ephemeral key from `random`.
+pub fn make_salt(x: &[u8], y: &[u8], random: &mut dyn FnMut(&mut [u8]) -> Result<(), String>) -> Result<Salt, String> {
     if x.len() != 32 || y.len() != 32 {
         return Err("the storage root key is not a P-256 point".into());
     }
@@ -90,7 +91,7 @@ pub fn make_salt(x: &[u8], y: &[u8]) -> Result<Salt, String> {
     let srk = PublicKey::from_sec1_bytes(&sec1).map_err(|_| "the storage root key's point is not on the curve")?;
     let mut bytes = Zeroizing::new([0u8; 32]);
     let secret = loop {
-        getrandom::fill(bytes.as_mut_slice()).map_err(|e| format!("OS random source: {e}"))?;
+        random(bytes.as_mut_slice())?;
         // Out of range (zero or above the order): draw again.
         if let Ok(s) = SecretKey::from_slice(bytes.as_slice()) {
             break s;
@@ -178,15 +179,16 @@ mod tests {
         let tpm = SecretKey::from_slice(&[7u8; 32]).unwrap();
         let pubpt = tpm.public_key().to_encoded_point(false);
         let (x, y) = (pubpt.x().unwrap().to_vec(), pubpt.y().unwrap().to_vec());
-        let salt = make_salt(&x, &y).unwrap();
+        let mut os = |b: &mut [u8]| getrandom::fill(b).map_err(|e| e.to_string());
+        let salt = make_salt(&x, &y, &mut os).unwrap();
         let ex = &salt.encrypted[2..34];
         let ey = &salt.encrypted[36..68];
         let eph = PublicKey::from_sec1_bytes(&[&[0x04][..], ex, ey].concat()).unwrap();
         let z = p256::ecdh::diffie_hellman(tpm.to_nonzero_scalar(), eph.as_affine());
         let z: &[u8] = z.raw_secret_bytes();
         assert_eq!(kdfe(z, "SECRET", ex, &x).as_slice(), salt.salt.as_slice());
-        assert!(make_salt(&x[..31], &y).is_err());
-        assert!(make_salt(&[1; 32], &[2; 32]).is_err());
+        assert!(make_salt(&x[..31], &y, &mut os).is_err());
+        assert!(make_salt(&[1; 32], &[2; 32], &mut os).is_err());
     }
 
     #[test]
