@@ -106,7 +106,7 @@ build_root() {
     # For the tpm-key scenario's enrolment boot (static, like the loader).
     cp "$CTL" "$tree/bin/statelessctl"
     local app
-    for app in sh cat echo awk tr cut mount umount poweroff reboot sync ls sleep dmesg; do
+    for app in sh cat echo awk tr cut mount umount poweroff reboot sync ls sleep dmesg timeout; do
         ln -s busybox "$tree/bin/$app"
     done
     install -m 0755 "$HARNESS/lib/guest-init" "$tree/sbin/init"
