@@ -27,6 +27,7 @@ use crate::dns::{ResolvConf, Resolver};
 use crate::fetch::{FetchError, Outcome, Request, Transport, TransportConfig};
 use crate::identity::{self, Identity};
 use crate::srv::{self, SplitMix64};
+use stateless_bundle::error_chain as chain;
 
 /// The site CA file used when neither `ca=` nor `pin=` is given, if present
 /// (installed by the dracut module).
@@ -521,16 +522,6 @@ fn early_check(
         return Err("refusing an unencrypted bundle over plain HTTP (use https, or rd.stateless.insecure)".into());
     }
     Ok(())
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(&format!(": {c}"));
-        cur = c.source();
-    }
-    s
 }
 
 fn verify_and_apply(ctx: &mut Ctx<'_>, path: &Path, source: &'static str) -> Result<Ready, String> {
