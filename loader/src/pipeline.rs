@@ -291,6 +291,11 @@ const CACHE_DEVICE_WAIT: Duration = Duration::from_secs(2);
 /// A missing or unmountable device means no cache, with a warning.
 fn open_cache(ctx: &mut Ctx<'_>) -> (Option<Cache>, Option<Mounted>) {
     if let Some(dir) = &ctx.paths.cache_dir {
+        // A mounted device's root always exists; a stand-in directory may not.
+        if let Err(e) = fs::create_dir_all(dir) {
+            ctx.warn(format!("cache directory {}: {e}; booting without a cache", dir.display()));
+            return (None, None);
+        }
         return (Some(Cache::new(dir.clone())), None);
     }
     let spec = match &ctx.config.cache {
