@@ -4,8 +4,7 @@
 //!
 //! The file system is written by the standard tools, `mkfs.vfat`
 //! (dosfstools) and `mmd`/`mcopy` (mtools), so that every system agrees the
-//! stick is clean FAT (the pure-Rust `fatfs` crate the loader reads with
-//! writes `.` and `..` entries that `fsck.vfat` rejects). The key text goes
+//! stick is clean FAT and `fsck.vfat` accepts it. The key text goes
 //! to `mcopy` through a pipe, never through a temporary file.
 
 use std::fs::{self, OpenOptions};

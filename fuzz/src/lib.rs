@@ -334,7 +334,7 @@ pub fn keys_cpio(data: &[u8]) {
 }
 
 /// The USB stick reader over an arbitrary device image: superblock probe and
-/// the user-space FAT reader (`fatfs`), from a file as the loader reads a
+/// the user-space FAT reader (`stateless_keys::fat`), from a file as the loader reads a
 /// device. Errors are fine; panics and hangs are not.
 pub fn keys_usb(data: &[u8]) {
     let scratch = Scratch::new();

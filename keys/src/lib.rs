@@ -11,6 +11,7 @@
 //! user-facing description.
 
 pub mod cpio;
+pub mod fat;
 mod file;
 pub mod sealed;
 mod source;

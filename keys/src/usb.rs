@@ -7,10 +7,10 @@
 //! primary volume descriptor's volume id). udev is not needed and may not
 //! have settled this early in boot.
 //!
-//! **Reading it.** A vfat stick, the usual case, is read in user space with
-//! the pure-Rust `fatfs` crate from a read-only file descriptor: no kernel
-//! module, no mount, nothing the kernel's FAT driver would parse, and no way
-//! to write. ext4 and iso9660 sticks are mounted read-only with
+//! **Reading it.** A vfat stick, the usual case, is read in user space by
+//! [`crate::fat`], a small bounded FAT reader, from a read-only file
+//! descriptor: no kernel module, no mount, nothing the kernel's FAT driver
+//! would parse, and no way to write. ext4 and iso9660 sticks are mounted read-only with
 //! `nosuid,nodev,noexec` on a private mount point, read, and unmounted.
 //!
 //! Everything on a stick is untrusted: at most [`MAX_DIR_ENTRIES`] directory
@@ -18,8 +18,8 @@
 //! [`MAX_KEY_FILE_LEN`] bytes.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::fs::{self, File};
+use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
@@ -28,6 +28,7 @@ use stateless_bundle::Key;
 use stateless_bundle::key::MAX_KEY_FILE_LEN;
 use zeroize::Zeroizing;
 
+use crate::fat;
 use crate::source::{KeySource, KeySourceError};
 
 /// The label looked for when none is given.
@@ -119,42 +120,6 @@ fn label_matches(kind: FsKind, have: &str, want: &str) -> bool {
     }
 }
 
-/// A read-only view of a device for `fatfs`, which asks for a writable
-/// stream; every write fails.
-struct ReadOnly<T>(T);
-
-impl<T: Read> Read for ReadOnly<T> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
-    }
-}
-
-impl<T: Seek> Seek for ReadOnly<T> {
-    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        self.0.seek(pos)
-    }
-}
-
-impl<T> Write for ReadOnly<T> {
-    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-        Err(io::Error::new(io::ErrorKind::PermissionDenied, "USB sticks are never written"))
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Finds the subdirectory `name` of `dir`, looking at a bounded number of
-/// entries.
-fn fat_subdir<'a, T: fatfs::ReadWriteSeek>(dir: &fatfs::Dir<'a, T>, name: &str) -> Option<fatfs::Dir<'a, T>> {
-    dir.iter()
-        .take(MAX_DIR_ENTRIES)
-        .filter_map(Result::ok)
-        .find(|e| e.is_dir() && e.file_name().eq_ignore_ascii_case(name))
-        .map(|e| e.to_dir())
-}
-
 /// Parses the key files in a list of (name, bytes), logging and skipping
 /// the ones that are not keys.
 fn keys_from(files: Vec<(String, Zeroizing<Vec<u8>>)>, origin: &str) -> Vec<Key> {
@@ -169,33 +134,27 @@ fn keys_from(files: Vec<(String, Zeroizing<Vec<u8>>)>, origin: &str) -> Vec<Key>
     keys
 }
 
-/// Reads the key files of a FAT file system in user space.
+/// Reads the key files of a FAT file system in user space ([`crate::fat`]).
 pub fn read_fat_keys(dev: &Path) -> io::Result<Vec<Key>> {
-    // Unbuffered: a buffer would keep copies of the key file's sectors that
-    // nothing zeroizes; fatfs reads whole sectors, so this costs little.
-    let file = OpenOptions::new().read(true).open(dev)?;
-    let fs = fatfs::FileSystem::new(ReadOnly(file), fatfs::FsOptions::new())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("not a readable FAT file system: {e}")))?;
-    let root = fs.root_dir();
-    let mut dir = root;
+    let vol = fat::Volume::open(File::open(dev)?)?;
+    let mut dir = vol.root()?;
     for part in STICK_KEY_DIR.split('/') {
-        match fat_subdir(&dir, part) {
-            Some(d) => dir = d,
+        let sub = dir.iter().take(MAX_DIR_ENTRIES).find(|e| e.is_dir && e.name.eq_ignore_ascii_case(part));
+        match sub {
+            Some(sub) => dir = vol.list(sub)?,
             None => return Ok(Vec::new()),
         }
     }
-    let mut files = Vec::new();
     let mut entries: Vec<_> = dir
-        .iter()
+        .into_iter()
         .take(MAX_DIR_ENTRIES)
-        .filter_map(Result::ok)
-        .filter(|e| e.is_file() && e.file_name().to_ascii_lowercase().ends_with(".key"))
+        .filter(|e| !e.is_dir && e.name.to_ascii_lowercase().ends_with(".key"))
         .collect();
-    entries.sort_by_key(|e| e.file_name());
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut files = Vec::new();
     for e in entries.into_iter().take(MAX_KEYS) {
-        let mut text = Zeroizing::new(Vec::new());
-        e.to_file().take(MAX_KEY_FILE_LEN as u64 + 1).read_to_end(&mut text)?;
-        files.push((e.file_name(), text));
+        let text = vol.read(&e, MAX_KEY_FILE_LEN as u64 + 1)?;
+        files.push((e.name, text));
     }
     Ok(keys_from(files, &dev.display().to_string()))
 }
@@ -390,10 +349,9 @@ mod tests {
 
     /// A vfat image made by the standard tools, with `keys` at the
     /// documented path.
-    fn image(dir: &Path, name: &str, label: &str, size: u64, keys: &[&Key], fat32: bool) -> PathBuf {
+    fn image(dir: &Path, name: &str, label: &str, size: u64, keys: &[&Key], fat: &str) -> PathBuf {
         let p = dir.join(name);
         std::fs::File::create(&p).unwrap().set_len(size).unwrap();
-        let fat = if fat32 { "32" } else { "12" };
         let st = std::process::Command::new("mkfs.vfat").args(["-F", fat, "-n", label]).arg(&p).output().unwrap();
         assert!(st.status.success(), "mkfs.vfat (dosfstools): {}", String::from_utf8_lossy(&st.stderr));
         for k in keys {
@@ -418,7 +376,7 @@ mod tests {
     fn fat_image_with_rotated_keys() {
         let dir = tempfile::tempdir().unwrap();
         let (old, new) = (Key::generate().unwrap(), Key::generate().unwrap());
-        let img = image(dir.path(), "usb.img", "STATELESS", 8 << 20, &[&old, &new], false);
+        let img = image(dir.path(), "usb.img", "STATELESS", 8 << 20, &[&old, &new], "12");
         assert_eq!(probe(&img).unwrap(), Some((FsKind::Vfat, "STATELESS".into())));
         let src = UsbSource {
             label: "stateless".into(),
@@ -435,9 +393,35 @@ mod tests {
     }
 
     #[test]
+    fn fat16_and_fat32_sticks_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = Key::generate().unwrap();
+        for (fat, size) in [("16", 32 << 20), ("32", 64 << 20)] {
+            let img = image(dir.path(), &format!("fat{fat}.img"), "STATELESS", size, &[&k], fat);
+            let keys = read_fat_keys(&img).unwrap();
+            assert_eq!(keys.iter().map(Key::id).collect::<Vec<_>>(), vec![k.id()], "FAT{fat}");
+        }
+    }
+
+    #[test]
+    fn looping_cluster_chain_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = Key::generate().unwrap();
+        let img = image(dir.path(), "loop.img", "STATELESS", 32 << 20, &[&k], "16");
+        // mkfs.vfat and mmd put /stateless in cluster 2 and /stateless/keys
+        // in cluster 3; make cluster 3's FAT16 entry point back at itself.
+        let bs = std::fs::read(&img).unwrap();
+        let fat_at = u64::from(u16::from_le_bytes([bs[14], bs[15]])) * u64::from(u16::from_le_bytes([bs[11], bs[12]]));
+        let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+        f.write_all_at(&3u16.to_le_bytes(), fat_at + 6).unwrap();
+        let err = read_fat_keys(&img).unwrap_err().to_string();
+        assert!(err.contains("cluster chain loops at cluster 3"), "{err}");
+    }
+
+    #[test]
     fn big_fat32_label_is_found() {
         let dir = tempfile::tempdir().unwrap();
-        let img = image(dir.path(), "big.img", "SITE-2", 300 << 20, &[], true);
+        let img = image(dir.path(), "big.img", "SITE-2", 300 << 20, &[], "32");
         assert_eq!(probe(&img).unwrap(), Some((FsKind::Vfat, "SITE-2".into())));
     }
 
@@ -482,7 +466,7 @@ mod tests {
         junk[54..57].copy_from_slice(b"FAT");
         junk[38] = 0x29;
         std::fs::write(&p, &junk).unwrap();
-        // Probes as FAT by its signature, but fatfs refuses the BPB: an error, no panic.
+        // Probes as FAT by its signature, but the reader refuses the BPB: an error, no panic.
         assert_eq!(probe(&p).unwrap().map(|(k, _)| k), Some(FsKind::Vfat));
         assert!(read_fat_keys(&p).is_err());
         std::fs::write(&p, b"short").unwrap();
