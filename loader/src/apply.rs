@@ -8,8 +8,20 @@
 //! 1. Deletions: opaque markers (`DIR/.wh..wh..opq` empties `DIR`), then
 //!    whiteouts (`DIR/.wh.NAME` removes `DIR/NAME` and whatever is under it).
 //! 2. Directories, files and links, in a pre-order walk of staging (names in
-//!    byte order), then the metadata of every directory, deepest first, so
-//!    that writing into a directory does not disturb its mtime afterwards.
+//!    byte order), then the metadata of every directory the root already had
+//!    (merged), deepest first, so that writing into a directory does not
+//!    disturb its mtime afterwards.
+//!
+//! The loader stages on the root's own file system (see
+//! [`crate::staging`]), so pass 2 moves rather than copies: a file or
+//! symlink is `rename`d from staging over its place in the root, and a
+//! directory the root does not have is renamed in whole, with everything
+//! under it, unless a deletion marker lies below it or a hard link under it
+//! names a file outside it (those are merged entry by entry). Staging already
+//! carries the bundle's modes, owners and times, which a rename keeps. Where
+//! a rename fails with `EXDEV` (a directory of the root is another mount, or
+//! staging is elsewhere) the entry is copied instead: written under a
+//! temporary name in its target directory and renamed over the old one.
 //!
 //! Invariants:
 //!
@@ -19,12 +31,13 @@
 //!   symlink (`var/run -> /run`) or one that climbs (`x -> ../../..`) stays in
 //!   the root, and merged-/usr links (`lib -> usr/lib`) are kept and followed.
 //!   Everything else is a `*at` call on the parent's descriptor, and the final
-//!   component is never followed.
-//! - A reader never sees a half-written file or a missing link: each is made
-//!   under a temporary name in its target directory and renamed over the old
-//!   one.
+//!   component is never followed. Staging is walked with
+//!   `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`.
+//! - A reader never sees a half-written file or a missing link: each one
+//!   replaces the old one with a single rename.
 //! - `.wh.*` entries are never written into the root.
-//! - A deletion never crosses a mount point and never removes the root.
+//! - A deletion never crosses a mount point, never removes the root, and
+//!   never removes the staging directory (which may be inside the root).
 //! - Everything about the staging tree is checked before the root is
 //!   touched; a failure half-way through leaves the root partly applied (the
 //!   caller's `onfail` policy decides what happens next).
@@ -32,8 +45,9 @@
 //! Files are not fsynced: the root is rebuilt on every boot, and a power
 //! cut before switch-root reruns the loader.
 
+use std::cell::Cell;
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io;
@@ -45,8 +59,8 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use rustix::fs::{
-    AtFlags, CWD, Dir, FileType, Gid, Mode, OFlags, ResolveFlags, StatxAttributes, StatxFlags, Timespec, Timestamps,
-    Uid,
+    AtFlags, CWD, Dir, FileType, Gid, Mode, OFlags, RenameFlags, ResolveFlags, StatxAttributes, StatxFlags, Timespec,
+    Timestamps, Uid,
 };
 use rustix::io::Errno;
 
@@ -148,10 +162,14 @@ pub enum ApplyError {
 }
 
 /// Applies the tree at `staging` to the root at `sysroot`. See the module
-/// documentation for the order and the guarantees.
+/// documentation for the order and the guarantees. Entries are moved out of
+/// staging where they can be, so what is left of it afterwards is only good
+/// for removing.
 pub fn apply(staging: &Path, sysroot: &Path, opts: &ApplyOptions) -> Result<ApplySummary, ApplyError> {
     let plan = Plan::scan(staging)?;
-    let root = Root::open(sysroot)?;
+    let stage = Stage::open(staging)?;
+    let mut root = Root::open(sysroot)?;
+    root.spare = Some((stage.node.dev, stage.node.ino));
     let mut summary = ApplySummary::default();
     for dir in &plan.opaque {
         root.clear_opaque(dir, &mut summary)?;
@@ -159,21 +177,43 @@ pub fn apply(staging: &Path, sysroot: &Path, opts: &ApplyOptions) -> Result<Appl
     for path in &plan.whiteouts {
         root.delete(path, &mut summary)?;
     }
+    let tainted = plan.tainted();
     let mut dirs = Vec::new();
-    for entry in &plan.entries {
+    let mut next = 0;
+    while let Some(entry) = plan.entries.get(next) {
+        next += 1;
         match &entry.op {
             Op::Dir => {
-                if root.make_dir(&entry.rel)? {
-                    dirs.push(entry);
-                    summary.dirs += 1;
+                // Looked at only for a directory the root lacks.
+                let movable = || {
+                    !tainted.contains(entry.rel.as_path())
+                        && plan.subtree(next - 1).iter().all(|e| match &e.op {
+                            Op::HardLink(first) => first.starts_with(&entry.rel),
+                            _ => true,
+                        })
+                };
+                match root.make_dir(&stage, &entry.rel, movable)? {
+                    Made::Moved => {
+                        let below = plan.subtree(next - 1);
+                        summary.dirs += 1;
+                        for e in below {
+                            summary.count(e);
+                        }
+                        next += below.len();
+                    }
+                    Made::Dir => {
+                        dirs.push(entry);
+                        summary.dirs += 1;
+                    }
+                    Made::KeptSymlink => {}
                 }
             }
             Op::File => {
-                summary.bytes += root.write_file(staging, entry, opts)?;
+                summary.bytes += root.place_file(&stage, staging, entry, opts)?;
                 summary.files += 1;
             }
             Op::Symlink(target) => {
-                root.write_symlink(entry, target, opts)?;
+                root.place_symlink(&stage, entry, target, opts)?;
                 summary.symlinks += 1;
             }
             Op::HardLink(first) => {
@@ -189,15 +229,44 @@ pub fn apply(staging: &Path, sysroot: &Path, opts: &ApplyOptions) -> Result<Appl
         root.finish_dir(entry, opts)?;
     }
     log::debug!(
-        "applied {} files, {} dirs, {} symlinks, {} hard links, {} deletions, {} bytes",
+        "applied {} files, {} dirs, {} symlinks, {} hard links, {} deletions, {} bytes ({} moved, {} copied)",
         summary.files,
         summary.dirs,
         summary.symlinks,
         summary.hardlinks,
         summary.deleted,
-        summary.bytes
+        summary.bytes,
+        root.moved.get(),
+        root.copied.get()
     );
     Ok(summary)
+}
+
+impl ApplySummary {
+    /// Counts an entry that was moved into the root inside its directory.
+    fn count(&mut self, e: &Entry) {
+        match e.op {
+            Op::Dir => self.dirs += 1,
+            Op::File => {
+                self.files += 1;
+                self.bytes += e.meta.size;
+            }
+            Op::Symlink(_) => self.symlinks += 1,
+            Op::HardLink(_) => self.hardlinks += 1,
+        }
+    }
+}
+
+/// What [`Root::make_dir`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Made {
+    /// The directory was there or was made; its contents follow entry by
+    /// entry and its metadata is set at the end.
+    Dir,
+    /// The staging directory was renamed into the root with all it holds.
+    Moved,
+    /// The root has a symlink to a directory there, which is kept.
+    KeptSymlink,
 }
 
 /// What to do with one staging entry.
@@ -266,6 +335,24 @@ struct Plan {
 }
 
 impl Plan {
+    /// Directories at or below which a deletion marker sits: they must be
+    /// merged, never moved whole, or the marker would land in the root.
+    fn tainted(&self) -> HashSet<&Path> {
+        let mut out = HashSet::new();
+        for path in self.opaque.iter().map(PathBuf::as_path).chain(self.whiteouts.iter().filter_map(|w| w.parent())) {
+            out.extend(path.ancestors());
+        }
+        out
+    }
+
+    /// The entries under the directory `entries[i]` (they follow it, the
+    /// walk being in pre-order).
+    fn subtree(&self, i: usize) -> &[Entry] {
+        let (Some(dir), Some(rest)) = (self.entries.get(i), self.entries.get(i + 1..)) else { return &[] };
+        let n = rest.iter().take_while(|e| e.rel.starts_with(&dir.rel)).count();
+        rest.get(..n).unwrap_or_default()
+    }
+
     fn scan(staging: &Path) -> Result<Plan, ApplyError> {
         let mut plan = Plan::default();
         let mut inodes = HashMap::new();
@@ -403,12 +490,82 @@ fn with_temp_name<T>(mut make: impl FnMut(&OsStr) -> Result<T, Errno>) -> Result
     Err(Errno::EXIST)
 }
 
+/// `openat2`, retried while the kernel says a rename raced the lookup.
+fn openat2_retry(dir: &OwnedFd, rel: &Path, flags: OFlags, resolve: ResolveFlags) -> Result<OwnedFd, Errno> {
+    let path = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
+    let mut tries = 0;
+    loop {
+        match rustix::fs::openat2(dir, path, flags | OFlags::CLOEXEC, Mode::empty(), resolve) {
+            Err(Errno::AGAIN) if tries < OPENAT2_RETRIES => tries += 1,
+            other => return other,
+        }
+    }
+}
+
+/// The staging tree, open as a directory descriptor, to move entries out
+/// of. Only the extractor wrote it, so it holds no symlinked directories:
+/// lookups refuse every symlink and never leave it.
+struct Stage {
+    path: PathBuf,
+    fd: OwnedFd,
+    node: Node,
+    /// The parent directory last opened by [`Stage::parent`].
+    last_parent: RefCell<Option<(PathBuf, Rc<OwnedFd>)>>,
+}
+
+impl Stage {
+    fn open(staging: &Path) -> Result<Stage, ApplyError> {
+        let err = |source: io::Error| ApplyError::Staging { path: staging.to_owned(), source };
+        let fd = rustix::fs::openat(
+            CWD,
+            staging,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| err(e.into()))?;
+        let node = stat_fd(&fd, OsStr::new(""), AtFlags::EMPTY_PATH)
+            .map_err(|e| err(e.into()))?
+            .ok_or_else(|| err(io::ErrorKind::NotFound.into()))?;
+        Ok(Stage { path: staging.to_owned(), fd, node, last_parent: RefCell::new(None) })
+    }
+
+    /// The parent of `rel` in staging, reused between siblings like
+    /// [`Root::entry_parent`].
+    fn parent<'a>(&self, rel: &'a Path) -> Result<(Rc<OwnedFd>, &'a OsStr), ApplyError> {
+        let err = |e: Errno| ApplyError::Staging { path: self.path.join(rel), source: e.into() };
+        let name = rel.file_name().ok_or_else(|| err(Errno::INVAL))?;
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        let mut last = self.last_parent.borrow_mut();
+        if let Some((path, fd)) = last.as_ref() {
+            if path == parent {
+                return Ok((Rc::clone(fd), name));
+            }
+        }
+        let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+        let fd = Rc::new(openat2_retry(&self.fd, parent, OFlags::PATH | OFlags::DIRECTORY, resolve).map_err(err)?);
+        *last = Some((parent.to_owned(), Rc::clone(&fd)));
+        Ok((fd, name))
+    }
+
+    /// Forgets the cached parent (after a directory moved out of staging).
+    fn forget(&self) {
+        *self.last_parent.borrow_mut() = None;
+    }
+}
+
 /// The root, open as a directory descriptor.
 struct Root {
     fd: OwnedFd,
     node: Node,
+    /// A directory no deletion may remove: the staging tree, which the
+    /// loader keeps inside the root.
+    spare: Option<((u32, u32), u64)>,
     /// The parent directory last opened by [`Root::entry_parent`].
     last_parent: RefCell<Option<(PathBuf, Rc<OwnedFd>)>>,
+    /// Entries renamed out of staging (a directory counts once).
+    moved: Cell<u64>,
+    /// Entries copied because a rename crossed file systems.
+    copied: Cell<u64>,
 }
 
 impl Root {
@@ -419,21 +576,18 @@ impl Root {
         let node = stat_fd(&fd, OsStr::new(""), AtFlags::EMPTY_PATH)
             .map_err(|e| err(e.into()))?
             .ok_or_else(|| err(io::ErrorKind::NotFound.into()))?;
-        Ok(Root { fd, node, last_parent: RefCell::new(None) })
+        Ok(Root { fd, node, spare: None, last_parent: RefCell::new(None), moved: Cell::new(0), copied: Cell::new(0) })
+    }
+
+    /// Whether `node` is the directory no deletion may remove.
+    fn spared(&self, node: &Node) -> bool {
+        self.spare == Some((node.dev, node.ino))
     }
 
     /// Opens `rel` (a path relative to the root; empty for the root itself)
     /// resolving every symlink inside the root.
     fn open_in_root(&self, rel: &Path, flags: OFlags) -> Result<OwnedFd, Errno> {
-        let path = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
-        let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
-        let mut tries = 0;
-        loop {
-            match rustix::fs::openat2(&self.fd, path, flags | OFlags::CLOEXEC, Mode::empty(), resolve) {
-                Err(Errno::AGAIN) if tries < OPENAT2_RETRIES => tries += 1,
-                other => return other,
-            }
-        }
+        openat2_retry(&self.fd, rel, flags, ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS)
     }
 
     /// Opens the parent of `rel` (as `O_PATH`) and returns it with the final
@@ -489,6 +643,10 @@ impl Root {
             log::warn!("whiteout {}: refusing to delete the root", shown(rel));
             return Ok(());
         }
+        if self.spared(&node) {
+            log::warn!("whiteout {}: refusing to delete the staging directory", shown(rel));
+            return Ok(());
+        }
         let parent_node = stat_fd(&parent, OsStr::new(""), AtFlags::EMPTY_PATH)
             .map_err(ctx("inspecting", rel))?
             .ok_or_else(|| ctx("inspecting", rel)(Errno::NOENT))?;
@@ -519,6 +677,10 @@ impl Root {
         let node = stat_fd(&dir, OsStr::new(""), AtFlags::EMPTY_PATH)
             .map_err(ctx("inspecting", rel))?
             .ok_or_else(|| ctx("inspecting", rel)(Errno::NOENT))?;
+        if self.spared(&node) {
+            log::warn!("opaque {}: refusing to empty the staging directory", shown(rel));
+            return Ok(());
+        }
         if self.clear_dir(&dir, node.dev, rel, summary)? {
             log::warn!("opaque {}: mount points in it were kept", shown(rel));
         }
@@ -553,6 +715,11 @@ impl Root {
                 summary.deleted += 1;
                 continue;
             }
+            if self.spared(&node) {
+                log::debug!("{}: the staging directory, not deleted", shown(&child));
+                kept = true;
+                continue;
+            }
             if node.mount_root || node.dev != dev || (node.dev, node.ino) == (self.node.dev, self.node.ino) {
                 log::warn!("{}: is a mount point, not deleted", shown(&child));
                 kept = true;
@@ -570,20 +737,21 @@ impl Root {
         Ok(kept)
     }
 
-    /// Makes sure `rel` is a directory. Returns false when a symlink in the
-    /// root stands there and is kept (its metadata is left alone).
-    fn make_dir(&self, rel: &Path) -> Result<bool, ApplyError> {
+    /// Makes sure `rel` is a directory: keeps the root's, or moves the
+    /// staging directory in whole when the root has none and `movable` says
+    /// it may be, or makes an empty one.
+    fn make_dir(&self, stage: &Stage, rel: &Path, movable: impl FnOnce() -> bool) -> Result<Made, ApplyError> {
         let (parent, name) = self.entry_parent(rel).map_err(ctx("opening the parent of", rel))?;
         match stat_at(&parent, name).map_err(ctx("inspecting", rel))? {
             None => {}
-            Some(node) if node.kind == FileType::Directory => return Ok(true),
+            Some(node) if node.kind == FileType::Directory => return Ok(Made::Dir),
             Some(node) if node.kind == FileType::Symlink => {
                 // A merged-/usr link (`lib -> usr/lib`) or similar: the
                 // booted system sees a directory there, so keep the link.
                 return match self.open_in_root(rel, OFlags::PATH | OFlags::DIRECTORY) {
                     Ok(_) => {
                         log::debug!("{}: keeping the symlink the root has there", shown(rel));
-                        Ok(false)
+                        Ok(Made::KeptSymlink)
                     }
                     Err(_) => Err(ApplyError::SymlinkNotDirectory { path: shown(rel) }),
                 };
@@ -593,9 +761,24 @@ impl Root {
                 rustix::fs::unlinkat(&parent, name, AtFlags::empty()).map_err(ctx("deleting", rel))?;
             }
         }
+        if movable() {
+            let (from, from_name) = stage.parent(rel)?;
+            // NOREPLACE: the name was free a moment ago; never merge by
+            // accident. Any refusal (EXDEV across mounts, overlayfs that
+            // cannot mark the directory opaque, EACCES on a read-only
+            // directory for a non-root caller) falls back to merging.
+            match rustix::fs::renameat_with(&*from, from_name, &*parent, name, RenameFlags::NOREPLACE) {
+                Ok(()) => {
+                    stage.forget();
+                    self.moved.set(self.moved.get() + 1);
+                    return Ok(Made::Moved);
+                }
+                Err(e) => log::debug!("{}: not moved in whole ({e}); merging", shown(rel)),
+            }
+        }
         // Private until finish_dir sets the bundle's owner and mode.
         rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o700)).map_err(ctx("creating", rel))?;
-        Ok(true)
+        Ok(Made::Dir)
     }
 
     /// Sets a directory's owner, mode and mtime from staging.
@@ -612,6 +795,46 @@ impl Root {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Renames a staging entry (a file or a symlink) over `entry.rel`.
+    /// Returns false when the rename crossed file systems and nothing was
+    /// done.
+    fn place(&self, stage: &Stage, entry: &Entry, kind: &'static str) -> Result<bool, ApplyError> {
+        let rel = &entry.rel;
+        let (parent, name) = self.entry_parent(rel).map_err(ctx("opening the parent of", rel))?;
+        let (from, from_name) = stage.parent(rel)?;
+        match rustix::fs::renameat(&*from, from_name, &*parent, name) {
+            Ok(()) => {
+                self.moved.set(self.moved.get() + 1);
+                Ok(true)
+            }
+            // rename() will not put a non-directory over a directory.
+            Err(Errno::ISDIR) => Err(ApplyError::DirectoryInTheWay { path: shown(rel), kind }),
+            Err(Errno::XDEV) => {
+                self.copied.set(self.copied.get() + 1);
+                Ok(false)
+            }
+            Err(e) => Err(ctx("replacing", rel)(e)),
+        }
+    }
+
+    /// Moves a regular file from staging over `entry.rel`, or copies it
+    /// where a rename cannot reach. Returns its size.
+    fn place_file(&self, stage: &Stage, staging: &Path, entry: &Entry, opts: &ApplyOptions) -> Result<u64, ApplyError> {
+        if self.place(stage, entry, "file")? { Ok(entry.meta.size) } else { self.write_file(staging, entry, opts) }
+    }
+
+    /// Moves a symlink from staging over `entry.rel`, or makes a new one
+    /// where a rename cannot reach.
+    fn place_symlink(
+        &self,
+        stage: &Stage,
+        entry: &Entry,
+        target: &Path,
+        opts: &ApplyOptions,
+    ) -> Result<(), ApplyError> {
+        if self.place(stage, entry, "symlink")? { Ok(()) } else { self.write_symlink(entry, target, opts) }
     }
 
     /// Writes a regular file under a temporary name and renames it over

@@ -17,4 +17,5 @@ pub mod logger;
 pub mod overlay;
 pub mod pipeline;
 pub mod srv;
+pub mod staging;
 pub mod template;

@@ -33,7 +33,7 @@ struct Args {
     #[arg(long, value_name = "DIR", default_value = "/sysroot")]
     sysroot: PathBuf,
 
-    /// Run-time directory for the staging area and status.json
+    /// Run-time directory for the download, the cache mount and status.json
     #[arg(long, value_name = "DIR", default_value = "/run/stateless")]
     run_dir: PathBuf,
 

@@ -3,10 +3,12 @@
 //! Order of sources: the servers (explicit URLs, else DNS SRV), then the
 //! cache's current slot, then its previous slot. Whatever the source, the
 //! bundle goes through the same checks: authenticated with a key from the key
-//! ladder, extracted completely into a staging directory under the run
-//! directory, checked against policy (scope, anti-rollback, expiry,
-//! downgrade), and only then applied to the root. Nothing touches the root
-//! before that point.
+//! ladder, checked against policy (scope, anti-rollback, expiry,
+//! downgrade), extracted completely into a hidden staging directory in the
+//! root ([`crate::staging`]), and only then applied to the root, by renaming
+//! entries out of staging ([`crate::apply`]). Nothing in the root's visible
+//! tree changes before that point, and a bundle that fails leaves the root
+//! as it was.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::BufReader;
@@ -27,6 +29,7 @@ use crate::dns::{ResolvConf, Resolver};
 use crate::fetch::{FetchError, Outcome, Request, Transport, TransportConfig};
 use crate::identity::{self, Identity};
 use crate::srv::{self, SplitMix64};
+use crate::staging::Staging;
 use stateless_bundle::error_chain as chain;
 
 /// The site CA file used when neither `ca=` nor `pin=` is given, if present
@@ -47,7 +50,7 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub struct Paths {
     /// The root to apply to (`/sysroot`).
     pub sysroot: PathBuf,
-    /// Run-time directory (`/run/stateless`): download, staging, status.
+    /// Run-time directory (`/run/stateless`): download, status.
     pub run_dir: PathBuf,
     /// A directory standing in for the mounted cache device.
     pub cache_dir: Option<PathBuf>,
@@ -531,13 +534,12 @@ fn early_check(
 
 fn verify_and_apply(ctx: &mut Ctx<'_>, path: &Path, source: &'static str) -> Result<Ready, String> {
     let t = Instant::now();
-    let ready = verify(ctx, path, source)?;
+    let (ready, staging) = verify(ctx, path, source)?;
     ctx.stage(&format!("verify ({source})"), t);
     let t = Instant::now();
-    let staging = ctx.paths.run_dir.join("staging");
     let opts = crate::apply::ApplyOptions { owners: rustix::process::geteuid().is_root() };
-    let res = crate::apply::apply(&staging, &ctx.paths.sysroot, &opts);
-    let _ = fs::remove_dir_all(&staging);
+    let res = crate::apply::apply(staging.path(), &ctx.paths.sysroot, &opts);
+    staging.finish();
     let summary = res.map_err(|e| format!("applying to {}: {}", ctx.paths.sysroot.display(), chain(&e)))?;
     ctx.stage("apply", t);
     log::debug!("applied {summary:?}");
@@ -550,8 +552,9 @@ fn verify_and_apply(ctx: &mut Ctx<'_>, path: &Path, source: &'static str) -> Res
 }
 
 /// Authenticates the bundle at `path`, checks policy, and extracts it into
-/// `run_dir/staging`.
-fn verify(ctx: &mut Ctx<'_>, path: &Path, source: &str) -> Result<Ready, String> {
+/// a staging directory in the root (see [`crate::staging`]), which is gone
+/// again when this fails.
+fn verify(ctx: &mut Ctx<'_>, path: &Path, source: &str) -> Result<(Ready, Staging), String> {
     let file = File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
     let reader = BundleReader::new(BufReader::with_capacity(256 * 1024, file)).map_err(|e| e.to_string())?;
     let needed = reader.key_id();
@@ -571,15 +574,14 @@ fn verify(ctx: &mut Ctx<'_>, path: &Path, source: &str) -> Result<Ready, String>
     let header = bundle.header().clone();
     let digest = bundle.digest_hex();
     check_policy(ctx, &header, &digest, source.starts_with("cache"))?;
-    let staging = ctx.paths.run_dir.join("staging");
-    let _ = fs::remove_dir_all(&staging);
-    fs::create_dir_all(&staging).map_err(|e| format!("creating {}: {e}", staging.display()))?;
+    let staging = Staging::create(&ctx.paths.sysroot)
+        .map_err(|e| format!("creating a staging directory in {}: {e}", ctx.paths.sysroot.display()))?;
     let owners = rustix::process::geteuid().is_root();
-    if let Err(e) = bundle.extract(BundleOpen { dest: Some(&staging), owners, threaded: true }) {
-        let _ = fs::remove_dir_all(&staging);
+    if let Err(e) = bundle.extract(BundleOpen { dest: Some(staging.path()), owners, threaded: true }) {
+        staging.discard();
         return Err(chain(&e));
     }
-    Ok(Ready { header, digest, key_source })
+    Ok((Ready { header, digest, key_source }, staging))
 }
 
 fn pick_key(ctx: &Ctx<'_>, needed: KeyId) -> Result<(Key, String), String> {

@@ -378,6 +378,9 @@ fn hard_links_are_recreated_in_the_root() {
     let ino = |rel: &str| fs::metadata(f.root.join(rel)).unwrap().ino();
     assert_eq!(ino("usr/bin/a"), ino("usr/bin/b"));
     assert_eq!(ino("usr/bin/a"), ino("usr/sbin/c"));
+    // The file was moved out of staging, whose other names of it the
+    // caller removes with the rest of staging.
+    fs::remove_dir_all(&f.staging).unwrap();
     assert_eq!(fs::metadata(f.root.join("usr/bin/a")).unwrap().nlink(), 3);
     assert_eq!(read(&f.root.join("usr/sbin/c")), "shared");
     assert_clean(&f.root);
@@ -503,4 +506,188 @@ fn a_packed_and_opened_bundle_applies() {
     assert!(!f.root.join("etc/motd").exists());
     assert_eq!(fs::metadata(f.root.join("usr/bin/b")).unwrap().nlink(), 2);
     assert_clean(&f.root);
+}
+
+/// Inode of `p` (not following a symlink).
+fn ino(p: &Path) -> u64 {
+    fs::symlink_metadata(p).unwrap().ino()
+}
+
+/// Unmounts (lazily) when dropped.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
+fn mount(args: &[&str], on: &Path) -> Option<Unmount> {
+    let ok = std::process::Command::new("mount").args(args).arg(on).status().unwrap().success();
+    ok.then(|| Unmount(on.to_owned()))
+}
+
+#[test]
+fn entries_are_moved_out_of_staging_not_copied() {
+    let f = Fixture::new();
+    write(&f.root, "etc/motd", "old\n");
+    write(&f.root, "etc/keep", "base\n");
+    let motd = write(&f.staging, "etc/motd", "new\n");
+    let lt = link(&f.staging, "etc/localtime", "/usr/share/zoneinfo/UTC");
+    let conf = write(&f.staging, "opt/app/conf/app.toml", "x = 1\n");
+    set_meta(&f.staging.join("opt/app/conf"), 0o750, None, 300);
+    set_meta(&f.staging.join("opt/app"), 0o755, None, 200);
+    let (motd_ino, lt_ino, conf_ino, opt_ino) = (ino(&motd), ino(&lt), ino(&conf), ino(&f.staging.join("opt")));
+
+    let summary = f.apply().unwrap();
+    // etc (merged), opt, opt/app, opt/app/conf (moved with opt)
+    assert_eq!((summary.files, summary.symlinks, summary.dirs, summary.bytes), (2, 1, 4, 10));
+    assert_eq!(ino(&f.root.join("etc/motd")), motd_ino);
+    assert_eq!(ino(&f.root.join("etc/localtime")), lt_ino);
+    assert_eq!(ino(&f.root.join("opt")), opt_ino, "a directory the root lacks is moved in whole");
+    assert_eq!(ino(&f.root.join("opt/app/conf/app.toml")), conf_ino);
+    assert_eq!((mode(&f.root.join("opt/app/conf")), mtime(&f.root.join("opt/app/conf"))), (0o750, 300));
+    assert_eq!(mtime(&f.root.join("opt/app")), 200, "moving a directory keeps its mtime");
+    assert_eq!(read(&f.root.join("etc/keep")), "base\n");
+    // What staging still holds is the merged directory, now empty.
+    assert_eq!(tree(&f.staging), ["etc"]);
+    assert_clean(&f.root);
+}
+
+#[test]
+fn a_new_directory_with_a_deletion_below_it_is_merged() {
+    let f = Fixture::new();
+    write(&f.staging, "srv/www/.wh.old", "");
+    write(&f.staging, "srv/www/index.html", "hi");
+    write(&f.staging, "srv/other/.wh..wh..opq", "");
+    let summary = f.apply().unwrap();
+    assert_eq!(read(&f.root.join("srv/www/index.html")), "hi");
+    assert_eq!(summary.dirs, 3);
+    assert_eq!(tree(&f.root), ["srv", "srv/other", "srv/www", "srv/www/index.html"]);
+    assert_clean(&f.root);
+}
+
+#[test]
+fn staging_inside_the_root_is_never_deleted() {
+    let f = Fixture::new();
+    write(&f.root, "a/b", "x");
+    write(&f.root, "c", "x");
+    let name = ".stateless-staging.test";
+    let staging = dir(&f.root, name);
+    write(&staging, ".wh..wh..opq", "");
+    write(&staging, &format!(".wh.{name}"), "");
+    write(&staging, "d", "new");
+    write(&staging, "e/f", "new");
+    apply(&staging, &f.root, &OWNERS).unwrap();
+    assert_eq!(
+        tree(&f.root),
+        [
+            name.to_owned(),
+            format!("{name}/.wh.{name}"),
+            format!("{name}/.wh..wh..opq"),
+            "d".into(),
+            "e".into(),
+            "e/f".into()
+        ]
+    );
+}
+
+#[test]
+fn rename_across_a_mount_falls_back_to_copying() {
+    if !is_root() {
+        eprintln!("skipped: mounting needs root");
+        return;
+    }
+    let f = Fixture::new();
+    let mnt = dir(&f.root, "data/mnt");
+    let Some(_guard) = mount(&["-t", "tmpfs", "tmpfs"], &mnt) else {
+        eprintln!("skipped: cannot mount tmpfs here");
+        return;
+    };
+    write(&mnt, "old", "on the mount");
+    let file = write(&f.staging, "data/mnt/old", "replaced");
+    set_meta(&file, 0o640, Some((7, 8)), 1234);
+    write(&f.staging, "data/mnt/new/deep/file", "copied");
+    set_meta(&f.staging.join("data/mnt/new"), 0o751, None, 99);
+    link(&f.staging, "data/mnt/ln", "old");
+    write(&f.staging, "data/here", "moved");
+
+    let summary = f.apply().unwrap();
+    assert_eq!((summary.files, summary.symlinks), (3, 1));
+    let old = f.root.join("data/mnt/old");
+    assert_eq!(read(&old), "replaced");
+    let md = fs::metadata(&old).unwrap();
+    assert_eq!((md.mode() & 0o7777, md.uid(), md.gid(), md.mtime()), (0o640, 7, 8, 1234));
+    assert_eq!(read(&f.root.join("data/mnt/new/deep/file")), "copied");
+    assert_eq!((mode(&f.root.join("data/mnt/new")), mtime(&f.root.join("data/mnt/new"))), (0o751, 99));
+    assert_eq!(fs::read_link(f.root.join("data/mnt/ln")).unwrap(), Path::new("old"));
+    assert_eq!(read(&f.root.join("data/here")), "moved");
+    // Copies leave their staging originals behind; the move did not.
+    assert!(f.staging.join("data/mnt/old").exists());
+    assert!(!f.staging.join("data/here").exists());
+    assert_clean(&f.root);
+}
+
+#[test]
+fn staging_in_an_overlay_root_moves_into_the_upper_layer() {
+    if !is_root() {
+        eprintln!("skipped: mounting needs root");
+        return;
+    }
+    let f = Fixture::new();
+    let lower = dir(f.outside(), "lower");
+    write(&lower, "etc/base", "base\n");
+    write(&lower, "etc/gone/x", "lower\n");
+    write(&lower, "usr/lib/a", "lower\n");
+    let layers = dir(f.outside(), "layers");
+    let Some(_layers) = mount(&["-t", "tmpfs", "tmpfs"], &layers) else {
+        eprintln!("skipped: cannot mount tmpfs here");
+        return;
+    };
+    dir(&layers, "upper");
+    dir(&layers, "work");
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        layers.join("upper").display(),
+        layers.join("work").display()
+    );
+    let Some(_overlay) = mount(&["-t", "overlay", "overlay", "-o", &opts], &f.root) else {
+        eprintln!("skipped: cannot mount overlayfs here");
+        return;
+    };
+    let staging = stateless_loader::staging::Staging::create(&f.root).unwrap();
+    let s = staging.path();
+    write(s, "etc/base", "bundle\n");
+    // A lower directory deleted and made again: nothing of it may show.
+    write(s, "etc/.wh.gone", "");
+    write(s, "etc/gone/y", "bundle\n");
+    write(s, "usr/lib/b", "bundle\n");
+    write(s, "opt/app/conf", "bundle\n");
+    apply(s, &f.root, &OWNERS).unwrap();
+    staging.finish();
+
+    assert_eq!(read(&f.root.join("etc/base")), "bundle\n");
+    assert_eq!(tree(&f.root.join("etc/gone")), ["y"]);
+    assert_eq!(tree(&f.root.join("usr/lib")), ["a", "b"]);
+    assert_eq!(read(&f.root.join("opt/app/conf")), "bundle\n");
+    assert_eq!(
+        tree(&f.root),
+        [
+            "etc",
+            "etc/base",
+            "etc/gone",
+            "etc/gone/y",
+            "opt",
+            "opt/app",
+            "opt/app/conf",
+            "usr",
+            "usr/lib",
+            "usr/lib/a",
+            "usr/lib/b"
+        ]
+    );
+    // The lower layer is untouched.
+    assert_eq!(read(&lower.join("etc/base")), "base\n");
+    assert_eq!(tree(&lower.join("etc/gone")), ["x"]);
 }

@@ -36,6 +36,7 @@ fn fresh_fetch_applies_and_caches() {
     assert_eq!(status["key_source"].as_str().unwrap(), format!("key file {}", site.key_file.display()));
     assert!(err.contains("stateless: applied generation 3 from http://127.0.0.1"), "{err}");
     assert!(node.dir.path().join("cache/current.bundle").exists());
+    assert_eq!(node.staging_dirs(), Vec::<String>::new());
 }
 
 #[test]
@@ -186,15 +187,21 @@ fn tampered_and_truncated_bundles_leave_the_root_untouched() {
     let mut tampered = good.clone();
     let n = tampered.len();
     tampered[n / 2] ^= 0x20;
-    for (what, bytes) in [("tampered", tampered), ("truncated", good[..good.len() * 2 / 3].to_vec())] {
+    // The last chunk's tag: everything before it authenticated and was
+    // extracted into staging.
+    let mut last = good.clone();
+    last[n - 3] ^= 1;
+    for (what, bytes) in
+        [("tampered", tampered), ("tampered last chunk", last), ("truncated", good[..good.len() * 2 / 3].to_vec())]
+    {
         site.put("v1/nodes/node42/bundle", &bytes);
         let (code, err, status) = node.boot(&cmd);
         assert_eq!(code, 10, "{what}: {err}");
         assert_eq!(status["result"], "failed");
         assert_eq!(node.tree_digest(), before, "{what}: the root changed");
         assert!(err.contains("no bundle applied") && err.contains("onfail=emergency"), "{what}: {err}");
+        assert_eq!(node.staging_dirs(), Vec::<String>::new(), "{what}");
     }
-    assert!(!node.dir.path().join("run/staging").exists());
     // With a cache, the tampered bundle is refused and the cache is used.
     site.put("v1/nodes/node42/bundle", &good);
     assert_eq!(node.boot(&cmd).0, 0);

@@ -376,7 +376,17 @@ impl Node {
         fs::read_to_string(self.sysroot().join(rel)).ok()
     }
 
-    /// A digest of the whole sysroot tree, to prove it untouched.
+    /// Staging directories left in the sysroot.
+    pub fn staging_dirs(&self) -> Vec<String> {
+        fs::read_dir(self.sysroot())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(stateless_loader::staging::PREFIX))
+            .collect()
+    }
+
+    /// A digest of the whole sysroot tree, to prove it untouched (the root
+    /// directory's own mtime included).
     pub fn tree_digest(&self) -> String {
         let out = Command::new("sh")
             .arg("-c")
