@@ -6,9 +6,17 @@
 //! for a self-signed server), or both. With neither, the caller may name the
 //! initramfs's CA bundle as the CA file; without any trust at all, https is
 //! refused with a message saying what to configure (no root store is
-//! compiled in). A transfer that breaks after some bytes arrived
-//! is resumed with `Range` and `If-Range`, so a large bundle on a flaky link
-//! is not downloaded from the start again.
+//! compiled in).
+//!
+//! [`Transport::open`] returns the response [`Body`] as a reader, so that the
+//! caller verifies and extracts the bundle while it arrives. The body copies
+//! every byte to an optional file as it goes (the cache keeps the bundle
+//! exactly as received). A transfer that breaks after some bytes arrived is
+//! resumed inside [`Body::read`] with `Range` and `If-Range`, so the reader
+//! sees one unbroken stream and a large bundle on a flaky link is not
+//! downloaded from the start again. A server that answers a resume with the
+//! whole body cannot be spliced into a stream already consumed: the read
+//! fails with [`FetchError::Restart`] and the caller starts over.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -77,38 +85,35 @@ pub enum FetchError {
     /// The budget ran out.
     #[error("network time budget exhausted")]
     Budget,
+    /// A resume was answered with the whole body, not the rest (the server
+    /// ignores `Range`, or the bundle changed): the transfer must start over.
+    #[error("the server sent the whole bundle again instead of the rest")]
+    Restart,
 }
 
 impl FetchError {
     /// Whether trying the same server again later may help.
     pub fn is_transient(&self) -> bool {
         match self {
-            FetchError::Transport(_) | FetchError::Budget => true,
+            FetchError::Transport(_) | FetchError::Budget | FetchError::Restart => true,
             FetchError::Status(s) => *s >= 500 || *s == 408 || *s == 429,
             _ => false,
         }
     }
 }
 
-/// What a GET produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// 200 (or 206 after resumes): the body is in the file.
-    Fetched {
-        /// Bytes written.
-        bytes: u64,
-        /// The server's entity tag, if any.
-        etag: Option<String>,
-        /// How many times the transfer was resumed.
-        resumes: u32,
-    },
+/// What [`Transport::open`] found.
+#[derive(Debug)]
+pub enum Opened {
+    /// 200: the body, to be read.
+    Body(Body),
     /// 304: what we have is current.
     NotModified,
     /// 404: nothing at this path.
     NotFound,
 }
 
-/// One download for [`Transport::get`].
+/// One download for [`Transport::open`].
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
     /// The URL.
@@ -119,13 +124,7 @@ pub struct Request<'a> {
     pub limit: u64,
     /// When the whole transfer, resumes included, must be done.
     pub deadline: Instant,
-    /// How many leading bytes `check` wants to see.
-    pub check_len: usize,
 }
-
-/// Looks at the first bytes of a body and the announced total length, and
-/// refuses it early with a reason.
-pub type HeadCheck<'a> = dyn FnMut(&[u8], Option<u64>) -> Result<(), String> + 'a;
 
 /// An HTTP client configured for the loader.
 #[derive(Debug, Clone)]
@@ -157,122 +156,231 @@ impl Transport {
         Ok(Transport { agent, trust: cfg.ca.is_some() || !cfg.pins.is_empty() })
     }
 
-    /// GETs `req.url` into `out` (truncated first). `check` sees the first
-    /// bytes as they arrive (at least `req.check_len` of them, or the whole
-    /// body if shorter) with the announced total length, and may refuse the
-    /// body before the rest is downloaded.
-    pub fn get(&self, req: &Request<'_>, out: &mut File, check: &mut HeadCheck<'_>) -> Result<Outcome, FetchError> {
-        let Request { url, if_none_match, limit, deadline, check_len } = *req;
+    /// GETs `req.url`. On a 200, returns the body to read, which copies
+    /// every byte to `tee` (truncated first) as it is read.
+    pub fn open(&self, req: &Request<'_>, tee: Option<File>) -> Result<Opened, FetchError> {
+        let Request { url, if_none_match, limit, deadline } = *req;
         if !self.trust && url.starts_with("https://") {
             return Err(FetchError::Refused(
                 "no trust for https: set rd.stateless.ca= or rd.stateless.pin= (or use an encrypted bundle over http)"
                     .into(),
             ));
         }
-        out.set_len(0).map_err(FetchError::Io)?;
-        out.seek(SeekFrom::Start(0)).map_err(FetchError::Io)?;
-        let mut got: u64 = 0;
-        let mut etag: Option<String> = None;
-        let mut resumes = 0;
-        let mut head: Vec<u8> = Vec::with_capacity(check_len);
-        let mut checked = false;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(FetchError::Budget);
+        }
+        let mut get = self.agent.get(url).timeout(remaining);
+        if let Some(tag) = if_none_match {
+            get = get.set("If-None-Match", &format!("\"{tag}\""));
+        }
+        let resp = match get.call() {
+            Ok(r) => r,
+            Err(ureq::Error::Status(404, _)) => return Ok(Opened::NotFound),
+            Err(ureq::Error::Status(code, _)) => return Err(FetchError::Status(code)),
+            Err(ureq::Error::Transport(t)) => return Err(FetchError::Transport(describe_transport(&t))),
+        };
+        match resp.status() {
+            304 => return Ok(Opened::NotModified),
+            200 => {}
+            other => return Err(FetchError::Status(other)),
+        }
+        let total = content_length(&resp);
+        if total.is_some_and(|t| t > limit) {
+            return Err(FetchError::TooLarge(limit));
+        }
+        let tee = match tee {
+            Some(mut f) => {
+                f.set_len(0).map_err(FetchError::Io)?;
+                f.seek(SeekFrom::Start(0)).map_err(FetchError::Io)?;
+                Some(f)
+            }
+            None => None,
+        };
+        Ok(Opened::Body(Body {
+            agent: self.agent.clone(),
+            url: url.to_owned(),
+            limit,
+            deadline,
+            etag: resp.header("ETag").map(str::to_owned),
+            reader: Some(resp.into_reader()),
+            total,
+            got: 0,
+            resumes: 0,
+            tee,
+            failure: None,
+        }))
+    }
+}
+
+fn content_length(resp: &ureq::Response) -> Option<u64> {
+    resp.header("Content-Length").and_then(|v| v.trim().parse().ok())
+}
+
+/// A response body, read as one stream across resumes (see the module
+/// documentation). Limits: at most the request's `limit` bytes, each read
+/// waits at most the stall timeout for a byte, and the whole transfer ends
+/// at the request's deadline. The first error is kept ([`Body::failure`])
+/// and every later read returns it again.
+pub struct Body {
+    agent: ureq::Agent,
+    url: String,
+    limit: u64,
+    deadline: Instant,
+    etag: Option<String>,
+    /// The current response's body; `None` after it broke.
+    reader: Option<Box<dyn Read + Send + Sync + 'static>>,
+    /// The whole body's length, when the server announced it.
+    total: Option<u64>,
+    got: u64,
+    resumes: u32,
+    tee: Option<File>,
+    failure: Option<FetchError>,
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Body")
+            .field("url", &self.url)
+            .field("total", &self.total)
+            .field("got", &self.got)
+            .field("resumes", &self.resumes)
+            .field("failure", &self.failure)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Body {
+    /// The body's length as the server announced it.
+    pub fn total(&self) -> Option<u64> {
+        self.total
+    }
+
+    /// Bytes read so far.
+    pub fn received(&self) -> u64 {
+        self.got
+    }
+
+    /// How many times the transfer was resumed.
+    pub fn resumes(&self) -> u32 {
+        self.resumes
+    }
+
+    /// Why reading failed, if it did. An error the caller got from reading
+    /// the body is this one when it is set: the transfer failed, not the
+    /// bytes.
+    pub fn failure(&self) -> Option<&FetchError> {
+        self.failure.as_ref()
+    }
+
+    /// Takes the failure out (see [`Body::failure`]).
+    pub fn take_failure(&mut self) -> Option<FetchError> {
+        self.failure.take()
+    }
+
+    fn read_body(&mut self, buf: &mut [u8]) -> Result<usize, FetchError> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
         loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
+            let Some(reader) = self.reader.as_mut() else {
+                self.resume()?;
+                continue;
+            };
+            match reader.read(buf) {
+                Ok(0) if self.total.is_none_or(|t| t == self.got) => return Ok(0),
+                Ok(0) => {
+                    log::warn!("{}: transfer ended at {} of {} bytes", self.url, self.got, self.total.unwrap_or(0));
+                    self.reader = None;
+                }
+                Ok(n) => {
+                    self.got += n as u64;
+                    if self.got > self.limit {
+                        return Err(FetchError::TooLarge(self.limit));
+                    }
+                    let chunk = buf.get(..n).unwrap_or_default();
+                    if let Some(tee) = self.tee.as_mut() {
+                        tee.write_all(chunk).map_err(FetchError::Io)?;
+                    }
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::warn!("{}: transfer broke at {} bytes: {e}", self.url, self.got);
+                    self.reader = None;
+                }
+            }
+        }
+    }
+
+    /// Asks for the rest of the body (`Range` from the bytes already read,
+    /// `If-Range` with the entity tag), within the budget and the resume
+    /// limit.
+    fn resume(&mut self) -> Result<(), FetchError> {
+        loop {
+            if self.resumes >= MAX_RESUMES {
+                return Err(FetchError::Transport(format!("transfer kept breaking ({} resumes)", self.resumes)));
+            }
+            self.resumes += 1;
+            let remaining = self.deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return Err(FetchError::Budget);
             }
-            let mut req = self.agent.get(url).timeout(remaining);
-            if got == 0 {
-                if let Some(tag) = if_none_match {
-                    req = req.set("If-None-Match", &format!("\"{tag}\""));
-                }
-            } else {
-                req = req.set("Range", &format!("bytes={got}-"));
-                if let Some(tag) = &etag {
-                    req = req.set("If-Range", tag);
+            let mut get = self.agent.get(&self.url).timeout(remaining);
+            if self.got > 0 {
+                get = get.set("Range", &format!("bytes={}-", self.got));
+                if let Some(tag) = &self.etag {
+                    get = get.set("If-Range", tag);
                 }
             }
-            let resp = match req.call() {
+            let resp = match get.call() {
                 Ok(r) => r,
-                Err(ureq::Error::Status(404, _)) if got == 0 => return Ok(Outcome::NotFound),
                 Err(ureq::Error::Status(code, _)) => return Err(FetchError::Status(code)),
                 Err(ureq::Error::Transport(t)) => {
-                    if got > 0 && resumes < MAX_RESUMES {
-                        resumes += 1;
-                        continue;
-                    }
-                    return Err(FetchError::Transport(describe_transport(&t)));
+                    log::warn!("{}: resuming at {} bytes: {}", self.url, self.got, describe_transport(&t));
+                    continue;
                 }
             };
-            let status = resp.status();
-            let length: Option<u64> = resp.header("Content-Length").and_then(|v| v.trim().parse().ok());
-            match status {
-                304 if got == 0 => return Ok(Outcome::NotModified),
-                200 => {
-                    // A fresh full body: start over (also when a resume
-                    // request was answered with the whole file).
-                    out.set_len(0).map_err(FetchError::Io)?;
-                    out.seek(SeekFrom::Start(0)).map_err(FetchError::Io)?;
-                    got = 0;
-                    head.clear();
-                    checked = false;
-                    etag = resp.header("ETag").map(str::to_owned);
+            let length = content_length(&resp);
+            match resp.status() {
+                // Nothing was read yet: a whole body is the stream.
+                200 if self.got == 0 => {
+                    self.etag = resp.header("ETag").map(str::to_owned);
+                    self.total = length;
                 }
-                206 if got > 0 => {
+                200 => return Err(FetchError::Restart),
+                206 => {
                     let from = resp.header("Content-Range").and_then(content_range_start);
-                    if from != Some(got) {
+                    if from != Some(self.got) {
                         return Err(FetchError::Transport(format!(
-                            "server resumed at the wrong offset ({from:?}, expected {got})"
+                            "server resumed at the wrong offset ({from:?}, expected {})",
+                            self.got
                         )));
                     }
+                    self.total = length.map(|l| l + self.got);
                 }
                 other => return Err(FetchError::Status(other)),
             }
-            let total = length.map(|l| l + got);
-            if let Some(t) = total {
-                if t > limit {
-                    return Err(FetchError::TooLarge(limit));
-                }
+            if self.total.is_some_and(|t| t > self.limit) {
+                return Err(FetchError::TooLarge(self.limit));
             }
-            let mut body = resp.into_reader();
-            let mut buf = vec![0u8; 64 * 1024];
-            let broke = loop {
-                let n = match body.read(&mut buf) {
-                    Ok(0) => break None,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => break Some(e),
-                };
-                let chunk = buf.get(..n).unwrap_or_default();
-                got += n as u64;
-                if got > limit {
-                    return Err(FetchError::TooLarge(limit));
-                }
-                if !checked {
-                    let want = check_len.saturating_sub(head.len()).min(chunk.len());
-                    head.extend_from_slice(chunk.get(..want).unwrap_or_default());
-                    if head.len() >= check_len {
-                        check(&head, total).map_err(FetchError::Refused)?;
-                        checked = true;
-                    }
-                }
-                out.write_all(chunk).map_err(FetchError::Io)?;
-            };
-            match broke {
-                None if total.is_none_or(|t| t == got) => {
-                    if !checked {
-                        check(&head, total).map_err(FetchError::Refused)?;
-                    }
-                    return Ok(Outcome::Fetched { bytes: got, etag, resumes });
-                }
-                None => log::warn!("{url}: transfer ended at {got} of {} bytes", total.unwrap_or(0)),
-                Some(e) => log::warn!("{url}: transfer broke at {got} bytes: {e}"),
-            }
-            if resumes >= MAX_RESUMES {
-                return Err(FetchError::Transport(format!("transfer kept breaking ({resumes} resumes)")));
-            }
-            resumes += 1;
+            log::info!("{}: resumed at {} bytes", self.url, self.got);
+            self.reader = Some(resp.into_reader());
+            return Ok(());
         }
+    }
+}
+
+impl Read for Body {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(f) = &self.failure {
+            return Err(io::Error::other(f.to_string()));
+        }
+        self.read_body(buf).map_err(|e| {
+            let err = io::Error::other(e.to_string());
+            self.failure = Some(e);
+            err
+        })
     }
 }
 

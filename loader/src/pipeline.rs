@@ -1,17 +1,20 @@
 //! The loader's pipeline: find servers, fetch, verify, apply, cache, report.
 //!
 //! Order of sources: the servers (explicit URLs, else DNS SRV), then the
-//! cache's current slot, then its previous slot. Whatever the source, the
-//! bundle goes through the same checks: authenticated with a key from the key
-//! ladder, checked against policy (scope, anti-rollback, expiry,
-//! downgrade), extracted completely into a hidden staging directory in the
-//! root ([`crate::staging`]), and only then applied to the root, by renaming
-//! entries out of staging ([`crate::apply`]). Nothing in the root's visible
-//! tree changes before that point, and a bundle that fails leaves the root
-//! as it was.
+//! cache's current slot, then its previous slot. A server's response is not
+//! downloaded first: it streams into verification and extraction while a
+//! copy goes to the run directory for the cache ([`crate::fetch::Body`]).
+//! Whatever the source, the bundle goes through the same checks:
+//! authenticated with a key from the key ladder, checked against policy
+//! (scope, anti-rollback, expiry, downgrade), extracted completely into a
+//! hidden staging directory in the root ([`crate::staging`]), and only then
+//! applied to the root, by renaming entries out of staging
+//! ([`crate::apply`]). Nothing in the root's visible tree changes before
+//! that point, and a bundle that fails leaves the root as it was.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::BufReader;
+use std::io::{self, BufReader, Cursor, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -26,7 +29,7 @@ use crate::blockdev::{self, CacheSpec, Mounted};
 use crate::cache::{Cache, SlotMeta};
 use crate::cmdline::{CacheDevice, Config, KeyChoice, OnFail};
 use crate::dns::{ResolvConf, Resolver};
-use crate::fetch::{FetchError, Outcome, Request, Transport, TransportConfig};
+use crate::fetch::{Body, FetchError, MAX_RESUMES, Opened, Request, Transport, TransportConfig};
 use crate::identity::{self, Identity};
 use crate::srv::{self, SplitMix64};
 use crate::staging::Staging;
@@ -199,31 +202,39 @@ fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, String> {
     let current_digest =
         cache.as_ref().and_then(|c| c.slots().into_iter().next()).and_then(|s| s.ok()).map(|(_, m)| m.digest);
 
-    // 1. The servers.
+    // 1. The servers: each bundle is verified into staging as it arrives.
     let t = Instant::now();
-    let fetched = fetch_from_servers(ctx, current_digest.as_deref());
-    ctx.stage("fetch", t);
+    let fetched = fetch_from_servers(ctx, current_digest.as_deref(), cache.is_some());
+    ctx.stage("fetch+verify", t);
     let network_note = match fetched {
-        Ok(FetchResult::Fresh { path, url }) => match verify_and_apply(ctx, &path, "server") {
-            Ok(ready) => {
-                ctx.report.server = Some(url.clone());
-                ctx.report.fetched = Some(now());
-                if let Some(c) = &cache {
-                    store_in_cache(ctx, c, &path, &ready, &url);
+        Ok(FetchResult::Fresh { ready, staging, url, download }) => {
+            let applied = apply_staged(ctx, &ready, staging, "server");
+            let note = match applied {
+                Ok(()) => {
+                    ctx.report.server = Some(url.clone());
+                    ctx.report.fetched = Some(now());
+                    if let (Some(c), Some(path)) = (&cache, &download) {
+                        store_in_cache(ctx, c, path, &ready, &url);
+                    }
+                    None
                 }
-                let _ = fs::remove_file(&path);
-                return Ok(format!(
-                    "applied generation {} from {url}{} in {:.1} s",
-                    ready.header.generation,
-                    key_note(&ready),
-                    ctx.started.elapsed().as_secs_f64()
-                ));
+                Err(e) => Some(format!("bundle from {url} refused: {e}")),
+            };
+            if let Some(path) = &download {
+                let _ = fs::remove_file(path);
             }
-            Err(e) => {
-                let _ = fs::remove_file(&path);
-                format!("bundle from {url} refused: {e}")
+            match note {
+                None => {
+                    return Ok(format!(
+                        "applied generation {} from {url}{} in {:.1} s",
+                        ready.header.generation,
+                        key_note(&ready),
+                        ctx.started.elapsed().as_secs_f64()
+                    ));
+                }
+                Some(note) => note,
             }
-        },
+        }
         Ok(FetchResult::NotModified { url }) => {
             ctx.report.server = Some(url.clone());
             format!("{url} says the cached bundle is current")
@@ -338,8 +349,28 @@ fn open_cache(ctx: &mut Ctx<'_>) -> (Option<Cache>, Option<Mounted>) {
 }
 
 enum FetchResult {
-    Fresh { path: PathBuf, url: String },
-    NotModified { url: String },
+    /// A bundle that verified, in staging; `download` is its copy for the
+    /// cache (kept only when there is a cache).
+    Fresh {
+        ready: Box<Ready>,
+        staging: Staging,
+        url: String,
+        download: Option<PathBuf>,
+    },
+    NotModified {
+        url: String,
+    },
+}
+
+/// How one URL went.
+enum Step {
+    Fresh(Box<Ready>, Staging),
+    NotModified,
+    NotFound,
+    /// The transfer failed (the server, the network, the budget).
+    Failed(FetchError),
+    /// The bundle was refused: a verdict on this server's bundle.
+    Refused(String),
 }
 
 /// The base URLs to try, in order.
@@ -382,7 +413,7 @@ fn base_urls(ctx: &mut Ctx<'_>, deadline: Instant) -> Result<Vec<String>, String
     Ok(ordered.iter().map(|r| format!("{scheme}://{}:{}", r.host(), r.port)).collect())
 }
 
-fn fetch_from_servers(ctx: &mut Ctx<'_>, current_digest: Option<&str>) -> Result<FetchResult, String> {
+fn fetch_from_servers(ctx: &mut Ctx<'_>, current_digest: Option<&str>, keep: bool) -> Result<FetchResult, String> {
     let budget = ctx.config.timeout;
     let deadline = ctx.started + budget;
     let bases = base_urls(ctx, deadline)?;
@@ -417,7 +448,6 @@ fn fetch_from_servers(ctx: &mut Ctx<'_>, current_digest: Option<&str>) -> Result
     }
     paths.push("v1/default/bundle".into());
     let download = ctx.paths.run_dir.join("download.bundle");
-    let max = ctx.limits.max_payload + HEADER_LEN as u64;
     let mut backoff = FIRST_BACKOFF;
     let mut last = String::from("no server answered");
     let mut round = 0;
@@ -431,37 +461,32 @@ fn fetch_from_servers(ctx: &mut Ctx<'_>, current_digest: Option<&str>) -> Result
                     return Err(format!("{last}; gave up after {} s", budget.as_secs()));
                 }
                 let url = format!("{base}/{p}");
-                let mut file =
-                    match OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&download) {
-                        Ok(f) => f,
-                        Err(e) => return Err(format!("creating {}: {e}", download.display())),
-                    };
-                let insecure = ctx.config.insecure;
-                let key_required = ctx.key_required;
-                let mut check =
-                    |head: &[u8], total: Option<u64>| early_check(head, total, plain_http, insecure, key_required);
                 let t = Instant::now();
-                let res = transport.get(
-                    &Request { url: &url, if_none_match: current_digest, limit: max, deadline, check_len: HEADER_LEN },
-                    &mut file,
-                    &mut check,
-                );
+                let get = Get { url: &url, if_none_match: current_digest, deadline, plain_http };
+                let step = fetch_one(ctx, &transport, &get, keep.then_some(download.as_path()));
                 let took = t.elapsed().as_millis();
-                match res {
-                    Ok(Outcome::Fetched { bytes, resumes, .. }) => {
-                        ctx.report.attempts.push(format!("{url}: 200, {bytes} bytes, {resumes} resumes, {took} ms"));
-                        log::info!("fetched {url} ({bytes} bytes) in {took} ms");
-                        return Ok(FetchResult::Fresh { path: download, url });
+                match step {
+                    Step::Fresh(ready, staging) => {
+                        return Ok(FetchResult::Fresh {
+                            ready,
+                            staging,
+                            url,
+                            download: keep.then(|| download.clone()),
+                        });
                     }
-                    Ok(Outcome::NotModified) => {
+                    Step::NotModified => {
                         ctx.report.attempts.push(format!("{url}: 304"));
                         return Ok(FetchResult::NotModified { url });
                     }
-                    Ok(Outcome::NotFound) => {
+                    Step::NotFound => {
                         ctx.report.attempts.push(format!("{url}: 404"));
                         continue;
                     }
-                    Err(e) => {
+                    Step::Refused(msg) => {
+                        ctx.report.attempts.push(format!("{url}: refused after {took} ms: {msg}"));
+                        return Err(format!("bundle from {url} refused: {msg}"));
+                    }
+                    Step::Failed(e) => {
                         let msg = chain(&e);
                         ctx.report.attempts.push(format!("{url}: {msg}"));
                         log::warn!("{url}: {msg}");
@@ -506,6 +531,88 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.5 + frac / 2.0)
 }
 
+/// One URL to fetch.
+struct Get<'a> {
+    url: &'a str,
+    if_none_match: Option<&'a str>,
+    deadline: Instant,
+    plain_http: bool,
+}
+
+/// Fetches one URL and verifies the bundle into staging as it arrives,
+/// copying it to `download` for the cache when given. A server that
+/// answers a resume with the whole body makes the transfer start over,
+/// staging thrown away, within the resume limit and the budget.
+fn fetch_one(ctx: &mut Ctx<'_>, transport: &Transport, get: &Get<'_>, download: Option<&Path>) -> Step {
+    let limit = ctx.limits.max_payload + HEADER_LEN as u64;
+    let mut restarts = 0;
+    loop {
+        let tee = match download {
+            Some(path) => match OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path) {
+                Ok(f) => Some(f),
+                Err(e) => return Step::Failed(FetchError::Io(e)),
+            },
+            None => None,
+        };
+        let t = Instant::now();
+        let req = Request { url: get.url, if_none_match: get.if_none_match, limit, deadline: get.deadline };
+        let mut body = match transport.open(&req, tee) {
+            Ok(Opened::Body(b)) => b,
+            Ok(Opened::NotModified) => return Step::NotModified,
+            Ok(Opened::NotFound) => return Step::NotFound,
+            Err(e) => return Step::Failed(e),
+        };
+        let verified = stream_verify(ctx, &mut body, get.plain_http);
+        let took = t.elapsed().as_millis();
+        // A read error the bundle code saw is the transfer's when the body
+        // says so, whatever the bundle code made of it.
+        match (verified, body.take_failure()) {
+            (Ok((ready, staging)), _) => {
+                let (bytes, resumes) = (body.received(), body.resumes());
+                ctx.report.attempts.push(format!("{}: 200, {bytes} bytes, {resumes} resumes, {took} ms", get.url));
+                log::info!("fetched and verified {} ({bytes} bytes) in {took} ms", get.url);
+                return Step::Fresh(Box::new(ready), staging);
+            }
+            (Err(_), Some(FetchError::Restart)) if restarts < MAX_RESUMES && Instant::now() < get.deadline => {
+                restarts += 1;
+                ctx.report.attempts.push(format!(
+                    "{}: resume answered with the whole bundle after {} bytes; starting over",
+                    get.url,
+                    body.received()
+                ));
+                log::warn!("{}: the server sent the whole bundle again; starting over", get.url);
+            }
+            (Err(_), Some(e)) => return Step::Failed(e),
+            (Err(msg), None) => return Step::Refused(msg),
+        }
+    }
+}
+
+/// Verifies a bundle from a response body into staging: the early checks
+/// on its header, then as [`verify_reader`].
+fn stream_verify(ctx: &mut Ctx<'_>, body: &mut Body, plain_http: bool) -> Result<(Ready, Staging), String> {
+    let mut head = vec![0u8; HEADER_LEN];
+    let n = read_full(body, &mut head).map_err(|e| e.to_string())?;
+    head.truncate(n);
+    early_check(&head, body.total(), plain_http, ctx.config.insecure, ctx.key_required)?;
+    let reader = BufReader::with_capacity(READ_BUFFER, Cursor::new(head).chain(body));
+    verify_reader(ctx, reader, "server")
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while let Some(rest) = buf.get_mut(got..).filter(|b| !b.is_empty()) {
+        match r.read(rest) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
 /// Refuses a body from its first bytes: not a bundle, size inconsistent,
 /// or unencrypted over plain HTTP.
 fn early_check(
@@ -532,10 +639,19 @@ fn early_check(
     Ok(())
 }
 
+/// Verifies the bundle at `path` (a cache slot) and applies it.
 fn verify_and_apply(ctx: &mut Ctx<'_>, path: &Path, source: &'static str) -> Result<Ready, String> {
     let t = Instant::now();
-    let (ready, staging) = verify(ctx, path, source)?;
+    let file = File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+    let (ready, staging) = verify_reader(ctx, BufReader::with_capacity(READ_BUFFER, file), source)?;
     ctx.stage(&format!("verify ({source})"), t);
+    apply_staged(ctx, &ready, staging, source)?;
+    Ok(ready)
+}
+
+/// Applies a verified bundle from staging to the root and records it in
+/// the report. Staging is removed whatever happens.
+fn apply_staged(ctx: &mut Ctx<'_>, ready: &Ready, staging: Staging, source: &'static str) -> Result<(), String> {
     let t = Instant::now();
     let opts = crate::apply::ApplyOptions { owners: rustix::process::geteuid().is_root() };
     let res = crate::apply::apply(staging.path(), &ctx.paths.sysroot, &opts);
@@ -548,15 +664,18 @@ fn verify_and_apply(ctx: &mut Ctx<'_>, path: &Path, source: &'static str) -> Res
     ctx.report.digest = Some(ready.digest.clone());
     ctx.report.key_id = (ready.header.cipher != Cipher::None).then(|| ready.header.key_id.to_string());
     ctx.report.key_source = ready.key_source.clone();
-    Ok(ready)
+    Ok(())
 }
 
-/// Authenticates the bundle at `path`, checks policy, and extracts it into
-/// a staging directory in the root (see [`crate::staging`]), which is gone
-/// again when this fails.
-fn verify(ctx: &mut Ctx<'_>, path: &Path, source: &str) -> Result<(Ready, Staging), String> {
-    let file = File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
-    let reader = BundleReader::new(BufReader::with_capacity(256 * 1024, file)).map_err(|e| e.to_string())?;
+/// Read buffer between the bundle's source (a file or a response body)
+/// and decryption.
+const READ_BUFFER: usize = 256 * 1024;
+
+/// Authenticates a bundle, checks policy, and extracts it into a staging
+/// directory in the root (see [`crate::staging`]), which is gone again when
+/// this fails.
+fn verify_reader<R: Read + Send>(ctx: &mut Ctx<'_>, input: R, source: &str) -> Result<(Ready, Staging), String> {
+    let reader = BundleReader::new(input).map_err(|e| e.to_string())?;
     let needed = reader.key_id();
     let (key, key_source): (Option<Key>, Option<String>) = match reader.raw_header().cipher() {
         Cipher::None => {

@@ -324,16 +324,52 @@ fn cut_transfer_resumes_with_range() {
             x as u8
         })
         .collect();
-    site.publish("v1/nodes/node42/bundle", 1, node_scope(), &[("usr/lib/big", &big)], true);
+    let bundle = site.publish("v1/nodes/node42/bundle", 1, node_scope(), &[("usr/lib/big", &big)], true);
     let nginx = Nginx::start(&site.www(), None, "");
-    // The first two connections are cut after ~1 MB of response.
+    // The first two connections are cut after ~1 MB of response, while the
+    // bundle is being verified into staging.
     let proxy = Proxy::cutting(nginx.port, 1_000_000, 2);
     let node = Node::new();
     let (code, err, status) =
         node.boot(&format!("rd.stateless.server=http://127.0.0.1:{} {NODE} {}", proxy.port, key_arg(&site)));
     assert_eq!(code, 0, "{err}");
     assert!(status["attempts"][0].as_str().unwrap().contains("2 resumes"), "{status}");
+    assert_eq!(proxy.connections.load(std::sync::atomic::Ordering::Relaxed), 3);
     assert_eq!(std::fs::read(node.sysroot().join("usr/lib/big")).unwrap(), big);
+    // The copy kept for the cache is the bundle byte for byte.
+    assert!(std::fs::read(node.dir.path().join("cache/current.bundle")).unwrap() == bundle);
+    assert!(!node.dir.path().join("run/download.bundle").exists());
+    assert_eq!(node.staging_dirs(), Vec::<String>::new());
+}
+
+#[test]
+fn cut_transfer_without_ranges_starts_over() {
+    let site = Site::new();
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let big: Vec<u8> = (0..3_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let bundle = site.publish("v1/nodes/node42/bundle", 1, node_scope(), &[("usr/lib/big", &big)], true);
+    let nginx = Nginx::start(&site.www(), None, "");
+    // The first connection is cut after ~1 MB; the resume's Range is
+    // dropped, so the server sends the whole bundle again: what was staged
+    // is thrown away and the transfer starts over.
+    let proxy = Proxy::cutting_without_ranges(nginx.port, 1_000_000, 1);
+    let node = Node::new();
+    let (code, err, status) =
+        node.boot(&format!("rd.stateless.server=http://127.0.0.1:{} {NODE} {}", proxy.port, key_arg(&site)));
+    assert_eq!(code, 0, "{err}");
+    let attempts = status["attempts"].to_string();
+    assert!(attempts.contains("starting over"), "{attempts}");
+    assert!(status["attempts"].as_array().unwrap().last().unwrap().as_str().unwrap().contains(": 200, "), "{status}");
+    assert_eq!(std::fs::read(node.sysroot().join("usr/lib/big")).unwrap(), big);
+    assert!(std::fs::read(node.dir.path().join("cache/current.bundle")).unwrap() == bundle);
+    assert_eq!(node.staging_dirs(), Vec::<String>::new());
 }
 
 #[test]

@@ -146,14 +146,20 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn cutting(upstream: u16, cut_after: usize, cuts: usize) -> Proxy {
-        Self::spawn(Some(upstream), cut_after, cuts)
+        Self::spawn(Some(upstream), cut_after, cuts, false)
+    }
+
+    /// Like [`Proxy::cutting`], and removes `Range` and `If-Range` from
+    /// every request, as a server that does not do ranges.
+    pub fn cutting_without_ranges(upstream: u16, cut_after: usize, cuts: usize) -> Proxy {
+        Self::spawn(Some(upstream), cut_after, cuts, true)
     }
 
     pub fn stalling() -> Proxy {
-        Self::spawn(None, 0, 0)
+        Self::spawn(None, 0, 0, false)
     }
 
-    fn spawn(upstream: Option<u16>, cut_after: usize, cuts: usize) -> Proxy {
+    fn spawn(upstream: Option<u16>, cut_after: usize, cuts: usize, strip_ranges: bool) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         listener.set_nonblocking(true).unwrap();
@@ -174,17 +180,40 @@ impl Proxy {
                     continue;
                 };
                 let limit = if n < cuts { Some(cut_after) } else { None };
-                std::thread::spawn(move || pipe(client, up, limit));
+                std::thread::spawn(move || pipe(client, up, limit, strip_ranges));
             }
         });
         Proxy { port, stop, connections }
     }
 }
 
-fn pipe(mut client: TcpStream, up: u16, limit: Option<usize>) {
+fn pipe(mut client: TcpStream, up: u16, limit: Option<usize>, strip_ranges: bool) {
     let Ok(mut server) = TcpStream::connect(("127.0.0.1", up)) else { return };
     let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
     std::thread::spawn(move || {
+        if strip_ranges {
+            // One request per connection is enough for the loader's tests:
+            // read its head, drop the range lines, pass the rest on.
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match c2.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => return,
+                }
+            }
+            let text = String::from_utf8_lossy(&head).into_owned();
+            let kept: String = text
+                .split_inclusive("\r\n")
+                .filter(|l| {
+                    let l = l.to_ascii_lowercase();
+                    !l.starts_with("range:") && !l.starts_with("if-range:")
+                })
+                .collect();
+            if s2.write_all(kept.as_bytes()).is_err() {
+                return;
+            }
+        }
         let _ = std::io::copy(&mut c2, &mut s2);
         let _ = s2.shutdown(Shutdown::Write);
     });
