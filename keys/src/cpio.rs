@@ -202,10 +202,12 @@ pub fn read_archives(buf: &[u8]) -> Result<(Vec<Entry>, usize), CpioError> {
                 return Err(CpioError::BadName(at));
             }
             let name = std::str::from_utf8(raw).map_err(|_| CpioError::BadName(at))?.to_owned();
-            let data_at = align4(name_end);
+            let data_at = align4(name_end).min(buf.len());
             let data_end = data_at.checked_add(filesize as usize).ok_or(CpioError::Truncated(at))?;
             let data = buf.get(data_at..data_end).ok_or(CpioError::Truncated(at))?;
-            at = align4(data_end);
+            // Padding may be missing at the very end of the input (after the
+            // trailer); an offset past the end is never returned.
+            at = align4(data_end).min(buf.len());
             if name == TRAILER {
                 break;
             }
@@ -248,6 +250,21 @@ mod tests {
         for (i, len) in [0usize, 1, 2, 3, 4, 5].iter().enumerate() {
             assert_eq!(entries[2 + i].data.len(), *len);
         }
+    }
+
+    #[test]
+    fn unpadded_end_stops_at_the_end() {
+        let mut a = Archive::new(5);
+        a.file("k", 0o600, b"x").unwrap();
+        let mut image = a.finish().unwrap();
+        // Strip the zero padding after the trailer's name.
+        while image.last() == Some(&0) {
+            image.pop();
+        }
+        image.push(0);
+        let (entries, end) = read_archives(&image).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(end, image.len());
     }
 
     #[test]
