@@ -564,6 +564,12 @@ fn fetch_one(ctx: &mut Ctx<'_>, transport: &Transport, get: &Get<'_>, download: 
         };
         let verified = stream_verify(ctx, &mut body, get.plain_http);
         let took = t.elapsed().as_millis();
+        if verified.is_err() {
+            // Half a bundle is no use to the cache.
+            if let Some(path) = download {
+                let _ = fs::remove_file(path);
+            }
+        }
         // A read error the bundle code saw is the transfer's when the body
         // says so, whatever the bundle code made of it.
         match (verified, body.take_failure()) {

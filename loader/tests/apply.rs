@@ -537,6 +537,7 @@ fn entries_are_moved_out_of_staging_not_copied() {
     let conf = write(&f.staging, "opt/app/conf/app.toml", "x = 1\n");
     set_meta(&f.staging.join("opt/app/conf"), 0o750, None, 300);
     set_meta(&f.staging.join("opt/app"), 0o755, None, 200);
+    set_meta(&f.staging.join("opt"), 0o711, None, 100);
     let (motd_ino, lt_ino, conf_ino, opt_ino) = (ino(&motd), ino(&lt), ino(&conf), ino(&f.staging.join("opt")));
 
     let summary = f.apply().unwrap();
@@ -547,7 +548,8 @@ fn entries_are_moved_out_of_staging_not_copied() {
     assert_eq!(ino(&f.root.join("opt")), opt_ino, "a directory the root lacks is moved in whole");
     assert_eq!(ino(&f.root.join("opt/app/conf/app.toml")), conf_ino);
     assert_eq!((mode(&f.root.join("opt/app/conf")), mtime(&f.root.join("opt/app/conf"))), (0o750, 300));
-    assert_eq!(mtime(&f.root.join("opt/app")), 200, "moving a directory keeps its mtime");
+    assert_eq!(mtime(&f.root.join("opt/app")), 200);
+    assert_eq!((mode(&f.root.join("opt")), mtime(&f.root.join("opt"))), (0o711, 100), "a move keeps metadata");
     assert_eq!(read(&f.root.join("etc/keep")), "base\n");
     // What staging still holds is the merged directory, now empty.
     assert_eq!(tree(&f.staging), ["etc"]);
