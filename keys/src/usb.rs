@@ -419,6 +419,21 @@ mod tests {
     }
 
     #[test]
+    fn directory_naming_a_reserved_cluster_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = Key::generate().unwrap();
+        let img = image(dir.path(), "c1.img", "STATELESS", 8 << 20, &[&k], "12");
+        // Point /stateless (short name STATEL~1) at cluster 1, which holds
+        // no data: a corrupt stick once made a FAT library panic here.
+        let bytes = std::fs::read(&img).unwrap();
+        let at = bytes.windows(8).position(|w| w == b"STATEL~1").unwrap() as u64;
+        let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+        f.write_all_at(&1u16.to_le_bytes(), at + 26).unwrap();
+        let err = read_fat_keys(&img).unwrap_err().to_string();
+        assert!(err.contains("cluster 1 out of range"), "{err}");
+    }
+
+    #[test]
     fn big_fat32_label_is_found() {
         let dir = tempfile::tempdir().unwrap();
         let img = image(dir.path(), "big.img", "SITE-2", 300 << 20, &[], "32");
