@@ -450,11 +450,17 @@ fn fetch_from_servers(ctx: &mut Ctx<'_>, current_digest: Option<&str>, keep: boo
     let download = ctx.paths.run_dir.join("download.bundle");
     let mut backoff = FIRST_BACKOFF;
     let mut last = String::from("no server answered");
+    // Why each server's bundle was refused: such a server is not asked
+    // again (it would serve the same bundle), the others still are.
+    let mut refused: Vec<Option<String>> = vec![None; bases.len()];
     let mut round = 0;
     loop {
         round += 1;
         let mut all_missing = true;
-        for base in &bases {
+        for (base, verdict) in bases.iter().zip(refused.iter_mut()) {
+            if verdict.is_some() {
+                continue;
+            }
             let plain_http = base.starts_with("http://");
             for p in &paths {
                 if Instant::now() >= deadline {
@@ -484,7 +490,9 @@ fn fetch_from_servers(ctx: &mut Ctx<'_>, current_digest: Option<&str>, keep: boo
                     }
                     Step::Refused(msg) => {
                         ctx.report.attempts.push(format!("{url}: refused after {took} ms: {msg}"));
-                        return Err(format!("bundle from {url} refused: {msg}"));
+                        log::warn!("bundle from {url} refused: {msg}");
+                        *verdict = Some(format!("bundle from {url} refused: {msg}"));
+                        break;
                     }
                     Step::Failed(e) => {
                         let msg = chain(&e);
@@ -492,11 +500,9 @@ fn fetch_from_servers(ctx: &mut Ctx<'_>, current_digest: Option<&str>, keep: boo
                         log::warn!("{url}: {msg}");
                         all_missing = false;
                         last = format!("{base}: {msg}");
-                        if !e.is_transient() {
-                            // A refused bundle is a verdict on this server.
-                            if matches!(e, FetchError::Refused(_) | FetchError::TooLarge(_)) {
-                                return Err(format!("bundle from {url} refused: {msg}"));
-                            }
+                        // A refused bundle is a verdict on this server.
+                        if !e.is_transient() && matches!(e, FetchError::Refused(_) | FetchError::TooLarge(_)) {
+                            *verdict = Some(format!("bundle from {url} refused: {msg}"));
                         }
                         // Try the next server rather than the next path: a
                         // broken server must not make us fall back to a less
@@ -505,6 +511,12 @@ fn fetch_from_servers(ctx: &mut Ctx<'_>, current_digest: Option<&str>, keep: boo
                     }
                 }
             }
+        }
+        let verdicts: Vec<&str> = refused.iter().flatten().map(String::as_str).collect();
+        // Every server refused, or the rest have nothing: the refusals are
+        // the news (a tampered or replayed bundle), not the 404s.
+        if verdicts.len() == bases.len() || (all_missing && !verdicts.is_empty()) {
+            return Err(verdicts.join("; "));
         }
         if all_missing {
             return Err(format!("no bundle for node {node} on any server"));

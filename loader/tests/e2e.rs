@@ -216,6 +216,48 @@ fn tampered_and_truncated_bundles_leave_the_root_untouched() {
 }
 
 #[test]
+fn a_refused_bundle_moves_on_to_the_next_server() {
+    let site = Site::new();
+    let good = site.make(2, node_scope(), &[("etc/motd", b"from the mirror\n")], true);
+    let mirror = tempfile::tempdir().unwrap();
+    let at = mirror.path().join("v1/nodes/node42");
+    std::fs::create_dir_all(&at).unwrap();
+    std::fs::write(at.join("bundle"), &good).unwrap();
+    let mut tampered = good.clone();
+    tampered[400] ^= 1;
+    site.put("v1/nodes/node42/bundle", &tampered);
+    let bad = Nginx::start(&site.www(), None, "");
+    let ok = Nginx::start(mirror.path(), None, "");
+    let node = Node::new();
+    let (code, err, status) = node.boot(&format!(
+        "rd.stateless.server=http://127.0.0.1:{},http://127.0.0.1:{} {NODE} {}",
+        bad.port,
+        ok.port,
+        key_arg(&site)
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(node.read("etc/motd").as_deref(), Some("from the mirror\n"));
+    let attempts = status["attempts"].to_string();
+    assert!(attempts.contains(&format!("127.0.0.1:{}/v1/nodes/node42/bundle: refused", bad.port)), "{attempts}");
+    // Both refuse: the cache is used, and the refusals are what the console says.
+    std::fs::write(at.join("bundle"), &tampered).unwrap();
+    node.fresh_sysroot();
+    let (code, err, status) = node.boot(&format!(
+        "rd.stateless.server=http://127.0.0.1:{},http://127.0.0.1:{} {NODE} {}",
+        bad.port,
+        ok.port,
+        key_arg(&site)
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status["source"], "cache-current");
+    assert_eq!(node.read("etc/motd").as_deref(), Some("from the mirror\n"));
+    let warnings = status["warnings"].to_string();
+    for port in [bad.port, ok.port] {
+        assert!(warnings.contains(&format!("127.0.0.1:{port}/v1/nodes/node42/bundle refused")), "{warnings}");
+    }
+}
+
+#[test]
 fn rollback_scope_and_downgrade_are_refused() {
     let site = Site::new();
     site.publish("v1/nodes/node42/bundle", 5, node_scope(), &[("etc/motd", b"gen5\n")], true);
