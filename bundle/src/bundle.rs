@@ -11,12 +11,13 @@
 
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::sync::mpsc;
 
 use sha2::{Digest, Sha256};
 
 use crate::archive::{TreeError, TreeSummary, write_tree};
+use crate::decode::decode_parallel;
 use crate::extract::{ExtractError, ExtractOptions, ExtractSummary, extract};
+use crate::frame::{FRAME_SIZE, FrameWriter};
 use crate::header::{Cipher, HEADER_LEN, Header, HeaderError, RawHeader, SALT_LEN, Scope};
 use crate::io::{CountWriter, HashWriter, LimitExceeded, LimitReader};
 use crate::key::{Key, KeyId, hex_encode};
@@ -104,7 +105,20 @@ fn pio(context: &'static str) -> impl FnOnce(io::Error) -> PackError {
 
 /// Packs the tree at `root` into `out`, which must be empty and seekable:
 /// the header is written last, once the payload's length and digest are known.
-pub fn pack<W: Write + Seek>(root: &Path, mut out: W, opts: &PackOptions<'_>) -> Result<PackSummary, PackError> {
+/// The tar is compressed as independent zstd frames of
+/// [`FRAME_SIZE`](crate::frame::FRAME_SIZE) bytes of tar each.
+pub fn pack<W: Write + Seek>(root: &Path, out: W, opts: &PackOptions<'_>) -> Result<PackSummary, PackError> {
+    pack_frames(root, out, opts, FRAME_SIZE)
+}
+
+/// [`pack`] with frames of `frame_size` bytes of tar (for tests and for
+/// measuring the frame size; readers accept any).
+pub fn pack_frames<W: Write + Seek>(
+    root: &Path,
+    mut out: W,
+    opts: &PackOptions<'_>,
+    frame_size: usize,
+) -> Result<PackSummary, PackError> {
     if !(1..=MAX_LEVEL).contains(&opts.level) {
         return Err(PackError::Options(format!("compression level must be 1 to {MAX_LEVEL}")));
     }
@@ -135,10 +149,10 @@ pub fn pack<W: Write + Seek>(root: &Path, mut out: W, opts: &PackOptions<'_>) ->
         Some(key) => {
             let payload_key = crate::header::payload_key(key, &header.salt);
             let enc = StreamWriter::new(&payload_key, sink);
-            let (tree, expanded, enc) = compress_tree(root, enc, opts)?;
+            let (tree, expanded, enc) = compress_tree(root, enc, opts, frame_size)?;
             (tree, expanded, enc.finish().map_err(pio("encrypting payload"))?)
         }
-        None => compress_tree(root, sink, opts)?,
+        None => compress_tree(root, sink, opts, frame_size)?,
     };
     let (sha, payload_len, mut buffered) = sink.finish();
     buffered.flush().map_err(pio("writing bundle"))?;
@@ -162,12 +176,14 @@ pub fn pack<W: Write + Seek>(root: &Path, mut out: W, opts: &PackOptions<'_>) ->
     Ok(PackSummary { header, digest, tree })
 }
 
-fn compress_tree<W: Write>(root: &Path, w: W, opts: &PackOptions<'_>) -> Result<(TreeSummary, u64, W), PackError> {
-    let mut enc = zstd::Encoder::new(w, opts.level).map_err(pio("starting zstd"))?;
-    enc.window_log(ZSTD_WINDOW_LOG_MAX.min(window_for_level(opts.level))).map_err(pio("configuring zstd"))?;
-    if opts.threads > 0 {
-        enc.multithread(opts.threads).map_err(pio("configuring zstd"))?;
-    }
+fn compress_tree<W: Write>(
+    root: &Path,
+    w: W,
+    opts: &PackOptions<'_>,
+    frame_size: usize,
+) -> Result<(TreeSummary, u64, W), PackError> {
+    let window_log = ZSTD_WINDOW_LOG_MAX.min(window_for_level(opts.level));
+    let enc = FrameWriter::new(w, opts.level, window_log, opts.threads, frame_size).map_err(pio("configuring zstd"))?;
     let counted = CountWriter::new(enc);
     let (counted, tree) = write_tree(root, &opts.deletions, counted, &opts.limits)?;
     let expanded = counted.count();
@@ -410,42 +426,7 @@ fn run_payload<R: Read + Send>(
     };
 
     let (expanded, summary) = if opts.threaded {
-        // Blocks go to the extracting thread and come back empty to be
-        // refilled, so the hand-off neither allocates nor zeroes memory;
-        // at most BLOCKS_IN_FLIGHT + 1 blocks exist.
-        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(BLOCKS_IN_FLIGHT - 1);
-        let (back_tx, back_rx) = mpsc::sync_channel::<Vec<u8>>(BLOCKS_IN_FLIGHT + 1);
-        std::thread::scope(|s| {
-            let producer = s.spawn(move || -> Result<u64, OpenError> {
-                let mut limited = decoded(src)?;
-                loop {
-                    let mut buf = back_rx.try_recv().unwrap_or_default();
-                    buf.resize(BLOCK_SIZE, 0);
-                    // Fill the block: fewer, fuller hand-offs.
-                    let n = read_full(&mut limited, &mut buf).map_err(|e| classify_io(e, limits))?;
-                    if n == 0 {
-                        return Ok(limited.count());
-                    }
-                    buf.truncate(n);
-                    if tx.send(buf).is_err() {
-                        // The consumer stopped; its error is the one to report.
-                        return Ok(limited.count());
-                    }
-                }
-            });
-            let mut reader = ChannelReader { rx, back: back_tx, buf: Vec::new(), pos: 0 };
-            let consumed = consume(&mut reader);
-            // Let the producer see a closed channel if we stopped early.
-            drop(reader);
-            let produced =
-                producer.join().unwrap_or_else(|_| Err(OpenError::Corrupt("decompression thread panicked".into())));
-            // When both failed, the producer's error is the cause: the
-            // consumer only saw its input end early.
-            match (produced, consumed) {
-                (Err(e), _) | (Ok(_), Err(e)) => Err(e),
-                (Ok(n), Ok(s)) => Ok((n, s)),
-            }
-        })?
+        decode_parallel(plain_reader(src, payload_key, payload_len), header.expanded_len, limits, consume)?
     } else {
         let mut limited = decoded(src)?;
         let summary = consume(&mut limited)?;
@@ -463,26 +444,36 @@ fn run_payload<R: Read + Send>(
     Ok(summary)
 }
 
-/// The payload chain: decrypt (when encrypted), zstd, expanded-size limit.
-fn decoded_reader<'s, R: Read>(
+/// The zstd stream: the payload decrypted (when encrypted). zstd reads
+/// straight from the decrypted chunk (StreamReader is BufRead); only the
+/// unencrypted payload needs a buffer of its own.
+fn plain_reader<'s, R: Read + Send>(
+    src: &'s mut PayloadSource<'_, R>,
+    payload_key: Option<&'s PayloadKey>,
+    payload_len: u64,
+) -> Box<dyn BufRead + Send + 's> {
+    match payload_key {
+        Some(k) => Box::new(StreamReader::new(k, src, payload_len)),
+        None => Box::new(BufReader::with_capacity(zstd::zstd_safe::DCtx::in_size(), src)),
+    }
+}
+
+/// The payload chain on one thread: decrypt (when encrypted), zstd,
+/// expanded-size limit.
+fn decoded_reader<'s, R: Read + Send>(
     src: &'s mut PayloadSource<'_, R>,
     payload_key: Option<&'s PayloadKey>,
     payload_len: u64,
     limits: &Limits,
 ) -> Result<LimitReader<Box<dyn Read + 's>>, OpenError> {
-    // zstd reads straight from the decrypted chunk (StreamReader is
-    // BufRead); only the unencrypted payload needs a buffer of its own.
-    let plain: Box<dyn BufRead + 's> = match payload_key {
-        Some(k) => Box::new(StreamReader::new(k, src, payload_len)),
-        None => Box::new(BufReader::with_capacity(zstd::zstd_safe::DCtx::in_size(), src)),
-    };
+    let plain = plain_reader(src, payload_key, payload_len);
     let mut dec = zstd::Decoder::with_buffer(plain).map_err(|e| OpenError::Corrupt(format!("zstd: {e}")))?;
     dec.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|e| OpenError::Corrupt(format!("zstd: {e}")))?;
     Ok(LimitReader::new(Box::new(ZstdErrors(dec)), limits.max_expanded, "expanded size"))
 }
 
 /// Maps an I/O error from the payload chain to the error that caused it.
-fn classify_io(e: io::Error, limits: &Limits) -> OpenError {
+pub(crate) fn classify_io(e: io::Error, limits: &Limits) -> OpenError {
     if e.get_ref().is_some_and(|i| i.is::<StreamError>()) {
         return match e.into_inner().map(|b| b.downcast::<StreamError>()) {
             Some(Ok(se)) => OpenError::Stream(*se),
@@ -500,43 +491,6 @@ fn classify_io(e: io::Error, limits: &Limits) -> OpenError {
         return OpenError::Corrupt("payload ended unexpectedly".into());
     }
     OpenError::Io(e)
-}
-
-/// Bytes of decompressed tar per hand-off between the threads of a
-/// threaded open.
-const BLOCK_SIZE: usize = 256 * 1024;
-/// Blocks queued or being filled or read at once (bounds the hand-off's
-/// memory to a few hundred KiB whatever the bundle size).
-const BLOCKS_IN_FLIGHT: usize = 4;
-
-/// The extracting side of a threaded open: reads the blocks the
-/// decompressing thread sends, and sends each one back once read.
-struct ChannelReader {
-    rx: mpsc::Receiver<Vec<u8>>,
-    back: mpsc::SyncSender<Vec<u8>>,
-    buf: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos >= self.buf.len() {
-            match self.rx.recv() {
-                Ok(b) => {
-                    let used = std::mem::replace(&mut self.buf, b);
-                    // Full (or the producer is gone): the block is dropped.
-                    let _ = self.back.try_send(used);
-                    self.pos = 0;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let avail = self.buf.get(self.pos..).unwrap_or_default();
-        let n = avail.len().min(out.len());
-        out.get_mut(..n).unwrap_or_default().copy_from_slice(avail.get(..n).unwrap_or_default());
-        self.pos += n;
-        Ok(n)
-    }
 }
 
 /// Marks zstd's own errors as corruption, keeping errors from below it

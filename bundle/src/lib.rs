@@ -21,7 +21,9 @@
 
 pub mod archive;
 mod bundle;
+mod decode;
 pub mod extract;
+pub mod frame;
 pub mod header;
 pub mod io;
 pub mod key;
@@ -31,7 +33,7 @@ pub mod stream;
 
 pub use bundle::{
     Authenticated, BundleReader, DEFAULT_LEVEL, MAX_LEVEL, OpenError, OpenOptions, OpenSummary, PackError, PackOptions,
-    PackSummary, pack, sha_hex,
+    PackSummary, pack, pack_frames, sha_hex,
 };
 pub use header::{Cipher, Header, HeaderError, RawHeader, Scope};
 pub use key::{Key, KeyError, KeyId};

@@ -7,8 +7,12 @@ use std::io::{Cursor, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use sha2::Digest;
+use stateless_bundle::header::HEADER_LEN;
 use stateless_bundle::stream::{CHUNK_SIZE, ENCRYPTED_CHUNK_SIZE};
-use stateless_bundle::{BundleReader, Key, Limits, OpenError, OpenOptions, PackOptions, RelPath, Scope, pack};
+use stateless_bundle::{
+    BundleReader, Key, Limits, OpenError, OpenOptions, PackOptions, RawHeader, RelPath, Scope, pack, pack_frames,
+};
 
 fn opts<'a>(key: Option<&'a Key>) -> PackOptions<'a> {
     PackOptions {
@@ -307,4 +311,170 @@ fn verify_only_writes_nothing_and_agrees() {
     let mut w = Vec::new();
     w.write_all(&b).unwrap();
     assert_eq!(BundleReader::new(&w[..]).unwrap().raw_header().digest_hex(), s.digest);
+}
+
+// -- zstd frames -------------------------------------------------------------
+
+/// A tree of about 1.5 MiB, half compressible, half not.
+fn multi_frame_tree() -> tempfile::TempDir {
+    let src = tempfile::tempdir().unwrap();
+    for i in 0..12u64 {
+        let text: Vec<u8> = format!("line {i} of a config file\n").bytes().cycle().take(60_000 + i as usize).collect();
+        write(&src.path().join(format!("etc/conf.d/{i}.conf")), &text);
+        write(&src.path().join(format!("usr/lib/blob{i}")), &pseudo_random(65_000 + 17 * i as usize, i));
+    }
+    src
+}
+
+fn pack_framed(root: &Path, key: Option<&Key>, frame_size: usize, threads: u32) -> Vec<u8> {
+    let mut out = Cursor::new(Vec::new());
+    pack_frames(root, &mut out, &PackOptions { threads, ..opts(key) }, frame_size).unwrap();
+    out.into_inner()
+}
+
+/// The content sizes the payload's frames declare (unencrypted bundles).
+fn frame_sizes(bundle: &[u8]) -> Vec<Option<u64>> {
+    let mut p = &bundle[HEADER_LEN..];
+    let mut sizes = vec![];
+    while !p.is_empty() {
+        sizes.push(zstd::zstd_safe::get_frame_content_size(p).unwrap());
+        p = &p[zstd::zstd_safe::find_frame_compressed_size(p).unwrap()..];
+    }
+    sizes
+}
+
+/// Every mode gives the source tree and the same summary.
+fn open_all_ways(bundle: &[u8], key: Option<&Key>, src: &Path) {
+    let mut summaries = vec![];
+    for threaded in [false, true] {
+        let dest = tempfile::tempdir().unwrap();
+        let s = open_bytes(bundle, key, &Limits::default(), Some(dest.path()), threaded).unwrap();
+        assert_eq!(listing(src), listing(dest.path()), "threaded={threaded}");
+        summaries.push(s.extract);
+    }
+    assert_eq!(summaries[0], summaries[1]);
+}
+
+#[test]
+fn multi_frame_round_trip() {
+    let key = Key::generate().unwrap();
+    let src = multi_frame_tree();
+    for (frame_size, threads) in [(64 << 10, 0), (100_000, 2), (1 << 20, 3), (64 << 20, 2)] {
+        let plain = pack_framed(src.path(), None, frame_size, threads);
+        let sizes = frame_sizes(&plain);
+        let expanded = u64::from_be_bytes(plain[96..104].try_into().unwrap());
+        assert_eq!(sizes.len() as u64, expanded.div_ceil(frame_size as u64), "frame size {frame_size}");
+        assert!(sizes.iter().all(|s| s.is_some_and(|s| s <= frame_size as u64)), "{sizes:?}");
+        open_all_ways(&plain, None, src.path());
+        open_all_ways(&pack_framed(src.path(), Some(&key), frame_size, threads), Some(&key), src.path());
+    }
+    // The frames do not depend on the number of threads.
+    let a = pack_framed(src.path(), None, 100_000, 0);
+    let b = pack_framed(src.path(), None, 100_000, 3);
+    assert_eq!(a[HEADER_LEN..], b[HEADER_LEN..]);
+}
+
+/// An unencrypted bundle like `b` with `payload` (zstd frames of `tar`).
+fn with_payload(b: &[u8], payload: Vec<u8>, expanded: u64) -> Vec<u8> {
+    let (mut h, _) = RawHeader::parse(&b[..HEADER_LEN]).unwrap().authenticate(None).unwrap();
+    h.payload_len = payload.len() as u64;
+    h.expanded_len = expanded;
+    h.payload_sha256 = sha2::Sha256::digest(&payload).into();
+    let mut out = h.to_bytes(None).unwrap().to_vec();
+    out.extend_from_slice(&payload);
+    out
+}
+
+fn tar_of(plain_bundle: &[u8]) -> Vec<u8> {
+    zstd::decode_all(&plain_bundle[HEADER_LEN..]).unwrap()
+}
+
+#[test]
+fn frames_with_and_without_content_size_mix() {
+    let src = multi_frame_tree();
+    let b = pack_framed(src.path(), None, 64 << 20, 0);
+    let tar = tar_of(&b);
+    // Frames as one-shot zstd writes them (with size), as a streaming
+    // encoder writes them (without), a skippable frame, and a frame larger
+    // than the reader's whole-frame limit would be, in turn.
+    let mut payload = vec![];
+    for (i, part) in tar.chunks(150_000).enumerate() {
+        match i % 3 {
+            0 => payload.extend(zstd::bulk::compress(part, 3).unwrap()),
+            1 => payload.extend(zstd::encode_all(part, 3).unwrap()),
+            _ => {
+                payload.extend([0x50, 0x2a, 0x4d, 0x18, 3, 0, 0, 0, 1, 2, 3]);
+                payload.extend(zstd::bulk::compress(part, 1).unwrap());
+            }
+        }
+    }
+    let mixed = with_payload(&b, payload, tar.len() as u64);
+    assert!(frame_sizes(&mixed).len() > 10);
+    open_all_ways(&mixed, None, src.path());
+    // One old-style frame for everything, as bundles were packed before.
+    open_all_ways(&with_payload(&b, zstd::encode_all(&tar[..], 9).unwrap(), tar.len() as u64), None, src.path());
+}
+
+#[test]
+fn frame_claiming_a_huge_content_size_is_refused() {
+    let src = multi_frame_tree();
+    let b = pack_framed(src.path(), None, 64 << 20, 0);
+    let tar = tar_of(&b);
+    let first = zstd::bulk::compress(&tar[..100_000], 3).unwrap();
+    // Magic, descriptor (8-byte content size, not single segment), window
+    // 1 KiB, content size 2^40, then one raw block of 3 bytes.
+    let mut huge = vec![0x28, 0xb5, 0x2f, 0xfd, 0xc0, 0x00];
+    huge.extend((1u64 << 40).to_le_bytes());
+    huge.extend([(3 << 3) | 1, 0, 0, b'a', b'b', b'c']);
+    let mut payload = first.clone();
+    payload.extend(&huge);
+    let bundle = with_payload(&b, payload, tar.len() as u64);
+    let dest = tempfile::tempdir().unwrap();
+    let e = open_bytes(&bundle, None, &Limits::default(), Some(dest.path()), true).unwrap_err();
+    assert_eq!(e.to_string(), "bundle expanded size of 2147483649 bytes is over the limit of 2147483648 bytes");
+    assert!(open_bytes(&bundle, None, &Limits::default(), None, false).is_err());
+
+    // Within the limit but more than the header's expanded size leaves.
+    let mut second = zstd::bulk::compress(&tar[100_000..], 3).unwrap();
+    let claimed = u32::try_from(tar.len() - 100_000).unwrap();
+    assert_eq!(second[4] >> 6, 2, "a 4-byte content size");
+    let at = if second[4] & 0x20 != 0 { 5 } else { 6 };
+    second[at..at + 4].copy_from_slice(&(claimed + 1).to_le_bytes());
+    let mut payload = first.clone();
+    payload.extend(&second);
+    let e = open_bytes(&with_payload(&b, payload, tar.len() as u64), None, &Limits::default(), None, true).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "corrupt bundle: zstd frame declares {} bytes, more than the {claimed} left of the header's expanded size",
+            claimed + 1
+        )
+    );
+
+    // Declaring less than it holds (a bomb in a small frame) is refused by zstd.
+    second[at..at + 4].copy_from_slice(&(claimed - 1).to_le_bytes());
+    let mut payload = first;
+    payload.extend(&second);
+    let e = err_of(&with_payload(&b, payload, tar.len() as u64), None, &Limits::default());
+    assert!(e.starts_with("corrupt bundle: zstd: "), "{e}");
+}
+
+#[test]
+fn tampered_chunk_in_a_multi_frame_payload_names_the_chunk() {
+    let key = Key::generate().unwrap();
+    let src = multi_frame_tree();
+    let mut b = pack_framed(src.path(), Some(&key), 64 << 10, 2);
+    let chunks = (b.len() - HEADER_LEN) / ENCRYPTED_CHUNK_SIZE;
+    assert!(chunks > 8, "{chunks}");
+    b[HEADER_LEN + 7 * ENCRYPTED_CHUNK_SIZE + 1000] ^= 0x02;
+    assert_eq!(
+        err_of(&b, Some(&key), &Limits::default()),
+        "authentication failed in chunk 7: the payload was modified or is corrupt"
+    );
+    let mut last = pack_framed(src.path(), Some(&key), 64 << 10, 2);
+    let n = last.len();
+    last[n - 3] ^= 0x80;
+    assert!(
+        err_of(&last, Some(&key), &Limits::default()).starts_with(&format!("authentication failed in chunk {chunks}"))
+    );
 }
