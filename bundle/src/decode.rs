@@ -49,11 +49,14 @@ pub const IN_FLIGHT_BYTES: u64 = 16 << 20;
 pub const IN_FLIGHT_ITEMS: u32 = 4;
 /// Bytes of a piece of a frame decoded as a stream.
 const PIECE: usize = 256 * 1024;
-/// Idle decoded-frame buffers kept for reuse, at most (touching fresh
-/// memory costs page faults, and glibc gives large blocks back on free).
-const POOL_BUFFERS: usize = DECODERS;
+/// Idle buffers kept for reuse, at most (touching fresh memory costs page
+/// faults, and glibc gives large blocks back on free).
+const POOL_BUFFERS: usize = 1;
 /// Their capacity, at most.
-const POOL_BYTES: usize = 8 << 20;
+const POOL_BYTES: usize = 4 << 20;
+/// A last frame up to this size is decoded as a stream on the splitter;
+/// a larger one goes to a decoder thread like the others.
+const LAST_FRAME_STREAMED: u64 = 2 << 20;
 
 /// Decodes `plain` (the payload's zstd frames) on several threads and
 /// hands the tar stream to `consume` on this one. Returns the expanded
@@ -82,7 +85,6 @@ where
                 declared: 0,
                 expanded_len,
                 limits,
-                stream: None,
                 jobs: Some(jobs),
                 job_rx: Arc::new(Mutex::new(job_rx)),
                 workers: Vec::new(),
@@ -247,8 +249,6 @@ struct Splitter<'p, 'a> {
     declared: u64,
     expanded_len: u64,
     limits: Limits,
-    /// The streaming decoder, made when first needed.
-    stream: Option<RawDecoder<'static>>,
     jobs: Option<mpsc::SyncSender<Job>>,
     job_rx: Arc<Mutex<mpsc::Receiver<Job>>>,
     workers: Vec<ScopedJoinHandle<'a, ()>>,
@@ -279,7 +279,7 @@ impl<'a> Splitter<'_, 'a> {
                     && !h.dictionary
             });
             let Some((h, size)) = whole.and_then(|h| Some((h, h.content_size?))) else {
-                self.stream_frame(Vec::new())?;
+                self.stream_frame(Vec::new(), header.map(|h| h.window))?;
                 continue;
             };
             // The decoded size is paid for before the frame is read, the
@@ -292,7 +292,7 @@ impl<'a> Splitter<'_, 'a> {
                 Ok(FrameRead::Complete) => {}
                 Ok(FrameRead::Stream) => {
                     self.shared.release(size);
-                    self.stream_frame(frame)?;
+                    self.stream_frame(frame, Some(h.window))?;
                     continue;
                 }
                 Err(e) => return Err(self.io_halt(e)),
@@ -301,14 +301,15 @@ impl<'a> Splitter<'_, 'a> {
             if !self.shared.acquire_more(frame.len() as u64) {
                 return Err(Halt::Closed);
             }
-            // The last frame is decoded here, in pieces the extractor can
-            // start on at once; a one-frame bundle needs no other thread.
+            // A small last frame is decoded here, in pieces the extractor
+            // can start on at once: a small one-frame bundle needs no other
+            // thread.
             match self.src.fill_buf().map(<[u8]>::is_empty) {
-                Ok(true) => {
+                Ok(true) if size <= LAST_FRAME_STREAMED => {
                     self.shared.release(credit);
-                    self.stream_frame(frame)?;
+                    self.stream_frame(frame, Some(h.window))?;
                 }
-                Ok(false) => self.dispatch(scope, frame, size, credit)?,
+                Ok(_) => self.dispatch(scope, frame, size, credit)?,
                 Err(e) => {
                     self.dispatch(scope, frame, size, credit)?;
                     return Err(self.io_halt(e));
@@ -370,17 +371,23 @@ impl<'a> Splitter<'_, 'a> {
 
     /// Decodes one frame as a stream: first the bytes of it already read
     /// (`prefix`), then the rest from the source, stopping exactly at the
-    /// frame's end.
-    fn stream_frame(&mut self, prefix: Vec<u8>) -> Result<(), Halt> {
+    /// frame's end. The window (as the header declares it, or the most
+    /// zstd will allow) is paid for from the budget while the frame lasts,
+    /// and given back with the decoder afterwards.
+    fn stream_frame(&mut self, prefix: Vec<u8>, window: Option<u64>) -> Result<(), Halt> {
+        let window = window.unwrap_or(u64::MAX).min(1 << ZSTD_WINDOW_LOG_MAX);
+        if !self.shared.acquire(window) {
+            return Err(Halt::Closed);
+        }
+        let result = self.stream_frame_in(&prefix);
+        self.shared.release(window);
+        result
+    }
+
+    fn stream_frame_in(&mut self, prefix: &[u8]) -> Result<(), Halt> {
         let zstd_halt = |e: io::Error| Halt::Failed(OpenError::Corrupt(format!("zstd: {e}")));
-        let mut dec = match self.stream.take() {
-            Some(d) => d,
-            None => {
-                let mut d = RawDecoder::new().map_err(zstd_halt)?;
-                d.set_parameter(DParameter::WindowLogMax(ZSTD_WINDOW_LOG_MAX)).map_err(zstd_halt)?;
-                d
-            }
-        };
+        let mut dec = RawDecoder::new().map_err(zstd_halt)?;
+        dec.set_parameter(DParameter::WindowLogMax(ZSTD_WINDOW_LOG_MAX)).map_err(zstd_halt)?;
         let mut used = 0usize;
         let mut piece = self.shared.take_buf(PIECE);
         let result = loop {
@@ -424,7 +431,6 @@ impl<'a> Splitter<'_, 'a> {
             }
         };
         self.shared.give_buf(piece);
-        self.stream = Some(dec);
         result
     }
 }

@@ -21,13 +21,13 @@ use zstd::zstd_safe::CParameter;
 /// docs/bundle-format.md, *Compression*): large enough that the ratio
 /// hardly suffers, small enough that two frames are decoded at once while
 /// a third is being extracted within the reader's memory bound.
-pub const FRAME_SIZE: usize = 4 << 20;
+pub const FRAME_SIZE: usize = 2 << 20;
 
 /// Largest content size a frame may declare to be decoded in one piece
 /// (whole, in parallel with other frames). Larger frames, and frames that
-/// do not declare their size, are decoded as a stream through the 8 MiB
-/// window instead, as one-frame bundles always were.
-pub const MAX_FRAME_CONTENT: u64 = 8 << 20;
+/// do not declare their size, are decoded as a stream through their window
+/// (at most 8 MiB) instead, as one-frame bundles always were.
+pub const MAX_FRAME_CONTENT: u64 = 2 << 20;
 
 /// Longest zstd frame header: magic, descriptor, window, dictionary id and
 /// content size fields.
