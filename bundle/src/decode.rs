@@ -51,9 +51,9 @@ pub const IN_FLIGHT_ITEMS: u32 = 4;
 const PIECE: usize = 256 * 1024;
 /// Idle buffers kept for reuse, at most (touching fresh memory costs page
 /// faults, and glibc gives large blocks back on free).
-const POOL_BUFFERS: usize = 1;
+const POOL_BUFFERS: usize = 4;
 /// Their capacity, at most.
-const POOL_BYTES: usize = 4 << 20;
+const POOL_BYTES: usize = 6 << 20;
 /// A last frame up to this size is decoded as a stream on the splitter;
 /// a larger one goes to a decoder thread like the others.
 const LAST_FRAME_STREAMED: u64 = 2 << 20;
