@@ -7,17 +7,20 @@
 //! [`MAX_FRAME_CONTENT`] goes whole to one of [`DECODERS`] decoder
 //! threads, which decompress it in one call into a buffer of exactly that
 //! size. Any other frame (no declared size, a larger one, anything zstd
-//! will refuse) and the last frame are decoded by the splitter itself as a
-//! stream, in pieces, through the 8 MiB window, as one-frame bundles always
-//! were. The caller's thread extracts the decoded bytes strictly in
-//! stream order.
+//! will refuse) and a small last frame are decoded by the splitter itself
+//! as a stream, in pieces, through their window (at most 8 MiB), as
+//! one-frame bundles always were; a bundle of one small frame starts no
+//! decoder thread. The caller's thread extracts the decoded bytes strictly
+//! in stream order.
 //!
 //! Invariants:
 //! - Everything in flight (compressed frames read ahead, decoded frames
-//!   and pieces not yet extracted) is paid for from one budget of
-//!   [`IN_FLIGHT_BYTES`] and [`IN_FLIGHT_ITEMS`], so memory does not grow
-//!   with the bundle; a frame is charged its declared size plus its
-//!   compressed bound before a byte of it is read.
+//!   and pieces not yet extracted, the window of a frame being streamed)
+//!   is paid for from one budget of [`IN_FLIGHT_BYTES`] and
+//!   [`IN_FLIGHT_ITEMS`], so memory does not grow with the bundle: a
+//!   frame's declared size is charged before a byte of it is read, its
+//!   compressed bytes (at most its compressed bound) once they are. Idle
+//!   buffers kept for reuse are bounded apart (6 MiB).
 //! - A frame that declares more than the expanded size the header has left
 //!   (or the expanded-size limit) is refused before anything is allocated
 //!   for it; zstd refuses a frame that decodes to more or less than it
