@@ -4,12 +4,14 @@
 //! TPM tests run against swtpm started on 127.0.0.1 by the test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
+#[path = "../../tests/support/swtpm.rs"]
+mod swtpm;
+
 use std::fs;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use stateless_bundle::Key;
 use stateless_keys::cpio::read_archives;
@@ -17,6 +19,7 @@ use stateless_keys::sealed::{Bank, SealedKey, read_sealed_file};
 use stateless_keys::tpm::{Tpm, TpmError};
 use stateless_keys::usb::{Devices, FsKind, UsbSource, probe};
 use stateless_keys::{KeySource, Lookup, TpmSource, read_key_file};
+use swtpm::Swtpm;
 
 fn ctl(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_statelessctl")).args(args).current_dir(cwd).output().unwrap()
@@ -234,60 +237,9 @@ fn usb_block_devices_vfat_and_mounted_ext4() {
 
 // ---------------------------------------------------------------- TPM
 
-/// swtpm on 127.0.0.1 (raw TPM commands on the data port), killed when
-/// dropped.
-struct Swtpm {
-    port: u16,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Swtpm {
-    fn start() -> Swtpm {
-        let dir = tempfile::tempdir().unwrap();
-        // tpm2-tools' swtpm TCTI expects the control port right after the
-        // data port: find a free pair.
-        let (port, ctrl) = loop {
-            let l1 = TcpListener::bind("127.0.0.1:0").unwrap();
-            let port = l1.local_addr().unwrap().port();
-            if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-                break (port, port + 1);
-            }
-        };
-        let child = Command::new("swtpm")
-            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
-            .arg("--server")
-            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-            .arg("--ctrl")
-            .arg(format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"))
-            .arg("--tpmstate")
-            .arg(format!("dir={}", dir.path().display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("swtpm is not installed: scripts/test installs it (apt-get install swtpm swtpm-tools)");
-        let until = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < until, "swtpm did not start on port {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Swtpm { port, child, _dir: dir }
-    }
-
-    fn selector(&self) -> String {
-        format!("swtpm:host=127.0.0.1,port={}", self.port)
-    }
-
-    fn tpm(&self) -> Tpm {
-        Tpm::open(&self.selector().parse().unwrap()).unwrap()
-    }
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A TPM client for `swtpm`.
+fn open_tpm(swtpm: &Swtpm) -> Tpm {
+    Tpm::open(&swtpm.selector().parse().unwrap()).unwrap()
 }
 
 fn seal(p: &Path, tpm: &Swtpm, key: &str, pcrs: &str, out: &str) -> SealedKey {
@@ -337,7 +289,7 @@ fn tpm_seal_then_unseal_by_statelessctl_and_the_key_source() {
 
     // Sealing and unsealing leave no objects or sessions behind (swtpm has
     // no resource manager: a leak would show up here).
-    let mut tpm = swtpm.tpm();
+    let mut tpm = open_tpm(&swtpm);
     // The TPM's RNG, mixed in when the kernel's is not ready yet at boot.
     let (r1, r2) = (tpm.get_random(32).unwrap(), tpm.get_random(32).unwrap());
     assert!(r1.len() == 32 && r1 != r2);
@@ -353,7 +305,7 @@ fn tpm_changed_pcr_fails_closed_naming_it() {
     let swtpm = Swtpm::start();
     new_key(p, "site.key");
     let sealed = seal(p, &swtpm, "site.key", "0,7,10", "node.sealed");
-    let mut tpm = swtpm.tpm();
+    let mut tpm = open_tpm(&swtpm);
     // What a different boot chain does to PCR 7.
     tpm.pcr_extend(7, Bank::Sha256, &[0x42; 32]).unwrap();
     let err = tpm.unseal(&sealed).unwrap_err();
@@ -362,7 +314,7 @@ fn tpm_changed_pcr_fails_closed_naming_it() {
     drop(tpm);
     let err = fails(&["key", "tpm-check", "node.sealed", "--tpm", &swtpm.selector()], p);
     assert!(err.contains("PCR 7 (sha256) differs from the sealed policy"), "{err}");
-    let mut tpm = swtpm.tpm();
+    let mut tpm = open_tpm(&swtpm);
 
     // Even a file edited to claim the new values does not unseal: the TPM
     // enforces the policy bound into the object.
@@ -377,7 +329,7 @@ fn tpm_changed_pcr_fails_closed_naming_it() {
     // Re-sealing to the new state works (the documented update procedure).
     drop(tpm);
     let resealed = seal(p, &swtpm, "site.key", "0,7,10", "node2.sealed");
-    swtpm.tpm().unseal(&resealed).unwrap();
+    open_tpm(&swtpm).unseal(&resealed).unwrap();
 }
 
 #[test]
@@ -388,24 +340,25 @@ fn tpm_object_of_another_tpm_or_edited_is_refused() {
     new_key(p, "site.key");
     let sealed = seal(p, &one, "site.key", "7", "node.sealed");
     // Another TPM has another SRK: refused before any salt or object is sent.
-    let err = two.tpm().unseal(&sealed).unwrap_err();
+    let err = open_tpm(&two).unseal(&sealed).unwrap_err();
     assert!(matches!(err, TpmError::SrkMismatch), "{err}");
     assert!(err.to_string().contains("not the one the key was sealed under"), "{err}");
     // Told the other SRK's name, the other TPM refuses the object itself.
     let other = {
-        let mut t = two.tpm();
+        let mut t = open_tpm(&two);
         t.seal(&Key::generate().unwrap(), Bank::Sha256, &[7]).unwrap()
     };
-    let err = two.tpm().unseal(&SealedKey { parent_name: other.parent_name.clone(), ..sealed.clone() }).unwrap_err();
+    let err =
+        open_tpm(&two).unseal(&SealedKey { parent_name: other.parent_name.clone(), ..sealed.clone() }).unwrap_err();
     assert!(matches!(err, TpmError::WrongObject { .. }), "{err}");
     assert!(err.to_string().contains("not made by this TPM"), "{err}");
     let mut flipped = sealed.clone();
     let last = flipped.private.len() - 1;
     flipped.private[last] ^= 1;
-    assert!(matches!(one.tpm().unseal(&flipped).unwrap_err(), TpmError::WrongObject { .. }));
+    assert!(matches!(open_tpm(&one).unseal(&flipped).unwrap_err(), TpmError::WrongObject { .. }));
     // A file that names another key id than the one sealed inside.
     let lying = SealedKey { key_id: Key::generate().unwrap().id(), ..sealed.clone() };
-    assert!(one.tpm().unseal(&lying).unwrap_err().to_string().contains("is not key"));
+    assert!(open_tpm(&one).unseal(&lying).unwrap_err().to_string().contains("is not key"));
     // An unreachable TPM is a quick, clear error.
     let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let err = fails(&["key", "tpm-check", "node.sealed", "--tpm", &format!("swtpm:host=127.0.0.1,port={dead}")], p);

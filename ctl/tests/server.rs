@@ -3,6 +3,9 @@
 //! serving (and accepting WebDAV PUTs into) the same data directory.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
+#[path = "../../tests/support/noise.rs"]
+mod noise;
+
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -706,15 +709,7 @@ fn cutting_proxy(upstream: u16, cut_after: usize, cuts: usize) -> (u16, Arc<Atom
 fn loader_resumes_a_cut_transfer_from_serve() {
     let site = Site::new();
     // Incompressible (xorshift), so the bundle is as large as the file.
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let big: Vec<u8> = (0..2_000_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let big = noise::incompressible(2_000_000, 0x9E37_79B9_7F4A_7C15);
     let b = site.bundle("big", 1, node_scope(), &[("usr/lib/big", &big)]);
     site.publish(&["--node", "node42"], &b);
     let srv = Serve::start(&site.data(), &[]);

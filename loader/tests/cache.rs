@@ -2,6 +2,9 @@
 //! The last-known-good cache: slots, rotation, corruption, a full disk, and
 //! finding and mounting the cache device.
 
+#[path = "../../tests/support/noise.rs"]
+mod noise;
+
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -15,17 +18,9 @@ fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// Incompressible bytes (xorshift), so a bundle's size follows `len`.
+/// Incompressible bytes, so a bundle's size follows `len`.
 fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    noise::incompressible(len, seed | 1)
 }
 
 /// Packs an encrypted bundle of about `len` bytes of file data into `dir`

@@ -8,6 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use stateless_bundle::Scope;
+use support::noise::incompressible;
 use support::{Dnsmasq, Nginx, Node, Proxy, Site};
 
 const NODE: &str = "rd.stateless.node=node42";
@@ -357,15 +358,7 @@ fn https_with_pin_or_ca() {
 fn cut_transfer_resumes_with_range() {
     let site = Site::new();
     // Incompressible (xorshift), so the bundle is as large as the file.
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let big: Vec<u8> = (0..3_000_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let big = incompressible(3_000_000, 0x9E37_79B9_7F4A_7C15);
     let bundle = site.publish("v1/nodes/node42/bundle", 1, node_scope(), &[("usr/lib/big", &big)], true);
     let nginx = Nginx::start(&site.www(), None, "");
     // The first two connections are cut after ~1 MB of response, while the
@@ -387,15 +380,7 @@ fn cut_transfer_resumes_with_range() {
 #[test]
 fn cut_transfer_without_ranges_starts_over() {
     let site = Site::new();
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    let big: Vec<u8> = (0..3_000_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let big = incompressible(3_000_000, 0x2545_F491_4F6C_DD1D);
     let bundle = site.publish("v1/nodes/node42/bundle", 1, node_scope(), &[("usr/lib/big", &big)], true);
     let nginx = Nginx::start(&site.www(), None, "");
     // The first connection is cut after ~1 MB; the resume's Range is

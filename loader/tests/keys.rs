@@ -6,14 +6,14 @@
 mod support;
 
 use std::fs;
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use stateless_bundle::{Key, Scope};
 use stateless_keys::sealed::Bank;
 use stateless_keys::tpm::Tpm;
+use support::swtpm::Swtpm;
 use support::{Nginx, Node, Site};
 
 const NODE: &str = "rd.stateless.node=node42 rd.stateless.timeout=3";
@@ -127,55 +127,6 @@ fn usb_wait_is_bounded() {
     assert_eq!(code, 10, "{err}");
     assert!(err.contains("USB stick NOSUCH42: not found (waited 5 s)"), "{err}");
     assert!(took >= Duration::from_secs(5) && took < Duration::from_secs(12), "{took:?}");
-}
-
-/// swtpm on 127.0.0.1, killed when dropped.
-struct Swtpm {
-    port: u16,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Swtpm {
-    fn start() -> Swtpm {
-        let dir = tempfile::tempdir().unwrap();
-        let (port, ctrl) = loop {
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            let p = l.local_addr().unwrap().port();
-            if p < u16::MAX && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-                break (p, p + 1);
-            }
-        };
-        let child = Command::new("swtpm")
-            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
-            .arg("--server")
-            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-            .arg("--ctrl")
-            .arg(format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"))
-            .arg("--tpmstate")
-            .arg(format!("dir={}", dir.path().display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("swtpm is not installed: scripts/test installs it (apt-get install swtpm swtpm-tools)");
-        let until = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < until, "swtpm did not start on port {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Swtpm { port, child, _dir: dir }
-    }
-
-    fn selector(&self) -> String {
-        format!("swtpm:host=127.0.0.1,port={}", self.port)
-    }
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

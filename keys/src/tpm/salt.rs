@@ -115,27 +115,18 @@ pub fn make_salt(x: &[u8], y: &[u8], random: &mut dyn FnMut(&mut [u8]) -> Result
 
 /// AES-128-CFB encryption in place (full-block feedback, as TPMs use it).
 pub fn cfb_encrypt(key: &[u8], iv: &[u8], data: &mut [u8]) -> Result<(), String> {
-    let aes = aes::Aes128::new_from_slice(key).map_err(|_| "bad AES key length".to_owned())?;
-    let mut feedback = aes::Block::default();
-    if iv.len() != feedback.len() {
-        return Err("bad IV length".into());
-    }
-    feedback.copy_from_slice(iv);
-    for chunk in data.chunks_mut(16) {
-        let mut stream = feedback;
-        aes.encrypt_block(&mut stream);
-        for (c, s) in chunk.iter_mut().zip(stream.iter()) {
-            *c ^= s;
-        }
-        if let Some(next) = feedback.get_mut(..chunk.len()) {
-            next.copy_from_slice(chunk);
-        }
-    }
-    Ok(())
+    cfb(key, iv, data, false)
 }
 
 /// AES-128-CFB decryption in place (full-block feedback, as TPMs use it).
 pub fn cfb_decrypt(key: &[u8], iv: &[u8], data: &mut [u8]) -> Result<(), String> {
+    cfb(key, iv, data, true)
+}
+
+/// CFB both ways: the keystream is AES of the previous ciphertext block (the
+/// IV first), so the directions differ only in whether the ciphertext is the
+/// input (decrypting) or the output (encrypting). A short last block ends it.
+fn cfb(key: &[u8], iv: &[u8], data: &mut [u8], decrypt: bool) -> Result<(), String> {
     let aes = aes::Aes128::new_from_slice(key).map_err(|_| "bad AES key length".to_owned())?;
     let mut feedback = aes::Block::default();
     if iv.len() != feedback.len() {
@@ -145,12 +136,18 @@ pub fn cfb_decrypt(key: &[u8], iv: &[u8], data: &mut [u8]) -> Result<(), String>
     for chunk in data.chunks_mut(16) {
         let mut stream = feedback;
         aes.encrypt_block(&mut stream);
-        // The ciphertext block feeds the next one (a short last block ends it).
-        if let Some(next) = feedback.get_mut(..chunk.len()) {
-            next.copy_from_slice(chunk);
+        if decrypt {
+            if let Some(next) = feedback.get_mut(..chunk.len()) {
+                next.copy_from_slice(chunk);
+            }
         }
         for (c, s) in chunk.iter_mut().zip(stream.iter()) {
             *c ^= s;
+        }
+        if !decrypt {
+            if let Some(next) = feedback.get_mut(..chunk.len()) {
+                next.copy_from_slice(chunk);
+            }
         }
     }
     Ok(())

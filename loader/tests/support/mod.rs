@@ -3,6 +3,11 @@
 //! project's own library, and fault-injecting TCP proxies.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
+#[path = "../../../tests/support/noise.rs"]
+pub mod noise;
+#[path = "../../../tests/support/swtpm.rs"]
+pub mod swtpm;
+
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
