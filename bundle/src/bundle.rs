@@ -7,7 +7,10 @@
 //! against the limits; [`Authenticated::extract`] streams the payload into a
 //! staging directory (or nowhere, to verify). Only when `extract` returns `Ok`
 //! has every chunk authenticated; a caller must treat what was written before
-//! an error as garbage and throw it away.
+//! an error as garbage and throw it away. A caller that requires a publisher
+//! signature calls [`Authenticated::require_signature`] between the last two
+//! steps: the signature is checked before any payload byte is read, and the
+//! payload's SHA-256 at the end, before `extract` returns `Ok`.
 
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
@@ -23,6 +26,7 @@ use crate::io::{CountWriter, HashWriter, LimitExceeded, LimitReader};
 use crate::key::{Key, KeyId, hex_encode};
 use crate::limits::{Limits, ZSTD_WINDOW_LOG_MAX};
 use crate::path::RelPath;
+use crate::sign::{PublicKey, SignatureError, SignerId, SigningKey};
 use crate::stream::{PayloadKey, StreamError, StreamReader, StreamWriter};
 
 /// Highest zstd level `pack` accepts; 20–22 need windows over the decoder's
@@ -108,16 +112,42 @@ fn pio(context: &'static str) -> impl FnOnce(io::Error) -> PackError {
 /// The tar is compressed as independent zstd frames of
 /// [`FRAME_SIZE`](crate::frame::FRAME_SIZE) bytes of tar each.
 pub fn pack<W: Write + Seek>(root: &Path, out: W, opts: &PackOptions<'_>) -> Result<PackSummary, PackError> {
-    pack_frames(root, out, opts, FRAME_SIZE)
+    pack_with(root, out, opts, FRAME_SIZE, None)
+}
+
+/// [`pack`], and sign the header with the publisher key `signer` (see
+/// docs/bundle-format.md, *Publisher signature*). The signature is made
+/// when the header is written, last, once the payload digest is known; for
+/// an encrypted bundle the header tag then covers the signature.
+///
+/// A function of its own rather than a field of [`PackOptions`], so that
+/// the callers that build `PackOptions` by hand are unchanged.
+pub fn pack_signed<W: Write + Seek>(
+    root: &Path,
+    out: W,
+    opts: &PackOptions<'_>,
+    signer: &SigningKey,
+) -> Result<PackSummary, PackError> {
+    pack_with(root, out, opts, FRAME_SIZE, Some(signer))
 }
 
 /// [`pack`] with frames of `frame_size` bytes of tar (for tests and for
 /// measuring the frame size; readers accept any).
 pub fn pack_frames<W: Write + Seek>(
     root: &Path,
+    out: W,
+    opts: &PackOptions<'_>,
+    frame_size: usize,
+) -> Result<PackSummary, PackError> {
+    pack_with(root, out, opts, frame_size, None)
+}
+
+fn pack_with<W: Write + Seek>(
+    root: &Path,
     mut out: W,
     opts: &PackOptions<'_>,
     frame_size: usize,
+    signer: Option<&SigningKey>,
 ) -> Result<PackSummary, PackError> {
     if !(1..=MAX_LEVEL).contains(&opts.level) {
         return Err(PackError::Options(format!("compression level must be 1 to {MAX_LEVEL}")));
@@ -168,6 +198,9 @@ pub fn pack_frames<W: Write + Seek>(
     header.expanded_len = expanded;
     header.entry_count = tree.entries;
     header.payload_sha256 = sha;
+    if let Some(signer) = signer {
+        header.sign(signer)?;
+    }
     let bytes = header.to_bytes(opts.key)?;
     out.seek(SeekFrom::Start(0)).map_err(pio("writing header"))?;
     out.write_all(&bytes).map_err(pio("writing header"))?;
@@ -211,6 +244,10 @@ pub enum OpenError {
     /// A chunk failed to authenticate.
     #[error(transparent)]
     Stream(StreamError),
+    /// A publisher signature was required and the bundle does not carry a
+    /// valid one, or its payload is not the one signed.
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
     /// The input ended before the declared payload length.
     #[error("truncated: payload is {got} bytes, the header declares {expected}")]
     Truncated {
@@ -282,7 +319,7 @@ impl<R: Read> BundleReader<R> {
                 return Err(OpenError::Limit { what, value, limit });
             }
         }
-        Ok(Authenticated { inner: self.inner, raw: self.raw, header, payload_key, limits: *limits })
+        Ok(Authenticated { inner: self.inner, raw: self.raw, header, payload_key, limits: *limits, signer: None })
     }
 }
 
@@ -294,6 +331,8 @@ pub struct Authenticated<R> {
     header: Header,
     payload_key: Option<PayloadKey>,
     limits: Limits,
+    /// Set by `require_signature`: the payload digest must then match.
+    signer: Option<SignerId>,
 }
 
 /// What a successful open found.
@@ -329,11 +368,23 @@ impl<R: Read + Send> Authenticated<R> {
         self.raw.digest_hex()
     }
 
+    /// Requires a valid signature by `publisher`: checks the signer id and
+    /// the signature over the header as received now, before any payload
+    /// byte is read, and makes [`Authenticated::extract`] hash the payload
+    /// and refuse it unless it matches the signed digest. Without this call
+    /// a signature is not checked.
+    pub fn require_signature(mut self, publisher: &PublicKey) -> Result<Self, OpenError> {
+        self.signer = Some(self.raw.verify_signature(publisher)?);
+        Ok(self)
+    }
+
     /// Streams the payload: decrypts, decompresses and extracts it, then
     /// checks that the input ends exactly where the header says. On error,
     /// whatever was written to `dest` must be discarded.
     pub fn extract(mut self, opts: OpenOptions<'_>) -> Result<OpenSummary, OpenError> {
-        let hash = self.header.cipher == Cipher::None || self.header.signature.is_some();
+        // An encrypted, unsigned bundle is authenticated chunk by chunk and
+        // need not be hashed: the fast path stays free of SHA-256.
+        let hash = self.header.cipher == Cipher::None || self.header.signature.is_some() || self.signer.is_some();
         let mut src = PayloadSource {
             inner: &mut self.inner,
             remaining: self.header.payload_len,
@@ -350,7 +401,10 @@ impl<R: Read + Send> Authenticated<R> {
         }
         if let Some(h) = src.hasher.take() {
             if h.finalize().as_slice() != self.header.payload_sha256 {
-                return Err(OpenError::Corrupt("payload digest mismatch".into()));
+                return Err(match self.signer {
+                    Some(signer) => SignatureError::PayloadDigest { signer }.into(),
+                    None => OpenError::Corrupt("payload digest mismatch".into()),
+                });
             }
         }
         let summary = result?;

@@ -22,8 +22,8 @@
 //! | 110 | 64 | scope name, zero padded |
 //! | 174 | 32 | SHA-256 of the payload |
 //! | 206 | 2  | reserved, zero |
-//! | 208 | 8  | signature: publisher key id (Ed25519, reserved) |
-//! | 216 | 64 | signature: Ed25519 over bytes 0..208 (reserved) |
+//! | 208 | 8  | signer: publisher signer id (zero when unsigned) |
+//! | 216 | 64 | signature: Ed25519 over bytes 0..208 (zero when unsigned) |
 //! | 280 | 8  | reserved, zero |
 //! | 288 | 32 | header tag over bytes 0..288 |
 //!
@@ -32,6 +32,11 @@
 //! against corruption, not a proof of origin). Nothing parsed from the header
 //! is trusted until [`RawHeader::authenticate`] has checked the tag over the
 //! exact bytes received.
+//!
+//! A publisher signature ([`crate::sign`]) is optional: [`Header::sign`]
+//! fills the slot before the tag is computed, so the tag covers it, and
+//! [`RawHeader::verify_signature`] checks it over the bytes received. A
+//! reader that is given no publisher key ignores the slot.
 
 use hkdf::Hkdf;
 use hmac::{Hmac, KeyInit, Mac};
@@ -39,6 +44,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::key::{KEY_ID_LEN, Key, KeyId, hex_encode};
+use crate::sign::{PublicKey, SIGNATURE_LEN, SIGNER_ID_LEN, SignatureError, SignerId, SigningKey};
 use crate::stream::{self, PayloadKey};
 
 /// The first eight bytes of every bundle.
@@ -134,13 +140,13 @@ pub fn validate_name(name: &[u8]) -> Result<(), HeaderError> {
     Ok(())
 }
 
-/// The reserved publisher signature slot.
+/// The publisher signature slot of a signed header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignatureSlot {
-    /// First 8 bytes of the publisher key's id.
-    pub signer: [u8; 8],
+    /// The publisher key's signer id ([`SigningKey::signer_id`]).
+    pub signer: [u8; SIGNER_ID_LEN],
     /// Ed25519 signature over header bytes 0..208.
-    pub signature: [u8; 64],
+    pub signature: [u8; SIGNATURE_LEN],
 }
 
 /// The fields of a bundle header.
@@ -176,9 +182,45 @@ impl Header {
     /// Serialises the header with its tag. `key` must be the key the header
     /// names when the cipher is not `None`.
     pub fn to_bytes(&self, key: Option<&Key>) -> Result<[u8; HEADER_LEN], HeaderError> {
+        let fields = self.field_bytes()?;
+        let tag = match (self.cipher, key) {
+            (Cipher::None, _) => sha256(&fields),
+            (Cipher::Aes256GcmStream, Some(key)) => {
+                if key.id() != self.key_id {
+                    return Err(HeaderError::WrongKey { needed: self.key_id, have: key.id() });
+                }
+                hmac_tag(&derive_keys(key, &self.salt).0, &fields)
+            }
+            (Cipher::Aes256GcmStream, None) => return Err(HeaderError::KeyRequired { needed: self.key_id }),
+        };
         let mut b = [0u8; HEADER_LEN];
-        let (fields, rest) = b.split_at_mut(TAGGED_LEN);
-        let mut w = Writer { buf: fields, pos: 0 };
+        let (head, rest) = b.split_at_mut(TAGGED_LEN);
+        head.copy_from_slice(&fields);
+        rest.copy_from_slice(&tag);
+        Ok(b)
+    }
+
+    /// Signs the header as `signer`: sets the signed flag and the signer id,
+    /// then signs bytes 0..208 as they will be serialised. Call it once every
+    /// other field has its final value (the payload digest included), then
+    /// [`Header::to_bytes`], whose tag then covers the signature too.
+    pub fn sign(&mut self, signer: &SigningKey) -> Result<(), HeaderError> {
+        let mut slot = SignatureSlot { signer: signer.signer_id().0, signature: [0; SIGNATURE_LEN] };
+        let mut unsigned = self.clone();
+        unsigned.signature = Some(slot.clone());
+        let fields = unsigned.field_bytes()?;
+        slot.signature = signer.sign(fields.get(..SIGNED_LEN).unwrap_or_default());
+        self.signature = Some(slot);
+        Ok(())
+    }
+
+    /// Bytes 0..288: every field, without the tag.
+    fn field_bytes(&self) -> Result<[u8; TAGGED_LEN], HeaderError> {
+        if self.expires == Some(0) {
+            return Err(HeaderError::BadField("expiry 0 is reserved for 'never'"));
+        }
+        let mut fields = [0u8; TAGGED_LEN];
+        let mut w = Writer { buf: &mut fields, pos: 0 };
         w.put(MAGIC);
         w.put(&FORMAT_VERSION.to_be_bytes());
         w.put(&[self.cipher.code(), 1]);
@@ -216,21 +258,7 @@ impl Header {
         }
         w.put(&[0u8; 8]);
         debug_assert_eq!(w.pos, TAGGED_LEN);
-        if self.expires == Some(0) {
-            return Err(HeaderError::BadField("expiry 0 is reserved for 'never'"));
-        }
-        let tag = match (self.cipher, key) {
-            (Cipher::None, _) => sha256(fields),
-            (Cipher::Aes256GcmStream, Some(key)) => {
-                if key.id() != self.key_id {
-                    return Err(HeaderError::WrongKey { needed: self.key_id, have: key.id() });
-                }
-                hmac_tag(&derive_keys(key, &self.salt).0, fields)
-            }
-            (Cipher::Aes256GcmStream, None) => return Err(HeaderError::KeyRequired { needed: self.key_id }),
-        };
-        rest.copy_from_slice(&tag);
-        Ok(b)
+        Ok(fields)
     }
 
     /// The bytes a publisher signature covers.
@@ -382,6 +410,29 @@ impl RawHeader {
         hex_encode(&self.tag())
     }
 
+    /// The signer id the header claims (unauthenticated), or `None` when the
+    /// header is not signed.
+    pub fn signer(&self) -> Option<SignerId> {
+        self.fields.signature.as_ref().map(|s| SignerId(s.signer))
+    }
+
+    /// Checks the publisher signature over the bytes received: the header
+    /// must be signed, by `publisher`, and the signature must verify over
+    /// bytes 0..208. Needs no site key. The signature covers the payload's
+    /// SHA-256, not the payload: a reader must still check the payload
+    /// against it ([`crate::Authenticated::require_signature`] does).
+    pub fn verify_signature(&self, publisher: &PublicKey) -> Result<SignerId, SignatureError> {
+        let slot = self.fields.signature.as_ref().ok_or(SignatureError::Unsigned)?;
+        let (found, expected) = (SignerId(slot.signer), publisher.signer_id());
+        if found != expected {
+            return Err(SignatureError::WrongSigner { found, expected });
+        }
+        if !publisher.verify(Header::signed_bytes(&self.bytes), &slot.signature) {
+            return Err(SignatureError::BadSignature);
+        }
+        Ok(found)
+    }
+
     /// Checks the tag: with `key` for an encrypted bundle, as a checksum for
     /// an unencrypted one. Returns the trusted header and, when encrypted,
     /// the payload key.
@@ -531,4 +582,68 @@ pub enum HeaderError {
     /// The header checksum of an unencrypted bundle did not match.
     #[error("header checksum mismatch: the header is corrupt")]
     BadChecksum,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(cipher: Cipher, key: &Key) -> Header {
+        Header {
+            cipher,
+            key_id: if cipher == Cipher::None { KeyId::default() } else { key.id() },
+            salt: [5; SALT_LEN],
+            generation: 9,
+            created: 1_700_000_000,
+            expires: Some(1_800_000_000),
+            payload_len: stream::encrypted_len(1000),
+            expanded_len: 2048,
+            entry_count: 3,
+            scope: Scope::Group("web".into()),
+            payload_sha256: [0x5a; 32],
+            signature: None,
+        }
+    }
+
+    #[test]
+    fn signed_header_round_trips_and_every_signed_byte_counts() {
+        let sk = SigningKey::from_seed(&[9; 32]);
+        let pk = sk.public_key();
+        let key = Key::from_bytes([1; 32]);
+        for cipher in [Cipher::None, Cipher::Aes256GcmStream] {
+            let mut h = header(cipher, &key);
+            h.sign(&sk).unwrap();
+            let bytes = h.to_bytes(Some(&key)).unwrap();
+            assert_eq!(bytes.get(12..16), Some(&[0, 0, 0, 1][..]), "signed flag");
+            let raw = RawHeader::parse(&bytes).unwrap();
+            assert_eq!(raw.authenticate(Some(&key)).unwrap().0, h);
+            assert_eq!(raw.verify_signature(&pk), Ok(sk.signer_id()));
+            // Signing again gives the same bytes (Ed25519 is deterministic),
+            // and a signed header re-signs cleanly.
+            let mut again = h.clone();
+            again.sign(&sk).unwrap();
+            assert_eq!(again.to_bytes(Some(&key)).unwrap(), bytes);
+            for i in 0..SIGNED_LEN + SIGNER_ID_LEN + SIGNATURE_LEN {
+                let mut t = bytes;
+                if let Some(b) = t.get_mut(i) {
+                    *b ^= 0x01;
+                }
+                // A flipped byte either makes the header unparseable or
+                // fails the signature check; it never verifies.
+                if let Ok(raw) = RawHeader::parse(&t) {
+                    assert!(raw.verify_signature(&pk).is_err(), "byte {i} of a {cipher:?} header");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unsigned_header_has_no_signer() {
+        let key = Key::from_bytes([1; 32]);
+        let bytes = header(Cipher::None, &key).to_bytes(None).unwrap();
+        let raw = RawHeader::parse(&bytes).unwrap();
+        assert_eq!(raw.signer(), None);
+        let pk = SigningKey::from_seed(&[9; 32]).public_key();
+        assert_eq!(raw.verify_signature(&pk), Err(SignatureError::Unsigned));
+    }
 }

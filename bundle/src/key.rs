@@ -3,7 +3,9 @@
 //! A key file is one line `stateless-key-v1:<64 lowercase hex>` and may carry
 //! `#` comment lines (the generator writes the key id as a comment). The id is
 //! derived from the key with HKDF so it can be printed and stored in bundle
-//! headers without revealing anything about the key.
+//! headers without revealing anything about the key. Publisher key files
+//! ([`crate::sign`]) share the text layout and the line parser here, which
+//! names the kind of a key file given where another kind was expected.
 
 use std::fmt;
 
@@ -68,34 +70,20 @@ impl Key {
 
     /// Parses the text of a key file.
     pub fn from_file_text(text: &[u8]) -> Result<Self, KeyError> {
-        if text.len() > MAX_KEY_FILE_LEN {
-            return Err(KeyError::NotAKey("file is too large to be a key file"));
-        }
-        let text = std::str::from_utf8(text).map_err(|_| KeyError::NotAKey("not text"))?;
-        let mut found: Option<Key> = None;
-        for line in text.lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let Some(hex) = line.strip_prefix(KEY_FILE_PREFIX) else {
-                if line.starts_with("stateless-key-") {
-                    return Err(KeyError::UnsupportedVersion);
-                }
-                return Err(KeyError::NotAKey("no stateless-key-v1: line"));
-            };
-            if found.is_some() {
-                return Err(KeyError::NotAKey("more than one key line"));
-            }
-            let mut bytes = [0u8; KEY_LEN];
-            if hex.len() != KEY_LEN * 2 || !hex_decode(hex, &mut bytes) {
-                bytes.zeroize();
-                return Err(KeyError::NotAKey("key must be 64 hex digits"));
-            }
-            found = Some(Key(bytes));
+        let hex = key_line(text, KeyKind::Site).map_err(|e| match e {
+            LineError::Version => KeyError::UnsupportedVersion,
+            LineError::Other(KeyKind::Signing) => KeyError::NotAKey("this is a publisher signing key, not a site key"),
+            LineError::Other(_) => KeyError::NotAKey("this is a publisher public key, not a site key"),
+            e => KeyError::NotAKey(e.message(KeyKind::Site)),
+        })?;
+        let mut bytes = [0u8; KEY_LEN];
+        if !hex_decode(hex, &mut bytes) {
             bytes.zeroize();
+            return Err(KeyError::NotAKey("key must be 64 hex digits"));
         }
-        found.ok_or(KeyError::NotAKey("no stateless-key-v1: line"))
+        let key = Key(bytes);
+        bytes.zeroize();
+        Ok(key)
     }
 }
 
@@ -138,6 +126,98 @@ impl fmt::Debug for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "KeyId({self})")
     }
+}
+
+/// The kinds of Stateless Loader key file, told apart by the prefix of
+/// their key line, so that a file of the wrong kind gets a message naming
+/// what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyKind {
+    /// A site key (`stateless-key-v1:`).
+    Site,
+    /// A publisher signing key (`stateless-signing-key-v1:`).
+    Signing,
+    /// A publisher public key (`stateless-public-key-v1:`).
+    Public,
+}
+
+impl KeyKind {
+    const ALL: [KeyKind; 3] = [KeyKind::Site, KeyKind::Signing, KeyKind::Public];
+
+    fn prefix(self) -> &'static str {
+        match self {
+            KeyKind::Site => KEY_FILE_PREFIX,
+            KeyKind::Signing => crate::sign::SIGNING_KEY_FILE_PREFIX,
+            KeyKind::Public => crate::sign::PUBLIC_KEY_FILE_PREFIX,
+        }
+    }
+
+    /// The prefix without its version: a line with this stem and another
+    /// version is a key file from another release.
+    fn stem(self) -> &'static str {
+        match self {
+            KeyKind::Site => "stateless-key-",
+            KeyKind::Signing => "stateless-signing-key-",
+            KeyKind::Public => "stateless-public-key-",
+        }
+    }
+}
+
+/// Why [`key_line`] found no key line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LineError {
+    TooLarge,
+    NotText,
+    Missing,
+    Duplicate,
+    /// The key line has this kind's stem and another version.
+    Version,
+    /// The file is a key file of another kind.
+    Other(KeyKind),
+}
+
+impl LineError {
+    /// The message for the errors that read the same for every kind.
+    pub(crate) fn message(self, kind: KeyKind) -> &'static str {
+        match (self, kind) {
+            (LineError::TooLarge, _) => "file is too large to be a key file",
+            (LineError::NotText, _) => "not text",
+            (LineError::Duplicate, _) => "more than one key line",
+            (_, KeyKind::Site) => "no stateless-key-v1: line",
+            (_, KeyKind::Signing) => "no stateless-signing-key-v1: line",
+            (_, KeyKind::Public) => "no stateless-public-key-v1: line",
+        }
+    }
+}
+
+/// Finds the one key line of `kind` in the text of a key file and returns
+/// what follows its prefix. `#` comment lines and blank lines are skipped;
+/// any other line is an error.
+pub(crate) fn key_line(text: &[u8], kind: KeyKind) -> Result<&str, LineError> {
+    if text.len() > MAX_KEY_FILE_LEN {
+        return Err(LineError::TooLarge);
+    }
+    let text = std::str::from_utf8(text).map_err(|_| LineError::NotText)?;
+    let mut found = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some(rest) = line.strip_prefix(kind.prefix()) else {
+            if line.starts_with(kind.stem()) {
+                return Err(LineError::Version);
+            }
+            return Err(KeyKind::ALL
+                .into_iter()
+                .find(|k| line.starts_with(k.stem()))
+                .map_or(LineError::Missing, LineError::Other));
+        };
+        if found.replace(rest).is_some() {
+            return Err(LineError::Duplicate);
+        }
+    }
+    found.ok_or(LineError::Missing)
 }
 
 /// Errors from making or reading keys.
@@ -237,5 +317,14 @@ mod tests {
         let two = format!("{}{}\n{}{}\n", KEY_FILE_PREFIX, "0".repeat(64), KEY_FILE_PREFIX, "1".repeat(64));
         assert!(Key::from_file_text(two.as_bytes()).unwrap_err().to_string().contains("more than one"));
         assert!(Key::from_file_text(&vec![b'#'; 5000]).unwrap_err().to_string().contains("too large"));
+    }
+
+    #[test]
+    fn a_publisher_key_file_is_named_as_such() {
+        let sk = crate::SigningKey::from_seed(&[3; 32]);
+        let err = Key::from_file_text(sk.to_file_text().as_bytes()).unwrap_err().to_string();
+        assert_eq!(err, "not a key file: this is a publisher signing key, not a site key");
+        let err = Key::from_file_text(sk.public_key().to_file_text().as_bytes()).unwrap_err().to_string();
+        assert_eq!(err, "not a key file: this is a publisher public key, not a site key");
     }
 }

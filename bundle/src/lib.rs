@@ -29,16 +29,18 @@ pub mod io;
 pub mod key;
 pub mod limits;
 pub mod path;
+pub mod sign;
 pub mod stream;
 
 pub use bundle::{
     Authenticated, BundleReader, DEFAULT_LEVEL, MAX_LEVEL, OpenError, OpenOptions, OpenSummary, PackError, PackOptions,
-    PackSummary, pack, pack_frames, sha_hex,
+    PackSummary, pack, pack_frames, pack_signed, sha_hex,
 };
 pub use header::{Cipher, Header, HeaderError, RawHeader, Scope};
 pub use key::{Key, KeyError, KeyId};
 pub use limits::Limits;
 pub use path::RelPath;
+pub use sign::{PublicKey, PublisherKeyError, SignatureError, SignerId, SigningKey};
 
 /// An error and its sources joined by `: `, the one line a person reads (what
 /// `anyhow`'s `{:#}` prints). A source whose text the line already ends with
