@@ -4,9 +4,9 @@
 //! STREAM reader releases a chunk only after its tag verified) and cuts it
 //! at zstd frame boundaries by walking the block headers
 //! ([`crate::frame`]). A frame that declares a content size of at most
-//! [`MAX_FRAME_CONTENT`] goes whole to one of [`DECODERS`] decoder
-//! threads, which decompress it in one call into a buffer of exactly that
-//! size. Any other frame (no declared size, a larger one, anything zstd
+//! [`MAX_FRAME_CONTENT`] goes whole to one of the decoder threads (one per
+//! CPU, from [`MIN_DECODERS`] to [`MAX_DECODERS`]), which decompress it in
+//! one call into a buffer of exactly that size. Any other frame (no declared size, a larger one, anything zstd
 //! will refuse) and a small last frame are decoded by the splitter itself
 //! as a stream, in pieces, through their window (at most 8 MiB), as
 //! one-frame bundles always were; a bundle of one small frame starts no
@@ -16,8 +16,8 @@
 //! Invariants:
 //! - Everything in flight (compressed frames read ahead, decoded frames
 //!   and pieces not yet extracted, the window of a frame being streamed)
-//!   is paid for from one budget of [`IN_FLIGHT_BYTES`] and
-//!   [`IN_FLIGHT_ITEMS`], so memory does not grow with the bundle: a
+//!   is paid for from one budget of [`IN_FLIGHT_BYTES`] and a few items
+//!   more than there are decoders, so memory does not grow with the bundle: a
 //!   frame's declared size is charged before a byte of it is read, its
 //!   compressed bytes (at most its compressed bound) once they are. Idle
 //!   buffers kept for reuse are bounded apart (6 MiB).
@@ -43,13 +43,24 @@ use crate::frame::{FrameRead, MAX_FRAME_CONTENT, MAX_FRAME_HEADER, compressed_bo
 use crate::io::LimitReader;
 use crate::limits::{Limits, ZSTD_WINDOW_LOG_MAX};
 
-/// Threads that decompress whole frames, besides the splitter.
-pub const DECODERS: usize = 2;
+/// Threads that decompress whole frames, besides the splitter, at least:
+/// on one or two CPUs two decoders still overlap with reading and
+/// extraction.
+pub const MIN_DECODERS: usize = 2;
+/// ... and at most: the byte budget holds about five 2 MiB frames with
+/// their compressed bytes, so more decoders would only wait for room.
+pub const MAX_DECODERS: usize = 4;
 /// Bytes in flight between reading and extraction, at most (a single item
 /// larger than this is let through alone).
 pub const IN_FLIGHT_BYTES: u64 = 16 << 20;
-/// Frames and pieces in flight, at most.
-pub const IN_FLIGHT_ITEMS: u32 = 4;
+/// Frames and pieces in flight besides one per decoder, at most: the one
+/// being extracted and the one the splitter is reading.
+const SPARE_ITEMS: u32 = 2;
+
+/// One decoder per CPU this process may run on, within the bounds above.
+fn decoder_count() -> usize {
+    std::thread::available_parallelism().map_or(MIN_DECODERS, |n| n.get().clamp(MIN_DECODERS, MAX_DECODERS))
+}
 /// Bytes of a piece of a frame decoded as a stream.
 const PIECE: usize = 256 * 1024;
 /// Idle buffers kept for reuse, at most (touching fresh memory costs page
@@ -73,13 +84,26 @@ pub(crate) fn decode_parallel<F>(
 where
     F: FnOnce(&mut dyn Read) -> Result<ExtractSummary, OpenError>,
 {
-    let shared = Shared::default();
+    decode_with(decoder_count(), plain, expanded_len, limits, consume)
+}
+
+fn decode_with<F>(
+    decoders: usize,
+    plain: Box<dyn BufRead + Send + '_>,
+    expanded_len: u64,
+    limits: &Limits,
+    consume: F,
+) -> Result<(u64, ExtractSummary), OpenError>
+where
+    F: FnOnce(&mut dyn Read) -> Result<ExtractSummary, OpenError>,
+{
+    let shared = Shared::new(decoders);
     let (tx, rx) = mpsc::channel();
     let limits = *limits;
     std::thread::scope(|s| {
         let shared = &shared;
         let splitter = s.spawn(move || {
-            let (jobs, job_rx) = mpsc::sync_channel(DECODERS);
+            let (jobs, job_rx) = mpsc::sync_channel(decoders);
             let mut sp = Splitter {
                 src: Prefixed { inner: plain, pending: Vec::new(), pos: 0 },
                 shared,
@@ -91,6 +115,7 @@ where
                 jobs: Some(jobs),
                 job_rx: Arc::new(Mutex::new(job_rx)),
                 workers: Vec::new(),
+                decoders,
             };
             let res = sp.run(s);
             sp.jobs = None;
@@ -155,19 +180,29 @@ struct Budget {
     closed: bool,
 }
 
-#[derive(Default)]
 struct Shared {
     budget: Mutex<Budget>,
+    /// Frames and pieces in flight, at most.
+    max_items: u32,
     room: Condvar,
     pool: Mutex<Vec<Vec<u8>>>,
 }
 
 impl Shared {
+    fn new(decoders: usize) -> Self {
+        Shared {
+            budget: Mutex::default(),
+            max_items: u32::try_from(decoders).unwrap_or(u32::MAX).saturating_add(SPARE_ITEMS),
+            room: Condvar::new(),
+            pool: Mutex::default(),
+        }
+    }
+
     /// Waits until `n` bytes fit in the budget and takes them; false once
     /// the extractor has gone.
     fn acquire(&self, n: u64) -> bool {
         let Ok(mut b) = self.budget.lock() else { return false };
-        while !b.closed && b.items > 0 && (b.bytes + n > IN_FLIGHT_BYTES || b.items >= IN_FLIGHT_ITEMS) {
+        while !b.closed && b.items > 0 && (b.bytes + n > IN_FLIGHT_BYTES || b.items >= self.max_items) {
             b = match self.room.wait(b) {
                 Ok(b) => b,
                 Err(_) => return false,
@@ -255,6 +290,8 @@ struct Splitter<'p, 'a> {
     jobs: Option<mpsc::SyncSender<Job>>,
     job_rx: Arc<Mutex<mpsc::Receiver<Job>>>,
     workers: Vec<ScopedJoinHandle<'a, ()>>,
+    /// Decoder threads to start, at most.
+    decoders: usize,
 }
 
 impl<'a> Splitter<'_, 'a> {
@@ -349,7 +386,7 @@ impl<'a> Splitter<'_, 'a> {
         size: u64,
         credit: u64,
     ) -> Result<(), Halt> {
-        if self.workers.len() < DECODERS {
+        if self.workers.len() < self.decoders {
             let (rx, out, shared) = (Arc::clone(&self.job_rx), self.out.clone(), self.shared);
             self.workers.push(scope.spawn(move || decode_frames(&rx, &out, shared)));
         }
@@ -597,5 +634,62 @@ impl BufRead for Prefixed<'_> {
         } else {
             self.inner.consume(amt);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+    use super::*;
+
+    /// Text-like data: compressible, different in every frame.
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| b"stateless loader frames "[i % 24] ^ ((i / 4096) as u8 & 0x0f)).collect()
+    }
+
+    /// `data` cut into independent frames that declare their size, as pack
+    /// writes them.
+    fn frames(data: &[u8], frame: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for part in data.chunks(frame) {
+            out.extend(zstd::bulk::compress(part, 3).unwrap());
+        }
+        out
+    }
+
+    fn decode(decoders: usize, stream: &[u8], expanded: u64) -> Result<Vec<u8>, OpenError> {
+        let mut got = Vec::new();
+        let limits = Limits::default();
+        let (n, _) = decode_with(decoders, Box::new(stream), expanded, &limits, |r| {
+            r.read_to_end(&mut got).map_err(OpenError::Io)?;
+            Ok(ExtractSummary::default())
+        })?;
+        assert_eq!(n, got.len() as u64);
+        Ok(got)
+    }
+
+    #[test]
+    fn any_number_of_decoders_keeps_stream_order() {
+        // 21 frames of 1 MiB and a short last one: several rounds of every
+        // decoder, frames finishing out of order, and the streamed tail.
+        let want = data(21 * (1 << 20) + 12_345);
+        let stream = frames(&want, 1 << 20);
+        for decoders in [1, MIN_DECODERS, MAX_DECODERS, 7] {
+            let got = decode(decoders, &stream, want.len() as u64).unwrap();
+            assert!(got == want, "{decoders} decoders: output differs");
+        }
+    }
+
+    #[test]
+    fn a_bad_frame_is_reported_in_stream_order_with_many_decoders() {
+        let want = data(9 * (1 << 20));
+        let mut stream = frames(&want, 1 << 20);
+        // Corrupt a block in the middle of the stream.
+        let mid = stream.len() / 2;
+        stream[mid] ^= 0xff;
+        stream[mid + 1] ^= 0xff;
+        let err = decode(MAX_DECODERS, &stream, want.len() as u64).unwrap_err();
+        assert!(matches!(err, OpenError::Corrupt(_)), "{err}");
     }
 }
