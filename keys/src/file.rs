@@ -1,4 +1,5 @@
-//! Reading and writing key files.
+//! Reading and writing key files: site keys, and publisher signing and
+//! public keys ([`stateless_bundle::sign`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -6,7 +7,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use stateless_bundle::key::MAX_KEY_FILE_LEN;
-use stateless_bundle::{Key, KeyError};
+use stateless_bundle::{Key, KeyError, PublicKey, PublisherKeyError, SigningKey};
 use zeroize::Zeroizing;
 
 /// Why a key file could not be read or written.
@@ -31,11 +32,64 @@ pub enum KeyFileError {
         #[source]
         err: KeyError,
     },
+    /// The file is not a publisher key file of the kind asked for.
+    #[error("{}", path.display())]
+    PublisherKey {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        err: PublisherKeyError,
+    },
 }
 
 /// Reads a key file. Logs a warning when the file is readable by group or
 /// others, and refuses anything larger than a key file can be.
 pub fn read_key_file(path: &Path) -> Result<Key, KeyFileError> {
+    let (text, mode) = read_small(path)?;
+    let key = Key::from_file_text(&text).map_err(|err| KeyFileError::Key { path: path.to_owned(), err })?;
+    // Only a real key deserves the warning; a wrong path gets the error alone.
+    warn_if_readable("key file", path, mode);
+    Ok(key)
+}
+
+/// Writes `key` to a new file with mode 0600. Refuses to replace an existing
+/// file unless `overwrite` is set (then the old file is replaced atomically).
+pub fn write_key_file(path: &Path, key: &Key, overwrite: bool) -> Result<(), KeyFileError> {
+    write_text(path, &Zeroizing::new(key.to_file_text()), 0o600, overwrite)
+}
+
+/// Reads a publisher signing key file, with the same checks and warning as
+/// [`read_key_file`].
+pub fn read_signing_key_file(path: &Path) -> Result<SigningKey, KeyFileError> {
+    let (text, mode) = read_small(path)?;
+    let key =
+        SigningKey::from_file_text(&text).map_err(|err| KeyFileError::PublisherKey { path: path.to_owned(), err })?;
+    warn_if_readable("signing key file", path, mode);
+    Ok(key)
+}
+
+/// Writes a publisher signing key to a file with mode 0600 (like
+/// [`write_key_file`]).
+pub fn write_signing_key_file(path: &Path, key: &SigningKey, overwrite: bool) -> Result<(), KeyFileError> {
+    write_text(path, &Zeroizing::new(key.to_file_text()), 0o600, overwrite)
+}
+
+/// Reads a publisher public key file. Public keys are not secret: no mode
+/// warning.
+pub fn read_public_key_file(path: &Path) -> Result<PublicKey, KeyFileError> {
+    let (text, _) = read_small(path)?;
+    PublicKey::from_file_text(&text).map_err(|err| KeyFileError::PublisherKey { path: path.to_owned(), err })
+}
+
+/// Writes a publisher public key to a file with mode 0644.
+pub fn write_public_key_file(path: &Path, key: &PublicKey, overwrite: bool) -> Result<(), KeyFileError> {
+    write_text(path, &Zeroizing::new(key.to_file_text()), 0o644, overwrite)
+}
+
+/// The contents of a regular file of at most a key file's size (one byte
+/// more, so that the parser reports a larger file as too large), and its mode.
+fn read_small(path: &Path) -> Result<(Zeroizing<Vec<u8>>, u32), KeyFileError> {
     let io_err = |err| KeyFileError::Io { path: path.to_owned(), err };
     let file = File::open(path).map_err(io_err)?;
     let meta = file.metadata().map_err(io_err)?;
@@ -44,26 +98,26 @@ pub fn read_key_file(path: &Path) -> Result<Key, KeyFileError> {
     }
     let mut text = Zeroizing::new(Vec::with_capacity(256));
     file.take(MAX_KEY_FILE_LEN as u64 + 1).read_to_end(&mut text).map_err(io_err)?;
-    let key = Key::from_file_text(&text).map_err(|err| KeyFileError::Key { path: path.to_owned(), err })?;
-    // Only a real key deserves the warning; a wrong path gets the error alone.
-    if meta.mode() & 0o077 != 0 {
+    Ok((text, meta.mode()))
+}
+
+fn warn_if_readable(what: &str, path: &Path, mode: u32) {
+    if mode & 0o077 != 0 {
         log::warn!(
-            "key file {} is readable by group or others (mode {:04o}); run: chmod 600 {}",
+            "{what} {} is readable by group or others (mode {:04o}); run: chmod 600 {}",
             path.display(),
-            meta.mode() & 0o7777,
+            mode & 0o7777,
             path.display()
         );
     }
-    Ok(key)
 }
 
-/// Writes `key` to a new file with mode 0600. Refuses to replace an existing
-/// file unless `overwrite` is set (then the old file is replaced atomically).
-pub fn write_key_file(path: &Path, key: &Key, overwrite: bool) -> Result<(), KeyFileError> {
+/// Writes `text` to a new file with `mode`; with `overwrite`, replaces an
+/// existing file atomically (temporary file beside it, then rename).
+fn write_text(path: &Path, text: &str, mode: u32, overwrite: bool) -> Result<(), KeyFileError> {
     let io_err = |err| KeyFileError::Io { path: path.to_owned(), err };
-    let text = Zeroizing::new(key.to_file_text());
     if !overwrite {
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io_err)?;
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(io_err)?;
         f.write_all(text.as_bytes()).map_err(io_err)?;
         return f.sync_all().map_err(io_err);
     }
@@ -71,7 +125,7 @@ pub fn write_key_file(path: &Path, key: &Key, overwrite: bool) -> Result<(), Key
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     let result = (|| {
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
@@ -115,5 +169,31 @@ mod tests {
         let big = dir.path().join("disk.img");
         std::fs::write(&big, vec![b'#'; 10_000]).unwrap();
         assert!(chain(&read_key_file(&big).unwrap_err()).contains("too large"));
+    }
+
+    #[test]
+    fn publisher_keys_written_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sign, public) = (dir.path().join("p.sign"), dir.path().join("p.pub"));
+        let sk = SigningKey::generate().unwrap();
+        write_signing_key_file(&sign, &sk, false).unwrap();
+        write_public_key_file(&public, &sk.public_key(), false).unwrap();
+        assert_eq!(std::fs::metadata(&sign).unwrap().permissions().mode() & 0o777, 0o600);
+        // 0644 less the umask: never more than that.
+        assert_eq!(std::fs::metadata(&public).unwrap().permissions().mode() & 0o777 & !0o644, 0);
+        assert_eq!(read_signing_key_file(&sign).unwrap().public_key(), sk.public_key());
+        assert_eq!(read_public_key_file(&public).unwrap(), sk.public_key());
+        assert!(chain(&write_signing_key_file(&sign, &sk, false).unwrap_err()).contains("exists"));
+        let other = SigningKey::generate().unwrap();
+        write_signing_key_file(&sign, &other, true).unwrap();
+        assert_eq!(read_signing_key_file(&sign).unwrap().signer_id(), other.signer_id());
+        assert_eq!(std::fs::metadata(&sign).unwrap().permissions().mode() & 0o777, 0o600);
+        // Each reader names the kind of file it was given instead.
+        let err = chain(&read_public_key_file(&sign).unwrap_err());
+        assert!(err.contains("p.sign") && err.contains("this is a publisher signing key (secret)"), "{err}");
+        let err = chain(&read_signing_key_file(&public).unwrap_err());
+        assert!(err.contains("p.pub") && err.contains("this is a publisher public key"), "{err}");
+        let err = chain(&read_key_file(&sign).unwrap_err());
+        assert!(err.contains("this is a publisher signing key, not a site key"), "{err}");
     }
 }

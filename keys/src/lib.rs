@@ -2,7 +2,9 @@
 //!
 //! A key file holds one site key in the text format of
 //! [`stateless_bundle::key`]; it is written with mode 0600 and a warning is
-//! logged when one is read that the group or others can read. Key sources
+//! logged when one is read that the group or others can read; the same goes
+//! for a publisher signing key file, while its public key file is written
+//! 0644 ([`stateless_bundle::sign`] has the formats). Key sources
 //! share the [`KeySource`] trait so the loader can walk its key ladder and
 //! pick the key whose id a bundle names: key files and directories of them
 //! (the boot image), a USB stick ([`usb`]) and the TPM ([`tpm`]).
@@ -18,7 +20,10 @@ mod source;
 pub mod tpm;
 pub mod usb;
 
-pub use file::{KeyFileError, read_key_file, write_key_file};
+pub use file::{
+    KeyFileError, read_key_file, read_public_key_file, read_signing_key_file, write_key_file, write_public_key_file,
+    write_signing_key_file,
+};
 pub use source::{DirSource, FileSource, KeySource, KeySourceError, Lookup, Offered, find_key};
 pub use tpm::source::TpmSource;
 pub use usb::UsbSource;
