@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-/// Stateless Loader admin tool: make site keys and configuration bundles.
+/// Stateless Loader admin tool: make site keys, publisher keys and configuration bundles.
 #[derive(Debug, Parser)]
 #[command(name = "statelessctl", version, help_expected = true, propagate_version = true)]
 pub struct Cli {
@@ -17,7 +17,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Make and inspect site keys.
+    /// Make and inspect site keys and publisher signing keys.
     #[command(subcommand)]
     Key(KeyCmd),
     /// Make, inspect, verify and open bundles.
@@ -56,6 +56,29 @@ pub enum KeyCmd {
     Id {
         /// The key file.
         file: PathBuf,
+    },
+    /// Generate a publisher signing key (Ed25519, mode 0600) and print its signer id.
+    NewSigning {
+        /// Where to write the signing key file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Also write its public key file here (mode 0644); `key pub` makes it later.
+        #[arg(long, value_name = "FILE")]
+        pub_out: Option<PathBuf>,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write the public key file of a publisher signing key (or print it).
+    Pub {
+        /// The signing key file.
+        file: PathBuf,
+        /// Where to write the public key file (mode 0644); without it, print the file.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
     },
     /// Append keys to a boot image (initramfs) as an extra cpio archive.
     Initramfs(crate::cmd_initramfs::InitramfsArgs),
@@ -99,6 +122,9 @@ pub enum BundleCmd {
         /// Make an unencrypted bundle (integrity checksum only, readable by anyone).
         #[arg(long)]
         unencrypted: bool,
+        /// Sign the bundle with this publisher signing key (see key new-signing).
+        #[arg(long, value_name = "SIGNING_KEY")]
+        sign: Option<PathBuf>,
         /// Generation number; loaders refuse to go backwards.
         #[arg(long)]
         generation: u64,
@@ -139,6 +165,8 @@ pub enum BundleCmd {
         #[arg(long)]
         key: Option<PathBuf>,
         #[command(flatten)]
+        pubkey: PubkeyArg,
+        #[command(flatten)]
         limits: LimitArgs,
     },
     /// Extract a bundle into a new directory, only if all of it verifies.
@@ -151,12 +179,23 @@ pub enum BundleCmd {
         /// The directory to create (must not exist).
         #[arg(short, long)]
         output: PathBuf,
+        #[command(flatten)]
+        pubkey: PubkeyArg,
         /// Do not apply owners from the bundle even when running as root.
         #[arg(long)]
         no_same_owner: bool,
         #[command(flatten)]
         limits: LimitArgs,
     },
+}
+
+/// The publisher whose signature a bundle must carry.
+#[derive(Debug, Clone, Args)]
+pub struct PubkeyArg {
+    /// Require a valid signature by this publisher public key, and a payload
+    /// matching the signed digest (without it, a signature is not checked).
+    #[arg(long, value_name = "PUBLIC_KEY")]
+    pub pubkey: Option<PathBuf>,
 }
 
 /// Parses `123`, `64K`, `512M`, `2G` (binary multiples).

@@ -8,10 +8,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use serde::Serialize;
-use stateless_bundle::{BundleReader, Cipher, Header, Key, Limits, OpenOptions, PackOptions, RelPath, Scope, sha_hex};
-use stateless_keys::read_key_file;
+use stateless_bundle::{
+    BundleReader, Cipher, Header, Key, Limits, OpenOptions, PackOptions, PublicKey, RelPath, Scope, SignerId, sha_hex,
+};
+use stateless_keys::{read_key_file, read_public_key_file, read_signing_key_file};
 
-use crate::cli::{BundleCmd, LimitArgs};
+use crate::cli::{BundleCmd, LimitArgs, PubkeyArg};
 
 pub fn run(cmd: BundleCmd) -> anyhow::Result<ExitCode> {
     match cmd {
@@ -20,6 +22,7 @@ pub fn run(cmd: BundleCmd) -> anyhow::Result<ExitCode> {
             output,
             key,
             unencrypted: _,
+            sign,
             generation,
             scope,
             expires,
@@ -30,6 +33,7 @@ pub fn run(cmd: BundleCmd) -> anyhow::Result<ExitCode> {
             limits,
         } => {
             let key = key.map(|k| read_key_file(&k).context("reading key file")).transpose()?;
+            let signer = sign.map(|s| read_signing_key_file(&s).context("reading signing key file")).transpose()?;
             let scope = Scope::parse(&scope).with_context(|| format!("parsing --scope {scope}"))?;
             let expires =
                 expires.map(|e| parse_time(&e).with_context(|| format!("parsing --expires {e}"))).transpose()?;
@@ -65,13 +69,16 @@ pub fn run(cmd: BundleCmd) -> anyhow::Result<ExitCode> {
                 .prefix(".statelessctl-pack")
                 .tempfile_in(parent)
                 .with_context(|| format!("creating a temporary file in {}", parent.display()))?;
-            let summary = stateless_bundle::pack(&dir, tmp.as_file_mut(), &opts)
-                .with_context(|| format!("packing {}", dir.display()))?;
+            let summary = match &signer {
+                Some(s) => stateless_bundle::pack_signed(&dir, tmp.as_file_mut(), &opts, s),
+                None => stateless_bundle::pack(&dir, tmp.as_file_mut(), &opts),
+            }
+            .with_context(|| format!("packing {}", dir.display()))?;
             tmp.as_file().sync_all().context("syncing bundle")?;
             tmp.persist(&output).with_context(|| format!("writing {}", output.display()))?;
             let h = &summary.header;
             println!(
-                "{}: generation {}, {}, scope {}, {} entries, {} bytes ({} expanded), digest {}",
+                "{}: generation {}, {}, scope {}, {} entries, {} bytes ({} expanded), digest {}, {}",
                 output.display(),
                 h.generation,
                 match h.cipher {
@@ -83,23 +90,26 @@ pub fn run(cmd: BundleCmd) -> anyhow::Result<ExitCode> {
                 h.payload_len + stateless_bundle::header::HEADER_LEN as u64,
                 h.expanded_len,
                 short(&summary.digest),
+                describe_signature(h, true),
             );
         }
         BundleCmd::Inspect { file, json } => inspect(&file, json)?,
-        BundleCmd::Verify { file, key, limits } => {
-            let summary = open(&file, key.as_deref(), &limits_from(&limits), None, false)?;
+        BundleCmd::Verify { file, key, pubkey, limits } => {
+            let checked = pubkey.pubkey.is_some();
+            let summary = open(&file, key.as_deref(), &pubkey, &limits_from(&limits), None, false)?;
             println!(
-                "{}: OK, generation {}, {}, {} entries ({} files, {} deletions), digest {}",
+                "{}: OK, generation {}, {}, {} entries ({} files, {} deletions), digest {}, {}",
                 file.display(),
                 summary.header.generation,
                 describe_cipher(&summary.header),
                 summary.extract.entries,
                 summary.extract.files,
                 summary.extract.whiteouts,
-                short(&summary.digest)
+                short(&summary.digest),
+                describe_signature(&summary.header, checked),
             );
         }
-        BundleCmd::Open { file, key, output, no_same_owner, limits } => {
+        BundleCmd::Open { file, key, output, pubkey, no_same_owner, limits } => {
             if output.symlink_metadata().is_ok() {
                 bail!("{} exists; open extracts into a new directory", output.display());
             }
@@ -111,7 +121,7 @@ pub fn run(cmd: BundleCmd) -> anyhow::Result<ExitCode> {
                 .tempdir_in(parent)
                 .with_context(|| format!("creating a staging directory in {}", parent.display()))?;
             let owners = !no_same_owner && rustix::process::geteuid().is_root();
-            let summary = open(&file, key.as_deref(), &limits_from(&limits), Some(staging.path()), owners)?;
+            let summary = open(&file, key.as_deref(), &pubkey, &limits_from(&limits), Some(staging.path()), owners)?;
             let staged = staging.keep();
             if let Err(e) = std::fs::rename(&staged, &output) {
                 let _ = std::fs::remove_dir_all(&staged);
@@ -132,21 +142,30 @@ pub fn run(cmd: BundleCmd) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Reads, authenticates and streams the bundle into `dest` (or nowhere).
+/// With a public key, the signature is checked before the payload is read
+/// and the payload digest before this returns `Ok`.
 fn open(
     file: &Path,
     key: Option<&Path>,
+    pubkey: &PubkeyArg,
     limits: &Limits,
     dest: Option<&Path>,
     owners: bool,
 ) -> anyhow::Result<stateless_bundle::OpenSummary> {
     let key: Option<Key> = key.map(|k| read_key_file(k).context("reading key file")).transpose()?;
+    let publisher: Option<PublicKey> =
+        pubkey.pubkey.as_deref().map(|p| read_public_key_file(p).context("reading public key file")).transpose()?;
     let f = File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let reader =
         BundleReader::new(BufReader::with_capacity(256 * 1024, f)).with_context(|| format!("{}", file.display()))?;
     if reader.raw_header().cipher() == Cipher::None && key.is_some() {
         log::warn!("{} is not encrypted; the key is not used", file.display());
     }
-    let bundle = reader.authenticate(key.as_ref(), limits).with_context(|| format!("{}", file.display()))?;
+    let mut bundle = reader.authenticate(key.as_ref(), limits).with_context(|| format!("{}", file.display()))?;
+    if let Some(p) = &publisher {
+        bundle = bundle.require_signature(p).with_context(|| format!("{}", file.display()))?;
+    }
     bundle.extract(OpenOptions { dest, owners, threaded: true }).with_context(|| format!("{}", file.display()))
 }
 
@@ -176,6 +195,7 @@ fn inspect(file: &Path, json: bool) -> anyhow::Result<()> {
         payload_sha256: sha_hex(&h.payload_sha256),
         digest: raw.digest_hex(),
         signed: h.signature.is_some(),
+        signer: raw.signer().map(|s| s.to_string()),
         file_bytes: len,
         header_authenticated: checked,
     };
@@ -197,7 +217,13 @@ fn inspect(file: &Path, json: bool) -> anyhow::Result<()> {
     );
     println!("payload sha256:  {}", view.payload_sha256);
     println!("digest:          {}", view.digest);
-    println!("signed:          {}", if view.signed { "yes" } else { "no" });
+    println!(
+        "signature:       {}",
+        match &view.signer {
+            Some(s) => format!("signed by {s} (not checked here: bundle verify --pubkey)"),
+            None => "unsigned".to_owned(),
+        }
+    );
     println!(
         "header:          {}",
         match checked {
@@ -228,6 +254,8 @@ struct InspectView {
     payload_sha256: String,
     digest: String,
     signed: bool,
+    /// The publisher's signer id (hex), `null` when unsigned. Not checked.
+    signer: Option<String>,
     file_bytes: u64,
     /// `null` when the header needs the key to be authenticated.
     header_authenticated: Option<bool>,
@@ -237,6 +265,16 @@ fn describe_cipher(h: &Header) -> String {
     match h.cipher {
         Cipher::None => "unencrypted".into(),
         c => format!("{} key {}", c.name(), h.key_id.short()),
+    }
+}
+
+/// `signed by publisher ID`, noting when the signature was not checked, or
+/// `unsigned`.
+fn describe_signature(h: &Header, checked: bool) -> String {
+    match &h.signature {
+        Some(s) if checked => format!("signed by publisher {}", SignerId(s.signer)),
+        Some(s) => format!("signed by publisher {} (not checked)", SignerId(s.signer)),
+        None => "unsigned".into(),
     }
 }
 

@@ -176,3 +176,193 @@ fn bad_bundles_fail_cleanly_and_leave_nothing() {
     let names: Vec<String> = fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert!(!names.iter().any(|n| n == "out" || n.starts_with(".statelessctl")), "{names:?}");
 }
+
+/// Makes a publisher key pair `NAME.sign` / `NAME.pub`; returns the signer id.
+fn publisher(name: &str, cwd: &Path) -> String {
+    let out = ok(&["key", "new-signing", "-o", &format!("{name}.sign"), "--pub-out", &format!("{name}.pub")], cwd);
+    out.trim().to_owned()
+}
+
+fn short_id(id: &str) -> String {
+    format!("{}…", &id[..8])
+}
+
+#[test]
+fn key_new_signing_and_pub() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let id = publisher("p", p);
+    assert!(id.len() == 16 && id.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+    assert_eq!(fs::metadata(p.join("p.sign")).unwrap().permissions().mode() & 0o777, 0o600);
+    let public = fs::read_to_string(p.join("p.pub")).unwrap();
+    assert!(public.contains(&format!("# signer: {id}\n")) && public.contains("\nstateless-public-key-v1:"), "{public}");
+    // key pub prints the same public key file, or writes it and prints the id.
+    assert_eq!(ok(&["key", "pub", "p.sign"], p), public);
+    assert_eq!(ok(&["key", "pub", "p.sign", "-o", "again.pub"], p).trim(), id);
+    assert_eq!(fs::read_to_string(p.join("again.pub")).unwrap(), public);
+    let err = fails(&["key", "pub", "p.sign", "-o", "again.pub"], p);
+    assert!(err.contains("exists"), "{err}");
+
+    // Refused as a whole when either file exists: no half pair is left.
+    let err = fails(&["key", "new-signing", "-o", "q.sign", "--pub-out", "p.pub"], p);
+    assert_eq!(err.trim(), "statelessctl: p.pub exists (use --force to replace it)");
+    assert!(!p.join("q.sign").exists());
+    let new_id = ok(&["key", "new-signing", "-o", "p.sign", "--pub-out", "p.pub", "--force"], p);
+    assert_ne!(new_id.trim(), id);
+
+    // Each kind of key file is named when given where another is expected.
+    let err = fails(&["key", "id", "p.sign"], p);
+    assert_eq!(
+        err.trim(),
+        "statelessctl: reading key file: p.sign: not a key file: this is a publisher signing key, not a site key"
+    );
+    let err = fails(&["key", "pub", "p.pub"], p);
+    assert_eq!(
+        err.trim(),
+        "statelessctl: reading signing key file: p.pub: not a publisher signing key: \
+         this is a publisher public key, not a signing key"
+    );
+
+    fs::set_permissions(p.join("p.sign"), fs::Permissions::from_mode(0o640)).unwrap();
+    let o = ctl(&["key", "pub", "p.sign"], p);
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("warning: signing key file p.sign is readable by group or others (mode 0640)"), "{err}");
+}
+
+#[test]
+fn signed_pack_inspect_verify_open() {
+    let d = setup();
+    let p = d.path();
+    let id = publisher("p", p);
+    let run = |args: &[&str], key: &[&'static str]| ok(&[args, key].concat(), p);
+    for (name, key) in [("e.bundle", &["--key", "site.key"][..]), ("u.bundle", &["--unencrypted"][..])] {
+        let out = run(&["bundle", "pack", "tree", "-o", name, "--generation", "5", "--sign", "p.sign"], key);
+        assert!(out.trim().ends_with(&format!(", signed by publisher {id}")), "{out}");
+        let text = ok(&["bundle", "inspect", name], p);
+        assert!(text.contains(&format!("signature:       signed by {id}")), "{text}");
+        let json: serde_json::Value = serde_json::from_str(&ok(&["bundle", "inspect", name, "--json"], p)).unwrap();
+        assert_eq!(json["signer"], id.as_str());
+        assert_eq!(json["signed"], true);
+
+        let key = if name == "e.bundle" { key } else { &[] };
+        let out = run(&["bundle", "verify", name, "--pubkey", "p.pub"], key);
+        assert!(out.contains(": OK,") && out.trim().ends_with(&format!("signed by publisher {id}")), "{out}");
+        // Without --pubkey the signature is not checked; it still opens.
+        let out = run(&["bundle", "verify", name], key);
+        assert!(out.trim().ends_with(&format!("signed by publisher {id} (not checked)")), "{out}");
+        let dest = format!("out-{name}");
+        run(&["bundle", "open", name, "--pubkey", "p.pub", "-o", &dest], key);
+        assert_eq!(fs::read_to_string(p.join(dest).join("etc/motd")).unwrap(), "hello\n");
+    }
+    ok(&["bundle", "pack", "tree", "-o", "plain.bundle", "--unencrypted", "--generation", "1"], p);
+    assert!(ok(&["bundle", "inspect", "plain.bundle"], p).contains("signature:       unsigned"));
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&["bundle", "inspect", "plain.bundle", "--json"], p)).unwrap();
+    assert_eq!(json["signer"], serde_json::Value::Null);
+    assert!(ok(&["bundle", "verify", "plain.bundle"], p).trim().ends_with(", unsigned"));
+}
+
+/// Replaces the SHA-256 header checksum of an unencrypted bundle.
+fn rechecksum(b: &mut [u8]) {
+    use sha2::Digest;
+    let sum = sha2::Sha256::digest(&b[..288]);
+    b[288..320].copy_from_slice(&sum);
+}
+
+#[test]
+fn signature_failures_are_one_line_and_leave_nothing() {
+    let d = setup();
+    let p = d.path();
+    let id = publisher("p", p);
+    let other = publisher("other", p);
+    let pack = |name: &str, extra: &[&str]| {
+        let args = [&["bundle", "pack", "tree", "-o", name, "--generation", "4", "--level", "1"][..], extra].concat();
+        ok(&args, p);
+    };
+    pack("s.bundle", &["--key", "site.key", "--sign", "p.sign"]);
+    pack("u-signed.bundle", &["--unencrypted", "--sign", "p.sign"]);
+    pack("n.bundle", &["--key", "site.key"]);
+    let open = |name: &str, pubkey: &str| -> String {
+        let key: &[&str] = if name.starts_with("u-") { &[] } else { &["--key", "site.key"] };
+        let args = [&["bundle", "open", name, "--pubkey", pubkey, "-o", "out"][..], key].concat();
+        fails(&args, p).trim().to_owned()
+    };
+
+    assert_eq!(
+        open("n.bundle", "p.pub"),
+        "statelessctl: n.bundle: bundle is not signed; a publisher signature is required"
+    );
+    assert_eq!(
+        open("s.bundle", "other.pub"),
+        format!(
+            "statelessctl: s.bundle: bundle is signed by publisher {}, expected {}",
+            short_id(&id),
+            short_id(&other)
+        )
+    );
+    assert_eq!(
+        open("s.bundle", "site.key"),
+        "statelessctl: reading public key file: site.key: not a publisher public key: \
+         this is a site key, not a publisher public key"
+    );
+
+    // A header field changed after signing, checksum made valid again.
+    let good = fs::read(p.join("u-signed.bundle")).unwrap();
+    let mut t = good.clone();
+    t[71] ^= 1; // generation
+    rechecksum(&mut t);
+    fs::write(p.join("u-tampered.bundle"), &t).unwrap();
+    assert_eq!(
+        open("u-tampered.bundle", "p.pub"),
+        "statelessctl: u-tampered.bundle: publisher signature does not verify: the header was modified or is corrupt"
+    );
+    // Without --pubkey the signature is ignored, as for any signed bundle.
+    assert!(ok(&["bundle", "verify", "u-tampered.bundle"], p).contains(": OK, generation 5"));
+
+    // The payload changed: its digest no longer matches the signed one.
+    let mut c = good.clone();
+    let n = c.len();
+    c[n - 30] ^= 0x08;
+    fs::write(p.join("u-corrupt.bundle"), &c).unwrap();
+    assert_eq!(
+        open("u-corrupt.bundle", "p.pub"),
+        format!(
+            "statelessctl: u-corrupt.bundle: payload digest mismatch: the payload is not the one publisher {} signed",
+            short_id(&id)
+        )
+    );
+
+    // An encrypted payload swapped by someone with the site key: the header
+    // and STREAM check out, the signed digest does not.
+    let swapped = swap_payload(&fs::read(p.join("s.bundle")).unwrap(), &p.join("site.key"));
+    fs::write(p.join("w.bundle"), swapped).unwrap();
+    assert_eq!(
+        open("w.bundle", "p.pub"),
+        format!(
+            "statelessctl: w.bundle: payload digest mismatch: the payload is not the one publisher {} signed",
+            short_id(&id)
+        )
+    );
+
+    let names: Vec<String> = fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(!names.iter().any(|n| n == "out" || n.starts_with(".statelessctl")), "{names:?}");
+}
+
+/// Decrypts the payload of `bundle` with the site key, flips a bit of the
+/// plaintext and encrypts it again under the same payload key, keeping the
+/// header as it is.
+fn swap_payload(bundle: &[u8], key: &Path) -> Vec<u8> {
+    use stateless_bundle::stream::{StreamReader, StreamWriter};
+    use std::io::{Read, Write};
+    let key = stateless_bundle::Key::from_file_text(&fs::read(key).unwrap()).unwrap();
+    let (h, pk) = stateless_bundle::RawHeader::parse(bundle).unwrap().authenticate(Some(&key)).unwrap();
+    let pk = pk.unwrap();
+    let mut plain = Vec::new();
+    StreamReader::new(&pk, &bundle[320..], h.payload_len).read_to_end(&mut plain).unwrap();
+    let n = plain.len();
+    plain[n / 2] ^= 1;
+    let mut w = StreamWriter::new(&pk, bundle[..320].to_vec());
+    w.write_all(&plain).unwrap();
+    w.finish().unwrap()
+}
