@@ -2,12 +2,17 @@
 //!
 //! ```text
 //! cargo run -p stateless-bundle --example gen_vectors -- tests/vectors
+//! cargo run -p stateless-bundle --example gen_vectors -- tests/vectors sig_ ok_signed
 //! ```
 //!
 //! Every run draws fresh keys and salts, so every vector file changes; the
 //! expectations do not. Stale vector files (any file in the directory without
 //! a `.` in its name) are deleted first. Nothing but the vector files is
 //! written: each test key lives only in the text header of its own vector.
+//! Name prefixes after the directory limit the run to the vectors whose
+//! names start with one of them (and deletes only stale files with those
+//! prefixes), so that adding vectors does not rewrite the whole catalogue:
+//! the publisher signature vectors were added with `sig_ ok_signed`.
 //!
 //! # File format
 //!
@@ -18,6 +23,10 @@
 //! * `error: TEXT` — TEXT is a substring of the `Display` of the error that
 //!   `BundleReader::new(..)?.authenticate(key, &limits)?.extract(..)` returns.
 //! * `key: stateless-key-v1:HEX` — the site key to open with (omitted: none).
+//! * `pubkey: stateless-public-key-v1:HEX` — the publisher public key whose
+//!   signature the reader requires (`Authenticated::require_signature`
+//!   between `authenticate` and `extract`); omitted: no signature is
+//!   required, and one that is present is not checked.
 //! * `limits: NAME=N ...` — overrides of [`Limits::default`]
 //!   (`max_payload`, `max_expanded`, `max_entries`, `max_path`).
 //! * `tree-sha256: HEX` — for success: the digest of the tree listing below.
@@ -75,6 +84,16 @@
 //! flag are taken from a second encryption of a longer plaintext under the
 //! same payload key (chunk `i` of both encryptions uses the same nonce).
 //!
+//! Signed vectors (`ok_signed*`, `sig_*`) are signed with
+//! `Header::sign` once the payload digest is in the header, checked against
+//! an independent signature: ed25519-dalek over bytes 0..208 of the header
+//! with the flag and signer set, the signer id being
+//! `SHA-256("stateless-bundle/v1/signer" || public key)[0..8]`. Each uses a
+//! publisher key drawn for it; the vector carries only the public key. A
+//! payload "swapped by a site-key holder" is the same plaintext with one bit
+//! flipped, encrypted again under the payload key the site key and salt give,
+//! with the signed header left as it was.
+//!
 //! The per-vector comments say what each vector breaks.
 
 // A generator: failing loudly on an unexpected state is the right behaviour.
@@ -91,7 +110,9 @@ use sha2::{Digest, Sha256};
 use stateless_bundle::header::HEADER_LEN;
 use stateless_bundle::key::{KEY_FILE_PREFIX, hex_encode};
 use stateless_bundle::stream::{CHUNK_SIZE, ENCRYPTED_CHUNK_SIZE, PayloadKey, StreamWriter, encrypted_len};
-use stateless_bundle::{Cipher, Header, Key, KeyId, Limits, PackOptions, RawHeader, RelPath, Scope, pack};
+use stateless_bundle::{
+    Cipher, Header, Key, KeyId, Limits, PackOptions, PublicKey, RawHeader, RelPath, Scope, SigningKey, pack,
+};
 
 const MTIME: u64 = 1_700_000_000;
 const CREATED: i64 = 1_700_000_000;
@@ -437,6 +458,24 @@ impl Bundle {
         payload_key(&self.header, self.key.as_ref().unwrap())
     }
 
+    /// Signs the header as `sk` (after `seal_payload`: the digest is signed),
+    /// checking the crate's signature against an independent one.
+    fn signed(mut self, sk: &SigningKey) -> Bundle {
+        self.header.sign(sk).unwrap();
+        let h = self.header_bytes();
+        let seed = sk_seed(sk);
+        let dalek = ed25519_dalek::SigningKey::from_bytes(&seed);
+        let public = dalek.verifying_key().to_bytes();
+        let mut id = Sha256::new();
+        id.update(b"stateless-bundle/v1/signer");
+        id.update(public);
+        assert_eq!(h[12..16], [0, 0, 0, 1], "signed flag");
+        assert_eq!(h[208..216], id.finalize()[..8], "signer id differs from the documented derivation");
+        use ed25519_dalek::Signer;
+        assert_eq!(h[216..280], dalek.sign(&h[..208]).to_bytes(), "signature differs from an independent one");
+        self
+    }
+
     fn header_bytes(&self) -> [u8; HEADER_LEN] {
         self.header.to_bytes(self.key.as_ref()).unwrap()
     }
@@ -478,11 +517,22 @@ fn retag(h: &mut [u8; HEADER_LEN], key: Option<&Key>) {
 // ---------------------------------------------------------------------------
 // Vectors
 
+/// The Ed25519 seed of a signing key, read back from its key file text (the
+/// crate gives no other way to the secret).
+fn sk_seed(sk: &SigningKey) -> [u8; 32] {
+    let text = sk.to_file_text();
+    let hex = text.lines().find_map(|l| l.strip_prefix("stateless-signing-key-v1:")).unwrap();
+    let mut seed = [0u8; 32];
+    assert!(stateless_bundle::key::hex_decode(hex, &mut seed));
+    seed
+}
+
 #[derive(Default)]
 struct Vector {
     name: &'static str,
     bytes: Vec<u8>,
     key: Option<Key>,
+    pubkey: Option<PublicKey>,
     error: Option<String>,
     tree: Option<Vec<String>>,
     limits: Vec<(&'static str, u64)>,
@@ -513,6 +563,12 @@ impl Vector {
         }
     }
 
+    /// Requires a signature by `pk` when the vector is opened.
+    fn pubkey(mut self, pk: PublicKey) -> Vector {
+        self.pubkey = Some(pk);
+        self
+    }
+
     fn limits(mut self, limits: &[(&'static str, u64)]) -> Vector {
         self.limits = limits.to_vec();
         self
@@ -535,6 +591,9 @@ impl Vector {
         }
         if let Some(k) = &self.key {
             s += &format!("key: {}\n", key_line(k));
+        }
+        if let Some(pk) = &self.pubkey {
+            s += &format!("pubkey: {}\n", pk.to_line());
         }
         if !self.limits.is_empty() {
             let l: Vec<String> = self.limits.iter().map(|(n, v)| format!("{n}={v}")).collect();
@@ -1537,6 +1596,153 @@ fn vectors() -> Vec<Vector> {
             "the header declares a 1 TiB payload (default limits)",
         ));
     }
+
+    // -- publisher signatures -----------------------------------------------
+    {
+        let sign = || SigningKey::generate().unwrap();
+        let key = k();
+        let sk = sign();
+        let b = Bundle::from_tar(Some(&key), &mut small_tree()).signed(&sk);
+        v.push(
+            Vector::ok(
+                "ok_signed",
+                &b,
+                small_tree().listing(),
+                "the small tree, encrypted and signed; the reader requires the publisher's signature",
+            )
+            .pubkey(sk.public_key()),
+        );
+        v.push(Vector::ok(
+            "ok_signed_without_pubkey",
+            &b,
+            small_tree().listing(),
+            "the same signed bundle opened with no publisher key: the signature is not checked",
+        ));
+        let u = Bundle::from_tar(None, &mut small_tree()).signed(&sk);
+        v.push(
+            Vector::ok(
+                "ok_signed_unencrypted",
+                &u,
+                small_tree().listing(),
+                "the small tree, unencrypted and signed; the signature is its only proof of origin",
+            )
+            .pubkey(sk.public_key()),
+        );
+
+        let plain = Bundle::from_tar(Some(&key), &mut small_tree());
+        v.push(
+            Vector::err(
+                "sig_unsigned",
+                plain.bytes(),
+                Some(&key),
+                "bundle is not signed; a publisher signature is required",
+                "an unsigned (but otherwise valid) bundle where a publisher signature is required",
+            )
+            .pubkey(sk.public_key()),
+        );
+
+        let other = sign();
+        v.push(
+            Vector::err(
+                "sig_wrong_signer",
+                b.bytes(),
+                Some(&key),
+                format!(
+                    "bundle is signed by publisher {}, expected {}",
+                    sk.signer_id().short(),
+                    other.signer_id().short()
+                ),
+                "validly signed by another publisher than the one required",
+            )
+            .pubkey(other.public_key()),
+        );
+
+        let bytes = b.patched(|h| h[71] ^= 1);
+        v.push(
+            Vector::err(
+                "sig_bad_signature",
+                bytes,
+                Some(&key),
+                "publisher signature does not verify: the header was modified or is corrupt",
+                "the generation changed after signing, header tag recomputed with the site key",
+            )
+            .pubkey(sk.public_key()),
+        );
+
+        let forger = sign();
+        let mut forged = Bundle::from_tar(Some(&key), &mut small_tree()).signed(&forger);
+        forged.header.signature.as_mut().unwrap().signer = sk.signer_id().0;
+        v.push(
+            Vector::err(
+                "sig_forged_signer",
+                forged.bytes(),
+                Some(&key),
+                "publisher signature does not verify: the header was modified or is corrupt",
+                "signed by another key, with the required publisher's signer id written over its own",
+            )
+            .pubkey(sk.public_key()),
+        );
+
+        // s + L, where L is the order of the Ed25519 base point: the same
+        // signature to a lax verifier, refused by a strict one (RFC 8032 5.1.7).
+        const L: [u8; 32] = [
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14, 0, 0, 0, 0,
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
+        let bytes = b.patched(|h| {
+            let mut carry = 0u16;
+            for (i, l) in L.iter().enumerate() {
+                let sum = u16::from(h[248 + i]) + u16::from(*l) + carry;
+                h[248 + i] = sum as u8;
+                carry = sum >> 8;
+            }
+            assert_eq!(carry, 0);
+        });
+        v.push(
+            Vector::err(
+                "sig_noncanonical_s",
+                bytes,
+                Some(&key),
+                "publisher signature does not verify: the header was modified or is corrupt",
+                "the signature's S plus the group order L (a malleated signature), header tag recomputed",
+            )
+            .pubkey(sk.public_key()),
+        );
+
+        let mut swapped = b.clone();
+        let mut z = compress(&small_tree().finish(), None);
+        let mid = z.len() / 2;
+        z[mid] ^= 1;
+        swapped.payload = encrypt(&b.payload_key(), &z);
+        assert_eq!(swapped.payload.len(), b.payload.len());
+        let msg =
+            format!("payload digest mismatch: the payload is not the one publisher {} signed", sk.signer_id().short());
+        v.push(
+            Vector::err(
+                "sig_payload_digest_mismatch",
+                swapped.bytes(),
+                Some(&key),
+                msg.clone(),
+                "the signed header as it was, over a payload with one bit flipped and encrypted again under the \
+                 bundle's payload key (what a holder of the site key can do)",
+            )
+            .pubkey(sk.public_key()),
+        );
+
+        let mut bytes = u.bytes();
+        let i = bytes.len() - 20;
+        bytes[i] ^= 1;
+        v.push(
+            Vector::err(
+                "sig_payload_digest_mismatch_unencrypted",
+                bytes,
+                None,
+                msg,
+                "a payload byte of the signed unencrypted bundle flipped after signing",
+            )
+            .pubkey(sk.public_key()),
+        );
+    }
     v
 }
 
@@ -1601,8 +1807,12 @@ fn packed(key: &Key) -> (Bundle, Vec<String>) {
 }
 
 fn main() {
-    let dir = std::env::args().nth(1).unwrap_or_else(|| "tests/vectors".into());
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let dir = args.first().cloned().unwrap_or_else(|| "tests/vectors".into());
     let dir = Path::new(&dir);
+    // Name prefixes to write (all vectors when none are given).
+    let only: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|p| name.starts_with(p));
     fs::create_dir_all(dir).unwrap();
 
     // The independent tag must agree with the crate's, or the patched
@@ -1619,11 +1829,11 @@ fn main() {
     for entry in fs::read_dir(dir).unwrap() {
         let entry = entry.unwrap();
         let name = entry.file_name().to_string_lossy().into_owned();
-        if entry.file_type().unwrap().is_file() && !name.contains('.') {
+        if entry.file_type().unwrap().is_file() && !name.contains('.') && wanted(&name) {
             fs::remove_file(entry.path()).unwrap();
         }
     }
-    let mut total = 0;
+    let (mut total, mut written) = (0, 0);
     let mut names = std::collections::BTreeSet::new();
     let all = vectors();
     for vec in &all {
@@ -1631,9 +1841,13 @@ fn main() {
         let mut out = vec.text_header().into_bytes();
         out.extend_from_slice(&vec.bytes);
         assert!(out.len() < MAX_VECTOR, "{} is {} bytes", vec.name, out.len());
+        // The limit is on the whole catalogue, written or not.
         total += out.len();
-        fs::write(dir.join(vec.name), &out).unwrap();
+        if wanted(vec.name) {
+            fs::write(dir.join(vec.name), &out).unwrap();
+            written += 1;
+        }
     }
     assert!(total < MAX_TOTAL, "vectors total {total} bytes");
-    println!("wrote {} vectors ({total} bytes) to {}", all.len(), dir.display());
+    println!("wrote {written} of {} vectors ({total} bytes in all) to {}", all.len(), dir.display());
 }

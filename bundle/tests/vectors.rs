@@ -1,7 +1,9 @@
 //! Runs the test-vector catalogue in `tests/vectors/` (see its README and
 //! `bundle/examples/gen_vectors.rs`) through the reader.
 //!
-//! Each vector is opened three ways: extracting into a fresh directory with
+//! A vector with a `pubkey:` line is opened with
+//! `Authenticated::require_signature` for that publisher between
+//! `authenticate` and `extract`. Each vector is opened three ways: extracting into a fresh directory with
 //! `threaded: true`, the same with `threaded: false`, and verify-only
 //! (`dest: None`). Each must meet the vector's expectation: the error's
 //! `Display` contains the `error:` text, or the extracted tree's listing has
@@ -25,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use stateless_bundle::key::hex_encode;
-use stateless_bundle::{BundleReader, Key, Limits, OpenOptions};
+use stateless_bundle::{BundleReader, Key, Limits, OpenOptions, PublicKey};
 
 /// The catalogue must not shrink below this (it cannot pass vacuously).
 const MIN_VECTORS: usize = 20;
@@ -44,6 +46,7 @@ struct Vector {
     name: String,
     expect: Expect,
     key: Option<Key>,
+    pubkey: Option<PublicKey>,
     limits: Limits,
     known_bug: Option<String>,
     bundle: Vec<u8>,
@@ -57,6 +60,7 @@ fn parse_vector(path: &Path) -> Result<Vector, String> {
     let bundle = data[split + 2..].to_vec();
 
     let (mut expect, mut error, mut key, mut tree_sha, mut known_bug) = (None, None, None, None, None);
+    let mut pubkey = None;
     let mut tree = Vec::new();
     let mut limits = Limits::default();
     for line in text.lines() {
@@ -65,6 +69,9 @@ fn parse_vector(path: &Path) -> Result<Vector, String> {
             "expect" => expect = Some(value.to_owned()),
             "error" => error = Some(value.to_owned()),
             "key" => key = Some(Key::from_file_text(value.as_bytes()).map_err(|e| format!("{name}: key: {e}"))?),
+            "pubkey" => {
+                pubkey = Some(PublicKey::from_file_text(value.as_bytes()).map_err(|e| format!("{name}: pubkey: {e}"))?)
+            }
             "tree-sha256" => tree_sha = Some(value.to_owned()),
             "tree" => tree.push(value.to_owned()),
             "known-bug" => known_bug = Some(value.to_owned()),
@@ -90,7 +97,7 @@ fn parse_vector(path: &Path) -> Result<Vector, String> {
         (Some("error"), Some(e), None) if !e.is_empty() => Expect::Error(e),
         _ => return Err(format!("{name}: need `expect: success` + `tree-sha256:` or `expect: error` + `error:`")),
     };
-    Ok(Vector { name, expect, key, limits, known_bug, bundle })
+    Ok(Vector { name, expect, key, pubkey, limits, known_bug, bundle })
 }
 
 /// The listing lines of an extracted tree (format in gen_vectors.rs).
@@ -160,6 +167,10 @@ fn run(v: &Vector, mode: Mode) -> Result<Vec<String>, String> {
     };
     let result = BundleReader::new(Cursor::new(&v.bundle[..]))
         .and_then(|r| r.authenticate(v.key.as_ref(), &v.limits))
+        .and_then(|a| match &v.pubkey {
+            Some(pk) => a.require_signature(pk),
+            None => Ok(a),
+        })
         .and_then(|a| a.extract(opts));
     let out = match result {
         Ok(_) if matches!(mode, Mode::VerifyOnly) => {
