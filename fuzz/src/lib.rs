@@ -20,10 +20,14 @@ use sha2::{Digest, Sha256};
 use stateless_bundle::extract::{self, ExtractOptions, ExtractSummary};
 use stateless_bundle::header::HEADER_LEN;
 use stateless_bundle::stream::{self, CHUNK_SIZE, PayloadKey, StreamReader, StreamWriter};
-use stateless_bundle::{BundleReader, Cipher, Header, Key, KeyId, Limits, OpenOptions, RawHeader, Scope};
+use stateless_bundle::{
+    BundleReader, Cipher, Header, Key, KeyId, Limits, OpenOptions, PublicKey, RawHeader, Scope, SigningKey,
+};
 
 /// The key `bundle_open` tries and seals with (a constant, not a secret).
 pub const FUZZ_KEY: [u8; 32] = *b"stateless-fuzz: not a secret key";
+/// The seed of the publisher key `header_parse` signs and verifies with.
+pub const FUZZ_SIGNING_SEED: [u8; 32] = *b"stateless-fuzz: publisher seed!!";
 
 /// Limits small enough that one input cannot fill the disk or take seconds.
 pub fn limits() -> Limits {
@@ -156,7 +160,8 @@ fn make_writable(dir: &Path) {
 
 /// `RawHeader::parse` and `authenticate` over arbitrary bytes. The key is
 /// bytes 320..352 of the input (zero-padded), so seeds can carry the key of
-/// their bundle. Whatever parses must re-serialise to the same bytes.
+/// their bundle. Whatever parses must re-serialise to the same bytes, and
+/// sign and verify under a fixed publisher key.
 pub fn header_parse(data: &[u8]) {
     text_parsers(data);
     let mut kb = [0u8; 32];
@@ -186,6 +191,16 @@ pub fn header_parse(data: &[u8]) {
     assert_eq!(again, fields);
     assert_eq!(pk.is_some(), k.is_some());
 
+    // Whatever the signature slot holds, checking it returns; and the same
+    // fields signed by our publisher verify, with the tag still valid.
+    let publisher = SigningKey::from_seed(&FUZZ_SIGNING_SEED);
+    let _ = raw.verify_signature(&publisher.public_key());
+    fields.sign(&publisher).unwrap_or_else(|e| panic!("a serialisable header does not sign: {e}"));
+    let signed = fields.to_bytes(k).unwrap_or_else(|e| panic!("a signed header does not serialise: {e}"));
+    let signed = RawHeader::parse(&signed).unwrap_or_else(|e| panic!("a signed header does not parse: {e}"));
+    assert_eq!(signed.verify_signature(&publisher.public_key()), Ok(publisher.signer_id()));
+    assert!(signed.authenticate(k).is_ok(), "a signed header does not authenticate");
+
     // What authenticated as received must be byte-for-byte what to_bytes makes.
     let authed = match raw.cipher() {
         Cipher::None => without_key.ok(),
@@ -202,6 +217,14 @@ fn text_parsers(data: &[u8]) {
     if let Ok(key) = Key::from_file_text(data) {
         let again = Key::from_file_text(key.to_file_text().as_bytes()).expect("a written key file parses");
         assert_eq!(again.as_bytes(), key.as_bytes());
+    }
+    if let Ok(sk) = SigningKey::from_file_text(data) {
+        let again = SigningKey::from_file_text(sk.to_file_text().as_bytes()).expect("a written signing key parses");
+        assert_eq!(again.public_key(), sk.public_key());
+    }
+    if let Ok(pk) = PublicKey::from_file_text(data) {
+        let again = PublicKey::from_file_text(pk.to_file_text().as_bytes()).expect("a written public key parses");
+        assert_eq!(again, pk);
     }
     if let Ok(s) = std::str::from_utf8(data) {
         if let Some(id) = KeyId::from_hex(s) {
