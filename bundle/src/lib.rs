@@ -6,7 +6,9 @@
 //! crate is pure: parse and serialise functions over bytes, thin `Read` and
 //! `Write` loops, and extraction into a directory the caller names. It has no
 //! clock, no network and no logger; the loader, `statelessctl` and the server
-//! share it. The format is specified in `docs/bundle-format.md`.
+//! share it. The format is specified in `docs/bundle-format.md`. A header may
+//! carry an Ed25519 publisher signature ([`sign`]): [`pack_signed`] makes one
+//! and [`Authenticated::require_signature`] requires one.
 //!
 //! ```no_run
 //! use stateless_bundle::{BundleReader, Key, Limits, OpenOptions};
