@@ -1,7 +1,6 @@
 //! `statelessctl bundle …`
 
 use std::fs::File;
-use std::io::BufReader;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -157,8 +156,10 @@ fn open(
     let publisher: Option<PublicKey> =
         pubkey.pubkey.as_deref().map(|p| read_public_key_file(p).context("reading public key file")).transpose()?;
     let f = File::open(file).with_context(|| format!("opening {}", file.display()))?;
-    let reader =
-        BundleReader::new(BufReader::with_capacity(256 * 1024, f)).with_context(|| format!("{}", file.display()))?;
+    // No BufReader: the decryptor reads whole 64 KiB chunks, and one for
+    // unencrypted payloads sits inside the bundle reader; another would copy
+    // every byte once more.
+    let reader = BundleReader::new(f).with_context(|| format!("{}", file.display()))?;
     if reader.raw_header().cipher() == Cipher::None && key.is_some() {
         log::warn!("{} is not encrypted; the key is not used", file.display());
     }

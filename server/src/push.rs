@@ -26,7 +26,7 @@
 //! whose generation is then no longer newer, so it is refused.
 
 use hkdf::Hkdf;
-use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use sha2::Sha256;
 use stateless_bundle::Key;
 use stateless_bundle::key::{hex_decode, hex_encode};
@@ -64,23 +64,28 @@ pub enum AuthError {
 }
 
 /// The signing side, on the node.
-#[derive(Debug)]
 pub struct PushSigner {
-    pair: Ed25519KeyPair,
+    pair: SigningKey,
     node: String,
+}
+
+impl std::fmt::Debug for PushSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushSigner").field("node", &self.node).field("public", &self.public_key_hex()).finish()
+    }
 }
 
 impl PushSigner {
     /// Derives the node's push key pair from its key.
     pub fn new(key: &Key, node: &str) -> Result<PushSigner, AuthError> {
         let seed = derive_seed(key, node);
-        let pair = Ed25519KeyPair::from_seed_unchecked(seed.as_slice()).map_err(|_| AuthError::Malformed)?;
+        let pair = SigningKey::from_bytes(&seed);
         Ok(PushSigner { pair, node: node.to_owned() })
     }
 
     /// The public key to enrol, 64 hex digits.
     pub fn public_key_hex(&self) -> String {
-        hex_encode(self.pair.public_key().as_ref())
+        hex_encode(self.pair.verifying_key().as_bytes())
     }
 
     /// The `Authorization` header value for a PUT of a body with this
@@ -88,7 +93,7 @@ impl PushSigner {
     pub fn authorization(&self, method: &str, path: &str, ts: i64, body_sha256: &[u8; 32], len: u64) -> String {
         let msg = signed_message(method, path, &self.node, ts, body_sha256, len);
         let sig = self.pair.sign(&msg);
-        format!("{SCHEME} node={},ts={ts},sig={}", self.node, hex_encode(sig.as_ref()))
+        format!("{SCHEME} node={},ts={ts},sig={}", self.node, hex_encode(&sig.to_bytes()))
     }
 }
 
@@ -162,8 +167,9 @@ impl Proof {
         if !hex_decode(public_hex, &mut public) {
             return Err(AuthError::NotEnrolled);
         }
+        let public = VerifyingKey::from_bytes(&public).map_err(|_| AuthError::NotEnrolled)?;
         let msg = signed_message(method, path, &self.node, self.ts, body_sha256, len);
-        UnparsedPublicKey::new(&ED25519, &public).verify(&msg, &self.sig).map_err(|_| AuthError::BadSignature)
+        public.verify_strict(&msg, &Signature::from_bytes(&self.sig)).map_err(|_| AuthError::BadSignature)
     }
 }
 
