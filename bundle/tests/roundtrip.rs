@@ -14,6 +14,9 @@ use stateless_bundle::{
     BundleReader, Key, Limits, OpenError, OpenOptions, PackOptions, RawHeader, RelPath, Scope, pack, pack_frames,
 };
 
+#[path = "../../tests/support/noise.rs"]
+mod noise;
+
 fn opts<'a>(key: Option<&'a Key>) -> PackOptions<'a> {
     PackOptions {
         key,
@@ -72,18 +75,6 @@ fn write(p: &Path, data: &[u8]) {
     fs::write(p, data).unwrap();
 }
 
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn round_trip(src: &Path, key: Option<&Key>) {
     let bundle = pack_tree(src, &opts(key));
     for threaded in [false, true] {
@@ -103,7 +94,7 @@ fn size_classes_round_trip() {
     // payload itself crosses chunk boundaries.
     for len in [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 5 * CHUNK_SIZE + 3] {
         let src = tempfile::tempdir().unwrap();
-        write(&src.path().join("data/blob"), &pseudo_random(len, len as u64));
+        write(&src.path().join("data/blob"), &noise::incompressible(len, len as u64));
         round_trip(src.path(), Some(&key));
         round_trip(src.path(), None);
     }
@@ -152,7 +143,7 @@ fn sparse_ish_large_file() {
     let src = tempfile::tempdir().unwrap();
     let mut data = vec![0u8; 24 << 20];
     for i in (0..data.len()).step_by(1 << 20) {
-        data[i..i + 100].copy_from_slice(&pseudo_random(100, i as u64));
+        data[i..i + 100].copy_from_slice(&noise::incompressible(100, i as u64));
     }
     write(&src.path().join("var/lib/image"), &data);
     let bundle = pack_tree(src.path(), &opts(Some(&key)));
@@ -180,7 +171,7 @@ fn deletions_are_whiteouts() {
 fn sample(key: Option<&Key>) -> Vec<u8> {
     let src = tempfile::tempdir().unwrap();
     write(&src.path().join("etc/motd"), b"hello");
-    write(&src.path().join("usr/lib/blob"), &pseudo_random(3 * CHUNK_SIZE, 9));
+    write(&src.path().join("usr/lib/blob"), &noise::incompressible(3 * CHUNK_SIZE, 9));
     pack_tree(src.path(), &opts(key))
 }
 
@@ -321,7 +312,7 @@ fn multi_frame_tree() -> tempfile::TempDir {
     for i in 0..12u64 {
         let text: Vec<u8> = format!("line {i} of a config file\n").bytes().cycle().take(60_000 + i as usize).collect();
         write(&src.path().join(format!("etc/conf.d/{i}.conf")), &text);
-        write(&src.path().join(format!("usr/lib/blob{i}")), &pseudo_random(65_000 + 17 * i as usize, i));
+        write(&src.path().join(format!("usr/lib/blob{i}")), &noise::incompressible(65_000 + 17 * i as usize, i));
     }
     src
 }

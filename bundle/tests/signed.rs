@@ -14,6 +14,9 @@ use stateless_bundle::{
     SigningKey, pack, pack_signed,
 };
 
+#[path = "../../tests/support/noise.rs"]
+mod noise;
+
 fn opts(key: Option<&Key>) -> PackOptions<'_> {
     PackOptions {
         key,
@@ -28,23 +31,11 @@ fn opts(key: Option<&Key>) -> PackOptions<'_> {
     }
 }
 
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn tree(len: usize) -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     fs::create_dir(d.path().join("etc")).unwrap();
     fs::write(d.path().join("etc/motd"), b"hello\n").unwrap();
-    fs::write(d.path().join("etc/blob"), noise(len, len as u64)).unwrap();
+    fs::write(d.path().join("etc/blob"), noise::incompressible(len, len as u64)).unwrap();
     d
 }
 

@@ -25,8 +25,8 @@
 //! A captured request replayed within the window carries the same bundle,
 //! whose generation is then no longer newer, so it is refused.
 
-use hkdf::Hkdf;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use hkdf::Hkdf;
 use sha2::Sha256;
 use stateless_bundle::Key;
 use stateless_bundle::key::{hex_decode, hex_encode};
