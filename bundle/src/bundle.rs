@@ -18,7 +18,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use crate::archive::{TreeError, TreeSummary, write_tree};
-use crate::decode::decode_parallel;
+use crate::decode::{decode_parallel, decoder_count};
 use crate::extract::{ExtractError, ExtractOptions, ExtractSummary, extract};
 use crate::frame::{FRAME_SIZE, FrameWriter};
 use crate::header::{Cipher, HEADER_LEN, Header, HeaderError, RawHeader, SALT_LEN, Scope};
@@ -480,7 +480,8 @@ fn run_payload<R: Read + Send>(
     };
 
     let (expanded, summary) = if opts.threaded {
-        decode_parallel(plain_reader(src, payload_key, payload_len), header.expanded_len, limits, consume)?
+        let plain = plain_reader(src, payload_key, payload_len);
+        decode_parallel(decoder_count(), plain, header.expanded_len, limits, consume)?
     } else {
         let mut limited = decoded(src)?;
         let summary = consume(&mut limited)?;

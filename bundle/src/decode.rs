@@ -58,9 +58,10 @@ pub const IN_FLIGHT_BYTES: u64 = 16 << 20;
 const SPARE_ITEMS: u32 = 2;
 
 /// One decoder per CPU this process may run on, within the bounds above.
-fn decoder_count() -> usize {
+pub(crate) fn decoder_count() -> usize {
     std::thread::available_parallelism().map_or(MIN_DECODERS, |n| n.get().clamp(MIN_DECODERS, MAX_DECODERS))
 }
+
 /// Bytes of a piece of a frame decoded as a stream.
 const PIECE: usize = 256 * 1024;
 /// Idle buffers kept for reuse, at most (touching fresh memory costs page
@@ -72,22 +73,10 @@ const POOL_BYTES: usize = 6 << 20;
 /// a larger one goes to a decoder thread like the others.
 const LAST_FRAME_STREAMED: u64 = 2 << 20;
 
-/// Decodes `plain` (the payload's zstd frames) on several threads and
-/// hands the tar stream to `consume` on this one. Returns the expanded
-/// size and what `consume` returned.
+/// Decodes `plain` (the payload's zstd frames) on up to `decoders` threads
+/// besides the splitter and hands the tar stream to `consume` on this one.
+/// Returns the expanded size and what `consume` returned.
 pub(crate) fn decode_parallel<F>(
-    plain: Box<dyn BufRead + Send + '_>,
-    expanded_len: u64,
-    limits: &Limits,
-    consume: F,
-) -> Result<(u64, ExtractSummary), OpenError>
-where
-    F: FnOnce(&mut dyn Read) -> Result<ExtractSummary, OpenError>,
-{
-    decode_with(decoder_count(), plain, expanded_len, limits, consume)
-}
-
-fn decode_with<F>(
     decoders: usize,
     plain: Box<dyn BufRead + Send + '_>,
     expanded_len: u64,
@@ -661,7 +650,7 @@ mod tests {
     fn decode(decoders: usize, stream: &[u8], expanded: u64) -> Result<Vec<u8>, OpenError> {
         let mut got = Vec::new();
         let limits = Limits::default();
-        let (n, _) = decode_with(decoders, Box::new(stream), expanded, &limits, |r| {
+        let (n, _) = decode_parallel(decoders, Box::new(stream), expanded, &limits, |r| {
             r.read_to_end(&mut got).map_err(OpenError::Io)?;
             Ok(ExtractSummary::default())
         })?;
