@@ -103,12 +103,12 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(None) => {}
         Err(err) => {
             let err = anyhow::Error::from(err);
-            let line = format!("no bundle applied: making the root writable: {err:#}; onfail={}", config.onfail);
-            log::error!("{line}");
+            let line = format!("no bundle applied: making the root writable: {err:#}");
+            let failed = pipeline::failed_before_start(&args.run_dir, &line, config.onfail);
+            log::error!("{}", failed.message);
             if !logger::to_stderr() {
-                eprintln!("{}{line}", logger::TAG);
+                eprintln!("{}{}", logger::TAG, failed.message);
             }
-            let failed = pipeline::Report { result: "failed", ..pipeline::Report::default() };
             return Ok(ExitCode::from(pipeline::exit_code(&failed, config.onfail)));
         }
     }

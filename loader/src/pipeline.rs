@@ -165,6 +165,23 @@ pub fn run(config: &Config, paths: &Paths) -> Report {
     report
 }
 
+/// The report of a boot that failed before the pipeline could start (the
+/// root could not be made writable): written to `status.json` like any
+/// other, so the reason survives switch-root.
+pub fn failed_before_start(run_dir: &Path, line: &str, onfail: OnFail) -> Report {
+    let report = Report {
+        result: "failed",
+        source: "none",
+        message: format!("{line}; onfail={onfail}"),
+        onfail: Some(onfail.as_str()),
+        ..Report::default()
+    };
+    if let Err(e) = write_status(run_dir, &report) {
+        log::warn!("writing status.json: {e}");
+    }
+    report
+}
+
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -804,6 +821,8 @@ fn store_in_cache(ctx: &mut Ctx<'_>, cache: &Cache, path: &Path, ready: &Ready, 
 
 fn write_status(run_dir: &Path, report: &Report) -> std::io::Result<()> {
     let json = serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?;
+    // A boot that failed before the pipeline started may not have made it.
+    fs::create_dir_all(run_dir)?;
     let tmp = run_dir.join(".status.json.tmp");
     fs::write(&tmp, json)?;
     fs::rename(tmp, run_dir.join("status.json"))

@@ -419,3 +419,21 @@ fn stalled_server_hits_the_budget() {
         "{status}"
     );
 }
+
+#[test]
+fn a_root_that_cannot_be_made_writable_is_reported_in_status_json() {
+    // No sysroot at all: the loader cannot even look at the root, so the
+    // pipeline never starts; the reason must still reach status.json.
+    let node = Node::new();
+    std::fs::remove_dir_all(node.sysroot()).unwrap();
+    let (code, err, status) =
+        node.boot("rd.stateless.server=http://127.0.0.1:9/ rd.stateless.node=node42 rd.stateless.onfail=continue");
+    assert_eq!(code, 11, "{err}");
+    assert_eq!(status["result"], "failed", "{status}");
+    assert_eq!(status["source"], "none");
+    assert_eq!(status["onfail"], "continue");
+    let message = status["message"].as_str().unwrap();
+    assert!(message.starts_with("no bundle applied: making the root writable: "), "{message}");
+    assert!(message.ends_with("; onfail=continue"), "{message}");
+    assert!(err.contains(message), "the console line is the status message: {err}");
+}
