@@ -28,6 +28,9 @@ IPXE
     boot boot1 -boot n -netdev "user,id=n0,tftp=$tftp,bootfile=boot.ipxe" -device virtio-net-pci,netdev=n0
     expect_applied server "pxe generation 3"
     expect "root file system" "$(marker ROOTFS)" "overlay"
+    # The upper layer takes huge pages for large files (Debian's kernel has
+    # huge-page tmpfs).
+    expect "upper tmpfs options" "$(marker UPPER | grep -o 'huge=within_size')" "huge=within_size"
     expect_console "stateless: .*applied generation 3 from http://$HOST_FROM_GUEST:$NGINX_PORT" "loader console line"
     TIMES="loader $(loader_seconds) s, boot $BOOT_SECONDS s"
 }
