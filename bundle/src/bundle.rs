@@ -383,8 +383,9 @@ impl<R: Read + Send> Authenticated<R> {
     /// whatever was written to `dest` must be discarded.
     pub fn extract(mut self, opts: OpenOptions<'_>) -> Result<OpenSummary, OpenError> {
         // An encrypted, unsigned bundle is authenticated chunk by chunk and
-        // need not be hashed: the fast path stays free of SHA-256.
-        let hash = self.header.cipher == Cipher::None || self.header.signature.is_some() || self.signer.is_some();
+        // need not be hashed: the fast path stays free of SHA-256. (A
+        // required signature implies a signed header.)
+        let hash = self.header.cipher == Cipher::None || self.header.signature.is_some();
         let mut src = PayloadSource {
             inner: &mut self.inner,
             remaining: self.header.payload_len,

@@ -190,26 +190,21 @@ impl Shared {
     /// Waits until `n` bytes fit in the budget and takes them; false once
     /// the extractor has gone.
     fn acquire(&self, n: u64) -> bool {
-        let Ok(mut b) = self.budget.lock() else { return false };
-        while !b.closed && b.items > 0 && (b.bytes + n > IN_FLIGHT_BYTES || b.items >= self.max_items) {
-            b = match self.room.wait(b) {
-                Ok(b) => b,
-                Err(_) => return false,
-            };
-        }
-        if b.closed {
-            return false;
-        }
-        b.bytes += n;
-        b.items += 1;
-        true
+        let max_items = self.max_items;
+        self.take(n, 1, |b| b.items > 0 && (b.bytes + n > IN_FLIGHT_BYTES || b.items >= max_items))
     }
 
     /// Adds `n` bytes to what the newest item holds, waiting for room
     /// unless it is the only item in flight.
     fn acquire_more(&self, n: u64) -> bool {
+        self.take(n, 0, |b| b.items > 1 && b.bytes + n > IN_FLIGHT_BYTES)
+    }
+
+    /// Waits while `full` says there is no room, then adds `bytes` and
+    /// `items` to the budget; false once the extractor has gone.
+    fn take(&self, bytes: u64, items: u32, full: impl Fn(&Budget) -> bool) -> bool {
         let Ok(mut b) = self.budget.lock() else { return false };
-        while !b.closed && b.items > 1 && b.bytes + n > IN_FLIGHT_BYTES {
+        while !b.closed && full(&b) {
             b = match self.room.wait(b) {
                 Ok(b) => b,
                 Err(_) => return false,
@@ -218,7 +213,8 @@ impl Shared {
         if b.closed {
             return false;
         }
-        b.bytes += n;
+        b.bytes += bytes;
+        b.items += items;
         true
     }
 
@@ -601,11 +597,7 @@ impl Prefixed<'_> {
 
 impl Read for Prefixed<'_> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let avail = self.fill_buf()?;
-        let n = avail.len().min(out.len());
-        out.get_mut(..n).unwrap_or_default().copy_from_slice(avail.get(..n).unwrap_or_default());
-        self.consume(n);
-        Ok(n)
+        crate::io::read_buffered(self, out)
     }
 }
 

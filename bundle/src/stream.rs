@@ -213,11 +213,7 @@ impl<R: Read> StreamReader<R> {
 
 impl<R: Read> Read for StreamReader<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let avail = self.fill_buf()?;
-        let n = avail.len().min(out.len());
-        out.get_mut(..n).unwrap_or_default().copy_from_slice(avail.get(..n).unwrap_or_default());
-        self.consume(n);
-        Ok(n)
+        crate::io::read_buffered(self, out)
     }
 }
 

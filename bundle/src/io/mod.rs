@@ -5,3 +5,13 @@ mod limit;
 
 pub use hash::{HashReader, HashWriter};
 pub use limit::{CountWriter, LimitExceeded, LimitReader};
+
+/// `Read::read` for a reader that is already a `BufRead`: copies out what
+/// `fill_buf` lends, at most `out.len()` bytes, and consumes it.
+pub(crate) fn read_buffered<R: std::io::BufRead + ?Sized>(r: &mut R, out: &mut [u8]) -> std::io::Result<usize> {
+    let avail = r.fill_buf()?;
+    let n = avail.len().min(out.len());
+    out.get_mut(..n).unwrap_or_default().copy_from_slice(avail.get(..n).unwrap_or_default());
+    r.consume(n);
+    Ok(n)
+}
