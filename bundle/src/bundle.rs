@@ -22,7 +22,7 @@ use crate::decode::{decode_parallel, decoder_count};
 use crate::extract::{ExtractError, ExtractOptions, ExtractSummary, extract};
 use crate::frame::{FRAME_SIZE, FrameWriter};
 use crate::header::{Cipher, HEADER_LEN, Header, HeaderError, RawHeader, SALT_LEN, Scope};
-use crate::io::{CountWriter, HashWriter, LimitExceeded, LimitReader};
+use crate::io::{CountWriter, HashWriter, LimitExceeded, LimitReader, read_full};
 use crate::key::{Key, KeyId, hex_encode};
 use crate::limits::{Limits, ZSTD_WINDOW_LOG_MAX};
 use crate::path::RelPath;
@@ -568,19 +568,6 @@ impl<R: Read> Read for ZstdErrors<R> {
 #[derive(Debug, thiserror::Error)]
 #[error("zstd: {0}")]
 struct ZstdError(String);
-
-fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match r.read(buf.get_mut(got..).unwrap_or_default()) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
-}
 
 /// Hex of a payload digest, for display.
 pub fn sha_hex(sha: &[u8; 32]) -> String {

@@ -13,13 +13,14 @@
 //! that point, and a bundle that fails leaves the root as it was.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Cursor, Read};
+use std::io::{BufReader, Cursor, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use stateless_bundle::header::{HEADER_LEN, RawHeader};
+use stateless_bundle::io::read_full;
 use stateless_bundle::{BundleReader, Cipher, Header, Key, KeyId, Limits, OpenOptions as BundleOpen, Scope};
 use stateless_keys::usb::Devices;
 
@@ -632,20 +633,6 @@ fn stream_verify(ctx: &mut Ctx<'_>, body: &mut Body, plain_http: bool) -> Result
     early_check(&head, body.total(), plain_http, ctx.config.insecure, ctx.key_required)?;
     let reader = BufReader::with_capacity(READ_BUFFER, Cursor::new(head).chain(body));
     verify_reader(ctx, reader, "server")
-}
-
-/// Reads until `buf` is full or the input ends; returns the bytes read.
-fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while let Some(rest) = buf.get_mut(got..).filter(|b| !b.is_empty()) {
-        match r.read(rest) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 /// Refuses a body from its first bytes: not a bundle, size inconsistent,

@@ -2,13 +2,14 @@
 //! with a short history; and the append-only audit log.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde::Serialize;
 use stateless_bundle::header::HEADER_LEN;
+use stateless_bundle::io::read_full;
 use stateless_bundle::{RawHeader, Scope};
 
 use crate::layout::{DataDir, Target};
@@ -91,7 +92,7 @@ pub fn bundle_info(path: &Path) -> Result<BundleInfo, PublishError> {
     let mut f = File::open(path).map_err(io_err(path))?;
     let len = f.metadata().map_err(io_err(path))?.len();
     let mut head = [0u8; HEADER_LEN];
-    let got = read_up_to(&mut f, &mut head).map_err(io_err(path))?;
+    let got = read_full(&mut f, &mut head).map_err(io_err(path))?;
     let raw = RawHeader::parse(head.get(..got).unwrap_or_default())
         .map_err(|err| PublishError::NotABundle { path: path.to_owned(), err })?;
     let h = raw.unverified();
@@ -106,19 +107,6 @@ pub fn bundle_info(path: &Path) -> Result<BundleInfo, PublishError> {
         key_id: raw.key_id().to_string(),
         len,
     })
-}
-
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(buf.get_mut(n..).unwrap_or_default()) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// The generation published for a target, if any (a file that is not a

@@ -15,3 +15,18 @@ pub(crate) fn read_buffered<R: std::io::BufRead + ?Sized>(r: &mut R, out: &mut [
     r.consume(n);
     Ok(n)
 }
+
+/// Reads until `buf` is full or the input ends, retrying interrupted
+/// reads; returns the bytes read (fewer than `buf.len()` only at the end).
+pub fn read_full<R: std::io::Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(buf.get_mut(got..).unwrap_or_default()) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
