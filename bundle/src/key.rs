@@ -100,8 +100,7 @@ pub struct KeyId(pub [u8; KEY_ID_LEN]);
 impl KeyId {
     /// The first 8 hex digits and an ellipsis, for console messages.
     pub fn short(&self) -> String {
-        let full = self.to_string();
-        format!("{}…", full.get(..8).unwrap_or(&full))
+        short_hex(&self.0)
     }
 
     /// Parses 32 hex digits.
@@ -245,6 +244,13 @@ pub fn hex_encode(bytes: &[u8]) -> String {
         }
     }
     s
+}
+
+/// The first 8 hex digits of `bytes` and an ellipsis: how console
+/// messages show a public id.
+pub(crate) fn short_hex(bytes: &[u8]) -> String {
+    let full = hex_encode(bytes);
+    format!("{}…", full.get(..8).unwrap_or(&full))
 }
 
 /// Decodes hex into `out`, which must be exactly half the length of `s`.

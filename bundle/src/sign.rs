@@ -37,7 +37,7 @@ use ed25519_dalek::{Signature, Signer as _};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::key::{KeyKind, LineError, hex_decode, hex_encode, key_line};
+use crate::key::{KeyKind, LineError, hex_decode, hex_encode, key_line, short_hex};
 
 /// Length of a signer id in bytes.
 pub const SIGNER_ID_LEN: usize = 8;
@@ -203,8 +203,7 @@ pub struct SignerId(pub [u8; SIGNER_ID_LEN]);
 impl SignerId {
     /// The first 8 hex digits and an ellipsis, for console messages.
     pub fn short(&self) -> String {
-        let full = self.to_string();
-        format!("{}…", full.get(..8).unwrap_or(&full))
+        short_hex(&self.0)
     }
 }
 
