@@ -82,6 +82,47 @@ pub fn read_public_key_file(path: &Path) -> Result<PublicKey, KeyFileError> {
     PublicKey::from_file_text(&text).map_err(|err| KeyFileError::PublisherKey { path: path.to_owned(), err })
 }
 
+/// Most public key files [`read_public_key_dir`] reads from one directory.
+pub const MAX_PUBLIC_KEY_FILES: usize = 64;
+
+/// Reads every `*.pub` file in `dir` (the publishers embedded in a boot
+/// image, [`crate::PUBLISHER_DIR`]), sorted by file name, each publisher
+/// once. A directory that does not exist holds no keys (`Ok` and empty); any
+/// file that is not a valid public key, or more than
+/// [`MAX_PUBLIC_KEY_FILES`] of them, is an error naming it: unlike site keys,
+/// where a bad file is skipped, a trust anchor that cannot be read must stop
+/// the caller rather than silently change which publishers are accepted.
+pub fn read_public_key_dir(dir: &Path) -> Result<Vec<PublicKey>, KeyFileError> {
+    let io_err = |err| KeyFileError::Io { path: dir.to_owned(), err };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(e)),
+    };
+    let mut paths = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(io_err)?.path();
+        if path.extension().is_some_and(|e| e == "pub") {
+            if paths.len() == MAX_PUBLIC_KEY_FILES {
+                return Err(io_err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("more than {MAX_PUBLIC_KEY_FILES} public key files"),
+                )));
+            }
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    let mut keys: Vec<PublicKey> = Vec::with_capacity(paths.len());
+    for path in &paths {
+        let key = read_public_key_file(path)?;
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    Ok(keys)
+}
+
 /// Writes a publisher public key to a file with mode 0644.
 pub fn write_public_key_file(path: &Path, key: &PublicKey, overwrite: bool) -> Result<(), KeyFileError> {
     write_text(path, &Zeroizing::new(key.to_file_text()), 0o644, overwrite)
@@ -169,6 +210,32 @@ mod tests {
         let big = dir.path().join("disk.img");
         std::fs::write(&big, vec![b'#'; 10_000]).unwrap();
         assert!(chain(&read_key_file(&big).unwrap_err()).contains("too large"));
+    }
+
+    #[test]
+    fn public_key_dir_reads_all_or_fails_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("publishers");
+        assert!(read_public_key_dir(&d).unwrap().is_empty(), "a missing directory holds no keys");
+        std::fs::create_dir(&d).unwrap();
+        assert!(read_public_key_dir(&d).unwrap().is_empty());
+        let (a, b) = (SigningKey::from_seed(&[1; 32]).public_key(), SigningKey::from_seed(&[2; 32]).public_key());
+        write_public_key_file(&d.join("b.pub"), &b, false).unwrap();
+        write_public_key_file(&d.join("a.pub"), &a, false).unwrap();
+        write_public_key_file(&d.join("a-again.pub"), &a, false).unwrap();
+        std::fs::write(d.join("README"), "not a key, not read\n").unwrap();
+        assert_eq!(read_public_key_dir(&d).unwrap(), [a, b]);
+        std::fs::write(d.join("c.pub"), "junk\n").unwrap();
+        let err = chain(&read_public_key_dir(&d).unwrap_err());
+        assert!(err.contains("c.pub") && err.contains("no stateless-public-key-v1: line"), "{err}");
+        std::fs::remove_file(d.join("c.pub")).unwrap();
+        for i in 0..MAX_PUBLIC_KEY_FILES {
+            write_public_key_file(&d.join(format!("x{i}.pub")), &a, false).unwrap();
+        }
+        let err = chain(&read_public_key_dir(&d).unwrap_err());
+        assert!(err.contains("more than 64 public key files"), "{err}");
+        let file = d.join("a.pub");
+        assert!(chain(&read_public_key_dir(&file).unwrap_err()).contains("a.pub"));
     }
 
     #[test]
