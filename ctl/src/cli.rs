@@ -80,7 +80,9 @@ pub enum KeyCmd {
         #[arg(long)]
         force: bool,
     },
-    /// Append keys to a boot image (initramfs) as an extra cpio archive.
+    /// Derive a node's, a group's or the fleet-default key from the site key (mode 0600).
+    Derive(crate::cmd_key::DeriveArgs),
+    /// Append keys and publisher public keys to a boot image (initramfs) as an extra cpio archive.
     Initramfs(crate::cmd_initramfs::InitramfsArgs),
     /// Put keys on a USB stick or a stick image (vfat labelled STATELESS).
     Usb(crate::cmd_usb::UsbArgs),

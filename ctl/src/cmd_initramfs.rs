@@ -1,6 +1,6 @@
-//! `statelessctl key initramfs`: append keys (and TPM-sealed keys) to a boot
-//! image as one extra `newc` cpio archive, which the kernel unpacks after
-//! the image's own archives.
+//! `statelessctl key initramfs`: append keys, TPM-sealed keys and publisher
+//! public keys to a boot image as one extra `newc` cpio archive, which the
+//! kernel unpacks after the image's own archives.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -12,22 +12,25 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use clap::Args;
 use stateless_keys::cpio::{Archive, pad_to};
-use stateless_keys::{EMBEDDED_KEY_DIR, SEALED_DIR, read_key_file, sealed};
+use stateless_keys::{EMBEDDED_KEY_DIR, PUBLISHER_DIR, SEALED_DIR, read_key_file, read_public_key_file, sealed};
 use zeroize::Zeroizing;
 
 /// Arguments of `statelessctl key initramfs`.
 #[derive(Debug, Args)]
 pub struct InitramfsArgs {
     /// Site key to embed at /etc/stateless/keys/<id>.key, mode 0600 (repeatable, for rotation).
-    #[arg(long = "key", value_name = "FILE", required_unless_present = "sealed")]
+    #[arg(long = "key", value_name = "FILE", required_unless_present_any = ["sealed", "pubkeys"])]
     pub keys: Vec<PathBuf>,
     /// TPM-sealed key (from `key tpm-seal`) to embed at /etc/stateless/tpm/<id>.sealed (repeatable).
     #[arg(long = "sealed", value_name = "FILE")]
     pub sealed: Vec<PathBuf>,
+    /// Publisher public key (from `key pub`) to embed at /etc/stateless/publishers/<signer>.pub (repeatable, for rotation).
+    #[arg(long = "pubkey", value_name = "FILE")]
+    pub pubkeys: Vec<PathBuf>,
     /// The boot image (initramfs) to start from; compressed or not.
     #[arg(long, value_name = "FILE")]
     pub initrd: PathBuf,
-    /// Where to write the keyed boot image (mode 0600: it holds a key).
+    /// Where to write the keyed boot image (mode 0600: it may hold a key).
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
     /// Replace an existing output file.
@@ -59,6 +62,23 @@ pub fn run(args: InitramfsArgs) -> anyhow::Result<ExitCode> {
         let obj = sealed::read_sealed_file(path).with_context(|| format!("reading {}", path.display()))?;
         archive.file(&format!("{SEALED_DIR}/{}.sealed", obj.key_id), 0o600, obj.to_text().as_bytes())?;
         ids.push(format!("TPM-sealed key {}", obj.key_id));
+    }
+    // Public keys are not secret: 0755 and 0644, so that a reader in the
+    // initramfs needs no privilege and a check of the image sees them.
+    let mut publishers = Vec::new();
+    for path in &args.pubkeys {
+        let key = read_public_key_file(path).context("reading publisher public key file")?;
+        // The same publisher twice (two copies of one .pub) is one entry.
+        if !publishers.contains(&key) {
+            publishers.push(key);
+        }
+    }
+    if !publishers.is_empty() {
+        archive.dir(PUBLISHER_DIR, 0o755)?;
+    }
+    for key in &publishers {
+        archive.file(&format!("{PUBLISHER_DIR}/{}.pub", key.signer_id()), 0o644, key.to_file_text().as_bytes())?;
+        ids.push(format!("publisher {}", key.signer_id()));
     }
     let cpio = Zeroizing::new(archive.finish()?);
     write_image(&args.initrd, &args.output, args.force, &cpio)

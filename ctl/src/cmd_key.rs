@@ -1,14 +1,41 @@
 //! `statelessctl key …`
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
+use clap::{ArgGroup, Args};
 use stateless_bundle::{Key, SigningKey};
+use stateless_keys::derive::{Target, derive};
 use stateless_keys::{
     read_key_file, read_signing_key_file, write_key_file, write_public_key_file, write_signing_key_file,
 };
 
 use crate::cli::KeyCmd;
+
+/// Arguments of `statelessctl key derive`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("target").required(true).args(["node", "group", "default"])))]
+pub struct DeriveArgs {
+    /// The site key to derive from.
+    #[arg(long, value_name = "FILE")]
+    pub site: PathBuf,
+    /// The key for this node id (its bundles have scope node:ID).
+    #[arg(long, value_name = "ID")]
+    pub node: Option<String>,
+    /// The key for this group (its bundles have scope group:NAME).
+    #[arg(long, value_name = "NAME")]
+    pub group: Option<String>,
+    /// The fleet-default key, for the default bundle every node fetches.
+    #[arg(long)]
+    pub default: bool,
+    /// Where to write the derived key file (mode 0600).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Replace an existing file.
+    #[arg(long)]
+    pub force: bool,
+}
 
 pub fn run(cmd: KeyCmd) -> anyhow::Result<ExitCode> {
     match cmd {
@@ -45,10 +72,37 @@ pub fn run(cmd: KeyCmd) -> anyhow::Result<ExitCode> {
                 None => print!("{}", key.public_key().to_file_text()),
             }
         }
+        KeyCmd::Derive(args) => {
+            let target = match (args.node, args.group) {
+                (Some(n), _) => Target::Node(n),
+                (_, Some(g)) => Target::Group(g),
+                // clap's "target" group guarantees one of the three.
+                (None, None) => Target::Default,
+            };
+            // The name first: a bad one is a usage mistake, whatever the key.
+            target.label().context("deriving a key")?;
+            let site = read_key_file(&args.site).context("reading site key file")?;
+            if same_file(&args.site, &args.output) {
+                bail!("{} is the site key itself; write the derived key elsewhere", args.output.display());
+            }
+            let key = derive(&site, &target).context("deriving a key")?;
+            write_key_file(&args.output, &key, args.force).context("writing key file")?;
+            println!("{}", key.id());
+        }
         KeyCmd::Initramfs(args) => return crate::cmd_initramfs::run(args),
         KeyCmd::Usb(args) => return crate::cmd_usb::run(args),
         KeyCmd::TpmSeal(args) => return crate::cmd_tpm::seal(args),
         KeyCmd::TpmCheck(args) => return crate::cmd_tpm::check(args),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `a` and `b` name the same existing file (a link or another
+/// spelling of the path included).
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }

@@ -366,3 +366,130 @@ fn swap_payload(bundle: &[u8], key: &Path) -> Vec<u8> {
     w.write_all(&plain).unwrap();
     w.finish().unwrap()
 }
+
+// ---------------------------------------------------------------- key derive
+
+#[test]
+fn key_derive_is_deterministic_0600_and_distinct_per_target() {
+    let d = setup();
+    let p = d.path();
+    let site_id = ok(&["key", "id", "site.key"], p).trim().to_owned();
+    let targets: &[(&[&str], &str)] = &[
+        (&["--node", "node42"], "node42.key"),
+        (&["--node", "node43"], "node43.key"),
+        (&["--group", "rack7"], "rack7.key"),
+        (&["--group", "node42"], "group-node42.key"),
+        (&["--default"], "default.key"),
+    ];
+    let mut ids = vec![site_id.clone()];
+    for (target, out) in targets {
+        let args = [&["key", "derive", "--site", "site.key"][..], target, &["-o", out]].concat();
+        let id = ok(&args, p).trim().to_owned();
+        assert_eq!(id.len(), 32, "{id}");
+        let path = p.join(out);
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "{out}");
+        // The same file format as `key new`: `key id` reads it.
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with("# Stateless Loader site key") && text.contains(&format!("# key id: {id}\n")),
+            "{text}"
+        );
+        assert_eq!(ok(&["key", "id", out], p).trim(), id);
+        // Deterministic: the same site key and target give the same key.
+        let again = [&["key", "derive", "--site", "site.key"][..], target, &["-o", "again.key"]].concat();
+        assert_eq!(ok(&again, p).trim(), id);
+        assert_eq!(fs::read(p.join("again.key")).unwrap(), fs::read(&path).unwrap());
+        fs::remove_file(p.join("again.key")).unwrap();
+        ids.push(id);
+    }
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len(), "every derived key has its own id, none the site key's: {ids:?}");
+
+    // Exactly what the library derives, and the library what the vectors say.
+    let site = stateless_keys::read_key_file(&p.join("site.key")).unwrap();
+    let lib = stateless_keys::derive::derive(&site, &stateless_keys::derive::Target::Node("node42".into())).unwrap();
+    assert_eq!(lib.id().to_string(), ids[1]);
+}
+
+#[test]
+fn a_node_key_opens_only_that_nodes_bundles() {
+    let d = setup();
+    let p = d.path();
+    for n in ["node42", "node43"] {
+        ok(&["key", "derive", "--site", "site.key", "--node", n, "-o", &format!("{n}.key")], p);
+    }
+    let pack = |key: &str, scope: &str, out: &str| {
+        ok(
+            &["bundle", "pack", "tree", "-o", out, "--key", key, "--scope", scope, "--generation", "1", "--level", "1"],
+            p,
+        )
+    };
+    pack("node42.key", "node:node42", "n42.bundle");
+    let id = |k: &str| ok(&["key", "id", k], p).trim().to_owned();
+    let (id42, id43, site) = (id("node42.key"), id("node43.key"), id("site.key"));
+    for (other, other_id) in [("node43.key", &id43), ("site.key", &site)] {
+        let err = fails(&["bundle", "open", "n42.bundle", "--key", other, "-o", "out"], p);
+        let want = format!("bundle is sealed for key {}, this key is {}", short_id(&id42), short_id(other_id));
+        assert!(err.contains(&want), "{other}: {err}");
+        assert!(!p.join("out").exists());
+    }
+    ok(&["bundle", "open", "n42.bundle", "--key", "node42.key", "-o", "out"], p);
+    assert_eq!(fs::read_to_string(p.join("out/etc/motd")).unwrap(), "hello\n");
+    // A bundle the site packs with the site key opens with the site key only.
+    pack("site.key", "any", "site.bundle");
+    for k in ["node42.key", "node43.key"] {
+        let err = fails(&["bundle", "open", "site.bundle", "--key", k, "-o", "out2"], p);
+        assert!(err.contains(&format!("bundle is sealed for key {}", short_id(&site))), "{err}");
+    }
+    ok(&["bundle", "verify", "site.bundle", "--key", "site.key"], p);
+}
+
+#[test]
+fn key_derive_refusals() {
+    let d = setup();
+    let p = d.path();
+    let long = "n".repeat(65);
+    let cases: &[(&[&str], &str)] = &[
+        (&["--node", "../etc"], "deriving a key: node \"../etc\": name may use only A-Z a-z 0-9 . _ : -"),
+        (
+            &["--group", ".rack7"],
+            "group \".rack7\": name may use only A-Z a-z 0-9 . _ : - and must not start with a dot",
+        ),
+        (&["--node", ""], "node \"\": name must be 1 to 64 bytes"),
+        (&["--node", &long], "name must be 1 to 64 bytes"),
+        (&["--node", "node 42"], "name may use only"),
+        (&["--node", "n/42"], "name may use only"),
+    ];
+    for (target, want) in cases {
+        let args = [&["key", "derive", "--site", "site.key"][..], target, &["-o", "x.key"]].concat();
+        let err = fails(&args, p);
+        assert!(err.contains(want), "{target:?}: {err}");
+        assert!(!p.join("x.key").exists());
+    }
+    // A bad name is named even before the site key is read.
+    let err = fails(&["key", "derive", "--site", "missing.key", "--node", "a/b", "-o", "x.key"], p);
+    assert!(err.contains("name may use only"), "{err}");
+    let err = fails(&["key", "derive", "--site", "missing.key", "--node", "a", "-o", "x.key"], p);
+    assert!(err.starts_with("statelessctl: reading site key file: missing.key"), "{err}");
+    // A publisher key is not a site key.
+    publisher("p", p);
+    let err = fails(&["key", "derive", "--site", "p.sign", "--default", "-o", "x.key"], p);
+    assert!(err.contains("this is a publisher signing key, not a site key"), "{err}");
+    // No silent overwrite; never over the site key, even with --force.
+    ok(&["key", "derive", "--site", "site.key", "--node", "a", "-o", "a.key"], p);
+    let err = fails(&["key", "derive", "--site", "site.key", "--node", "a", "-o", "a.key"], p);
+    assert!(err.contains("exists"), "{err}");
+    ok(&["key", "derive", "--site", "site.key", "--node", "b", "-o", "a.key", "--force"], p);
+    let before = fs::read(p.join("site.key")).unwrap();
+    let err = fails(&["key", "derive", "--site", "site.key", "--node", "a", "-o", "./site.key", "--force"], p);
+    assert!(err.contains("is the site key itself"), "{err}");
+    assert_eq!(fs::read(p.join("site.key")).unwrap(), before);
+    // Exactly one target: none, or two, is a usage error.
+    for target in [&[][..], &["--node", "a", "--group", "b"], &["--default", "--node", "a"]] {
+        let args = [&["key", "derive", "--site", "site.key", "-o", "y.key"][..], target].concat();
+        assert_eq!(ctl(&args, p).status.code(), Some(2), "{target:?}");
+    }
+    assert!(!p.join("y.key").exists());
+}

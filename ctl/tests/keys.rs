@@ -13,12 +13,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use stateless_bundle::Key;
+use stateless_bundle::{Key, PublicKey};
 use stateless_keys::cpio::read_archives;
 use stateless_keys::sealed::{Bank, SealedKey, read_sealed_file};
 use stateless_keys::tpm::{Tpm, TpmError};
 use stateless_keys::usb::{Devices, FsKind, UsbSource, probe};
-use stateless_keys::{KeySource, Lookup, TpmSource, read_key_file};
+use stateless_keys::{
+    KeySource, Lookup, PUBLISHER_DIR, TpmSource, read_key_file, read_public_key_dir, read_public_key_file,
+};
 use swtpm::Swtpm;
 
 fn ctl(args: &[&str], cwd: &Path) -> Output {
@@ -119,6 +121,72 @@ fn initramfs_after_a_compressed_image() {
     sh("head -c $(stat -c %s in.img) out.img | zstd -dq | cpio -t --quiet | grep -qx init", p);
     let (entries, _) = read_archives(&image[input_len.div_ceil(4) * 4..]).unwrap();
     assert!(entries.iter().any(|e| e.name == format!("etc/stateless/keys/{}.key", a.id())));
+}
+
+#[test]
+fn initramfs_embeds_publisher_public_keys() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let site = new_key(p, "site.key");
+    let signer = |name: &str| {
+        let id = ok(&["key", "new-signing", "-o", &format!("{name}.sign"), "--pub-out", &format!("{name}.pub")], p);
+        (id.trim().to_owned(), read_public_key_file(&p.join(format!("{name}.pub"))).unwrap())
+    };
+    let ((old_id, old), (new_id, new)) = (signer("old"), signer("new"));
+    fs::write(p.join("in.img"), b"").unwrap();
+    // Two publishers (a rotation), the first given twice, and a site key.
+    let args = ["key", "initramfs", "--pubkey", "old.pub", "--pubkey", "new.pub", "--pubkey", "old.pub"];
+    let out = ok(&[&args[..], &["--key", "site.key", "--initrd", "in.img", "-o", "out.img"]].concat(), p);
+    assert!(out.contains(&format!("publisher {old_id}")) && out.contains(&format!("publisher {new_id}")), "{out}");
+    assert_eq!(out.matches("publisher ").count(), 2, "{out}");
+    let (entries, _) = read_archives(&fs::read(p.join("out.img")).unwrap()).unwrap();
+    let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    let key = format!("etc/stateless/keys/{}.key", site.id());
+    let (po, pn) = (format!("etc/stateless/publishers/{old_id}.pub"), format!("etc/stateless/publishers/{new_id}.pub"));
+    assert_eq!(
+        names,
+        [
+            "etc",
+            "etc/stateless",
+            "etc/stateless/keys",
+            key.as_str(),
+            "etc/stateless/publishers",
+            po.as_str(),
+            pn.as_str()
+        ]
+    );
+    assert_eq!(entries[4].mode, 0o040_755);
+    assert_eq!((entries[5].mode, entries[6].mode), (0o100_644, 0o100_644));
+    assert_eq!(PublicKey::from_file_text(&entries[5].data).unwrap(), old);
+    assert_eq!(PublicKey::from_file_text(&entries[6].data).unwrap(), new);
+
+    // cpio extracts them, and the reader the loader will use finds both.
+    fs::write(p.join("tail.cpio"), fs::read(p.join("out.img")).unwrap()).unwrap();
+    fs::create_dir(p.join("x")).unwrap();
+    sh("cd x && cpio -i -d --quiet < ../tail.cpio", p);
+    let dir = p.join("x").join(PUBLISHER_DIR.trim_start_matches('/'));
+    // Files are read in name order, and each is named by its signer id.
+    let mut want = [(old_id.clone(), old), (new_id.clone(), new)];
+    want.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(read_public_key_dir(&dir).unwrap(), want.map(|(_, k)| k));
+    assert_eq!(mode(&dir.join(format!("{old_id}.pub"))) & 0o777, 0o644);
+
+    // Public keys alone: no --key or --sealed needed.
+    let out = ok(&["key", "initramfs", "--pubkey", "new.pub", "--initrd", "in.img", "-o", "pub.img"], p);
+    assert_eq!(out.trim(), format!("publisher {new_id}"));
+    let (entries, _) = read_archives(&fs::read(p.join("pub.img")).unwrap()).unwrap();
+    let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["etc", "etc/stateless", "etc/stateless/publishers", pn.as_str()]);
+
+    // A signing key is a secret and never goes into an image; a site key is
+    // not a public key either. Nothing is written.
+    let err = fails(&["key", "initramfs", "--pubkey", "old.sign", "--initrd", "in.img", "-o", "bad.img"], p);
+    assert!(err.contains("old.sign: not a publisher public key: this is a publisher signing key (secret)"), "{err}");
+    let err = fails(&["key", "initramfs", "--pubkey", "site.key", "--initrd", "in.img", "-o", "bad.img"], p);
+    assert!(err.contains("this is a site key, not a publisher public key"), "{err}");
+    assert!(!p.join("bad.img").exists());
+    // Nothing to embed at all is a usage error.
+    assert_eq!(ctl(&["key", "initramfs", "--initrd", "in.img", "-o", "bad.img"], p).status.code(), Some(2));
 }
 
 // ---------------------------------------------------------------- USB
