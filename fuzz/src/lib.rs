@@ -24,6 +24,9 @@ use stateless_bundle::{
     BundleReader, Cipher, Header, Key, KeyId, Limits, OpenOptions, PublicKey, RawHeader, Scope, SigningKey,
 };
 
+mod trust;
+pub use trust::{keys_pubkey_arg, keys_pubkey_arg_seeds};
+
 /// The key `bundle_open` tries and seals with (a constant, not a secret).
 pub const FUZZ_KEY: [u8; 32] = *b"stateless-fuzz: not a secret key";
 /// The seed of the publisher key `header_parse` signs and verifies with.
@@ -393,4 +396,5 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("keys_cpio", keys_cpio),
     ("keys_usb", keys_usb),
     ("keys_tpm_response", keys_tpm_response),
+    ("keys_pubkey_arg", keys_pubkey_arg),
 ];

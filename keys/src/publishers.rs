@@ -273,6 +273,30 @@ mod tests {
         assert!(parse_pubkey_arg(&blob).unwrap_err().to_string().len() < 200);
     }
 
+    /// A cheap, deterministic sweep over values built from the parser's own
+    /// tokens (the fuzz target `keys_pubkey_arg` explores further): no
+    /// panic, and whatever parses prints back to itself.
+    #[test]
+    fn token_soup_never_panics_and_round_trips() {
+        let key = inline(6);
+        let tokens =
+            ["file:", "ed25519:", "/", ",", "a", "é", "..", &key, &key[8..40], "FILE:", " ", ":", "\u{0}", "0"];
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            let mut value = String::new();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            for i in 0..(x % 9) {
+                value.push_str(tokens[((x >> (i * 4 + 8)) % tokens.len() as u64) as usize]);
+            }
+            if let Ok(specs) = parse_pubkey_arg(&value) {
+                let printed = specs.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+                assert_eq!(printed, value);
+            }
+        }
+    }
+
     #[test]
     fn loading_reads_files_and_counts_each_publisher_once() {
         let dir = tempfile::tempdir().unwrap();

@@ -11,9 +11,10 @@
 //! * `stream_decrypt`: a fixed test key followed by the payload encrypted
 //!   under the key the target derives from it;
 //! * `tar_extract`: the decompressed tar stream;
-//! * `keys_sealed`, `keys_cpio`, `keys_usb`, `keys_tpm_response`: a few
-//!   well-formed inputs made here (a sealed-key file with made-up blobs, a
-//!   key archive, a small FAT image with a key file, TPM responses).
+//! * `keys_sealed`, `keys_cpio`, `keys_usb`, `keys_tpm_response`,
+//!   `keys_pubkey_arg`: a few well-formed inputs made here (a sealed-key
+//!   file with made-up blobs, a key archive, a small FAT image with a key
+//!   file, TPM responses, `rd.stateless.pubkey=` values).
 //!
 //! Nothing is committed: `fuzz/corpus` is ignored by git.
 
@@ -149,4 +150,8 @@ fn seed_keys(corpus: &Path) {
     write("keys_tpm_response", "get_random", &get_random);
     write("keys_tpm_response", "pcr_read", &pcr_read);
     write("keys_tpm_response", "policy_fail", &[0x80, 0x01, 0, 0, 0, 10, 0, 0, 0x09, 0x9D]);
+
+    for (name, data) in stateless_fuzz::keys_pubkey_arg_seeds() {
+        write("keys_pubkey_arg", name, &data);
+    }
 }
