@@ -14,8 +14,9 @@
 //! file is read), so the loader can reject a malformed command line before
 //! it does anything else; [`PubkeySpec::load`] then reads the files. Inline
 //! keys are hex, not base64, so that they are the same digits as the key
-//! files' and no second encoding enters the project. `docs/cmdline.md` and
-//! `docs/security.md` describe how the loader uses the list.
+//! files' and no second encoding enters the project. `docs/keys.md`
+//! describes the syntax; the loader takes the word in a later step of issue
+//! 13 (`docs/security.md` says what that closes).
 
 use std::fmt;
 use std::path::PathBuf;
