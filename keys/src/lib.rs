@@ -9,7 +9,7 @@
 //! pick the key whose id a bundle names: key files and directories of them
 //! (the boot image), a USB stick ([`usb`]) and the TPM ([`tpm`]).
 //! [`cpio`] writes the archive that puts keys into a boot image and
-//! [`sealed`] is the file format of a TPM-sealed key. [`derive`] makes
+//! [`sealed`] is the file format of a TPM-sealed key. [`derive`](mod@derive) makes
 //! per-node, per-group and fleet-default keys from the site key, and
 //! [`publishers`] parses the list of publisher public keys a node trusts
 //! (`rd.stateless.pubkey=`). `docs/keys.md` is the user-facing description.
