@@ -189,6 +189,30 @@ fn initramfs_embeds_publisher_public_keys() {
     assert_eq!(ctl(&["key", "initramfs", "--initrd", "in.img", "-o", "bad.img"], p).status.code(), Some(2));
 }
 
+#[test]
+fn a_node_key_goes_where_a_site_key_goes() {
+    // A derived key is an ordinary key file: the boot image and the stick
+    // carry it under its own id, and the site key appears nowhere.
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let site = new_key(p, "site.key");
+    let id = ok(&["key", "derive", "--site", "site.key", "--node", "node42", "-o", "node42.key"], p).trim().to_owned();
+    assert_ne!(id, site.id().to_string());
+    fs::write(p.join("in.img"), b"").unwrap();
+    ok(&["key", "initramfs", "--key", "node42.key", "--initrd", "in.img", "-o", "out.img"], p);
+    let (entries, _) = read_archives(&fs::read(p.join("out.img")).unwrap()).unwrap();
+    let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    assert!(names.contains(&format!("etc/stateless/keys/{id}.key").as_str()), "{names:?}");
+    assert!(!names.iter().any(|n| n.contains(&site.id().to_string())), "{names:?}");
+    ok(&["key", "usb", "--key", "node42.key", "--image", "usb.img"], p);
+    let src = UsbSource {
+        label: "STATELESS".into(),
+        devices: Devices::List(vec![p.join("usb.img")]),
+        mount_dir: p.join("m"),
+    };
+    assert_eq!(src.keys().unwrap().iter().map(|k| k.id().to_string()).collect::<Vec<_>>(), [id]);
+}
+
 // ---------------------------------------------------------------- USB
 
 #[test]
