@@ -12,6 +12,7 @@
 //! [`sealed`] is the file format of a TPM-sealed key. `docs/keys.md` is the
 //! user-facing description.
 
+pub mod blockdev;
 pub mod cpio;
 pub mod fat;
 mod file;

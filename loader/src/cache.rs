@@ -54,10 +54,23 @@
 //!
 //! # Rollback memory
 //!
-//! Each JSON also carries `highest_generation`, the highest generation ever
-//! stored, so that a rotation does not forget it;
-//! [`Cache::highest_generation`] reads it from every readable JSON, even one
-//! whose bundle is corrupt.
+//! The rollback floor (the generation below which a server's bundle is
+//! refused) is derived at boot from the cached bundles themselves:
+//! [`Cache::rollback_floor`] reads each slot's bundle header and has the
+//! caller authenticate it with the site key (the loader's key ladder; a
+//! header sealed for this node cannot be forged or altered without that
+//! key). The floor is the highest generation among the headers that
+//! authenticate, with that bundle's digest.
+//!
+//! The `.json` files are not trusted for it: anyone who can write the cache
+//! disk can write them. Each still carries `highest_generation`, the floor
+//! the loader had when it stored the slot, for people and tools; when it
+//! disagrees with the authenticated headers (a lowered, raised or garbage
+//! file), the loader says so in a warning and uses the headers. Someone who
+//! can write the disk can still delete or corrupt the bundles: then there is
+//! no floor (no state), never a floor higher than a genuine bundle's.
+//! Unencrypted bundles authenticate nothing (their tag is a checksum), so
+//! with `rd.stateless.key=none` the cache holds no rollback state.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -66,7 +79,9 @@ use std::path::{Path, PathBuf};
 
 use rustix::io::Errno;
 use stateless_bundle::error_chain as chain;
+use stateless_bundle::header::{Header, RawHeader};
 use stateless_bundle::{BundleReader, OpenError};
+use stateless_keys::blockdev::{describe_open_error as describe, open_regular};
 
 /// Largest metadata file read; a real one is a few hundred bytes.
 const MAX_JSON: u64 = 64 * 1024;
@@ -96,8 +111,10 @@ pub struct SlotMeta {
     pub key_id: String,
     /// The bundle's size in bytes.
     pub size: u64,
-    /// The highest generation ever stored in this cache (anti-rollback
-    /// memory); [`Cache::store`] never lets it go down.
+    /// The rollback floor when this slot was stored (at least
+    /// `generation`). Informational: the floor is taken from the bundles'
+    /// authenticated headers ([`Cache::rollback_floor`]), and a file that
+    /// disagrees with them is reported.
     pub highest_generation: u64,
 }
 
@@ -176,14 +193,13 @@ impl Cache {
 
     /// Stores `bundle` as the current slot, the old current slot becoming the
     /// previous one. See the module documentation for the steps and what a
-    /// power cut leaves. The stored `highest_generation` is the highest of
-    /// `meta`'s, `meta.generation` and the cache's own.
+    /// power cut leaves. The stored `highest_generation` is the higher of
+    /// `meta`'s and `meta.generation`.
     pub fn store(&self, bundle: &Path, meta: &SlotMeta) -> Result<(), CacheError> {
-        let mut src = File::open(bundle).map_err(|source| CacheError::Read { path: bundle.to_owned(), source })?;
+        let mut src = open_regular(bundle).map_err(|source| CacheError::Read { path: bundle.to_owned(), source })?;
         check_bundle(&mut src, bundle, meta)?;
         let mut meta = meta.clone();
-        let cached = self.highest_generation().map_or(0, |(g, _)| g);
-        meta.highest_generation = meta.highest_generation.max(meta.generation).max(cached);
+        meta.highest_generation = meta.highest_generation.max(meta.generation);
 
         self.remove_temps();
         let result = self.write_new(&mut src, bundle, &meta).and_then(|()| self.rotate(&meta));
@@ -290,7 +306,7 @@ impl Cache {
         let bundle_name = format!("{stem}.bundle");
         let meta = read_meta(&self.path(&json_name)).map_err(|e| format!("{json_name}: {e}"))?;
         let path = self.path(&bundle_name);
-        let mut file = File::open(&path).map_err(|e| format!("{bundle_name}: {}", describe(&e)))?;
+        let mut file = open_regular(&path).map_err(|e| format!("{bundle_name}: {}", describe(&e)))?;
         check_bundle(&mut file, &path, &meta).map_err(|e| match e {
             CacheError::Mismatch { what: "digest", expected, found, .. } => {
                 format!("{bundle_name}: digest {} does not match {json_name} ({})", short(&found), short(&expected))
@@ -304,16 +320,77 @@ impl Cache {
         Ok((path, meta))
     }
 
-    /// The highest generation this cache has stored, with the digest of the
-    /// cached bundle of that generation (empty when that bundle is no longer
-    /// cached). Read from every readable metadata file, including one whose
-    /// bundle is corrupt. `None` when there is none.
-    pub fn highest_generation(&self) -> Option<(u64, String)> {
-        let metas: Vec<SlotMeta> =
-            SLOTS.iter().filter_map(|stem| read_meta(&self.path(&format!("{stem}.json"))).ok()).collect();
-        let highest = metas.iter().map(|m| m.highest_generation.max(m.generation)).max()?;
-        let digest = metas.iter().find(|m| m.generation == highest).map(|m| m.digest.clone()).unwrap_or_default();
-        Some((highest, digest))
+    /// The rollback floor: the highest generation among the slots' bundles
+    /// whose headers `authenticate` accepts, with that bundle's digest
+    /// (`None` when no header authenticates: no rollback state). A slot's
+    /// header is read whatever its `.json` says, so a garbage or missing
+    /// JSON file does not lose the floor.
+    ///
+    /// The second value holds the warnings for the console: each bundle
+    /// that is there but does not authenticate, and metadata that disagrees
+    /// with the authenticated headers (a `.json` whose `generation` is not
+    /// its bundle's, or whose `highest_generation` is not the floor: a
+    /// lowered, raised or garbage file). Such metadata is not used.
+    pub fn rollback_floor(
+        &self,
+        authenticate: &mut dyn FnMut(&RawHeader) -> Result<Header, String>,
+    ) -> (Option<(u64, String)>, Vec<String>) {
+        let mut warnings = Vec::new();
+        let mut floor: Option<(u64, String)> = None;
+        let mut trusted: [Option<u64>; SLOTS.len()] = [None; SLOTS.len()];
+        for (stem, slot_gen) in SLOTS.iter().zip(trusted.iter_mut()) {
+            let name = format!("{stem}.bundle");
+            let raw = match open_regular(&self.path(&name)).map_err(|e| describe(&e)) {
+                Ok(file) => BundleReader::new(file).map(|r| r.raw_header().clone()).map_err(|e| e.to_string()),
+                Err(e) if e == "missing" => continue,
+                Err(e) => Err(e),
+            };
+            match raw.and_then(|raw| authenticate(&raw).map(|h| (h.generation, raw.digest_hex()))) {
+                Ok((generation, digest)) => {
+                    *slot_gen = Some(generation);
+                    if floor.as_ref().is_none_or(|(g, _)| generation > *g) {
+                        floor = Some((generation, digest));
+                    }
+                }
+                Err(e) => warnings.push(format!("{name}: {e}; not used for the rollback floor")),
+            }
+        }
+        let have = floor.as_ref().map(|(g, _)| *g);
+        let mut claimed: Option<u64> = None;
+        for (stem, slot_gen) in SLOTS.iter().zip(trusted) {
+            let name = format!("{stem}.json");
+            let meta = match read_meta(&self.path(&name)) {
+                Ok(m) => m,
+                Err(e) if e == "missing" => continue,
+                Err(e) => {
+                    warnings.push(format!("{name}: {e}; rollback floor taken from the bundles"));
+                    continue;
+                }
+            };
+            if let Some(g) = slot_gen.filter(|g| *g != meta.generation) {
+                warnings.push(format!(
+                    "{name} says generation {}, its bundle's authenticated header says {g}; {name} ignored",
+                    meta.generation
+                ));
+                continue;
+            }
+            if meta.highest_generation < meta.generation {
+                // `store` never writes this: the file was edited.
+                warnings.push(format!(
+                    "{name} says highest generation {} below its own generation {}; {name} ignored",
+                    meta.highest_generation, meta.generation
+                ));
+                continue;
+            }
+            claimed = claimed.max(Some(meta.highest_generation));
+        }
+        if let Some(c) = claimed.filter(|c| Some(*c) != have) {
+            let from = have.map_or("no generation".to_owned(), |g| format!("generation {g}"));
+            warnings.push(format!(
+                "cache metadata claims highest generation {c}, the cached bundles' authenticated headers say {from}; the metadata is ignored"
+            ));
+        }
+        (floor, warnings)
     }
 }
 
@@ -346,16 +423,11 @@ fn check_bundle(file: &mut File, path: &Path, meta: &SlotMeta) -> Result<(), Cac
 /// Reads a slot's metadata; the error is a short reason.
 fn read_meta(path: &Path) -> Result<SlotMeta, String> {
     let mut text = Vec::new();
-    File::open(path).and_then(|f| f.take(MAX_JSON + 1).read_to_end(&mut text)).map_err(|e| describe(&e))?;
+    open_regular(path).and_then(|f| f.take(MAX_JSON + 1).read_to_end(&mut text)).map_err(|e| describe(&e))?;
     if text.len() as u64 > MAX_JSON {
         return Err(format!("over {MAX_JSON} bytes"));
     }
     serde_json::from_slice(&text).map_err(|e| format!("unreadable: {e}"))
-}
-
-/// "missing" for a missing file, else the error.
-fn describe(e: &io::Error) -> String {
-    if e.kind() == io::ErrorKind::NotFound { "missing".to_owned() } else { e.to_string() }
 }
 
 /// The first 8 hex digits of a digest, for messages.
@@ -363,9 +435,15 @@ fn short(digest: &str) -> String {
     format!("{}…", digest.get(..8).unwrap_or(digest))
 }
 
-/// Creates a new private file.
+/// Creates a new private file: exclusive (`O_EXCL`: a file, link or FIFO
+/// already there is an error, never opened or followed) and `O_NOFOLLOW`.
 fn create(path: &Path) -> io::Result<File> {
-    OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
 }
 
 /// Hard-links `from` to `to`; copies (and fsyncs) on a file system without
@@ -376,7 +454,7 @@ fn link_or_copy(from: &Path, to: &Path) -> io::Result<()> {
         // vfat says EPERM.
         Err(e) if [Errno::PERM, Errno::OPNOTSUPP].iter().any(|n| e.raw_os_error() == Some(n.raw_os_error())) => {
             log::debug!("cache: {}: no hard links ({e}); copying", to.display());
-            let mut src = File::open(from)?;
+            let mut src = open_regular(from)?;
             let mut dst = create(to)?;
             io::copy(&mut src, &mut dst)?;
             dst.sync_all()

@@ -26,7 +26,7 @@ use stateless_keys::usb::Devices;
 
 use crate::keyladder::KeyPlaces;
 
-use crate::blockdev::{self, CacheSpec, Mounted};
+use crate::blockdev::{self, CacheSpec, FindError, Mounted};
 use crate::cache::{Cache, SlotMeta};
 use crate::cmdline::{CacheDevice, Config, KeyChoice, OnFail};
 use crate::dns::{ResolvConf, Resolver};
@@ -215,7 +215,7 @@ fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, String> {
     // Kept until the end of the run: dropping it unmounts the cache device.
     let (cache, _mounted) = open_cache(ctx);
     if let Some(c) = &cache {
-        ctx.highest = c.highest_generation();
+        ctx.highest = rollback_floor(ctx, c);
     }
     let current_digest =
         cache.as_ref().and_then(|c| c.slots().into_iter().next()).and_then(|s| s.ok()).map(|(_, m)| m.digest);
@@ -345,10 +345,12 @@ fn open_cache(ctx: &mut Ctx<'_>) -> (Option<Cache>, Option<Mounted>) {
     let t = Instant::now();
     let device = loop {
         match blockdev::find_device(&spec, &dev, &sys) {
-            Some(d) => break d,
-            None if t.elapsed() < CACHE_DEVICE_WAIT => std::thread::sleep(Duration::from_millis(100)),
-            None => {
-                ctx.warn(format!("cache device {spec} not found; booting without a cache"));
+            Ok(d) => break d,
+            Err(FindError::NotFound { .. }) if t.elapsed() < CACHE_DEVICE_WAIT => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(e) => {
+                ctx.warn(format!("{e}; booting without a cache"));
                 return (None, None);
             }
         }
@@ -783,6 +785,39 @@ fn check_policy(ctx: &Ctx<'_>, h: &Header, digest: &str, from_cache: bool) -> Re
         }
     }
     Ok(())
+}
+
+/// The rollback floor from the cached bundles' headers, authenticated with
+/// the key each names (see [`Cache::rollback_floor`]). With `key=none`
+/// nothing can be authenticated, so there is no floor.
+fn rollback_floor(ctx: &mut Ctx<'_>, cache: &Cache) -> Option<(u64, String)> {
+    if !ctx.key_required {
+        log::debug!("rd.stateless.key=none: no key to authenticate the cache with; rollback not checked");
+        return None;
+    }
+    // Both slots are usually sealed for the same key: look it up once (a
+    // TPM unseal is not free).
+    let mut keys: Vec<Key> = Vec::new();
+    let (floor, warnings) = cache.rollback_floor(&mut |raw| {
+        if raw.cipher() == Cipher::None {
+            return Err("not encrypted, so not authenticated".into());
+        }
+        let key = match keys.iter().position(|k| k.id() == raw.key_id()) {
+            Some(i) => keys.swap_remove(i),
+            None => pick_key(ctx, raw.key_id())?.0,
+        };
+        let authenticated = raw.authenticate(Some(&key)).map_err(|e| e.to_string());
+        keys.push(key);
+        let (header, _) = authenticated?;
+        // Another node's bundle says nothing about this node's generations.
+        check_policy(ctx, &header, &raw.digest_hex(), true)?;
+        Ok(header)
+    });
+    for w in warnings {
+        ctx.warn(format!("cache: {w}"));
+    }
+    log::debug!("rollback floor: {floor:?}");
+    floor
 }
 
 fn store_in_cache(ctx: &mut Ctx<'_>, cache: &Cache, path: &Path, ready: &Ready, url: &str) {
