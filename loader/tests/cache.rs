@@ -28,13 +28,18 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 /// Packs an encrypted bundle of about `len` bytes of file data into `dir`
 /// and returns it with the metadata the loader would store for it.
 fn bundle(dir: &Path, generation: u64, len: usize) -> (PathBuf, SlotMeta) {
-    let src = dir.join(format!("src-{generation}"));
+    bundle_sealed(dir, generation, len, &site_key())
+}
+
+/// [`bundle`], sealed for `key`.
+fn bundle_sealed(dir: &Path, generation: u64, len: usize, key: &Key) -> (PathBuf, SlotMeta) {
+    let tag = key.id().short();
+    let src = dir.join(format!("src-{generation}-{tag}"));
     fs::create_dir_all(src.join("etc")).unwrap();
     fs::write(src.join("etc/data"), noise(len, generation)).unwrap();
-    let key = Key::from_bytes([7; 32]);
-    let path = dir.join(format!("gen{generation}.bundle"));
+    let path = dir.join(format!("gen{generation}-{tag}.bundle"));
     let opts = PackOptions {
-        key: Some(&key),
+        key: Some(key),
         generation,
         created: 1_700_000_000,
         expires: None,
@@ -485,32 +490,7 @@ fn a_bundle_sealed_for_another_key_does_not_raise_the_floor() {
     // 1,000,000 under their own key and plants it with matching metadata.
     let tmp = tempfile::tempdir().unwrap();
     let (cache, m11) = cache_10_11(tmp.path());
-    let src = tmp.path().join("forged-src");
-    fs::create_dir_all(src.join("etc")).unwrap();
-    fs::write(src.join("etc/x"), "x").unwrap();
-    let other = Key::from_bytes([9; 32]);
-    let forged = tmp.path().join("forged.bundle");
-    let opts = PackOptions {
-        key: Some(&other),
-        generation: 1_000_000,
-        created: 1_700_000_000,
-        expires: None,
-        scope: Scope::Any,
-        level: 1,
-        threads: 0,
-        deletions: Vec::new(),
-        limits: Limits::default(),
-    };
-    let summary = stateless_bundle::pack(&src, fs::File::create(&forged).unwrap(), &opts).unwrap();
-    let meta = SlotMeta {
-        generation: 1_000_000,
-        digest: summary.digest,
-        fetched: 0,
-        server: "x".into(),
-        key_id: other.id().to_string(),
-        size: fs::metadata(&forged).unwrap().len(),
-        highest_generation: 1_000_000,
-    };
+    let (forged, meta) = bundle_sealed(tmp.path(), 1_000_000, 10, &Key::from_bytes([9; 32]));
     cache.store(&forged, &meta).unwrap();
     let (got, warnings) = floor(&cache);
     assert_eq!(got, Some((11, m11.digest)), "the genuine previous slot is the floor");
