@@ -387,7 +387,7 @@ impl Cache {
         if let Some(c) = claimed.filter(|c| Some(*c) != have) {
             let from = have.map_or("no generation".to_owned(), |g| format!("generation {g}"));
             warnings.push(format!(
-                "cache metadata claims highest generation {c}, the cached bundles' authenticated headers say {from}; the metadata is ignored"
+                "slot metadata claims highest generation {c}, the cached bundles' authenticated headers say {from}; the metadata is ignored"
             ));
         }
         (floor, warnings)

@@ -2,10 +2,9 @@
 //! The last-known-good cache: slots, rotation, corruption, a full disk, and
 //! finding and mounting the cache device.
 
-#[path = "../../tests/support/noise.rs"]
-mod noise;
 #[path = "../../tests/support/prereq.rs"]
 mod prereq;
+mod support;
 
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
@@ -22,7 +21,7 @@ fn is_root() -> bool {
 
 /// Incompressible bytes, so a bundle's size follows `len`.
 fn noise(len: usize, seed: u64) -> Vec<u8> {
-    noise::incompressible(len, seed | 1)
+    support::noise::incompressible(len, seed | 1)
 }
 
 /// Packs an encrypted bundle of about `len` bytes of file data into `dir`
@@ -443,7 +442,7 @@ fn forged_metadata_is_no_state_not_a_refusal() {
             "raised",
             |p| edit_json(p, |j| j["highest_generation"] = u64::MAX.into()),
             Some(11),
-            "cache metadata claims highest generation 18446744073709551615, the cached bundles' authenticated headers say generation 11; the metadata is ignored",
+            "slot metadata claims highest generation 18446744073709551615, the cached bundles' authenticated headers say generation 11; the metadata is ignored",
         ),
         (
             "raised generation",
@@ -457,7 +456,7 @@ fn forged_metadata_is_no_state_not_a_refusal() {
             "missing",
             |p| fs::remove_file(p).unwrap(),
             Some(11),
-            "cache metadata claims highest generation 10, the cached bundles' authenticated headers say generation 11",
+            "slot metadata claims highest generation 10, the cached bundles' authenticated headers say generation 11",
         ),
     ];
     for (what, edit, want, warning) in cases {
@@ -662,6 +661,60 @@ fn loader_with_a_fifo_in_the_cache_does_not_hang() {
     assert_eq!(out.status.code(), Some(10), "{err}");
     assert!(err.contains("current.json: not a regular file (a FIFO)"), "{err}");
     assert!(err.contains("previous.bundle: not a regular file (a FIFO)"), "{err}");
+}
+
+/// The loader end to end (nginx on 127.0.0.1): what the cache's JSON says
+/// about generations neither unlocks a rollback nor locks out new bundles.
+#[test]
+fn loader_takes_the_rollback_floor_from_the_cached_bundles() {
+    use stateless_bundle::Scope;
+    let site = support::Site::new();
+    let scope = || Scope::Node("node42".into());
+    site.publish("v1/nodes/node42/bundle", 5, scope(), &[("etc/motd", b"gen5\n")], true);
+    let nginx = support::Nginx::start(&site.www(), None, "");
+    let node = support::Node::new();
+    let cmd = format!(
+        "rd.stateless.server=http://127.0.0.1:{} rd.stateless.node=node42 rd.stateless.key=file:{} rd.stateless.timeout=3",
+        nginx.port,
+        site.key_file.display()
+    );
+    let (code, err, _) = node.boot(&cmd);
+    assert_eq!(code, 0, "{err}");
+    let json = node.dir.path().join("cache/current.json");
+
+    // Lowered: the server now offers generation 4; the cache's JSON says 1.
+    edit_json(&json, |j| {
+        j["highest_generation"] = 1.into();
+        j["generation"] = 1.into();
+    });
+    site.publish("v1/nodes/node42/bundle", 4, scope(), &[("etc/motd", b"gen4\n")], true);
+    let (code, err, status) = node.boot(&cmd);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("rollback refused: bundle generation 4 is older than generation 5"), "{err}");
+    assert!(err.contains("current.json says generation 1, its bundle's authenticated header says 5"), "{err}");
+    assert_eq!(status["source"], "cache-current");
+    assert_eq!(node.read("etc/motd").as_deref(), Some("gen5\n"));
+
+    // Raised (no key needed to write it): generation 6 still applies.
+    edit_json(&json, |j| {
+        j["highest_generation"] = u64::MAX.into();
+        j["generation"] = 5.into();
+    });
+    site.publish("v1/nodes/node42/bundle", 6, scope(), &[("etc/motd", b"gen6\n")], true);
+    node.fresh_sysroot();
+    let (code, err, status) = node.boot(&cmd);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("slot metadata claims highest generation 18446744073709551615"), "{err}");
+    assert_eq!(status["source"], "server");
+    assert_eq!(status["generation"], 6);
+    assert_eq!(node.read("etc/motd").as_deref(), Some("gen6\n"));
+
+    // Garbage: no refusal, and the floor is still the cached bundle's.
+    fs::write(&json, "\0\0garbage").unwrap();
+    site.publish("v1/nodes/node42/bundle", 5, scope(), &[("etc/motd", b"gen5 again\n")], true);
+    let (code, err, _) = node.boot(&cmd);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("rollback refused: bundle generation 5 is older than generation 6"), "{err}");
 }
 
 // --- the cache device ---------------------------------------------------
