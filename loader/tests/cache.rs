@@ -951,3 +951,47 @@ fn cache_on_a_loop_device_is_found_mounted_and_unmounted() {
     mounted.unmount().unwrap();
     assert_eq!(mount_options(&mnt), None);
 }
+
+#[test]
+fn loader_refuses_a_cache_label_on_two_devices() {
+    if !is_root() {
+        prereq::missing("loop devices need root");
+        return;
+    }
+    // Two disks carry the cache's label (the second, say, a stick someone
+    // plugged in): the loader uses neither, says which, and boots on.
+    let tmp = tempfile::tempdir().unwrap();
+    let label = format!("LKG2{:x}", std::process::id());
+    let mut loops = Vec::new();
+    for (i, uuid) in ["7f2c9e0a-1111-4222-8333-444455556666", "8f2c9e0a-1111-4222-8333-444455556666"].iter().enumerate()
+    {
+        let img = tmp.path().join(format!("cache{i}.img"));
+        if !ext4_image(&img, &label, uuid) {
+            return;
+        }
+        let Some(lo) = Loop::attach(&img) else {
+            prereq::missing("losetup does not work here");
+            return;
+        };
+        loops.push(lo);
+    }
+    let site = support::Site::new();
+    site.publish("v1/nodes/node42/bundle", 3, stateless_bundle::Scope::Any, &[("etc/motd", b"hi\n")], true);
+    let nginx = support::Nginx::start(&site.www(), None, "");
+    let node = support::Node::new();
+    let cmd = format!(
+        "rd.stateless.server=http://127.0.0.1:{} rd.stateless.node=node42 rd.stateless.key=file:{} rd.stateless.cache=LABEL={label}",
+        nginx.port,
+        site.key_file.display()
+    );
+    let (code, err, status) = node.boot_with(&cmd, false);
+    assert_eq!(code, 0, "{err}");
+    let warnings = status["warnings"].to_string();
+    let want = format!("cache device LABEL={label} is on 2 devices (");
+    assert!(warnings.contains(&want) && warnings.contains("refusing to guess"), "{warnings}");
+    for lo in &loops {
+        let name = Path::new(&lo.0).file_name().unwrap().to_str().unwrap().to_owned();
+        assert!(warnings.contains(&format!("/dev/{name}")), "{name}: {warnings}");
+    }
+    assert_eq!(mount_options(&node.dir.path().join("run/cache")), None, "nothing mounted");
+}
