@@ -72,13 +72,13 @@
 //! Unencrypted bundles authenticate nothing (their tag is a checksum), so
 //! with `rd.stateless.key=none` the cache holds no rollback state.
 
+use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rustix::io::Errno;
-use stateless_bundle::error_chain as chain;
 use stateless_bundle::header::{Header, RawHeader};
 use stateless_bundle::{BundleReader, OpenError};
 use stateless_keys::blockdev::{describe_open_error as describe, open_regular};
@@ -118,9 +118,81 @@ pub struct SlotMeta {
     pub highest_generation: u64,
 }
 
-/// One slot: the bundle's path and metadata, or why it cannot be used (a
-/// warning that names the slot's file, e.g. `current.json: unreadable: …`).
-pub type Slot = Result<(PathBuf, SlotMeta), String>;
+/// One slot: the bundle's path and metadata, or why it cannot be used.
+pub type Slot = Result<(PathBuf, SlotMeta), SlotError>;
+
+/// Why a slot cannot be used. The Display is the warning, naming the slot's
+/// file: `current.json: unreadable: …`, `current.bundle: not a regular file
+/// (a FIFO)`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SlotError {
+    /// The file is missing, not a regular file, or unreadable.
+    #[error("{file}: {}", describe(source))]
+    Open {
+        /// The slot's file (`current.json`).
+        file: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The metadata file is larger than any real one.
+    #[error("{file}: over {MAX_JSON} bytes")]
+    TooLarge {
+        /// The slot's file.
+        file: String,
+    },
+    /// The metadata file is not the JSON of a [`SlotMeta`].
+    #[error("{file}: unreadable: {source}")]
+    Json {
+        /// The slot's file.
+        file: String,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The bundle has no readable header.
+    #[error("{file}: {source}")]
+    Header {
+        /// The slot's file.
+        file: String,
+        /// The cause.
+        #[source]
+        source: OpenError,
+    },
+    /// The bundle's digest is not the one its metadata names (a power cut
+    /// between two renames leaves this; so does tampering).
+    #[error("{file}: digest {} does not match {json} ({})", short(found), short(expected))]
+    Digest {
+        /// The bundle file.
+        file: String,
+        /// The metadata file.
+        json: String,
+        /// The digest in the metadata.
+        expected: String,
+        /// The bundle's digest.
+        found: String,
+    },
+    /// The bundle's size is not the one its metadata gives.
+    #[error("{file}: size is {found}, {json} says {expected}")]
+    Size {
+        /// The bundle file.
+        file: String,
+        /// The metadata file.
+        json: String,
+        /// The size in the metadata.
+        expected: u64,
+        /// The bundle's size.
+        found: u64,
+    },
+}
+
+impl SlotError {
+    /// The file does not exist (a slot with neither file is simply empty).
+    fn is_missing(&self) -> bool {
+        matches!(self, SlotError::Open { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+}
 
 /// Why [`Cache::store`] failed. Whatever the error, the slots that were
 /// there before are intact.
@@ -302,21 +374,23 @@ impl Cache {
 
     /// Reads and checks one slot.
     fn read_slot(&self, stem: &str) -> Slot {
-        let json_name = format!("{stem}.json");
-        let bundle_name = format!("{stem}.bundle");
-        let meta = read_meta(&self.path(&json_name)).map_err(|e| format!("{json_name}: {e}"))?;
-        let path = self.path(&bundle_name);
-        let mut file = open_regular(&path).map_err(|e| format!("{bundle_name}: {}", describe(&e)))?;
-        check_bundle(&mut file, &path, &meta).map_err(|e| match e {
-            CacheError::Mismatch { what: "digest", expected, found, .. } => {
-                format!("{bundle_name}: digest {} does not match {json_name} ({})", short(&found), short(&expected))
-            }
-            CacheError::Mismatch { what, expected, found, .. } => {
-                format!("{bundle_name}: {what} is {found}, {json_name} says {expected}")
-            }
-            CacheError::Header { source, .. } => format!("{bundle_name}: {source}"),
-            other => format!("{bundle_name}: {}", chain(&other)),
-        })?;
+        let json = format!("{stem}.json");
+        let file = format!("{stem}.bundle");
+        let meta = read_meta(&self.path(&json), &json)?;
+        let path = self.path(&file);
+        let open = |source| SlotError::Open { file: file.clone(), source };
+        let mut bundle = open_regular(&path).map_err(open)?;
+        let size = bundle.metadata().map_err(open)?.len();
+        if size != meta.size {
+            return Err(SlotError::Size { file, json, expected: meta.size, found: size });
+        }
+        let digest = match BundleReader::new(&mut bundle) {
+            Ok(r) => r.raw_header().digest_hex(),
+            Err(source) => return Err(SlotError::Header { file, source }),
+        };
+        if digest != meta.digest {
+            return Err(SlotError::Digest { file, json, expected: meta.digest, found: digest });
+        }
         Ok((path, meta))
     }
 
@@ -331,21 +405,23 @@ impl Cache {
     /// with the authenticated headers (a `.json` whose `generation` is not
     /// its bundle's, or whose `highest_generation` is not the floor: a
     /// lowered, raised or garbage file). Such metadata is not used.
-    pub fn rollback_floor(
+    pub fn rollback_floor<E: fmt::Display>(
         &self,
-        authenticate: &mut dyn FnMut(&RawHeader) -> Result<Header, String>,
+        authenticate: &mut dyn FnMut(&RawHeader) -> Result<Header, E>,
     ) -> (Option<(u64, String)>, Vec<String>) {
         let mut warnings = Vec::new();
         let mut floor: Option<(u64, String)> = None;
         let mut trusted: [Option<u64>; SLOTS.len()] = [None; SLOTS.len()];
         for (stem, slot_gen) in SLOTS.iter().zip(trusted.iter_mut()) {
             let name = format!("{stem}.bundle");
-            let raw = match open_regular(&self.path(&name)).map_err(|e| describe(&e)) {
+            let raw = match open_regular(&self.path(&name)) {
                 Ok(file) => BundleReader::new(file).map(|r| r.raw_header().clone()).map_err(|e| e.to_string()),
-                Err(e) if e == "missing" => continue,
-                Err(e) => Err(e),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => Err(describe(&e)),
             };
-            match raw.and_then(|raw| authenticate(&raw).map(|h| (h.generation, raw.digest_hex()))) {
+            match raw
+                .and_then(|raw| authenticate(&raw).map(|h| (h.generation, raw.digest_hex())).map_err(|e| e.to_string()))
+            {
                 Ok((generation, digest)) => {
                     *slot_gen = Some(generation);
                     if floor.as_ref().is_none_or(|(g, _)| generation > *g) {
@@ -359,11 +435,11 @@ impl Cache {
         let mut claimed: Option<u64> = None;
         for (stem, slot_gen) in SLOTS.iter().zip(trusted) {
             let name = format!("{stem}.json");
-            let meta = match read_meta(&self.path(&name)) {
+            let meta = match read_meta(&self.path(&name), &name) {
                 Ok(m) => m,
-                Err(e) if e == "missing" => continue,
+                Err(e) if e.is_missing() => continue,
                 Err(e) => {
-                    warnings.push(format!("{name}: {e}; rollback floor taken from the bundles"));
+                    warnings.push(format!("{e}; rollback floor taken from the bundles"));
                     continue;
                 }
             };
@@ -420,14 +496,16 @@ fn check_bundle(file: &mut File, path: &Path, meta: &SlotMeta) -> Result<(), Cac
     Ok(())
 }
 
-/// Reads a slot's metadata; the error is a short reason.
-fn read_meta(path: &Path) -> Result<SlotMeta, String> {
+/// Reads a slot's metadata file `path`, called `file` in messages.
+fn read_meta(path: &Path, file: &str) -> Result<SlotMeta, SlotError> {
     let mut text = Vec::new();
-    open_regular(path).and_then(|f| f.take(MAX_JSON + 1).read_to_end(&mut text)).map_err(|e| describe(&e))?;
+    open_regular(path)
+        .and_then(|f| f.take(MAX_JSON + 1).read_to_end(&mut text))
+        .map_err(|source| SlotError::Open { file: file.to_owned(), source })?;
     if text.len() as u64 > MAX_JSON {
-        return Err(format!("over {MAX_JSON} bytes"));
+        return Err(SlotError::TooLarge { file: file.to_owned() });
     }
-    serde_json::from_slice(&text).map_err(|e| format!("unreadable: {e}"))
+    serde_json::from_slice(&text).map_err(|source| SlotError::Json { file: file.to_owned(), source })
 }
 
 /// The first 8 hex digits of a digest, for messages.

@@ -800,7 +800,7 @@ fn rollback_floor(ctx: &mut Ctx<'_>, cache: &Cache) -> Option<(u64, String)> {
     let mut keys: Vec<Key> = Vec::new();
     let (floor, warnings) = cache.rollback_floor(&mut |raw| {
         if raw.cipher() == Cipher::None {
-            return Err("not encrypted, so not authenticated".into());
+            return Err("not encrypted, so not authenticated".to_owned());
         }
         let key = match keys.iter().position(|k| k.id() == raw.key_id()) {
             Some(i) => keys.swap_remove(i),

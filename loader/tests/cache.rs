@@ -72,7 +72,7 @@ fn usable(cache: &Cache) -> (Vec<u64>, Vec<String>) {
                 assert_eq!(digest, meta.digest);
                 gens.push(meta.generation);
             }
-            Err(w) => warnings.push(w),
+            Err(w) => warnings.push(w.to_string()),
         }
     }
     (gens, warnings)
