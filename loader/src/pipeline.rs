@@ -122,6 +122,10 @@ struct Ctx<'a> {
     report: Report,
     started: Instant,
     highest: Option<(u64, String)>,
+    /// The cache whose bundles give the rollback floor, until it is
+    /// computed (when a server's bundle first needs it; see
+    /// [`rollback_floor`]).
+    floor_from: Option<Cache>,
     identity: Option<Identity>,
     /// A key is configured: unencrypted bundles are a downgrade.
     key_required: bool,
@@ -144,6 +148,7 @@ pub fn run(config: &Config, paths: &Paths) -> Report {
         report: Report { result: "failed", source: "none", ..Report::default() },
         started: Instant::now(),
         highest: None,
+        floor_from: None,
         identity: None,
         key_required: !matches!(config.key, KeyChoice::None),
     };
@@ -214,9 +219,7 @@ fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, String> {
     }
     // Kept until the end of the run: dropping it unmounts the cache device.
     let (cache, _mounted) = open_cache(ctx);
-    if let Some(c) = &cache {
-        ctx.highest = rollback_floor(ctx, c);
-    }
+    ctx.floor_from = cache.clone();
     let current_digest =
         cache.as_ref().and_then(|c| c.slots().into_iter().next()).and_then(|s| s.ok()).map(|(_, m)| m.digest);
 
@@ -716,6 +719,11 @@ fn verify_reader<R: Read + Send>(ctx: &mut Ctx<'_>, input: R, source: &str) -> R
     let bundle = reader.authenticate(key.as_ref(), &ctx.limits).map_err(|e| e.to_string())?;
     let header = bundle.header().clone();
     let digest = bundle.digest_hex();
+    if !source.starts_with("cache") {
+        if let Some(cache) = ctx.floor_from.take() {
+            ctx.highest = rollback_floor(ctx, &cache, key.as_ref());
+        }
+    }
     check_policy(ctx, &header, &digest, source.starts_with("cache"))?;
     let staging = Staging::create(&ctx.paths.sysroot)
         .map_err(|e| format!("creating a staging directory in {}: {e}", ctx.paths.sysroot.display()))?;
@@ -790,14 +798,21 @@ fn check_policy(ctx: &Ctx<'_>, h: &Header, digest: &str, from_cache: bool) -> Re
 /// The rollback floor from the cached bundles' headers, authenticated with
 /// the key each names (see [`Cache::rollback_floor`]). With `key=none`
 /// nothing can be authenticated, so there is no floor.
-fn rollback_floor(ctx: &mut Ctx<'_>, cache: &Cache) -> Option<(u64, String)> {
+///
+/// It is computed only when a server's bundle has authenticated and its
+/// policy is to be checked, with that bundle's key `known` at hand: the
+/// cached bundles are almost always sealed for the same key, so there is
+/// no second key lookup (a TPM unseal, a wait for a USB stick) and nothing
+/// before the network eats into the time budget. A boot from the cache
+/// needs no floor.
+fn rollback_floor(ctx: &mut Ctx<'_>, cache: &Cache, known: Option<&Key>) -> Option<(u64, String)> {
     if !ctx.key_required {
         log::debug!("rd.stateless.key=none: no key to authenticate the cache with; rollback not checked");
         return None;
     }
-    // Both slots are usually sealed for the same key: look it up once (a
-    // TPM unseal is not free).
-    let mut keys: Vec<Key> = Vec::new();
+    // A slot sealed for another key (the old one, during a rotation) needs
+    // a lookup: done once per key.
+    let mut keys: Vec<Key> = known.into_iter().cloned().collect();
     let (floor, warnings) = cache.rollback_floor(&mut |raw| {
         if raw.cipher() == Cipher::None {
             return Err("not encrypted, so not authenticated".to_owned());

@@ -715,6 +715,19 @@ fn loader_takes_the_rollback_floor_from_the_cached_bundles() {
     let (code, err, _) = node.boot(&cmd);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("rollback refused: bundle generation 5 is older than generation 6"), "{err}");
+
+    // A FIFO in place of current.json and of previous.bundle: no hang, and
+    // generation 7 applies over the floor the current bundle still gives.
+    fs::remove_file(&json).unwrap();
+    mkfifo(&json);
+    fs::remove_file(node.dir.path().join("cache/previous.bundle")).unwrap();
+    mkfifo(&node.dir.path().join("cache/previous.bundle"));
+    site.publish("v1/nodes/node42/bundle", 7, scope(), &[("etc/motd", b"gen7\n")], true);
+    node.fresh_sysroot();
+    let (code, err, status) = within_10s("the loader", move || node.boot(&cmd));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status["generation"], 7);
+    assert!(err.contains("previous.bundle: not a regular file (a FIFO); not used for the rollback floor"), "{err}");
 }
 
 // --- the cache device ---------------------------------------------------

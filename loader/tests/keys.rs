@@ -231,3 +231,38 @@ fn ext4_stick_pointing_off_itself_gives_no_key() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(status["key_source"], "USB stick STATELESS");
 }
+
+#[test]
+fn rollback_floor_holds_across_a_key_rotation() {
+    // The boot image holds the old key and the new one. The cache holds a
+    // bundle sealed for the new key (generation 6) and one for the old key
+    // (3); generation 5 sealed for the old key, replayed by the network, is
+    // still a rollback: the floor is 6, not the 3 the old key alone proves.
+    let (old_site, new_site) = (Site::new(), Site::new());
+    let rel = "v1/nodes/node42/bundle";
+    let scope = || Scope::Node("node42".into());
+    old_site.publish(rel, 3, scope(), &[("etc/motd", b"gen3\n")], true);
+    let nginx = Nginx::start(&old_site.www(), None, "");
+    let server = format!("rd.stateless.server=http://127.0.0.1:{}", nginx.port);
+    let node = Node::new();
+    let keys = node.dir.path().join("keys");
+    fs::create_dir(&keys).unwrap();
+    stateless_keys::write_key_file(&keys.join("old.key"), &old_site.key, false).unwrap();
+    stateless_keys::write_key_file(&keys.join("new.key"), &new_site.key, false).unwrap();
+    let flags: [&dyn AsRef<std::ffi::OsStr>; 2] = [&"--key-dir", &keys];
+    let cmdline = format!("{server} {NODE}");
+    let (code, err, _) = boot(&node, &cmdline, &flags);
+    assert_eq!(code, 0, "{err}");
+
+    old_site.put(rel, &new_site.make(6, scope(), &[("etc/motd", b"gen6\n")], true));
+    let (code, err, status) = boot(&node, &cmdline, &flags);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status["generation"], 6);
+
+    old_site.publish(rel, 5, scope(), &[("etc/motd", b"gen5 replayed\n")], true);
+    let (code, err, status) = boot(&node, &cmdline, &flags);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("rollback refused: bundle generation 5 is older than generation 6"), "{err}");
+    assert_eq!(status["source"], "cache-current");
+    assert_eq!(node.read("etc/motd").as_deref(), Some("gen6\n"));
+}
