@@ -12,7 +12,7 @@
 //! ([`crate::apply`]). Nothing in the root's visible tree changes before
 //! that point, and a bundle that fails leaves the root as it was.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{BufReader, Cursor, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -22,6 +22,7 @@ use serde::Serialize;
 use stateless_bundle::header::{HEADER_LEN, RawHeader};
 use stateless_bundle::io::read_full;
 use stateless_bundle::{BundleReader, Cipher, Header, Key, KeyId, Limits, OpenOptions as BundleOpen, Scope};
+use stateless_keys::blockdev::open_regular;
 use stateless_keys::usb::Devices;
 
 use crate::keyladder::KeyPlaces;
@@ -669,7 +670,8 @@ fn early_check(
 /// Verifies the bundle at `path` (a cache slot) and applies it.
 fn verify_and_apply(ctx: &mut Ctx<'_>, path: &Path, source: &'static str) -> Result<Ready, String> {
     let t = Instant::now();
-    let file = File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+    // No link, no FIFO: `slots` checked the file, but not this descriptor.
+    let file = open_regular(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
     let (ready, staging) = verify_reader(ctx, BufReader::with_capacity(READ_BUFFER, file), source)?;
     ctx.stage(&format!("verify ({source})"), t);
     apply_staged(ctx, &ready, staging, source)?;
