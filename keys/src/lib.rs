@@ -14,6 +14,7 @@
 //! [`publishers`] parses the list of publisher public keys a node trusts
 //! (`rd.stateless.pubkey=`). `docs/keys.md` is the user-facing description.
 
+pub mod blockdev;
 pub mod cpio;
 pub mod derive;
 pub mod fat;

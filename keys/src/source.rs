@@ -58,8 +58,13 @@ impl KeySource for FileSource {
     }
 
     fn keys(&self) -> Result<Vec<Key>, KeySourceError> {
-        if !self.0.exists() {
-            return Err(KeySourceError::Absent(format!("{} does not exist", self.0.display())));
+        match std::fs::metadata(&self.0) {
+            Err(_) => return Err(KeySourceError::Absent(format!("{} does not exist", self.0.display()))),
+            // A FIFO would block the read forever; a directory is a mistake.
+            Ok(m) if !m.is_file() => {
+                return Err(KeySourceError::Failed(format!("{}: not a regular file", self.0.display())));
+            }
+            Ok(_) => {}
         }
         Ok(vec![read_key_file(&self.0)?])
     }
@@ -83,6 +88,15 @@ impl KeySource for DirSource {
             .filter_map(Result::ok)
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|e| e == "key"))
+            // Links to key files are fine in the boot image; a FIFO would
+            // block the read forever.
+            .filter(|p| {
+                let regular = std::fs::metadata(p).is_ok_and(|m| m.is_file());
+                if !regular {
+                    log::warn!("skipping {}: not a regular file", p.display());
+                }
+                regular
+            })
             .collect();
         paths.sort();
         let mut keys = Vec::new();
@@ -157,6 +171,25 @@ mod tests {
         assert!(from.contains("key directory"));
         let (k, _) = find_key(old.id(), &[&src]).unwrap();
         assert_eq!(k.id(), old.id());
+    }
+
+    #[test]
+    fn special_files_are_skipped_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = Key::generate().unwrap();
+        write_key_file(&dir.path().join("b.key"), &k, false).unwrap();
+        assert!(std::process::Command::new("mkfifo").arg(dir.path().join("a.key")).status().unwrap().success());
+        std::fs::create_dir(dir.path().join("c.key")).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let d = dir.path().to_owned();
+        std::thread::spawn(move || {
+            let dir_keys = DirSource(d.clone()).keys().map(|v| v.iter().map(Key::id).collect::<Vec<_>>());
+            let fifo = FileSource(d.join("a.key")).keys().map(|v| v.len());
+            let _ = tx.send((dir_keys.unwrap(), fifo.unwrap_err().to_string()));
+        });
+        let (ids, fifo) = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("a FIFO hung the key source");
+        assert_eq!(ids, [k.id()]);
+        assert!(fifo.ends_with("a.key: not a regular file"), "{fifo}");
     }
 
     #[test]

@@ -2,32 +2,36 @@
 //! label) holding key files at `/stateless/keys/*.key`.
 //!
 //! **Finding the stick.** Every block device in `/sys/class/block` (whole
-//! disks and partitions) is probed by reading its superblock directly:
-//! vfat (boot sector label), ext2/3/4 (`s_volume_name`) and iso9660 (the
-//! primary volume descriptor's volume id). udev is not needed and may not
-//! have settled this early in boot.
+//! disks and partitions) is probed by reading its superblock directly
+//! ([`crate::blockdev::probe`]): vfat (boot sector label), ext2/3/4
+//! (`s_volume_name`) and iso9660 (the primary volume descriptor's volume
+//! id). udev is not needed and may not have settled this early in boot.
 //!
 //! **Reading it.** A vfat stick, the usual case, is read in user space by
 //! [`crate::fat`], a small bounded FAT reader, from a read-only file
 //! descriptor: no kernel module, no mount, nothing the kernel's FAT driver
-//! would parse, and no way to write. ext4 and iso9660 sticks are mounted read-only with
-//! `nosuid,nodev,noexec` on a private mount point, read, and unmounted.
+//! would parse, and no way to write. ext4 and iso9660 sticks are mounted
+//! on a private mount point with `ro,nosuid,nodev,noexec,nosymfollow` (and
+//! `noload` for ext4, so a journal that needs recovery is not replayed onto
+//! the stick), read, and unmounted. `stateless`, `keys` and each key file
+//! are opened without following links, so a stick cannot point the loader
+//! at a directory or file elsewhere; a key file must be a regular file.
 //!
 //! Everything on a stick is untrusted: at most [`MAX_DIR_ENTRIES`] directory
 //! entries are looked at, at most [`MAX_KEYS`] key files read, each at most
 //! [`MAX_KEY_FILE_LEN`] bytes.
 
-use std::fmt;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Read};
-use std::os::unix::fs::{DirBuilderExt, FileExt, FileTypeExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use rustix::mount::{MountFlags, UnmountFlags};
+use rustix::mount::UnmountFlags;
 use stateless_bundle::Key;
 use stateless_bundle::key::MAX_KEY_FILE_LEN;
 use zeroize::Zeroizing;
 
+use crate::blockdev::{self, Access};
 use crate::fat;
 use crate::source::{KeySource, KeySourceError};
 
@@ -40,75 +44,16 @@ pub const MAX_KEYS: usize = 64;
 /// Most directory entries looked at in any one directory of a stick (a
 /// corrupt FAT can make a directory's cluster chain loop forever).
 pub const MAX_DIR_ENTRIES: usize = 1024;
-/// Most block devices probed.
-pub const MAX_DEVICES: usize = 256;
 /// Where ext4 and iso9660 sticks are mounted in the initramfs.
 pub const DEFAULT_MOUNT_DIR: &str = "/run/stateless/usb";
 
-/// A file system found on a device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsKind {
-    /// FAT12/16/32.
-    Vfat,
-    /// ext2/3/4.
-    Ext4,
-    /// ISO 9660.
-    Iso9660,
-}
-
-impl FsKind {
-    /// The kernel's name for the file system type.
-    pub fn name(self) -> &'static str {
-        match self {
-            FsKind::Vfat => "vfat",
-            FsKind::Ext4 => "ext4",
-            FsKind::Iso9660 => "iso9660",
-        }
-    }
-}
-
-fn read_at(file: &File, buf: &mut [u8], at: u64) -> io::Result<bool> {
-    match file.read_exact_at(buf, at) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-fn label_text(raw: &[u8]) -> String {
-    let raw = raw.split(|&b| b == 0).next().unwrap_or_default();
-    String::from_utf8_lossy(raw).trim_end_matches(' ').to_owned()
-}
+pub use crate::blockdev::{FsKind, MAX_DEVICES};
 
 /// Reads the file system type and label of `dev` (a block device or an
-/// image file) from its superblock. `Ok(None)`: none of the three.
+/// image file) from its superblock ([`blockdev::probe`]). `Ok(None)`: none
+/// of vfat, ext2/3/4, iso9660.
 pub fn probe(dev: &Path) -> io::Result<Option<(FsKind, String)>> {
-    let file = File::open(dev)?;
-    // ext2/3/4: superblock at 1024, magic 0xEF53 at +56, label at +120.
-    let mut sb = [0u8; 136];
-    if read_at(&file, &mut sb, 1024)? && sb.get(56..58) == Some(&[0x53, 0xEF][..]) {
-        return Ok(Some((FsKind::Ext4, label_text(sb.get(120..136).unwrap_or_default()))));
-    }
-    // ISO 9660: primary volume descriptor in sector 16 (2048-byte sectors).
-    let mut pvd = [0u8; 72];
-    if read_at(&file, &mut pvd, 16 * 2048)? && pvd.first() == Some(&1) && pvd.get(1..6) == Some(&b"CD001"[..]) {
-        return Ok(Some((FsKind::Iso9660, label_text(pvd.get(40..72).unwrap_or_default()))));
-    }
-    // FAT: boot sector signature, then the extended BPB of FAT32 or FAT12/16
-    // (boot signature 0x29 says the label field is valid).
-    let mut bs = [0u8; 512];
-    if !read_at(&file, &mut bs, 0)? || bs.get(510..512) != Some(&[0x55, 0xAA][..]) {
-        return Ok(None);
-    }
-    let label_at = if bs.get(82..87) == Some(&b"FAT32"[..]) && bs.get(66) == Some(&0x29) {
-        71
-    } else if bs.get(54..57) == Some(&b"FAT"[..]) && bs.get(38) == Some(&0x29) {
-        43
-    } else {
-        return Ok(None);
-    };
-    let label = label_text(bs.get(label_at..label_at + 11).unwrap_or_default());
-    Ok(Some((FsKind::Vfat, if label == "NO NAME" { String::new() } else { label })))
+    Ok(blockdev::probe(dev)?.map(|p| (p.kind, p.label)))
 }
 
 /// Whether a probed label is the wanted one. FAT labels are upper case by
@@ -136,7 +81,7 @@ fn keys_from(files: Vec<(String, Zeroizing<Vec<u8>>)>, origin: &str) -> Vec<Key>
 
 /// Reads the key files of a FAT file system in user space ([`crate::fat`]).
 pub fn read_fat_keys(dev: &Path) -> io::Result<Vec<Key>> {
-    let vol = fat::Volume::open(File::open(dev)?)?;
+    let vol = fat::Volume::open(blockdev::open_device(dev)?)?;
     let mut dir = vol.root()?;
     for part in STICK_KEY_DIR.split('/') {
         let sub = dir.iter().take(MAX_DIR_ENTRIES).find(|e| e.is_dir && e.name.eq_ignore_ascii_case(part));
@@ -159,27 +104,40 @@ pub fn read_fat_keys(dev: &Path) -> io::Result<Vec<Key>> {
     Ok(keys_from(files, &dev.display().to_string()))
 }
 
-/// Reads the key files below a mounted stick's root.
+/// Reads the key files below a mounted stick's root. Nothing on the stick
+/// is followed: `stateless`, `keys` and each key file are opened relative to
+/// their directory with `O_NOFOLLOW`, so a link (to a directory or file off
+/// the stick) is refused, whatever the mount's `nosymfollow` does; a key
+/// file must be a regular file (a FIFO is refused without blocking).
 fn read_dir_keys(root: &Path, origin: &str) -> io::Result<Vec<Key>> {
-    let dir = root.join(STICK_KEY_DIR);
-    let rd = match fs::read_dir(&dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let mut paths: Vec<PathBuf> = rd
+    let mut dir = blockdev::open_dir(root)?;
+    for part in STICK_KEY_DIR.split('/') {
+        dir = match blockdev::open_dir_at(&dir, part) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{part}: {e}"))),
+        };
+    }
+    let mut names: Vec<String> = rustix::fs::Dir::read_from(&dir)?
         .take(MAX_DIR_ENTRIES)
         .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "key"))
+        .filter_map(|e| e.file_name().to_str().ok().map(str::to_owned))
+        .filter(|n| n.ends_with(".key") && n.len() > ".key".len())
         .collect();
-    paths.sort();
+    names.sort();
     let mut files = Vec::new();
-    for p in paths.into_iter().take(MAX_KEYS) {
+    for name in names.into_iter().take(MAX_KEYS) {
+        let mut file = match blockdev::open_regular_at(&dir, &name) {
+            Ok(f) => f,
+            Err(e) => {
+                // One planted link or FIFO must not hide the good keys beside it.
+                log::warn!("{origin}: skipping {name}: {}", blockdev::describe_open_error(&e));
+                continue;
+            }
+        };
         let mut text = Zeroizing::new(Vec::new());
-        File::open(&p)?.take(MAX_KEY_FILE_LEN as u64 + 1).read_to_end(&mut text)?;
-        files.push((p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), text));
+        file.by_ref().take(MAX_KEY_FILE_LEN as u64 + 1).read_to_end(&mut text)?;
+        files.push((name, text));
     }
     Ok(keys_from(files, origin))
 }
@@ -190,10 +148,10 @@ struct ReadOnlyMount(PathBuf);
 impl ReadOnlyMount {
     fn mount(dev: &Path, kind: FsKind, at: &Path) -> io::Result<ReadOnlyMount> {
         fs::DirBuilder::new().recursive(true).mode(0o700).create(at)?;
-        // Nothing on a stick is ever executed, interpreted as a device or
-        // honoured as set-id, and nothing is written (not even atime).
-        let flags = MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
-        rustix::mount::mount(dev, at, kind.name(), flags, None)?;
+        // Nothing on a stick is ever executed, interpreted as a device,
+        // honoured as set-id or followed as a link, and nothing is written:
+        // not even atime, nor an ext4 journal replay (`noload`).
+        blockdev::mount_untrusted(dev, at, kind, Access::ReadOnly)?;
         Ok(ReadOnlyMount(at.to_owned()))
     }
 }
@@ -233,21 +191,7 @@ impl Devices {
     pub fn list(&self) -> Vec<PathBuf> {
         match self {
             Devices::List(l) => l.clone(),
-            Devices::Scan { sys, dev } => {
-                let class = sys.join("class/block");
-                let Ok(rd) = fs::read_dir(&class) else { return Vec::new() };
-                let mut names: Vec<String> =
-                    rd.take(MAX_DEVICES).flatten().filter_map(|e| e.file_name().into_string().ok()).collect();
-                names.sort_unstable();
-                names
-                    .into_iter()
-                    // Empty devices (an unused loop device, a CD drive with
-                    // no disc) have size 0 and nothing to probe.
-                    .filter(|n| fs::read_to_string(class.join(n).join("size")).map_or(true, |s| s.trim() != "0"))
-                    .map(|n| dev.join(n))
-                    .filter(|p| fs::metadata(p).is_ok_and(|m| m.file_type().is_block_device() || m.is_file()))
-                    .collect()
-            }
+            Devices::Scan { sys, dev } => blockdev::list_devices(sys, dev),
         }
     }
 }
@@ -337,15 +281,10 @@ pub fn check_fat_label(label: &str) -> Result<[u8; 11], String> {
     Ok(out)
 }
 
-impl fmt::Display for FsKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileExt;
 
     /// A vfat image made by the standard tools, with `keys` at the
     /// documented path.
@@ -486,5 +425,142 @@ mod tests {
         assert!(read_fat_keys(&p).is_err());
         std::fs::write(&p, b"short").unwrap();
         assert_eq!(probe(&p).unwrap(), None);
+    }
+
+    /// Tests that need root or a tool fail without it, unless
+    /// `STATELESS_TEST_ALLOW_SKIP=1` (then they print "skipped" and pass).
+    fn missing(why: &str) {
+        if std::env::var_os("STATELESS_TEST_ALLOW_SKIP").is_some_and(|v| v == "1") {
+            eprintln!("skipped: {why}");
+            return;
+        }
+        panic!("prerequisite missing: {why} (set STATELESS_TEST_ALLOW_SKIP=1 to skip instead of failing)");
+    }
+
+    /// A loop device over an image, detached on drop.
+    struct Loop(PathBuf);
+
+    impl Loop {
+        fn attach(img: &Path) -> Option<Loop> {
+            if !rustix::process::geteuid().is_root() {
+                missing("loop devices need root");
+                return None;
+            }
+            let out = std::process::Command::new("losetup").args(["-f", "--show"]).arg(img).output().ok()?;
+            if !out.status.success() {
+                missing("losetup does not work here");
+                return None;
+            }
+            Some(Loop(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())))
+        }
+    }
+
+    impl Drop for Loop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup").arg("-d").arg(&self.0).status();
+        }
+    }
+
+    /// An ext4 image labelled STATELESS holding the tree `src`, with a
+    /// journal; `recovery` marks the journal as needing recovery, as a
+    /// stick pulled out while mounted would be.
+    fn ext4_stick(dir: &Path, src: &Path, recovery: bool) -> Option<PathBuf> {
+        let img = dir.join("stick.img");
+        std::fs::File::create(&img).unwrap().set_len(8 << 20).unwrap();
+        let st = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "STATELESS", "-d"])
+            .arg(src)
+            .arg(&img)
+            .status();
+        if !st.is_ok_and(|s| s.success()) {
+            missing("mkfs.ext4 -d (e2fsprogs 1.43 or later)");
+            return None;
+        }
+        if recovery {
+            let st =
+                std::process::Command::new("debugfs").args(["-w", "-R", "feature needs_recovery"]).arg(&img).output();
+            assert!(st.is_ok_and(|o| o.status.success()), "debugfs");
+        }
+        Some(img)
+    }
+
+    fn sha(path: &Path) -> Vec<u8> {
+        use sha2::Digest;
+        sha2::Sha256::digest(std::fs::read(path).unwrap()).to_vec()
+    }
+
+    fn source(dir: &Path, dev: &Path) -> UsbSource {
+        UsbSource {
+            label: "STATELESS".into(),
+            devices: Devices::List(vec![dev.to_owned()]),
+            mount_dir: dir.join("mnt"),
+        }
+    }
+
+    #[test]
+    fn ext4_stick_needing_journal_recovery_is_read_and_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = Key::generate().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join(STICK_KEY_DIR)).unwrap();
+        std::fs::write(src.join(STICK_KEY_DIR).join("site.key"), k.to_file_text()).unwrap();
+        let Some(img) = ext4_stick(dir.path(), &src, true) else { return };
+        let before = sha(&img);
+        let Some(lo) = Loop::attach(&img) else { return };
+        let keys = source(dir.path(), &lo.0).keys().unwrap();
+        assert_eq!(keys.iter().map(Key::id).collect::<Vec<_>>(), [k.id()]);
+        drop(lo);
+        assert!(sha(&img) == before, "the stick was written (journal replayed?)");
+    }
+
+    #[test]
+    fn ext4_stick_links_are_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        // Keys off the stick, in the initramfs, that a stick must not be
+        // able to point the loader at.
+        let (off, good) = (Key::generate().unwrap(), Key::generate().unwrap());
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir_all(elsewhere.join("keys")).unwrap();
+        std::fs::write(elsewhere.join("keys/off.key"), off.to_file_text()).unwrap();
+        std::fs::write(elsewhere.join("off.key"), off.to_file_text()).unwrap();
+
+        // 1. `stateless/keys` is a link to a directory off the stick; 2. so
+        // is `stateless`; 3. key files that are links (absolute, and
+        // relative within the stick) and a FIFO beside a good key.
+        type Layout = fn(&Path, &Path, &Key);
+        let layouts: [(&str, Layout); 3] = [
+            ("keys dir", |src, off, _| {
+                std::fs::create_dir_all(src.join("stateless")).unwrap();
+                std::os::unix::fs::symlink(off.join("keys"), src.join(STICK_KEY_DIR)).unwrap();
+            }),
+            ("stateless dir", |src, off, _| std::os::unix::fs::symlink(off, src.join("stateless")).unwrap()),
+            ("key files", |src, off, good| {
+                let keys = src.join(STICK_KEY_DIR);
+                std::fs::create_dir_all(&keys).unwrap();
+                std::fs::write(keys.join("b-good.key"), good.to_file_text()).unwrap();
+                std::os::unix::fs::symlink(off.join("off.key"), keys.join("a-abs.key")).unwrap();
+                std::os::unix::fs::symlink("b-good.key", keys.join("c-rel.key")).unwrap();
+                assert!(std::process::Command::new("mkfifo").arg(keys.join("d-fifo.key")).status().unwrap().success());
+            }),
+        ];
+        for (what, layout) in layouts {
+            let case = dir.path().join(what.replace(' ', "-"));
+            let src = case.join("src");
+            std::fs::create_dir_all(&src).unwrap();
+            layout(&src, &elsewhere, &good);
+            let Some(img) = ext4_stick(&case, &src, false) else { return };
+            let Some(lo) = Loop::attach(&img) else { return };
+            let got = source(&case, &lo.0).keys();
+            match what {
+                "key files" => {
+                    let ids: Vec<_> = got.unwrap().iter().map(Key::id).collect();
+                    assert_eq!(ids, [good.id()], "{what}");
+                }
+                _ => {
+                    let err = got.unwrap_err().to_string();
+                    assert!(err.contains("a symbolic link (not followed)"), "{what}: {err}");
+                }
+            }
+        }
     }
 }

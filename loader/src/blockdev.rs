@@ -1,42 +1,35 @@
 //! Finding and mounting the last-known-good cache device.
 //!
 //! `rd.stateless.cache=` names the device as `LABEL=…`, `UUID=…`,
-//! `PARTLABEL=…`, `/dev/…` or `none` ([`CacheSpec`]). [`find_device`]
-//! resolves it through udev's `/dev/disk/by-*` links when they exist, and
-//! otherwise (udev not settled yet, or no udev in the initramfs) by scanning
+//! `PARTLABEL=…`, `/dev/…` or `none` ([`CacheSpec`]; `PARTUUID=` becomes a
+//! `/dev/disk/by-partuuid/…` path). [`find_device`] looks at every device in
 //! `/sys/class/block`: labels and UUIDs from the ext4 superblock, partition
-//! labels from the partition's `uevent` (`PARTNAME=`). The `/dev` and `/sys`
-//! roots are parameters so that tests can use fake trees.
+//! labels from the partition's `uevent` (`PARTNAME=`), through
+//! [`stateless_keys::blockdev`], the probing the USB key source uses too;
+//! udev's `/dev/disk/by-*` link, when there is one, adds the device it names.
+//! The `/dev` and `/sys` roots are parameters so that tests can use fake
+//! trees.
 //!
-//! [`Mounted`] mounts the device (ext4, `nosuid,nodev,noexec`) and unmounts
-//! it when dropped, so an early return cannot leave the cache mounted across
-//! switch-root.
+//! A label is not an identity: anyone can write one on a USB stick. So a
+//! label, UUID or partition label that two or more devices carry names no
+//! device ([`FindError::Ambiguous`]), and one on a removable or USB device
+//! is refused ([`FindError::Removable`]): such a device becomes the cache
+//! only when the site names it by `PARTUUID=` or `/dev/…`. Either way the
+//! boot goes on without a cache, and the console line says why.
+//!
+//! [`Mounted`] mounts the device (ext4, `nosuid,nodev,noexec,nosymfollow`)
+//! and unmounts it when dropped, so an early return cannot leave the cache
+//! mounted across switch-root.
 
 use std::fmt;
-use std::fs::{self, File};
+use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use rustix::mount::{MountFlags, UnmountFlags};
-
-/// The ext4 superblock starts 1024 bytes into the device.
-const SUPERBLOCK_OFFSET: u64 = 1024;
-/// Bytes of the superblock we read (up to the end of the volume name).
-const SUPERBLOCK_READ: usize = 136;
-/// `s_magic` (little-endian u16) offset within the superblock.
-const MAGIC_AT: usize = 56;
-/// The ext2/3/4 magic number.
-const EXT4_MAGIC: u16 = 0xEF53;
-/// `s_uuid` offset within the superblock (16 bytes).
-const UUID_AT: usize = 104;
-/// `s_volume_name` offset within the superblock (16 bytes, NUL padded).
-const LABEL_AT: usize = 120;
-/// Length of `s_volume_name`.
-const LABEL_LEN: usize = 16;
-/// A sysfs `uevent` file is at most a page.
-const MAX_UEVENT: u64 = 4096;
+use rustix::mount::UnmountFlags;
+use stateless_keys::blockdev::{self as probe, Access, FsKind};
 
 /// Which device holds the cache (`rd.stateless.cache=`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,52 +93,6 @@ impl fmt::Display for CacheSpec {
     }
 }
 
-/// What an ext2/3/4 superblock says about a file system.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ext4Info {
-    /// The volume label (`e2label`), possibly empty.
-    pub label: String,
-    /// The UUID, lower case, 8-4-4-4-12.
-    pub uuid: String,
-}
-
-/// Reads the ext4 superblock of `dev` (a block device or an image file).
-/// `Ok(None)` when there is no ext2/3/4 file system on it.
-pub fn read_ext4_superblock(dev: &Path) -> io::Result<Option<Ext4Info>> {
-    let file = File::open(dev)?;
-    let mut sb = [0u8; SUPERBLOCK_READ];
-    match file.read_exact_at(&mut sb, SUPERBLOCK_OFFSET) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    Ok(parse_superblock(&sb))
-}
-
-/// Parses the first bytes of an ext4 superblock.
-fn parse_superblock(sb: &[u8; SUPERBLOCK_READ]) -> Option<Ext4Info> {
-    let magic = sb.get(MAGIC_AT..MAGIC_AT + 2)?;
-    if u16::from_le_bytes([*magic.first()?, *magic.get(1)?]) != EXT4_MAGIC {
-        return None;
-    }
-    let uuid = sb.get(UUID_AT..UUID_AT + 16)?;
-    let label = sb.get(LABEL_AT..LABEL_AT + LABEL_LEN)?;
-    let label = label.split(|&b| b == 0).next().unwrap_or_default();
-    Some(Ext4Info { label: String::from_utf8_lossy(label).into_owned(), uuid: format_uuid(uuid) })
-}
-
-/// Formats 16 bytes as a lower-case 8-4-4-4-12 UUID.
-fn format_uuid(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(36);
-    for (i, b) in bytes.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            out.push('-');
-        }
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
-}
-
 /// Encodes a label the way udev names it under `/dev/disk/by-label`:
 /// ASCII letters, digits and `#+-.:=@_` and multi-byte UTF-8 stay, every
 /// other byte becomes `\xNN` (so `my disk` is `my\x20disk`).
@@ -161,20 +108,65 @@ pub fn udev_encode(label: &str) -> String {
     out
 }
 
+/// Why [`find_device`] names no device. The Display is the console line's
+/// start; the loader adds "; booting without a cache".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FindError {
+    /// No device carries the name (or `spec` is `none`).
+    #[error("cache device {spec} not found")]
+    NotFound {
+        /// What was looked for.
+        spec: String,
+    },
+    /// Two or more devices carry it: which one would be used is chance.
+    #[error(
+        "cache device {spec} is on {} devices ({}): refusing to guess; name one by PARTUUID= or /dev/… in rd.stateless.cache=",
+        devices.len(),
+        join(devices)
+    )]
+    Ambiguous {
+        /// What was looked for.
+        spec: String,
+        /// Every device that carries it.
+        devices: Vec<PathBuf>,
+    },
+    /// The only device that carries it is removable or on USB.
+    #[error(
+        "cache device {spec} is {}, which is {why}: not used as the cache unless rd.stateless.cache= names it by PARTUUID= or /dev/…",
+        device.display()
+    )]
+    Removable {
+        /// What was looked for.
+        spec: String,
+        /// The device.
+        device: PathBuf,
+        /// "removable" or "on a USB bus".
+        why: &'static str,
+    },
+}
+
+fn join(paths: &[PathBuf]) -> String {
+    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+}
+
 /// Finds the device that `spec` names, below the `/dev` directory `dev` and
-/// the sysfs root `sys` (`/dev` and `/sys` on a real machine). `None` when
-/// `spec` is `none` or no device matches: a missing device means no cache.
-pub fn find_device(spec: &CacheSpec, dev: &Path, sys: &Path) -> Option<PathBuf> {
+/// the sysfs root `sys` (`/dev` and `/sys` on a real machine). A device
+/// named by path is used as named. A label, UUID or partition label must be
+/// on exactly one device, and that device must be neither removable nor on
+/// USB (see the module documentation).
+pub fn find_device(spec: &CacheSpec, dev: &Path, sys: &Path) -> Result<PathBuf, FindError> {
+    let not_found = || FindError::NotFound { spec: spec.to_string() };
     let (by, key) = match spec {
-        CacheSpec::None => return None,
+        CacheSpec::None => return Err(not_found()),
         CacheSpec::Path(p) => {
             // `/dev/sdb1` is looked up below `dev`, so tests can use a fake tree.
             let p = p.strip_prefix("/dev").map(|rel| dev.join(rel)).unwrap_or_else(|_| p.clone());
             return match fs::metadata(&p) {
-                Ok(_) => Some(p),
+                Ok(_) => Ok(p),
                 Err(err) => {
                     log::debug!("cache device {}: {err}", p.display());
-                    None
+                    Err(not_found())
                 }
             };
         }
@@ -182,59 +174,56 @@ pub fn find_device(spec: &CacheSpec, dev: &Path, sys: &Path) -> Option<PathBuf> 
         CacheSpec::Uuid(u) => ("by-uuid", u.to_ascii_lowercase()),
         CacheSpec::PartLabel(l) => ("by-partlabel", udev_encode(l)),
     };
+    // (device node, name in sys/class/block)
+    let mut found: Vec<(PathBuf, String)> = probe::block_names(sys)
+        .into_iter()
+        .filter(|name| matches(spec, &dev.join(name), sys, name))
+        .map(|name| (dev.join(&name), name))
+        .collect();
     let link = dev.join("disk").join(by).join(&key);
     if let Ok(target) = fs::canonicalize(&link) {
+        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         log::debug!("cache device {spec}: {} via {}", target.display(), link.display());
-        return Some(target);
-    }
-    let found = scan(spec, dev, sys);
-    match &found {
-        Some(p) => log::debug!("cache device {spec}: {} (found by scanning {})", p.display(), sys.display()),
-        None => log::debug!("cache device {spec}: no match in {} or {}", link.display(), sys.display()),
-    }
-    found
-}
-
-/// Looks at every block device in `sys/class/block`, in name order.
-fn scan(spec: &CacheSpec, dev: &Path, sys: &Path) -> Option<PathBuf> {
-    let class = sys.join("class/block");
-    let mut names: Vec<String> = match fs::read_dir(&class) {
-        Ok(rd) => rd.flatten().filter_map(|e| e.file_name().into_string().ok()).collect(),
-        Err(err) => {
-            log::debug!("reading {}: {err}", class.display());
-            return None;
+        if !found.iter().any(|(_, n)| *n == name) {
+            found.push((target, name));
         }
-    };
-    names.sort_unstable();
-    names.into_iter().find(|name| matches(spec, &dev.join(name), &class.join(name))).map(|name| dev.join(name))
+    }
+    match found.as_slice() {
+        [] => {
+            log::debug!("cache device {spec}: no match in {} or {}", link.display(), sys.display());
+            Err(not_found())
+        }
+        [(device, name)] => match probe::removable(sys, name) {
+            Some(why) => Err(FindError::Removable { spec: spec.to_string(), device: device.clone(), why }),
+            None => {
+                log::debug!("cache device {spec}: {}", device.display());
+                Ok(device.clone())
+            }
+        },
+        more => {
+            Err(FindError::Ambiguous { spec: spec.to_string(), devices: more.iter().map(|(d, _)| d.clone()).collect() })
+        }
+    }
 }
 
-/// Whether the device node `node` (sysfs directory `sysdir`) is what `spec`
-/// names.
-fn matches(spec: &CacheSpec, node: &Path, sysdir: &Path) -> bool {
+/// Whether the device node `node` (`name` in `sys/class/block`) is what
+/// `spec` names.
+fn matches(spec: &CacheSpec, node: &Path, sys: &Path, name: &str) -> bool {
     match spec {
-        CacheSpec::Label(want) | CacheSpec::Uuid(want) => match read_ext4_superblock(node) {
-            Ok(Some(info)) => match spec {
+        CacheSpec::Label(want) | CacheSpec::Uuid(want) => match probe::probe(node) {
+            Ok(Some(info)) if info.kind == FsKind::Ext4 => match spec {
                 CacheSpec::Label(_) => info.label == *want,
-                _ => info.uuid.eq_ignore_ascii_case(want),
+                _ => info.uuid.is_some_and(|u| u.eq_ignore_ascii_case(want)),
             },
-            Ok(None) => false,
+            Ok(_) => false,
             Err(err) => {
                 log::debug!("reading the superblock of {}: {err}", node.display());
                 false
             }
         },
-        CacheSpec::PartLabel(want) => partname(sysdir).is_some_and(|name| name == *want),
+        CacheSpec::PartLabel(want) => probe::partname(sys, name).is_some_and(|n| n == *want),
         CacheSpec::None | CacheSpec::Path(_) => false,
     }
-}
-
-/// The GPT partition name from a partition's `uevent` (`PARTNAME=`).
-fn partname(sysdir: &Path) -> Option<String> {
-    use std::io::Read;
-    let mut text = String::new();
-    File::open(sysdir.join("uevent")).ok()?.take(MAX_UEVENT).read_to_string(&mut text).ok()?;
-    text.lines().find_map(|l| l.strip_prefix("PARTNAME=")).map(str::to_owned)
 }
 
 /// Why mounting or unmounting the cache failed.
@@ -282,20 +271,19 @@ pub struct Mounted {
 
 impl Mounted {
     /// Mounts the ext4 file system on `device` at `mount_point` (created if
-    /// missing), read-write with `nosuid,nodev,noexec`: nothing on the cache
-    /// disk is ever executed or interpreted as a device.
+    /// missing), read-write with `nosuid,nodev,noexec,nosymfollow`: nothing
+    /// on the cache disk is ever executed, interpreted as a device or
+    /// followed as a link (`nosymfollow` is left out on kernels before
+    /// 5.10, see [`stateless_keys::blockdev::mount_untrusted`]; the cache
+    /// opens its files without following links either way).
     pub fn mount(device: &Path, mount_point: &Path) -> Result<Mounted, MountError> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(mount_point)
             .map_err(|source| MountError::MountPoint { path: mount_point.to_owned(), source })?;
-        let flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
-        rustix::mount::mount(device, mount_point, "ext4", flags, None).map_err(|e| MountError::Mount {
-            device: device.to_owned(),
-            path: mount_point.to_owned(),
-            source: e.into(),
-        })?;
+        probe::mount_untrusted(device, mount_point, FsKind::Ext4, Access::ReadWrite)
+            .map_err(|source| MountError::Mount { device: device.to_owned(), path: mount_point.to_owned(), source })?;
         log::debug!("mounted {} on {}", device.display(), mount_point.display());
         Ok(Mounted { path: mount_point.to_owned(), mounted: true })
     }
@@ -362,23 +350,5 @@ mod tests {
         assert_eq!(udev_encode("a\\b"), "a\\x5cb");
         assert_eq!(udev_encode("x#+-.:=@_y"), "x#+-.:=@_y");
         assert_eq!(udev_encode("café"), "café");
-    }
-
-    #[test]
-    fn superblock_table() {
-        let mut sb = [0u8; SUPERBLOCK_READ];
-        assert_eq!(parse_superblock(&sb), None);
-        sb[MAGIC_AT] = 0x53;
-        sb[MAGIC_AT + 1] = 0xEF;
-        for (i, b) in sb[UUID_AT..UUID_AT + 16].iter_mut().enumerate() {
-            *b = i as u8 * 0x11;
-        }
-        let info = parse_superblock(&sb).unwrap();
-        assert_eq!(info.uuid, "00112233-4455-6677-8899-aabbccddeeff");
-        assert_eq!(info.label, "");
-        sb[LABEL_AT..LABEL_AT + 3].copy_from_slice(b"LKG");
-        assert_eq!(parse_superblock(&sb).unwrap().label, "LKG");
-        sb[LABEL_AT..LABEL_AT + 16].copy_from_slice(b"0123456789abcdef");
-        assert_eq!(parse_superblock(&sb).unwrap().label, "0123456789abcdef");
     }
 }

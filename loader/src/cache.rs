@@ -54,19 +54,34 @@
 //!
 //! # Rollback memory
 //!
-//! Each JSON also carries `highest_generation`, the highest generation ever
-//! stored, so that a rotation does not forget it;
-//! [`Cache::highest_generation`] reads it from every readable JSON, even one
-//! whose bundle is corrupt.
+//! The rollback floor (the generation below which a server's bundle is
+//! refused) is derived at boot from the cached bundles themselves:
+//! [`Cache::rollback_floor`] reads each slot's bundle header and has the
+//! caller authenticate it with the site key (the loader's key ladder; a
+//! header sealed for this node cannot be forged or altered without that
+//! key). The floor is the highest generation among the headers that
+//! authenticate, with that bundle's digest.
+//!
+//! The `.json` files are not trusted for it: anyone who can write the cache
+//! disk can write them. Each still carries `highest_generation`, the floor
+//! the loader had when it stored the slot, for people and tools; when it
+//! disagrees with the authenticated headers (a lowered, raised or garbage
+//! file), the loader says so in a warning and uses the headers. Someone who
+//! can write the disk can still delete or corrupt the bundles: then there is
+//! no floor (no state), never a floor higher than a genuine bundle's.
+//! Unencrypted bundles authenticate nothing (their tag is a checksum), so
+//! with `rd.stateless.key=none` the cache holds no rollback state.
 
+use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rustix::io::Errno;
-use stateless_bundle::error_chain as chain;
+use stateless_bundle::header::{Header, RawHeader};
 use stateless_bundle::{BundleReader, OpenError};
+use stateless_keys::blockdev::{describe_open_error as describe, open_regular};
 
 /// Largest metadata file read; a real one is a few hundred bytes.
 const MAX_JSON: u64 = 64 * 1024;
@@ -96,14 +111,88 @@ pub struct SlotMeta {
     pub key_id: String,
     /// The bundle's size in bytes.
     pub size: u64,
-    /// The highest generation ever stored in this cache (anti-rollback
-    /// memory); [`Cache::store`] never lets it go down.
+    /// The rollback floor when this slot was stored (at least
+    /// `generation`). Informational: the floor is taken from the bundles'
+    /// authenticated headers ([`Cache::rollback_floor`]), and a file that
+    /// disagrees with them is reported.
     pub highest_generation: u64,
 }
 
-/// One slot: the bundle's path and metadata, or why it cannot be used (a
-/// warning that names the slot's file, e.g. `current.json: unreadable: …`).
-pub type Slot = Result<(PathBuf, SlotMeta), String>;
+/// One slot: the bundle's path and metadata, or why it cannot be used.
+pub type Slot = Result<(PathBuf, SlotMeta), SlotError>;
+
+/// Why a slot cannot be used. The Display is the warning, naming the slot's
+/// file: `current.json: unreadable: …`, `current.bundle: not a regular file
+/// (a FIFO)`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SlotError {
+    /// The file is missing, not a regular file, or unreadable.
+    #[error("{file}: {}", describe(source))]
+    Open {
+        /// The slot's file (`current.json`).
+        file: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The metadata file is larger than any real one.
+    #[error("{file}: over {MAX_JSON} bytes")]
+    TooLarge {
+        /// The slot's file.
+        file: String,
+    },
+    /// The metadata file is not the JSON of a [`SlotMeta`].
+    #[error("{file}: unreadable: {source}")]
+    Json {
+        /// The slot's file.
+        file: String,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The bundle has no readable header.
+    #[error("{file}: {source}")]
+    Header {
+        /// The slot's file.
+        file: String,
+        /// The cause.
+        #[source]
+        source: OpenError,
+    },
+    /// The bundle's digest is not the one its metadata names (a power cut
+    /// between two renames leaves this; so does tampering).
+    #[error("{file}: digest {} does not match {json} ({})", short(found), short(expected))]
+    Digest {
+        /// The bundle file.
+        file: String,
+        /// The metadata file.
+        json: String,
+        /// The digest in the metadata.
+        expected: String,
+        /// The bundle's digest.
+        found: String,
+    },
+    /// The bundle's size is not the one its metadata gives.
+    #[error("{file}: size is {found}, {json} says {expected}")]
+    Size {
+        /// The bundle file.
+        file: String,
+        /// The metadata file.
+        json: String,
+        /// The size in the metadata.
+        expected: u64,
+        /// The bundle's size.
+        found: u64,
+    },
+}
+
+impl SlotError {
+    /// The file does not exist (a slot with neither file is simply empty).
+    fn is_missing(&self) -> bool {
+        matches!(self, SlotError::Open { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+}
 
 /// Why [`Cache::store`] failed. Whatever the error, the slots that were
 /// there before are intact.
@@ -176,14 +265,13 @@ impl Cache {
 
     /// Stores `bundle` as the current slot, the old current slot becoming the
     /// previous one. See the module documentation for the steps and what a
-    /// power cut leaves. The stored `highest_generation` is the highest of
-    /// `meta`'s, `meta.generation` and the cache's own.
+    /// power cut leaves. The stored `highest_generation` is the higher of
+    /// `meta`'s and `meta.generation`.
     pub fn store(&self, bundle: &Path, meta: &SlotMeta) -> Result<(), CacheError> {
-        let mut src = File::open(bundle).map_err(|source| CacheError::Read { path: bundle.to_owned(), source })?;
+        let mut src = open_regular(bundle).map_err(|source| CacheError::Read { path: bundle.to_owned(), source })?;
         check_bundle(&mut src, bundle, meta)?;
         let mut meta = meta.clone();
-        let cached = self.highest_generation().map_or(0, |(g, _)| g);
-        meta.highest_generation = meta.highest_generation.max(meta.generation).max(cached);
+        meta.highest_generation = meta.highest_generation.max(meta.generation);
 
         self.remove_temps();
         let result = self.write_new(&mut src, bundle, &meta).and_then(|()| self.rotate(&meta));
@@ -286,34 +374,99 @@ impl Cache {
 
     /// Reads and checks one slot.
     fn read_slot(&self, stem: &str) -> Slot {
-        let json_name = format!("{stem}.json");
-        let bundle_name = format!("{stem}.bundle");
-        let meta = read_meta(&self.path(&json_name)).map_err(|e| format!("{json_name}: {e}"))?;
-        let path = self.path(&bundle_name);
-        let mut file = File::open(&path).map_err(|e| format!("{bundle_name}: {}", describe(&e)))?;
-        check_bundle(&mut file, &path, &meta).map_err(|e| match e {
-            CacheError::Mismatch { what: "digest", expected, found, .. } => {
-                format!("{bundle_name}: digest {} does not match {json_name} ({})", short(&found), short(&expected))
-            }
-            CacheError::Mismatch { what, expected, found, .. } => {
-                format!("{bundle_name}: {what} is {found}, {json_name} says {expected}")
-            }
-            CacheError::Header { source, .. } => format!("{bundle_name}: {source}"),
-            other => format!("{bundle_name}: {}", chain(&other)),
-        })?;
+        let json = format!("{stem}.json");
+        let file = format!("{stem}.bundle");
+        let meta = read_meta(&self.path(&json), &json)?;
+        let path = self.path(&file);
+        let open = |source| SlotError::Open { file: file.clone(), source };
+        let mut bundle = open_regular(&path).map_err(open)?;
+        let size = bundle.metadata().map_err(open)?.len();
+        if size != meta.size {
+            return Err(SlotError::Size { file, json, expected: meta.size, found: size });
+        }
+        let digest = match BundleReader::new(&mut bundle) {
+            Ok(r) => r.raw_header().digest_hex(),
+            Err(source) => return Err(SlotError::Header { file, source }),
+        };
+        if digest != meta.digest {
+            return Err(SlotError::Digest { file, json, expected: meta.digest, found: digest });
+        }
         Ok((path, meta))
     }
 
-    /// The highest generation this cache has stored, with the digest of the
-    /// cached bundle of that generation (empty when that bundle is no longer
-    /// cached). Read from every readable metadata file, including one whose
-    /// bundle is corrupt. `None` when there is none.
-    pub fn highest_generation(&self) -> Option<(u64, String)> {
-        let metas: Vec<SlotMeta> =
-            SLOTS.iter().filter_map(|stem| read_meta(&self.path(&format!("{stem}.json"))).ok()).collect();
-        let highest = metas.iter().map(|m| m.highest_generation.max(m.generation)).max()?;
-        let digest = metas.iter().find(|m| m.generation == highest).map(|m| m.digest.clone()).unwrap_or_default();
-        Some((highest, digest))
+    /// The rollback floor: the highest generation among the slots' bundles
+    /// whose headers `authenticate` accepts, with that bundle's digest
+    /// (`None` when no header authenticates: no rollback state). A slot's
+    /// header is read whatever its `.json` says, so a garbage or missing
+    /// JSON file does not lose the floor.
+    ///
+    /// The second value holds the warnings for the console: each bundle
+    /// that is there but does not authenticate, and metadata that disagrees
+    /// with the authenticated headers (a `.json` whose `generation` is not
+    /// its bundle's, or whose `highest_generation` is not the floor: a
+    /// lowered, raised or garbage file). Such metadata is not used.
+    pub fn rollback_floor<E: fmt::Display>(
+        &self,
+        authenticate: &mut dyn FnMut(&RawHeader) -> Result<Header, E>,
+    ) -> (Option<(u64, String)>, Vec<String>) {
+        let mut warnings = Vec::new();
+        let mut floor: Option<(u64, String)> = None;
+        let mut trusted: [Option<u64>; SLOTS.len()] = [None; SLOTS.len()];
+        for (stem, slot_gen) in SLOTS.iter().zip(trusted.iter_mut()) {
+            let name = format!("{stem}.bundle");
+            let raw = match open_regular(&self.path(&name)) {
+                Ok(file) => BundleReader::new(file).map(|r| r.raw_header().clone()).map_err(|e| e.to_string()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => Err(describe(&e)),
+            };
+            match raw
+                .and_then(|raw| authenticate(&raw).map(|h| (h.generation, raw.digest_hex())).map_err(|e| e.to_string()))
+            {
+                Ok((generation, digest)) => {
+                    *slot_gen = Some(generation);
+                    if floor.as_ref().is_none_or(|(g, _)| generation > *g) {
+                        floor = Some((generation, digest));
+                    }
+                }
+                Err(e) => warnings.push(format!("{name}: {e}; not used for the rollback floor")),
+            }
+        }
+        let have = floor.as_ref().map(|(g, _)| *g);
+        let mut claimed: Option<u64> = None;
+        for (stem, slot_gen) in SLOTS.iter().zip(trusted) {
+            let name = format!("{stem}.json");
+            let meta = match read_meta(&self.path(&name), &name) {
+                Ok(m) => m,
+                Err(e) if e.is_missing() => continue,
+                Err(e) => {
+                    warnings.push(format!("{e}; rollback floor taken from the bundles"));
+                    continue;
+                }
+            };
+            if let Some(g) = slot_gen.filter(|g| *g != meta.generation) {
+                warnings.push(format!(
+                    "{name} says generation {}, its bundle's authenticated header says {g}; {name} ignored",
+                    meta.generation
+                ));
+                continue;
+            }
+            if meta.highest_generation < meta.generation {
+                // `store` never writes this: the file was edited.
+                warnings.push(format!(
+                    "{name} says highest generation {} below its own generation {}; {name} ignored",
+                    meta.highest_generation, meta.generation
+                ));
+                continue;
+            }
+            claimed = claimed.max(Some(meta.highest_generation));
+        }
+        if let Some(c) = claimed.filter(|c| Some(*c) != have) {
+            let from = have.map_or("no generation".to_owned(), |g| format!("generation {g}"));
+            warnings.push(format!(
+                "slot metadata claims highest generation {c}, the cached bundles' authenticated headers say {from}; the metadata is ignored"
+            ));
+        }
+        (floor, warnings)
     }
 }
 
@@ -343,19 +496,16 @@ fn check_bundle(file: &mut File, path: &Path, meta: &SlotMeta) -> Result<(), Cac
     Ok(())
 }
 
-/// Reads a slot's metadata; the error is a short reason.
-fn read_meta(path: &Path) -> Result<SlotMeta, String> {
+/// Reads a slot's metadata file `path`, called `file` in messages.
+fn read_meta(path: &Path, file: &str) -> Result<SlotMeta, SlotError> {
     let mut text = Vec::new();
-    File::open(path).and_then(|f| f.take(MAX_JSON + 1).read_to_end(&mut text)).map_err(|e| describe(&e))?;
+    open_regular(path)
+        .and_then(|f| f.take(MAX_JSON + 1).read_to_end(&mut text))
+        .map_err(|source| SlotError::Open { file: file.to_owned(), source })?;
     if text.len() as u64 > MAX_JSON {
-        return Err(format!("over {MAX_JSON} bytes"));
+        return Err(SlotError::TooLarge { file: file.to_owned() });
     }
-    serde_json::from_slice(&text).map_err(|e| format!("unreadable: {e}"))
-}
-
-/// "missing" for a missing file, else the error.
-fn describe(e: &io::Error) -> String {
-    if e.kind() == io::ErrorKind::NotFound { "missing".to_owned() } else { e.to_string() }
+    serde_json::from_slice(&text).map_err(|source| SlotError::Json { file: file.to_owned(), source })
 }
 
 /// The first 8 hex digits of a digest, for messages.
@@ -363,9 +513,15 @@ fn short(digest: &str) -> String {
     format!("{}…", digest.get(..8).unwrap_or(digest))
 }
 
-/// Creates a new private file.
+/// Creates a new private file: exclusive (`O_EXCL`: a file, link or FIFO
+/// already there is an error, never opened or followed) and `O_NOFOLLOW`.
 fn create(path: &Path) -> io::Result<File> {
-    OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
 }
 
 /// Hard-links `from` to `to`; copies (and fsyncs) on a file system without
@@ -376,7 +532,7 @@ fn link_or_copy(from: &Path, to: &Path) -> io::Result<()> {
         // vfat says EPERM.
         Err(e) if [Errno::PERM, Errno::OPNOTSUPP].iter().any(|n| e.raw_os_error() == Some(n.raw_os_error())) => {
             log::debug!("cache: {}: no hard links ({e}); copying", to.display());
-            let mut src = File::open(from)?;
+            let mut src = open_regular(from)?;
             let mut dst = create(to)?;
             io::copy(&mut src, &mut dst)?;
             dst.sync_all()

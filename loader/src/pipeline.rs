@@ -12,7 +12,7 @@
 //! ([`crate::apply`]). Nothing in the root's visible tree changes before
 //! that point, and a bundle that fails leaves the root as it was.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{BufReader, Cursor, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -22,11 +22,12 @@ use serde::Serialize;
 use stateless_bundle::header::{HEADER_LEN, RawHeader};
 use stateless_bundle::io::read_full;
 use stateless_bundle::{BundleReader, Cipher, Header, Key, KeyId, Limits, OpenOptions as BundleOpen, Scope};
+use stateless_keys::blockdev::open_regular;
 use stateless_keys::usb::Devices;
 
 use crate::keyladder::KeyPlaces;
 
-use crate::blockdev::{self, CacheSpec, Mounted};
+use crate::blockdev::{self, CacheSpec, FindError, Mounted};
 use crate::cache::{Cache, SlotMeta};
 use crate::cmdline::{CacheDevice, Config, KeyChoice, OnFail};
 use crate::dns::{ResolvConf, Resolver};
@@ -122,6 +123,10 @@ struct Ctx<'a> {
     report: Report,
     started: Instant,
     highest: Option<(u64, String)>,
+    /// The cache whose bundles give the rollback floor, until it is
+    /// computed (when a server's bundle first needs it; see
+    /// [`rollback_floor`]).
+    floor_from: Option<Cache>,
     identity: Option<Identity>,
     /// A key is configured: unencrypted bundles are a downgrade.
     key_required: bool,
@@ -144,6 +149,7 @@ pub fn run(config: &Config, paths: &Paths) -> Report {
         report: Report { result: "failed", source: "none", ..Report::default() },
         started: Instant::now(),
         highest: None,
+        floor_from: None,
         identity: None,
         key_required: !matches!(config.key, KeyChoice::None),
     };
@@ -214,9 +220,7 @@ fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, String> {
     }
     // Kept until the end of the run: dropping it unmounts the cache device.
     let (cache, _mounted) = open_cache(ctx);
-    if let Some(c) = &cache {
-        ctx.highest = c.highest_generation();
-    }
+    ctx.floor_from = cache.clone();
     let current_digest =
         cache.as_ref().and_then(|c| c.slots().into_iter().next()).and_then(|s| s.ok()).map(|(_, m)| m.digest);
 
@@ -345,10 +349,12 @@ fn open_cache(ctx: &mut Ctx<'_>) -> (Option<Cache>, Option<Mounted>) {
     let t = Instant::now();
     let device = loop {
         match blockdev::find_device(&spec, &dev, &sys) {
-            Some(d) => break d,
-            None if t.elapsed() < CACHE_DEVICE_WAIT => std::thread::sleep(Duration::from_millis(100)),
-            None => {
-                ctx.warn(format!("cache device {spec} not found; booting without a cache"));
+            Ok(d) => break d,
+            Err(FindError::NotFound { .. }) if t.elapsed() < CACHE_DEVICE_WAIT => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(e) => {
+                ctx.warn(format!("{e}; booting without a cache"));
                 return (None, None);
             }
         }
@@ -664,7 +670,8 @@ fn early_check(
 /// Verifies the bundle at `path` (a cache slot) and applies it.
 fn verify_and_apply(ctx: &mut Ctx<'_>, path: &Path, source: &'static str) -> Result<Ready, String> {
     let t = Instant::now();
-    let file = File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+    // No link, no FIFO: `slots` checked the file, but not this descriptor.
+    let file = open_regular(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
     let (ready, staging) = verify_reader(ctx, BufReader::with_capacity(READ_BUFFER, file), source)?;
     ctx.stage(&format!("verify ({source})"), t);
     apply_staged(ctx, &ready, staging, source)?;
@@ -714,6 +721,11 @@ fn verify_reader<R: Read + Send>(ctx: &mut Ctx<'_>, input: R, source: &str) -> R
     let bundle = reader.authenticate(key.as_ref(), &ctx.limits).map_err(|e| e.to_string())?;
     let header = bundle.header().clone();
     let digest = bundle.digest_hex();
+    if !source.starts_with("cache") {
+        if let Some(cache) = ctx.floor_from.take() {
+            ctx.highest = rollback_floor(ctx, &cache, key.as_ref());
+        }
+    }
     check_policy(ctx, &header, &digest, source.starts_with("cache"))?;
     let staging = Staging::create(&ctx.paths.sysroot)
         .map_err(|e| format!("creating a staging directory in {}: {e}", ctx.paths.sysroot.display()))?;
@@ -783,6 +795,46 @@ fn check_policy(ctx: &Ctx<'_>, h: &Header, digest: &str, from_cache: bool) -> Re
         }
     }
     Ok(())
+}
+
+/// The rollback floor from the cached bundles' headers, authenticated with
+/// the key each names (see [`Cache::rollback_floor`]). With `key=none`
+/// nothing can be authenticated, so there is no floor.
+///
+/// It is computed only when a server's bundle has authenticated and its
+/// policy is to be checked, with that bundle's key `known` at hand: the
+/// cached bundles are almost always sealed for the same key, so there is
+/// no second key lookup (a TPM unseal, a wait for a USB stick) and nothing
+/// before the network eats into the time budget. A boot from the cache
+/// needs no floor.
+fn rollback_floor(ctx: &mut Ctx<'_>, cache: &Cache, known: Option<&Key>) -> Option<(u64, String)> {
+    if !ctx.key_required {
+        log::debug!("rd.stateless.key=none: no key to authenticate the cache with; rollback not checked");
+        return None;
+    }
+    // A slot sealed for another key (the old one, during a rotation) needs
+    // a lookup: done once per key.
+    let mut keys: Vec<Key> = known.into_iter().cloned().collect();
+    let (floor, warnings) = cache.rollback_floor(&mut |raw| {
+        if raw.cipher() == Cipher::None {
+            return Err("not encrypted, so not authenticated".to_owned());
+        }
+        let key = match keys.iter().position(|k| k.id() == raw.key_id()) {
+            Some(i) => keys.swap_remove(i),
+            None => pick_key(ctx, raw.key_id())?.0,
+        };
+        let authenticated = raw.authenticate(Some(&key)).map_err(|e| e.to_string());
+        keys.push(key);
+        let (header, _) = authenticated?;
+        // Another node's bundle says nothing about this node's generations.
+        check_policy(ctx, &header, &raw.digest_hex(), true)?;
+        Ok(header)
+    });
+    for w in warnings {
+        ctx.warn(format!("cache: {w}"));
+    }
+    log::debug!("rollback floor: {floor:?}");
+    floor
 }
 
 fn store_in_cache(ctx: &mut Ctx<'_>, cache: &Cache, path: &Path, ready: &Ready, url: &str) {

@@ -3,6 +3,9 @@
 //! metadata, deletions, and symlinks in the root that must not let a write
 //! escape it.
 
+#[path = "../../tests/support/prereq.rs"]
+mod prereq;
+
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
@@ -401,7 +404,7 @@ fn setuid_bit_survives_chown() {
 #[test]
 fn deletion_does_not_cross_a_mount_point() {
     if !is_root() {
-        eprintln!("skipped: mounting needs root");
+        prereq::missing("mounting needs root");
         return;
     }
     let f = Fixture::new();
@@ -409,7 +412,7 @@ fn deletion_does_not_cross_a_mount_point() {
     write(&f.root, "data/plain", "x");
     let mounted = std::process::Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&mnt).status().unwrap();
     if !mounted.success() {
-        eprintln!("skipped: cannot mount tmpfs here");
+        prereq::missing("cannot mount tmpfs here");
         return;
     }
     struct Unmount(PathBuf);
@@ -597,13 +600,13 @@ fn staging_inside_the_root_is_never_deleted() {
 #[test]
 fn rename_across_a_mount_falls_back_to_copying() {
     if !is_root() {
-        eprintln!("skipped: mounting needs root");
+        prereq::missing("mounting needs root");
         return;
     }
     let f = Fixture::new();
     let mnt = dir(&f.root, "data/mnt");
     let Some(_guard) = mount(&["-t", "tmpfs", "tmpfs"], &mnt) else {
-        eprintln!("skipped: cannot mount tmpfs here");
+        prereq::missing("cannot mount tmpfs here");
         return;
     };
     write(&mnt, "old", "on the mount");
@@ -633,7 +636,7 @@ fn rename_across_a_mount_falls_back_to_copying() {
 #[test]
 fn staging_in_an_overlay_root_moves_into_the_upper_layer() {
     if !is_root() {
-        eprintln!("skipped: mounting needs root");
+        prereq::missing("mounting needs root");
         return;
     }
     let f = Fixture::new();
@@ -643,7 +646,7 @@ fn staging_in_an_overlay_root_moves_into_the_upper_layer() {
     write(&lower, "usr/lib/a", "lower\n");
     let layers = dir(f.outside(), "layers");
     let Some(_layers) = mount(&["-t", "tmpfs", "tmpfs"], &layers) else {
-        eprintln!("skipped: cannot mount tmpfs here");
+        prereq::missing("cannot mount tmpfs here");
         return;
     };
     dir(&layers, "upper");
@@ -655,7 +658,7 @@ fn staging_in_an_overlay_root_moves_into_the_upper_layer() {
         layers.join("work").display()
     );
     let Some(_overlay) = mount(&["-t", "overlay", "overlay", "-o", &opts], &f.root) else {
-        eprintln!("skipped: cannot mount overlayfs here");
+        prereq::missing("cannot mount overlayfs here");
         return;
     };
     let staging = stateless_loader::staging::Staging::create(&f.root).unwrap();

@@ -1,9 +1,10 @@
-#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 //! The last-known-good cache: slots, rotation, corruption, a full disk, and
 //! finding and mounting the cache device.
 
-#[path = "../../tests/support/noise.rs"]
-mod noise;
+#[path = "../../tests/support/prereq.rs"]
+mod prereq;
+mod support;
 
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use stateless_bundle::{BundleReader, Key, Limits, PackOptions, Scope};
-use stateless_loader::blockdev::{self, CacheSpec, Mounted};
+use stateless_loader::blockdev::{self, CacheSpec, FindError, Mounted};
 use stateless_loader::cache::{Cache, CacheError, SlotMeta};
 
 fn is_root() -> bool {
@@ -20,19 +21,24 @@ fn is_root() -> bool {
 
 /// Incompressible bytes, so a bundle's size follows `len`.
 fn noise(len: usize, seed: u64) -> Vec<u8> {
-    noise::incompressible(len, seed | 1)
+    support::noise::incompressible(len, seed | 1)
 }
 
 /// Packs an encrypted bundle of about `len` bytes of file data into `dir`
 /// and returns it with the metadata the loader would store for it.
 fn bundle(dir: &Path, generation: u64, len: usize) -> (PathBuf, SlotMeta) {
-    let src = dir.join(format!("src-{generation}"));
+    bundle_sealed(dir, generation, len, &site_key())
+}
+
+/// [`bundle`], sealed for `key`.
+fn bundle_sealed(dir: &Path, generation: u64, len: usize, key: &Key) -> (PathBuf, SlotMeta) {
+    let tag = key.id().short();
+    let src = dir.join(format!("src-{generation}-{tag}"));
     fs::create_dir_all(src.join("etc")).unwrap();
     fs::write(src.join("etc/data"), noise(len, generation)).unwrap();
-    let key = Key::from_bytes([7; 32]);
-    let path = dir.join(format!("gen{generation}.bundle"));
+    let path = dir.join(format!("gen{generation}-{tag}.bundle"));
     let opts = PackOptions {
-        key: Some(&key),
+        key: Some(key),
         generation,
         created: 1_700_000_000,
         expires: None,
@@ -66,7 +72,7 @@ fn usable(cache: &Cache) -> (Vec<u64>, Vec<String>) {
                 assert_eq!(digest, meta.digest);
                 gens.push(meta.generation);
             }
-            Err(w) => warnings.push(w),
+            Err(w) => warnings.push(w.to_string()),
         }
     }
     (gens, warnings)
@@ -88,7 +94,7 @@ fn store_rotates_and_reads_back() {
     fs::create_dir(&cache_dir).unwrap();
     let cache = Cache::new(&cache_dir);
     assert!(cache.slots().is_empty());
-    assert_eq!(cache.highest_generation(), None);
+    assert_eq!(floor(&cache), (None, vec![]));
 
     let (b1, m1) = bundle(tmp.path(), 1, 1000);
     let (b2, m2) = bundle(tmp.path(), 2, 2000);
@@ -111,7 +117,7 @@ fn store_rotates_and_reads_back() {
     let (path, meta) = slots[1].as_ref().unwrap();
     assert_eq!(fs::read(path).unwrap(), fs::read(&b2).unwrap());
     assert_eq!(meta, &m2);
-    assert_eq!(cache.highest_generation(), Some((3, m3.digest.clone())));
+    assert_eq!(floor(&cache), (Some((3, m3.digest.clone())), vec![]));
 
     // The JSON is readable by people and tools.
     let json: serde_json::Value = serde_json::from_slice(&fs::read(cache_dir.join("current.json")).unwrap()).unwrap();
@@ -317,12 +323,12 @@ impl Drop for TmpFs {
 #[test]
 fn full_disk_leaves_the_old_slots_intact() {
     if !is_root() {
-        eprintln!("skipped: mounting a tmpfs needs root");
+        prereq::missing("mounting a tmpfs needs root");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let Some(fs_guard) = TmpFs::mount(&tmp.path().join("small"), "64k") else {
-        eprintln!("skipped: cannot mount a tmpfs here");
+        prereq::missing("cannot mount a tmpfs here");
         return;
     };
     let cache = Cache::new(&fs_guard.0);
@@ -345,33 +351,383 @@ fn full_disk_leaves_the_old_slots_intact() {
     drop(fs_guard);
 }
 
-#[test]
-fn highest_generation_survives_rotation() {
-    let tmp = tempfile::tempdir().unwrap();
-    let cache = Cache::new(tmp.path().join("c"));
+/// The site key the test bundles are sealed for.
+fn site_key() -> Key {
+    Key::from_bytes([7; 32])
+}
+
+/// The rollback floor as the loader computes it: each slot's header
+/// authenticated with the site key.
+fn floor(cache: &Cache) -> (Option<(u64, String)>, Vec<String>) {
+    let key = site_key();
+    cache.rollback_floor(&mut |raw| raw.authenticate(Some(&key)).map(|(h, _)| h).map_err(|e| e.to_string()))
+}
+
+/// A cache holding generations 10 (previous) and 11 (current).
+fn cache_10_11(tmp: &Path) -> (Cache, SlotMeta) {
+    let cache = Cache::new(tmp.join("c"));
     fs::create_dir(cache.dir()).unwrap();
-    let (b10, m10) = bundle(tmp.path(), 10, 100);
-    let (b11, m11) = bundle(tmp.path(), 11, 100);
+    let (b10, m10) = bundle(tmp, 10, 100);
+    let (b11, m11) = bundle(tmp, 11, 100);
     cache.store(&b10, &m10).unwrap();
     cache.store(&b11, &m11).unwrap();
-    assert_eq!(cache.highest_generation(), Some((11, m11.digest.clone())));
+    (cache, m11)
+}
 
-    // A corrupt bundle does not make the cache forget its generation.
-    flip_tag(&cache.dir().join("current.bundle"));
-    assert_eq!(cache.highest_generation(), Some((11, m11.digest.clone())));
+fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut json: serde_json::Value = serde_json::from_slice(&fs::read(path).unwrap()).unwrap();
+    edit(&mut json);
+    fs::write(path, serde_json::to_vec(&json).unwrap()).unwrap();
+}
 
-    // Lower generations stored later (the policy refuses them, but the cache
-    // must not rely on it) rotate 11 out of both slots; the memory stays.
+#[test]
+fn rollback_floor_comes_from_the_authenticated_headers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cache, m11) = cache_10_11(tmp.path());
+    let want = Some((11, m11.digest.clone()));
+    assert_eq!(floor(&cache), (want.clone(), vec![]));
+
+    // A corrupt payload does not lose the floor: the header still
+    // authenticates.
+    let mut bytes = fs::read(cache.dir().join("current.bundle")).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    fs::write(cache.dir().join("current.bundle"), &bytes).unwrap();
+    assert_eq!(floor(&cache), (want, vec![]));
+
+    // A forged header (bit flipped in the generation) does not authenticate:
+    // that slot is left out with a warning, the other still counts.
+    let mut bytes = fs::read(cache.dir().join("current.bundle")).unwrap();
+    let raw = stateless_bundle::header::RawHeader::parse(&bytes[..320]).unwrap();
+    let at = (0..320).find(|&i| {
+        let mut b = bytes[..320].to_vec();
+        b[i] ^= 0x40;
+        stateless_bundle::header::RawHeader::parse(&b)
+            .is_ok_and(|r| r.unverified().generation != raw.unverified().generation)
+    });
+    let at = at.unwrap();
+    bytes[at] ^= 0x40;
+    fs::write(cache.dir().join("current.bundle"), &bytes).unwrap();
+    let (got, warnings) = floor(&cache);
+    assert_eq!(got.map(|(g, _)| g), Some(10));
+    assert!(
+        warnings.iter().any(|w| w.starts_with("current.bundle: ") && w.contains("not used for the rollback floor")),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn forged_metadata_is_no_state_not_a_refusal() {
+    // (what, edit to current.json, floor wanted, warning wanted)
+    type Edit = fn(&Path);
+    let cases: &[(&str, Edit, Option<u64>, &str)] = &[
+        (
+            "lowered",
+            |p| edit_json(p, |j| j["highest_generation"] = 1.into()),
+            Some(11),
+            "current.json says highest generation 1 below its own generation 11; current.json ignored",
+        ),
+        (
+            "lowered with its generation",
+            |p| {
+                edit_json(p, |j| {
+                    j["highest_generation"] = 1.into();
+                    j["generation"] = 1.into();
+                })
+            },
+            Some(11),
+            "current.json says generation 1, its bundle's authenticated header says 11; current.json ignored",
+        ),
+        (
+            "raised",
+            |p| edit_json(p, |j| j["highest_generation"] = u64::MAX.into()),
+            Some(11),
+            "slot metadata claims highest generation 18446744073709551615, the cached bundles' authenticated headers say generation 11; the metadata is ignored",
+        ),
+        (
+            "raised generation",
+            |p| edit_json(p, |j| j["generation"] = 1000.into()),
+            Some(11),
+            "current.json says generation 1000, its bundle's authenticated header says 11; current.json ignored",
+        ),
+        ("garbage", |p| fs::write(p, "{not json").unwrap(), Some(11), "current.json: unreadable: "),
+        ("empty", |p| fs::write(p, "").unwrap(), Some(11), "current.json: unreadable: "),
+        (
+            "missing",
+            |p| fs::remove_file(p).unwrap(),
+            Some(11),
+            "slot metadata claims highest generation 10, the cached bundles' authenticated headers say generation 11",
+        ),
+    ];
+    for (what, edit, want, warning) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let (cache, _) = cache_10_11(tmp.path());
+        edit(&cache.dir().join("current.json"));
+        let (got, warnings) = floor(&cache);
+        assert_eq!(got.map(|(g, _)| g), *want, "{what}");
+        assert!(warnings.iter().any(|w| w.starts_with(warning)), "{what}: {warnings:?}");
+    }
+
+    // Raised everywhere, with no bundle left: no state, never a refusal.
+    let tmp = tempfile::tempdir().unwrap();
+    let (cache, _) = cache_10_11(tmp.path());
+    for stem in ["current", "previous"] {
+        edit_json(&cache.dir().join(format!("{stem}.json")), |j| j["highest_generation"] = 999.into());
+        fs::remove_file(cache.dir().join(format!("{stem}.bundle"))).unwrap();
+    }
+    let (got, warnings) = floor(&cache);
+    assert_eq!(got, None);
+    assert!(
+        warnings.iter().any(|w| w.contains("claims highest generation 999") && w.contains("say no generation")),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn a_bundle_sealed_for_another_key_does_not_raise_the_floor() {
+    // Someone with the cache disk but not the site key packs generation
+    // 1,000,000 under their own key and plants it with matching metadata.
+    let tmp = tempfile::tempdir().unwrap();
+    let (cache, m11) = cache_10_11(tmp.path());
+    let (forged, meta) = bundle_sealed(tmp.path(), 1_000_000, 10, &Key::from_bytes([9; 32]));
+    cache.store(&forged, &meta).unwrap();
+    let (got, warnings) = floor(&cache);
+    assert_eq!(got, Some((11, m11.digest)), "the genuine previous slot is the floor");
+    assert!(warnings.iter().any(|w| w.starts_with("current.bundle: ")), "{warnings:?}");
+    assert!(warnings.iter().any(|w| w.contains("claims highest generation 1000000")), "{warnings:?}");
+}
+
+#[test]
+fn stored_highest_generation_is_informational() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cache, _) = cache_10_11(tmp.path());
+    // Lower generations stored later (the loader's policy refuses them)
+    // rotate 11 out of both slots: the floor is what the slots prove.
     let (b9, m9) = bundle(tmp.path(), 9, 100);
     let (b8, m8) = bundle(tmp.path(), 8, 100);
     cache.store(&b9, &m9).unwrap();
     cache.store(&b8, &m8).unwrap();
     assert_eq!(usable(&cache), (vec![8, 9], vec![]));
-    let highest = cache.highest_generation().unwrap();
-    assert_eq!(highest.0, 11);
-    assert_eq!(highest.1, "", "the bundle of generation 11 is no longer cached");
+    assert_eq!(floor(&cache), (Some((9, m9.digest.clone())), vec![]));
+    // The caller's floor is recorded as given.
+    let (b12, m12) = bundle(tmp.path(), 12, 100);
+    cache.store(&b12, &SlotMeta { highest_generation: 40, ..m12.clone() }).unwrap();
     let json: serde_json::Value = serde_json::from_slice(&fs::read(cache.dir().join("current.json")).unwrap()).unwrap();
-    assert_eq!(json["highest_generation"], 11);
+    assert_eq!(json["highest_generation"], 40);
+    cache.store(&b12, &SlotMeta { highest_generation: 3, ..m12 }).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&fs::read(cache.dir().join("current.json")).unwrap()).unwrap();
+    assert_eq!(json["highest_generation"], 12, "never below the slot's own generation");
+}
+
+/// Runs `f` on a thread and fails the test if it takes more than 10 s (a
+/// FIFO opened for reading blocks until a writer comes: forever).
+fn within_10s<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap_or_else(|_| panic!("{what}: hung"))
+}
+
+fn mkfifo(path: &Path) {
+    assert!(Command::new("mkfifo").arg(path).status().unwrap().success());
+}
+
+/// What can be planted in place of a slot file: (what, plant at `path`,
+/// the reason the loader gives). `outside` is a directory off the cache.
+type Plant = fn(&Path, &Path);
+const PLANTS: &[(&str, Plant, &str)] = &[
+    ("FIFO", |p, _| mkfifo(p), "not a regular file (a FIFO)"),
+    (
+        "symlink to a FIFO",
+        |p, out| {
+            mkfifo(&out.join("fifo"));
+            std::os::unix::fs::symlink(out.join("fifo"), p).unwrap();
+        },
+        "not a regular file (a symbolic link)",
+    ),
+    (
+        "symlink to a file outside",
+        |p, out| {
+            let target = out.join(p.file_name().unwrap());
+            fs::copy(p, &target).unwrap();
+            fs::remove_file(p).unwrap();
+            std::os::unix::fs::symlink(&target, p).unwrap();
+        },
+        "not a regular file (a symbolic link)",
+    ),
+    ("directory", |p, _| fs::create_dir(p).unwrap(), "not a regular file (a directory)"),
+];
+
+#[test]
+fn special_files_in_the_cache_are_refused_without_blocking() {
+    for (what, plant, reason) in PLANTS {
+        for file in ["current.json", "current.bundle"] {
+            let tmp = tempfile::tempdir().unwrap();
+            let (cache, m11) = cache_10_11(tmp.path());
+            let outside = tmp.path().join("outside");
+            fs::create_dir(&outside).unwrap();
+            let path = cache.dir().join(file);
+            if !what.starts_with("symlink to a file") {
+                fs::remove_file(&path).unwrap();
+            }
+            plant(&path, &outside);
+            let label = format!("{what} at {file}");
+            let c = cache.clone();
+            let (gens, warnings) = within_10s(&label, move || usable(&c));
+            assert_eq!(gens, [10], "{label}");
+            assert_eq!(warnings, [format!("{file}: {reason}")], "{label}");
+            let c = cache.clone();
+            let (got, warnings) = within_10s(&label, move || floor(&c));
+            if file == "current.bundle" {
+                assert_eq!(got.map(|(g, _)| g), Some(10), "{label}");
+                let want = format!("{file}: {reason}; not used for the rollback floor");
+                assert!(warnings.contains(&want), "{label}: {warnings:?}");
+            } else {
+                assert_eq!(got, Some((11, m11.digest.clone())), "{label}");
+            }
+            // A new store replaces the planted file (a directory cannot be
+            // renamed over: the store fails and the good slot is kept), and
+            // writes nothing through a link.
+            let before = regular_files(&outside);
+            let (b12, m12) = bundle(tmp.path(), 12, 100);
+            let c = cache.clone();
+            let stored = within_10s(&label, move || c.store(&b12, &m12).map_err(|e| e.to_string()));
+            if *what == "directory" {
+                assert!(stored.is_err(), "{label}");
+                assert_eq!(usable(&cache).0, [10], "{label}");
+            } else {
+                stored.unwrap();
+                assert_eq!(usable(&cache), (vec![12, 10], vec![]), "{label}");
+            }
+            assert_eq!(regular_files(&outside), before, "{label}");
+        }
+    }
+}
+
+/// The regular files in `dir` with their contents.
+fn regular_files(dir: &Path) -> Vec<(std::ffi::OsString, Vec<u8>)> {
+    let mut v: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| (e.file_name(), fs::read(e.path()).unwrap()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn temporary_names_planted_as_links_are_not_followed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cache, _) = cache_10_11(tmp.path());
+    let victim = tmp.path().join("victim");
+    fs::write(&victim, "keep me").unwrap();
+    for name in [".new.bundle", ".new.json", ".prev.bundle", ".prev.json"] {
+        std::os::unix::fs::symlink(&victim, cache.dir().join(name)).unwrap();
+    }
+    let (b12, m12) = bundle(tmp.path(), 12, 100);
+    cache.store(&b12, &m12).unwrap();
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "keep me");
+    assert_eq!(usable(&cache), (vec![12, 11], vec![]));
+    assert_eq!(names(cache.dir()), SLOT_FILES);
+}
+
+#[test]
+fn loader_with_a_fifo_in_the_cache_does_not_hang() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cache, _) = cache_10_11(tmp.path());
+    fs::remove_file(cache.dir().join("current.json")).unwrap();
+    mkfifo(&cache.dir().join("current.json"));
+    fs::remove_file(cache.dir().join("previous.bundle")).unwrap();
+    mkfifo(&cache.dir().join("previous.bundle"));
+    let key = tmp.path().join("site.key");
+    stateless_keys::write_key_file(&key, &site_key(), false).unwrap();
+    let sysroot = tmp.path().join("sysroot");
+    fs::create_dir(&sysroot).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stateless-loader"));
+    cmd.arg("--cmdline")
+        .arg(format!(
+            "rd.stateless.node=node42 rd.stateless.server=http://127.0.0.1:9/ rd.stateless.timeout=0 rd.stateless.key=file:{}",
+            key.display()
+        ))
+        .args(["--sysroot".as_ref(), sysroot.as_os_str(), "--run-dir".as_ref(), tmp.path().join("run").as_os_str()])
+        .arg("--cache-dir")
+        .arg(cache.dir())
+        .env("STATELESS_LOG_STDERR", "1");
+    let out = within_10s("the loader", move || cmd.output().unwrap());
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Both slots unusable: no bundle, and the console says why.
+    assert_eq!(out.status.code(), Some(10), "{err}");
+    assert!(err.contains("current.json: not a regular file (a FIFO)"), "{err}");
+    assert!(err.contains("previous.bundle: not a regular file (a FIFO)"), "{err}");
+}
+
+/// The loader end to end (nginx on 127.0.0.1): what the cache's JSON says
+/// about generations neither unlocks a rollback nor locks out new bundles.
+#[test]
+fn loader_takes_the_rollback_floor_from_the_cached_bundles() {
+    use stateless_bundle::Scope;
+    let site = support::Site::new();
+    let scope = || Scope::Node("node42".into());
+    site.publish("v1/nodes/node42/bundle", 5, scope(), &[("etc/motd", b"gen5\n")], true);
+    let nginx = support::Nginx::start(&site.www(), None, "");
+    let node = support::Node::new();
+    let cmd = format!(
+        "rd.stateless.server=http://127.0.0.1:{} rd.stateless.node=node42 rd.stateless.key=file:{} rd.stateless.timeout=3",
+        nginx.port,
+        site.key_file.display()
+    );
+    let (code, err, _) = node.boot(&cmd);
+    assert_eq!(code, 0, "{err}");
+    let json = node.dir.path().join("cache/current.json");
+
+    // Lowered: the server now offers generation 4; the cache's JSON says 1.
+    edit_json(&json, |j| {
+        j["highest_generation"] = 1.into();
+        j["generation"] = 1.into();
+    });
+    site.publish("v1/nodes/node42/bundle", 4, scope(), &[("etc/motd", b"gen4\n")], true);
+    let (code, err, status) = node.boot(&cmd);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("rollback refused: bundle generation 4 is older than generation 5"), "{err}");
+    assert!(err.contains("current.json says generation 1, its bundle's authenticated header says 5"), "{err}");
+    assert_eq!(status["source"], "cache-current");
+    assert_eq!(node.read("etc/motd").as_deref(), Some("gen5\n"));
+
+    // Raised (no key needed to write it): generation 6 still applies.
+    edit_json(&json, |j| {
+        j["highest_generation"] = u64::MAX.into();
+        j["generation"] = 5.into();
+    });
+    site.publish("v1/nodes/node42/bundle", 6, scope(), &[("etc/motd", b"gen6\n")], true);
+    node.fresh_sysroot();
+    let (code, err, status) = node.boot(&cmd);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("slot metadata claims highest generation 18446744073709551615"), "{err}");
+    assert_eq!(status["source"], "server");
+    assert_eq!(status["generation"], 6);
+    assert_eq!(node.read("etc/motd").as_deref(), Some("gen6\n"));
+
+    // Garbage: no refusal, and the floor is still the cached bundle's.
+    fs::write(&json, "\0\0garbage").unwrap();
+    site.publish("v1/nodes/node42/bundle", 5, scope(), &[("etc/motd", b"gen5 again\n")], true);
+    let (code, err, _) = node.boot(&cmd);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("rollback refused: bundle generation 5 is older than generation 6"), "{err}");
+
+    // A FIFO in place of current.json and of previous.bundle: no hang, and
+    // generation 7 applies over the floor the current bundle still gives.
+    fs::remove_file(&json).unwrap();
+    mkfifo(&json);
+    fs::remove_file(node.dir.path().join("cache/previous.bundle")).unwrap();
+    mkfifo(&node.dir.path().join("cache/previous.bundle"));
+    site.publish("v1/nodes/node42/bundle", 7, scope(), &[("etc/motd", b"gen7\n")], true);
+    node.fresh_sysroot();
+    let (code, err, status) = within_10s("the loader", move || node.boot(&cmd));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status["generation"], 7);
+    assert!(err.contains("previous.bundle: not a regular file (a FIFO); not used for the rollback floor"), "{err}");
 }
 
 // --- the cache device ---------------------------------------------------
@@ -383,7 +739,7 @@ fn have(tool: &str) -> bool {
 /// An ext4 image file with a label and a known UUID.
 fn ext4_image(path: &Path, label: &str, uuid: &str) -> bool {
     if !have("mkfs.ext4") {
-        eprintln!("skipped: mkfs.ext4 (e2fsprogs) is not installed");
+        prereq::missing("mkfs.ext4 (e2fsprogs) is not installed");
         return false;
     }
     fs::File::create(path).unwrap().set_len(4 << 20).unwrap();
@@ -401,33 +757,49 @@ fn superblock_of_an_ext4_image() {
     if !ext4_image(&img, "LKG", UUID) {
         return;
     }
-    let info = blockdev::read_ext4_superblock(&img).unwrap().unwrap();
+    let info = stateless_keys::blockdev::probe(&img).unwrap().unwrap();
     assert_eq!(info.label, "LKG");
-    assert_eq!(info.uuid, UUID);
+    assert_eq!(info.uuid.as_deref(), Some(UUID));
     let not_ext4 = tmp.path().join("zeros");
     fs::write(&not_ext4, vec![0u8; 4096]).unwrap();
-    assert_eq!(blockdev::read_ext4_superblock(&not_ext4).unwrap(), None);
+    assert_eq!(stateless_keys::blockdev::probe(&not_ext4).unwrap(), None);
     let short = tmp.path().join("short");
     fs::write(&short, b"tiny").unwrap();
-    assert_eq!(blockdev::read_ext4_superblock(&short).unwrap(), None);
+    assert_eq!(stateless_keys::blockdev::probe(&short).unwrap(), None);
 }
 
+/// Adds a block device to a fake sysfs: `sys/devices/<bus>/block/<disk>`
+/// (with `removable`), a partition directory below it when `part` is given,
+/// and the `sys/class/block` links to them, the way the kernel lays it out.
+fn fake_disk(sys: &Path, bus: &str, disk: &str, removable: bool, part: Option<(&str, &str)>) {
+    let class = sys.join("class/block");
+    fs::create_dir_all(&class).unwrap();
+    let disk_dir = sys.join("devices").join(bus).join("block").join(disk);
+    fs::create_dir_all(&disk_dir).unwrap();
+    fs::write(disk_dir.join("removable"), if removable { "1\n" } else { "0\n" }).unwrap();
+    let _ = std::os::unix::fs::symlink(&disk_dir, class.join(disk));
+    if let Some((name, partname)) = part {
+        let part_dir = disk_dir.join(name);
+        fs::create_dir_all(&part_dir).unwrap();
+        fs::write(part_dir.join("uevent"), format!("DEVNAME={name}\nDEVTYPE=partition\nPARTNAME={partname}\n"))
+            .unwrap();
+        std::os::unix::fs::symlink(&part_dir, class.join(name)).unwrap();
+    }
+}
+
+const VIRTIO: &str = "pci0000:00/0000:00:05.0/virtio3";
+const USB: &str = "pci0000:00/0000:00:14.0/usb2/2-1/2-1:1.0/host6/target6:0:0/6:0:0:0";
+
 /// A fake `/dev` and `/sys`: `vda` (not ext4), `vdb1` (the ext4 image,
-/// partition "stateless-cache"), `vdb2` (ext4 "OTHER").
+/// partition "stateless-cache"), `vdb2` (ext4 "OTHER"), all virtio disks.
 fn fake_machine(root: &Path) -> Option<(PathBuf, PathBuf)> {
     let dev = root.join("dev");
     let sys = root.join("sys");
-    for name in ["vda", "vdb1", "vdb2"] {
-        fs::create_dir_all(sys.join("class/block").join(name)).unwrap();
-    }
+    fake_disk(&sys, VIRTIO, "vda", false, None);
+    fake_disk(&sys, "pci0000:00/0000:00:06.0/virtio4", "vdb", false, Some(("vdb1", "stateless-cache")));
+    fake_disk(&sys, "pci0000:00/0000:00:06.0/virtio4", "vdb", false, Some(("vdb2", "data")));
     fs::create_dir_all(&dev).unwrap();
     fs::write(dev.join("vda"), vec![0u8; 8192]).unwrap();
-    fs::write(
-        sys.join("class/block/vdb1/uevent"),
-        "MAJOR=252\nMINOR=17\nDEVNAME=vdb1\nDEVTYPE=partition\nPARTN=1\nPARTNAME=stateless-cache\n",
-    )
-    .unwrap();
-    fs::write(sys.join("class/block/vdb2/uevent"), "DEVNAME=vdb2\nPARTNAME=data\n").unwrap();
     if !ext4_image(&dev.join("vdb1"), "LKG", UUID)
         || !ext4_image(&dev.join("vdb2"), "OTHER", "00000000-0000-0000-0000-0000000000aa")
     {
@@ -436,40 +808,98 @@ fn fake_machine(root: &Path) -> Option<(PathBuf, PathBuf)> {
     Some((dev, sys))
 }
 
+fn finder(dev: &Path, sys: &Path) -> impl Fn(&str) -> Result<PathBuf, FindError> {
+    let (dev, sys) = (dev.to_owned(), sys.to_owned());
+    move |s: &str| blockdev::find_device(&s.parse::<CacheSpec>().unwrap(), &dev, &sys)
+}
+
+fn not_found(spec: &str) -> Result<PathBuf, FindError> {
+    Err(FindError::NotFound { spec: spec.into() })
+}
+
 #[test]
 fn device_found_by_scanning_sysfs() {
     let tmp = tempfile::tempdir().unwrap();
     let Some((dev, sys)) = fake_machine(tmp.path()) else { return };
-    let find = |s: &str| blockdev::find_device(&s.parse::<CacheSpec>().unwrap(), &dev, &sys);
-    assert_eq!(find("LABEL=LKG"), Some(dev.join("vdb1")));
-    assert_eq!(find("LABEL=OTHER"), Some(dev.join("vdb2")));
-    assert_eq!(find(&format!("UUID={}", UUID.to_uppercase())), Some(dev.join("vdb1")));
-    assert_eq!(find("PARTLABEL=stateless-cache"), Some(dev.join("vdb1")));
-    assert_eq!(find("LABEL=lkg"), None, "labels are case-sensitive");
-    assert_eq!(find("LABEL=MISSING"), None);
-    assert_eq!(find("PARTLABEL=nope"), None);
-    assert_eq!(find("/dev/vdb2"), Some(dev.join("vdb2")));
-    assert_eq!(find("/dev/vdz9"), None);
-    assert_eq!(find("none"), None);
+    let find = finder(&dev, &sys);
+    assert_eq!(find("LABEL=LKG"), Ok(dev.join("vdb1")));
+    assert_eq!(find("LABEL=OTHER"), Ok(dev.join("vdb2")));
+    assert_eq!(find(&format!("UUID={}", UUID.to_uppercase())), Ok(dev.join("vdb1")));
+    assert_eq!(find("PARTLABEL=stateless-cache"), Ok(dev.join("vdb1")));
+    assert_eq!(find("LABEL=lkg"), not_found("LABEL=lkg"), "labels are case-sensitive");
+    assert_eq!(find("LABEL=MISSING"), not_found("LABEL=MISSING"));
+    assert_eq!(find("PARTLABEL=nope"), not_found("PARTLABEL=nope"));
+    assert_eq!(find("/dev/vdb2"), Ok(dev.join("vdb2")));
+    assert_eq!(find("/dev/vdz9"), not_found("/dev/vdz9"));
+    assert_eq!(find("none"), not_found("none"));
 }
 
 #[test]
 fn device_found_through_udev_links() {
     let tmp = tempfile::tempdir().unwrap();
     let Some((dev, sys)) = fake_machine(tmp.path()) else { return };
-    // udev says the label is on vdb2, whatever the superblocks say: the link
-    // wins when it exists.
-    for (by, name) in [("by-label", "my\\x20cache"), ("by-uuid", UUID), ("by-partlabel", "stateless-cache")] {
-        fs::create_dir_all(dev.join("disk").join(by)).unwrap();
-        std::os::unix::fs::symlink("../../vdb2", dev.join("disk").join(by).join(name)).unwrap();
-    }
-    let find = |s: &str| blockdev::find_device(&s.parse::<CacheSpec>().unwrap(), &dev, &sys);
+    // udev names vdb2 "my cache": no superblock says so, the link counts.
+    fs::create_dir_all(dev.join("disk/by-label")).unwrap();
+    std::os::unix::fs::symlink("../../vdb2", dev.join("disk/by-label/my\\x20cache")).unwrap();
+    let find = finder(&dev, &sys);
     let vdb2 = fs::canonicalize(dev.join("vdb2")).unwrap();
-    assert_eq!(find("LABEL=my cache"), Some(vdb2.clone()));
-    assert_eq!(find(&format!("UUID={UUID}")), Some(vdb2.clone()));
-    assert_eq!(find("PARTLABEL=stateless-cache"), Some(vdb2));
-    // A label udev does not know is still found by scanning.
-    assert_eq!(find("LABEL=LKG"), Some(dev.join("vdb1")));
+    assert_eq!(find("LABEL=my cache"), Ok(vdb2.clone()));
+    // A link to the device the scan found too is one device, not two.
+    fs::create_dir_all(dev.join("disk/by-partlabel")).unwrap();
+    std::os::unix::fs::symlink("../../vdb1", dev.join("disk/by-partlabel/stateless-cache")).unwrap();
+    assert_eq!(find("PARTLABEL=stateless-cache"), Ok(dev.join("vdb1")));
+    // A link to another device than the scan's: two devices carry the
+    // UUID, and which one udev linked is chance.
+    fs::create_dir_all(dev.join("disk/by-uuid")).unwrap();
+    std::os::unix::fs::symlink("../../vdb2", dev.join("disk/by-uuid").join(UUID)).unwrap();
+    assert_eq!(
+        find(&format!("UUID={UUID}")),
+        Err(FindError::Ambiguous { spec: format!("UUID={UUID}"), devices: vec![dev.join("vdb1"), vdb2] })
+    );
+}
+
+#[test]
+fn a_label_on_two_devices_or_on_a_usb_stick_is_no_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((dev, sys)) = fake_machine(tmp.path()) else { return };
+    // A USB stick labelled like the cache disk, and partitioned like it.
+    fake_disk(&sys, USB, "sda", false, Some(("sda1", "stateless-cache")));
+    if !ext4_image(&dev.join("sda1"), "LKG", "2c4e28ba-2fa1-11d2-883f-0016d3cca427") {
+        return;
+    }
+    let find = finder(&dev, &sys);
+    for spec in ["LABEL=LKG", "PARTLABEL=stateless-cache"] {
+        let err = find(spec).unwrap_err();
+        assert_eq!(err, FindError::Ambiguous { spec: spec.into(), devices: vec![dev.join("sda1"), dev.join("vdb1")] });
+        let line = err.to_string();
+        assert!(
+            line.starts_with(&format!(
+                "cache device {spec} is on 2 devices ({}, {}): refusing to guess",
+                dev.join("sda1").display(),
+                dev.join("vdb1").display()
+            )),
+            "{line}"
+        );
+    }
+    // Alone, the stick is still refused: it is on USB.
+    fs::remove_file(dev.join("vdb1")).unwrap();
+    fs::write(dev.join("vdb1"), vec![0u8; 8192]).unwrap();
+    let err = find("LABEL=LKG").unwrap_err();
+    assert_eq!(err, FindError::Removable { spec: "LABEL=LKG".into(), device: dev.join("sda1"), why: "on a USB bus" });
+    assert!(
+        err.to_string().contains("not used as the cache unless rd.stateless.cache= names it by PARTUUID= or /dev/…"),
+        "{err}"
+    );
+    // Named by path, the site has said which device it means.
+    assert_eq!(find("/dev/sda1"), Ok(dev.join("sda1")));
+    // A removable (not USB) card is refused the same way.
+    fake_disk(&sys, "platform/mmc0", "mmcblk0", true, Some(("mmcblk0p1", "card")));
+    ext4_image(&dev.join("mmcblk0p1"), "CARD", "3c4e28ba-2fa1-11d2-883f-0016d3cca427");
+    assert_eq!(
+        find("LABEL=CARD"),
+        Err(FindError::Removable { spec: "LABEL=CARD".into(), device: dev.join("mmcblk0p1"), why: "removable" })
+    );
+    assert_eq!(find("/dev/mmcblk0p1"), Ok(dev.join("mmcblk0p1")));
 }
 
 /// A loop device over an image file, detached on drop.
@@ -497,7 +927,7 @@ fn mount_options(mount_point: &Path) -> Option<String> {
 #[test]
 fn cache_on_a_loop_device_is_found_mounted_and_unmounted() {
     if !is_root() {
-        eprintln!("skipped: loop devices need root");
+        prereq::missing("loop devices need root");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -508,11 +938,12 @@ fn cache_on_a_loop_device_is_found_mounted_and_unmounted() {
         return;
     }
     let Some(lo) = Loop::attach(&img) else {
-        eprintln!("skipped: losetup does not work here");
+        prereq::missing("losetup does not work here");
         return;
     };
     let spec: CacheSpec = format!("LABEL={label}").parse().unwrap();
     let device = blockdev::find_device(&spec, Path::new("/dev"), Path::new("/sys")).unwrap();
+    // (A loop device is neither removable nor on USB.)
     assert_eq!(fs::canonicalize(&device).unwrap(), fs::canonicalize(&lo.0).unwrap());
 
     let run = tmp.path().join("run");
@@ -521,7 +952,7 @@ fn cache_on_a_loop_device_is_found_mounted_and_unmounted() {
     {
         let mounted = Mounted::mount(&device, &mnt).unwrap();
         let opts = mount_options(&mnt).unwrap();
-        for flag in ["rw", "nosuid", "nodev", "noexec"] {
+        for flag in ["rw", "nosuid", "nodev", "noexec", "nosymfollow"] {
             assert!(opts.split(',').any(|o| o == flag), "{flag} missing from {opts}");
         }
         Cache::new(mounted.path()).store(&b1, &m1).unwrap();
@@ -532,4 +963,48 @@ fn cache_on_a_loop_device_is_found_mounted_and_unmounted() {
     assert_eq!(usable(&Cache::new(mounted.path())), (vec![1], vec![]));
     mounted.unmount().unwrap();
     assert_eq!(mount_options(&mnt), None);
+}
+
+#[test]
+fn loader_refuses_a_cache_label_on_two_devices() {
+    if !is_root() {
+        prereq::missing("loop devices need root");
+        return;
+    }
+    // Two disks carry the cache's label (the second, say, a stick someone
+    // plugged in): the loader uses neither, says which, and boots on.
+    let tmp = tempfile::tempdir().unwrap();
+    let label = format!("LKG2{:x}", std::process::id());
+    let mut loops = Vec::new();
+    for (i, uuid) in ["7f2c9e0a-1111-4222-8333-444455556666", "8f2c9e0a-1111-4222-8333-444455556666"].iter().enumerate()
+    {
+        let img = tmp.path().join(format!("cache{i}.img"));
+        if !ext4_image(&img, &label, uuid) {
+            return;
+        }
+        let Some(lo) = Loop::attach(&img) else {
+            prereq::missing("losetup does not work here");
+            return;
+        };
+        loops.push(lo);
+    }
+    let site = support::Site::new();
+    site.publish("v1/nodes/node42/bundle", 3, stateless_bundle::Scope::Any, &[("etc/motd", b"hi\n")], true);
+    let nginx = support::Nginx::start(&site.www(), None, "");
+    let node = support::Node::new();
+    let cmd = format!(
+        "rd.stateless.server=http://127.0.0.1:{} rd.stateless.node=node42 rd.stateless.key=file:{} rd.stateless.cache=LABEL={label}",
+        nginx.port,
+        site.key_file.display()
+    );
+    let (code, err, status) = node.boot_with(&cmd, false);
+    assert_eq!(code, 0, "{err}");
+    let warnings = status["warnings"].to_string();
+    let want = format!("cache device LABEL={label} is on 2 devices (");
+    assert!(warnings.contains(&want) && warnings.contains("refusing to guess"), "{warnings}");
+    for lo in &loops {
+        let name = Path::new(&lo.0).file_name().unwrap().to_str().unwrap().to_owned();
+        assert!(warnings.contains(&format!("/dev/{name}")), "{name}: {warnings}");
+    }
+    assert_eq!(mount_options(&node.dir.path().join("run/cache")), None, "nothing mounted");
 }

@@ -168,3 +168,101 @@ fn key_sealed_in_swtpm_then_pcr_change_fails_closed() {
     assert!(err.contains(&want), "{err}");
     assert_eq!(node.read("etc/motd"), None);
 }
+
+#[path = "../../tests/support/prereq.rs"]
+mod prereq;
+
+/// A loop device over an image, detached on drop.
+struct Loop(PathBuf);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+/// An ext4 stick labelled STATELESS holding `src`, on a loop device.
+fn ext4_stick(dir: &Path, src: &Path) -> Option<Loop> {
+    if !rustix::process::geteuid().is_root() {
+        prereq::missing("loop devices need root");
+        return None;
+    }
+    let img = dir.join("stick.img");
+    fs::File::create(&img).unwrap().set_len(8 << 20).unwrap();
+    let made = Command::new("mkfs.ext4").args(["-q", "-F", "-L", "STATELESS", "-d"]).arg(src).arg(&img).status();
+    if !made.is_ok_and(|s| s.success()) {
+        prereq::missing("mkfs.ext4 -d (e2fsprogs 1.43 or later)");
+        return None;
+    }
+    let out = Command::new("losetup").args(["-f", "--show"]).arg(&img).output().unwrap();
+    if !out.status.success() {
+        prereq::missing("losetup does not work here");
+        return None;
+    }
+    Some(Loop(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())))
+}
+
+#[test]
+fn ext4_stick_pointing_off_itself_gives_no_key() {
+    let site = Site::new();
+    let (_nginx, server) = serve(&site);
+    let node = Node::new();
+    // The site key sits in a directory of the initramfs; the stick's
+    // stateless/keys is a link to it. The loader must not follow it.
+    let elsewhere = node.dir.path().join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    stateless_keys::write_key_file(&elsewhere.join("site.key"), &site.key, false).unwrap();
+    let src = node.dir.path().join("stick-src");
+    fs::create_dir_all(src.join("stateless")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, src.join("stateless/keys")).unwrap();
+    let Some(lo) = ext4_stick(node.dir.path(), &src) else { return };
+    let (code, err, _) = boot(&node, &format!("{server} {NODE} rd.stateless.key=usb"), &[&"--usb-device", &lo.0]);
+    assert_eq!(code, 10, "{err}");
+    assert!(err.contains("keys: a symbolic link (not followed)"), "{err}");
+    assert_eq!(node.read("etc/motd"), None);
+
+    // The same key as a regular file on the stick is found.
+    fs::remove_file(src.join("stateless/keys")).unwrap();
+    fs::create_dir(src.join("stateless/keys")).unwrap();
+    stateless_keys::write_key_file(&src.join("stateless/keys/site.key"), &site.key, false).unwrap();
+    drop(lo);
+    let Some(lo) = ext4_stick(node.dir.path(), &src) else { return };
+    let (code, err, status) = boot(&node, &format!("{server} {NODE} rd.stateless.key=usb"), &[&"--usb-device", &lo.0]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status["key_source"], "USB stick STATELESS");
+}
+
+#[test]
+fn rollback_floor_holds_across_a_key_rotation() {
+    // The boot image holds the old key and the new one. The cache holds a
+    // bundle sealed for the new key (generation 6) and one for the old key
+    // (3); generation 5 sealed for the old key, replayed by the network, is
+    // still a rollback: the floor is 6, not the 3 the old key alone proves.
+    let (old_site, new_site) = (Site::new(), Site::new());
+    let rel = "v1/nodes/node42/bundle";
+    let scope = || Scope::Node("node42".into());
+    old_site.publish(rel, 3, scope(), &[("etc/motd", b"gen3\n")], true);
+    let nginx = Nginx::start(&old_site.www(), None, "");
+    let server = format!("rd.stateless.server=http://127.0.0.1:{}", nginx.port);
+    let node = Node::new();
+    let keys = node.dir.path().join("keys");
+    fs::create_dir(&keys).unwrap();
+    stateless_keys::write_key_file(&keys.join("old.key"), &old_site.key, false).unwrap();
+    stateless_keys::write_key_file(&keys.join("new.key"), &new_site.key, false).unwrap();
+    let flags: [&dyn AsRef<std::ffi::OsStr>; 2] = [&"--key-dir", &keys];
+    let cmdline = format!("{server} {NODE}");
+    let (code, err, _) = boot(&node, &cmdline, &flags);
+    assert_eq!(code, 0, "{err}");
+
+    old_site.put(rel, &new_site.make(6, scope(), &[("etc/motd", b"gen6\n")], true));
+    let (code, err, status) = boot(&node, &cmdline, &flags);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status["generation"], 6);
+
+    old_site.publish(rel, 5, scope(), &[("etc/motd", b"gen5 replayed\n")], true);
+    let (code, err, status) = boot(&node, &cmdline, &flags);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("rollback refused: bundle generation 5 is older than generation 6"), "{err}");
+    assert_eq!(status["source"], "cache-current");
+    assert_eq!(node.read("etc/motd").as_deref(), Some("gen6\n"));
+}
