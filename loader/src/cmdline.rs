@@ -1037,8 +1037,16 @@ mod tests {
             assert!(doc.contains(&format!("`{PREFIX}{name}")), "docs/cmdline.md lacks {PREFIX}{name}");
             assert!(doc.contains(syntax), "docs/cmdline.md lacks the syntax {syntax}");
         }
-        for flag in ["--cmdline", "--sysroot", "--run-dir", "--cache-dir", "--key-dir", "--sealed-dir", "--usb-device"]
-        {
+        for flag in [
+            "--cmdline",
+            "--cmdline-file",
+            "--sysroot",
+            "--run-dir",
+            "--cache-dir",
+            "--key-dir",
+            "--sealed-dir",
+            "--usb-device",
+        ] {
             assert!(doc.contains(flag), "docs/cmdline.md lacks {flag}");
         }
     }
