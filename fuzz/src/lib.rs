@@ -11,6 +11,8 @@
 //!
 //! No key file is ever read: keys are fixed constants or bytes of the input.
 
+pub mod loader;
+
 use std::fs;
 use std::io::{Cursor, Read, Write};
 use std::path::Path;
@@ -393,4 +395,6 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("keys_cpio", keys_cpio),
     ("keys_usb", keys_usb),
     ("keys_tpm_response", keys_tpm_response),
+    ("dns_answer", loader::dns_answer),
+    ("cmdline_split", loader::cmdline_split),
 ];

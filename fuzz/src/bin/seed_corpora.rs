@@ -13,7 +13,9 @@
 //! * `tar_extract`: the decompressed tar stream;
 //! * `keys_sealed`, `keys_cpio`, `keys_usb`, `keys_tpm_response`: a few
 //!   well-formed inputs made here (a sealed-key file with made-up blobs, a
-//!   key archive, a small FAT image with a key file, TPM responses).
+//!   key archive, a small FAT image with a key file, TPM responses);
+//! * `dns_answer`, `cmdline_split`: DNS answers and kernel command lines
+//!   made here (`stateless_fuzz::loader::seed`).
 //!
 //! Nothing is committed: `fuzz/corpus` is ignored by git.
 
@@ -93,6 +95,7 @@ fn main() {
         }
     }
     seed_keys(corpus);
+    stateless_fuzz::loader::seed(corpus);
     println!("seeded {} from {n} vectors ({plains} payloads recovered)", corpus.display());
 }
 
