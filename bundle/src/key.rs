@@ -259,6 +259,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn hex_table() {
+        assert_eq!(hex_encode(&[0x00, 0x9f, 0xff]), "009fff");
+        assert_eq!(hex_encode(&[]), "");
+        let mut out = [0u8; 3];
+        for good in ["009fff", "009FFF", "009fFf"] {
+            assert!(hex_decode(good, &mut out), "{good}");
+            assert_eq!(out, [0x00, 0x9f, 0xff]);
+        }
+        for bad in ["009ff", "009fff0", "009fffff", "00 fff", "+09fff", "009ffg", "0x9fff", "é9fff"] {
+            assert!(!hex_decode(bad, &mut out), "{bad}");
+        }
+        assert!(hex_decode("", &mut []));
+    }
+
+    #[test]
     fn key_file_round_trip() {
         let key = Key::generate().unwrap();
         let text = key.to_file_text();

@@ -414,6 +414,13 @@ impl Config {
                 cfg.warnings.push(format!("{param}: not a loader word (they start with {PREFIX}){hint}"));
             }
         }
+        // Not an error (a site may mean it), but it must not pass unseen.
+        for t in &cfg.servers {
+            for var in t.host_vars() {
+                cfg.warnings
+                    .push(format!("{PREFIX}server={t}: {var} in the host part lets whoever sets it choose the server"));
+            }
+        }
         Ok(cfg)
     }
 
@@ -763,6 +770,7 @@ mod tests {
                 c.servers.iter().map(Template::as_str).eq(["https://a/${node}", "http://b:8080/x"])
             }),
             ("rd.stateless.server=\"https://a, https://b\"".into(), |c| c.servers.len() == 2),
+            ("rd.stateless.server=HTTPS://a,HTTP://b:8080/x,hTtP://c".into(), |c| c.servers.len() == 3),
             ("rd.stateless.server=HTTPS://A/".into(), |c| c.servers.len() == 1),
             ("rd.stateless.domain=Lab.Example.".into(), |c| c.domain.as_deref() == Some("lab.example")),
             ("rd.stateless.srv=_cfg._tcp".into(), |c| c.srv == "_cfg._tcp"),
@@ -846,6 +854,14 @@ mod tests {
             (
                 "rd.stateless.server=ftp://x/",
                 "rd.stateless.server=ftp://x/: \"ftp://x/\" is not an http:// or https:// URL with a host",
+            ),
+            (
+                "rd.stateless.server=FTP://x/",
+                "rd.stateless.server=FTP://x/: \"FTP://x/\" is not an http:// or https:// URL with a host",
+            ),
+            (
+                "rd.stateless.server=HTTPS://",
+                "rd.stateless.server=HTTPS://: \"HTTPS://\" is not an http:// or https:// URL with a host",
             ),
             (
                 "rd.stateless.server=https:///x",
@@ -974,6 +990,12 @@ mod tests {
                 &["rd.stateless.Timeout=5: unknown word, ignored; did you mean rd.stateless.timeout?"],
             ),
             ("rd.stateless.frobnicate", &["rd.stateless.frobnicate: unknown word, ignored"]),
+            (
+                "rd.stateless.server=https://${hostname}.cfg.example/,https://cfg.example/${hostname}",
+                &[
+                    "rd.stateless.server=https://${hostname}.cfg.example/: ${hostname} in the host part lets whoever sets it choose the server",
+                ],
+            ),
             ("rd.stateless.", &["rd.stateless.: unknown word, ignored"]),
             (
                 "stateless.server=https://a",
