@@ -236,14 +236,7 @@ pub enum KeyError {
 
 /// Lowercase hex of `bytes`.
 pub fn hex_encode(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        for nib in [b >> 4, b & 0xf] {
-            s.push(char::from(DIGITS.get(usize::from(nib)).copied().unwrap_or(b'0')));
-        }
-    }
-    s
+    base16ct::lower::encode_string(bytes)
 }
 
 /// The first 8 hex digits of `bytes` and an ellipsis: how console
@@ -253,34 +246,32 @@ pub(crate) fn short_hex(bytes: &[u8]) -> String {
     format!("{}…", full.get(..8).unwrap_or(&full))
 }
 
-/// Decodes hex into `out`, which must be exactly half the length of `s`.
-/// Returns `false` (with `out` partly written) when `s` is not such hex.
+/// Decodes hex (either case) into `out`, which must be exactly half the
+/// length of `s`. Returns `false` (with `out` partly written) when `s` is
+/// not such hex. Constant-time in the digits, as key files are secret.
 #[must_use]
 pub fn hex_decode(s: &str, out: &mut [u8]) -> bool {
-    if s.len() != out.len() * 2 {
-        return false;
-    }
-    for (pair, o) in s.as_bytes().chunks_exact(2).zip(out.iter_mut()) {
-        match (nibble(pair.first().copied()), nibble(pair.get(1).copied())) {
-            (Some(hi), Some(lo)) => *o = (hi << 4) | lo,
-            _ => return false,
-        }
-    }
-    true
-}
-
-fn nibble(c: Option<u8>) -> Option<u8> {
-    match c {
-        Some(c @ b'0'..=b'9') => Some(c - b'0'),
-        Some(c @ b'a'..=b'f') => Some(c - b'a' + 10),
-        Some(c @ b'A'..=b'F') => Some(c - b'A' + 10),
-        _ => None,
-    }
+    s.len() == out.len() * 2 && base16ct::mixed::decode(s, out).is_ok_and(|d| d.len() == s.len() / 2)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_table() {
+        assert_eq!(hex_encode(&[0x00, 0x9f, 0xff]), "009fff");
+        assert_eq!(hex_encode(&[]), "");
+        let mut out = [0u8; 3];
+        for good in ["009fff", "009FFF", "009fFf"] {
+            assert!(hex_decode(good, &mut out), "{good}");
+            assert_eq!(out, [0x00, 0x9f, 0xff]);
+        }
+        for bad in ["009ff", "009fff0", "009fffff", "00 fff", "+09fff", "009ffg", "0x9fff", "é9fff"] {
+            assert!(!hex_decode(bad, &mut out), "{bad}");
+        }
+        assert!(hex_decode("", &mut []));
+    }
 
     #[test]
     fn key_file_round_trip() {

@@ -11,6 +11,8 @@
 //!
 //! No key file is ever read: keys are fixed constants or bytes of the input.
 
+pub mod loader;
+
 use std::fs;
 use std::io::{Cursor, Read, Write};
 use std::path::Path;
@@ -397,4 +399,6 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("keys_usb", keys_usb),
     ("keys_tpm_response", keys_tpm_response),
     ("keys_pubkey_arg", keys_pubkey_arg),
+    ("dns_answer", loader::dns_answer),
+    ("cmdline_split", loader::cmdline_split),
 ];

@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::identity::MacAddr;
-use crate::template::{Template, TemplateError};
+use crate::template::{Template, TemplateError, Var};
 
 /// The prefix of the loader's words.
 pub const PREFIX: &str = "rd.stateless.";
@@ -414,6 +414,13 @@ impl Config {
                 cfg.warnings.push(format!("{param}: not a loader word (they start with {PREFIX}){hint}"));
             }
         }
+        // Not an error (a site may mean it), but it must not pass unseen.
+        for t in &cfg.servers {
+            for var in t.host_vars() {
+                cfg.warnings
+                    .push(format!("{PREFIX}server={t}: {var} in the host part lets whoever sets it choose the server"));
+            }
+        }
         Ok(cfg)
     }
 
@@ -488,7 +495,7 @@ fn known(name: &str) -> bool {
 /// word when there is one.
 fn unknown_word(param: &Param<'_>, name: &str) -> String {
     let lower = name.to_ascii_lowercase();
-    let best = WORDS.iter().map(|(n, _)| (edit_distance(&lower, n), *n)).min();
+    let best = WORDS.iter().map(|(n, _)| (strsim::levenshtein(&lower, n), *n)).min();
     // Close enough to be a typo: one edit, or one per three letters.
     match best {
         Some((d, n)) if d <= (n.len() / 3).max(1) => {
@@ -496,30 +503,6 @@ fn unknown_word(param: &Param<'_>, name: &str) -> String {
         }
         _ => format!("{param}: unknown word, ignored"),
     }
-}
-
-/// Levenshtein distance over bytes (the words are short ASCII).
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b = b.as_bytes();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.bytes().enumerate() {
-        let mut diag = i;
-        let mut left = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let up = row.get(j + 1).copied().unwrap_or(usize::MAX);
-            let cost = if ca == *cb { diag } else { diag + 1 };
-            let cell = cost.min(up.saturating_add(1)).min(left + 1);
-            diag = up;
-            if let Some(slot) = row.get_mut(j + 1) {
-                *slot = cell;
-            }
-            left = cell;
-        }
-        if let Some(first) = row.first_mut() {
-            *first = i + 1;
-        }
-    }
-    row.last().copied().unwrap_or(0)
 }
 
 fn parse_bool(v: &str) -> Result<bool, Reason> {
@@ -535,10 +518,7 @@ fn parse_servers(v: &str) -> Result<Vec<Template>, Reason> {
     // A trailing or doubled comma is a harmless typo.
     for url in v.split(',').map(str::trim).filter(|u| !u.is_empty()) {
         let t = Template::parse(url).map_err(|err| Reason::Template { url: url.to_owned(), err })?;
-        let lower = url.to_ascii_lowercase();
-        let rest = lower.strip_prefix("https://").or_else(|| lower.strip_prefix("http://"));
-        let host = rest.and_then(|r| r.split(['/', '?', '#']).next()).unwrap_or_default();
-        if host.is_empty() || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if !is_http_url_template(&t) || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(Reason::NotHttpUrl { url: url.to_owned() });
         }
         out.push(t);
@@ -547,6 +527,17 @@ fn parse_servers(v: &str) -> Result<Vec<Template>, Reason> {
         return Err(Reason::EmptyList);
     }
     Ok(out)
+}
+
+/// Whether `t`, with its variables filled in, is an http or https URL (any
+/// case: the scheme is judged as the URL parser reads it, as the fetch
+/// will) with a host written out (`https:///x` is refused, although the
+/// URL standard would read it as host `x`).
+fn is_http_url_template(t: &Template) -> bool {
+    let sample: Vec<(Var, &str)> = Var::ALL.iter().map(|v| (*v, "x")).collect();
+    let Ok(rendered) = t.render(&sample[..]) else { return false };
+    let authority = rendered.split_once("://").map(|(_, rest)| rest.split(['/', '\\', '?', '#']).next());
+    crate::fetch::parse_url(&rendered).is_ok() && authority.flatten().is_some_and(|a| !a.is_empty())
 }
 
 /// A DNS name (letters, digits, `-`, `_`; labels of 1-63; at most 253),
@@ -682,53 +673,22 @@ fn parse_pins(v: &str) -> Result<Vec<Pin>, Reason> {
 
 /// 64 hex digits (any case) to 32 bytes.
 fn decode_hex32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
-        return None;
-    }
     let mut out = [0u8; 32];
-    for (byte, pair) in out.iter_mut().zip(s.as_bytes().chunks(2)) {
-        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
-        if !pair.iter().all(u8::is_ascii_hexdigit) {
-            return None;
-        }
-    }
-    Some(out)
+    stateless_bundle::key::hex_decode(s, &mut out).then_some(out)
 }
 
-/// Base64 (standard or URL-safe alphabet, padding optional) of exactly 32
-/// bytes to those bytes.
+/// Base64 (standard or URL-safe alphabet, padding optional, canonical) of
+/// exactly 32 bytes to those bytes.
 fn decode_base64_32(s: &str) -> Option<[u8; 32]> {
-    fn sextet(c: u8) -> Option<u32> {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            _ => return None,
-        };
-        Some(u32::from(v))
-    }
-    // 32 bytes are 43 characters and one `=` of padding.
-    let s = s.strip_suffix('=').unwrap_or(s);
-    if s.len() != 43 {
-        return None;
-    }
+    use base64::Engine as _;
+    use base64::alphabet::{STANDARD, URL_SAFE};
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    let config = GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
     let mut out = [0u8; 32];
-    let mut acc = 0u32;
-    let mut bits = 0u32;
-    let mut slots = out.iter_mut();
-    for &c in s.as_bytes() {
-        acc = (acc << 6) | sextet(c)?;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            *slots.next()? = u8::try_from((acc >> bits) & 0xff).ok()?;
-            acc &= (1 << bits) - 1;
-        }
-    }
-    // 43 * 6 = 258 bits: two bits left, which must be zero (canonical form).
-    (acc == 0 && slots.next().is_none()).then_some(out)
+    [GeneralPurpose::new(&STANDARD, config), GeneralPurpose::new(&URL_SAFE, config)]
+        .iter()
+        .any(|engine| matches!(engine.decode_slice(s, &mut out), Ok(32)))
+        .then_some(out)
 }
 
 #[cfg(test)]
@@ -810,6 +770,7 @@ mod tests {
                 c.servers.iter().map(Template::as_str).eq(["https://a/${node}", "http://b:8080/x"])
             }),
             ("rd.stateless.server=\"https://a, https://b\"".into(), |c| c.servers.len() == 2),
+            ("rd.stateless.server=HTTPS://a,HTTP://b:8080/x,hTtP://c".into(), |c| c.servers.len() == 3),
             ("rd.stateless.server=HTTPS://A/".into(), |c| c.servers.len() == 1),
             ("rd.stateless.domain=Lab.Example.".into(), |c| c.domain.as_deref() == Some("lab.example")),
             ("rd.stateless.srv=_cfg._tcp".into(), |c| c.srv == "_cfg._tcp"),
@@ -893,6 +854,14 @@ mod tests {
             (
                 "rd.stateless.server=ftp://x/",
                 "rd.stateless.server=ftp://x/: \"ftp://x/\" is not an http:// or https:// URL with a host",
+            ),
+            (
+                "rd.stateless.server=FTP://x/",
+                "rd.stateless.server=FTP://x/: \"FTP://x/\" is not an http:// or https:// URL with a host",
+            ),
+            (
+                "rd.stateless.server=HTTPS://",
+                "rd.stateless.server=HTTPS://: \"HTTPS://\" is not an http:// or https:// URL with a host",
             ),
             (
                 "rd.stateless.server=https:///x",
@@ -1021,6 +990,12 @@ mod tests {
                 &["rd.stateless.Timeout=5: unknown word, ignored; did you mean rd.stateless.timeout?"],
             ),
             ("rd.stateless.frobnicate", &["rd.stateless.frobnicate: unknown word, ignored"]),
+            (
+                "rd.stateless.server=https://${hostname}.cfg.example/,https://cfg.example/${hostname}",
+                &[
+                    "rd.stateless.server=https://${hostname}.cfg.example/: ${hostname} in the host part lets whoever sets it choose the server",
+                ],
+            ),
             ("rd.stateless.", &["rd.stateless.: unknown word, ignored"]),
             (
                 "stateless.server=https://a",
@@ -1078,29 +1053,22 @@ mod tests {
     }
 
     #[test]
-    fn edit_distance_table() {
-        let cases = [
-            ("", "", 0),
-            ("a", "", 1),
-            ("", "ab", 2),
-            ("servr", "server", 1),
-            ("timeuot", "timeout", 2),
-            ("ca", "key", 3),
-        ];
-        for (a, b, want) in cases {
-            assert_eq!(edit_distance(a, b), want, "{a} {b}");
-        }
-    }
-
-    #[test]
     fn docs_describe_every_word() {
         let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/cmdline.md")).unwrap();
         for (name, syntax) in WORDS {
             assert!(doc.contains(&format!("`{PREFIX}{name}")), "docs/cmdline.md lacks {PREFIX}{name}");
             assert!(doc.contains(syntax), "docs/cmdline.md lacks the syntax {syntax}");
         }
-        for flag in ["--cmdline", "--sysroot", "--run-dir", "--cache-dir", "--key-dir", "--sealed-dir", "--usb-device"]
-        {
+        for flag in [
+            "--cmdline",
+            "--cmdline-file",
+            "--sysroot",
+            "--run-dir",
+            "--cache-dir",
+            "--key-dir",
+            "--sealed-dir",
+            "--usb-device",
+        ] {
             assert!(doc.contains(flag), "docs/cmdline.md lacks {flag}");
         }
     }

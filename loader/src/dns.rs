@@ -6,8 +6,17 @@
 //! built and parsed by `hickory-proto`. Name servers come from
 //! `rd.stateless.dns=` or `/etc/resolv.conf` (written by dracut's DHCP hook),
 //! as does the search domain used for SRV discovery.
+//!
+//! Every exchange ends by the caller's deadline (the loader's time budget),
+//! whatever the servers do: each read and write waits at most the time left,
+//! so a server dripping a TCP answer a byte at a time cannot hold the boot.
+//! Answers are checked before they are believed: a datagram from another
+//! address or port, or with another id, is dropped before it is decoded and
+//! does not extend the wait; an answer must be a response to our one
+//! question; and only records whose owner is the name asked for (or the
+//! end of a CNAME chain from it) are used.
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -118,8 +127,8 @@ impl Resolver {
 
     /// Looks up SRV records for `name` (e.g. `_stateless._tcp.lab.example`).
     pub fn srv(&self, name: &str, deadline: Instant) -> Result<SrvAnswer, DnsError> {
-        let msg = self.query(name, RecordType::SRV, deadline)?;
-        Ok(srv_answer(&msg))
+        let (msg, fqdn) = self.query(name, RecordType::SRV, deadline)?;
+        Ok(srv_answer(&msg, &fqdn))
     }
 
     /// Looks up the IPv4 and IPv6 addresses of `host`. An IP literal is
@@ -133,7 +142,7 @@ impl Resolver {
         let mut first_err = None;
         for rtype in [RecordType::A, RecordType::AAAA] {
             match self.query(host, rtype, deadline) {
-                Ok(msg) => out.extend(addresses(&msg)),
+                Ok((msg, fqdn)) => out.extend(addresses(&msg, &fqdn, rtype)),
                 Err(e) => {
                     first_err.get_or_insert(e);
                 }
@@ -150,7 +159,8 @@ impl Resolver {
         }
     }
 
-    fn query(&self, name: &str, rtype: RecordType, deadline: Instant) -> Result<Message, DnsError> {
+    /// Asks each server in turn; returns the answer and the name asked.
+    fn query(&self, name: &str, rtype: RecordType, deadline: Instant) -> Result<(Message, Name), DnsError> {
         if self.servers.is_empty() {
             return Err(DnsError::NoServers);
         }
@@ -158,14 +168,12 @@ impl Resolver {
             .map_err(|_| DnsError::BadName(name.to_owned()))?;
         let mut last = None;
         for server in &self.servers {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
+            if Instant::now() >= deadline {
                 break;
             }
-            let timeout = remaining.min(QUERY_TIMEOUT);
-            match exchange(*server, &fqdn, rtype, timeout) {
+            match exchange(*server, &fqdn, rtype, deadline) {
                 Ok(msg) => match msg.metadata.response_code {
-                    ResponseCode::NoError => return Ok(msg),
+                    ResponseCode::NoError => return Ok((msg, fqdn)),
                     ResponseCode::NXDomain => return Err(DnsError::NoSuchName(name.to_owned())),
                     // SERVFAIL or REFUSED from one server: try the next.
                     code => last = Some(DnsError::ServerError { name: name.to_owned(), code: code.to_string() }),
@@ -193,47 +201,109 @@ fn new_id() -> u16 {
 }
 
 /// One question to one server: UDP, then TCP when the answer is truncated.
-fn exchange(server: SocketAddr, name: &Name, rtype: RecordType, timeout: Duration) -> Result<Message, DnsError> {
+/// Each transport gets at most [`QUERY_TIMEOUT`], and everything ends by
+/// `deadline`.
+fn exchange(server: SocketAddr, name: &Name, rtype: RecordType, deadline: Instant) -> Result<Message, DnsError> {
     let id = new_id();
     let mut q = Message::new(id, MessageType::Query, OpCode::Query);
     q.metadata.recursion_desired = true;
     q.add_query(Query::query(name.clone(), rtype));
     let wire = q.to_vec().map_err(|e| DnsError::Malformed(e.to_string()))?;
-    let net = |e: std::io::Error| DnsError::NoAnswer { name: name.to_ascii(), servers: format!("{server} ({e})") };
+    let net = |e: io::Error| DnsError::NoAnswer { name: name.to_ascii(), servers: format!("{server} ({e})") };
 
+    let until = deadline.min(Instant::now() + QUERY_TIMEOUT);
     let bind: SocketAddr = if server.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
     let sock = UdpSocket::bind(bind).map_err(net)?;
+    // Connected: the kernel drops datagrams from other addresses; the
+    // source is checked again below all the same.
     sock.connect(server).map_err(net)?;
-    sock.set_read_timeout(Some(timeout)).map_err(net)?;
     sock.send(&wire).map_err(net)?;
-    let started = Instant::now();
     let mut buf = vec![0u8; MAX_UDP];
+    // A bad answer with our id is remembered, not believed: an off-path
+    // spoofer who hits the port and id must not end the lookup.
+    let mut bad = None;
     loop {
-        let n = sock.recv(&mut buf).map_err(net)?;
-        // Stray or spoofed datagrams with another id are ignored, not fatal.
-        match parse_answer(buf.get(..n).unwrap_or_default(), id, name, rtype) {
+        let Some(left) = time_left(until) else {
+            return Err(bad.map_or_else(|| net(io::ErrorKind::TimedOut.into()), DnsError::Malformed));
+        };
+        sock.set_read_timeout(Some(left)).map_err(net)?;
+        let (n, from) = match sock.recv_from(&mut buf) {
+            Ok(got) => got,
+            Err(e) if is_timeout(&e) => continue,
+            Err(e) => return Err(net(e)),
+        };
+        let packet = buf.get(..n).unwrap_or_default();
+        if from != server || !id_matches(packet, id) {
+            continue;
+        }
+        match parse_answer(packet, id, name, rtype) {
             Ok(msg) if msg.metadata.truncation => break,
             Ok(msg) => return Ok(msg),
-            Err(AnswerError::WrongId) if started.elapsed() < timeout => continue,
-            Err(AnswerError::WrongId) => return Err(DnsError::Malformed("answer id mismatch".into())),
-            Err(AnswerError::Bad(e)) => return Err(DnsError::Malformed(e)),
+            Err(AnswerError::WrongId) => {}
+            Err(AnswerError::Bad(e)) => bad = Some(e),
         }
     }
-    let mut tcp = TcpStream::connect_timeout(&server, timeout).map_err(net)?;
-    tcp.set_read_timeout(Some(timeout)).map_err(net)?;
-    tcp.set_write_timeout(Some(timeout)).map_err(net)?;
+    let until = deadline.min(Instant::now() + QUERY_TIMEOUT);
+    let left = time_left(until).ok_or_else(|| net(io::ErrorKind::TimedOut.into()))?;
+    let mut tcp = TcpStream::connect_timeout(&server, left).map_err(net)?;
     let len = u16::try_from(wire.len()).map_err(|_| DnsError::Malformed("query too long".into()))?;
-    tcp.write_all(&len.to_be_bytes()).map_err(net)?;
-    tcp.write_all(&wire).map_err(net)?;
+    let mut frame = len.to_be_bytes().to_vec();
+    frame.extend_from_slice(&wire);
+    write_all_by(&mut tcp, &frame, until).map_err(net)?;
     let mut lenb = [0u8; 2];
-    tcp.read_exact(&mut lenb).map_err(net)?;
+    read_exact_by(&mut tcp, &mut lenb, until).map_err(net)?;
     let n = usize::from(u16::from_be_bytes(lenb)).min(MAX_TCP);
     let mut body = vec![0u8; n];
-    tcp.read_exact(&mut body).map_err(net)?;
+    read_exact_by(&mut tcp, &mut body, until).map_err(net)?;
     parse_answer(&body, id, name, rtype).map_err(|e| match e {
         AnswerError::WrongId => DnsError::Malformed("answer id mismatch".into()),
         AnswerError::Bad(e) => DnsError::Malformed(e),
     })
+}
+
+/// The time left until `until`, or `None` when it has passed.
+fn time_left(until: Instant) -> Option<Duration> {
+    Some(until.saturating_duration_since(Instant::now())).filter(|d| !d.is_zero())
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted)
+}
+
+/// `read_exact` where the whole read, not each byte, ends by `until`.
+fn read_exact_by(s: &mut TcpStream, mut buf: &mut [u8], until: Instant) -> io::Result<()> {
+    while !buf.is_empty() {
+        let left = time_left(until).ok_or(io::ErrorKind::TimedOut)?;
+        s.set_read_timeout(Some(left))?;
+        match s.read(buf) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => buf = buf.get_mut(n..).unwrap_or_default(),
+            Err(e) if is_timeout(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// `write_all` where the whole write ends by `until`.
+fn write_all_by(s: &mut TcpStream, mut buf: &[u8], until: Instant) -> io::Result<()> {
+    while !buf.is_empty() {
+        let left = time_left(until).ok_or(io::ErrorKind::TimedOut)?;
+        s.set_write_timeout(Some(left))?;
+        match s.write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = buf.get(n..).unwrap_or_default(),
+            Err(e) if is_timeout(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Whether a packet carries `id`, read from its first two bytes without
+/// decoding anything else.
+fn id_matches(packet: &[u8], id: u16) -> bool {
+    packet.get(..2) == Some(&id.to_be_bytes()[..])
 }
 
 /// Why an answer was not accepted.
@@ -245,20 +315,22 @@ pub enum AnswerError {
     Bad(String),
 }
 
-/// Decodes an answer and checks it answers our question. Untrusted input:
-/// this is the fuzz target for DNS.
+/// Decodes an answer and checks it answers our question; the id is checked
+/// before anything is decoded. Untrusted input: the `dns_answer` fuzz target
+/// (fuzz/fuzz_targets/dns_answer.rs) runs this with [`srv_answer`] and
+/// [`addresses`].
 pub fn parse_answer(bytes: &[u8], id: u16, name: &Name, rtype: RecordType) -> Result<Message, AnswerError> {
-    let msg = Message::from_vec(bytes).map_err(|e| AnswerError::Bad(e.to_string()))?;
-    if msg.metadata.id != id {
+    if !id_matches(bytes, id) {
         return Err(AnswerError::WrongId);
     }
+    let msg = Message::from_vec(bytes).map_err(|e| AnswerError::Bad(e.to_string()))?;
     if msg.metadata.message_type != MessageType::Response {
         return Err(AnswerError::Bad("not a response".into()));
     }
-    match msg.queries.first() {
-        Some(q) if q.query_type() == rtype && q.name().eq_case(name) => Ok(msg),
+    match msg.queries.as_slice() {
+        [q] if q.query_type() == rtype && q.name().eq_case(name) => Ok(msg),
         // Some servers omit the question in error answers.
-        None if msg.metadata.response_code != ResponseCode::NoError => Ok(msg),
+        [] if msg.metadata.response_code != ResponseCode::NoError => Ok(msg),
         _ => Err(AnswerError::Bad("answer is for another question".into())),
     }
 }
@@ -267,13 +339,39 @@ fn bare(name: &Name) -> String {
     name.to_ascii().trim_end_matches('.').to_owned()
 }
 
-/// SRV records and glue addresses from an answer.
-pub fn srv_answer(msg: &Message) -> SrvAnswer {
+/// Longest CNAME chain followed inside one answer.
+const MAX_CNAMES: usize = 8;
+
+/// The names whose records answer a question for `qname`: `qname` and the
+/// CNAME chain from it inside the answer section.
+fn owners(msg: &Message, qname: &Name) -> Vec<Name> {
+    let mut chain = vec![qname.clone()];
+    while chain.len() <= MAX_CNAMES {
+        let Some(last) = chain.last() else { break };
+        let next = msg.answers.iter().find_map(|r| match &r.data {
+            RData::CNAME(c) if r.name == *last => Some(c.0.clone()),
+            _ => None,
+        });
+        match next {
+            Some(n) if !chain.contains(&n) => chain.push(n),
+            _ => break,
+        }
+    }
+    chain
+}
+
+/// SRV records for `qname` and glue addresses for their targets from an
+/// answer. Records owned by other names are ignored.
+pub fn srv_answer(msg: &Message, qname: &Name) -> SrvAnswer {
+    let names = owners(msg, qname);
+    let mut targets = Vec::new();
     let records = msg
         .answers
         .iter()
+        .filter(|r| names.contains(&r.name))
         .filter_map(|r| match &r.data {
             RData::SRV(s) => {
+                targets.push(s.target.clone());
                 let target = if s.target.is_root() { ".".to_owned() } else { bare(&s.target) };
                 Some(SrvRecord { priority: s.priority, weight: s.weight, port: s.port, target })
             }
@@ -283,6 +381,7 @@ pub fn srv_answer(msg: &Message) -> SrvAnswer {
     let addresses = msg
         .additionals
         .iter()
+        .filter(|r| targets.contains(&r.name))
         .filter_map(|r| match &r.data {
             RData::A(a) => Some((bare(&r.name), IpAddr::V4(a.0))),
             RData::AAAA(a) => Some((bare(&r.name), IpAddr::V6(a.0))),
@@ -292,22 +391,29 @@ pub fn srv_answer(msg: &Message) -> SrvAnswer {
     SrvAnswer { records, addresses }
 }
 
-fn addresses(msg: &Message) -> Vec<IpAddr> {
+/// The addresses of type `rtype` (A or AAAA) for `qname` in an answer.
+/// Records owned by other names are ignored.
+pub fn addresses(msg: &Message, qname: &Name, rtype: RecordType) -> Vec<IpAddr> {
+    let names = owners(msg, qname);
     msg.answers
         .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(IpAddr::V4(a.0)),
-            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+        .filter(|r| names.contains(&r.name))
+        .filter_map(|r| match (&r.data, rtype) {
+            (RData::A(a), RecordType::A) => Some(IpAddr::V4(a.0)),
+            (RData::AAAA(a), RecordType::AAAA) => Some(IpAddr::V6(a.0)),
             _ => None,
         })
         .collect()
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 mod tests {
     use super::*;
     use hickory_proto::rr::Record;
-    use hickory_proto::rr::rdata::{A, SRV};
+    use hickory_proto::rr::rdata::{A, CNAME, SRV};
+    use std::net::TcpListener;
+    use std::thread;
 
     #[test]
     fn resolv_conf() {
@@ -335,7 +441,7 @@ mod tests {
         let name = Name::from_ascii("_stateless._tcp.lab.example.").unwrap();
         let bytes = answer(7, &name).to_vec().unwrap();
         let msg = parse_answer(&bytes, 7, &name, RecordType::SRV).unwrap();
-        let a = srv_answer(&msg);
+        let a = srv_answer(&msg, &name);
         assert_eq!(a.records.len(), 2);
         assert_eq!(a.records[0], SrvRecord { priority: 10, weight: 5, port: 8443, target: "a.lab.example".into() });
         assert_eq!(a.records[1].target, ".");
@@ -359,5 +465,176 @@ mod tests {
         assert!(Instant::now() < deadline + Duration::from_secs(1));
         assert_eq!(r.lookup_ip("10.1.2.3", deadline).unwrap(), vec!["10.1.2.3".parse::<IpAddr>().unwrap()]);
         assert_eq!(r.lookup_ip("[::1]", deadline).unwrap(), vec!["::1".parse::<IpAddr>().unwrap()]);
+    }
+
+    fn srv_name() -> Name {
+        Name::from_ascii("_stateless._tcp.lab.example.").unwrap()
+    }
+
+    /// A name server on 127.0.0.1 that answers every query through
+    /// `answer(query, udp_socket, peer)`; returns its address.
+    fn udp_server(answer: impl Fn(&Message, &UdpSocket, SocketAddr) + Send + 'static) -> SocketAddr {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = sock.local_addr().unwrap();
+        thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                if let Ok(q) = Message::from_vec(&buf[..n]) {
+                    answer(&q, &sock, peer);
+                }
+            }
+        });
+        addr
+    }
+
+    fn reply_to(q: &Message) -> Message {
+        let mut m = answer(q.metadata.id, q.queries[0].name());
+        m.queries.clone_from(&q.queries);
+        m
+    }
+
+    #[test]
+    fn tcp_answer_dripped_a_byte_at_a_time_ends_by_the_deadline() {
+        // UDP says "truncated"; TCP sends a length of 65535 and then one
+        // byte every 100 ms, for ever.
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        thread::spawn(move || {
+            for conn in tcp.incoming() {
+                let Ok(mut conn) = conn else { return };
+                thread::spawn(move || {
+                    let mut head = [0u8; 512];
+                    let _ = conn.read(&mut head);
+                    for _ in 0..600 {
+                        if conn.write_all(&[0xff]).is_err() {
+                            return;
+                        }
+                        thread::sleep(Duration::from_millis(100));
+                    }
+                });
+            }
+        });
+        let sock = UdpSocket::bind(("127.0.0.1", port)).unwrap();
+        thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                let q = Message::from_vec(&buf[..n]).unwrap();
+                let mut m = reply_to(&q);
+                m.metadata.truncation = true;
+                sock.send_to(&m.to_vec().unwrap(), peer).unwrap();
+            }
+        });
+        let r = Resolver::new(vec![SocketAddr::from(([127, 0, 0, 1], port))]);
+        for budget in [Duration::from_millis(800), Duration::from_secs(30)] {
+            let t = Instant::now();
+            let err = r.srv("_stateless._tcp.lab.example", t + budget).unwrap_err();
+            let took = t.elapsed();
+            // Never past the deadline, and never past one query timeout
+            // per transport whatever the deadline.
+            assert!(took < budget.min(2 * QUERY_TIMEOUT) + Duration::from_millis(300), "took {took:?}: {err}");
+            assert!(matches!(err, DnsError::NoAnswer { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn wrong_ids_are_dropped_and_do_not_extend_the_wait() {
+        // A server that sends a stream of wrong-id answers and never the
+        // right one: the wait still ends at the query timeout.
+        let flood = udp_server(|q, sock, peer| {
+            let mut m = reply_to(q);
+            for i in 1..=40u16 {
+                m.metadata.id = q.metadata.id.wrapping_add(i);
+                let _ = sock.send_to(&m.to_vec().unwrap(), peer);
+                thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let t = Instant::now();
+        let err =
+            Resolver::new(vec![flood]).srv("_stateless._tcp.lab.example", t + Duration::from_secs(30)).unwrap_err();
+        assert!(t.elapsed() < QUERY_TIMEOUT + Duration::from_millis(300), "took {:?}", t.elapsed());
+        assert!(matches!(err, DnsError::NoAnswer { .. }), "{err}");
+
+        // Wrong ids, then garbage with the right id, then the answer: the
+        // answer is taken.
+        let noisy = udp_server(|q, sock, peer| {
+            let mut wrong = reply_to(q);
+            wrong.metadata.id = q.metadata.id ^ 0x5a5a;
+            sock.send_to(&wrong.to_vec().unwrap(), peer).unwrap();
+            let mut garbage = q.metadata.id.to_be_bytes().to_vec();
+            garbage.extend_from_slice(&[0xff; 9]);
+            sock.send_to(&garbage, peer).unwrap();
+            sock.send_to(&reply_to(q).to_vec().unwrap(), peer).unwrap();
+        });
+        let a = Resolver::new(vec![noisy])
+            .srv("_stateless._tcp.lab.example", Instant::now() + Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(a.records.len(), 2);
+
+        // Only garbage with the right id: malformed, by the query timeout.
+        let bad = udp_server(|q, sock, peer| {
+            let mut garbage = q.metadata.id.to_be_bytes().to_vec();
+            garbage.extend_from_slice(&[0xff; 9]);
+            sock.send_to(&garbage, peer).unwrap();
+        });
+        let t = Instant::now();
+        let err = Resolver::new(vec![bad]).srv("_stateless._tcp.lab.example", t + Duration::from_secs(30)).unwrap_err();
+        assert!(matches!(err, DnsError::Malformed(_)), "{err}");
+        assert!(t.elapsed() < QUERY_TIMEOUT + Duration::from_millis(300));
+    }
+
+    #[test]
+    fn the_id_is_checked_before_decoding() {
+        let name = srv_name();
+        assert_eq!(parse_answer(&[], 7, &name, RecordType::SRV).unwrap_err(), AnswerError::WrongId);
+        assert_eq!(parse_answer(&[0], 7, &name, RecordType::SRV).unwrap_err(), AnswerError::WrongId);
+        // Undecodable, but the id differs: a wrong id, not a bad answer.
+        assert_eq!(parse_answer(&[0, 8, 0xff], 7, &name, RecordType::SRV).unwrap_err(), AnswerError::WrongId);
+        assert!(matches!(parse_answer(&[0, 7, 0xff], 7, &name, RecordType::SRV), Err(AnswerError::Bad(_))));
+        // Two questions are not an answer to our one.
+        let mut m = answer(7, &name);
+        m.add_query(Query::query(Name::from_ascii("other.example.").unwrap(), RecordType::SRV));
+        assert!(matches!(parse_answer(&m.to_vec().unwrap(), 7, &name, RecordType::SRV), Err(AnswerError::Bad(_))));
+        // A query is not an answer.
+        let mut q = answer(7, &name);
+        q.metadata.message_type = MessageType::Query;
+        assert!(matches!(parse_answer(&q.to_vec().unwrap(), 7, &name, RecordType::SRV), Err(AnswerError::Bad(_))));
+    }
+
+    #[test]
+    fn records_of_other_owners_are_ignored() {
+        let name = srv_name();
+        let mut m = answer(7, &name);
+        let evil = Name::from_ascii("evil.example.").unwrap();
+        let elsewhere = Name::from_ascii("_stateless._tcp.evil.example.").unwrap();
+        m.answers.push(Record::from_rdata(elsewhere, 60, RData::SRV(SRV::new(0, 0, 1, evil.clone()))));
+        // Glue for a name no SRV record names.
+        m.additionals.push(Record::from_rdata(evil, 60, RData::A(A::new(6, 6, 6, 6))));
+        let a = srv_answer(&m, &name);
+        assert_eq!(a.records.len(), 2, "{a:?}");
+        assert!(a.records.iter().all(|r| r.target != "evil.example"), "{a:?}");
+        assert_eq!(a.addresses, vec![("a.lab.example".to_owned(), "10.0.2.2".parse().unwrap())]);
+        // Owner names compare without case, as DNS does.
+        let upper = Name::from_ascii("_STATELESS._tcp.LAB.example.").unwrap();
+        assert_eq!(srv_answer(&m, &upper).records.len(), 2);
+
+        // Addresses: the name's own, or at the end of its CNAME chain; not
+        // another name's, and not the other family's.
+        let host = Name::from_ascii("cfg.lab.example.").unwrap();
+        let alias = Name::from_ascii("real.lab.example.").unwrap();
+        let mut m = Message::new(9, MessageType::Response, OpCode::Query);
+        m.add_query(Query::query(host.clone(), RecordType::A));
+        m.answers.push(Record::from_rdata(host.clone(), 60, RData::CNAME(CNAME(alias.clone()))));
+        m.answers.push(Record::from_rdata(alias, 60, RData::A(A::new(10, 0, 0, 1))));
+        m.answers.push(Record::from_rdata(host.clone(), 60, RData::A(A::new(10, 0, 0, 2))));
+        m.answers.push(Record::from_rdata(Name::from_ascii("x.example.").unwrap(), 60, RData::A(A::new(6, 6, 6, 6))));
+        let got = addresses(&m, &host, RecordType::A);
+        assert_eq!(got, vec!["10.0.0.1".parse::<IpAddr>().unwrap(), "10.0.0.2".parse().unwrap()]);
+        assert!(addresses(&m, &host, RecordType::AAAA).is_empty());
+        // A CNAME loop ends.
+        let mut m = Message::new(9, MessageType::Response, OpCode::Query);
+        let b = Name::from_ascii("b.example.").unwrap();
+        m.answers.push(Record::from_rdata(host.clone(), 60, RData::CNAME(CNAME(b.clone()))));
+        m.answers.push(Record::from_rdata(b, 60, RData::CNAME(CNAME(host.clone()))));
+        assert!(addresses(&m, &host, RecordType::A).is_empty());
     }
 }

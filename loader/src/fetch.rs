@@ -8,6 +8,19 @@
 //! refused with a message saying what to configure (no root store is
 //! compiled in).
 //!
+//! URLs are parsed once, with the `url` crate, and every decision about the
+//! transport (plain HTTP or not, trust needed or not) is taken on the parsed
+//! scheme, never on the text (`HTTP://` is plain HTTP too).
+//!
+//! Redirects (301, 302, 303, 307, 308; at most [`MAX_REDIRECTS`]) are
+//! followed here, not by the HTTP library, so that each hop is checked: the
+//! transport never gets weaker than the URL the site configured (https to
+//! http is refused; http to https is an upgrade and allowed), and a hop to
+//! another host is followed with the same trust (the same CA or pin checks
+//! its certificate, the same key authenticates the bundle), because the
+//! server that sent the redirect could have served any bytes itself. The
+//! URL the body finally came from is [`Body::url`]; the caller records it.
+//!
 //! [`Transport::open`] returns the response [`Body`] as a reader, so that the
 //! caller verifies and extracts the bundle while it arrives. The body copies
 //! every byte to an optional file as it goes (the cache keeps the bundle
@@ -22,13 +35,14 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
+use url::Url;
 
 use crate::dns::Resolver;
 
@@ -38,6 +52,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many times a broken transfer is resumed before giving up on a server.
 pub const MAX_RESUMES: u32 = 5;
+/// How many redirects one download follows.
+pub const MAX_REDIRECTS: u32 = 3;
+/// Longest wait for a host name lookup when no request deadline is known.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How to reach servers.
 #[derive(Debug, Clone, Default)]
@@ -70,6 +88,12 @@ pub enum FetchError {
     /// The server could not be reached or the transfer broke.
     #[error("{0}")]
     Transport(String),
+    /// The URL is not an http or https URL with a host.
+    #[error("{url:?} is not an http:// or https:// URL with a host")]
+    BadUrl {
+        /// The URL as given.
+        url: String,
+    },
     /// The server answered with an unexpected HTTP status.
     #[error("HTTP {0}")]
     Status(u16),
@@ -106,7 +130,7 @@ impl FetchError {
 #[derive(Debug)]
 pub enum Opened {
     /// 200: the body, to be read.
-    Body(Body),
+    Body(Box<Body>),
     /// 304: what we have is current.
     NotModified,
     /// 404: nothing at this path.
@@ -132,6 +156,64 @@ pub struct Transport {
     agent: ureq::Agent,
     /// Whether any trust (CA or pin) is configured for https.
     trust: bool,
+    /// The deadline of the request under way: host name lookups, which the
+    /// HTTP library makes through a callback that cannot be given one, end
+    /// by it too.
+    deadline: SharedDeadline,
+}
+
+/// The current request's deadline, shared with the resolver callback.
+#[derive(Debug, Clone, Default)]
+struct SharedDeadline(Arc<Mutex<Option<Instant>>>);
+
+impl SharedDeadline {
+    fn set(&self, deadline: Instant) {
+        // A poisoned lock only means a lookup thread panicked; the value is
+        // still a plain Instant.
+        let mut guard = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *guard = Some(deadline);
+    }
+
+    fn get(&self) -> Instant {
+        let guard = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        guard.unwrap_or_else(|| Instant::now() + LOOKUP_TIMEOUT)
+    }
+}
+
+/// Parses a server URL: `http` or `https` (any case), with a host.
+pub fn parse_url(url: &str) -> Result<Url, FetchError> {
+    let bad = || FetchError::BadUrl { url: url.to_owned() };
+    let parsed = Url::parse(url).map_err(|_| bad())?;
+    match parsed.scheme() {
+        "http" | "https" if parsed.host().is_some() => Ok(parsed),
+        _ => Err(bad()),
+    }
+}
+
+/// Whether `url` is fetched without TLS. Decided on the parsed scheme; a
+/// URL that does not parse counts as plain (it is refused later anyway).
+pub fn is_plain_http(url: &str) -> bool {
+    Url::parse(url).map_or(true, |u| u.scheme() != "https")
+}
+
+/// Where a redirect from `from` to `location` leads, or why it is not
+/// followed: the transport may stay or get stronger (http to https), never
+/// weaker; only http and https; no credentials in the URL.
+pub fn redirect_target(from: &Url, location: &str) -> Result<Url, FetchError> {
+    let refuse = |why: String| FetchError::Refused(format!("redirect from {from} to {location:?} refused: {why}"));
+    let to = from.join(location.trim()).map_err(|e| refuse(format!("not a URL ({e})")))?;
+    match (from.scheme(), to.scheme()) {
+        ("https", "https") | ("http", "http" | "https") => {}
+        ("https", "http") => return Err(refuse("it would drop https for plain http".into())),
+        (_, other) => return Err(refuse(format!("scheme {other} is not http or https"))),
+    }
+    if to.host().is_none() {
+        return Err(refuse("no host".into()));
+    }
+    if !to.username().is_empty() || to.password().is_some() {
+        return Err(refuse("it carries credentials".into()));
+    }
+    Ok(to)
 }
 
 impl Transport {
@@ -139,46 +221,68 @@ impl Transport {
     pub fn new(cfg: &TransportConfig) -> Result<Transport, FetchError> {
         let tls = tls_config(cfg)?;
         let resolver = Resolver::new(cfg.dns.clone());
+        let deadline = SharedDeadline::default();
+        let lookup_deadline = deadline.clone();
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(cfg.connect_timeout.unwrap_or(CONNECT_TIMEOUT))
             .timeout_read(cfg.stall_timeout.unwrap_or(STALL_TIMEOUT))
             .timeout_write(cfg.stall_timeout.unwrap_or(STALL_TIMEOUT))
             .tls_config(Arc::new(tls))
-            .redirects(3)
+            // Followed in `open`, hop by hop, under the loader's policy.
+            .redirects(0)
             .user_agent(concat!("stateless-loader/", env!("CARGO_PKG_VERSION")))
             .resolver(move |netloc: &str| -> io::Result<Vec<SocketAddr>> {
                 let (host, port) = split_netloc(netloc)?;
-                let deadline = Instant::now() + Duration::from_secs(5);
-                let ips = resolver.lookup_ip(host, deadline).map_err(|e| io::Error::other(e.to_string()))?;
+                let ips =
+                    resolver.lookup_ip(host, lookup_deadline.get()).map_err(|e| io::Error::other(e.to_string()))?;
                 Ok(ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect())
             })
             .build();
-        Ok(Transport { agent, trust: cfg.ca.is_some() || !cfg.pins.is_empty() })
+        Ok(Transport { agent, trust: cfg.ca.is_some() || !cfg.pins.is_empty(), deadline })
     }
 
-    /// GETs `req.url`. On a 200, returns the body to read, which copies
-    /// every byte to `tee` (truncated first) as it is read.
+    /// GETs `req.url`, following redirects as the module documentation
+    /// says. On a 200, returns the body to read, which copies every byte to
+    /// `tee` (truncated first) as it is read.
     pub fn open(&self, req: &Request<'_>, tee: Option<File>) -> Result<Opened, FetchError> {
         let Request { url, if_none_match, limit, deadline } = *req;
-        if !self.trust && url.starts_with("https://") {
-            return Err(FetchError::Refused(
-                "no trust for https: set rd.stateless.ca= or rd.stateless.pin= (or use an encrypted bundle over http)"
-                    .into(),
-            ));
-        }
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Err(FetchError::Budget);
-        }
-        let mut get = self.agent.get(url).timeout(remaining);
-        if let Some(tag) = if_none_match {
-            get = get.set("If-None-Match", &format!("\"{tag}\""));
-        }
-        let resp = match get.call() {
-            Ok(r) => r,
-            Err(ureq::Error::Status(404, _)) => return Ok(Opened::NotFound),
-            Err(ureq::Error::Status(code, _)) => return Err(FetchError::Status(code)),
-            Err(ureq::Error::Transport(t)) => return Err(FetchError::Transport(describe_transport(&t))),
+        let mut url = parse_url(url)?;
+        let mut hops = 0;
+        let resp = loop {
+            if !self.trust && url.scheme() == "https" {
+                return Err(FetchError::Refused(
+                    "no trust for https: set rd.stateless.ca= or rd.stateless.pin= (or use an encrypted bundle over http)"
+                        .into(),
+                ));
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(FetchError::Budget);
+            }
+            self.deadline.set(deadline);
+            let mut get = self.agent.request_url("GET", &url).timeout(remaining);
+            if let Some(tag) = if_none_match {
+                get = get.set("If-None-Match", &format!("\"{tag}\""));
+            }
+            let resp = match get.call() {
+                Ok(r) => r,
+                Err(ureq::Error::Status(404, _)) => return Ok(Opened::NotFound),
+                Err(ureq::Error::Status(code, _)) => return Err(FetchError::Status(code)),
+                Err(ureq::Error::Transport(t)) => return Err(FetchError::Transport(describe_transport(&t))),
+            };
+            if !matches!(resp.status(), 301 | 302 | 303 | 307 | 308) {
+                break resp;
+            }
+            hops += 1;
+            if hops > MAX_REDIRECTS {
+                return Err(FetchError::Refused(format!("more than {MAX_REDIRECTS} redirects from {}", req.url)));
+            }
+            let Some(location) = resp.header("Location") else {
+                return Err(FetchError::Status(resp.status()));
+            };
+            let next = redirect_target(&url, location)?;
+            log::info!("{url}: {} redirect to {next}", resp.status());
+            url = next;
         };
         match resp.status() {
             304 => return Ok(Opened::NotModified),
@@ -197,9 +301,10 @@ impl Transport {
             }
             None => None,
         };
-        Ok(Opened::Body(Body {
+        Ok(Opened::Body(Box::new(Body {
             agent: self.agent.clone(),
-            url: url.to_owned(),
+            lookup_deadline: self.deadline.clone(),
+            url,
             limit,
             deadline,
             etag: resp.header("ETag").map(str::to_owned),
@@ -209,7 +314,7 @@ impl Transport {
             resumes: 0,
             tee,
             failure: None,
-        }))
+        })))
     }
 }
 
@@ -224,7 +329,9 @@ fn content_length(resp: &ureq::Response) -> Option<u64> {
 /// and every later read returns it again.
 pub struct Body {
     agent: ureq::Agent,
-    url: String,
+    lookup_deadline: SharedDeadline,
+    /// The URL the body comes from, after redirects.
+    url: Url,
     limit: u64,
     deadline: Instant,
     etag: Option<String>,
@@ -241,7 +348,7 @@ pub struct Body {
 impl std::fmt::Debug for Body {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Body")
-            .field("url", &self.url)
+            .field("url", &self.url.as_str())
             .field("total", &self.total)
             .field("got", &self.got)
             .field("resumes", &self.resumes)
@@ -251,6 +358,16 @@ impl std::fmt::Debug for Body {
 }
 
 impl Body {
+    /// The URL the body comes from, after redirects.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// Whether the body comes over plain HTTP (decided on the final URL).
+    pub fn plain_http(&self) -> bool {
+        self.url.scheme() != "https"
+    }
+
     /// The body's length as the server announced it.
     pub fn total(&self) -> Option<u64> {
         self.total
@@ -326,7 +443,10 @@ impl Body {
             if remaining.is_zero() {
                 return Err(FetchError::Budget);
             }
-            let mut get = self.agent.get(&self.url).timeout(remaining);
+            self.lookup_deadline.set(self.deadline);
+            // No redirects here: the resume goes to the URL the body came
+            // from, and a 3xx is an unexpected status.
+            let mut get = self.agent.request_url("GET", &self.url).timeout(remaining);
             if self.got > 0 {
                 get = get.set("Range", &format!("bytes={}-", self.got));
                 if let Some(tag) = &self.etag {
@@ -518,6 +638,52 @@ mod tests {
         assert!(split_netloc("nohost").is_err());
         assert_eq!(content_range_start("bytes 100-199/200"), Some(100));
         assert_eq!(content_range_start("bytes */200"), None);
+    }
+
+    #[test]
+    fn urls_are_judged_on_the_parsed_scheme() {
+        for plain in ["http://a/", "HTTP://a/", "Http://a:8080/x", "hTtP://A"] {
+            assert!(is_plain_http(plain), "{plain}");
+            assert_eq!(parse_url(plain).unwrap().scheme(), "http", "{plain}");
+        }
+        for tls in ["https://a/", "HTTPS://a/", "hTTps://a:8443"] {
+            assert!(!is_plain_http(tls), "{tls}");
+            assert_eq!(parse_url(tls).unwrap().scheme(), "https", "{tls}");
+        }
+        for bad in ["ftp://a/", "a/b", "http://", "file:///etc/passwd", "", "data:text/plain,x"] {
+            assert!(matches!(parse_url(bad), Err(FetchError::BadUrl { .. })), "{bad}");
+            assert!(is_plain_http(bad) || bad.starts_with("https"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn redirects_never_weaken_the_transport() {
+        let tls = Url::parse("https://cfg.example:8443/v1/nodes/n/bundle").unwrap();
+        let plain = Url::parse("http://cfg.example/v1/nodes/n/bundle").unwrap();
+        // (from, Location, expected target or None for refused)
+        let cases: &[(&Url, &str, Option<&str>)] = &[
+            (&tls, "https://cfg.example:8443/other", Some("https://cfg.example:8443/other")),
+            (&tls, "/relative/bundle", Some("https://cfg.example:8443/relative/bundle")),
+            (&tls, "//mirror.example/b", Some("https://mirror.example/b")),
+            (&tls, "HTTPS://mirror.example/b", Some("https://mirror.example/b")),
+            (&tls, "http://cfg.example/b", None),
+            (&tls, "HTTP://cfg.example/b", None),
+            (&tls, "hTtP://127.0.0.1:80/b", None),
+            (&tls, "ftp://cfg.example/b", None),
+            (&tls, "file:///etc/shadow", None),
+            (&tls, "https://user:pw@cfg.example/b", None),
+            (&plain, "https://cfg.example/b", Some("https://cfg.example/b")),
+            (&plain, "http://mirror.example:8080/b", Some("http://mirror.example:8080/b")),
+            (&plain, "b2", Some("http://cfg.example/v1/nodes/n/b2")),
+            (&plain, "gopher://x/", None),
+        ];
+        for (from, location, want) in cases {
+            let got = redirect_target(from, location);
+            match want {
+                Some(w) => assert_eq!(got.unwrap().as_str(), *w, "{from} -> {location}"),
+                None => assert!(matches!(got, Err(FetchError::Refused(_))), "{from} -> {location}: {got:?}"),
+            }
+        }
     }
 
     #[test]

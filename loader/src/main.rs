@@ -29,6 +29,10 @@ struct Args {
     #[arg(long, value_name = "STRING")]
     cmdline: Option<String>,
 
+    /// File to read the kernel command line from (bytes that are not UTF-8 are replaced, not fatal)
+    #[arg(long, value_name = "FILE", default_value = PROC_CMDLINE)]
+    cmdline_file: PathBuf,
+
     /// Root filesystem the bundle is applied to
     #[arg(long, value_name = "DIR", default_value = "/sysroot")]
     sysroot: PathBuf,
@@ -79,7 +83,13 @@ fn main() -> ExitCode {
 fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cmdline = match &args.cmdline {
         Some(line) => line.clone(),
-        None => fs::read_to_string(PROC_CMDLINE).with_context(|| format!("reading {PROC_CMDLINE}"))?,
+        // Lossy: one stray byte elsewhere on the line (a bootloader's
+        // label, a typo) must not stop the boot before `onfail` is known.
+        None => {
+            let bytes =
+                fs::read(&args.cmdline_file).with_context(|| format!("reading {}", args.cmdline_file.display()))?;
+            String::from_utf8_lossy(&bytes).into_owned()
+        }
     };
     let config = Config::from_cmdline(&cmdline).context("reading the kernel command line")?;
     logger::set_debug(config.debug);

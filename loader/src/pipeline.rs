@@ -79,6 +79,9 @@ pub struct Report {
     pub source: &'static str,
     /// The server URL the bundle came from (or was first fetched from).
     pub server: Option<String>,
+    /// The URL the applied bundle was downloaded from, after redirects
+    /// (the same as `server` when there was none; unset for the cache).
+    pub final_url: Option<String>,
     /// The node id used.
     pub node: Option<String>,
     /// Generation applied.
@@ -247,8 +250,12 @@ fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, String> {
             }
             match note {
                 None => {
+                    let via = match ctx.report.final_url.as_deref() {
+                        Some(f) if f != url => format!(" (redirected to {f})"),
+                        _ => String::new(),
+                    };
                     return Ok(format!(
-                        "applied generation {} from {url}{} in {:.1} s",
+                        "applied generation {} from {url}{via}{} in {:.1} s",
                         ready.header.generation,
                         key_note(&ready),
                         ctx.started.elapsed().as_secs_f64()
@@ -285,6 +292,7 @@ fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, String> {
             Ok(ready) => {
                 ctx.report.fetched = Some(meta.fetched);
                 ctx.report.server = Some(meta.server.clone());
+                ctx.report.final_url = None;
                 let when = fmt_date(meta.fetched);
                 return Ok(format!(
                     "{network_note}; applied {} generation {} (fetched {when}){}",
@@ -431,10 +439,20 @@ fn base_urls(ctx: &mut Ctx<'_>, deadline: Instant) -> Result<Vec<String>, String
     let mut seed = [0u8; 8];
     let _ = getrandom::fill(&mut seed);
     let mut rng = SplitMix64::new(u64::from_le_bytes(seed));
-    let mut draw = |max: u64| if max == 0 { 0 } else { rng.next_u64() % (max + 1) };
-    let ordered = srv::order(answer.records, &mut draw).map_err(|e| format!("DNS SRV {name}: {e}"))?;
+    let ordered = srv::order(answer.records, &mut rng).map_err(|e| format!("DNS SRV {name}: {e}"))?;
     let scheme = if cfg.insecure { "http" } else { "https" };
-    Ok(ordered.iter().map(|r| format!("{scheme}://{}:{}", r.host(), r.port)).collect())
+    // Built from parts: a target that is not a host name is dropped.
+    let mut out = Vec::new();
+    for r in &ordered {
+        match r.base_url(scheme) {
+            Ok(u) => out.push(u.as_str().trim_end_matches('/').to_owned()),
+            Err(e) => ctx.warn(format!("DNS SRV {name}: {e}")),
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("DNS SRV {name}: no target is a host name"));
+    }
+    Ok(out)
 }
 
 fn fetch_from_servers(ctx: &mut Ctx<'_>, current_digest: Option<&str>, keep: bool) -> Result<FetchResult, String> {
@@ -485,14 +503,13 @@ fn fetch_from_servers(ctx: &mut Ctx<'_>, current_digest: Option<&str>, keep: boo
             if verdict.is_some() {
                 continue;
             }
-            let plain_http = base.starts_with("http://");
             for p in &paths {
                 if Instant::now() >= deadline {
                     return Err(format!("{last}; gave up after {} s", budget.as_secs()));
                 }
                 let url = format!("{base}/{p}");
                 let t = Instant::now();
-                let get = Get { url: &url, if_none_match: current_digest, deadline, plain_http };
+                let get = Get { url: &url, if_none_match: current_digest, deadline };
                 let step = fetch_one(ctx, &transport, &get, keep.then_some(download.as_path()));
                 let took = t.elapsed().as_millis();
                 match step {
@@ -572,7 +589,6 @@ struct Get<'a> {
     url: &'a str,
     if_none_match: Option<&'a str>,
     deadline: Instant,
-    plain_http: bool,
 }
 
 /// Fetches one URL and verifies the bundle into staging as it arrives,
@@ -598,7 +614,7 @@ fn fetch_one(ctx: &mut Ctx<'_>, transport: &Transport, get: &Get<'_>, download: 
             Ok(Opened::NotFound) => return Step::NotFound,
             Err(e) => return Step::Failed(e),
         };
-        let verified = stream_verify(ctx, &mut body, get.plain_http);
+        let verified = stream_verify(ctx, &mut body);
         let took = t.elapsed().as_millis();
         if verified.is_err() {
             // Half a bundle is no use to the cache.
@@ -612,6 +628,11 @@ fn fetch_one(ctx: &mut Ctx<'_>, transport: &Transport, get: &Get<'_>, download: 
             (Ok((ready, staging)), _) => {
                 let (bytes, resumes) = (body.received(), body.resumes());
                 ctx.report.attempts.push(format!("{}: 200, {bytes} bytes, {resumes} resumes, {took} ms", get.url));
+                let via = body.url().as_str();
+                if via != get.url {
+                    ctx.report.attempts.push(format!("{}: redirected to {via}", get.url));
+                }
+                ctx.report.final_url = Some(via.to_owned());
                 log::info!("fetched and verified {} ({bytes} bytes) in {took} ms", get.url);
                 return Step::Fresh(Box::new(ready), staging);
             }
@@ -632,11 +653,13 @@ fn fetch_one(ctx: &mut Ctx<'_>, transport: &Transport, get: &Get<'_>, download: 
 
 /// Verifies a bundle from a response body into staging: the early checks
 /// on its header, then as [`verify_reader`].
-fn stream_verify(ctx: &mut Ctx<'_>, body: &mut Body, plain_http: bool) -> Result<(Ready, Staging), String> {
+fn stream_verify(ctx: &mut Ctx<'_>, body: &mut Body) -> Result<(Ready, Staging), String> {
     let mut head = vec![0u8; HEADER_LEN];
     let n = read_full(body, &mut head).map_err(|e| e.to_string())?;
     head.truncate(n);
-    early_check(&head, body.total(), plain_http, ctx.config.insecure, ctx.key_required)?;
+    // Decided on the parsed scheme of the URL the body came from, after
+    // redirects (which never go from https to http).
+    early_check(&head, body.total(), body.plain_http(), ctx.config.insecure, ctx.key_required)?;
     let reader = BufReader::with_capacity(READ_BUFFER, Cursor::new(head).chain(body));
     verify_reader(ctx, reader, "server")
 }

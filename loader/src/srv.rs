@@ -16,9 +16,18 @@
 //! A target of `.` means "service decidedly not available at this domain":
 //! such records are dropped, and when nothing else is left the result is
 //! [`NoTargets::NotAvailable`]. The random source is injected
-//! ([`RandomSource`]) so tests are deterministic.
+//! ([`RandomSource`]) so tests are deterministic; production draws from
+//! [`SplitMix64`] through the same trait.
+//!
+//! A target comes from the network: before it goes into a URL it must be a
+//! host name (RFC 952/1123 letters, digits and hyphens, labels of 1 to 63,
+//! at most 253 in all), and the URL is built from parts
+//! ([`SrvRecord::base_url`]), never by pasting text, so a target cannot
+//! carry a path, a port or user information into the URL.
 
 use std::fmt;
+
+use url::{Host, Url};
 
 /// One SRV resource record.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -43,6 +52,49 @@ impl SrvRecord {
     fn is_root(&self) -> bool {
         self.host().is_empty()
     }
+
+    /// The base URL `scheme://target:port` for this record, built from
+    /// parts; refused when the target is not a host name.
+    pub fn base_url(&self, scheme: &str) -> Result<Url, BadTarget> {
+        let host = self.host();
+        let bad = || BadTarget { target: self.target.escape_default().to_string() };
+        if !is_host_name(host) {
+            return Err(bad());
+        }
+        let mut url = Url::parse(&format!("{scheme}://srv-target.invalid/")).map_err(|_| bad())?;
+        url.set_host(Some(host)).map_err(|_| bad())?;
+        // The URL parser reads names like `1.2.3.4` or `0x7f.1` as
+        // addresses: only a name that stayed the same name is accepted.
+        match url.host() {
+            Some(Host::Domain(d)) if d.eq_ignore_ascii_case(host) => {}
+            _ => return Err(bad()),
+        }
+        url.set_port(Some(self.port)).map_err(|()| bad())?;
+        Ok(url)
+    }
+}
+
+/// An SRV target that is not a host name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("SRV target {target:?} is not a host name; record ignored")]
+pub struct BadTarget {
+    /// The target, with unprintable bytes escaped.
+    pub target: String,
+}
+
+/// Whether `name` (without a trailing dot) is a host name: labels of 1 to
+/// 63 letters, digits and hyphens, not starting or ending with a hyphen,
+/// at most 253 characters in all.
+pub fn is_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 impl fmt::Display for SrvRecord {
@@ -270,6 +322,55 @@ mod tests {
             hits[rng.uniform_inclusive(3) as usize] += 1;
         }
         assert!(hits.iter().all(|&h| (800..1200).contains(&h)), "{hits:?}");
+    }
+
+    #[test]
+    fn targets_must_be_host_names() {
+        let long_label = "a".repeat(64);
+        let long_name = ["a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(62)].join(".");
+        assert_eq!(long_name.len(), 254);
+        let bad = [
+            "evil.example/x",
+            "evil.example\\047path",
+            "a\\.b.example",
+            "evil.example:1/",
+            "user@evil.example",
+            "evil example",
+            "evil.example?q",
+            "evil.example#f",
+            "-lead.example",
+            "trail-.example",
+            "a..b",
+            "*.example",
+            "_srv.example",
+            "xn--caf-dma.example\\195",
+            "1.2.3.4",
+            "0x7f.1",
+            "caf\u{e9}.example",
+            long_label.as_str(),
+            long_name.as_str(),
+        ];
+        for target in bad {
+            let r = SrvRecord { priority: 1, weight: 1, port: 8443, target: target.to_owned() };
+            assert!(r.base_url("https").is_err(), "{target:?} accepted");
+        }
+        let ok = [
+            ("cfg.lab.example.", "https://cfg.lab.example:8443/"),
+            ("CFG.Lab.Example", "https://cfg.lab.example:8443/"),
+            ("a-1.b2", "https://a-1.b2:8443/"),
+            ("localhost", "https://localhost:8443/"),
+        ];
+        for (target, want) in ok {
+            let r = SrvRecord { priority: 1, weight: 1, port: 8443, target: target.to_owned() };
+            assert_eq!(r.base_url("https").unwrap().as_str(), want, "{target}");
+        }
+        let r = SrvRecord { priority: 1, weight: 1, port: 80, target: "cfg.example".into() };
+        // The URL leaves out a port that is the scheme's default: the same port.
+        assert_eq!(r.base_url("http").unwrap().port_or_known_default(), Some(80));
+        let r = SrvRecord { priority: 1, weight: 1, port: 8080, target: "cfg.example".into() };
+        assert_eq!(r.base_url("http").unwrap().as_str(), "http://cfg.example:8080/");
+        let max = ["a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(61)].join(".");
+        assert!(is_host_name(&max));
     }
 
     #[test]

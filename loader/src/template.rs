@@ -154,6 +154,33 @@ impl Template {
         })
     }
 
+    /// The variables written in the URL's host part (between `://` and the
+    /// first `/`, `?` or `#`): their values choose the server.
+    pub fn host_vars(&self) -> Vec<Var> {
+        let mut out = Vec::new();
+        // 0: before `://`, 1: in the authority, 2: past it.
+        let mut state = 0;
+        for part in &self.parts {
+            match part {
+                Part::Var(v) if state == 1 => out.push(*v),
+                Part::Var(_) => {}
+                Part::Literal(text) => {
+                    let mut rest = text.as_str();
+                    if state == 0 {
+                        if let Some((_, after)) = rest.split_once("://") {
+                            state = 1;
+                            rest = after;
+                        }
+                    }
+                    if state == 1 && rest.contains(['/', '?', '#', '\\']) {
+                        state = 2;
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Substitutes every variable, percent-encoding the values.
     pub fn render(&self, values: &(impl Values + ?Sized)) -> Result<String, TemplateError> {
         let mut out = String::with_capacity(self.source.len() + 32);
@@ -269,6 +296,23 @@ mod tests {
         }
         // Dots inside a longer value are harmless.
         assert_eq!(t.render(&[(Var::Mac, "...")][..]).as_deref(), Ok("https://cfg/.../bundle"));
+    }
+
+    #[test]
+    fn vars_in_the_host_part() {
+        let cases: &[(&str, &[Var])] = &[
+            ("https://cfg.example/${hostname}", &[]),
+            ("https://${hostname}.cfg.example/", &[Var::Hostname]),
+            ("https://${hostname}", &[Var::Hostname]),
+            ("https://cfg-${node}.example:8443/x/${mac}", &[Var::Node]),
+            ("https://user@${serial}:1?${uuid}", &[Var::Serial]),
+            ("https://cfg.example?h=${hostname}", &[]),
+            ("https://cfg.example#${hostname}", &[]),
+            ("${hostname}://x/", &[]),
+        ];
+        for (src, want) in cases {
+            assert_eq!(Template::parse(src).unwrap().host_vars(), *want, "{src}");
+        }
     }
 
     #[test]

@@ -437,3 +437,311 @@ fn a_root_that_cannot_be_made_writable_is_reported_in_status_json() {
     assert!(message.ends_with("; onfail=continue"), "{message}");
     assert!(err.contains(message), "the console line is the status message: {err}");
 }
+
+// ---- Transport hardening: redirects, schemes, DNS deadlines, SRV targets,
+// ---- the command line's bytes (issue 12, items 1, 18, 19, 22, 25).
+
+/// An unencrypted bundle, published for `key=none` sites that rely on TLS.
+fn plain_site() -> Site {
+    let site = Site::new();
+    site.publish("v1/nodes/node42/bundle", 1, node_scope(), &[("etc/motd", b"tls only\n")], false);
+    site
+}
+
+#[test]
+fn redirect_from_https_to_plain_http_is_refused() {
+    let site = plain_site();
+    let (_ca, cert, key, pin) = support::self_signed(site.dir.path());
+    let plain = Nginx::start(&site.www(), None, "");
+    // Every redirect status, the scheme in any case, absolute or
+    // scheme-relative-turned-plain: none may take the node off TLS.
+    for (status, scheme) in [(301, "http"), (302, "HTTP"), (303, "Http"), (307, "hTtP"), (308, "http")] {
+        let redirect = format!("return {status} {scheme}://127.0.0.1:{}$request_uri;", plain.port);
+        let tls = Nginx::start(&site.www(), Some((&cert, &key)), &redirect);
+        let node = Node::new();
+        let (code, err, status_json) = node.boot(&format!(
+            "rd.stateless.server=https://127.0.0.1:{} {NODE} rd.stateless.key=none rd.stateless.pin=sha256:{pin} rd.stateless.timeout=5",
+            tls.port
+        ));
+        assert_eq!(code, 10, "{status} {scheme}: {err}");
+        assert!(err.contains("it would drop https for plain http"), "{status} {scheme}: {err}");
+        assert_eq!(node.read("etc/motd"), None, "{status} {scheme}: applied over plain http");
+        assert!(status_json["final_url"].is_null(), "{status_json}");
+    }
+}
+
+#[test]
+fn redirects_that_keep_or_raise_tls_are_followed_and_recorded() {
+    let site = plain_site();
+    let (_ca, cert, key, pin) = support::self_signed(site.dir.path());
+    let target = Nginx::start(&site.www(), Some((&cert, &key)), "");
+    let trust = format!("{NODE} rd.stateless.key=none rd.stateless.pin=sha256:{pin} rd.stateless.timeout=5");
+    let final_url = format!("https://127.0.0.1:{}/v1/nodes/node42/bundle", target.port);
+
+    // https to https on another server: followed, with the same pin.
+    let hop = Nginx::start(
+        &site.www(),
+        Some((&cert, &key)),
+        &format!("return 302 https://127.0.0.1:{}$request_uri;", target.port),
+    );
+    let node = Node::new();
+    let (code, err, status) = node.boot(&format!("rd.stateless.server=https://127.0.0.1:{} {trust}", hop.port));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(node.read("etc/motd").as_deref(), Some("tls only\n"));
+    assert_eq!(status["final_url"], final_url.as_str(), "{status}");
+    assert_eq!(status["server"], format!("https://127.0.0.1:{}/v1/nodes/node42/bundle", hop.port).as_str());
+    assert!(err.contains(&format!("(redirected to {final_url})")), "{err}");
+
+    // Plain http upgraded to https: the bundle came over TLS, so an
+    // unencrypted one is accepted without rd.stateless.insecure.
+    let upgrade =
+        Nginx::start(&site.www(), None, &format!("return 301 https://127.0.0.1:{}$request_uri;", target.port));
+    let node = Node::new();
+    let (code, err, status) = node.boot(&format!("rd.stateless.server=http://127.0.0.1:{} {trust}", upgrade.port));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status["final_url"], final_url.as_str(), "{status}");
+
+    // Without redirects the final URL is the URL.
+    let node = Node::new();
+    let (code, err, status) = node.boot(&format!("rd.stateless.server=https://127.0.0.1:{} {trust}", target.port));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status["final_url"], final_url.as_str(), "{status}");
+
+    // The pin still applies after a hop: a redirect to a server with
+    // another key fails.
+    let other = tempfile::tempdir().unwrap();
+    let (_, cert2, key2, _) = support::self_signed(other.path());
+    let stranger = Nginx::start(&site.www(), Some((&cert2, &key2)), "");
+    let hop2 = Nginx::start(
+        &site.www(),
+        Some((&cert, &key)),
+        &format!("return 307 https://127.0.0.1:{}$request_uri;", stranger.port),
+    );
+    let node = Node::new();
+    let (code, err, _) = node.boot(&format!("rd.stateless.server=https://127.0.0.1:{} {trust}", hop2.port));
+    assert_eq!(code, 10, "{err}");
+    assert!(err.contains("does not match rd.stateless.pin"), "{err}");
+    assert_eq!(node.read("etc/motd"), None);
+
+    // A redirect loop ends after a few hops.
+    let looping = Nginx::start(&site.www(), Some((&cert, &key)), "return 302 /again$request_uri;");
+    let node = Node::new();
+    let (code, err, _) = node.boot(&format!("rd.stateless.server=https://127.0.0.1:{} {trust}", looping.port));
+    assert_eq!(code, 10, "{err}");
+    assert!(err.contains("more than 3 redirects"), "{err}");
+}
+
+#[test]
+fn scheme_case_does_not_get_around_the_plain_http_refusal() {
+    let site = Site::new();
+    site.publish("v1/nodes/node42/bundle", 1, node_scope(), &[("etc/motd", b"plain\n")], false);
+    let nginx = Nginx::start(&site.www(), None, "");
+    for scheme in ["HTTP", "Http", "hTTp", "http"] {
+        let node = Node::new();
+        let base = format!("rd.stateless.server={scheme}://127.0.0.1:{} {NODE} rd.stateless.key=none", nginx.port);
+        let (code, err, _) = node.boot(&format!("{base} rd.stateless.timeout=3"));
+        assert_eq!(code, 10, "{scheme}: {err}");
+        assert!(err.contains("unencrypted bundle over plain HTTP"), "{scheme}: {err}");
+        assert_eq!(node.read("etc/motd"), None, "{scheme}");
+        let (code, err, _) = node.boot(&format!("{base} rd.stateless.insecure"));
+        assert_eq!(code, 0, "{scheme}: {err}");
+    }
+    // And an upper-case https is https: it needs trust, and with a pin works.
+    let (_ca, cert, key, pin) = support::self_signed(site.dir.path());
+    let tls = Nginx::start(&site.www(), Some((&cert, &key)), "");
+    for scheme in ["HTTPS", "HttpS"] {
+        let node = Node::new();
+        let base = format!("rd.stateless.server={scheme}://127.0.0.1:{} {NODE} rd.stateless.key=none", tls.port);
+        let (code, err, _) = node.boot(&format!("{base} rd.stateless.timeout=3"));
+        assert_eq!(code, 10, "{scheme}: {err}");
+        assert!(err.contains("no trust for https"), "{scheme}: {err}");
+        let (code, err, _) = node.boot(&format!("{base} rd.stateless.pin=sha256:{pin}"));
+        assert_eq!(code, 0, "{scheme}: {err}");
+    }
+}
+
+mod fake_dns {
+    //! A name server on 127.0.0.1 written for one test: it answers from a
+    //! closure, and can drip its TCP answers a byte at a time.
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, UdpSocket};
+    use std::time::Duration;
+
+    use hickory_proto::op::{Message, MessageType, OpCode};
+
+    /// Starts the server; returns its port (UDP, and TCP when `drip`).
+    pub fn start(answer: impl Fn(&Message) -> Option<Message> + Send + 'static, drip: bool) -> u16 {
+        let (udp, port) = loop {
+            let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = tcp.local_addr().unwrap().port();
+            if let Ok(udp) = UdpSocket::bind(("127.0.0.1", port)) {
+                if drip {
+                    std::thread::spawn(move || drip_forever(tcp));
+                }
+                break (udp, port);
+            }
+        };
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while let Ok((n, peer)) = udp.recv_from(&mut buf) {
+                let Ok(q) = Message::from_vec(&buf[..n]) else { continue };
+                if let Some(a) = answer(&q) {
+                    let _ = udp.send_to(&a.to_vec().unwrap(), peer);
+                }
+            }
+        });
+        port
+    }
+
+    /// A response skeleton for `q`.
+    pub fn reply(q: &Message) -> Message {
+        let mut m = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
+        m.metadata.recursion_available = true;
+        m.queries.clone_from(&q.queries);
+        m
+    }
+
+    fn drip_forever(tcp: TcpListener) {
+        for conn in tcp.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut head = [0u8; 512];
+                let _ = conn.read(&mut head);
+                // A 65535-byte answer, one byte a second.
+                for _ in 0..120 {
+                    if conn.write_all(&[0xff]).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            });
+        }
+    }
+}
+
+#[test]
+fn dns_over_tcp_dripped_a_byte_a_second_ends_within_the_budget() {
+    // UDP says "truncated, ask over TCP"; TCP then drips.
+    let port = fake_dns::start(
+        |q| {
+            let mut m = fake_dns::reply(q);
+            m.metadata.truncation = true;
+            Some(m)
+        },
+        true,
+    );
+    let node = Node::new();
+    let t = Instant::now();
+    let (code, err, status) = node.boot(&format!(
+        "rd.stateless.domain=lab.test rd.stateless.dns=127.0.0.1:{port} {NODE} rd.stateless.key=none rd.stateless.timeout=1 rd.stateless.onfail=reboot"
+    ));
+    let took = t.elapsed();
+    assert_eq!(code, 12, "{err}");
+    assert!(took < Duration::from_secs(4), "the loader took {took:?} with a 1 s budget: {err}");
+    assert_eq!(status["onfail"], "reboot", "{status}");
+    assert!(status["message"].as_str().unwrap().contains("DNS SRV _stateless._tcp.lab.test"), "{status}");
+}
+
+#[test]
+fn srv_targets_that_are_not_host_names_are_dropped() {
+    use hickory_proto::rr::rdata::{A, SRV};
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+    let site = Site::new();
+    site.publish("v1/nodes/node42/bundle", 1, node_scope(), &[("etc/motd", b"good target\n")], true);
+    let nginx = Nginx::start(&site.www(), None, "");
+    let port = nginx.port;
+    let trap = Site::new();
+    trap.publish("x/v1/nodes/node42/bundle", 1, node_scope(), &[("etc/motd", b"injected\n")], true);
+    let trap_nginx = Nginx::start(&trap.www(), None, "");
+    let trap_port = trap_nginx.port;
+    let dns = fake_dns::start(
+        move |q| {
+            let mut m = fake_dns::reply(q);
+            let question = q.queries.first()?;
+            let qname = question.name().clone();
+            let good = Name::from_ascii("up.lab.test.").unwrap();
+            match question.query_type() {
+                RecordType::SRV => {
+                    // Targets that would put a port, a path or user
+                    // information into the URL, ahead of the good one.
+                    let bad: [&[u8]; 4] = [b"127.0.0.1:1/x", b"127.0.0.1\\:1", b"user@127.0.0.1", b"up\xff"];
+                    for (i, label) in bad.iter().enumerate() {
+                        let target = Name::from_labels(vec![*label, b"lab", b"test"]).unwrap();
+                        let srv = SRV::new(1 + i as u16, 0, trap_port, target);
+                        m.answers.push(Record::from_rdata(qname.clone(), 60, RData::SRV(srv)));
+                    }
+                    m.answers.push(Record::from_rdata(qname, 60, RData::SRV(SRV::new(20, 0, port, good))));
+                }
+                RecordType::A if qname == good => {
+                    m.answers.push(Record::from_rdata(qname, 60, RData::A(A::new(127, 0, 0, 1))));
+                }
+                _ => {}
+            }
+            Some(m)
+        },
+        false,
+    );
+    let node = Node::new();
+    let (code, err, status) = node.boot(&format!(
+        "rd.stateless.domain=lab.test rd.stateless.dns=127.0.0.1:{dns} rd.stateless.insecure {NODE} {} rd.stateless.timeout=5",
+        key_arg(&site)
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(node.read("etc/motd").as_deref(), Some("good target\n"));
+    let attempts = status["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    assert!(attempts[0].as_str().unwrap().starts_with(&format!("http://up.lab.test:{port}/v1/")), "{attempts:?}");
+    let warnings = status["warnings"].to_string();
+    assert_eq!(warnings.matches("is not a host name; record ignored").count(), 4, "{warnings}");
+}
+
+#[test]
+fn a_byte_that_is_not_utf8_on_the_kernel_command_line_is_not_fatal() {
+    let site = Site::new();
+    site.publish("v1/nodes/node42/bundle", 1, node_scope(), &[("etc/motd", b"lossy\n")], true);
+    let nginx = Nginx::start(&site.www(), None, "");
+    let boot = |node: &Node, line: &[u8]| {
+        let file = node.dir.path().join("cmdline");
+        std::fs::write(&file, line).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_stateless-loader"))
+            .arg("--cmdline-file")
+            .arg(&file)
+            .arg("--sysroot")
+            .arg(node.sysroot())
+            .arg("--run-dir")
+            .arg(node.dir.path().join("run"))
+            .arg("--cache-dir")
+            .arg(node.dir.path().join("cache"))
+            .env("STATELESS_LOG_STDERR", "1")
+            .output()
+            .unwrap();
+        let status: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(node.dir.path().join("run/status.json")).unwrap_or_default())
+                .unwrap_or(serde_json::Value::Null);
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned(), status)
+    };
+    // A stray byte in another word: the boot goes on.
+    let node = Node::new();
+    let mut line = b"BOOT_IMAGE=/vmlinuz-\xff\xfe quiet label=caf\xe9 ".to_vec();
+    line.extend_from_slice(
+        format!("rd.stateless.server=http://127.0.0.1:{} {NODE} {}\n", nginx.port, key_arg(&site)).as_bytes(),
+    );
+    let (code, err, status) = boot(&node, &line);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(node.read("etc/motd").as_deref(), Some("lossy\n"));
+    assert_eq!(status["result"], "applied");
+    // Nothing to fetch: onfail decides, not the stray byte.
+    let node = Node::new();
+    let dead = support::free_port();
+    let mut line = b"root=LABEL=\x80\x81 ".to_vec();
+    line.extend_from_slice(
+        format!(
+            "rd.stateless.server=http://127.0.0.1:{dead} {NODE} rd.stateless.timeout=1 rd.stateless.onfail=poweroff"
+        )
+        .as_bytes(),
+    );
+    let (code, err, status) = boot(&node, &line);
+    assert_eq!(code, 13, "{err}");
+    assert_eq!(status["onfail"], "poweroff");
+}

@@ -14,7 +14,9 @@
 //! * `keys_sealed`, `keys_cpio`, `keys_usb`, `keys_tpm_response`,
 //!   `keys_pubkey_arg`: a few well-formed inputs made here (a sealed-key
 //!   file with made-up blobs, a key archive, a small FAT image with a key
-//!   file, TPM responses, `rd.stateless.pubkey=` values).
+//!   file, TPM responses, `rd.stateless.pubkey=` values);
+//! * `dns_answer`, `cmdline_split`: DNS answers and kernel command lines
+//!   made here (`stateless_fuzz::loader::seed`).
 //!
 //! Nothing is committed: `fuzz/corpus` is ignored by git.
 
@@ -94,6 +96,7 @@ fn main() {
         }
     }
     seed_keys(corpus);
+    stateless_fuzz::loader::seed(corpus);
     println!("seeded {} from {n} vectors ({plains} payloads recovered)", corpus.display());
 }
 
