@@ -580,3 +580,31 @@ fn max_age_refuses_old_bundles_from_the_server_and_the_cache() {
     assert_eq!(code, 10, "{err}");
     assert!(err.contains("over rd.stateless.max-age=7days"), "{err}");
 }
+
+#[test]
+fn an_unsigned_cache_slot_does_not_raise_the_rollback_floor() {
+    // Someone with the site key and the cache disk plants an unsigned
+    // bundle of a high generation: it must neither boot nor make the
+    // node refuse its real, signed bundles as rollbacks.
+    let site = Site::new();
+    let (_nginx, server) = serve(&site);
+    let publisher = SigningKey::generate().unwrap();
+    let node = Node::new();
+    let img = Image::new(&node, &[&site.key], &[&publisher]);
+    plant(&node.dir.path().join("cache"), &Make { motd: "planted\n", ..Make::new(50, &site.key, None) }.bytes());
+    site.put(REL, &Make::new(2, &site.key, Some(&publisher)).bytes());
+    let (code, err, status) = boot(&node, &img, &format!("{server} {NODE}"), true, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status["generation"], 2);
+    assert_eq!(node.read("etc/motd").as_deref(), Some("signed\n"));
+    assert!(err.contains(unsigned_line()), "the planted slot is named: {err}");
+    // Without publishers the same slot is authenticated by the site key
+    // alone and does set the floor: the signature is what tells them apart.
+    let bare = Node::new();
+    let img = Image::new(&bare, &[&site.key], &[]);
+    plant(&bare.dir.path().join("cache"), &Make { motd: "planted\n", ..Make::new(50, &site.key, None) }.bytes());
+    let (code, err, status) = boot(&bare, &img, &format!("{server} {NODE}"), true, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("rollback refused: bundle generation 2 is older than generation 50"), "{err}");
+    assert_eq!(status["source"], "cache-current");
+}
