@@ -379,6 +379,50 @@ mod tests {
         assert!(trust(Some(day), None).check_age(&header(now + 3600), false).is_ok());
     }
 
+    /// A cheap deterministic sweep over command lines built from the trust
+    /// and key-list tokens: whatever the mix, parsing ends in a config or
+    /// a one-line error, never a panic.
+    #[test]
+    fn token_soup_of_trust_words_never_panics() {
+        let hex = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+        let inline = format!("ed25519:{hex}");
+        let tokens = [
+            "rd.stateless.key=",
+            "rd.stateless.pubkey=",
+            "rd.stateless.max-age=",
+            "rd.stateless.max-age-offline=",
+            "tpm",
+            "usb",
+            "usb:",
+            "file:/k",
+            ",",
+            "none",
+            "auto",
+            "7d",
+            "0",
+            "99999999999999999999y",
+            "1s",
+            " ",
+            "\"",
+            "é",
+            &inline,
+            "file:",
+        ];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..20_000 {
+            let mut line = String::new();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            for i in 0..(x % 10) {
+                line.push_str(tokens[((x >> (i * 5 + 4)) % tokens.len() as u64) as usize]);
+            }
+            if let Err(e) = crate::cmdline::Config::from_cmdline(&line) {
+                assert_eq!(e.to_string().lines().count(), 1, "{line:?}: {e}");
+            }
+        }
+    }
+
     #[test]
     fn auto_excludes_usb_when_the_image_has_keys() {
         let dir = tempfile::tempdir().unwrap();
