@@ -608,3 +608,45 @@ fn an_unsigned_cache_slot_does_not_raise_the_rollback_floor() {
     assert!(err.contains("rollback refused: bundle generation 2 is older than generation 50"), "{err}");
     assert_eq!(status["source"], "cache-current");
 }
+
+#[test]
+fn a_cached_bundle_signed_by_a_rotated_out_key_is_refused() {
+    // The node trusted old and new; it applied and cached an old-signed
+    // bundle. Once the old key leaves its boot image, that cache slot is
+    // refused on an offline boot, and a new-signed one still boots.
+    let site = Site::new();
+    let (nginx, server) = serve(&site);
+    let (old, new) = (SigningKey::generate().unwrap(), SigningKey::generate().unwrap());
+    let node = Node::new();
+    let img = Image::new(&node, &[&site.key], &[&old, &new]);
+    site.put(REL, &Make { motd: "old-signed\n", ..Make::new(1, &site.key, Some(&old)) }.bytes());
+    let (code, err, _) = boot(&node, &img, &format!("{server} {NODE}"), true, &[]);
+    assert_eq!(code, 0, "{err}");
+    drop(nginx);
+    let offline = format!("{NODE} {}", offline());
+    node.fresh_sysroot();
+    let (code, err, status) = boot(&node, &img, &offline, true, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status["source"], "cache-current");
+
+    fs::remove_file(img.pub_path(&old)).unwrap();
+    node.fresh_sysroot();
+    let (code, err, status) = boot(&node, &img, &offline, true, &[]);
+    assert_eq!(code, 10, "{err}");
+    assert!(err.contains(&format!("cache-current: {}", foreign_line(&old, &new))), "{err}");
+    assert!(status["message"].as_str().unwrap().contains("cache-current refused"), "{status}");
+    assert_eq!(node.read("etc/motd"), None);
+
+    // Planted by someone who has the site key but only the old signing key:
+    // the previous slot is checked as strictly as the current one.
+    let cache = node.dir.path().join("cache");
+    plant(&cache, &Make { motd: "new-signed\n", ..Make::new(2, &site.key, Some(&new)) }.bytes());
+    plant(&cache, &Make { motd: "old again\n", ..Make::new(3, &site.key, Some(&old)) }.bytes());
+    node.fresh_sysroot();
+    let (code, err, status) = boot(&node, &img, &offline, true, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(&format!("cache-current: {}", foreign_line(&old, &new))), "{err}");
+    assert_eq!(status["source"], "cache-previous");
+    assert_eq!(status["signer"], new.signer_id().to_string());
+    assert_eq!(node.read("etc/motd").as_deref(), Some("new-signed\n"));
+}
