@@ -373,8 +373,15 @@ impl<R: Read + Send> Authenticated<R> {
     /// byte is read, and makes [`Authenticated::extract`] hash the payload
     /// and refuse it unless it matches the signed digest. Without this call
     /// a signature is not checked.
-    pub fn require_signature(mut self, publisher: &PublicKey) -> Result<Self, OpenError> {
-        self.signer = Some(self.raw.verify_signature(publisher)?);
+    pub fn require_signature(self, publisher: &PublicKey) -> Result<Self, OpenError> {
+        self.require_signature_by_any(std::slice::from_ref(publisher))
+    }
+
+    /// [`Authenticated::require_signature`] with a set of trusted
+    /// publishers: a signature by any one of them is accepted (see
+    /// [`RawHeader::verify_signature_by_any`]).
+    pub fn require_signature_by_any(mut self, publishers: &[PublicKey]) -> Result<Self, OpenError> {
+        self.signer = Some(self.raw.verify_signature_by_any(publishers)?);
         Ok(self)
     }
 

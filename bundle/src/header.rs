@@ -422,11 +422,25 @@ impl RawHeader {
     /// SHA-256, not the payload: a reader must still check the payload
     /// against it ([`crate::Authenticated::require_signature`] does).
     pub fn verify_signature(&self, publisher: &PublicKey) -> Result<SignerId, SignatureError> {
+        self.verify_signature_by_any(std::slice::from_ref(publisher))
+    }
+
+    /// [`RawHeader::verify_signature`] with a set of trusted publishers (a
+    /// site rotating its publisher key trusts the old and the new one): the
+    /// header must be signed by one of them, chosen by the signer id it
+    /// carries, and the signature must verify with that key.
+    pub fn verify_signature_by_any(&self, publishers: &[PublicKey]) -> Result<SignerId, SignatureError> {
         let slot = self.fields.signature.as_ref().ok_or(SignatureError::Unsigned)?;
-        let (found, expected) = (SignerId(slot.signer), publisher.signer_id());
-        if found != expected {
-            return Err(SignatureError::WrongSigner { found, expected });
-        }
+        let found = SignerId(slot.signer);
+        let Some(publisher) = publishers.iter().find(|p| p.signer_id() == found) else {
+            return Err(match publishers {
+                [one] => SignatureError::WrongSigner { found, expected: one.signer_id() },
+                _ => SignatureError::UntrustedSigner {
+                    found,
+                    trusted: publishers.iter().map(PublicKey::signer_id).collect(),
+                },
+            });
+        };
         if !publisher.verify(Header::signed_bytes(&self.bytes), &slot.signature) {
             return Err(SignatureError::BadSignature);
         }
@@ -635,6 +649,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_set_of_publishers_accepts_any_member_and_names_the_stranger() {
+        let (old, new, stranger) =
+            (SigningKey::from_seed(&[1; 32]), SigningKey::from_seed(&[2; 32]), SigningKey::from_seed(&[3; 32]));
+        let key = Key::from_bytes([1; 32]);
+        let trusted = [old.public_key(), new.public_key()];
+        let signed_by = |sk: &SigningKey| {
+            let mut h = header(Cipher::Aes256GcmStream, &key);
+            h.sign(sk).unwrap();
+            RawHeader::parse(&h.to_bytes(Some(&key)).unwrap()).unwrap()
+        };
+        assert_eq!(signed_by(&old).verify_signature_by_any(&trusted), Ok(old.signer_id()));
+        assert_eq!(signed_by(&new).verify_signature_by_any(&trusted), Ok(new.signer_id()));
+        let err = signed_by(&stranger).verify_signature_by_any(&trusted).unwrap_err();
+        assert_eq!(
+            err,
+            SignatureError::UntrustedSigner {
+                found: stranger.signer_id(),
+                trusted: vec![old.signer_id(), new.signer_id()]
+            }
+        );
+        let msg = err.to_string();
+        assert!(msg.contains(&stranger.signer_id().short()) && msg.contains(&new.signer_id().short()), "{msg}");
+        // One trusted key: the message `bundle verify --pubkey` prints.
+        let one = signed_by(&stranger).verify_signature_by_any(&trusted[..1]).unwrap_err();
+        assert_eq!(one, SignatureError::WrongSigner { found: stranger.signer_id(), expected: old.signer_id() });
+        let none = signed_by(&stranger).verify_signature_by_any(&[]).unwrap_err().to_string();
+        assert!(none.ends_with("(none configured)"), "{none}");
+        let unsigned = RawHeader::parse(&header(Cipher::Aes256GcmStream, &key).to_bytes(Some(&key)).unwrap()).unwrap();
+        assert_eq!(unsigned.verify_signature_by_any(&trusted), Err(SignatureError::Unsigned));
     }
 
     #[test]

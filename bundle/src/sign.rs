@@ -252,6 +252,15 @@ pub enum SignatureError {
         /// The id of the key the reader was given.
         expected: SignerId,
     },
+    /// The header names a publisher that is not in the trusted set (several
+    /// trusted publishers; with one, [`SignatureError::WrongSigner`]).
+    #[error("bundle is signed by publisher {}, not one of the trusted publishers {}", found.short(), short_list(trusted))]
+    UntrustedSigner {
+        /// The signer id in the header.
+        found: SignerId,
+        /// The ids of the keys the reader was given (empty: none).
+        trusted: Vec<SignerId>,
+    },
     /// The signature does not verify over the header as received.
     #[error("publisher signature does not verify: the header was modified or is corrupt")]
     BadSignature,
@@ -261,6 +270,14 @@ pub enum SignatureError {
         /// The publisher whose signature covered the digest.
         signer: SignerId,
     },
+}
+
+/// Short signer ids, comma-separated, for a console line.
+fn short_list(ids: &[SignerId]) -> String {
+    if ids.is_empty() {
+        return "(none configured)".to_owned();
+    }
+    ids.iter().map(SignerId::short).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]

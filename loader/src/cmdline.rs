@@ -67,6 +67,10 @@ pub const WORDS: &[(&str, &str)] = &[
     ("debug", "rd.stateless.debug[=0|1]"),
     ("overlay", "rd.stateless.overlay=0|1"),
     ("tpm", "rd.stateless.tpm=device:/PATH|swtpm:host=HOST,port=PORT"),
+    // Fleet trust (issue 13), parsed by crate::trust.
+    ("pubkey", "rd.stateless.pubkey=file:/PATH|ed25519:HEX[,...]"),
+    ("max-age", "rd.stateless.max-age=DURATION"),
+    ("max-age-offline", "rd.stateless.max-age-offline=DURATION|none"),
 ];
 
 /// One word of a kernel command line.
@@ -169,6 +173,9 @@ pub enum KeyChoice {
     Tpm,
     /// No key: only unencrypted bundles are accepted.
     None,
+    /// Exactly these sources (each `File`, `Usb` or `Tpm`), in this order:
+    /// `rd.stateless.key=tpm,usb:KEYS`.
+    List(Vec<KeyChoice>),
 }
 
 /// Which device holds the last-known-good cache.
@@ -277,6 +284,8 @@ pub struct Config {
     pub overlay: Option<bool>,
     /// `BOOTIF=`: the MAC address of the NIC the firmware booted from.
     pub bootif: Option<MacAddr>,
+    /// `pubkey=`, `max-age=`, `max-age-offline=` ([`crate::trust`]).
+    pub trust: crate::trust::TrustConfig,
     /// Words that were ignored, and why (log them as warnings).
     pub warnings: Vec<String>,
 }
@@ -301,6 +310,7 @@ impl Default for Config {
             debug: false,
             overlay: None,
             bootif: None,
+            trust: crate::trust::TrustConfig::default(),
             warnings: Vec::new(),
         }
     }
@@ -375,6 +385,12 @@ pub enum Reason {
     /// `cache=LABEL=` and the like with nothing after the `=`.
     #[error("{0} needs a value")]
     EmptyCacheName(&'static str),
+    /// A malformed trust word ([`crate::trust`]).
+    #[error(transparent)]
+    Trust(#[from] crate::trust::TrustWordError),
+    /// A `key=` list with an entry that is not a single source.
+    #[error("a list takes only file:/PATH, usb, usb:LABEL and tpm, in the order to try them")]
+    KeyList,
     /// A `pin=` entry without `sha256:`.
     #[error("{pin:?} does not start with sha256:")]
     PinAlgorithm {
@@ -456,6 +472,7 @@ impl Config {
             "insecure" => self.insecure = parse_bool(value)?,
             "debug" => self.debug = parse_bool(value)?,
             "overlay" => self.overlay = Some(parse_bool(value)?),
+            "pubkey" | "max-age" | "max-age-offline" => return Ok(self.trust.apply(name, value)?),
             _ => return Ok(false),
         }
         Ok(true)
@@ -481,6 +498,7 @@ impl Config {
             "insecure" => self.insecure = d.insecure,
             "debug" => self.debug = d.debug,
             "overlay" => self.overlay = d.overlay,
+            "pubkey" | "max-age" | "max-age-offline" => self.trust.reset(name),
             _ => {}
         }
     }
@@ -595,6 +613,14 @@ fn parse_abs_path(v: &str) -> Result<PathBuf, Reason> {
 
 fn parse_key(v: &str) -> Result<KeyChoice, Reason> {
     const CHOICES: &str = "auto, file:/PATH, usb, usb:LABEL, tpm, none";
+    // A list pins the sources a site allows, in order (issue 13).
+    if v.contains(',') {
+        let items = v.split(',').map(parse_key).collect::<Result<Vec<_>, _>>()?;
+        if items.iter().any(|k| matches!(k, KeyChoice::Auto | KeyChoice::None | KeyChoice::List(_))) {
+            return Err(Reason::KeyList);
+        }
+        return Ok(KeyChoice::List(items));
+    }
     match v {
         "auto" => Ok(KeyChoice::Auto),
         "usb" => Ok(KeyChoice::Usb { label: None }),
@@ -1053,6 +1079,68 @@ mod tests {
     }
 
     #[test]
+    fn trust_words_and_key_lists() {
+        use crate::trust::OfflineAge;
+        let hex = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+        let cfg = parse(&format!(
+            "rd.stateless.key=tpm,usb:KEYS,file:/k.key rd.stateless.pubkey=file:/p/a.pub,ed25519:{hex} \
+             rd.stateless.max-age=2d rd.stateless.max-age-offline=none"
+        ))
+        .unwrap();
+        assert_eq!(
+            cfg.key,
+            KeyChoice::List(vec![
+                KeyChoice::Tpm,
+                KeyChoice::Usb { label: Some("KEYS".into()) },
+                KeyChoice::File("/k.key".into())
+            ])
+        );
+        assert_eq!(cfg.trust.pubkeys.as_ref().map(Vec::len), Some(2));
+        assert_eq!(cfg.trust.max_age, Some(Duration::from_secs(2 * 86_400)));
+        assert_eq!(cfg.trust.max_age_offline, Some(OfflineAge::Unlimited));
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+        let reset =
+            parse("rd.stateless.max-age=2d rd.stateless.max-age= rd.stateless.pubkey=ed25519:00 rd.stateless.pubkey=");
+        assert_eq!(reset.map(|c| c.trust), Err("rd.stateless.pubkey=ed25519:00: publisher key entry 1: ed25519: wants the 64 hex digits of a publisher public key".to_owned()));
+        let reset = parse(&format!(
+            "rd.stateless.max-age=2d rd.stateless.max-age= rd.stateless.pubkey=ed25519:{hex} rd.stateless.pubkey="
+        ))
+        .unwrap();
+        assert_eq!(reset.trust, crate::trust::TrustConfig::default());
+        let cases: &[(&str, &str)] = &[
+            (
+                "rd.stateless.key=auto,usb",
+                "rd.stateless.key=auto,usb: a list takes only file:/PATH, usb, usb:LABEL and tpm, in the order to try them",
+            ),
+            (
+                "rd.stateless.key=tpm,none",
+                "rd.stateless.key=tpm,none: a list takes only file:/PATH, usb, usb:LABEL and tpm, in the order to try them",
+            ),
+            ("rd.stateless.key=tpm,", "rd.stateless.key=tpm,: not one of auto, file:/PATH, usb, usb:LABEL, tpm, none"),
+            ("rd.stateless.key=tpm,file:k", "rd.stateless.key=tpm,file:k: not an absolute path"),
+            ("rd.stateless.max-age=7", "rd.stateless.max-age=7: not a duration like 36h, 7d or 2weeks"),
+            ("rd.stateless.max-age=0d", "rd.stateless.max-age=0d: a maximum age of zero refuses every bundle"),
+            ("rd.stateless.max-age", "rd.stateless.max-age: needs a value (rd.stateless.max-age=DURATION)"),
+            (
+                "rd.stateless.max-age-offline=never",
+                "rd.stateless.max-age-offline=never: not a duration like 36h, 7d or 2weeks",
+            ),
+            (
+                "rd.stateless.pubkey=/p.pub",
+                "rd.stateless.pubkey=/p.pub: publisher key entry 1 \"/p.pub\": expected file:PATH or ed25519:HEX",
+            ),
+        ];
+        for (line, want) in cases {
+            assert_eq!(parse(line).map(|c| c.warnings), Err((*want).to_owned()), "cmdline {line:?}");
+        }
+        // A typo of the new words is caught like any other.
+        assert_eq!(
+            parse("rd.stateless.maxage=2d").unwrap().warnings,
+            ["rd.stateless.maxage=2d: unknown word, ignored; did you mean rd.stateless.max-age?"]
+        );
+    }
+
+    #[test]
     fn docs_describe_every_word() {
         let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/cmdline.md")).unwrap();
         for (name, syntax) in WORDS {
@@ -1068,6 +1156,7 @@ mod tests {
             "--key-dir",
             "--sealed-dir",
             "--usb-device",
+            "--publisher-dir",
         ] {
             assert!(doc.contains(flag), "docs/cmdline.md lacks {flag}");
         }

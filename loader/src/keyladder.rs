@@ -1,9 +1,13 @@
 //! The key ladder: where the loader looks for the key a bundle names.
 //!
 //! `rd.stateless.key=auto` tries the keys embedded in the boot image
-//! (`/etc/stateless/keys/*.key`), then a USB stick labelled `STATELESS`,
-//! then the TPM (`/etc/stateless/tpm/*.sealed`), and stops at the first key
-//! whose id is the bundle's. Only when none has it does the loader wait for
+//! (`/etc/stateless/keys/*.key`), then the TPM
+//! (`/etc/stateless/tpm/*.sealed`), and stops at the first key whose id is
+//! the bundle's. A USB stick labelled `STATELESS` comes last, and only on a
+//! node whose boot image holds neither (a node provisioned by stick): on a
+//! node with keys of its own, a stick must not outvote them
+//! ([`crate::trust::auto_excludes_usb`]). A list (`rd.stateless.key=tpm,usb:KEYS`)
+//! tries exactly the sources it names, in its order. Only when none has it does the loader wait for
 //! a stick that is slow to appear: it polls `/sys/class/block` for up to
 //! [`USB_WAIT`] and looks again whenever the set of block devices changes.
 //! An explicit `usb` choice waits the same way. The wait happens at most once
@@ -59,20 +63,51 @@ pub fn pick_key(choice: &KeyChoice, places: &KeyPlaces, needed: KeyId) -> Result
         mount_dir: places.usb_mount.clone(),
     };
     let tpm = || TpmSource { dir: places.sealed_dir.clone(), selector: places.tpm.clone() };
+    // A stick `auto` leaves out, and why: named in the error.
+    let mut excluded = None;
     let (sources, usb_at): (Vec<Box<dyn KeySource>>, Option<usize>) = match choice {
         KeyChoice::Auto => {
-            (vec![Box::new(DirSource(places.key_dir.clone())), Box::new(usb(DEFAULT_LABEL)), Box::new(tpm())], Some(1))
+            // The node's own keys first; a stick only on a node that has
+            // none, so that it cannot outvote them (crate::trust).
+            let own: Vec<Box<dyn KeySource>> = vec![Box::new(DirSource(places.key_dir.clone())), Box::new(tpm())];
+            match crate::trust::auto_excludes_usb(&places.key_dir, &places.sealed_dir) {
+                Some(why) => {
+                    excluded = Some((usb(DEFAULT_LABEL).describe(), why));
+                    (own, None)
+                }
+                None => {
+                    (own.into_iter().chain([Box::new(usb(DEFAULT_LABEL)) as Box<dyn KeySource>]).collect(), Some(2))
+                }
+            }
         }
         KeyChoice::File(p) => (vec![Box::new(FileSource(p.clone()))], None),
         KeyChoice::Usb { label } => (vec![Box::new(usb(label.as_deref().unwrap_or(DEFAULT_LABEL)))], Some(0)),
         KeyChoice::Tpm => (vec![Box::new(tpm())], None),
         KeyChoice::None => return Err(format!("bundle needs key {} but rd.stateless.key=none", needed.short())),
+        KeyChoice::List(items) => {
+            let mut list: Vec<Box<dyn KeySource>> = Vec::new();
+            let mut usb_at = None;
+            for item in items {
+                match item {
+                    KeyChoice::File(p) => list.push(Box::new(FileSource(p.clone()))),
+                    KeyChoice::Usb { label } => {
+                        usb_at.get_or_insert(list.len());
+                        list.push(Box::new(usb(label.as_deref().unwrap_or(DEFAULT_LABEL))));
+                    }
+                    KeyChoice::Tpm => list.push(Box::new(tpm())),
+                    // The parser keeps these out of lists.
+                    KeyChoice::Auto | KeyChoice::None | KeyChoice::List(_) => {}
+                }
+            }
+            (list, usb_at)
+        }
     };
     let refs: Vec<&dyn KeySource> = sources.iter().map(AsRef::as_ref).collect();
     let mut offered = match find_key(needed, &refs) {
         Ok(found) => return Ok(found),
         Err(offered) => offered,
     };
+    offered.0.extend(excluded.map(|(name, why)| (name, Err(why))));
     // Only a scan can see a stick arrive; an explicit device list cannot change.
     if let (Some(i), Devices::Scan { .. }) = (usb_at, &places.usb) {
         if let Some(src) = sources.get(i).filter(|_| !USB_WAITED.swap(true, Ordering::Relaxed)) {

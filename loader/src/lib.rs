@@ -19,3 +19,4 @@ pub mod pipeline;
 pub mod srv;
 pub mod staging;
 pub mod template;
+pub mod trust;

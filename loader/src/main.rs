@@ -57,6 +57,10 @@ struct Args {
     #[arg(long, value_name = "DIR", default_value = stateless_keys::SEALED_DIR)]
     sealed_dir: PathBuf,
 
+    /// Directory of publisher public keys (*.pub) embedded in the boot image
+    #[arg(long, value_name = "DIR", default_value = stateless_keys::PUBLISHER_DIR)]
+    publisher_dir: PathBuf,
+
     /// Look for the USB key stick only on this device or image file (repeatable; tests)
     #[arg(long = "usb-device", value_name = "PATH")]
     usb_devices: Vec<PathBuf>,
@@ -105,6 +109,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         key_dir: args.key_dir.clone(),
         sealed_dir: args.sealed_dir.clone(),
         usb_devices: args.usb_devices.clone(),
+        publisher_dir: args.publisher_dir.clone(),
     };
     // The overlay, when asked for or when the root cannot be written, comes
     // first: the bundle must land in the upper layer, never in the base image.

@@ -68,6 +68,9 @@ pub struct Paths {
     /// Devices to look at for a USB key stick instead of scanning
     /// `/sys/class/block` (tests; empty: scan).
     pub usb_devices: Vec<PathBuf>,
+    /// Directory of publisher public keys embedded in the boot image
+    /// ([`crate::trust`]).
+    pub publisher_dir: PathBuf,
 }
 
 /// What happened, written to `status.json` and summarised on the console.
@@ -92,6 +95,9 @@ pub struct Report {
     pub key_id: Option<String>,
     /// Where the key came from.
     pub key_source: Option<String>,
+    /// The publisher whose signature was checked (signer id), when
+    /// signatures are required.
+    pub signer: Option<String>,
     /// When the applied bundle was fetched (Unix seconds).
     pub fetched: Option<i64>,
     /// Milliseconds per stage.
@@ -133,6 +139,8 @@ struct Ctx<'a> {
     identity: Option<Identity>,
     /// A key is configured: unencrypted bundles are a downgrade.
     key_required: bool,
+    /// Publishers and freshness ([`crate::trust`]), loaded first thing.
+    trust: crate::trust::Trust,
 }
 
 /// A bundle that authenticated and is extracted in staging.
@@ -140,6 +148,8 @@ struct Ready {
     header: Header,
     digest: String,
     key_source: Option<String>,
+    /// The trusted publisher that signed it, when signatures are required.
+    signer: Option<stateless_bundle::SignerId>,
 }
 
 /// Runs the whole pipeline and writes the status file. Never panics on
@@ -155,6 +165,7 @@ pub fn run(config: &Config, paths: &Paths) -> Report {
         floor_from: None,
         identity: None,
         key_required: !matches!(config.key, KeyChoice::None),
+        trust: crate::trust::Trust::default(),
     };
     let outcome = run_inner(&mut ctx);
     let mut report = ctx.report;
@@ -213,6 +224,12 @@ impl Ctx<'_> {
 
 fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, String> {
     fs::create_dir_all(&ctx.paths.run_dir).map_err(|e| format!("creating {}: {e}", ctx.paths.run_dir.display()))?;
+    // --- trust (issue 13): a publisher key that is named but unreadable
+    // fails the boot rather than turn signature checks off.
+    ctx.trust = crate::trust::Trust::load(&ctx.config.trust, &ctx.paths.publisher_dir)
+        .map_err(|e| format!("no bundle applied: {}", chain(&e)))?;
+    log::info!("trust: {}", ctx.trust.describe());
+    // --- end trust
     match identity::discover(&ctx.paths.host_root, ctx.config.node.as_deref(), ctx.config.bootif) {
         Ok(id) => {
             log::debug!("node {} (from {})", id.node, id.source);
@@ -314,9 +331,10 @@ fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, String> {
 }
 
 fn key_note(r: &Ready) -> String {
+    let signed = r.signer.map(|s| format!(", signed by {}", s.short())).unwrap_or_default();
     match &r.key_source {
-        Some(src) => format!(" (key {} from {src})", r.header.key_id.short()),
-        None => " (unencrypted)".into(),
+        Some(src) => format!(" (key {} from {src}{signed})", r.header.key_id.short()),
+        None => format!(" (unencrypted{signed})"),
     }
 }
 
@@ -716,6 +734,7 @@ fn apply_staged(ctx: &mut Ctx<'_>, ready: &Ready, staging: Staging, source: &'st
     ctx.report.digest = Some(ready.digest.clone());
     ctx.report.key_id = (ready.header.cipher != Cipher::None).then(|| ready.header.key_id.to_string());
     ctx.report.key_source = ready.key_source.clone();
+    ctx.report.signer = ready.signer.map(|s| s.to_string());
     Ok(())
 }
 
@@ -728,6 +747,8 @@ const READ_BUFFER: usize = 256 * 1024;
 /// this fails.
 fn verify_reader<R: Read + Send>(ctx: &mut Ctx<'_>, input: R, source: &str) -> Result<(Ready, Staging), String> {
     let reader = BundleReader::new(input).map_err(|e| e.to_string())?;
+    // trust (issue 13): the publisher signature, before any key lookup.
+    let signer = ctx.trust.check_signature(reader.raw_header()).map_err(|e| e.to_string())?;
     let needed = reader.key_id();
     let (key, key_source): (Option<Key>, Option<String>) = match reader.raw_header().cipher() {
         Cipher::None => {
@@ -742,6 +763,9 @@ fn verify_reader<R: Read + Send>(ctx: &mut Ctx<'_>, input: R, source: &str) -> R
         }
     };
     let bundle = reader.authenticate(key.as_ref(), &ctx.limits).map_err(|e| e.to_string())?;
+    // trust (issue 13): the payload must be the one signed; freshness.
+    let bundle = ctx.trust.require(bundle).map_err(|e| e.to_string())?;
+    ctx.trust.check_age(bundle.header(), source.starts_with("cache")).map_err(|e| e.to_string())?;
     let header = bundle.header().clone();
     let digest = bundle.digest_hex();
     if !source.starts_with("cache") {
@@ -757,7 +781,7 @@ fn verify_reader<R: Read + Send>(ctx: &mut Ctx<'_>, input: R, source: &str) -> R
         staging.discard();
         return Err(chain(&e));
     }
-    Ok((Ready { header, digest, key_source }, staging))
+    Ok((Ready { header, digest, key_source, signer }, staging))
 }
 
 fn pick_key(ctx: &Ctx<'_>, needed: KeyId) -> Result<(Key, String), String> {
@@ -842,6 +866,10 @@ fn rollback_floor(ctx: &mut Ctx<'_>, cache: &Cache, known: Option<&Key>) -> Opti
         if raw.cipher() == Cipher::None {
             return Err("not encrypted, so not authenticated".to_owned());
         }
+        // trust (issue 13): a slot no trusted publisher signed must not
+        // raise the floor (a forged high generation would refuse every
+        // real bundle).
+        ctx.trust.check_signature(raw).map_err(|e| e.to_string())?;
         let key = match keys.iter().position(|k| k.id() == raw.key_id()) {
             Some(i) => keys.swap_remove(i),
             None => pick_key(ctx, raw.key_id())?.0,
