@@ -565,7 +565,8 @@ fn check_response_hmac(session_key: &[u8], cc: u32, reply: &Reply, nonce: &[u8])
     h.update(reply.params.as_slice());
     let rp_hash: [u8; 32] = h.finalize().into();
     let want = salt::hmac(session_key, &[&rp_hash, nonce_tpm, nonce, attrs]).map_err(TpmError::Salt)?;
-    if !salt::constant_time_eq(&want, their_hmac) {
+    // No early exit: the time taken must not say how many leading bytes matched.
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(want.as_slice(), their_hmac)) {
         return Err(TpmError::Salt("the response HMAC does not verify: the answer did not come from the TPM".into()));
     }
     Ok(nonce_tpm.to_vec())
