@@ -40,12 +40,12 @@ const APPLIED: &str = r#"{
   "generation": 7,
   "digest": "6f1c0e2b9d4a7c3e5f6a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e",
   "key_id": "3b0e6c5f1a2d4e7f8091a2b3c4d5e6f7",
-  "key_source": "file:/etc/stateless/site.key",
+  "key_source": "key file /etc/stateless/site.key",
   "fetched": 1767225600,
   "timings_ms": [["fetch", 12], ["total", 40]],
   "attempts": ["http://127.0.0.1:8080/v1/nodes/node42/bundle: 200"],
   "warnings": ["cache device LABEL=slcache not found; booting without a cache"],
-  "message": "stateless: applied generation 7 from http://127.0.0.1:8080/v1/nodes/node42/bundle (key 3b0e6c5f)",
+  "message": "applied generation 7 from http://127.0.0.1:8080/v1/nodes/node42/bundle (key 3b0e6c5f… from key file /etc/stateless/site.key) in 0.0 s",
   "onfail": null
 }"#;
 
@@ -61,20 +61,20 @@ source:     server (http://127.0.0.1:8080/v1/nodes/node42/bundle)
 node:       node42
 generation: 7
 digest:     6f1c0e2b9d4a7c3e5f6a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e
-key:        3b0e6c5f1a2d4e7f8091a2b3c4d5e6f7 from file:/etc/stateless/site.key
+key:        3b0e6c5f1a2d4e7f8091a2b3c4d5e6f7 from key file /etc/stateless/site.key
 fetched:    2026-01-01T00:00:00Z
 warnings:   1
   - cache device LABEL=slcache not found; booting without a cache
-console:    stateless: applied generation 7 from http://127.0.0.1:8080/v1/nodes/node42/bundle (key 3b0e6c5f)
+console:    applied generation 7 from http://127.0.0.1:8080/v1/nodes/node42/bundle (key 3b0e6c5f… from key file /etc/stateless/site.key) in 0.0 s
 ";
     assert_eq!(out, want);
 
     // A failed boot: what is missing shows as `-`, and the onfail action.
-    fs::write(&file, r#"{"result":"failed","source":"none","warnings":[],"message":"stateless: no key; onfail=emergency","onfail":"emergency"}"#)
+    fs::write(&file, r#"{"result":"failed","source":"none","warnings":[],"message":"no usable key (tried: key file /etc/stateless/site.key: not found); onfail=emergency","onfail":"emergency"}"#)
         .unwrap();
     let out = ok(&["status", "--status", file.to_str().unwrap()]);
     assert!(out.starts_with("result:     failed (onfail=emergency)\nsource:     none\nnode:       -\n"), "{out}");
-    assert!(out.contains("warnings:   none\nconsole:    stateless: no key; onfail=emergency\n"), "{out}");
+    assert!(out.contains("warnings:   none\nconsole:    no usable key (tried: key file /etc/stateless/site.key: not found); onfail=emergency\n"), "{out}");
 }
 
 #[test]
