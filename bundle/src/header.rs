@@ -41,6 +41,7 @@
 use hkdf::Hkdf;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::key::{KEY_ID_LEN, Key, KeyId, hex_encode};
@@ -454,7 +455,7 @@ impl RawHeader {
         let (fields, tag) = self.bytes.split_at(TAGGED_LEN);
         match self.fields.cipher {
             Cipher::None => {
-                if !constant_time_eq(&sha256(fields), tag) {
+                if !bool::from(sha256(fields).as_slice().ct_eq(tag)) {
                     return Err(HeaderError::BadChecksum);
                 }
                 Ok((self.fields.clone(), None))
@@ -506,10 +507,6 @@ pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(&Sha256::digest(data));
     out
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 struct Writer<'a> {

@@ -1,6 +1,5 @@
 //! Command-line definitions of the server commands (serve, publish, nodes,
-//! approve, reject, pushes, accept-push) and of `persist`. The doc comments
-//! are the help text.
+//! approve, reject, pushes, accept-push). The doc comments are the help text.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -84,7 +83,7 @@ pub struct ApproveArgs {
     /// Enrol the node for push: its key file, from which only the push public key is derived and stored.
     #[arg(long, value_name = "KEYFILE", conflicts_with = "push_public_key")]
     pub push_key: Option<PathBuf>,
-    /// Enrol the node for push with the public key `statelessctl persist --print-public-key` printed.
+    /// Enrol the node for push with the public key `stateless-node persist --print-public-key` printed.
     #[arg(long, value_name = "HEX")]
     pub push_public_key: Option<String>,
     /// Publish the node's pushes without review.
@@ -126,44 +125,4 @@ pub struct AcceptPushArgs {
     /// How many earlier bundles to keep in the history.
     #[arg(long, default_value_t = stateless_server::store::DEFAULT_HISTORY)]
     pub keep: usize,
-}
-
-/// `statelessctl persist`
-#[derive(Debug, Clone, Args)]
-pub struct PersistArgs {
-    /// Paths to persist, besides those in the config file (absolute, as on the running node).
-    pub paths: Vec<String>,
-    /// The persist config file.
-    #[arg(long, default_value = "/etc/stateless/persist.conf")]
-    pub config: PathBuf,
-    /// The loader's status file (server, node and generation when not configured).
-    #[arg(long, default_value = "/run/stateless/status.json")]
-    pub status: PathBuf,
-    /// The root the paths are read from.
-    #[arg(long, default_value = "/")]
-    pub root: PathBuf,
-    /// The server's base URL, e.g. https://cfg.example:8443.
-    #[arg(long)]
-    pub server: Option<String>,
-    /// The node id.
-    #[arg(long)]
-    pub node: Option<String>,
-    /// The node's key file.
-    #[arg(long)]
-    pub key: Option<PathBuf>,
-    /// CA certificate (PEM) for an https server.
-    #[arg(long)]
-    pub ca: Option<PathBuf>,
-    /// Generation of the pushed bundle (default: one more than the newest known).
-    #[arg(long)]
-    pub generation: Option<u64>,
-    /// Do not start from the node's current bundle; push only the listed paths.
-    #[arg(long)]
-    pub only_paths: bool,
-    /// Write the bundle here instead of pushing it.
-    #[arg(long, value_name = "FILE")]
-    pub output: Option<PathBuf>,
-    /// Print the push public key to enrol with `approve --push-public-key`, and exit.
-    #[arg(long)]
-    pub print_public_key: bool,
 }

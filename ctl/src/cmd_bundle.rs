@@ -1,18 +1,125 @@
 //! `statelessctl bundle …`
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
 use serde::Serialize;
 use stateless_bundle::{
     BundleReader, Cipher, Header, Key, Limits, OpenOptions, PackOptions, PublicKey, RelPath, Scope, SignerId, sha_hex,
 };
 use stateless_keys::{read_key_file, read_public_key_file, read_signing_key_file};
 
-use crate::cli::{BundleCmd, LimitArgs, PubkeyArg};
+/// Limits on what a bundle may hold (defaults in docs/bundle-format.md).
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Largest payload, e.g. 512M (default 512 MiB).
+    #[arg(long, value_name = "SIZE", value_parser = crate::cli::parse_size)]
+    pub max_payload: Option<u64>,
+    /// Largest decompressed tar, e.g. 2G (default 2 GiB).
+    #[arg(long, value_name = "SIZE", value_parser = crate::cli::parse_size)]
+    pub max_expanded: Option<u64>,
+    /// Most entries (default 100000).
+    #[arg(long, value_name = "N")]
+    pub max_entries: Option<u32>,
+    /// Longest path in bytes (default 4096).
+    #[arg(long, value_name = "BYTES")]
+    pub max_path: Option<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BundleCmd {
+    /// Pack a directory tree into a bundle.
+    Pack {
+        /// The tree to pack (its contents become the root of the bundle).
+        dir: PathBuf,
+        /// Where to write the bundle.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Encrypt for this site key.
+        #[arg(long, required_unless_present = "unencrypted", conflicts_with = "unencrypted")]
+        key: Option<PathBuf>,
+        /// Make an unencrypted bundle (integrity checksum only, readable by anyone).
+        #[arg(long)]
+        unencrypted: bool,
+        /// Sign the bundle with this publisher signing key (see key new-signing).
+        #[arg(long, value_name = "SIGNING_KEY")]
+        sign: Option<PathBuf>,
+        /// Generation number; loaders refuse to go backwards.
+        #[arg(long)]
+        generation: u64,
+        /// Which nodes may apply it: any, node:ID or group:NAME.
+        #[arg(long, default_value = "any")]
+        scope: String,
+        /// Expiry time, RFC 3339 (e.g. 2027-01-01T00:00:00Z).
+        #[arg(long)]
+        expires: Option<String>,
+        /// zstd level, 1 to 19.
+        #[arg(long, default_value_t = stateless_bundle::DEFAULT_LEVEL)]
+        level: i32,
+        /// zstd worker threads (default: the number of CPUs).
+        #[arg(long)]
+        threads: Option<u32>,
+        /// Delete this path of the base image when applied (repeatable).
+        #[arg(long = "delete", value_name = "PATH")]
+        deletions: Vec<String>,
+        /// Replace an existing output file.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Show a bundle's header (no key needed).
+    Inspect {
+        /// The bundle.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a bundle completely without writing anything.
+    Verify {
+        /// The bundle.
+        file: PathBuf,
+        /// The site key (not needed for unencrypted bundles).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        #[command(flatten)]
+        pubkey: PubkeyArg,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Extract a bundle into a new directory, only if all of it verifies.
+    Open {
+        /// The bundle.
+        file: PathBuf,
+        /// The site key (not needed for unencrypted bundles).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// The directory to create (must not exist).
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        pubkey: PubkeyArg,
+        /// Do not apply owners from the bundle even when running as root.
+        #[arg(long)]
+        no_same_owner: bool,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+}
+
+/// The publisher whose signature a bundle must carry.
+#[derive(Debug, Clone, Args)]
+pub struct PubkeyArg {
+    /// Require a valid signature by this publisher public key, and a payload
+    /// matching the signed digest (without it, a signature is not checked).
+    #[arg(long, value_name = "PUBLIC_KEY")]
+    pub pubkey: Option<PathBuf>,
+}
 
 pub fn run(cmd: BundleCmd) -> anyhow::Result<ExitCode> {
     match cmd {

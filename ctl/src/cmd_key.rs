@@ -4,14 +4,63 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use clap::{ArgGroup, Args};
+use clap::{ArgGroup, Args, Subcommand};
 use stateless_bundle::{Key, SigningKey};
 use stateless_keys::derive::{Target, derive};
 use stateless_keys::{
     read_key_file, read_signing_key_file, write_key_file, write_public_key_file, write_signing_key_file,
 };
 
-use crate::cli::KeyCmd;
+#[derive(Debug, Subcommand)]
+pub enum KeyCmd {
+    /// Generate a new 256-bit site key (mode 0600) and print its id.
+    New {
+        /// Where to write the key file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the id of a key file.
+    Id {
+        /// The key file.
+        file: PathBuf,
+    },
+    /// Generate a publisher signing key (Ed25519, mode 0600) and print its signer id.
+    NewSigning {
+        /// Where to write the signing key file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Also write its public key file here (mode 0644); `key pub` makes it later.
+        #[arg(long, value_name = "FILE")]
+        pub_out: Option<PathBuf>,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write the public key file of a publisher signing key (or print it).
+    Pub {
+        /// The signing key file.
+        file: PathBuf,
+        /// Where to write the public key file (mode 0644); without it, print the file.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Derive a node's, a group's or the fleet-default key from the site key (mode 0600).
+    Derive(DeriveArgs),
+    /// Append keys and publisher public keys to a boot image (initramfs) as an extra cpio archive.
+    Initramfs(crate::cmd_initramfs::InitramfsArgs),
+    /// Put keys on a USB stick or a stick image (vfat labelled STATELESS).
+    Usb(crate::cmd_usb::UsbArgs),
+    /// Seal a key to this machine's TPM and its current PCR values.
+    TpmSeal(crate::cmd_tpm::SealArgs),
+    /// Check that a TPM-sealed key unseals here (prints its id, never the key).
+    TpmCheck(crate::cmd_tpm::CheckArgs),
+}
 
 /// Arguments of `statelessctl key derive`.
 #[derive(Debug, Args)]

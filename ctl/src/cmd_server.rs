@@ -107,7 +107,7 @@ pub fn approve(a: ApproveArgs) -> anyhow::Result<ExitCode> {
         }
         (None, Some(hex)) => {
             if !valid_public_hex(hex) {
-                bail!("--push-public-key must be 64 hex digits (from statelessctl persist --print-public-key)");
+                bail!("--push-public-key must be 64 hex digits (from stateless-node persist --print-public-key)");
             }
             (Some(hex.to_ascii_lowercase()), None)
         }

@@ -12,7 +12,6 @@ mod cli_server;
 mod cmd_bundle;
 mod cmd_initramfs;
 mod cmd_key;
-mod cmd_persist;
 mod cmd_server;
 mod cmd_tpm;
 mod cmd_usb;
@@ -41,6 +40,10 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Reject(a) => cmd_server::reject(a),
         cli::Command::Pushes(a) => cmd_server::list_pushes(a),
         cli::Command::AcceptPush(a) => cmd_server::accept_push(a),
-        cli::Command::Persist(a) => cmd_persist::run(a),
+        cli::Command::Persist(_) => {
+            // A node runs it, not the admin: it moved to the node agent.
+            eprintln!("statelessctl: persist moved to the node agent: run `stateless-node persist` on the node");
+            Ok(ExitCode::from(2))
+        }
     }
 }

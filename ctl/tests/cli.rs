@@ -493,3 +493,23 @@ fn key_derive_refusals() {
     }
     assert!(!p.join("y.key").exists());
 }
+
+/// `persist` runs on a node: it moved to `stateless-node`. The old command
+/// is not in the help and refuses, whatever its arguments, with a usage
+/// error that names the new one.
+#[test]
+fn persist_moved_to_the_node_agent() {
+    let d = tempfile::tempdir().unwrap();
+    for args in [&["persist"][..], &["persist", "--only-paths", "/etc/ssh"], &["-v", "persist", "--print-public-key"]] {
+        let o = ctl(args, d.path());
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8(o.stderr).unwrap();
+        assert_eq!(
+            err.trim(),
+            "statelessctl: persist moved to the node agent: run `stateless-node persist` on the node"
+        );
+        assert!(o.stdout.is_empty());
+    }
+    let help = ok(&["--help"], d.path());
+    assert!(!help.contains("persist"), "{help}");
+}

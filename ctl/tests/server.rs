@@ -1,6 +1,7 @@
 //! `statelessctl serve` and friends against real clients on 127.0.0.1: raw
-//! HTTP requests, `statelessctl persist`, the loader binary, and nginx
-//! serving (and accepting WebDAV PUTs into) the same data directory.
+//! HTTP requests, the node agent's `persist` (`stateless-node`, run
+//! in-process), the loader binary, and nginx serving (and accepting WebDAV
+//! PUTs into) the same data directory.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 #[path = "../../tests/support/noise.rs"]
@@ -338,7 +339,7 @@ fn unknown_nodes_are_pending_until_approved_or_rejected() {
     assert!(fails(&["approve", "--data", &site.data_s(), "../etc"]).contains("invalid name"));
 }
 
-/// A node's running root and its `persist` command line.
+/// A node's running root and its `stateless-node persist` command line.
 struct NodeRoot {
     dir: tempfile::TempDir,
 }
@@ -351,17 +352,32 @@ impl NodeRoot {
         NodeRoot { dir }
     }
 
-    fn persist(&self, site: &Site, server: &str, extra: &[&str]) -> Output {
+    /// The line `stateless-node persist` prints, or its one-line error.
+    fn persist(&self, site: &Site, server: &str, extra: &[&str]) -> Result<String, String> {
+        use clap::Parser;
+        use stateless_node::cli::{Cli, Command};
         let root = self.dir.path().display().to_string();
         let none = self.dir.path().join("none").display().to_string();
         let mut args = vec![
-            "persist", "--config", &none, "--status", &none, "--root", &root, "--server", server, "--node", "node42",
+            "stateless-node",
+            "persist",
+            "--config",
+            &none,
+            "--status",
+            &none,
+            "--root",
+            &root,
+            "--server",
+            server,
+            "--node",
+            "node42",
         ];
         let key = site.key_s();
         args.extend_from_slice(&["--key", &key]);
         args.extend_from_slice(extra);
         args.push("/etc/ssh/ssh_host_ed25519_key");
-        run(&args)
+        let Command::Persist(a) = Cli::try_parse_from(&args).unwrap().command else { unreachable!() };
+        stateless_node::persist::run(&a).map(|o| o.to_string()).map_err(|e| format!("{e:#}"))
     }
 }
 
@@ -381,18 +397,15 @@ fn push_waits_for_review_then_auto_accept() {
     let server = format!("http://127.0.0.1:{}", srv.port);
     let node = NodeRoot::new();
     // Not enrolled yet: 401, nothing kept.
-    let out = node.persist(&site, &server, &[]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 401: node is not enrolled for push"), "{out:?}");
+    let err = node.persist(&site, &server, &[]).unwrap_err();
+    assert!(err.contains("HTTP 401: node is not enrolled for push"), "{err}");
     spool_and_pushes_empty(&site);
 
     let out = ok(&["approve", "--data", &site.data_s(), "node42", "--push-key", &site.key_s()]);
     assert!(out.contains("push enrolled (review)"), "{out}");
     let record = fs::read_to_string(site.data().join("state/nodes/node42.json")).unwrap();
     assert!(!record.contains(&stateless_bundle::key::hex_encode(site.key.as_bytes())), "the key must not be stored");
-    let out = node.persist(&site, &server, &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = node.persist(&site, &server, &[]).unwrap();
     assert!(stdout.contains("pushed generation 4") && stdout.contains("HTTP 202"), "{stdout}");
     // Awaiting review: the published bundle is unchanged.
     assert_eq!(http(srv.port, "GET", NODE_PATH, &[], b"").2, fs::read(&b3).unwrap());
@@ -414,9 +427,8 @@ fn push_waits_for_review_then_auto_accept() {
     // Auto-accept: published on arrival.
     ok(&["approve", "--data", &site.data_s(), "node42", "--auto-accept"]);
     fs::write(node.dir.path().join("etc/ssh/ssh_host_ed25519_key"), "new host key\n").unwrap();
-    let out = node.persist(&site, &server, &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("HTTP 201"), "{out:?}");
+    let out = node.persist(&site, &server, &[]).unwrap();
+    assert!(out.contains("HTTP 201"), "{out}");
     let (_, _, body) = http(srv.port, "GET", NODE_PATH, &[], b"");
     let opened = site.open(&body);
     assert_eq!(fs::read_to_string(opened.path().join("x/etc/ssh/ssh_host_ed25519_key")).unwrap(), "new host key\n");
@@ -468,9 +480,8 @@ fn push_with_bad_proof_or_lower_generation_is_refused() {
     assert_eq!(status, 409);
     assert!(String::from_utf8_lossy(&msg).contains("generation 2 is not newer than generation 3"), "{msg:?}");
     let node = NodeRoot::new();
-    let out = node.persist(&site, &format!("http://127.0.0.1:{}", srv.port), &["--generation", "3"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 409"), "{out:?}");
+    let err = node.persist(&site, &format!("http://127.0.0.1:{}", srv.port), &["--generation", "3"]).unwrap_err();
+    assert!(err.contains("HTTP 409"), "{err}");
     // A bundle for another node, correctly signed: refused.
     let alien = site.bundle("a", 9, Scope::Node("node43".into()), &[("etc/motd", b"x\n")]);
     let alien_body = fs::read(&alien).unwrap();
@@ -657,9 +668,8 @@ fn loader_fetches_from_serve_over_http_and_https() {
     // And persist pushes over https with --ca.
     ok(&["approve", "--data", &site.data_s(), "node42", "--push-key", &site.key_s()]);
     let root = NodeRoot::new();
-    let out = root.persist(&site, &format!("https://127.0.0.1:{}", tls.port), &["--ca", ca.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("pushed generation 6"), "{out:?}");
+    let out = root.persist(&site, &format!("https://127.0.0.1:{}", tls.port), &["--ca", ca.to_str().unwrap()]).unwrap();
+    assert!(out.contains("pushed generation 6"), "{out}");
 }
 
 /// A TCP proxy to `upstream` that cuts its first `cuts` connections after
@@ -761,9 +771,8 @@ fn persist_puts_to_nginx_webdav() {
         "dav_methods PUT; create_full_put_path on; dav_access user:rw group:r all:r; client_max_body_size 64m;",
     );
     let root = NodeRoot::new();
-    let out = root.persist(&site, &format!("http://127.0.0.1:{}", nginx.port), &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("pushed generation 2"), "{out:?}");
+    let out = root.persist(&site, &format!("http://127.0.0.1:{}", nginx.port), &[]).unwrap();
+    assert!(out.contains("pushed generation 2"), "{out}");
     let stored = fs::read(site.data().join("v1/nodes/node42/bundle")).unwrap();
     let opened = site.open(&stored);
     assert_eq!(fs::read_to_string(opened.path().join("x/etc/ssh/ssh_host_ed25519_key")).unwrap(), "host key\n");

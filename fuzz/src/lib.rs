@@ -5,9 +5,14 @@
 //! Every target panics only on a property violation: the library is expected
 //! to return errors for bad input, never to panic, and a few round-trip and
 //! agreement properties are asserted on top. Set `STATELESS_FUZZ_STRICT=1` to
-//! also assert that verify-only (`dest: None`) and extraction agree, which
-//! the library does not yet guarantee (see `tar_child_before_parent_dir` in
-//! `tests/vectors/`).
+//! also assert that verify-only (`dest: None`) and extraction give the same
+//! outcome, error text included, and that a payload sealed two ways fails the
+//! same way. The catalogue holds every mode to the same expectation
+//! (`bundle/tests/vectors.rs` runs each vector extracting, single-threaded
+//! and verify-only; in `tar_child_before_parent_dir`, for one, verify-only
+//! refuses the late directory entry just as extraction does), but the library's
+//! contract is only that each mode refuses what is wrong, so the
+//! reproducible run does not assert the stronger property.
 //!
 //! No key file is ever read: keys are fixed constants or bytes of the input.
 
@@ -388,6 +393,37 @@ pub fn keys_tpm_response(data: &[u8]) {
     while r.tpm2b_whole().is_ok() {}
 }
 
+/// `stateless_keys::tpm::parse_pcr_read` (the values the loader compares
+/// with a sealed key's PCRs, from the TPM's answer) over arbitrary bytes:
+/// the first byte picks the bank, the rest are the response parameters.
+/// What parses holds one digest of the bank's length per PCR; PCRs in
+/// ascending order re-encode (one selection) and parse back the same.
+pub fn keys_tpm_pcr_read(data: &[u8]) {
+    use stateless_keys::sealed::Bank;
+    use stateless_keys::tpm::parse_pcr_read;
+    let Some((&b, params)) = data.split_first() else { return };
+    let bank = [Bank::Sha1, Bank::Sha256, Bank::Sha384][usize::from(b % 3)];
+    let Some(values) = parse_pcr_read(params, bank) else { return };
+    assert!(values.iter().all(|(_, v)| v.len() == bank.digest_len()), "a digest of the wrong length");
+    if !values.windows(2).all(|w| w[0].0 < w[1].0) {
+        return;
+    }
+    let mut bits = vec![0u8; values.last().map_or(0, |(p, _)| usize::from(*p / 8) + 1)];
+    for (p, _) in &values {
+        bits[usize::from(p / 8)] |= 1 << (p % 8);
+    }
+    let mut again = vec![0, 0, 0, 9, 0, 0, 0, 1];
+    again.extend_from_slice(&bank.alg().to_be_bytes());
+    again.push(u8::try_from(bits.len()).expect("PCR numbers fit a u8"));
+    again.extend_from_slice(&bits);
+    again.extend_from_slice(&u32::try_from(values.len()).expect("few PCRs").to_be_bytes());
+    for (_, v) in &values {
+        again.extend_from_slice(&u16::try_from(v.len()).expect("a digest").to_be_bytes());
+        again.extend_from_slice(v);
+    }
+    assert_eq!(parse_pcr_read(&again, bank).as_ref(), Some(&values), "PCR read round trip");
+}
+
 /// The targets by name, for `replay`.
 pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("header_parse", header_parse),
@@ -401,4 +437,5 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("keys_pubkey_arg", keys_pubkey_arg),
     ("dns_answer", loader::dns_answer),
     ("cmdline_split", loader::cmdline_split),
+    ("keys_tpm_pcr_read", keys_tpm_pcr_read),
 ];

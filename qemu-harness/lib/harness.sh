@@ -9,9 +9,11 @@ WORK=${SLTEST_WORK:-$HARNESS/work}
 ACCEL=${SLTEST_ACCEL:-tcg}
 # Watchdog per boot, seconds: every boot ends.
 BOOT_TIMEOUT=${SLTEST_BOOT_TIMEOUT:-300}
-TARGET_DIR=$REPO/target/x86_64-unknown-linux-gnu/release
-LOADER=$TARGET_DIR/stateless-loader
-CTL=$TARGET_DIR/statelessctl
+# Where cargo puts the static builds: set by set_target_paths once cargo is
+# known to be there (CARGO_TARGET_DIR and cargo configs are honoured).
+TARGET_DIR=""
+LOADER=""
+CTL=""
 # The guest reaches the host's 127.0.0.1 through QEMU's user-mode gateway.
 HOST_FROM_GUEST=10.0.2.2
 KERNEL=""
@@ -24,6 +26,17 @@ die() {
 
 # --- shared builds -----------------------------------------------------------
 
+# set_target_paths: TARGET_DIR, LOADER and CTL from cargo's own answer, so a
+# caller's CARGO_TARGET_DIR is where the binaries are looked for, as it is
+# where cargo builds them.
+set_target_paths() {
+    local dir
+    dir=$(cargo_target_dir) || die "cannot ask cargo for its target directory (cargo metadata failed)"
+    TARGET_DIR=$dir/x86_64-unknown-linux-gnu/release
+    LOADER=$TARGET_DIR/stateless-loader
+    CTL=$TARGET_DIR/statelessctl
+}
+
 build_loader() {
     if [ "${SLTEST_NO_BUILD:-0}" = 1 ] && [ -x "$LOADER" ] && [ -x "$CTL" ]; then
         log "SLTEST_NO_BUILD=1: using the loader and statelessctl already built"
@@ -32,6 +45,9 @@ build_loader() {
     log "building the static loader and statelessctl"
     (cd "$REPO" && RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release \
         --target x86_64-unknown-linux-gnu -p stateless-loader -p statelessctl)
+    if [ ! -x "$LOADER" ] || [ ! -x "$CTL" ]; then
+        die "cargo built, but $LOADER or $CTL is not there"
+    fi
 }
 
 # The newest kernel from Debian's linux-image-amd64.
@@ -318,11 +334,12 @@ expect() {
     fi
 }
 
-# flip_byte FILE OFFSET-FROM-END: damages one byte of a file in place.
+# flip_byte FILE OFFSET-FROM-END: changes one byte of a file in place (XOR,
+# so the byte always changes; see xor_byte in scripts/lib.sh).
 flip_byte() {
     local size
     size=$(stat -c %s "$1")
-    printf '\xa5' | dd of="$1" bs=1 seek=$((size - $2)) conv=notrunc status=none
+    xor_byte "$1" $((size - $2))
 }
 
 # root_copy: a private, writable copy of the small root for this scenario.

@@ -10,7 +10,7 @@
 //! ```
 //!
 //! `statelessctl approve --push-key KEYFILE` (or `--push-public-key HEX`,
-//! printed on the node by `statelessctl persist --print-public-key`) stores
+//! printed on the node by `stateless-node persist --print-public-key`) stores
 //! only `public` in the node's record. A push is
 //!
 //! ```text

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
+use stateless_bundle::error_chain as chain;
 use stateless_bundle::header::HEADER_LEN;
 use stateless_bundle::{RawHeader, Scope};
 
@@ -721,18 +722,6 @@ fn linger(conn: &mut Conn) {
             Ok(_) => {}
         }
     }
-}
-
-/// An error and its sources on one line.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Loads a certificate chain and private key (PEM) for the server.

@@ -12,9 +12,10 @@
 //!   under the key the target derives from it;
 //! * `tar_extract`: the decompressed tar stream;
 //! * `keys_sealed`, `keys_cpio`, `keys_usb`, `keys_tpm_response`,
-//!   `keys_pubkey_arg`: a few well-formed inputs made here (a sealed-key
-//!   file with made-up blobs, a key archive, a small FAT image with a key
-//!   file, TPM responses, `rd.stateless.pubkey=` values);
+//!   `keys_tpm_pcr_read`, `keys_pubkey_arg`: a few well-formed inputs made
+//!   here (a sealed-key file with made-up blobs, a key archive, a small FAT
+//!   image with a key file, TPM responses, PCR_Read parameters,
+//!   `rd.stateless.pubkey=` values);
 //! * `dns_answer`, `cmdline_split`: DNS answers and kernel command lines
 //!   made here (`stateless_fuzz::loader::seed`).
 //!
@@ -56,10 +57,8 @@ fn main() {
         let Some(split) = data.windows(2).position(|w| w == b"\n\n") else { continue };
         let text = String::from_utf8_lossy(&data[..split]);
         let bundle = &data[split + 2..];
-        let key = text
-            .lines()
-            .find_map(|l| l.strip_prefix("key: "))
-            .and_then(|k| Key::from_file_text(k.as_bytes()).ok());
+        let key =
+            text.lines().find_map(|l| l.strip_prefix("key: ")).and_then(|k| Key::from_file_text(k.as_bytes()).ok());
         n += 1;
         write("bundle_open", &name, bundle);
         let mut header = bundle[..bundle.len().min(HEADER_LEN)].to_vec();
@@ -146,7 +145,8 @@ fn seed_keys(corpus: &Path) {
 
     // TPM responses: GetRandom(8), a PCR_Read of PCR 7, an error code.
     let get_random = [0x80, 0x01, 0, 0, 0, 20, 0, 0, 0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8];
-    let mut pcr_read = vec![0x80, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 1, 0, 0x0B, 3, 0x80, 0, 0, 0, 0, 0, 1, 0, 32];
+    let mut pcr_read =
+        vec![0x80, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 1, 0, 0x0B, 3, 0x80, 0, 0, 0, 0, 0, 1, 0, 32];
     pcr_read.extend_from_slice(&[0x77; 32]);
     let len = pcr_read.len() as u8;
     pcr_read[5] = len;
@@ -157,4 +157,15 @@ fn seed_keys(corpus: &Path) {
     for (name, data) in stateless_fuzz::keys_pubkey_arg_seeds() {
         write("keys_pubkey_arg", name, &data);
     }
+    // PCR_Read parameters (after a bank byte: 1 is SHA-256): PCRs 0 and 7;
+    // PCR 7 of SHA-1 beside a SHA-256 selection that is skipped; none.
+    let mut two = vec![1, 0, 0, 0, 5, 0, 0, 0, 1, 0, 0x0B, 3, 0x81, 0, 0, 0, 0, 0, 2, 0, 32];
+    two.extend_from_slice(&[0xAA; 32]);
+    two.extend_from_slice(&[0, 32]);
+    two.extend_from_slice(&[0x77; 32]);
+    let mut mixed = vec![0, 0, 0, 0, 6, 0, 0, 0, 2, 0, 0x0B, 3, 0x01, 0, 0, 0, 0x04, 3, 0x80, 0, 0, 0, 0, 0, 1, 0, 20];
+    mixed.extend_from_slice(&[0x55; 20]);
+    write("keys_tpm_pcr_read", "sha256_0_7", &two);
+    write("keys_tpm_pcr_read", "sha1_beside_sha256", &mixed);
+    write("keys_tpm_pcr_read", "none", &[1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
 }

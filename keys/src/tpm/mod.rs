@@ -157,6 +157,14 @@ pub enum TpmError {
     /// The salted session could not be set up.
     #[error("salted session: {0}")]
     Salt(String),
+    /// A response in the salted session carries an HMAC that does not
+    /// verify: it did not come from the TPM that holds the SRK (or was
+    /// changed on the way), so nothing in it is used.
+    #[error("{command}: the response HMAC does not verify: the answer did not come from the TPM")]
+    BadResponseHmac {
+        /// The command whose response was refused, e.g. `TPM2_Unseal`.
+        command: &'static str,
+    },
 }
 
 fn list(pcrs: &[u8]) -> String {
@@ -565,8 +573,9 @@ fn check_response_hmac(session_key: &[u8], cc: u32, reply: &Reply, nonce: &[u8])
     h.update(reply.params.as_slice());
     let rp_hash: [u8; 32] = h.finalize().into();
     let want = salt::hmac(session_key, &[&rp_hash, nonce_tpm, nonce, attrs]).map_err(TpmError::Salt)?;
-    if !salt::constant_time_eq(&want, their_hmac) {
-        return Err(TpmError::Salt("the response HMAC does not verify: the answer did not come from the TPM".into()));
+    // No early exit: the time taken must not say how many leading bytes matched.
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(want.as_slice(), their_hmac)) {
+        return Err(TpmError::BadResponseHmac { command: command_name(cc) });
     }
     Ok(nonce_tpm.to_vec())
 }
@@ -605,8 +614,13 @@ fn parse_srk_public(params: &[u8]) -> Option<(Vec<u8>, Vec<u8>, Vec<u8>)> {
     Some((name, x, y))
 }
 
-/// Parses a TPM2_PCR_Read response: which PCRs came back and their values.
-fn parse_pcr_read(params: &[u8], bank: Bank) -> Option<Vec<(u8, Vec<u8>)>> {
+/// Parses the parameters of a TPM2_PCR_Read response: which PCRs of `bank`
+/// came back and their values, in the order of the selection. The bytes come
+/// from the TPM (or whatever answers on its device or socket): untrusted,
+/// and fuzzed (`keys_tpm_pcr_read` in `fuzz/`). `None` when they do not
+/// parse, when the digest count differs from the PCRs selected, or when a
+/// digest is not the bank's length.
+pub fn parse_pcr_read(params: &[u8], bank: Bank) -> Option<Vec<(u8, Vec<u8>)>> {
     let mut r = wire::Reader::new(params);
     r.u32().ok()?; // pcrUpdateCounter
     let count = r.u32().ok()?;
@@ -657,6 +671,65 @@ mod tests {
         for cut in 0..p.len() {
             assert!(parse_pcr_read(&p[..cut], Bank::Sha256).is_none());
         }
+    }
+
+    /// A TPM2_Unseal reply in a salted session, with the response HMAC the
+    /// TPM would compute under `session_key`.
+    fn unseal_reply(session_key: &[u8], nonce_caller: &[u8]) -> Reply {
+        use sha2::{Digest, Sha256};
+        let params = vec![0, 4, 1, 2, 3, 4];
+        let nonce_tpm = [0x5a; 16];
+        let attrs = [wire::ATTR_ENCRYPT];
+        let mut h = Sha256::new();
+        h.update(0u32.to_be_bytes());
+        h.update(CC_UNSEAL.to_be_bytes());
+        h.update(&params);
+        let rp_hash: [u8; 32] = h.finalize().into();
+        let hmac = salt::hmac(session_key, &[&rp_hash, &nonce_tpm, nonce_caller, &attrs]).unwrap();
+        let mut auth = vec![0, 16];
+        auth.extend_from_slice(&nonce_tpm);
+        auth.extend_from_slice(&attrs);
+        auth.extend_from_slice(&[0, 32]);
+        auth.extend_from_slice(&hmac);
+        Reply { handles: vec![], params: Zeroizing::new(params), auth }
+    }
+
+    #[test]
+    fn response_hmac_refuses_any_flipped_byte() {
+        let (key, nonce) = ([7u8; 32], [9u8; 16]);
+        let good = unseal_reply(&key, &nonce);
+        assert_eq!(check_response_hmac(&key, CC_UNSEAL, &good, &nonce).unwrap(), vec![0x5a; 16]);
+        // Every byte of the HMAC (the last 32 bytes of the auth area), every
+        // byte of the parameters and of the TPM's nonce: refused.
+        let hmac_at = good.auth.len() - 32;
+        for i in 0..good.auth.len() {
+            let mut bad = unseal_reply(&key, &nonce);
+            bad.auth[i] ^= 0x01;
+            let err = check_response_hmac(&key, CC_UNSEAL, &bad, &nonce);
+            if i >= hmac_at || (2..18).contains(&i) || i == 18 {
+                assert!(
+                    matches!(err, Err(TpmError::BadResponseHmac { command: "TPM2_Unseal" })),
+                    "auth byte {i}: {err:?}"
+                );
+            } else {
+                // A length byte: the auth area no longer parses.
+                assert!(err.is_err(), "auth byte {i}");
+            }
+        }
+        for i in 0..good.params.len() {
+            let mut bad = unseal_reply(&key, &nonce);
+            bad.params[i] ^= 0x80;
+            assert!(matches!(
+                check_response_hmac(&key, CC_UNSEAL, &bad, &nonce),
+                Err(TpmError::BadResponseHmac { .. })
+            ));
+        }
+        // Another session key, another caller nonce, another command.
+        assert!(check_response_hmac(&[8; 32], CC_UNSEAL, &good, &nonce).is_err());
+        assert!(check_response_hmac(&key, CC_UNSEAL, &good, &[0; 16]).is_err());
+        assert!(check_response_hmac(&key, CC_LOAD, &good, &nonce).is_err());
+        let err = check_response_hmac(&[8; 32], CC_UNSEAL, &good, &nonce).unwrap_err().to_string();
+        assert_eq!(err, "TPM2_Unseal: the response HMAC does not verify: the answer did not come from the TPM");
     }
 
     #[test]

@@ -62,11 +62,6 @@ pub fn hmac(key: &[u8], parts: &[&[u8]]) -> Result<[u8; 32], String> {
     Ok(mac.finalize().into_bytes().into())
 }
 
-/// Compares without an early exit.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// KDFe with SHA-256 for a 256-bit output (Part 1 §11.4.10.3): one hash
 /// over the counter 1, Z, the label with its NUL and the two party infos.
 pub fn kdfe(z: &[u8], label: &str, party_u: &[u8], party_v: &[u8]) -> Zeroizing<Vec<u8>> {

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use stateless_bundle::error_chain as chain;
 use stateless_bundle::{Key, KeyId};
 
 use super::{Tpm, TpmSelector};
@@ -75,16 +76,6 @@ impl TpmSource {
         log::debug!("unsealed key {} with {} in {} ms", s.key_id.short(), self.selector, t.elapsed().as_millis());
         Ok(key)
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(&format!(": {c}"));
-        cur = c.source();
-    }
-    s
 }
 
 impl KeySource for TpmSource {

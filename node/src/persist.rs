@@ -1,4 +1,4 @@
-//! `statelessctl persist`: on a running node, push the state worth keeping
+//! `stateless-node persist`: on a running node, push the state worth keeping
 //! back to the config server.
 //!
 //! The bundle starts from the node's current bundle (fetched from the
@@ -10,11 +10,11 @@
 //! `stateless_server::push`. Settings come from flags, else the config file
 //! (`/etc/stateless/persist.conf`), else the loader's status file.
 
+use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -24,7 +24,7 @@ use stateless_bundle::{BundleReader, Limits, OpenOptions, PackOptions, RelPath, 
 use stateless_keys::read_key_file;
 use stateless_server::push::PushSigner;
 
-use crate::cli_server::PersistArgs;
+use crate::cli::PersistArgs;
 
 /// The settings `persist` needs, merged from flags, config and status.
 #[derive(Debug, Default)]
@@ -84,7 +84,34 @@ fn read_status(path: &Path, s: &mut Settings) {
     s.status_generation = v.get("generation").and_then(|x| x.as_u64());
 }
 
-pub fn run(a: PersistArgs) -> anyhow::Result<ExitCode> {
+/// What `persist` did; its `Display` is the line printed on success.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// `--print-public-key`: the push public key, hex.
+    PublicKey(String),
+    /// `--output`: the bundle was written to a file.
+    Written { path: PathBuf, generation: u64, digest: String },
+    /// The bundle was pushed; the server's status and one-line answer.
+    Pushed { generation: u64, digest: String, status: u16, message: String },
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::PublicKey(hex) => f.write_str(hex),
+            Outcome::Written { path, generation, digest } => {
+                write!(f, "wrote {} (generation {generation}, digest {}…)", path.display(), short(digest))
+            }
+            Outcome::Pushed { generation, digest, status, message } => {
+                write!(f, "pushed generation {generation} (digest {}…): HTTP {status} {message}", short(digest))
+            }
+        }
+    }
+}
+
+/// Builds the bundle of the persisted paths and pushes it (or writes it,
+/// or only prints the push public key).
+pub fn run(a: &PersistArgs) -> anyhow::Result<Outcome> {
     let mut s = Settings::default();
     read_config(&a.config, &mut s)?;
     // Flags win over the config file, which wins over the status file.
@@ -101,8 +128,7 @@ pub fn run(a: PersistArgs) -> anyhow::Result<ExitCode> {
     let key = read_key_file(&key_path).context("reading the node's key file")?;
     let signer = PushSigner::new(&key, &node).map_err(|e| anyhow::anyhow!("deriving the push key: {e}"))?;
     if a.print_public_key {
-        println!("{}", signer.public_key_hex());
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Outcome::PublicKey(signer.public_key_hex()));
     }
     let server = s.server.clone().map(|u| u.trim_end_matches('/').to_owned());
     let agent = server.as_deref().map(|u| agent(u, s.ca.as_deref())).transpose()?;
@@ -112,7 +138,7 @@ pub fn run(a: PersistArgs) -> anyhow::Result<ExitCode> {
     }
 
     let work =
-        tempfile::Builder::new().prefix(".statelessctl-persist").tempdir().context("creating a work directory")?;
+        tempfile::Builder::new().prefix(".stateless-node-persist").tempdir().context("creating a work directory")?;
     let tree = work.path().join("tree");
     fs::create_dir(&tree).context("creating the staging tree")?;
     let owners = rustix::process::geteuid().is_root();
@@ -179,15 +205,13 @@ pub fn run(a: PersistArgs) -> anyhow::Result<ExitCode> {
     drop(out);
     if let Some(dest) = &a.output {
         fs::copy(&out_path, dest).with_context(|| format!("writing {}", dest.display()))?;
-        println!("wrote {} (generation {generation}, digest {}…)", dest.display(), short(&summary.digest));
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Outcome::Written { path: dest.clone(), generation, digest: summary.digest });
     }
     let (Some(agent), Some(url)) = (agent, url) else {
         bail!("no server: give --server, set server = in the config file, or use --output");
     };
-    let (status, msg) = push(&agent, &url, &signer, &out_path).with_context(|| format!("pushing to {url}"))?;
-    println!("pushed generation {generation} (digest {}…): HTTP {status} {msg}", short(&summary.digest));
-    Ok(ExitCode::SUCCESS)
+    let (status, message) = push(&agent, &url, &signer, &out_path).with_context(|| format!("pushing to {url}"))?;
+    Ok(Outcome::Pushed { generation, digest: summary.digest, status, message })
 }
 
 fn short(d: &str) -> &str {
@@ -199,7 +223,7 @@ fn agent(url: &str, ca: Option<&Path>) -> anyhow::Result<ureq::Agent> {
         .timeout_connect(Duration::from_secs(10))
         .timeout_read(Duration::from_secs(60))
         .timeout_write(Duration::from_secs(60))
-        .user_agent(concat!("statelessctl/", env!("CARGO_PKG_VERSION")));
+        .user_agent(concat!("stateless-node/", env!("CARGO_PKG_VERSION")));
     if url.starts_with("https://") {
         let ca = ca.context("an https server needs its CA: give --ca or set ca = in the config file")?;
         b = b.tls_config(Arc::new(tls_config(ca)?));
