@@ -218,19 +218,44 @@ fn short(d: &str) -> &str {
     d.get(..16).unwrap_or(d)
 }
 
+/// The HTTP client for `url`. Redirects are not followed: a push proof
+/// names the path it was made for, and a redirect could move a push or a
+/// fetch from https to plain HTTP; a 3xx answer is an error instead.
 fn agent(url: &str, ca: Option<&Path>) -> anyhow::Result<ureq::Agent> {
     let mut b = ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(10))
         .timeout_read(Duration::from_secs(60))
         .timeout_write(Duration::from_secs(60))
+        .redirects(0)
         .user_agent(concat!("stateless-node/", env!("CARGO_PKG_VERSION")));
-    if url.starts_with("https://") {
-        let ca = ca.context("an https server needs its CA: give --ca or set ca = in the config file")?;
-        b = b.tls_config(Arc::new(tls_config(ca)?));
-    } else if !url.starts_with("http://") {
-        bail!("server URL must start with http:// or https://: {url}");
+    // The scheme is judged on the parsed URL, so `HTTPS://` is https.
+    match parse_server_url(url)?.scheme() {
+        "https" => {
+            let ca = ca.context("an https server needs its CA: give --ca or set ca = in the config file")?;
+            b = b.tls_config(Arc::new(tls_config(ca)?));
+        }
+        "http" => {}
+        _ => bail!("server URL must start with http:// or https://: {url}"),
     }
     Ok(b.build())
+}
+
+fn parse_server_url(url: &str) -> anyhow::Result<url::Url> {
+    let u = url::Url::parse(url).with_context(|| format!("server URL {url} is not a URL"))?;
+    if u.host_str().is_none() || !u.username().is_empty() || u.password().is_some() {
+        bail!("server URL must be http(s)://HOST[:PORT][/PATH] without credentials: {url}");
+    }
+    Ok(u)
+}
+
+/// An error for a 3xx answer, which `agent` does not follow.
+fn refuse_redirect(r: &ureq::Response) -> anyhow::Result<()> {
+    let status = r.status();
+    if (300..400).contains(&status) {
+        let to = r.header("Location").unwrap_or("nowhere");
+        bail!("HTTP {status}: the server redirects to {to}; give that server URL instead (redirects are not followed)");
+    }
+    Ok(())
 }
 
 fn tls_config(ca: &Path) -> anyhow::Result<rustls::ClientConfig> {
@@ -265,6 +290,7 @@ fn fetch(agent: &ureq::Agent, url: &str, dest: &Path, header_only: bool) -> anyh
         Err(ureq::Error::Status(code, r)) => bail!("HTTP {code}: {}", first_line(r)),
         Err(e) => return Err(e.into()),
     };
+    refuse_redirect(&resp)?;
     let mut f = File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
     let limit = Limits::default().max_payload + stateless_bundle::header::HEADER_LEN as u64;
     let n = io::copy(&mut resp.into_reader().take(limit + 1), &mut f).context("downloading")?;
@@ -297,7 +323,7 @@ fn push(agent: &ureq::Agent, url: &str, signer: &PushSigner, bundle: &Path) -> a
     }
     let sha: [u8; 32] = hasher.finalize().into();
     f.seek(SeekFrom::Start(0)).context("rewinding the bundle")?;
-    let path = url_path(url);
+    let path = url_path(url)?;
     let ts = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
     let auth = signer.authorization("PUT", &path, ts, &sha, len);
     let resp = agent
@@ -308,6 +334,7 @@ fn push(agent: &ureq::Agent, url: &str, signer: &PushSigner, bundle: &Path) -> a
         .send(f);
     match resp {
         Ok(r) => {
+            refuse_redirect(&r)?;
             let status = r.status();
             Ok((status, first_line(r)))
         }
@@ -316,10 +343,14 @@ fn push(agent: &ureq::Agent, url: &str, signer: &PushSigner, bundle: &Path) -> a
     }
 }
 
-/// The path part of an http(s) URL (what the server sees and verifies).
-fn url_path(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    rest.find('/').and_then(|i| rest.get(i..)).unwrap_or("/").to_owned()
+/// The path part of an http(s) URL, with its query (what the server sees
+/// and verifies).
+fn url_path(url: &str) -> anyhow::Result<String> {
+    let u = parse_server_url(url)?;
+    Ok(match u.query() {
+        Some(q) => format!("{}?{q}", u.path()),
+        None => u.path().to_owned(),
+    })
 }
 
 fn remove_any(p: &Path) -> io::Result<()> {
@@ -391,10 +422,26 @@ mod tests {
     use super::*;
     use stateless_bundle::Key;
 
+    /// The scheme is judged on the parsed URL: `HTTPS://` needs a CA like
+    /// `https://`, and other schemes are refused.
+    #[test]
+    fn scheme_case_does_not_skip_tls() {
+        for url in ["HTTPS://h/v1", "Https://h:8443/v1", "https://h/v1"] {
+            let err = agent(url, None).unwrap_err().to_string();
+            assert!(err.contains("an https server needs its CA"), "{url}: {err}");
+        }
+        assert!(agent("HTTP://h/v1", None).is_ok());
+        for url in ["ftp://h/v1", "h/v1", "file:///etc/passwd"] {
+            assert!(agent(url, None).is_err(), "{url}");
+        }
+    }
+
     #[test]
     fn url_paths_and_config() {
-        assert_eq!(url_path("http://127.0.0.1:8080/v1/nodes/n/bundle"), "/v1/nodes/n/bundle");
-        assert_eq!(url_path("https://h/base/v1/nodes/n/bundle"), "/base/v1/nodes/n/bundle");
+        assert_eq!(url_path("http://127.0.0.1:8080/v1/nodes/n/bundle").unwrap(), "/v1/nodes/n/bundle");
+        assert_eq!(url_path("https://h/base/v1/nodes/n/bundle").unwrap(), "/base/v1/nodes/n/bundle");
+        assert_eq!(url_path("HTTPS://h/v1/nodes/n/bundle?x=1").unwrap(), "/v1/nodes/n/bundle?x=1");
+        assert!(url_path("https://user:pw@h/v1").is_err());
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("persist.conf");
         fs::write(&conf, "# comment\nserver = http://x:1\nnode = n1\nkey = /k\npath = /etc/a /etc/b\npath = /var/c\n")

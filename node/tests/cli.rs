@@ -234,3 +234,36 @@ fn persist_pushes_to_the_config_server() {
     let out = n.persist(&n.path("none"), &["--server", &server, "--node", "node42", "/etc/ssh/ssh_host_ed25519_key"]);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("pushed generation 2 "), "{out:?}");
 }
+
+/// A server that answers every request with a redirect to plain HTTP
+/// elsewhere: persist neither follows it nor pushes anything there.
+#[test]
+fn persist_does_not_follow_redirects() {
+    use std::io::{Read as _, Write as _};
+    let n = NodeRoot::new();
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let trap_port = trap.local_addr().unwrap().port();
+    trap.set_nonblocking(true).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { return };
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            let answer = format!(
+                "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{trap_port}/v1/nodes/node42/bundle\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let _ = c.write_all(answer.as_bytes());
+        }
+    });
+    let server = format!("http://127.0.0.1:{port}");
+    let out = n.persist(&n.path("none"), &["--server", &server, "--node", "node42", "/etc/ssh/ssh_host_ed25519_key"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("HTTP 302: the server redirects to http://127.0.0.1:"), "{err}");
+    assert!(err.contains("redirects are not followed"), "{err}");
+    // Nothing reached the place the redirect named.
+    assert!(matches!(trap.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock));
+}
