@@ -255,6 +255,29 @@ pub fn mount_untrusted(dev: &Path, at: &Path, kind: FsKind, access: Access) -> i
     }
 }
 
+/// Creates the directory `at` (mode 0700, parents as needed) to mount on,
+/// and refuses it when it is anything but a real directory: `mount(2)`
+/// follows a link, so a link planted at the mount point in the run
+/// directory would put the device wherever it pointed.
+pub fn make_mount_point(at: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(at)?;
+    let meta = at.symlink_metadata()?;
+    if meta.file_type().is_symlink() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is a symbolic link (not followed); not mounting there", at.display()),
+        ));
+    }
+    if !meta.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a directory; not mounting there", at.display()),
+        ));
+    }
+    Ok(())
+}
+
 /// Opens `name` in the directory `dir` for reading, without following a
 /// link there (`O_NOFOLLOW`) and without blocking (`O_NONBLOCK`: a FIFO
 /// opens at once), and refuses anything that is not a regular file.
@@ -332,6 +355,24 @@ pub fn describe_open_error(e: &io::Error) -> String {
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    #[test]
+    fn mount_points_that_are_links_or_files_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let fresh = d.path().join("run/cache");
+        make_mount_point(&fresh).unwrap();
+        assert!(fresh.is_dir());
+        make_mount_point(&fresh).unwrap();
+        let elsewhere = d.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let link = d.path().join("run/usb");
+        symlink(&elsewhere, &link).unwrap();
+        let err = make_mount_point(&link).unwrap_err().to_string();
+        assert!(err.ends_with("usb is a symbolic link (not followed); not mounting there"), "{err}");
+        let file = d.path().join("run/file");
+        std::fs::write(&file, "").unwrap();
+        assert!(make_mount_point(&file).is_err());
+    }
 
     #[test]
     fn ext4_superblock_fields() {

@@ -21,9 +21,7 @@
 //! entries are looked at, at most [`MAX_KEYS`] key files read, each at most
 //! [`MAX_KEY_FILE_LEN`] bytes.
 
-use std::fs;
 use std::io::{self, Read};
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use rustix::mount::UnmountFlags;
@@ -147,7 +145,7 @@ struct ReadOnlyMount(PathBuf);
 
 impl ReadOnlyMount {
     fn mount(dev: &Path, kind: FsKind, at: &Path) -> io::Result<ReadOnlyMount> {
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(at)?;
+        blockdev::make_mount_point(at)?;
         // Nothing on a stick is ever executed, interpreted as a device,
         // honoured as set-id or followed as a link, and nothing is written:
         // not even atime, nor an ext4 journal replay (`noload`).

@@ -24,7 +24,6 @@
 use std::fmt;
 use std::fs;
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -277,10 +276,7 @@ impl Mounted {
     /// 5.10, see [`stateless_keys::blockdev::mount_untrusted`]; the cache
     /// opens its files without following links either way).
     pub fn mount(device: &Path, mount_point: &Path) -> Result<Mounted, MountError> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(mount_point)
+        probe::make_mount_point(mount_point)
             .map_err(|source| MountError::MountPoint { path: mount_point.to_owned(), source })?;
         probe::mount_untrusted(device, mount_point, FsKind::Ext4, Access::ReadWrite)
             .map_err(|source| MountError::Mount { device: device.to_owned(), path: mount_point.to_owned(), source })?;
