@@ -10,6 +10,7 @@
 //! thin wrappers. The design and the data layout are in `docs/server.md`.
 #![forbid(unsafe_code)]
 
+pub mod cleanup;
 pub mod http;
 pub mod layout;
 pub mod push;

@@ -150,7 +150,7 @@ pub fn publish(
     target: &Target,
     src: &Path,
     keep: usize,
-    _lock: &PublishLock,
+    lock: &PublishLock,
 ) -> Result<Published, PublishError> {
     let info = bundle_info(src)?;
     if !target.accepts(&info.scope) {
@@ -165,10 +165,13 @@ pub fn publish(
     }
     let dir = dest.parent().unwrap_or(data.root()).to_owned();
     fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let mut tmp = tempfile::Builder::new().prefix(".publish").tempfile_in(&dir).map_err(io_err(&dir))?;
+    // A publication killed before its rename left its temporary here.
+    crate::cleanup::publish_temps(&dir, lock);
+    let mut tmp =
+        tempfile::Builder::new().prefix(crate::cleanup::PUBLISH_PREFIX).tempfile_in(&dir).map_err(io_err(&dest))?;
     let mut input = File::open(src).map_err(io_err(src))?;
-    io::copy(&mut input, tmp.as_file_mut()).map_err(io_err(src))?;
-    tmp.as_file().sync_all().map_err(io_err(tmp.path()))?;
+    copy_to(&mut input, src, tmp.as_file_mut(), &dest)?;
+    tmp.as_file().sync_all().map_err(io_err(&dest))?;
     // Web servers read the file as whoever they run as; the bundle is
     // encrypted (or deliberately public), so world-readable is right.
     fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(io_err(tmp.path()))?;
@@ -186,6 +189,22 @@ pub fn publish(
     tmp.persist(&dest).map_err(|e| PublishError::Io { path: dest.clone(), err: e.error })?;
     File::open(&dir).and_then(|d| d.sync_all()).map_err(io_err(&dir))?;
     Ok(Published { info, previous: current.map(|c| c.generation) })
+}
+
+/// Copies `input` to `out`, naming the file that failed: `src` for a read
+/// error, `dest` (where the bytes were going) for a write error, so a full
+/// disk is reported against the destination.
+fn copy_to(input: &mut File, src: &Path, out: &mut File, dest: &Path) -> Result<(), PublishError> {
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match io::Read::read(input, &mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(PublishError::Io { path: src.to_owned(), err }),
+        };
+        out.write_all(buf.get(..n).unwrap_or_default()).map_err(io_err(dest))?;
+    }
 }
 
 fn prune_history(dir: &Path, keep: usize) -> io::Result<()> {
