@@ -6,10 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use stateless_keys::read_key_file;
-use stateless_server::push::{PushSigner, valid_public_hex};
+use stateless_server::push_auth::{PushSigner, valid_public_hex};
 use stateless_server::registry::{self, Approval};
 use stateless_server::store::{self, PublishLock, by_uid};
-use stateless_server::{DataDir, Server, ServerConfig, Target, pushes};
+use stateless_server::{DataDir, Server, ServerConfig, Target, push_review};
 
 use crate::cli_server::{AcceptPushArgs, ApproveArgs, NodesArgs, PublishArgs, PushesArgs, RejectArgs, ServeArgs};
 
@@ -156,7 +156,7 @@ pub fn reject(a: RejectArgs) -> anyhow::Result<ExitCode> {
 
 pub fn list_pushes(a: PushesArgs) -> anyhow::Result<ExitCode> {
     let data = open_data(&a.data)?;
-    let list = pushes::list(&data, None);
+    let list = push_review::list(&data, None);
     let mut out = std::io::stdout().lock();
     if a.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
@@ -183,7 +183,7 @@ pub fn accept_push(a: AcceptPushArgs) -> anyhow::Result<ExitCode> {
     stateless_server::check_name(&a.node)?;
     let data = open_data(&a.data)?;
     let lock = PublishLock::take(&data).context("locking the data directory")?;
-    let p = pushes::accept(&data, &a.node, a.generation, a.keep, &lock)
+    let p = push_review::accept(&data, &a.node, a.generation, a.keep, &lock)
         .with_context(|| format!("accepting the push of {}", a.node))?;
     let detail = format!("generation {} digest {}", p.info.generation, p.info.digest);
     store::audit(&data, "accept-push", Some(&a.node), detail, by_uid()).context("writing the audit log")?;

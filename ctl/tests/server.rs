@@ -459,12 +459,12 @@ fn push_with_bad_proof_or_lower_generation_is_refused() {
     let len = body.len() as u64;
 
     // Signed with a key derived from another key.
-    let other = stateless_server::push::PushSigner::new(&Key::generate().unwrap(), "node42").unwrap();
+    let other = stateless_server::push_auth::PushSigner::new(&Key::generate().unwrap(), "node42").unwrap();
     let auth = other.authorization("PUT", NODE_PATH, now, &sha, len);
     let (status, head, _) = http(srv.port, "PUT", NODE_PATH, &[("Authorization", &auth)], &body);
     assert_eq!(status, 401, "{head}");
     // The right key, but the body changed after signing.
-    let good = stateless_server::push::PushSigner::new(&site.key, "node42").unwrap();
+    let good = stateless_server::push_auth::PushSigner::new(&site.key, "node42").unwrap();
     let auth = good.authorization("PUT", NODE_PATH, now, &sha, len);
     let mut tampered = body.clone();
     *tampered.last_mut().unwrap() ^= 1;
@@ -904,7 +904,7 @@ fn push_proofs_with_repeated_or_unknown_parameters_are_refused() {
     let body = fs::read(&push).unwrap();
     let sha: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&body).into();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    let good = stateless_server::push::PushSigner::new(&site.key, "node42").unwrap();
+    let good = stateless_server::push_auth::PushSigner::new(&site.key, "node42").unwrap();
     let auth = good.authorization("PUT", NODE_PATH, now, &sha, body.len() as u64);
     let params = auth.strip_prefix("Stateless-Push-Ed25519 ").unwrap();
     for bad in [
@@ -991,6 +991,8 @@ fn slow_readers_cannot_hold_the_server() {
         attackers.push(s);
     }
     std::thread::sleep(Duration::from_millis(500));
+    let mut srv = srv;
+    assert!(srv.child.try_wait().unwrap().is_none(), "server exited: {}", srv.log());
     // Legitimate nodes are served during the attack, at once.
     for _ in 0..3 {
         let t = Instant::now();
@@ -1143,7 +1145,7 @@ fn a_full_disk_answers_507_and_keeps_nothing() {
     let body = fs::read(&push).unwrap();
     let sha: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&body).into();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    let good = stateless_server::push::PushSigner::new(&site.key, "node42").unwrap();
+    let good = stateless_server::push_auth::PushSigner::new(&site.key, "node42").unwrap();
     let auth = good.authorization("PUT", NODE_PATH, now, &sha, body.len() as u64);
     let (status, head, msg) = http(srv.port, "PUT", NODE_PATH, &[("Authorization", &auth)], &body);
     assert_eq!(status, 507, "{head}");
@@ -1195,7 +1197,7 @@ fn crash_leftovers_are_removed_on_start() {
     let body = fs::read(&push).unwrap();
     let sha: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&body).into();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    let good = stateless_server::push::PushSigner::new(&site.key, "node42").unwrap();
+    let good = stateless_server::push_auth::PushSigner::new(&site.key, "node42").unwrap();
     let auth = good.authorization("PUT", NODE_PATH, now, &sha, body.len() as u64);
     let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
     let head = format!(
@@ -1240,7 +1242,7 @@ fn only_regular_files_inside_the_data_directory_are_served() {
     for path in ["/v1/nodes/link1/bundle", "/v1/nodes/link2/bundle", "/v1/groups/rack7/bundle"] {
         assert_eq!(http(srv.port, "GET", path, &[], b"").0, 404, "{path}");
     }
-    assert!(srv.log().contains("symbolic link"), "{}", srv.log());
+    wait_for(|| srv.log().contains("symbolic link"), "the link logged");
     // A directory in place of a bundle.
     fs::create_dir_all(nodes.join("dir1/bundle")).unwrap();
     assert_eq!(http(srv.port, "GET", "/v1/nodes/dir1/bundle", &[], b"").0, 404);

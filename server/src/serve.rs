@@ -28,10 +28,10 @@ use stateless_bundle::{RawHeader, Scope};
 
 use crate::http::{self, HeadError, RangeAnswer, RequestHead};
 use crate::layout::{DataDir, Target};
-use crate::push::{AuthError, Proof};
+use crate::push_auth::{AuthError, Proof};
 use crate::registry::{self, SeenTable, now};
 use crate::store::{self, PublishLock};
-use crate::{pushes, tls};
+use crate::{push_review, tls};
 
 /// How the server runs.
 #[derive(Debug, Clone)]
@@ -158,8 +158,13 @@ impl Server {
         let listener = Arc::new(self.listener);
         let initial = INITIAL_WORKERS.min(self.shared.cfg.max_connections.max(1));
         for _ in 0..initial {
+            // Clients may already be connecting, and busy workers start
+            // more: a refusal only means `max_connections` are running.
             if !spawn_worker(&self.shared, &listener) {
-                return Err(io::Error::other("cannot start connection threads"));
+                if self.shared.workers.load(Ordering::Acquire) == 0 {
+                    return Err(io::Error::other("cannot start connection threads"));
+                }
+                break;
             }
         }
         loop {
@@ -222,7 +227,7 @@ fn worker(shared: &Arc<Shared>, listener: &Arc<TcpListener>) {
         match accepted {
             Ok((stream, peer)) => match AddressSlot::take(shared, peer.ip()) {
                 Some(_slot) => serve_connection(shared, stream, peer),
-                None => refuse_busy(stream, peer),
+                None => refuse_busy(stream, peer, shared.cfg.tls.is_none()),
             },
             Err(e) => {
                 log::warn!("accept: {e}");
@@ -286,9 +291,13 @@ impl Drop for AddressSlot<'_> {
 
 /// An address over its connection limit gets a short 503 without a
 /// thread waiting on it: the answer fits in an empty socket buffer, so the
-/// non-blocking write either goes at once or is dropped.
-fn refuse_busy(stream: TcpStream, peer: SocketAddr) {
+/// non-blocking write either goes at once or is dropped. Over TLS (no
+/// handshake yet) the connection is only closed.
+fn refuse_busy(stream: TcpStream, peer: SocketAddr, plain: bool) {
     log::debug!("{peer}: too many connections from this address");
+    if !plain {
+        return;
+    }
     let _ = stream.set_nonblocking(true);
     let body = "too many connections from your address\n";
     let head = format!(
@@ -802,7 +811,7 @@ fn handle_push(
     // body is drained first so the client sees the answer, not a reset.
     let unauthorized = |conn: &mut Conn, e: AuthError| {
         log::info!("push for {node} from {peer} refused: {e}");
-        let www = format!("WWW-Authenticate: {}\r\n", crate::push::SCHEME);
+        let www = format!("WWW-Authenticate: {}\r\n", crate::push_auth::SCHEME);
         simple(conn, 401, &e.to_string(), false, Some(&www))?;
         linger(conn);
         Ok(false)
@@ -899,7 +908,7 @@ fn handle_push(
     };
     let lock = PublishLock::take(data)?;
     let current = store::published(data, &Target::Node(node.to_owned())).map(|i| i.generation);
-    let newest = current.into_iter().chain(pushes::highest(data, node)).max();
+    let newest = current.into_iter().chain(push_review::highest(data, node)).max();
     let refusal = if info.scope != Scope::Node(node.to_owned()) {
         Some((422, format!("bundle is scoped {}; a push must be scoped node:{node}", info.scope)))
     } else if let Some(k) = record.key_id.as_deref().filter(|k| *k != info.key_id) {
@@ -916,7 +925,7 @@ fn handle_push(
         return simple(conn, status, &msg, keep, None);
     }
     let address = peer.ip().to_string();
-    match pushes::store(data, node, tmp, &info, &address, store::rfc3339(SystemTime::now())) {
+    match push_review::store(data, node, tmp, &info, &address, store::rfc3339(SystemTime::now())) {
         Ok(_) => {}
         Err(e) if out_of_room(&e) => {
             drop(lock);
@@ -927,7 +936,7 @@ fn handle_push(
     let detail = format!("generation {} digest {} from {address}", info.generation, info.digest);
     store::audit(data, "push-received", Some(node), detail, "server".into())?;
     let (status, msg) = if record.auto_accept {
-        match pushes::accept(data, node, info.generation, cfg.keep_history, &lock) {
+        match push_review::accept(data, node, info.generation, cfg.keep_history, &lock) {
             Ok(p) => {
                 let detail = format!("generation {} digest {} (auto-accept)", p.info.generation, p.info.digest);
                 store::audit(data, "accept-push", Some(node), detail, "server".into())?;
