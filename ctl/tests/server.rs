@@ -1243,6 +1243,14 @@ fn only_regular_files_inside_the_data_directory_are_served() {
         assert_eq!(http(srv.port, "GET", path, &[], b"").0, 404, "{path}");
     }
     wait_for(|| srv.log().contains("symbolic link"), "the link logged");
+    // publish does not write through a link either.
+    let g = site.bundle("g1", 1, Scope::Group("rack7".into()), &[("etc/motd", b"g\n")]);
+    let err = fails(&["publish", "--data", &site.data_s(), "--group", "rack7", g.to_str().unwrap()]);
+    assert!(err.contains("v1/groups/rack7: a symbolic link"), "{err}");
+    let b2 = site.bundle("b2", 2, Scope::Node("link1".into()), &[("etc/motd", b"y\n")]);
+    let err = fails(&["publish", "--data", &site.data_s(), "--node", "link1", b2.to_str().unwrap()]);
+    assert!(err.contains("v1/nodes/link1/bundle: a symbolic link"), "{err}");
+    assert_eq!(fs::read(outside.join("bundle")).unwrap(), fs::read(&b).unwrap());
     // A directory in place of a bundle.
     fs::create_dir_all(nodes.join("dir1/bundle")).unwrap();
     assert_eq!(http(srv.port, "GET", "/v1/nodes/dir1/bundle", &[], b"").0, 404);

@@ -157,6 +157,9 @@ pub fn publish(
         return Err(PublishError::Scope { scope: info.scope, target: target.clone() });
     }
     let dest = data.bundle(target);
+    // The server refuses to serve through links (DataDir::open_bundle);
+    // publishing through one would write outside the data directory.
+    refuse_links(data, target)?;
     let current = published(data, target);
     if let Some(cur) = &current {
         if info.generation <= cur.generation {
@@ -189,6 +192,26 @@ pub fn publish(
     tmp.persist(&dest).map_err(|e| PublishError::Io { path: dest.clone(), err: e.error })?;
     File::open(&dir).and_then(|d| d.sync_all()).map_err(io_err(&dir))?;
     Ok(Published { info, previous: current.map(|c| c.generation) })
+}
+
+/// Fails if any path component below the data directory on the way to
+/// `target`'s bundle (the bundle included) is a symbolic link.
+fn refuse_links(data: &DataDir, target: &Target) -> Result<(), PublishError> {
+    let mut path = data.root().to_owned();
+    for part in target.rel_path().split('/') {
+        path.push(part);
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let err =
+                    io::Error::new(io::ErrorKind::InvalidInput, "a symbolic link: the server does not follow links");
+                return Err(PublishError::Io { path, err });
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(err) => return Err(PublishError::Io { path, err }),
+        }
+    }
+    Ok(())
 }
 
 /// Copies `input` to `out`, naming the file that failed: `src` for a read
