@@ -7,10 +7,12 @@
 //! through user space) or a small upload; a blocked thread costs a small
 //! stack and no work. When `max_connections` are open, no thread accepts and
 //! further clients wait in the kernel's listen backlog, which is the
-//! back-pressure a boot storm needs. Every read has a deadline:
-//! the request head must arrive within `head_timeout` (slowloris), an idle
-//! keep-alive connection is closed after `idle_timeout`, and a body transfer
-//! that makes no progress for `io_timeout` is abandoned.
+//! back-pressure a boot storm needs, and one address may hold at most
+//! `max_connections_per_address` of them. Every read and write has a
+//! deadline: the TLS handshake and the request head together must arrive
+//! within `head_timeout` (slowloris), an idle keep-alive connection is
+//! closed after `idle_timeout`, a response must move 64 KiB in every
+//! `io_timeout` and an upload some bytes.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -49,8 +51,8 @@ pub struct ServerConfig {
     pub head_timeout: Duration,
     /// A keep-alive connection idle this long is closed.
     pub idle_timeout: Duration,
-    /// A body transfer with no progress for this long is abandoned (each
-    /// read and each write of a response or upload).
+    /// A response that moves less than 64 KiB in this long, or an upload
+    /// that moves nothing, is abandoned.
     pub io_timeout: Duration,
     /// Most node ids remembered in `seen.json`.
     pub max_seen: usize,
