@@ -1306,3 +1306,31 @@ fn output_to_a_closed_pipe_ends_quietly() {
 fn ctl_piped(args: &[&str]) -> Child {
     ctl().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
 }
+
+#[test]
+fn idle_keep_alive_connections_give_way_when_the_server_is_full() {
+    let site = Site::new();
+    let b = site.bundle("b1", 1, node_scope(), &[("etc/motd", b"x\n")]);
+    site.publish(&["--node", "node42"], &b);
+    let srv = Serve::start(&site.data(), &["--max-connections", "4"]);
+    // Four clients (four addresses) take every slot: one request each,
+    // answered, then the connections stay open and silent.
+    let mut idle = Vec::new();
+    for a in 2..6u8 {
+        let mut s = connect_from([127, 0, 0, a], srv.port);
+        s.write_all(format!("HEAD {NODE_PATH} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes()).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        idle.push(s);
+    }
+    // A node arriving now is served within seconds, not after the 15 s
+    // idle timeout of the others.
+    let t = Instant::now();
+    assert_eq!(http(srv.port, "GET", NODE_PATH, &[], b"").0, 200);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}

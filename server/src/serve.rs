@@ -104,6 +104,9 @@ const INITIAL_WORKERS: usize = 16;
 const MAX_IDLE_WORKERS: usize = 256;
 /// Stack of a connection thread: the request path is shallow.
 const THREAD_STACK: usize = 256 * 1024;
+/// How often an idle keep-alive connection checks whether its slot is
+/// wanted by a client waiting in the backlog.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// Entity tags remembered (by file identity) before the cache is cleared.
 const ETAG_CACHE: usize = 10_000;
 
@@ -518,7 +521,7 @@ fn serve_connection(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
         let wait = if i == 0 { cfg.head_timeout } else { cfg.idle_timeout };
         // One deadline for the TLS handshake (on the first request) and
         // the whole request head.
-        let read = read_head(&mut conn, &mut buf, Instant::now() + wait);
+        let read = read_head(&mut conn, &mut buf, Instant::now() + wait, (i > 0).then_some(shared));
         conn.set_deadline(None, cfg.io_timeout);
         let head = match read {
             Ok(Some(h)) => h,
@@ -572,19 +575,38 @@ enum ReadHeadError {
 /// Reads until `buf` starts with a whole request head, which is removed
 /// from `buf`; bytes after it (a pipelined request or a body) stay. `None`
 /// when the client closed the connection between requests.
-fn read_head(conn: &mut Conn, buf: &mut Vec<u8>, deadline: Instant) -> Result<Option<RequestHead>, ReadHeadError> {
+///
+/// With `idle` (between requests on a keep-alive connection), it wakes
+/// every [`IDLE_CHECK`] while nothing has arrived, and gives the slot up
+/// (`None`) when every connection slot is taken: clients waiting in the
+/// backlog are worth more than a connection that may never send again
+/// (nginx does the same).
+fn read_head(
+    conn: &mut Conn,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+    idle: Option<&Shared>,
+) -> Result<Option<RequestHead>, ReadHeadError> {
     let mut chunk = [0u8; 4096];
-    conn.sock_mut().deadline = Some(deadline);
     loop {
         if let Some((head, n)) = http::parse_head(buf).map_err(ReadHeadError::Head)? {
             buf.drain(..n);
             return Ok(Some(head));
         }
+        let waiting = idle.filter(|_| buf.is_empty());
+        conn.sock_mut().deadline =
+            Some(if waiting.is_some() { deadline.min(Instant::now() + IDLE_CHECK) } else { deadline });
         match conn.read(&mut chunk) {
             Ok(0) if buf.is_empty() => return Ok(None),
             Ok(0) => return Err(ReadHeadError::Io(io::ErrorKind::UnexpectedEof.into())),
             Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                if let Some(shared) = waiting.filter(|_| Instant::now() < deadline) {
+                    if shared.full() {
+                        return Ok(None);
+                    }
+                    continue;
+                }
                 return Err(ReadHeadError::Timeout { partial: !buf.is_empty() });
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -727,6 +749,13 @@ fn serve_bundle(
 }
 
 impl Shared {
+    /// Whether every connection slot is taken (no worker waits in
+    /// `accept`, and no more may start): new clients wait in the backlog.
+    fn full(&self) -> bool {
+        self.idle.load(Ordering::Acquire) == 0
+            && self.workers.load(Ordering::Acquire) >= self.cfg.max_connections.max(1)
+    }
+
     /// The quoted bundle digest of a file, cached by file identity so a boot
     /// storm reads each header once.
     fn etag(&self, path: &Path, file: &File, meta: &std::fs::Metadata) -> Option<Arc<str>> {
