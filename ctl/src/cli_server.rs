@@ -34,7 +34,7 @@ pub struct ServeArgs {
     /// Seconds a client has for the TLS handshake and its whole request head, together.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub head_timeout: u64,
-    /// Seconds a transfer (a response being sent, an upload being received) may make no progress.
+    /// Seconds in which a response or an upload must move 64 KiB (or finish).
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub io_timeout: u64,
     /// Most node ids remembered in state/seen.json.

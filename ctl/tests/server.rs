@@ -1334,3 +1334,80 @@ fn idle_keep_alive_connections_give_way_when_the_server_is_full() {
     assert_eq!(http(srv.port, "GET", NODE_PATH, &[], b"").0, 200);
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }
+
+#[test]
+fn trickled_uploads_and_slow_tls_readers_are_cut() {
+    let site = Site::new();
+    let blob = noise_bytes(32 << 20, 9);
+    let b = site.bundle("big", 1, node_scope(), &[("blob", &blob)]);
+    site.publish(&["--node", "node42"], &b);
+    ok(&["approve", "--data", &site.data_s(), "node42", "--push-key", &site.key_s()]);
+    let want_len = fs::metadata(&b).unwrap().len() as usize;
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(certs.path());
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let args = ["--tls-cert", &cert, "--tls-key", &key, "--io-timeout", "2"];
+    let srv = Serve::start(&site.data(), &args);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(&ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let tls = |sock: TcpStream| {
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        rustls::StreamOwned::new(rustls::ClientConnection::new(cfg.clone(), name).unwrap(), sock)
+    };
+
+    // A reader that stops after the first bytes, with a small window.
+    let mut slow = tls(connect_from_with([127, 0, 0, 2], srv.port, Some(16 * 1024)));
+    slow.write_all(format!("GET {NODE_PATH} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes()).unwrap();
+    let mut first = [0u8; 1024];
+    slow.read_exact(&mut first).unwrap();
+    // An enrolled node's push whose body trickles in at 2 KB/s.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let signer = stateless_server::push_auth::PushSigner::new(&site.key, "node42").unwrap();
+    let auth = signer.authorization("PUT", NODE_PATH, now, &[0; 32], 1 << 20);
+    let mut up = tls(TcpStream::connect(("127.0.0.1", srv.port)).unwrap());
+    let head =
+        format!("PUT {NODE_PATH} HTTP/1.1\r\nHost: a\r\nAuthorization: {auth}\r\nContent-Length: {}\r\n\r\n", 1 << 20);
+    up.write_all(head.as_bytes()).unwrap();
+    let t = Instant::now();
+    let cut = loop {
+        if up.write_all(&[b'x'; 1024]).and_then(|()| up.flush()).is_err() {
+            break t.elapsed();
+        }
+        up.sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        match up.read(&mut first) {
+            Ok(0) => break t.elapsed(),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            _ => break t.elapsed(),
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "a trickled upload is never cut");
+    };
+    assert!(cut < Duration::from_secs(6), "upload cut after {cut:?}");
+    wait_for(|| fs::read_dir(site.data().join("state/spool")).unwrap().count() == 0, "the spool emptied");
+
+    // By now the reader has been cut too: reading drains what was in
+    // flight, then ends, short of the bundle.
+    std::thread::sleep(Duration::from_secs(3));
+    slow.sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = first.len();
+    let mut buf = vec![0u8; 1 << 16];
+    let closed = loop {
+        match slow.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => got += n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break false,
+            Err(_) => break true,
+        }
+    };
+    assert!(closed && got < want_len, "TLS reader: closed {closed} after {got} of {want_len} bytes");
+}

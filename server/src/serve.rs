@@ -11,8 +11,8 @@
 //! `max_connections_per_address` of them. Every read and write has a
 //! deadline: the TLS handshake and the request head together must arrive
 //! within `head_timeout` (slowloris), an idle keep-alive connection is
-//! closed after `idle_timeout`, a response must move 64 KiB in every
-//! `io_timeout` and an upload some bytes.
+//! closed after `idle_timeout`, and a response or an upload must move
+//! 64 KiB in every `io_timeout`.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -51,8 +51,8 @@ pub struct ServerConfig {
     pub head_timeout: Duration,
     /// A keep-alive connection idle this long is closed.
     pub idle_timeout: Duration,
-    /// A response that moves less than 64 KiB in this long, or an upload
-    /// that moves nothing, is abandoned.
+    /// A response or an upload that moves less than 64 KiB in this long is
+    /// abandoned.
     pub io_timeout: Duration,
     /// Most node ids remembered in `seen.json`.
     pub max_seen: usize,
@@ -900,13 +900,23 @@ fn handle_push(
     }
     let mut left = len - from_buf as u64;
     let mut chunk = vec![0u8; 64 * 1024];
-    conn.tcp().set_read_timeout(Some(cfg.io_timeout))?;
+    // The upload must move as a response must (see Sock): MIN_PROGRESS
+    // bytes in every io_timeout, so a trickle cannot hold the connection.
+    let mut progress = Progress::new(cfg.io_timeout);
     while left > 0 {
+        let wait = progress.until().saturating_duration_since(Instant::now());
+        if wait.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "upload stalled"));
+        }
+        conn.tcp().set_read_timeout(Some(wait))?;
         let want = (left as usize).min(chunk.len());
         let part = chunk.get_mut(..want).ok_or_else(|| io::Error::other("buffer"))?;
         let n = match conn.read(part) {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => n,
+            Ok(n) => {
+                progress.moved(n);
+                n
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
