@@ -1251,6 +1251,16 @@ fn only_regular_files_inside_the_data_directory_are_served() {
     let err = fails(&["publish", "--data", &site.data_s(), "--node", "link1", b2.to_str().unwrap()]);
     assert!(err.contains("v1/nodes/link1/bundle: a symbolic link"), "{err}");
     assert_eq!(fs::read(outside.join("bundle")).unwrap(), fs::read(&b).unwrap());
+    // Publishing over the FIFO, and to a FIFO as the source, never waits.
+    let f1 = site.bundle("f1", 1, Scope::Node("fifo1".into()), &[("etc/motd", b"f\n")]);
+    let t = Instant::now();
+    site.publish(&["--node", "fifo1"], &f1);
+    assert_eq!(http(srv.port, "GET", "/v1/nodes/fifo1/bundle", &[], b"").2, fs::read(&f1).unwrap());
+    let src_fifo = site.dir.path().join("src.fifo");
+    assert!(Command::new("mkfifo").arg(&src_fifo).status().unwrap().success());
+    let err = fails(&["publish", "--data", &site.data_s(), "--node", "fifo2", src_fifo.to_str().unwrap()]);
+    assert!(err.contains("not a regular file"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     // A directory in place of a bundle.
     fs::create_dir_all(nodes.join("dir1/bundle")).unwrap();
     assert_eq!(http(srv.port, "GET", "/v1/nodes/dir1/bundle", &[], b"").0, 404);

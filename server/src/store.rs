@@ -87,10 +87,25 @@ pub struct BundleInfo {
     pub len: u64,
 }
 
-/// Reads the header of a bundle file and checks its length.
+/// Reads the header of a bundle file and checks its length. Only a
+/// regular file is read: the open does not block (a FIFO would wait for a
+/// writer forever), and anything else is refused.
 pub fn bundle_info(path: &Path) -> Result<BundleInfo, PublishError> {
-    let mut f = File::open(path).map_err(io_err(path))?;
-    let len = f.metadata().map_err(io_err(path))?.len();
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(io_err(path))?;
+    info_of(f, path)
+}
+
+fn info_of(mut f: File, path: &Path) -> Result<BundleInfo, PublishError> {
+    let meta = f.metadata().map_err(io_err(path))?;
+    if !meta.is_file() {
+        let err = io::Error::new(io::ErrorKind::InvalidInput, "not a regular file");
+        return Err(PublishError::Io { path: path.to_owned(), err });
+    }
+    let len = meta.len();
     let mut head = [0u8; HEADER_LEN];
     let got = read_full(&mut f, &mut head).map_err(io_err(path))?;
     let raw = RawHeader::parse(head.get(..got).unwrap_or_default())
@@ -112,7 +127,9 @@ pub fn bundle_info(path: &Path) -> Result<BundleInfo, PublishError> {
 /// The generation published for a target, if any (a file that is not a
 /// bundle counts as none, so a broken file can be replaced).
 pub fn published(data: &DataDir, target: &Target) -> Option<BundleInfo> {
-    bundle_info(&data.bundle(target)).ok()
+    // As the server opens it to serve it: no links, no FIFOs.
+    let f = data.open_bundle(target).ok()?;
+    info_of(f, &data.bundle(target)).ok()
 }
 
 /// An exclusive lock on the data directory's publications, held until
