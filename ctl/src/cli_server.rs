@@ -27,9 +27,21 @@ pub struct ServeArgs {
     /// Most connections open at once; more clients wait in the listen backlog.
     #[arg(long, default_value_t = 4096)]
     pub max_connections: usize,
-    /// Seconds a client has to send a request head (and finish the TLS handshake).
+    /// Most connections open at once from one address (an IPv6 /64 counts as one); 0 for no limit.
+    #[arg(long, value_name = "N", default_value_t = stateless_server::serve::DEFAULT_PER_ADDRESS)]
+    pub max_connections_per_address: usize,
+    /// Seconds a client has for the TLS handshake and its whole request head, together.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub head_timeout: u64,
+    /// Seconds in which a response or an upload must move 64 KiB (or finish).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub io_timeout: u64,
+    /// Most node ids remembered in state/seen.json.
+    #[arg(long, value_name = "N", default_value_t = stateless_server::registry::MAX_SEEN)]
+    pub max_seen: usize,
+    /// Most unapproved node ids remembered per address (an IPv6 /64 counts as one).
+    #[arg(long, value_name = "N", default_value_t = stateless_server::registry::MAX_SEEN_PER_ADDRESS)]
+    pub max_seen_per_address: usize,
     /// Largest pushed bundle accepted, e.g. 256M.
     #[arg(long, value_name = "SIZE", value_parser = crate::cli::parse_size, default_value = "256M")]
     pub max_push: u64,

@@ -1,14 +1,15 @@
 //! `statelessctl serve`, `publish`, `nodes`, `approve`, `reject`, `pushes`
 //! and `accept-push`: thin wrappers over the `stateless-server` crate.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use stateless_keys::read_key_file;
-use stateless_server::push::{PushSigner, valid_public_hex};
+use stateless_server::push_auth::{PushSigner, valid_public_hex};
 use stateless_server::registry::{self, Approval};
 use stateless_server::store::{self, PublishLock, by_uid};
-use stateless_server::{DataDir, Server, ServerConfig, Target, pushes};
+use stateless_server::{DataDir, Server, ServerConfig, Target, push_review};
 
 use crate::cli_server::{AcceptPushArgs, ApproveArgs, NodesArgs, PublishArgs, PushesArgs, RejectArgs, ServeArgs};
 
@@ -21,7 +22,11 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = ServerConfig::new(data);
     cfg.max_connections = a.max_connections;
     cfg.max_push = a.max_push;
+    cfg.max_connections_per_address = a.max_connections_per_address;
     cfg.head_timeout = std::time::Duration::from_secs(a.head_timeout.max(1));
+    cfg.io_timeout = std::time::Duration::from_secs(a.io_timeout.max(1));
+    cfg.max_seen = a.max_seen.max(1);
+    cfg.max_seen_per_address = a.max_seen_per_address.max(1);
     let scheme = match (&a.tls_cert, &a.tls_key) {
         (Some(cert), Some(key)) => {
             cfg.tls = Some(stateless_server::load_tls(cert, key).context("loading TLS certificate and key")?);
@@ -69,21 +74,26 @@ pub fn publish(a: PublishArgs) -> anyhow::Result<ExitCode> {
 pub fn nodes(a: NodesArgs) -> anyhow::Result<ExitCode> {
     let data = open_data(&a.data)?;
     let list = registry::list(&data);
+    // Written with `?`, not println!: a reader that goes away (`| head`)
+    // ends the command quietly (see main).
+    let mut out = std::io::stdout().lock();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    writeln!(
+        out,
         "{:<24} {:<9} {:<12} {:<21} {:<16} {:>8}  push",
         "NODE", "STATE", "GROUP", "LAST SEEN", "ADDRESS", "REQUESTS"
-    );
+    )?;
     for n in list {
         let push = match (n.push, n.auto_accept) {
             (true, true) => "auto",
             (true, false) => "review",
             _ => "-",
         };
-        println!(
+        writeln!(
+            out,
             "{:<24} {:<9} {:<12} {:<21} {:<16} {:>8}  {push}",
             n.node,
             n.state,
@@ -91,8 +101,9 @@ pub fn nodes(a: NodesArgs) -> anyhow::Result<ExitCode> {
             n.last_seen.as_deref().unwrap_or("never"),
             n.address.as_deref().unwrap_or("-"),
             n.requests
-        );
+        )?;
     }
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -145,14 +156,16 @@ pub fn reject(a: RejectArgs) -> anyhow::Result<ExitCode> {
 
 pub fn list_pushes(a: PushesArgs) -> anyhow::Result<ExitCode> {
     let data = open_data(&a.data)?;
-    let list = pushes::list(&data, None);
+    let list = push_review::list(&data, None);
+    let mut out = std::io::stdout().lock();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<24} {:>10} {:>10} {:<20} {:<16} DIGEST", "NODE", "GENERATION", "BYTES", "RECEIVED", "ADDRESS");
+    writeln!(out, "{:<24} {:>10} {:>10} {:<20} {:<16} DIGEST", "NODE", "GENERATION", "BYTES", "RECEIVED", "ADDRESS")?;
     for p in list {
-        println!(
+        writeln!(
+            out,
             "{:<24} {:>10} {:>10} {:<20} {:<16} {}…",
             p.node,
             p.generation,
@@ -160,8 +173,9 @@ pub fn list_pushes(a: PushesArgs) -> anyhow::Result<ExitCode> {
             p.received,
             p.address,
             p.digest.get(..16).unwrap_or(&p.digest)
-        );
+        )?;
     }
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -169,7 +183,7 @@ pub fn accept_push(a: AcceptPushArgs) -> anyhow::Result<ExitCode> {
     stateless_server::check_name(&a.node)?;
     let data = open_data(&a.data)?;
     let lock = PublishLock::take(&data).context("locking the data directory")?;
-    let p = pushes::accept(&data, &a.node, a.generation, a.keep, &lock)
+    let p = push_review::accept(&data, &a.node, a.generation, a.keep, &lock)
         .with_context(|| format!("accepting the push of {}", a.node))?;
     let detail = format!("generation {} digest {}", p.info.generation, p.info.digest);
     store::audit(&data, "accept-push", Some(&a.node), detail, by_uid()).context("writing the audit log")?;

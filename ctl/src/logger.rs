@@ -1,5 +1,7 @@
 //! A minimal stderr logger: warnings always, info and debug with `-v`.
 
+use std::io::Write;
+
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
 struct Stderr;
@@ -16,7 +18,9 @@ impl Log for Stderr {
                 Level::Warn => "warning: ",
                 _ => "",
             };
-            eprintln!("statelessctl: {level}{}", r.args());
+            // Not eprintln!: a log line to a closed stderr must not end a
+            // running server.
+            let _ = writeln!(std::io::stderr(), "statelessctl: {level}{}", r.args());
         }
     }
 

@@ -1,7 +1,8 @@
 //! `statelessctl`: make keys and bundles, look inside them, open them.
 //!
 //! Exit codes: 0 success, 1 failure (one line on stderr says why), 2 usage
-//! error.
+//! error. A closed output pipe (`statelessctl nodes | head -1`) ends a command
+//! quietly with 0.
 
 use std::process::ExitCode;
 
@@ -18,15 +19,45 @@ mod cmd_usb;
 mod logger;
 
 fn main() -> ExitCode {
+    quiet_on_broken_pipe();
     let args = cli::Cli::parse();
     logger::init(args.verbose);
     match run(args) {
         Ok(code) => code,
+        Err(err) if broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("statelessctl: {err:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether an error comes from writing to a reader that went away
+/// (`statelessctl nodes | head -1`): the reader has what it wanted, so the
+/// command ends quietly, as it would by SIGPIPE in a C tool. (Rust ignores
+/// SIGPIPE, and restoring it needs `unsafe`, which this crate does not use.)
+fn broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+/// `println!` and `eprintln!` panic when their stream is a closed pipe; the
+/// commands that print with them would then abort (exit 134). A panic
+/// that says exactly that ends the process quietly instead; any other
+/// panic is reported as before.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to std") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
 }
 
 fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {

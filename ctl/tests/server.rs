@@ -38,10 +38,13 @@ fn fails(args: &[&str]) -> String {
     String::from_utf8(out.stderr).unwrap()
 }
 
-/// `statelessctl serve` on an ephemeral port, killed when dropped.
+/// `statelessctl serve` on an ephemeral port, killed when dropped. Its
+/// stderr is read to the end by a thread (so a log line never meets a
+/// closed pipe) and kept in `log`.
 struct Serve {
     port: u16,
     child: Child,
+    log: Arc<std::sync::Mutex<String>>,
 }
 
 impl Serve {
@@ -53,10 +56,27 @@ impl Serve {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stderr.take().unwrap()).read_line(&mut line).unwrap();
-        let port = line.trim().rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("{line}"));
-        Serve { port, child }
+        let log = Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains(": serving ") {
+                    let port = line.trim().rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+                    let _ = tx.send(port);
+                }
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let port = rx.recv_timeout(Duration::from_secs(30)).ok().flatten();
+        let port = port.unwrap_or_else(|| panic!("serve did not start: {}", log.lock().unwrap()));
+        Serve { port, child, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
     }
 }
 
@@ -451,12 +471,12 @@ fn push_with_bad_proof_or_lower_generation_is_refused() {
     let len = body.len() as u64;
 
     // Signed with a key derived from another key.
-    let other = stateless_server::push::PushSigner::new(&Key::generate().unwrap(), "node42").unwrap();
+    let other = stateless_server::push_auth::PushSigner::new(&Key::generate().unwrap(), "node42").unwrap();
     let auth = other.authorization("PUT", NODE_PATH, now, &sha, len);
     let (status, head, _) = http(srv.port, "PUT", NODE_PATH, &[("Authorization", &auth)], &body);
     assert_eq!(status, 401, "{head}");
     // The right key, but the body changed after signing.
-    let good = stateless_server::push::PushSigner::new(&site.key, "node42").unwrap();
+    let good = stateless_server::push_auth::PushSigner::new(&site.key, "node42").unwrap();
     let auth = good.authorization("PUT", NODE_PATH, now, &sha, len);
     let mut tampered = body.clone();
     *tampered.last_mut().unwrap() ^= 1;
@@ -787,4 +807,626 @@ fn persist_puts_to_nginx_webdav() {
     assert_eq!(status["generation"], 2);
     assert_eq!(node.read("etc/ssh/ssh_host_ed25519_key").as_deref(), Some("host key\n"));
     assert_eq!(node.read("etc/motd").as_deref(), Some("gen1\n"));
+}
+
+// ---- hostile clients, faults and crashes ----
+
+/// A TCP connection to the server on 127.0.0.1 from another loopback
+/// address (Linux routes all of 127/8 to lo), to play a second host.
+fn connect_from(src: [u8; 4], port: u16) -> TcpStream {
+    connect_from_with(src, port, None)
+}
+
+/// [`connect_from`], with a fixed receive buffer.
+fn connect_from_with(src: [u8; 4], port: u16, rcvbuf: Option<usize>) -> TcpStream {
+    use rustix::net::{AddressFamily, SocketType, bind, connect, socket, sockopt};
+    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    if let Some(n) = rcvbuf {
+        sockopt::set_socket_recv_buffer_size(&fd, n).unwrap();
+    }
+    bind(&fd, &std::net::SocketAddr::from((src, 0))).unwrap();
+    connect(&fd, &std::net::SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
+    TcpStream::from(fd)
+}
+
+/// Sends raw bytes, reads until the server closes: (status of the first
+/// answer, number of answers, everything read).
+fn raw(port: u16, req: &[u8]) -> (u16, usize, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(req).unwrap();
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let answers = text.split("\r\n").filter(|l| l.starts_with("HTTP/1.1 ")).count();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, answers, text)
+}
+
+/// Pseudo-random bytes (xorshift): incompressible, so a bundle of them is
+/// as large as they are.
+fn noise_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn seen_nodes(site: &Site) -> Vec<String> {
+    let v = nodes_json(site);
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| !n["first_seen"].is_null())
+        .map(|n| n["node"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn ambiguous_framing_is_refused_and_the_connection_closed() {
+    let site = Site::new();
+    let b = site.bundle("b1", 1, node_scope(), &[("etc/motd", b"x\n")]);
+    site.publish(&["--node", "node42"], &b);
+    let srv = Serve::start(&site.data(), &[]);
+    for (req, want) in stateless_server::http::AMBIGUOUS_HEADS {
+        // Whatever follows the head would be the smuggled request.
+        let mut bytes = req.to_vec();
+        bytes.extend_from_slice(b"GET /v1/nodes/smuggled/bundle HTTP/1.1\r\nHost: a\r\n\r\n");
+        let (status, answers, text) = raw(srv.port, &bytes);
+        assert_eq!((status, answers), (*want, 1), "{:?}: {text}", String::from_utf8_lossy(req));
+        assert!(text.contains("Connection: close"), "{text}");
+    }
+    // The reproduction: two lengths, the body a second request.
+    let smuggle = b"GET /v1/nodes/node42/bundle HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 56\r\n\r\nGET /v1/nodes/smuggled2/bundle HTTP/1.1\r\nHost: a\r\n\r\n";
+    let (status, answers, _) = raw(srv.port, smuggle);
+    assert_eq!((status, answers), (400, 1));
+    // A good keep-alive request still works, and pipelining is kept.
+    let two = b"HEAD /v1/nodes/node42/bundle HTTP/1.1\r\nHost: a\r\n\r\nHEAD /v1/nodes/node42/bundle HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let (status, answers, _) = raw(srv.port, two);
+    assert_eq!((status, answers), (200, 2));
+    std::thread::sleep(Duration::from_millis(1500));
+    let seen = seen_nodes(&site);
+    assert!(!seen.iter().any(|n| n.starts_with("smuggled")), "{seen:?}");
+    // A byte range past anything a u64 holds is still past the end.
+    for r in ["bytes=99999999999999999999999-", "bytes=18446744073709551616-"] {
+        let (status, head, _) = http(srv.port, "GET", NODE_PATH, &[("Range", r)], b"");
+        assert_eq!(status, 416, "{r}: {head}");
+    }
+    let (status, _, body) = http(srv.port, "GET", NODE_PATH, &[("Range", "bytes=0-99999999999999999999999")], b"");
+    assert_eq!((status, body), (206, fs::read(&b).unwrap()));
+}
+
+#[test]
+fn push_proofs_with_repeated_or_unknown_parameters_are_refused() {
+    let site = Site::new();
+    let b3 = site.bundle("b3", 3, node_scope(), &[("etc/motd", b"gen3\n")]);
+    site.publish(&["--node", "node42"], &b3);
+    ok(&["approve", "--data", &site.data_s(), "node42", "--push-key", &site.key_s(), "--auto-accept"]);
+    let srv = Serve::start(&site.data(), &[]);
+    let push = site.bundle("p5", 5, node_scope(), &[("etc/motd", b"pushed\n")]);
+    let body = fs::read(&push).unwrap();
+    let sha: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&body).into();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let good = stateless_server::push_auth::PushSigner::new(&site.key, "node42").unwrap();
+    let auth = good.authorization("PUT", NODE_PATH, now, &sha, body.len() as u64);
+    let params = auth.strip_prefix("Stateless-Push-Ed25519 ").unwrap();
+    for bad in [
+        format!("Stateless-Push-Ed25519 {params},node=node42"),
+        format!("Stateless-Push-Ed25519 node=node43,{params}"),
+        format!("Stateless-Push-Ed25519 {params},ts={now}"),
+        format!("Stateless-Push-Ed25519 {params},extra=1"),
+        format!("Stateless-Push-Ed25519 {}", params.replace(&format!("ts={now}"), &format!("ts=+{now}"))),
+    ] {
+        let (status, head, _) = http(srv.port, "PUT", NODE_PATH, &[("Authorization", &bad)], &body);
+        assert_eq!(status, 401, "{bad}: {head}");
+    }
+    // Two Authorization headers are not a way around it either.
+    let mut req = format!("PUT {NODE_PATH} HTTP/1.1\r\nHost: a\r\nAuthorization: {auth}\r\nAuthorization: {auth}\r\n");
+    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(&body);
+    assert_eq!(raw(srv.port, &bytes).0, 400);
+    spool_and_pushes_empty(&site);
+    assert_eq!(http(srv.port, "GET", NODE_PATH, &[], b"").2, fs::read(&b3).unwrap(), "nothing published");
+    assert_eq!(http(srv.port, "PUT", NODE_PATH, &[("Authorization", &auth)], &body).0, 201);
+}
+
+#[test]
+fn a_registration_flood_never_crowds_out_real_nodes() {
+    let site = Site::new();
+    ok(&["approve", "--data", &site.data_s(), "approved1"]);
+    let srv = Serve::start(&site.data(), &["--max-seen", "40", "--max-seen-per-address", "10"]);
+    // 500 invented ids from 127.0.0.2, on one keep-alive connection.
+    let mut s = connect_from([127, 0, 0, 2], srv.port);
+    let mut reqs = String::new();
+    for i in 0..500 {
+        reqs.push_str(&format!("HEAD /v1/nodes/junk{i}/bundle HTTP/1.1\r\nHost: a\r\n\r\n"));
+    }
+    reqs.push_str("HEAD /v1/nodes/junk-last/bundle HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    s.write_all(reqs.as_bytes()).unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    assert_eq!(String::from_utf8_lossy(&resp).matches("HTTP/1.1 404").count(), 501);
+    // Many more addresses, each a few ids: the table fills.
+    for a in 3..40u8 {
+        let mut s = connect_from([127, 0, 0, a], srv.port);
+        s.write_all(
+            format!("HEAD /v1/nodes/spread{a}/bundle HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        let _ = s.read_to_end(&mut Vec::new());
+    }
+    // Real nodes arriving now are recorded, and so is an approved one.
+    assert_eq!(http(srv.port, "GET", "/v1/nodes/real1/bundle", &[], b"").0, 404);
+    let mut s = connect_from([127, 0, 1, 1], srv.port);
+    s.write_all(b"HEAD /v1/nodes/approved1/bundle HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap();
+    let _ = s.read_to_end(&mut Vec::new());
+    wait_for(
+        || {
+            let s = seen_nodes(&site);
+            s.contains(&"real1".to_owned()) && s.contains(&"approved1".to_owned())
+        },
+        "real nodes recorded",
+    );
+    let seen = seen_nodes(&site);
+    assert!(seen.len() <= 41, "{}", seen.len());
+    let junk = seen.iter().filter(|n| n.starts_with("junk")).count();
+    assert!(junk <= 10, "{junk} junk ids kept");
+    assert!(seen.contains(&"junk-last".to_owned()), "the flooder's newest ids replace its oldest");
+}
+
+#[test]
+fn slow_readers_cannot_hold_the_server() {
+    let site = Site::new();
+    let blob = noise_bytes(32 << 20, 7);
+    let b = site.bundle("big", 1, node_scope(), &[("blob", &blob)]);
+    site.publish(&["--node", "node42"], &b);
+    let want = fs::read(&b).unwrap();
+    let args = ["--max-connections", "8", "--max-connections-per-address", "4", "--io-timeout", "2"];
+    let srv = Serve::start(&site.data(), &args);
+    // 16 clients from one address ask for the 32 MB bundle and never read,
+    // with a small fixed receive window (on loopback an autotuned window
+    // would swallow the whole bundle).
+    let mut attackers = Vec::new();
+    for _ in 0..16 {
+        let mut s = connect_from_with([127, 0, 0, 2], srv.port, Some(16 * 1024));
+        s.write_all(format!("GET {NODE_PATH} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes()).unwrap();
+        attackers.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let mut srv = srv;
+    assert!(srv.child.try_wait().unwrap().is_none(), "server exited: {}", srv.log());
+    // Legitimate nodes are served during the attack, at once.
+    for _ in 0..3 {
+        let t = Instant::now();
+        let (status, _, body) = http(srv.port, "GET", NODE_PATH, &[], b"");
+        assert_eq!(status, 200);
+        assert!(body == want, "whole bundle");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    }
+    // Past the write deadline, every attacker's connection is closed:
+    // reading now drains what was in flight and ends, short of the bundle.
+    std::thread::sleep(Duration::from_secs(4));
+    for (i, mut s) in attackers.into_iter().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        let closed = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => got += n,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    break false;
+                }
+                Err(_) => break true,
+            }
+        };
+        assert!(closed, "attacker {i} still connected after {got} bytes");
+        assert!(got < want.len(), "attacker {i} got the whole bundle");
+    }
+}
+
+/// Drips `bytes` one at a time every `gap`; returns how long until the
+/// server closed the connection (`None`: still open after 15 s).
+fn drip(s: &mut TcpStream, bytes: &[u8], gap: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    s.set_read_timeout(Some(gap)).unwrap();
+    let mut sink = [0u8; 4096];
+    for b in bytes.iter().cycle() {
+        if start.elapsed() > Duration::from_secs(15) {
+            return None;
+        }
+        if s.write_all(&[*b]).is_err() {
+            return Some(start.elapsed());
+        }
+        match s.read(&mut sink) {
+            Ok(0) => return Some(start.elapsed()),
+            // An answer (408): the close follows.
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return Some(start.elapsed()),
+        }
+    }
+    None
+}
+
+/// The first flight of a real TLS client.
+fn client_hello() -> Vec<u8> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out).unwrap();
+    }
+    out
+}
+
+#[test]
+fn one_deadline_bounds_the_handshake_and_the_head() {
+    let site = Site::new();
+    let certs = tempfile::tempdir().unwrap();
+    let (_ca, cert, key) = certificates(certs.path());
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let tls = Serve::start(&site.data(), &["--tls-cert", &cert, "--tls-key", &key, "--head-timeout", "2"]);
+    let plain = Serve::start(&site.data(), &["--head-timeout", "2"]);
+    let hello = client_hello();
+    assert!(hello.len() > 100);
+    let within = |t: Option<Duration>, what: &str| {
+        let t = t.unwrap_or_else(|| panic!("{what}: never cut"));
+        assert!(t >= Duration::from_millis(1500) && t < Duration::from_millis(3800), "{what}: cut after {t:?}");
+    };
+    // A real ClientHello, one byte every 200 ms: cut at the head deadline.
+    let mut s = TcpStream::connect(("127.0.0.1", tls.port)).unwrap();
+    within(drip(&mut s, &hello, Duration::from_millis(200)), "dripped ClientHello");
+    // A 5-byte partial record, then nothing.
+    let mut s = TcpStream::connect(("127.0.0.1", tls.port)).unwrap();
+    let t = Instant::now();
+    s.write_all(&hello[..5]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let _ = s.read(&mut [0u8; 64]);
+    within(Some(t.elapsed()), "partial record");
+    // A whole handshake done slowly but in time still counts against the
+    // same deadline as the head: a plain-HTTP head dripped byte by byte.
+    let head = format!("GET /v1/default/bundle HTTP/1.1\r\nHost: a\r\nX-Pad: {}\r\n\r\n", "a".repeat(200));
+    let mut s = TcpStream::connect(("127.0.0.1", plain.port)).unwrap();
+    within(drip(&mut s, head.as_bytes(), Duration::from_millis(200)), "dripped head");
+    // Both still serve everyone else.
+    assert_eq!(http(plain.port, "GET", "/v1/default/bundle", &[], b"").0, 404);
+}
+
+/// A small tmpfs mounted for one test (tests run as root), unmounted when
+/// dropped.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn new(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .unwrap_or_else(|e| panic!("running mount: {e} (this test mounts a tmpfs and must run as root)"));
+        assert!(
+            out.status.success(),
+            "cannot mount a tmpfs at {} (this test must run as root): {}",
+            dir.path().display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_answers_507_and_keeps_nothing() {
+    let site = Site::new();
+    let disk = Tmpfs::new("4m");
+    let data = disk.path().join("data");
+    let data_s = data.display().to_string();
+    let b3 = site.bundle("b3", 3, node_scope(), &[("etc/motd", b"gen3\n")]);
+    ok(&["publish", "--data", &data_s, "--node", "node42", b3.to_str().unwrap()]);
+    ok(&["approve", "--data", &data_s, "node42", "--push-key", &site.key_s()]);
+    let srv = Serve::start(&data, &[]);
+    let push = site.bundle("p5", 5, node_scope(), &[("blob", &noise_bytes(6 << 20, 3))]);
+    let body = fs::read(&push).unwrap();
+    let sha: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&body).into();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let good = stateless_server::push_auth::PushSigner::new(&site.key, "node42").unwrap();
+    let auth = good.authorization("PUT", NODE_PATH, now, &sha, body.len() as u64);
+    let (status, head, msg) = http(srv.port, "PUT", NODE_PATH, &[("Authorization", &auth)], &body);
+    assert_eq!(status, 507, "{head}");
+    assert!(String::from_utf8_lossy(&msg).contains("no room"), "{msg:?}");
+    assert_eq!(fs::read_dir(data.join("state/spool")).unwrap().count(), 0);
+    assert!(
+        !data.join("state/pushes/node42").exists()
+            || fs::read_dir(data.join("state/pushes/node42")).unwrap().count() == 0
+    );
+    // The server goes on serving.
+    assert_eq!(http(srv.port, "GET", NODE_PATH, &[], b"").2, fs::read(&b3).unwrap());
+
+    // publish names the file it could not write, and leaves no temporary.
+    let big = site.bundle("n43", 1, Scope::Node("node43".into()), &[("blob", &noise_bytes(6 << 20, 4))]);
+    let err = fails(&["publish", "--data", &data_s, "--node", "node43", big.to_str().unwrap()]);
+    let dest = data.join("v1/nodes/node43/bundle");
+    assert!(err.contains(&format!("{}: No space left on device", dest.display())), "{err}");
+    let left: Vec<_> = fs::read_dir(data.join("v1/nodes/node43")).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn crash_leftovers_are_removed_on_start() {
+    let site = Site::new();
+    let b3 = site.bundle("b3", 3, node_scope(), &[("etc/motd", b"gen3\n")]);
+    site.publish(&["--node", "node42"], &b3);
+    let node_dir = site.data().join("v1/nodes/node42");
+    // What `publish` killed with -9 leaves beside the bundle, and things
+    // that only look like it.
+    fs::write(node_dir.join(".publishAb12Cd"), b"half a bundle").unwrap();
+    fs::write(node_dir.join("notes.publish"), b"mine").unwrap();
+    fs::write(site.dir.path().join("outside"), b"keep").unwrap();
+    std::os::unix::fs::symlink(site.dir.path().join("outside"), node_dir.join(".publishLnk123")).unwrap();
+    let b4 = site.bundle("b4", 4, node_scope(), &[("etc/motd", b"gen4\n")]);
+    site.publish(&["--node", "node42"], &b4);
+    let mut names: Vec<String> =
+        fs::read_dir(&node_dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, [".publishLnk123", "bundle", "notes.publish"]);
+    // Another target's leftover goes when the server starts.
+    fs::create_dir_all(site.data().join("v1/groups/rack7")).unwrap();
+    fs::write(site.data().join("v1/groups/rack7/.publishZZ99zz"), b"x").unwrap();
+
+    // A push cut by a server crash leaves its spool file; a restart removes it.
+    ok(&["approve", "--data", &site.data_s(), "node42", "--push-key", &site.key_s()]);
+    let mut srv = Serve::start(&site.data(), &[]);
+    assert!(!site.data().join("v1/groups/rack7/.publishZZ99zz").exists());
+    let push = site.bundle("p5", 5, node_scope(), &[("blob", &noise_bytes(1 << 20, 5))]);
+    let body = fs::read(&push).unwrap();
+    let sha: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&body).into();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let good = stateless_server::push_auth::PushSigner::new(&site.key, "node42").unwrap();
+    let auth = good.authorization("PUT", NODE_PATH, now, &sha, body.len() as u64);
+    let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+    let head = format!(
+        "PUT {NODE_PATH} HTTP/1.1\r\nHost: a\r\nAuthorization: {auth}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&body[..body.len() / 2]).unwrap();
+    let spool = site.data().join("state/spool");
+    wait_for(|| fs::read_dir(&spool).unwrap().count() == 1, "the push in the spool");
+    srv.child.kill().unwrap();
+    srv.child.wait().unwrap();
+    assert_eq!(fs::read_dir(&spool).unwrap().count(), 1, "the crash leaves the spool file");
+    let _srv = Serve::start(&site.data(), &[]);
+    assert_eq!(fs::read_dir(&spool).unwrap().count(), 0);
+    assert_eq!(fs::read(site.dir.path().join("outside")).unwrap(), b"keep");
+}
+
+#[test]
+fn only_regular_files_inside_the_data_directory_are_served() {
+    let site = Site::new();
+    let b = site.bundle("b1", 1, node_scope(), &[("etc/motd", b"x\n")]);
+    site.publish(&["--node", "node42"], &b);
+    let srv = Serve::start(&site.data(), &[]);
+    let nodes = site.data().join("v1/nodes");
+    // A FIFO in place of a bundle: answered at once, never opened for a writer.
+    fs::create_dir_all(nodes.join("fifo1")).unwrap();
+    let st = Command::new("mkfifo").arg(nodes.join("fifo1/bundle")).status().unwrap();
+    assert!(st.success());
+    let t = Instant::now();
+    assert_eq!(http(srv.port, "GET", "/v1/nodes/fifo1/bundle", &[], b"").0, 404);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // Links out of the data directory: in place of the bundle, of a node's
+    // directory, of a group's.
+    let outside = site.dir.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    fs::copy(&b, outside.join("bundle")).unwrap();
+    fs::create_dir_all(nodes.join("link1")).unwrap();
+    std::os::unix::fs::symlink(outside.join("bundle"), nodes.join("link1/bundle")).unwrap();
+    std::os::unix::fs::symlink(&outside, nodes.join("link2")).unwrap();
+    std::os::unix::fs::symlink(&outside, site.data().join("v1/groups/rack7")).unwrap();
+    for path in ["/v1/nodes/link1/bundle", "/v1/nodes/link2/bundle", "/v1/groups/rack7/bundle"] {
+        assert_eq!(http(srv.port, "GET", path, &[], b"").0, 404, "{path}");
+    }
+    wait_for(|| srv.log().contains("symbolic link"), "the link logged");
+    // publish does not write through a link either.
+    let g = site.bundle("g1", 1, Scope::Group("rack7".into()), &[("etc/motd", b"g\n")]);
+    let err = fails(&["publish", "--data", &site.data_s(), "--group", "rack7", g.to_str().unwrap()]);
+    assert!(err.contains("v1/groups/rack7: a symbolic link"), "{err}");
+    let b2 = site.bundle("b2", 2, Scope::Node("link1".into()), &[("etc/motd", b"y\n")]);
+    let err = fails(&["publish", "--data", &site.data_s(), "--node", "link1", b2.to_str().unwrap()]);
+    assert!(err.contains("v1/nodes/link1/bundle: a symbolic link"), "{err}");
+    assert_eq!(fs::read(outside.join("bundle")).unwrap(), fs::read(&b).unwrap());
+    // Publishing over the FIFO, and to a FIFO as the source, never waits.
+    let f1 = site.bundle("f1", 1, Scope::Node("fifo1".into()), &[("etc/motd", b"f\n")]);
+    let t = Instant::now();
+    site.publish(&["--node", "fifo1"], &f1);
+    assert_eq!(http(srv.port, "GET", "/v1/nodes/fifo1/bundle", &[], b"").2, fs::read(&f1).unwrap());
+    let src_fifo = site.dir.path().join("src.fifo");
+    assert!(Command::new("mkfifo").arg(&src_fifo).status().unwrap().success());
+    let err = fails(&["publish", "--data", &site.data_s(), "--node", "fifo2", src_fifo.to_str().unwrap()]);
+    assert!(err.contains("not a regular file"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    // A directory in place of a bundle.
+    fs::create_dir_all(nodes.join("dir1/bundle")).unwrap();
+    assert_eq!(http(srv.port, "GET", "/v1/nodes/dir1/bundle", &[], b"").0, 404);
+    assert_eq!(http(srv.port, "GET", NODE_PATH, &[], b"").2, fs::read(&b).unwrap());
+}
+
+#[test]
+fn a_damaged_seen_file_is_reported_and_kept() {
+    let site = Site::new();
+    ok(&["nodes", "--data", &site.data_s()]);
+    let seen = site.data().join("state/seen.json");
+    fs::write(&seen, b"{\"node1\": {\"first_seen\": 17").unwrap();
+    let srv = Serve::start(&site.data(), &[]);
+    let log = srv.log();
+    assert!(log.contains("warning") && log.contains(&seen.display().to_string()), "{log}");
+    assert_eq!(fs::read(site.data().join("state/seen.json.corrupt")).unwrap(), b"{\"node1\": {\"first_seen\": 17");
+}
+
+#[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    let site = Site::new();
+    ok(&["nodes", "--data", &site.data_s()]);
+    // Enough nodes that the output overflows the pipe.
+    let mut table = serde_json::Map::new();
+    for i in 0..5000 {
+        table.insert(
+            format!("node{i}"),
+            serde_json::json!({"first_seen": 1, "last_seen": 2, "address": "10.0.0.1", "requests": 1}),
+        );
+    }
+    fs::write(site.data().join("state/seen.json"), serde_json::to_vec(&table).unwrap()).unwrap();
+    let ctl = env!("CARGO_BIN_EXE_statelessctl");
+    for args in ["nodes", "nodes --json"] {
+        let script = format!("{ctl} {args} --data {} | head -1 >/dev/null; echo ${{PIPESTATUS[0]}}", site.data_s());
+        let out = Command::new("bash").args(["-c", &script]).output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "0",
+            "{args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stderr.is_empty(), "{args}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // A command that prints with println!: its reader is gone before it writes.
+    let b = site.bundle("b1", 1, node_scope(), &[("etc/motd", b"x\n")]);
+    let mut child = ctl_piped(&["bundle", "inspect", b.to_str().unwrap()]);
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn ctl_piped(args: &[&str]) -> Child {
+    ctl().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+#[test]
+fn idle_keep_alive_connections_give_way_when_the_server_is_full() {
+    let site = Site::new();
+    let b = site.bundle("b1", 1, node_scope(), &[("etc/motd", b"x\n")]);
+    site.publish(&["--node", "node42"], &b);
+    let srv = Serve::start(&site.data(), &["--max-connections", "4"]);
+    // Four clients (four addresses) take every slot: one request each,
+    // answered, then the connections stay open and silent.
+    let mut idle = Vec::new();
+    for a in 2..6u8 {
+        let mut s = connect_from([127, 0, 0, a], srv.port);
+        s.write_all(format!("HEAD {NODE_PATH} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes()).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        idle.push(s);
+    }
+    // A node arriving now is served within seconds, not after the 15 s
+    // idle timeout of the others.
+    let t = Instant::now();
+    assert_eq!(http(srv.port, "GET", NODE_PATH, &[], b"").0, 200);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
+
+#[test]
+fn trickled_uploads_and_slow_tls_readers_are_cut() {
+    let site = Site::new();
+    let blob = noise_bytes(32 << 20, 9);
+    let b = site.bundle("big", 1, node_scope(), &[("blob", &blob)]);
+    site.publish(&["--node", "node42"], &b);
+    ok(&["approve", "--data", &site.data_s(), "node42", "--push-key", &site.key_s()]);
+    let want_len = fs::metadata(&b).unwrap().len() as usize;
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(certs.path());
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let args = ["--tls-cert", &cert, "--tls-key", &key, "--io-timeout", "2"];
+    let srv = Serve::start(&site.data(), &args);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(&ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let tls = |sock: TcpStream| {
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        rustls::StreamOwned::new(rustls::ClientConnection::new(cfg.clone(), name).unwrap(), sock)
+    };
+
+    // A reader that stops after the first bytes, with a small window.
+    let mut slow = tls(connect_from_with([127, 0, 0, 2], srv.port, Some(16 * 1024)));
+    slow.write_all(format!("GET {NODE_PATH} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes()).unwrap();
+    let mut first = [0u8; 1024];
+    slow.read_exact(&mut first).unwrap();
+    // An enrolled node's push whose body trickles in at 2 KB/s.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let signer = stateless_server::push_auth::PushSigner::new(&site.key, "node42").unwrap();
+    let auth = signer.authorization("PUT", NODE_PATH, now, &[0; 32], 1 << 20);
+    let mut up = tls(TcpStream::connect(("127.0.0.1", srv.port)).unwrap());
+    let head =
+        format!("PUT {NODE_PATH} HTTP/1.1\r\nHost: a\r\nAuthorization: {auth}\r\nContent-Length: {}\r\n\r\n", 1 << 20);
+    up.write_all(head.as_bytes()).unwrap();
+    let t = Instant::now();
+    let cut = loop {
+        if up.write_all(&[b'x'; 1024]).and_then(|()| up.flush()).is_err() {
+            break t.elapsed();
+        }
+        up.sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        match up.read(&mut first) {
+            Ok(0) => break t.elapsed(),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            _ => break t.elapsed(),
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "a trickled upload is never cut");
+    };
+    assert!(cut < Duration::from_secs(6), "upload cut after {cut:?}");
+    wait_for(|| fs::read_dir(site.data().join("state/spool")).unwrap().count() == 0, "the spool emptied");
+
+    // By now the reader has been cut too: reading drains what was in
+    // flight, then ends, short of the bundle.
+    std::thread::sleep(Duration::from_secs(3));
+    slow.sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = first.len();
+    let mut buf = vec![0u8; 1 << 16];
+    let closed = loop {
+        match slow.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => got += n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break false,
+            Err(_) => break true,
+        }
+    };
+    assert!(closed && got < want_len, "TLS reader: closed {closed} after {got} of {want_len} bytes");
 }

@@ -424,6 +424,51 @@ pub fn keys_tpm_pcr_read(data: &[u8]) {
     assert_eq!(parse_pcr_read(&again, bank).as_ref(), Some(&values), "PCR read round trip");
 }
 
+/// The server's HTTP request-head parser (`stateless_server::http`), fed
+/// as the server feeds it: the bytes a client sent so far. Beyond not
+/// panicking: a head it accepts has one unambiguous framing (at most one
+/// `Content-Length`, no `Transfer-Encoding`, no bare CR or LF), and every
+/// shorter prefix of an accepted head only asks for more bytes, so the
+/// answer cannot depend on how the client split its writes. The `Range`
+/// and entity-tag helpers run over every header value.
+pub fn http_head(data: &[u8]) {
+    use stateless_server::http::{self, RangeAnswer};
+    let Ok(Some((head, n))) = http::parse_head(data) else { return };
+    assert!(n <= data.len() && n <= http::MAX_HEAD);
+    let bytes = &data[..n];
+    assert!(bytes.ends_with(b"\r\n\r\n"));
+    for (i, b) in bytes.iter().enumerate() {
+        match b {
+            b'\r' => assert_eq!(bytes.get(i + 1), Some(&b'\n'), "bare CR accepted"),
+            b'\n' => assert_eq!(i.checked_sub(1).and_then(|p| bytes.get(p)), Some(&b'\r'), "bare LF accepted"),
+            _ => {}
+        }
+    }
+    assert!(head.path.starts_with('/'));
+    assert!(head.headers.iter().filter(|(k, _)| k == "content-length").count() <= 1);
+    assert_eq!(head.has_content_length, head.header("content-length").is_some());
+    assert!(head.header("transfer-encoding").is_none());
+    for (k, _) in &head.headers {
+        assert!(!k.is_empty() && k.bytes().all(|b| b.is_ascii_graphic() && !b.is_ascii_uppercase()), "{k:?}");
+    }
+    assert_eq!(http::parse_head(bytes), Ok(Some((head.clone(), n))));
+    for cut in [n - 1, n / 2, 1] {
+        assert_eq!(http::parse_head(&bytes[..cut]), Ok(None), "prefix of {cut} bytes");
+    }
+    // A body length the input picks, up to very large.
+    let len = (data.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    for (_, v) in &head.headers {
+        for l in [0, 1, 1000, len] {
+            if let RangeAnswer::Partial { start, end } = http::parse_range(v, l) {
+                assert!(start <= end && end < l, "{v:?} of {l}: {start}-{end}");
+            }
+        }
+        let _ = http::none_match(v, "\"abc\"");
+        let _ = http::if_range_matches(v, "\"abc\"");
+    }
+    let _ = head.keep_alive();
+}
+
 /// The targets by name, for `replay`.
 pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("header_parse", header_parse),
@@ -438,4 +483,5 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("dns_answer", loader::dns_answer),
     ("cmdline_split", loader::cmdline_split),
     ("keys_tpm_pcr_read", keys_tpm_pcr_read),
+    ("http_head", http_head),
 ];

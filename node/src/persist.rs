@@ -7,7 +7,7 @@
 //! exists becomes a deletion), and is sealed with the node's key, scoped to
 //! the node, with the next generation. It is PUT to
 //! `{server}/v1/nodes/{node}/bundle` with the push proof of
-//! `stateless_server::push`. Settings come from flags, else the config file
+//! `stateless_server::push_auth`. Settings come from flags, else the config file
 //! (`/etc/stateless/persist.conf`), else the loader's status file.
 
 use std::fmt;
@@ -22,7 +22,7 @@ use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 use stateless_bundle::{BundleReader, Limits, OpenOptions, PackOptions, RelPath, Scope};
 use stateless_keys::read_key_file;
-use stateless_server::push::PushSigner;
+use stateless_server::push_auth::PushSigner;
 
 use crate::cli::PersistArgs;
 

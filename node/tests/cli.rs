@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use stateless_bundle::{BundleReader, Key, Limits, OpenOptions, Scope};
-use stateless_server::push::PushSigner;
+use stateless_server::push_auth::PushSigner;
 use stateless_server::registry::{self, Approval};
 use stateless_server::{DataDir, Server, ServerConfig, Target};
 

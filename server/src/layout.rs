@@ -146,6 +146,34 @@ impl DataDir {
         self.root.join(target.rel_path())
     }
 
+    /// Opens a target's bundle for serving without following a symbolic
+    /// link anywhere below the data directory (each component is opened
+    /// `O_NOFOLLOW` relative to the one before, so a link in `v1/`, in a
+    /// node's directory or in place of the bundle is refused with `ELOOP`),
+    /// and without blocking (`O_NONBLOCK`, so a FIFO does not wait for a
+    /// writer). Anything but a regular file is [`io::ErrorKind::NotFound`].
+    /// The data directory itself may be reached through a link.
+    pub fn open_bundle(&self, target: &Target) -> io::Result<fs::File> {
+        use rustix::fs::{CWD, Mode, OFlags, openat};
+        let rel = target.rel_path();
+        let mut dir = openat(CWD, &self.root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let mut parts = rel.split('/').peekable();
+        while let Some(part) = parts.next() {
+            if parts.peek().is_some() {
+                let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                dir = openat(&dir, part, flags, Mode::empty())?;
+            } else {
+                let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+                let file = fs::File::from(openat(&dir, part, flags, Mode::empty())?);
+                if !file.metadata()?.is_file() {
+                    return Err(io::Error::new(io::ErrorKind::NotFound, "not a regular file"));
+                }
+                return Ok(file);
+            }
+        }
+        Err(io::ErrorKind::NotFound.into())
+    }
+
     /// The private state directory.
     pub fn state(&self) -> PathBuf {
         self.root.join("state")

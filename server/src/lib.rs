@@ -5,15 +5,16 @@
 //! can serve the same tree; on top it records nodes that ask for bundles
 //! ([`registry`]), lets an admin publish bundles atomically and only
 //! forwards ([`store`]), and accepts bundles pushed by nodes that prove
-//! possession of their key ([`push`], [`pushes`]). `statelessctl serve`,
+//! possession of their key ([`push_auth`], [`push_review`]). `statelessctl serve`,
 //! `publish`, `nodes`, `approve`, `reject`, `pushes` and `accept-push` are
 //! thin wrappers. The design and the data layout are in `docs/server.md`.
 #![forbid(unsafe_code)]
 
+pub mod cleanup;
 pub mod http;
 pub mod layout;
-pub mod push;
-pub mod pushes;
+pub mod push_auth;
+pub mod push_review;
 pub mod registry;
 pub mod serve;
 pub mod store;

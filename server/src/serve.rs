@@ -7,15 +7,17 @@
 //! through user space) or a small upload; a blocked thread costs a small
 //! stack and no work. When `max_connections` are open, no thread accepts and
 //! further clients wait in the kernel's listen backlog, which is the
-//! back-pressure a boot storm needs. Every read has a deadline:
-//! the request head must arrive within `head_timeout` (slowloris), an idle
-//! keep-alive connection is closed after `idle_timeout`, and a body transfer
-//! that makes no progress for `io_timeout` is abandoned.
+//! back-pressure a boot storm needs, and one address may hold at most
+//! `max_connections_per_address` of them. Every read and write has a
+//! deadline: the TLS handshake and the request head together must arrive
+//! within `head_timeout` (slowloris), an idle keep-alive connection is
+//! closed after `idle_timeout`, and a response or an upload must move
+//! 64 KiB in every `io_timeout`.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,10 +31,10 @@ use stateless_bundle::{RawHeader, Scope};
 
 use crate::http::{self, HeadError, RangeAnswer, RequestHead};
 use crate::layout::{DataDir, Target};
-use crate::push::{AuthError, Proof};
+use crate::push_auth::{AuthError, Proof};
 use crate::registry::{self, SeenTable, now};
 use crate::store::{self, PublishLock};
-use crate::{pushes, tls};
+use crate::{push_review, tls};
 
 /// How the server runs.
 #[derive(Debug, Clone)]
@@ -43,12 +45,21 @@ pub struct ServerConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Most connections open at once.
     pub max_connections: usize,
+    /// Most connections open at once from one address (an IPv6 /64 counts
+    /// as one address); 0 for no limit.
+    pub max_connections_per_address: usize,
     /// Time allowed for a request head (and the TLS handshake) to arrive.
     pub head_timeout: Duration,
     /// A keep-alive connection idle this long is closed.
     pub idle_timeout: Duration,
-    /// A body transfer with no progress for this long is abandoned.
+    /// A response or an upload that moves less than 64 KiB in this long is
+    /// abandoned.
     pub io_timeout: Duration,
+    /// Most node ids remembered in `seen.json`.
+    pub max_seen: usize,
+    /// Most unapproved node ids remembered per address (an IPv6 /64 counts
+    /// as one address).
+    pub max_seen_per_address: usize,
     /// Largest pushed bundle accepted.
     pub max_push: u64,
     /// How many earlier bundles `accept` keeps when a push is auto-accepted.
@@ -64,9 +75,12 @@ impl ServerConfig {
             data,
             tls: None,
             max_connections: 4096,
+            max_connections_per_address: DEFAULT_PER_ADDRESS,
             head_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(15),
             io_timeout: Duration::from_secs(30),
+            max_seen: registry::MAX_SEEN,
+            max_seen_per_address: registry::MAX_SEEN_PER_ADDRESS,
             max_push: 256 << 20,
             keep_history: store::DEFAULT_HISTORY,
             flush_interval: Duration::from_secs(1),
@@ -74,6 +88,10 @@ impl ServerConfig {
     }
 }
 
+/// Connections one address may hold by default: far more than a node
+/// needs (one), far fewer than `max_connections`, so that one address
+/// cannot take every slot. A site behind a NAT or a proxy raises it.
+pub const DEFAULT_PER_ADDRESS: usize = 256;
 /// Requests served on one connection before it is closed (so a single
 /// client cannot hold a slot forever).
 const MAX_REQUESTS_PER_CONNECTION: usize = 1000;
@@ -87,6 +105,9 @@ const INITIAL_WORKERS: usize = 16;
 const MAX_IDLE_WORKERS: usize = 256;
 /// Stack of a connection thread: the request path is shallow.
 const THREAD_STACK: usize = 256 * 1024;
+/// How often an idle keep-alive connection checks whether its slot is
+/// wanted by a client waiting in the backlog.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// Entity tags remembered (by file identity) before the cache is cleared.
 const ETAG_CACHE: usize = 10_000;
 
@@ -97,6 +118,8 @@ type EtagCache = HashMap<PathBuf, (FileId, Option<Arc<str>>)>;
 
 struct Shared {
     cfg: ServerConfig,
+    /// Connections open per source address (see [`addr_key`]).
+    per_address: Mutex<HashMap<IpAddr, usize>>,
     seen: SeenTable,
     etags: Mutex<EtagCache>,
     /// Connection workers alive.
@@ -116,9 +139,11 @@ impl Server {
     /// Binds `addr` and loads the server's state.
     pub fn bind(addr: SocketAddr, cfg: ServerConfig) -> io::Result<Server> {
         let listener = listen(addr)?;
-        let seen = SeenTable::load(&cfg.data);
+        crate::cleanup::stale_files(&cfg.data);
+        let seen = SeenTable::load(&cfg.data, cfg.max_seen, cfg.max_seen_per_address);
         let shared = Arc::new(Shared {
             cfg,
+            per_address: Mutex::new(HashMap::new()),
             seen,
             etags: Mutex::new(HashMap::new()),
             workers: AtomicUsize::new(0),
@@ -139,8 +164,13 @@ impl Server {
         let listener = Arc::new(self.listener);
         let initial = INITIAL_WORKERS.min(self.shared.cfg.max_connections.max(1));
         for _ in 0..initial {
+            // Clients may already be connecting, and busy workers start
+            // more: a refusal only means `max_connections` are running.
             if !spawn_worker(&self.shared, &listener) {
-                return Err(io::Error::other("cannot start connection threads"));
+                if self.shared.workers.load(Ordering::Acquire) == 0 {
+                    return Err(io::Error::other("cannot start connection threads"));
+                }
+                break;
             }
         }
         loop {
@@ -201,7 +231,10 @@ fn worker(shared: &Arc<Shared>, listener: &Arc<TcpListener>) {
             spawn_worker(shared, listener);
         }
         match accepted {
-            Ok((stream, peer)) => serve_connection(shared, stream, peer),
+            Ok((stream, peer)) => match AddressSlot::take(shared, peer.ip()) {
+                Some(_slot) => serve_connection(shared, stream, peer),
+                None => refuse_busy(stream, peer, shared.cfg.tls.is_none()),
+            },
             Err(e) => {
                 log::warn!("accept: {e}");
                 // Out of file descriptors: give connections time to end.
@@ -216,6 +249,71 @@ fn worker(shared: &Arc<Shared>, listener: &Arc<TcpListener>) {
     }
 }
 
+/// The key connection and registration limits count by: the IPv4
+/// address, or the /64 of an IPv6 address (one host's usual allocation, so
+/// its 2^64 addresses count as one).
+pub fn addr_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(v6.to_bits() & !((1u128 << 64) - 1))),
+        },
+    }
+}
+
+/// One of an address's connection slots, given back when dropped.
+struct AddressSlot<'a> {
+    shared: &'a Shared,
+    key: IpAddr,
+}
+
+impl<'a> AddressSlot<'a> {
+    fn take(shared: &'a Shared, ip: IpAddr) -> Option<AddressSlot<'a>> {
+        let key = addr_key(ip);
+        let limit = shared.cfg.max_connections_per_address;
+        let mut map = shared.per_address.lock().ok()?;
+        let n = map.entry(key).or_insert(0);
+        if limit != 0 && *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot { shared, key })
+    }
+}
+
+impl Drop for AddressSlot<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.shared.per_address.lock() {
+            if let Some(n) = map.get_mut(&self.key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(&self.key);
+                }
+            }
+        }
+    }
+}
+
+/// An address over its connection limit gets a short 503 without a
+/// thread waiting on it: the answer fits in an empty socket buffer, so the
+/// non-blocking write either goes at once or is dropped. Over TLS (no
+/// handshake yet) the connection is only closed.
+fn refuse_busy(stream: TcpStream, peer: SocketAddr, plain: bool) {
+    log::debug!("{peer}: too many connections from this address");
+    if !plain {
+        return;
+    }
+    let _ = stream.set_nonblocking(true);
+    let body = "too many connections from your address\n";
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = (&stream).write_all(head.as_bytes());
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+}
+
 fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
     let family = if addr.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
@@ -227,18 +325,153 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(TcpListener::from(fd))
 }
 
+/// A client's socket with an optional deadline. While the deadline is
+/// set, every read and write waits at most until it: this is what bounds
+/// the TLS handshake and the request head together, however the client
+/// doles out its bytes (rustls reads the socket in a loop until a record is
+/// whole, so a per-read timeout alone would restart with every byte).
+///
+/// Without a deadline, writes are measured instead: a response must move
+/// [`MIN_PROGRESS`] bytes within every `io_timeout`, or the connection is
+/// closed. A socket timeout alone would not do: a client that never reads
+/// still lets the kernel trickle a few kilobytes now and then (receive
+/// queue collapsing), and each trickle would restart it; a 30 MB bundle
+/// then holds a connection for minutes.
+struct Sock {
+    tcp: TcpStream,
+    deadline: Option<Instant>,
+    progress: Progress,
+}
+
+/// Bytes a response must move within each `io_timeout` to count as
+/// progress (a node on the slowest link moves this in well under a second).
+const MIN_PROGRESS: u64 = 64 * 1024;
+
+/// The write progress of the current response.
+struct Progress {
+    io_timeout: Duration,
+    /// When the last [`MIN_PROGRESS`] bytes were completed.
+    mark: Instant,
+    /// Bytes since `mark`.
+    bytes: u64,
+}
+
+impl Progress {
+    fn new(io_timeout: Duration) -> Progress {
+        Progress { io_timeout, mark: Instant::now(), bytes: 0 }
+    }
+
+    fn until(&self) -> Instant {
+        self.mark + self.io_timeout
+    }
+
+    fn moved(&mut self, n: usize) {
+        self.bytes = self.bytes.saturating_add(n as u64);
+        if self.bytes >= MIN_PROGRESS {
+            self.mark = Instant::now();
+            self.bytes = 0;
+        }
+    }
+}
+
+/// Waits until the socket takes more bytes, at most until `until`.
+fn wait_writable(tcp: &TcpStream, until: Instant) -> io::Result<()> {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let left = until.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"));
+    }
+    let ts = Timespec { tv_sec: left.as_secs() as i64, tv_nsec: i64::from(left.subsec_nanos()) };
+    let mut fds = [PollFd::new(tcp, PollFlags::OUT)];
+    match poll(&mut fds, Some(&ts)) {
+        Ok(0) => Err(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading")),
+        Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl Sock {
+    /// Time left before the deadline, `None` without one.
+    fn left(&self) -> io::Result<Option<Duration>> {
+        let Some(d) = self.deadline else { return Ok(None) };
+        let left = d.saturating_duration_since(Instant::now());
+        if left.is_zero() { Err(io::ErrorKind::TimedOut.into()) } else { Ok(Some(left)) }
+    }
+}
+
+impl Read for Sock {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(left) = self.left()? {
+            self.tcp.set_read_timeout(Some(left))?;
+        }
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for Sock {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(left) = self.left()? {
+            self.tcp.set_write_timeout(Some(left))?;
+            return self.tcp.write(buf);
+        }
+        use rustix::net::{SendFlags, send};
+        loop {
+            match send(&self.tcp, buf, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+                Ok(n) => {
+                    self.progress.moved(n);
+                    return Ok(n);
+                }
+                Err(rustix::io::Errno::AGAIN) => wait_writable(&self.tcp, self.progress.until())?,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
 /// A client connection, plain or TLS.
 enum Conn {
-    Plain(TcpStream),
-    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+    Plain(Sock),
+    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, Sock>>),
 }
 
 impl Conn {
-    fn tcp(&self) -> &TcpStream {
+    fn sock(&self) -> &Sock {
         match self {
             Conn::Plain(s) => s,
             Conn::Tls(t) => &t.sock,
         }
+    }
+
+    fn sock_mut(&mut self) -> &mut Sock {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(t) => &mut t.sock,
+        }
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        &self.sock().tcp
+    }
+
+    /// Sets (or with `None` clears) the deadline of every read and write;
+    /// clearing it starts measuring the progress of a new response.
+    fn set_deadline(&mut self, deadline: Option<Instant>, io_timeout: Duration) {
+        let sock = self.sock_mut();
+        sock.deadline = deadline;
+        if deadline.is_none() {
+            sock.progress = Progress::new(io_timeout);
+        }
+    }
+
+    /// A TLS connection whose handshake is not finished: nothing can be
+    /// answered on it.
+    fn handshaking(&self) -> bool {
+        matches!(self, Conn::Tls(t) if t.conn.is_handshaking())
     }
 }
 
@@ -273,10 +506,11 @@ fn serve_connection(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
     if stream.set_write_timeout(Some(cfg.io_timeout)).is_err() {
         return;
     }
+    let sock = Sock { tcp: stream, deadline: None, progress: Progress::new(cfg.io_timeout) };
     let mut conn = match &cfg.tls {
-        None => Conn::Plain(stream),
+        None => Conn::Plain(sock),
         Some(tls) => match rustls::ServerConnection::new(tls.clone()) {
-            Ok(c) => Conn::Tls(Box::new(rustls::StreamOwned::new(c, stream))),
+            Ok(c) => Conn::Tls(Box::new(rustls::StreamOwned::new(c, sock))),
             Err(e) => {
                 log::warn!("{peer}: TLS: {e}");
                 return;
@@ -286,26 +520,26 @@ fn serve_connection(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
     let mut buf: Vec<u8> = Vec::with_capacity(2048);
     for i in 0..MAX_REQUESTS_PER_CONNECTION {
         let wait = if i == 0 { cfg.head_timeout } else { cfg.idle_timeout };
-        let head = match read_head(&mut conn, &mut buf, Instant::now() + wait) {
+        // One deadline for the TLS handshake (on the first request) and
+        // the whole request head.
+        let read = read_head(&mut conn, &mut buf, Instant::now() + wait, (i > 0).then_some(shared));
+        conn.set_deadline(None, cfg.io_timeout);
+        let head = match read {
             Ok(Some(h)) => h,
             Ok(None) => return,
-            Err(ReadHeadError::Timeout { partial: true }) => {
+            Err(ReadHeadError::Timeout { partial: true }) if !conn.handshaking() => {
                 let _ = simple(&mut conn, 408, "request head not received in time", false, None);
                 linger(&mut conn);
                 return;
             }
-            Err(ReadHeadError::Timeout { partial: false }) => return,
+            Err(ReadHeadError::Timeout { .. }) => return,
             Err(ReadHeadError::Io(e)) => {
                 log::debug!("{peer}: {e}");
                 return;
             }
-            Err(ReadHeadError::Head(HeadError::TooLarge)) => {
-                let _ = simple(&mut conn, 431, "request head too large", false, None);
-                linger(&mut conn);
-                return;
-            }
             Err(ReadHeadError::Head(e)) => {
-                let _ = simple(&mut conn, 400, &e.to_string(), false, None);
+                log::debug!("{peer}: {e}");
+                let _ = simple(&mut conn, e.status(), &e.to_string(), false, None);
                 linger(&mut conn);
                 return;
             }
@@ -315,8 +549,7 @@ fn serve_connection(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
             Ok(false) => {
                 // Closing with unread input resets the connection, and the
                 // client may lose the answer: drain first.
-                let body = head.header("content-length").is_some_and(|v| v != "0");
-                if !buf.is_empty() || body || head.header("transfer-encoding").is_some() {
+                if !buf.is_empty() || head.content_length > 0 {
                     linger(&mut conn);
                     return;
                 }
@@ -343,23 +576,38 @@ enum ReadHeadError {
 /// Reads until `buf` starts with a whole request head, which is removed
 /// from `buf`; bytes after it (a pipelined request or a body) stay. `None`
 /// when the client closed the connection between requests.
-fn read_head(conn: &mut Conn, buf: &mut Vec<u8>, deadline: Instant) -> Result<Option<RequestHead>, ReadHeadError> {
+///
+/// With `idle` (between requests on a keep-alive connection), it wakes
+/// every [`IDLE_CHECK`] while nothing has arrived, and gives the slot up
+/// (`None`) when every connection slot is taken: clients waiting in the
+/// backlog are worth more than a connection that may never send again
+/// (nginx does the same).
+fn read_head(
+    conn: &mut Conn,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+    idle: Option<&Shared>,
+) -> Result<Option<RequestHead>, ReadHeadError> {
     let mut chunk = [0u8; 4096];
     loop {
         if let Some((head, n)) = http::parse_head(buf).map_err(ReadHeadError::Head)? {
             buf.drain(..n);
             return Ok(Some(head));
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(ReadHeadError::Timeout { partial: !buf.is_empty() });
-        }
-        conn.tcp().set_read_timeout(Some(left)).map_err(ReadHeadError::Io)?;
+        let waiting = idle.filter(|_| buf.is_empty());
+        conn.sock_mut().deadline =
+            Some(if waiting.is_some() { deadline.min(Instant::now() + IDLE_CHECK) } else { deadline });
         match conn.read(&mut chunk) {
             Ok(0) if buf.is_empty() => return Ok(None),
             Ok(0) => return Err(ReadHeadError::Io(io::ErrorKind::UnexpectedEof.into())),
             Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                if let Some(shared) = waiting.filter(|_| Instant::now() < deadline) {
+                    if shared.full() {
+                        return Ok(None);
+                    }
+                    continue;
+                }
                 return Err(ReadHeadError::Timeout { partial: !buf.is_empty() });
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -399,23 +647,19 @@ fn handle(
     may_keep: bool,
 ) -> io::Result<bool> {
     let mut keep = may_keep && head.keep_alive();
-    let content_length = match head.header("content-length").map(|v| v.parse::<u64>()) {
-        None => None,
-        Some(Ok(n)) => Some(n),
-        Some(Err(_)) => return simple(conn, 400, "bad Content-Length", false, None),
-    };
-    let chunked = head.header("transfer-encoding").is_some();
+    // The parser refused every ambiguous framing (several lengths,
+    // Transfer-Encoding): this is the body's length.
+    let content_length = head.has_content_length.then_some(head.content_length);
     let target = Target::from_url_path(&head.path);
     if head.method == "PUT" {
         return match target {
-            Some(Target::Node(node)) if !chunked => handle_push(shared, conn, head, buf, peer, &node, content_length),
-            Some(Target::Node(_)) => simple(conn, 411, "send the bundle with a Content-Length", false, None),
+            Some(Target::Node(node)) => handle_push(shared, conn, head, buf, peer, &node, content_length),
             _ => simple(conn, 405, "only node bundles can be pushed", false, Some("Allow: GET, HEAD\r\n")),
         };
     }
     // A body on anything else is not read: answer, then close so the
     // unread bytes are never taken for the next request.
-    if chunked || content_length.is_some_and(|n| n > 0) {
+    if head.content_length > 0 {
         keep = false;
     }
     let get = head.method == "GET";
@@ -440,9 +684,13 @@ fn serve_bundle(
     keep: bool,
 ) -> io::Result<bool> {
     let path = shared.cfg.data.bundle(target);
-    let file = match File::open(&path) {
+    let file = match shared.cfg.data.open_bundle(target) {
         Ok(f) => f,
         Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
+            return simple(conn, 404, "no bundle here", keep, None);
+        }
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            log::warn!("{}: a symbolic link in the data directory is not followed", path.display());
             return simple(conn, 404, "no bundle here", keep, None);
         }
         Err(e) => {
@@ -451,9 +699,6 @@ fn serve_bundle(
         }
     };
     let meta = file.metadata()?;
-    if !meta.is_file() {
-        return simple(conn, 404, "no bundle here", keep, None);
-    }
     let len = meta.len();
     let etag = shared.etag(&path, &file, &meta);
     let last_modified = meta.modified().map(http::http_date).unwrap_or_default();
@@ -505,6 +750,13 @@ fn serve_bundle(
 }
 
 impl Shared {
+    /// Whether every connection slot is taken (no worker waits in
+    /// `accept`, and no more may start): new clients wait in the backlog.
+    fn full(&self) -> bool {
+        self.idle.load(Ordering::Acquire) == 0
+            && self.workers.load(Ordering::Acquire) >= self.cfg.max_connections.max(1)
+    }
+
     /// The quoted bundle digest of a file, cached by file identity so a boot
     /// storm reads each header once.
     fn etag(&self, path: &Path, file: &File, meta: &std::fs::Metadata) -> Option<Arc<str>> {
@@ -541,15 +793,20 @@ fn send_file(conn: &mut Conn, file: &File, start: u64, count: u64) -> io::Result
     let mut off = start;
     match conn {
         Conn::Plain(sock) => {
+            // Non-blocking, so that progress is measured here (see Sock);
+            // on an error the connection is dropped anyway.
+            sock.tcp.set_nonblocking(true)?;
             while off < end {
                 let want = (end - off).min(1 << 30) as usize;
-                match rustix::fs::sendfile(&*sock, file, Some(&mut off), want) {
+                match rustix::fs::sendfile(&sock.tcp, file, Some(&mut off), want) {
                     Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                    Ok(_) => {}
+                    Ok(n) => sock.progress.moved(n),
+                    Err(rustix::io::Errno::AGAIN) => wait_writable(&sock.tcp, sock.progress.until())?,
                     Err(rustix::io::Errno::INTR) => {}
                     Err(e) => return Err(e.into()),
                 }
             }
+            sock.tcp.set_nonblocking(false)?;
         }
         Conn::Tls(t) => {
             let mut buf = vec![0u8; 64 * 1024];
@@ -586,7 +843,7 @@ fn handle_push(
     // body is drained first so the client sees the answer, not a reset.
     let unauthorized = |conn: &mut Conn, e: AuthError| {
         log::info!("push for {node} from {peer} refused: {e}");
-        let www = format!("WWW-Authenticate: {}\r\n", crate::push::SCHEME);
+        let www = format!("WWW-Authenticate: {}\r\n", crate::push_auth::SCHEME);
         simple(conn, 401, &e.to_string(), false, Some(&www))?;
         linger(conn);
         Ok(false)
@@ -617,28 +874,64 @@ fn handle_push(
         conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
         conn.flush()?;
     }
-    let mut tmp = tempfile::Builder::new().prefix(".push").tempfile_in(data.spool())?;
+    let full = |conn: &mut Conn, e: &io::Error| {
+        log::warn!("push for {node} from {peer} refused: {}: {e}", data.spool().display());
+        simple(conn, 507, "the server has no room for this bundle", false, None)?;
+        linger(conn);
+        Ok(false)
+    };
+    // A push that cannot fit is refused before its body is read. (Room for
+    // its review copy is not reserved: a write that fails later is
+    // answered the same way, with nothing kept.)
+    if room(&data.spool()).is_some_and(|free| free < len) {
+        return full(conn, &io::Error::from(io::ErrorKind::StorageFull));
+    }
+    let mut tmp = match crate::cleanup::spool_file(data) {
+        Ok(t) => t,
+        Err(e) if out_of_room(&e) => return full(conn, &e),
+        Err(e) => return Err(e),
+    };
     let mut hasher = Sha256::new();
     let from_buf = (len.min(buf.len() as u64)) as usize;
     let first: Vec<u8> = buf.drain(..from_buf).collect();
     hasher.update(&first);
-    tmp.as_file_mut().write_all(&first)?;
+    if let Err(e) = tmp.as_file_mut().write_all(&first) {
+        drop(tmp);
+        return if out_of_room(&e) { full(conn, &e) } else { Err(e) };
+    }
     let mut left = len - from_buf as u64;
     let mut chunk = vec![0u8; 64 * 1024];
-    conn.tcp().set_read_timeout(Some(cfg.io_timeout))?;
+    // The upload must move as a response must (see Sock): MIN_PROGRESS
+    // bytes in every io_timeout, so a trickle cannot hold the connection.
+    let mut progress = Progress::new(cfg.io_timeout);
     while left > 0 {
+        let wait = progress.until().saturating_duration_since(Instant::now());
+        if wait.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "upload stalled"));
+        }
+        conn.tcp().set_read_timeout(Some(wait))?;
         let want = (left as usize).min(chunk.len());
         let part = chunk.get_mut(..want).ok_or_else(|| io::Error::other("buffer"))?;
         let n = match conn.read(part) {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => n,
+            Ok(n) => {
+                progress.moved(n);
+                n
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
         let got = part.get(..n).unwrap_or_default();
         hasher.update(got);
-        tmp.as_file_mut().write_all(got)?;
+        if let Err(e) = tmp.as_file_mut().write_all(got) {
+            drop(tmp);
+            return if out_of_room(&e) { full(conn, &e) } else { Err(e) };
+        }
         left -= n as u64;
+    }
+    if let Err(e) = tmp.as_file().sync_all() {
+        drop(tmp);
+        return if out_of_room(&e) { full(conn, &e) } else { Err(e) };
     }
     let digest: [u8; 32] = hasher.finalize().into();
     // Every refusal below removes the upload before answering, so a client
@@ -657,7 +950,7 @@ fn handle_push(
     };
     let lock = PublishLock::take(data)?;
     let current = store::published(data, &Target::Node(node.to_owned())).map(|i| i.generation);
-    let newest = current.into_iter().chain(pushes::highest(data, node)).max();
+    let newest = current.into_iter().chain(push_review::highest(data, node)).max();
     let refusal = if info.scope != Scope::Node(node.to_owned()) {
         Some((422, format!("bundle is scoped {}; a push must be scoped node:{node}", info.scope)))
     } else if let Some(k) = record.key_id.as_deref().filter(|k| *k != info.key_id) {
@@ -674,11 +967,18 @@ fn handle_push(
         return simple(conn, status, &msg, keep, None);
     }
     let address = peer.ip().to_string();
-    pushes::store(data, node, tmp, &info, &address, store::rfc3339(SystemTime::now()))?;
+    match push_review::store(data, node, tmp, &info, &address, store::rfc3339(SystemTime::now())) {
+        Ok(_) => {}
+        Err(e) if out_of_room(&e) => {
+            drop(lock);
+            return full(conn, &e);
+        }
+        Err(e) => return Err(e),
+    }
     let detail = format!("generation {} digest {} from {address}", info.generation, info.digest);
     store::audit(data, "push-received", Some(node), detail, "server".into())?;
     let (status, msg) = if record.auto_accept {
-        match pushes::accept(data, node, info.generation, cfg.keep_history, &lock) {
+        match push_review::accept(data, node, info.generation, cfg.keep_history, &lock) {
             Ok(p) => {
                 let detail = format!("generation {} digest {} (auto-accept)", p.info.generation, p.info.digest);
                 store::audit(data, "accept-push", Some(node), detail, "server".into())?;
@@ -696,6 +996,22 @@ fn handle_push(
     // Not held while a slow client reads the answer.
     drop(lock);
     simple(conn, status, &msg, keep, None)
+}
+
+/// Bytes free for an unprivileged writer on the filesystem of `dir`, if
+/// known.
+fn room(dir: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Whether a write failed for want of space (or quota).
+fn out_of_room(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    e.kind() == io::ErrorKind::StorageFull
+        || e.kind() == io::ErrorKind::QuotaExceeded
+        || e.kind() == io::ErrorKind::FileTooLarge
+        || [Errno::NOSPC, Errno::DQUOT, Errno::FBIG].iter().any(|n| e.raw_os_error() == Some(n.raw_os_error()))
 }
 
 /// After an early answer on a connection that is closing: stop sending,

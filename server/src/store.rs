@@ -87,10 +87,25 @@ pub struct BundleInfo {
     pub len: u64,
 }
 
-/// Reads the header of a bundle file and checks its length.
+/// Reads the header of a bundle file and checks its length. Only a
+/// regular file is read: the open does not block (a FIFO would wait for a
+/// writer forever), and anything else is refused.
 pub fn bundle_info(path: &Path) -> Result<BundleInfo, PublishError> {
-    let mut f = File::open(path).map_err(io_err(path))?;
-    let len = f.metadata().map_err(io_err(path))?.len();
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(io_err(path))?;
+    info_of(f, path)
+}
+
+fn info_of(mut f: File, path: &Path) -> Result<BundleInfo, PublishError> {
+    let meta = f.metadata().map_err(io_err(path))?;
+    if !meta.is_file() {
+        let err = io::Error::new(io::ErrorKind::InvalidInput, "not a regular file");
+        return Err(PublishError::Io { path: path.to_owned(), err });
+    }
+    let len = meta.len();
     let mut head = [0u8; HEADER_LEN];
     let got = read_full(&mut f, &mut head).map_err(io_err(path))?;
     let raw = RawHeader::parse(head.get(..got).unwrap_or_default())
@@ -112,7 +127,9 @@ pub fn bundle_info(path: &Path) -> Result<BundleInfo, PublishError> {
 /// The generation published for a target, if any (a file that is not a
 /// bundle counts as none, so a broken file can be replaced).
 pub fn published(data: &DataDir, target: &Target) -> Option<BundleInfo> {
-    bundle_info(&data.bundle(target)).ok()
+    // As the server opens it to serve it: no links, no FIFOs.
+    let f = data.open_bundle(target).ok()?;
+    info_of(f, &data.bundle(target)).ok()
 }
 
 /// An exclusive lock on the data directory's publications, held until
@@ -150,13 +167,16 @@ pub fn publish(
     target: &Target,
     src: &Path,
     keep: usize,
-    _lock: &PublishLock,
+    lock: &PublishLock,
 ) -> Result<Published, PublishError> {
     let info = bundle_info(src)?;
     if !target.accepts(&info.scope) {
         return Err(PublishError::Scope { scope: info.scope, target: target.clone() });
     }
     let dest = data.bundle(target);
+    // The server refuses to serve through links (DataDir::open_bundle);
+    // publishing through one would write outside the data directory.
+    refuse_links(data, target)?;
     let current = published(data, target);
     if let Some(cur) = &current {
         if info.generation <= cur.generation {
@@ -165,10 +185,13 @@ pub fn publish(
     }
     let dir = dest.parent().unwrap_or(data.root()).to_owned();
     fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let mut tmp = tempfile::Builder::new().prefix(".publish").tempfile_in(&dir).map_err(io_err(&dir))?;
+    // A publication killed before its rename left its temporary here.
+    crate::cleanup::publish_temps(&dir, lock);
+    let mut tmp =
+        tempfile::Builder::new().prefix(crate::cleanup::PUBLISH_PREFIX).tempfile_in(&dir).map_err(io_err(&dest))?;
     let mut input = File::open(src).map_err(io_err(src))?;
-    io::copy(&mut input, tmp.as_file_mut()).map_err(io_err(src))?;
-    tmp.as_file().sync_all().map_err(io_err(tmp.path()))?;
+    copy_to(&mut input, src, tmp.as_file_mut(), &dest)?;
+    tmp.as_file().sync_all().map_err(io_err(&dest))?;
     // Web servers read the file as whoever they run as; the bundle is
     // encrypted (or deliberately public), so world-readable is right.
     fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(io_err(tmp.path()))?;
@@ -186,6 +209,42 @@ pub fn publish(
     tmp.persist(&dest).map_err(|e| PublishError::Io { path: dest.clone(), err: e.error })?;
     File::open(&dir).and_then(|d| d.sync_all()).map_err(io_err(&dir))?;
     Ok(Published { info, previous: current.map(|c| c.generation) })
+}
+
+/// Fails if any path component below the data directory on the way to
+/// `target`'s bundle (the bundle included) is a symbolic link.
+fn refuse_links(data: &DataDir, target: &Target) -> Result<(), PublishError> {
+    let mut path = data.root().to_owned();
+    for part in target.rel_path().split('/') {
+        path.push(part);
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let err =
+                    io::Error::new(io::ErrorKind::InvalidInput, "a symbolic link: the server does not follow links");
+                return Err(PublishError::Io { path, err });
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(err) => return Err(PublishError::Io { path, err }),
+        }
+    }
+    Ok(())
+}
+
+/// Copies `input` to `out`, naming the file that failed: `src` for a read
+/// error, `dest` (where the bytes were going) for a write error, so a full
+/// disk is reported against the destination.
+fn copy_to(input: &mut File, src: &Path, out: &mut File, dest: &Path) -> Result<(), PublishError> {
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match io::Read::read(input, &mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(PublishError::Io { path: src.to_owned(), err }),
+        };
+        out.write_all(buf.get(..n).unwrap_or_default()).map_err(io_err(dest))?;
+    }
 }
 
 fn prune_history(dir: &Path, keep: usize) -> io::Result<()> {

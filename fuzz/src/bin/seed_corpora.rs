@@ -19,6 +19,10 @@
 //! * `dns_answer`, `cmdline_split`: DNS answers and kernel command lines
 //!   made here (`stateless_fuzz::loader::seed`).
 //!
+//! * `http_head`: well-formed request heads as the loader, `persist` and
+//!   common clients send them, and every framing ambiguity the server must
+//!   refuse (`stateless_server::http::AMBIGUOUS_HEADS`).
+//!
 //! Nothing is committed: `fuzz/corpus` is ignored by git.
 
 use std::fs;
@@ -96,6 +100,7 @@ fn main() {
     }
     seed_keys(corpus);
     stateless_fuzz::loader::seed(corpus);
+    seed_http(corpus);
     println!("seeded {} from {n} vectors ({plains} payloads recovered)", corpus.display());
 }
 
@@ -168,4 +173,24 @@ fn seed_keys(corpus: &Path) {
     write("keys_tpm_pcr_read", "sha256_0_7", &two);
     write("keys_tpm_pcr_read", "sha1_beside_sha256", &mixed);
     write("keys_tpm_pcr_read", "none", &[1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
+}
+
+/// Seeds for the server's request-head parser: good heads (so mutations
+/// explore the accepting paths) and every refused framing ambiguity.
+fn seed_http(corpus: &Path) {
+    let dir = corpus.join("http_head");
+    fs::create_dir_all(&dir).expect("creating corpus directory");
+    let good: &[&[u8]] = &[
+        b"GET /v1/nodes/node42/bundle HTTP/1.1\r\nHost: 127.0.0.1\r\nIf-None-Match: \"abc\"\r\n\r\n",
+        b"GET /v1/default/bundle HTTP/1.1\r\nHost: a\r\nRange: bytes=100-\r\nIf-Range: \"abc\"\r\n\r\n",
+        b"HEAD /v1/groups/rack7/bundle HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        b"PUT /v1/nodes/node42/bundle HTTP/1.1\r\nHost: a\r\nAuthorization: Stateless-Push-Ed25519 node=node42,ts=1,sig=00\r\nContent-Length: 320\r\nExpect: 100-continue\r\n\r\n",
+        b"\r\nGET /?x=1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\nRange: bytes=-99999999999999999999999\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+    ];
+    for (i, g) in good.iter().enumerate() {
+        fs::write(dir.join(format!("good{i}")), g).expect("writing seed");
+    }
+    for (i, (bad, _)) in stateless_server::http::AMBIGUOUS_HEADS.iter().enumerate() {
+        fs::write(dir.join(format!("ambiguous{i:02}")), bad).expect("writing seed");
+    }
 }

@@ -60,10 +60,15 @@ pub fn store(
     let json = serde_json::to_vec_pretty(&meta).map_err(io::Error::other)?;
     // Metadata first: a bundle without metadata would be invisible to
     // `pushes`; metadata without a bundle is skipped by `list`.
-    crate::registry::write_atomic(&dir.join(format!("{:020}.json", info.generation)), &json)?;
-    file.as_file().sync_all()?;
+    let meta_path = dir.join(format!("{:020}.json", info.generation));
+    crate::registry::write_atomic(&meta_path, &json)?;
     let path = dir.join(bundle_name(info.generation));
-    file.persist(&path).map_err(|e| e.error)?;
+    let kept = file.as_file().sync_all().and_then(|()| file.persist(&path).map(drop).map_err(|e| e.error));
+    if let Err(e) = kept {
+        // Nothing partial: the metadata goes with the bundle it describes.
+        let _ = fs::remove_file(&meta_path);
+        return Err(e);
+    }
     Ok(path)
 }
 

@@ -125,21 +125,41 @@ pub struct Proof {
 }
 
 impl Proof {
-    /// Parses `Stateless-Push-Ed25519 node=…,ts=…,sig=…`.
+    /// Parses `Stateless-Push-Ed25519 node=…,ts=…,sig=…`, strictly: the
+    /// scheme, whitespace, then exactly the three parameters, each once,
+    /// in any order (optional spaces after commas); `ts` in decimal
+    /// without sign or leading zeros, `sig` 128 hex digits. A repeated or
+    /// unknown parameter is refused, so two readers of the header can
+    /// never disagree on what it says.
     pub fn parse(header: Option<&str>) -> Result<Proof, AuthError> {
         let h = header.ok_or(AuthError::Missing)?.trim();
         let rest = h.strip_prefix(SCHEME).ok_or(AuthError::Missing)?;
+        if !rest.starts_with([' ', '\t']) {
+            return Err(AuthError::Malformed);
+        }
         let (mut node, mut ts, mut sig) = (None, None, None);
         for part in rest.trim().split(',') {
-            let (k, v) = part.trim().split_once('=').ok_or(AuthError::Malformed)?;
-            match k.trim() {
-                "node" => node = Some(v.trim().to_owned()),
-                "ts" => ts = v.trim().parse::<i64>().ok(),
+            let (k, v) = part.trim_start_matches([' ', '\t']).split_once('=').ok_or(AuthError::Malformed)?;
+            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(AuthError::Malformed);
+            }
+            let slot_taken = match k {
+                "node" => node.replace(v.to_owned()).is_some(),
+                "ts" => {
+                    let t = v.parse::<i64>().ok().filter(|t| *t >= 0 && t.to_string() == v);
+                    ts.replace(t.ok_or(AuthError::Malformed)?).is_some()
+                }
                 "sig" => {
                     let mut s = [0u8; 64];
-                    sig = hex_decode(v.trim(), &mut s).then_some(s);
+                    if !hex_decode(v, &mut s) {
+                        return Err(AuthError::Malformed);
+                    }
+                    sig.replace(s).is_some()
                 }
                 _ => return Err(AuthError::Malformed),
+            };
+            if slot_taken {
+                return Err(AuthError::Malformed);
             }
         }
         match (node, ts, sig) {
@@ -218,6 +238,33 @@ mod tests {
             "Stateless-Push-Ed25519 node=a,ts=1,sig=00,extra=1",
         ] {
             assert!(Proof::parse(Some(bad)).is_err(), "{bad}");
+        }
+        // A well-formed proof, then every way of repeating, adding or
+        // re-encoding a parameter.
+        let sig = "ab".repeat(64);
+        let good = format!("Stateless-Push-Ed25519 node=a,ts=100,sig={sig}");
+        assert_eq!(Proof::parse(Some(&good)).unwrap().node, "a");
+        let spaced = format!("Stateless-Push-Ed25519 ts=100, sig={sig}, node=a");
+        assert_eq!(Proof::parse(Some(&spaced)).unwrap().ts, 100);
+        for bad in [
+            format!("Stateless-Push-Ed25519 node=a,node=b,ts=100,sig={sig}"),
+            format!("Stateless-Push-Ed25519 node=a,ts=100,sig={sig},node=a"),
+            format!("Stateless-Push-Ed25519 node=a,ts=100,ts=100,sig={sig}"),
+            format!("Stateless-Push-Ed25519 node=a,ts=100,sig={sig},sig={sig}"),
+            format!("Stateless-Push-Ed25519 node=a,ts=100,sig={sig},realm=x"),
+            format!("Stateless-Push-Ed25519 node=a,ts=100,sig={sig},"),
+            format!("Stateless-Push-Ed25519 node=a,,ts=100,sig={sig}"),
+            format!("Stateless-Push-Ed25519 node=,ts=100,sig={sig}"),
+            format!("Stateless-Push-Ed25519 node =a,ts=100,sig={sig}"),
+            format!("Stateless-Push-Ed25519 node= a,ts=100,sig={sig}"),
+            format!("Stateless-Push-Ed25519 NODE=a,ts=100,sig={sig}"),
+            format!("Stateless-Push-Ed25519 node=a,ts=+100,sig={sig}"),
+            format!("Stateless-Push-Ed25519 node=a,ts=0100,sig={sig}"),
+            format!("Stateless-Push-Ed25519 node=a,ts=-100,sig={sig}"),
+            format!("Stateless-Push-Ed25519node=a,ts=100,sig={sig}"),
+            format!("Stateless-Push-Ed25519 node=a;ts=100,sig={sig}"),
+        ] {
+            assert_eq!(Proof::parse(Some(&bad)), Err(AuthError::Malformed), "{bad}");
         }
     }
 }
