@@ -1,7 +1,7 @@
 //! The root of `statelessctl`'s command line: the command tree and the
 //! value parsers its commands share. Each command's own arguments live
-//! beside its code (`cmd_key.rs`, `cmd_bundle.rs`, `cmd_usb.rs`, ...; the
-//! server commands' in `cli_server.rs`). The doc comments are the help text.
+//! beside its code (`cmd_key.rs`, `cmd_bundle.rs`, `cmd_usb.rs`,
+//! `cmd_server.rs`, ...). The doc comments are the help text.
 
 use clap::{Parser, Subcommand};
 
@@ -25,19 +25,19 @@ pub enum Command {
     #[command(subcommand)]
     Bundle(crate::cmd_bundle::BundleCmd),
     /// Serve a data directory to nodes (the reference config server).
-    Serve(crate::cli_server::ServeArgs),
+    Serve(crate::cmd_server::ServeArgs),
     /// Publish a bundle into a data directory (atomic, generation must increase).
-    Publish(crate::cli_server::PublishArgs),
+    Publish(crate::cmd_server::PublishArgs),
     /// List known, pending and rejected nodes, with when they were last seen.
-    Nodes(crate::cli_server::NodesArgs),
+    Nodes(crate::cmd_server::NodesArgs),
     /// Approve a node (optionally put it in a group and enrol it for push).
-    Approve(crate::cli_server::ApproveArgs),
+    Approve(crate::cmd_server::ApproveArgs),
     /// Reject a node (revokes an approval and push enrolment).
-    Reject(crate::cli_server::RejectArgs),
+    Reject(crate::cmd_server::RejectArgs),
     /// List bundles nodes pushed that await review.
-    Pushes(crate::cli_server::PushesArgs),
+    Pushes(crate::cmd_server::PushesArgs),
     /// Publish a node's pushed bundle.
-    AcceptPush(crate::cli_server::AcceptPushArgs),
+    AcceptPush(crate::cmd_server::AcceptPushArgs),
     /// Moved: `persist` runs on a node, as `stateless-node persist`.
     #[command(hide = true)]
     Persist(MovedArgs),

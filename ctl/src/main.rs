@@ -9,7 +9,6 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod cli;
-mod cli_server;
 mod cmd_bundle;
 mod cmd_initramfs;
 mod cmd_key;
