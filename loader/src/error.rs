@@ -1,0 +1,277 @@
+//! Why the pipeline did not apply a bundle, as types.
+//!
+//! [`Refusal`] is why one source's bundle (a server URL, a cache slot) was
+//! not applied; [`Failure`] is why nothing was applied at all. The
+//! `Display` of each is the text the console and `status.json` show, and
+//! [`Refusal::kind`] is the machine-readable word `status.json` records per
+//! attempt (docs/cmdline.md, *status.json*), taken from the variant, never
+//! from the text.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use stateless_bundle::extract::ExtractError;
+use stateless_bundle::stream::StreamError;
+use stateless_bundle::{HeaderError, OpenError, Scope, error_chain};
+
+use crate::apply::ApplyError;
+use crate::keyladder::KeyError;
+
+/// Why a bundle from one source was not applied.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The bundle code refused it: not a bundle, failed authentication,
+    /// broke a format rule or a limit.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The server's body length is not the header's.
+    #[error("server sends {sent} bytes, the bundle header declares {declared}")]
+    Length {
+        /// Bytes the server announced.
+        sent: u64,
+        /// Bytes the header declares.
+        declared: u64,
+    },
+    /// An unencrypted bundle while a key is configured.
+    #[error(
+        "bundle is not encrypted but a key is configured (downgrade refused; use rd.stateless.key=none for unencrypted sites)"
+    )]
+    Downgrade,
+    /// An unencrypted bundle over plain HTTP without `rd.stateless.insecure`.
+    #[error("refusing an unencrypted bundle over plain HTTP (use https, or rd.stateless.insecure)")]
+    PlainHttp,
+    /// No key source had the key the bundle needs.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The bundle is for another node or group.
+    #[error("bundle is for {scope}, this is node {node} (group {group})")]
+    Scope {
+        /// The bundle's scope.
+        scope: Scope,
+        /// This node (`?` when unknown).
+        node: String,
+        /// This node's group (`none`).
+        group: String,
+    },
+    /// An older generation than the highest applied.
+    #[error("rollback refused: bundle generation {got} is older than generation {applied} already applied")]
+    Rollback {
+        /// The bundle's generation.
+        got: u64,
+        /// The highest generation applied on this node.
+        applied: u64,
+    },
+    /// The generation applied before, with other contents.
+    #[error("generation {0} already applied with a different digest; refused")]
+    Replay(u64),
+    /// The bundle's expiry time has passed.
+    #[error("bundle expired at {0}")]
+    Expired(String),
+    /// The time budget ran out while the bundle was being processed.
+    #[error("time budget of {} s ran out while {phase} the bundle", budget.as_secs())]
+    Budget {
+        /// `rd.stateless.timeout`.
+        budget: Duration,
+        /// What was going on.
+        phase: Phase,
+    },
+    /// The loader itself failed (a panic), caught at the pipeline boundary.
+    #[error("internal error while processing the bundle ({0})")]
+    Internal(String),
+    /// The cache slot could not be opened.
+    #[error("opening {}", path.display())]
+    OpenSlot {
+        /// The slot's bundle file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        err: io::Error,
+    },
+    /// The staging directory could not be made.
+    #[error("creating a staging directory in {}", path.display())]
+    Staging {
+        /// The root.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        err: io::Error,
+    },
+    /// Moving the staged bundle into the root failed.
+    #[error("applying to {}", path.display())]
+    Apply {
+        /// The root.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        err: ApplyError,
+    },
+}
+
+/// What the loader was doing with a bundle when the budget ran out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Receiving it (and verifying and extracting what had arrived).
+    Downloading {
+        /// Bytes received.
+        got: u64,
+        /// Bytes announced, when known.
+        total: Option<u64>,
+    },
+    /// All of it had arrived; verifying and extracting it.
+    Extracting,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Phase::Downloading { got, total: Some(t) } => {
+                write!(f, "downloading and extracting ({got} of {t} bytes received)")
+            }
+            Phase::Downloading { got, total: None } => write!(f, "downloading and extracting ({got} bytes received)"),
+            Phase::Extracting => f.write_str("verifying and extracting"),
+        }
+    }
+}
+
+impl Refusal {
+    /// The refusal's kind for `status.json`: one of the words listed in
+    /// docs/cmdline.md.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refusal::Open(e) => open_kind(e),
+            Refusal::Length { .. } => "size",
+            Refusal::Downgrade => "downgrade",
+            Refusal::PlainHttp => "plain-http",
+            Refusal::Key(_) => "key",
+            Refusal::Scope { .. } => "scope",
+            Refusal::Rollback { .. } | Refusal::Replay(_) => "rollback",
+            Refusal::Expired(_) => "expired",
+            Refusal::Budget { .. } => "budget",
+            Refusal::Internal(_) => "internal",
+            Refusal::OpenSlot { .. } | Refusal::Staging { .. } | Refusal::Apply { .. } => "local",
+        }
+    }
+}
+
+fn open_kind(e: &OpenError) -> &'static str {
+    match e {
+        OpenError::Header(h) => match h {
+            HeaderError::KeyRequired { .. } | HeaderError::WrongKey { .. } => "key",
+            HeaderError::BadTag | HeaderError::BadChecksum => "authentication",
+            _ => "not-a-bundle",
+        },
+        OpenError::Stream(StreamError::Truncated { .. }) | OpenError::Truncated { .. } => "truncated",
+        OpenError::Stream(_) => "authentication",
+        OpenError::Signature(_) => "signature",
+        OpenError::Limit { .. } | OpenError::Extract(ExtractError::TooManyEntries(_)) => "limit",
+        // Writing into staging failed: the node's disk, not the bundle.
+        OpenError::Extract(ExtractError::Io { .. }) => "local",
+        OpenError::Extract(_) => "format",
+        OpenError::Corrupt(_) | OpenError::TrailingData => "corrupt",
+        OpenError::Io(_) => "read",
+        _ => "other",
+    }
+}
+
+/// Why the servers gave no bundle (the cache is tried next). Its `Display`
+/// is complete, causes included: it is shown inside a [`Failure`] line or
+/// before "applied cached generation …".
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetworkError {
+    /// Server URL templates need the node identity, and there is none.
+    #[error("no node identity to fill in the server URLs")]
+    NoIdentity,
+    /// Nothing says where to look for servers.
+    #[error("no server: no rd.stateless.server=, no rd.stateless.domain= and no search domain from DHCP")]
+    NoDomain,
+    /// The SRV lookup failed.
+    #[error("DNS SRV {name}: {}", error_chain(err))]
+    Dns {
+        /// The name looked up.
+        name: String,
+        /// The cause (in the message: this error is shown inside others).
+        err: crate::dns::DnsError,
+    },
+    /// The SRV answer names no usable target.
+    #[error("DNS SRV {name}: {err}")]
+    NoTargets {
+        /// The name looked up.
+        name: String,
+        /// The cause.
+        err: crate::srv::NoTargets,
+    },
+    /// Every server URL failed to render.
+    #[error("no server to try")]
+    NoServer,
+    /// Setting up HTTPS failed.
+    #[error("setting up HTTPS: {}", error_chain(.0))]
+    Tls(crate::fetch::FetchError),
+    /// The servers' bundles were refused (each reason once).
+    #[error("{}", .0.join("; "))]
+    Refused(Vec<String>),
+    /// No server has a bundle for this node.
+    #[error("no bundle for node {0} on any server")]
+    NoBundle(String),
+    /// The budget ran out in the middle of a round (the last server may
+    /// have answered slowly); the last failure.
+    #[error("{last}; gave up after {} s", budget.as_secs())]
+    GaveUp {
+        /// The last failure, `base: cause`.
+        last: String,
+        /// `rd.stateless.timeout`.
+        budget: Duration,
+    },
+    /// The budget ran out between rounds: no server answered.
+    #[error("{last}; server unreachable after {} s", budget.as_secs())]
+    Unreachable {
+        /// The last failure, `base: cause`.
+        last: String,
+        /// `rd.stateless.timeout`.
+        budget: Duration,
+    },
+    /// The budget ran out while a server's bundle was being processed.
+    #[error("{refusal} from {url}")]
+    Budget {
+        /// The bundle's URL.
+        url: String,
+        /// [`Refusal::Budget`].
+        refusal: Box<Refusal>,
+    },
+    /// A server said the cached bundle is current (not a failure: the
+    /// cache is used).
+    #[error("{0} says the cached bundle is current")]
+    NotModified(String),
+}
+
+/// Why nothing was applied: the console line (before `; onfail=…`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Failure {
+    /// The run directory could not be made.
+    #[error("creating {}", path.display())]
+    RunDir {
+        /// The run directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        err: io::Error,
+    },
+    /// The configured key file is missing or unreadable, so no bundle
+    /// (from a server or the cache) could be opened.
+    #[error("no bundle applied: {0}")]
+    KeyFile(#[from] crate::keyladder::KeyFileUnusable),
+    /// Neither the servers nor the cache gave a bundle.
+    #[error("no bundle applied: {network}; {cache}")]
+    Nothing {
+        /// What the servers said.
+        network: Box<NetworkError>,
+        /// What the cache said (`no cache`, `cache empty`, `cache-current refused, …`).
+        cache: String,
+    },
+    /// A panic escaped the pipeline's own boundaries.
+    #[error("no bundle applied: internal error ({0})")]
+    Internal(String),
+}
