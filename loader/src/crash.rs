@@ -77,21 +77,26 @@ fn describe(payload: &dyn Any, location: Option<&panic::Location<'_>>) -> String
 /// counts too, even if `f` turned it into an error of its own (the bundle
 /// code reports a decoder thread's panic as a corrupt bundle): the result
 /// of work during which the loader panicked is not trusted.
-pub fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+pub fn catch<T>(f: impl FnOnce() -> T) -> Result<T, Panicked> {
     let before = unhandled();
     // The caller gives up on what `f` was doing and moves on to another
     // source, so state it left half-changed is not looked at again.
     let result = panic::catch_unwind(AssertUnwindSafe(f));
     let seen = unhandled().saturating_sub(before);
     if result.is_ok() && seen == 0 {
-        return result.map_err(|_| String::new());
+        return result.map_err(|_| Panicked(String::new()));
     }
     HANDLED.fetch_add(seen, Ordering::SeqCst);
     // The hook saw the first panic (a decoder thread's); the payload is
     // the one that reached here ("a scoped thread panicked"), if any.
     let last = LAST.lock().ok().and_then(|mut l| l.take());
-    Err(last.unwrap_or_else(|| match &result {
+    Err(Panicked(last.unwrap_or_else(|| match &result {
         Err(payload) => describe(payload.as_ref(), None),
         Ok(_) => "panic".to_owned(),
-    }))
+    })))
 }
+
+/// A panic [`catch`] caught: its message and where it happened, one line.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct Panicked(pub String);

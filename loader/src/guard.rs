@@ -98,11 +98,37 @@ pub enum Fault {
     /// Sleep this long when the input ends, as if the last entries took
     /// that long to extract.
     Sleep(Duration),
+    /// Panic again while unwinding from a panic, which aborts the process:
+    /// the case no `catch` can handle (only at [`fault_point`]).
+    Abort,
+}
+
+/// A place in the pipeline outside any one source's processing where a
+/// test may make the loader panic (`panic@pipeline`) or abort
+/// (`abort@pipeline`).
+pub fn fault_point(name: &str) {
+    match fault_for(name) {
+        Some(Fault::Panic) => fault_panic(),
+        Some(Fault::Abort) => {
+            let _bomb = PanicOnDrop;
+            fault_panic();
+        }
+        _ => {}
+    }
+}
+
+struct PanicOnDrop;
+
+impl Drop for PanicOnDrop {
+    fn drop(&mut self) {
+        fault_panic();
+    }
 }
 
 /// The environment variable naming the fault, debug builds only:
 /// `panic@SOURCE` or `sleep=MILLISECONDS@SOURCE`, where SOURCE is
-/// `server`, `cache-current` or `cache-previous`.
+/// `server`, `cache-current` or `cache-previous`; `panic@pipeline` and
+/// `abort@pipeline` (see [`fault_point`]).
 pub const FAULT_VAR: &str = "STATELESS_LOADER_FAULT";
 
 /// The fault to inject into `source`, if the environment asks for one
@@ -117,6 +143,7 @@ pub fn fault_for(source: &str) -> Option<Fault> {
         }
         match what.split_once('=') {
             None if what == "panic" => Some(Fault::Panic),
+            None if what == "abort" => Some(Fault::Abort),
             Some(("sleep", ms)) => ms.parse().ok().map(|ms| Fault::Sleep(Duration::from_millis(ms))),
             _ => None,
         }

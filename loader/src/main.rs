@@ -79,9 +79,9 @@ fn main() -> ExitCode {
             log::error!("{err:#}");
             ExitCode::FAILURE
         }
-        Err(line) => {
+        Err(panicked) => {
             let onfail = ONFAIL.get().copied().unwrap_or(OnFail::Emergency);
-            let report = pipeline::crashed(&run_dir, &line, onfail);
+            let report = pipeline::crashed(&run_dir, &panicked.0, onfail);
             log::error!("{}", report.message);
             if !logger::to_stderr() {
                 eprintln!("{}{}", logger::TAG, report.message);

@@ -182,7 +182,7 @@ pub fn run(config: &Config, paths: &Paths) -> Report {
     crash::set_status_target(paths.run_dir.clone(), config.onfail);
     // Each source is caught on its own; this catches what is left (the
     // discovery, the cache's bookkeeping) so that the report is written.
-    let outcome = crash::catch(|| run_inner(&mut ctx)).unwrap_or_else(|line| Err(Failure::Internal(line)));
+    let outcome = crash::catch(|| run_inner(&mut ctx)).unwrap_or_else(|p| Err(Failure::Internal(p.0)));
     let mut report = ctx.report;
     match outcome {
         Ok(line) => {
@@ -283,6 +283,7 @@ fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, Failure> {
         }
         Err(e) => ctx.warn(e.to_string()),
     }
+    guard::fault_point("pipeline");
     // Without the configured key file no bundle can be opened, from a
     // server or the cache: say so now, not after the download.
     keyladder::check_configured(&ctx.config.key)?;
@@ -301,7 +302,7 @@ fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, Failure> {
     let network = match fetched {
         Ok(FetchResult::Fresh { ready, staging, url, download }) => {
             let applied = crash::catch(|| apply_staged(ctx, &ready, staging, "server"))
-                .unwrap_or_else(|line| Err(Refusal::Internal(line)));
+                .unwrap_or_else(|p| Err(Refusal::Internal(p.0)));
             let network = match applied {
                 Ok(()) => {
                     ctx.report.server = Some(url.clone());
@@ -354,14 +355,14 @@ fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, Failure> {
         let (path, meta) = match slot {
             Ok(s) => s,
             Err(w) => {
-                ctx.outcome(name, "", "refused", Some(("local", w.clone())));
+                ctx.outcome(name, &cache.dir().display().to_string(), "refused", Some(("local", w.clone())));
                 ctx.warn(format!("{name}: {w}"));
                 slot_notes.push(format!("{name} unusable"));
                 continue;
             }
         };
         let applied =
-            crash::catch(|| verify_and_apply(ctx, &path, name)).unwrap_or_else(|line| Err(Refusal::Internal(line)));
+            crash::catch(|| verify_and_apply(ctx, &path, name)).unwrap_or_else(|p| Err(Refusal::Internal(p.0)));
         match applied {
             Ok(ready) => {
                 ctx.outcome(name, &path.display().to_string(), "applied", None);
@@ -766,7 +767,7 @@ fn stream_verify(ctx: &mut Ctx<'_>, body: &mut Body, get: &Get<'_>) -> (Result<(
     let guarded = Guarded::new(Cursor::new(head).chain(body), Some(get.deadline), guard::fault_for("server"));
     let tripped = guarded.tripped();
     let verified = crash::catch(|| verify_reader(ctx, BufReader::with_capacity(READ_BUFFER, guarded), "server"))
-        .unwrap_or_else(|line| Err(Refusal::Internal(line)));
+        .unwrap_or_else(|p| Err(Refusal::Internal(p.0)));
     (verified, tripped.load(Ordering::Relaxed))
 }
 

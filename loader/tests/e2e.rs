@@ -739,3 +739,34 @@ fn status_json_records_the_refusal_kind_of_each_attempt() {
         assert!(all[1].get("kind").is_none(), "{kind}: {status}");
     }
 }
+
+#[test]
+fn a_panic_outside_any_source_still_ends_with_status_json_and_onfail() {
+    let site = Site::new();
+    site.publish("v1/nodes/node42/bundle", 1, node_scope(), &[("etc/motd", b"x\n")], true);
+    let nginx = Nginx::start(&site.www(), None, "");
+    let node = Node::new();
+    let cmd = format!(
+        "rd.stateless.server=http://127.0.0.1:{} {NODE} {} rd.stateless.onfail=continue",
+        nginx.port,
+        key_arg(&site)
+    );
+    // Caught at the pipeline's outer boundary: the onfail exit status.
+    let (code, err, status) = node.boot_env(&cmd, true, &[(FAULT, "panic@pipeline")]);
+    assert_eq!(code, 11, "{err}");
+    assert_eq!(status["result"], "failed", "{status}");
+    let message = status["message"].as_str().unwrap();
+    assert!(message.starts_with("no bundle applied: internal error (fault injected by"), "{message}");
+    assert!(message.ends_with("; onfail=continue"), "{message}");
+    assert_eq!(err.lines().filter(|l| l.contains("no bundle applied")).count(), 1, "{err}");
+    // Not caught at all (a panic while unwinding aborts): the hook has
+    // already written status.json.
+    let (code, err, status) = node.boot_env(&cmd, true, &[(FAULT, "abort@pipeline")]);
+    assert_eq!(code, -1, "killed by SIGABRT: {err}");
+    assert_eq!(status["result"], "failed", "{status}");
+    assert_eq!(status["onfail"], "continue", "{status}");
+    let message = status["message"].as_str().unwrap();
+    // (The last panic's words: here the one in the destructor.)
+    assert!(message.starts_with("no bundle applied: the loader crashed: "), "{message}");
+    assert!(err.contains("stateless: error: internal error: fault injected by"), "{err}");
+}
