@@ -70,7 +70,7 @@ pub enum Refusal {
     #[error("bundle expired at {0}")]
     Expired(String),
     /// The time budget ran out while the bundle was being processed.
-    #[error("time budget of {} s ran out while {phase} the bundle", budget.as_secs())]
+    #[error("time budget of {} s ran out while {} the bundle{}", budget.as_secs(), phase.doing(), phase.progress())]
     Budget {
         /// `rd.stateless.timeout`.
         budget: Duration,
@@ -123,14 +123,21 @@ pub enum Phase {
     Extracting,
 }
 
-impl std::fmt::Display for Phase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl Phase {
+    /// What was being done, for "… ran out while {doing} the bundle".
+    pub fn doing(&self) -> &'static str {
         match self {
-            Phase::Downloading { got, total: Some(t) } => {
-                write!(f, "downloading and extracting ({got} of {t} bytes received)")
-            }
-            Phase::Downloading { got, total: None } => write!(f, "downloading and extracting ({got} bytes received)"),
-            Phase::Extracting => f.write_str("verifying and extracting"),
+            Phase::Downloading { .. } => "downloading and extracting",
+            Phase::Extracting => "verifying and extracting",
+        }
+    }
+
+    /// How far the download got, as a suffix (empty once it was whole).
+    pub fn progress(&self) -> String {
+        match self {
+            Phase::Downloading { got, total: Some(t) } => format!(" ({got} of {t} bytes received)"),
+            Phase::Downloading { got, total: None } => format!(" ({got} bytes received)"),
+            Phase::Extracting => String::new(),
         }
     }
 }
@@ -232,13 +239,16 @@ pub enum NetworkError {
         /// `rd.stateless.timeout`.
         budget: Duration,
     },
-    /// The budget ran out while a server's bundle was being processed.
-    #[error("{refusal} from {url}")]
+    /// The budget ran out while a server's bundle was being processed
+    /// (as [`Refusal::Budget`], with the URL).
+    #[error("time budget of {} s ran out while {} the bundle from {url}{}", budget.as_secs(), phase.doing(), phase.progress())]
     Budget {
         /// The bundle's URL.
         url: String,
-        /// [`Refusal::Budget`].
-        refusal: Box<Refusal>,
+        /// `rd.stateless.timeout`.
+        budget: Duration,
+        /// What was going on.
+        phase: Phase,
     },
     /// A server said the cached bundle is current (not a failure: the
     /// cache is used).

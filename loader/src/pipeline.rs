@@ -479,7 +479,7 @@ enum Step {
     Refused(Refusal),
     /// The budget ran out while the bundle was being processed
     /// ([`Refusal::Budget`]): nothing more is tried from the network.
-    OutOfTime(Refusal),
+    OutOfTime(Phase),
 }
 
 /// The base URLs to try, in order.
@@ -606,11 +606,12 @@ fn fetch_from_servers(
                         ctx.outcome("server", &url, "not-found", None);
                         continue;
                     }
-                    Step::OutOfTime(refusal) => {
+                    Step::OutOfTime(phase) => {
+                        let refusal = Refusal::Budget { budget, phase: phase.clone() };
                         let msg = chain(&refusal);
                         ctx.report.attempts.push(format!("{url}: {msg}"));
                         ctx.outcome("server", &url, "refused", Some((refusal.kind(), msg)));
-                        return Err(NetworkError::Budget { url, refusal: Box::new(refusal) });
+                        return Err(NetworkError::Budget { url, budget, phase });
                     }
                     Step::Refused(refusal) => {
                         let msg = chain(&refusal);
@@ -692,7 +693,6 @@ pub const DOWNLOAD: &str = "download.bundle";
 /// staging thrown away, within the resume limit and the budget.
 fn fetch_one(ctx: &mut Ctx<'_>, transport: &Transport, get: &Get<'_>, download: Option<&Path>) -> Step {
     let limit = ctx.limits.max_payload + HEADER_LEN as u64;
-    let budget = ctx.config.timeout;
     let mut restarts = 0;
     loop {
         let tee = match download {
@@ -732,10 +732,8 @@ fn fetch_one(ctx: &mut Ctx<'_>, transport: &Transport, get: &Get<'_>, download: 
                 log::info!("fetched and verified {} ({got} bytes) in {took} ms", get.url);
                 return Step::Fresh(Box::new(ready), staging);
             }
-            (Err(_), _) if tripped => return Step::OutOfTime(Refusal::Budget { budget, phase: phase() }),
-            (Err(_), Some(FetchError::Budget)) if got > 0 => {
-                return Step::OutOfTime(Refusal::Budget { budget, phase: phase() });
-            }
+            (Err(_), _) if tripped => return Step::OutOfTime(phase()),
+            (Err(_), Some(FetchError::Budget)) if got > 0 => return Step::OutOfTime(phase()),
             (Err(_), Some(FetchError::Restart)) if restarts < MAX_RESUMES && Instant::now() < get.deadline => {
                 restarts += 1;
                 ctx.report.attempts.push(format!(
