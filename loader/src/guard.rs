@@ -17,6 +17,8 @@
 use std::io::{self, Read};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// A reader that fails once `deadline` has passed.
@@ -41,7 +43,8 @@ impl<R> Guarded<R> {
         Guarded { inner, deadline, tripped: Arc::new(AtomicBool::new(false)), fault, delivered: 0 }
     }
 
-    /// A flag set when a read failed because the deadline had passed; it
+    /// A flag set when a read failed because the deadline had passed, so
+    /// that the deadline, not the bytes, is why the bundle code failed; it
     /// stays readable after the reader moved into the bundle code.
     pub fn tripped(&self) -> Arc<AtomicBool> {
         self.tripped.clone()
@@ -78,6 +81,52 @@ impl<R: Read> Read for Guarded<R> {
             self.check()?;
         }
         Ok(n)
+    }
+}
+
+/// Sets a flag when a deadline passes, unless dropped before: the flag a
+/// caller checks between steps, or hands to code that does (the bundle
+/// code may have read all of a small bundle long before it is done with
+/// it, so the reads alone do not see the deadline in time).
+#[derive(Debug)]
+pub struct Watchdog {
+    flag: Arc<AtomicBool>,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Watchdog {
+    /// Sets [`Watchdog::flag`] at `deadline`.
+    pub fn start(deadline: Instant) -> Watchdog {
+        let flag = Arc::new(AtomicBool::new(false));
+        let set = flag.clone();
+        let (stop, stopped) = mpsc::channel::<()>();
+        // If no thread can be made, the reads still check the deadline.
+        let thread = std::thread::Builder::new()
+            .name("deadline".into())
+            .spawn(move || {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(left) {
+                    set.store(true, Ordering::Relaxed);
+                }
+            })
+            .ok();
+        Watchdog { flag, stop: Some(stop), thread }
+    }
+
+    /// Set once the deadline has passed.
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        self.flag.clone()
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        // Dropping the sender wakes the thread, which then ends.
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -192,6 +241,22 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         assert!(g.read(&mut buf).is_err());
         assert!(g.tripped().load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn the_watchdog_sets_the_flag_at_the_deadline_and_not_after_a_drop() {
+        let dog = Watchdog::start(Instant::now() + Duration::from_millis(30));
+        let flag = dog.flag();
+        assert!(!flag.load(Ordering::Relaxed));
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(flag.load(Ordering::Relaxed));
+        drop(dog);
+        let started = Instant::now();
+        let dog = Watchdog::start(Instant::now() + Duration::from_secs(60));
+        let flag = dog.flag();
+        drop(dog);
+        assert!(started.elapsed() < Duration::from_secs(5), "the drop waited for the deadline");
+        assert!(!flag.load(Ordering::Relaxed));
     }
 
     #[test]

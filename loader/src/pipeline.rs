@@ -24,7 +24,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Cursor, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -35,7 +36,7 @@ use stateless_keys::usb::Devices;
 
 use crate::crash;
 use crate::error::{Failure, NetworkError, Phase, Refusal};
-use crate::guard::{self, Guarded};
+use crate::guard::{self, Guarded, Watchdog};
 use crate::keyladder::{self, KeyPlaces};
 
 use crate::blockdev::{self, CacheSpec, Mounted};
@@ -732,6 +733,7 @@ fn fetch_one(ctx: &mut Ctx<'_>, transport: &Transport, get: &Get<'_>, download: 
                 log::info!("fetched and verified {} ({got} bytes) in {took} ms", get.url);
                 return Step::Fresh(Box::new(ready), staging);
             }
+            (Err(Refusal::Budget { .. }), _) => return Step::OutOfTime(phase()),
             (Err(_), _) if tripped => return Step::OutOfTime(phase()),
             (Err(_), Some(FetchError::Budget)) if got > 0 => return Step::OutOfTime(phase()),
             (Err(_), Some(FetchError::Restart)) if restarts < MAX_RESUMES && Instant::now() < get.deadline => {
@@ -764,8 +766,11 @@ fn stream_verify(ctx: &mut Ctx<'_>, body: &mut Body, get: &Get<'_>) -> (Result<(
     }
     let guarded = Guarded::new(Cursor::new(head).chain(body), Some(get.deadline), guard::fault_for("server"));
     let tripped = guarded.tripped();
-    let verified = crash::catch(|| verify_reader(ctx, BufReader::with_capacity(READ_BUFFER, guarded), "server"))
+    let watchdog = Watchdog::start(get.deadline);
+    let input = BufReader::with_capacity(READ_BUFFER, guarded);
+    let verified = crash::catch(|| verify_reader(ctx, input, "server", Some(&watchdog.flag())))
         .unwrap_or_else(|p| Err(Refusal::Internal(p.0)));
+    drop(watchdog);
     (verified, tripped.load(Ordering::Relaxed))
 }
 
@@ -801,7 +806,7 @@ fn verify_and_apply(ctx: &mut Ctx<'_>, path: &Path, source: &'static str) -> Res
     let file = File::open(path).map_err(|err| Refusal::OpenSlot { path: path.to_owned(), err })?;
     // The cache is the fallback once the budget is spent: no deadline.
     let guarded = Guarded::new(file, None, guard::fault_for(source));
-    let (ready, staging) = verify_reader(ctx, BufReader::with_capacity(READ_BUFFER, guarded), source)?;
+    let (ready, staging) = verify_reader(ctx, BufReader::with_capacity(READ_BUFFER, guarded), source, None)?;
     ctx.stage(&format!("verify ({source})"), t);
     apply_staged(ctx, &ready, staging, source)?;
     Ok(ready)
@@ -831,8 +836,14 @@ const READ_BUFFER: usize = 256 * 1024;
 
 /// Authenticates a bundle, checks policy, and extracts it into a staging
 /// directory in the root (see [`crate::staging`]), which is gone again when
-/// this fails.
-fn verify_reader<R: Read + Send>(ctx: &mut Ctx<'_>, input: R, source: &str) -> Result<(Ready, Staging), Refusal> {
+/// this fails. `deadline_passed`, set by a [`Watchdog`], refuses a bundle
+/// whose processing ended after the deadline.
+fn verify_reader<R: Read + Send>(
+    ctx: &mut Ctx<'_>,
+    input: R,
+    source: &str,
+    deadline_passed: Option<&Arc<AtomicBool>>,
+) -> Result<(Ready, Staging), Refusal> {
     let reader = BundleReader::new(input)?;
     let needed = reader.key_id();
     let (key, key_source): (Option<Key>, Option<String>) = match reader.raw_header().cipher() {
@@ -857,6 +868,10 @@ fn verify_reader<R: Read + Send>(ctx: &mut Ctx<'_>, input: R, source: &str) -> R
     if let Err(e) = bundle.extract(BundleOpen { dest: Some(staging.path()), owners, threaded: true }) {
         staging.discard();
         return Err(e.into());
+    }
+    if deadline_passed.is_some_and(|f| f.load(Ordering::Relaxed)) {
+        staging.discard();
+        return Err(Refusal::Budget { budget: ctx.config.timeout, phase: Phase::Extracting });
     }
     Ok((Ready { header, digest, key_source }, staging))
 }
