@@ -865,13 +865,17 @@ fn verify_reader<R: Read + Send>(
     let staging =
         Staging::create(&ctx.paths.sysroot).map_err(|err| Refusal::Staging { path: ctx.paths.sysroot.clone(), err })?;
     let owners = rustix::process::geteuid().is_root();
-    if let Err(e) = bundle.extract(BundleOpen { dest: Some(staging.path()), owners, threaded: true }) {
-        staging.discard();
-        return Err(e.into());
-    }
+    let extracted = bundle.extract(BundleOpen { dest: Some(staging.path()), owners, threaded: true });
+    // Past the deadline, the extraction's end, whichever it was, is the
+    // budget's: the deadline stopped it (a failed read, the cancellation
+    // flag), or it ended too late to be applied.
     if deadline_passed.is_some_and(|f| f.load(Ordering::Relaxed)) {
         staging.discard();
         return Err(Refusal::Budget { budget: ctx.config.timeout, phase: Phase::Extracting });
+    }
+    if let Err(e) = extracted {
+        staging.discard();
+        return Err(e.into());
     }
     Ok((Ready { header, digest, key_source }, staging))
 }

@@ -771,3 +771,37 @@ fn a_panic_outside_any_source_still_ends_with_status_json_and_onfail() {
     assert!(message.starts_with("no bundle applied: the loader crashed: "), "{message}");
     assert!(err.contains("stateless: error: internal error: fault injected by"), "{err}");
 }
+
+#[test]
+fn a_bundle_slow_to_extract_is_cut_at_the_deadline() {
+    // No fault injected: 90,000 small files (within the entry limit) take
+    // seconds to extract; with a 1 s budget the bundle is refused, and
+    // nothing is left.
+    let site = Site::new();
+    let files: Vec<(String, Vec<u8>)> = (0..90_000).map(|i| (format!("d{}/f{i}", i % 300), vec![b'x'; 10])).collect();
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(p, d)| (p.as_str(), d.as_slice())).collect();
+    site.publish("v1/nodes/node42/bundle", 1, node_scope(), &refs, true);
+    let nginx = Nginx::start(&site.www(), None, "");
+    let node = Node::new();
+    let before = node.tree_digest();
+    let started = Instant::now();
+    let (code, err, status) = node.boot(&format!(
+        "rd.stateless.server=http://127.0.0.1:{} {NODE} {} rd.stateless.timeout=1",
+        nginx.port,
+        key_arg(&site)
+    ));
+    let took = started.elapsed();
+    assert_eq!(code, 10, "{err}");
+    // Bounded by what the bundle code decodes ahead of extraction (16 MiB)
+    // until it reads again, or, with its cancellation flag, by one entry:
+    // seconds at most on a loaded test machine, not the whole extraction.
+    assert!(took < Duration::from_secs(20), "ran {took:?} past a 1 s budget");
+    let message = status["message"].as_str().unwrap();
+    let url = format!("http://127.0.0.1:{}/v1/nodes/node42/bundle", nginx.port);
+    assert!(message.starts_with("no bundle applied: time budget of 1 s ran out while "), "{message}");
+    assert!(message.contains(&format!(" the bundle from {url}")), "{message}");
+    assert!(!message.contains("unreachable"), "{message}");
+    assert_eq!(outcomes(&status)[0]["kind"], "budget", "{status}");
+    assert_eq!(node.staging_dirs(), Vec::<String>::new());
+    assert_eq!(node.tree_digest(), before, "the root changed");
+}
