@@ -285,3 +285,66 @@ pub enum Failure {
     #[error("no bundle applied: internal error ({0})")]
     Internal(String),
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_come_from_the_variant() {
+        let io = || io::Error::other("x");
+        let cases: Vec<(Refusal, &str)> = vec![
+            (OpenError::Header(HeaderError::BadMagic).into(), "not-a-bundle"),
+            (OpenError::Header(HeaderError::UnsupportedVersion(9)).into(), "not-a-bundle"),
+            (OpenError::Header(HeaderError::BadTag).into(), "authentication"),
+            (OpenError::Header(HeaderError::BadChecksum).into(), "authentication"),
+            (OpenError::Stream(StreamError::Authentication { chunk: 3 }).into(), "authentication"),
+            (OpenError::Stream(StreamError::Truncated { chunk: 3 }).into(), "truncated"),
+            (OpenError::Truncated { expected: 10, got: 5 }.into(), "truncated"),
+            (OpenError::Limit { what: "payload", value: 2, limit: 1 }.into(), "limit"),
+            (OpenError::Extract(ExtractError::TooManyEntries(5)).into(), "limit"),
+            (OpenError::Extract(ExtractError::Duplicate("etc/x".into())).into(), "format"),
+            (OpenError::Extract(ExtractError::Io { context: "writing".into(), err: io() }).into(), "local"),
+            (OpenError::Corrupt("x".into()).into(), "corrupt"),
+            (OpenError::TrailingData.into(), "corrupt"),
+            (OpenError::Io(io()).into(), "read"),
+            (Refusal::Length { sent: 1, declared: 2 }, "size"),
+            (Refusal::Downgrade, "downgrade"),
+            (Refusal::PlainHttp, "plain-http"),
+            (Refusal::Scope { scope: Scope::Any, node: "n".into(), group: "none".into() }, "scope"),
+            (Refusal::Rollback { got: 1, applied: 2 }, "rollback"),
+            (Refusal::Replay(2), "rollback"),
+            (Refusal::Expired("2026-01-01T00:00:00Z".into()), "expired"),
+            (Refusal::Budget { budget: Duration::from_secs(5), phase: Phase::Extracting }, "budget"),
+            (Refusal::Internal("boom".into()), "internal"),
+            (Refusal::Staging { path: "/sysroot".into(), err: io() }, "local"),
+        ];
+        for (refusal, kind) in cases {
+            assert_eq!(refusal.kind(), kind, "{refusal}");
+        }
+    }
+
+    #[test]
+    fn budget_lines() {
+        let budget = Duration::from_secs(5);
+        let cases = [
+            (Phase::Extracting, "time budget of 5 s ran out while verifying and extracting the bundle"),
+            (
+                Phase::Downloading { got: 10, total: Some(20) },
+                "time budget of 5 s ran out while downloading and extracting the bundle (10 of 20 bytes received)",
+            ),
+            (
+                Phase::Downloading { got: 10, total: None },
+                "time budget of 5 s ran out while downloading and extracting the bundle (10 bytes received)",
+            ),
+        ];
+        for (phase, want) in cases {
+            assert_eq!(Refusal::Budget { budget, phase: phase.clone() }.to_string(), want);
+            let network = NetworkError::Budget { url: "https://s/b".into(), budget, phase: phase.clone() };
+            let line = network.to_string();
+            assert!(line.contains(" the bundle from https://s/b"), "{line}");
+            assert!(!line.contains("unreachable"), "{line}");
+        }
+    }
+}
