@@ -77,6 +77,9 @@ fn main() -> ExitCode {
         Ok(Ok(code)) => code,
         Ok(Err(err)) => {
             log::error!("{err:#}");
+            // Exit status 1 is treated as emergency; status.json says why,
+            // as for every other run.
+            let _ = pipeline::failed_before_start(&run_dir, &format!("no bundle applied: {err:#}"), OnFail::Emergency);
             ExitCode::FAILURE
         }
         Err(panicked) => {

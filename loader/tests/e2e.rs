@@ -805,3 +805,19 @@ fn a_bundle_slow_to_extract_is_cut_at_the_deadline() {
     assert_eq!(node.staging_dirs(), Vec::<String>::new());
     assert_eq!(node.tree_digest(), before, "the root changed");
 }
+
+#[test]
+fn a_malformed_command_line_still_writes_status_json() {
+    let node = Node::new();
+    let (code, err, status) = node.boot("rd.stateless.timeout=abc rd.stateless.node=node42");
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("reading the kernel command line: rd.stateless.timeout=abc: not a number of seconds"),
+        "{err}"
+    );
+    assert_eq!(status["result"], "failed", "{status}");
+    assert_eq!(
+        status["message"],
+        "no bundle applied: reading the kernel command line: rd.stateless.timeout=abc: not a number of seconds; onfail=emergency"
+    );
+}
