@@ -100,9 +100,26 @@ pub enum FetchError {
     /// The body is larger than the limit.
     #[error("response larger than {0} bytes (limit)")]
     TooLarge(u64),
-    /// The body was refused by the caller's check (bad header, wrong scope, …).
-    #[error("{0}")]
-    Refused(String),
+    /// An https URL while no CA or pin is configured (no root store is
+    /// compiled in).
+    #[error("no trust for https: set rd.stateless.ca= or rd.stateless.pin= (or use an encrypted bundle over http)")]
+    NoTrust,
+    /// A redirect was not followed ([`redirect_target`]).
+    #[error("redirect from {from} to {location:?} refused: {why}")]
+    Redirect {
+        /// The URL that answered with the redirect.
+        from: String,
+        /// Its `Location` header, as sent.
+        location: String,
+        /// Why it is not followed.
+        why: RedirectRefusal,
+    },
+    /// The server kept redirecting.
+    #[error("more than {MAX_REDIRECTS} redirects from {url}")]
+    TooManyRedirects {
+        /// The URL first asked for.
+        url: String,
+    },
     /// Writing the downloaded bytes failed.
     #[error("writing download")]
     Io(#[source] io::Error),
@@ -115,7 +132,41 @@ pub enum FetchError {
     Restart,
 }
 
+/// Why a redirect is not followed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedirectRefusal {
+    /// `Location` is not a URL, even relative to the one redirected.
+    #[error("not a URL ({0})")]
+    NotAUrl(#[source] url::ParseError),
+    /// From https to plain http: the transport would get weaker.
+    #[error("it would drop https for plain http")]
+    Downgrade,
+    /// Neither http nor https.
+    #[error("scheme {0} is not http or https")]
+    Scheme(String),
+    /// The target names no host.
+    #[error("no host")]
+    NoHost,
+    /// The target carries a user name or password.
+    #[error("it carries credentials")]
+    Credentials,
+}
+
 impl FetchError {
+    /// A verdict on the server rather than on the transfer: its answer is
+    /// refused as it is (a body over the limit, a redirect the loader does
+    /// not follow, https without trust), so asking it again is no use.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            FetchError::TooLarge(_)
+                | FetchError::NoTrust
+                | FetchError::Redirect { .. }
+                | FetchError::TooManyRedirects { .. }
+        )
+    }
+
     /// Whether trying the same server again later may help.
     pub fn is_transient(&self) -> bool {
         match self {
@@ -200,18 +251,18 @@ pub fn is_plain_http(url: &str) -> bool {
 /// followed: the transport may stay or get stronger (http to https), never
 /// weaker; only http and https; no credentials in the URL.
 pub fn redirect_target(from: &Url, location: &str) -> Result<Url, FetchError> {
-    let refuse = |why: String| FetchError::Refused(format!("redirect from {from} to {location:?} refused: {why}"));
-    let to = from.join(location.trim()).map_err(|e| refuse(format!("not a URL ({e})")))?;
+    let refuse = |why| FetchError::Redirect { from: from.to_string(), location: location.to_owned(), why };
+    let to = from.join(location.trim()).map_err(|e| refuse(RedirectRefusal::NotAUrl(e)))?;
     match (from.scheme(), to.scheme()) {
         ("https", "https") | ("http", "http" | "https") => {}
-        ("https", "http") => return Err(refuse("it would drop https for plain http".into())),
-        (_, other) => return Err(refuse(format!("scheme {other} is not http or https"))),
+        ("https", "http") => return Err(refuse(RedirectRefusal::Downgrade)),
+        (_, other) => return Err(refuse(RedirectRefusal::Scheme(other.to_owned()))),
     }
     if to.host().is_none() {
-        return Err(refuse("no host".into()));
+        return Err(refuse(RedirectRefusal::NoHost));
     }
     if !to.username().is_empty() || to.password().is_some() {
-        return Err(refuse("it carries credentials".into()));
+        return Err(refuse(RedirectRefusal::Credentials));
     }
     Ok(to)
 }
@@ -250,10 +301,7 @@ impl Transport {
         let mut hops = 0;
         let resp = loop {
             if !self.trust && url.scheme() == "https" {
-                return Err(FetchError::Refused(
-                    "no trust for https: set rd.stateless.ca= or rd.stateless.pin= (or use an encrypted bundle over http)"
-                        .into(),
-                ));
+                return Err(FetchError::NoTrust);
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -275,7 +323,7 @@ impl Transport {
             }
             hops += 1;
             if hops > MAX_REDIRECTS {
-                return Err(FetchError::Refused(format!("more than {MAX_REDIRECTS} redirects from {}", req.url)));
+                return Err(FetchError::TooManyRedirects { url: req.url.to_owned() });
             }
             let Some(location) = resp.header("Location") else {
                 return Err(FetchError::Status(resp.status()));
@@ -660,28 +708,39 @@ mod tests {
     fn redirects_never_weaken_the_transport() {
         let tls = Url::parse("https://cfg.example:8443/v1/nodes/n/bundle").unwrap();
         let plain = Url::parse("http://cfg.example/v1/nodes/n/bundle").unwrap();
-        // (from, Location, expected target or None for refused)
-        let cases: &[(&Url, &str, Option<&str>)] = &[
-            (&tls, "https://cfg.example:8443/other", Some("https://cfg.example:8443/other")),
-            (&tls, "/relative/bundle", Some("https://cfg.example:8443/relative/bundle")),
-            (&tls, "//mirror.example/b", Some("https://mirror.example/b")),
-            (&tls, "HTTPS://mirror.example/b", Some("https://mirror.example/b")),
-            (&tls, "http://cfg.example/b", None),
-            (&tls, "HTTP://cfg.example/b", None),
-            (&tls, "hTtP://127.0.0.1:80/b", None),
-            (&tls, "ftp://cfg.example/b", None),
-            (&tls, "file:///etc/shadow", None),
-            (&tls, "https://user:pw@cfg.example/b", None),
-            (&plain, "https://cfg.example/b", Some("https://cfg.example/b")),
-            (&plain, "http://mirror.example:8080/b", Some("http://mirror.example:8080/b")),
-            (&plain, "b2", Some("http://cfg.example/v1/nodes/n/b2")),
-            (&plain, "gopher://x/", None),
+        // (from, Location, expected target, or why it is refused)
+        let scheme = |s: &str| Err(RedirectRefusal::Scheme(s.to_owned()));
+        let cases: &[(&Url, &str, Result<&str, RedirectRefusal>)] = &[
+            (&tls, "https://cfg.example:8443/other", Ok("https://cfg.example:8443/other")),
+            (&tls, "/relative/bundle", Ok("https://cfg.example:8443/relative/bundle")),
+            (&tls, "//mirror.example/b", Ok("https://mirror.example/b")),
+            (&tls, "HTTPS://mirror.example/b", Ok("https://mirror.example/b")),
+            (&tls, "http://cfg.example/b", Err(RedirectRefusal::Downgrade)),
+            (&tls, "HTTP://cfg.example/b", Err(RedirectRefusal::Downgrade)),
+            (&tls, "hTtP://127.0.0.1:80/b", Err(RedirectRefusal::Downgrade)),
+            (&tls, "ftp://cfg.example/b", scheme("ftp")),
+            (&tls, "file:///etc/shadow", scheme("file")),
+            (&tls, "https://user:pw@cfg.example/b", Err(RedirectRefusal::Credentials)),
+            (&plain, "https://cfg.example/b", Ok("https://cfg.example/b")),
+            (&plain, "http://mirror.example:8080/b", Ok("http://mirror.example:8080/b")),
+            (&plain, "b2", Ok("http://cfg.example/v1/nodes/n/b2")),
+            (&plain, "gopher://x/", scheme("gopher")),
+            (&plain, "http://[::1/b", Err(RedirectRefusal::NotAUrl(url::ParseError::InvalidIpv6Address))),
         ];
         for (from, location, want) in cases {
             let got = redirect_target(from, location);
             match want {
-                Some(w) => assert_eq!(got.unwrap().as_str(), *w, "{from} -> {location}"),
-                None => assert!(matches!(got, Err(FetchError::Refused(_))), "{from} -> {location}: {got:?}"),
+                Ok(w) => assert_eq!(got.unwrap().as_str(), *w, "{from} -> {location}"),
+                Err(why) => match got {
+                    Err(e @ FetchError::Redirect { .. }) => {
+                        assert!(e.is_refusal() && !e.is_transient(), "{e}");
+                        let line = e.to_string();
+                        assert!(line.starts_with(&format!("redirect from {from} to ")), "{line}");
+                        assert!(line.ends_with(&format!(" refused: {why}")), "{line}");
+                        assert!(matches!(e, FetchError::Redirect { why: ref w, .. } if w == why), "{line}");
+                    }
+                    other => panic!("{from} -> {location}: {other:?}"),
+                },
             }
         }
     }
@@ -691,6 +750,11 @@ mod tests {
         assert!(FetchError::Status(503).is_transient());
         assert!(!FetchError::Status(403).is_transient());
         assert!(FetchError::Transport("refused".into()).is_transient());
-        assert!(!FetchError::Refused("wrong scope".into()).is_transient());
+        for refusal in
+            [FetchError::NoTrust, FetchError::TooLarge(1), FetchError::TooManyRedirects { url: "https://a/".into() }]
+        {
+            assert!(refusal.is_refusal() && !refusal.is_transient(), "{refusal}");
+        }
+        assert!(!FetchError::Status(404).is_refusal());
     }
 }

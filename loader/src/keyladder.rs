@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use stateless_bundle::{Key, KeyId};
 use stateless_keys::tpm::TpmSelector;
 use stateless_keys::usb::{DEFAULT_LABEL, Devices, UsbSource};
-use stateless_keys::{DirSource, FileSource, KeySource, Lookup, TpmSource, find_key};
+use stateless_keys::{DirSource, FileSource, KeySource, Lookup, Offered, TpmSource, find_key};
 
 use crate::cmdline::KeyChoice;
 
@@ -56,7 +56,7 @@ pub struct KeyPlaces {
 
 /// Finds the key `needed` as `choice` says; returns it with a description
 /// of where it came from, or the console line saying what each source had.
-pub fn pick_key(choice: &KeyChoice, places: &KeyPlaces, needed: KeyId) -> Result<(Key, String), String> {
+pub fn pick_key(choice: &KeyChoice, places: &KeyPlaces, needed: KeyId) -> Result<(Key, String), KeyError> {
     let usb = |label: &str| UsbSource {
         label: label.to_owned(),
         devices: places.usb.clone(),
@@ -83,7 +83,7 @@ pub fn pick_key(choice: &KeyChoice, places: &KeyPlaces, needed: KeyId) -> Result
         KeyChoice::File(p) => (vec![Box::new(FileSource(p.clone()))], None),
         KeyChoice::Usb { label } => (vec![Box::new(usb(label.as_deref().unwrap_or(DEFAULT_LABEL)))], Some(0)),
         KeyChoice::Tpm => (vec![Box::new(tpm())], None),
-        KeyChoice::None => return Err(format!("bundle needs key {} but rd.stateless.key=none", needed.short())),
+        KeyChoice::None => return Err(KeyError::NoKeyConfigured { needed }),
         KeyChoice::List(items) => {
             let mut list: Vec<Box<dyn KeySource>> = Vec::new();
             let mut usb_at = None;
@@ -135,5 +135,75 @@ pub fn pick_key(choice: &KeyChoice, places: &KeyPlaces, needed: KeyId) -> Result
             }
         }
     }
-    Err(format!("bundle needs key {}; {offered}", needed.short()))
+    Err(KeyError::NotFound { needed, offered })
+}
+
+/// Why no key was found for a bundle.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The bundle is encrypted and `rd.stateless.key=none`.
+    #[error("bundle needs key {} but rd.stateless.key=none", needed.short())]
+    NoKeyConfigured {
+        /// The key the bundle names.
+        needed: KeyId,
+    },
+    /// No source had the key; what each offered.
+    #[error("bundle needs key {}; {offered}", needed.short())]
+    NotFound {
+        /// The key the bundle names.
+        needed: KeyId,
+        /// What each source had.
+        offered: Offered,
+    },
+}
+
+/// Checks, before any network, that a configured key file can be read:
+/// without it no bundle, from a server or the cache, can be opened, so the
+/// loader says so at once instead of after the download. Other choices
+/// are not checked here: a USB stick may still be plugged in, and the
+/// key directory and TPM are looked at per bundle.
+pub fn check_configured(choice: &KeyChoice) -> Result<(), KeyFileUnusable> {
+    let KeyChoice::File(path) = choice else { return Ok(()) };
+    // Opened, not parsed: the key is read (and a loose mode warned about)
+    // once, when a bundle needs it; this only catches a file that is not
+    // there or cannot be read at all.
+    let path = path.clone();
+    // Looked at before it is opened: opening a FIFO would block.
+    match std::fs::metadata(&path) {
+        Ok(md) if !md.is_file() => return Err(KeyFileUnusable::NotAFile { path }),
+        Ok(_) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Err(KeyFileUnusable::Missing { path }),
+        Err(err) => return Err(KeyFileUnusable::Unreadable { path, err }),
+    }
+    match std::fs::File::open(&path) {
+        Ok(_) => Ok(()),
+        Err(err) => Err(KeyFileUnusable::Unreadable { path, err }),
+    }
+}
+
+/// Why the configured key file cannot be used. Each names the path once.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyFileUnusable {
+    /// There is no such file.
+    #[error("key file {} does not exist", path.display())]
+    Missing {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// It could not be read.
+    #[error("key file {}: {err}", path.display())]
+    Unreadable {
+        /// The key file.
+        path: PathBuf,
+        /// The cause.
+        err: std::io::Error,
+    },
+    /// It is a directory or a device, not a file.
+    #[error("key file {} is not a regular file", path.display())]
+    NotAFile {
+        /// The key file.
+        path: PathBuf,
+    },
 }

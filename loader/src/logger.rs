@@ -51,8 +51,9 @@ pub fn to_stderr() -> bool {
     TO_STDERR.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Installs the logger (once per process) and a panic hook that logs the
-/// panic as one error record. `debug` enables debug records.
+/// Installs the logger (once per process). `debug` enables debug records.
+/// The panic hook that logs a panic as one error record is
+/// [`crate::crash::install`]'s.
 pub fn init(debug: bool) -> Result<Destination, log::SetLoggerError> {
     init_to(debug, false)
 }
@@ -66,11 +67,6 @@ pub fn init_to(debug: bool, stderr: bool) -> Result<Destination, log::SetLoggerE
     // The logger lives for the rest of the process.
     log::set_logger(Box::leak(Box::new(Logger { kmsg })))?;
     set_debug(debug);
-    std::panic::set_hook(Box::new(|info| {
-        // A panic must look like a crash on the console, not a hang; the
-        // process then exits non-zero (panic = "abort" in release).
-        log::error!("crashed: {info}");
-    }));
     Ok(destination)
 }
 

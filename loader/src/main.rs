@@ -1,19 +1,20 @@
 //! `stateless-loader`: runs in the initramfs before switch-root, finds the
 //! configuration server, fetches, verifies and applies this node's bundle.
 //!
-//! This file stays thin: parse the flags, install the logger, call [`run`],
-//! map the outcome to an exit code. The flags and exit codes are documented
+//! This file stays thin: parse the flags, install the logger and the panic
+//! hook, call [`run`], map the outcome to an exit code. The flags and exit codes are documented
 //! in `docs/cmdline.md`.
 
 use std::fs;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::OnceLock;
 
 use anyhow::Context as _;
 use clap::Parser;
-use stateless_loader::cmdline::Config;
+use stateless_loader::cmdline::{Config, OnFail};
 use stateless_loader::pipeline::{self, Paths};
-use stateless_loader::{logger, overlay};
+use stateless_loader::{crash, logger, overlay};
 
 /// Where the kernel command line is read from in the initramfs.
 const PROC_CMDLINE: &str = "/proc/cmdline";
@@ -75,14 +76,34 @@ fn main() -> ExitCode {
     if let Err(err) = logger::init_to(false, stderr) {
         eprintln!("stateless: installing the logger: {err}");
     }
-    match run(args) {
-        Ok(code) => code,
-        Err(err) => {
+    crash::install();
+    let run_dir = args.run_dir.clone();
+    // The pipeline catches panics per source; this is the last net, so
+    // that even a panic outside it ends with status.json and the exit
+    // code onfail asks for (emergency while the command line is unread).
+    match crash::catch(|| run(args)) {
+        Ok(Ok(code)) => code,
+        Ok(Err(err)) => {
             log::error!("{err:#}");
+            // Exit status 1 is treated as emergency; status.json says why,
+            // as for every other run.
+            let _ = pipeline::failed_before_start(&run_dir, &format!("no bundle applied: {err:#}"), OnFail::Emergency);
             ExitCode::FAILURE
+        }
+        Err(panicked) => {
+            let onfail = ONFAIL.get().copied().unwrap_or(OnFail::Emergency);
+            let report = pipeline::crashed(&run_dir, &panicked.0, onfail);
+            log::error!("{}", report.message);
+            if !logger::to_stderr() {
+                eprintln!("{}{}", logger::TAG, report.message);
+            }
+            ExitCode::from(pipeline::exit_code(&report, onfail))
         }
     }
 }
+
+/// `rd.stateless.onfail`, once the command line is read.
+static ONFAIL: OnceLock<OnFail> = OnceLock::new();
 
 fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cmdline = match &args.cmdline {
@@ -96,6 +117,8 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     let config = Config::from_cmdline(&cmdline).context("reading the kernel command line")?;
+    let _ = ONFAIL.set(config.onfail);
+    crash::set_status_target(args.run_dir.clone(), config.onfail);
     logger::set_debug(config.debug);
     for warning in &config.warnings {
         log::warn!("{warning}");

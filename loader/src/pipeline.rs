@@ -11,21 +11,34 @@
 //! applied to the root, by renaming entries out of staging
 //! ([`crate::apply`]). Nothing in the root's visible tree changes before
 //! that point, and a bundle that fails leaves the root as it was.
+//!
+//! Each source's processing is a boundary: a refusal ([`Refusal`]) or a
+//! panic ([`crate::crash`]) there moves on to the next source, and every
+//! run ends with `status.json`, which records per source tried what
+//! happened and, for a refusal, its kind ([`Outcome`]). The time budget
+//! (`rd.stateless.timeout`) covers discovery, the download and the
+//! verification and extraction of a server's bundle ([`crate::guard`]);
+//! the cache's slots are processed after it, without a deadline.
 
-use std::fs::{self, OpenOptions};
-use std::io::{BufReader, Cursor, Read};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Cursor, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use stateless_bundle::header::{HEADER_LEN, RawHeader};
 use stateless_bundle::io::read_full;
-use stateless_bundle::{BundleReader, Cipher, Header, Key, KeyId, Limits, OpenOptions as BundleOpen, Scope};
+use stateless_bundle::{BundleReader, Cipher, Header, Key, KeyId, Limits, OpenError, OpenOptions as BundleOpen, Scope};
 use stateless_keys::blockdev::open_regular;
 use stateless_keys::usb::Devices;
 
-use crate::keyladder::KeyPlaces;
+use crate::crash;
+use crate::error::{Failure, FloorError, NetworkError, Phase, Refusal, fetch_kind};
+use crate::guard::{self, Guarded, Watchdog};
+use crate::keyladder::{self, KeyPlaces};
 
 use crate::blockdev::{self, CacheSpec, FindError, Mounted};
 use crate::cache::{Cache, SlotMeta};
@@ -40,8 +53,6 @@ use stateless_bundle::error_chain as chain;
 /// The site CA file used when neither `ca=` nor `pin=` is given, if present
 /// (installed by the dracut module).
 pub const DEFAULT_CA_BUNDLE: &str = "etc/stateless/ca.pem";
-/// Where keys embedded in the initramfs live (`*.key` files).
-pub const EMBEDDED_KEY_DIR: &str = "/etc/stateless/keys";
 /// A clock earlier than this (2026-01-01) is taken to be unset, as it is on
 /// machines without a battery-backed RTC; expiry is then not enforced.
 pub const SANE_CLOCK_FLOOR: i64 = 1_767_225_600;
@@ -102,14 +113,36 @@ pub struct Report {
     pub fetched: Option<i64>,
     /// Milliseconds per stage.
     pub timings_ms: Vec<(String, u64)>,
-    /// Every fetch attempt: URL and outcome.
+    /// Every fetch attempt: URL and outcome, for people.
     pub attempts: Vec<String>,
+    /// Every source tried, in order (each fetch attempt, then the cache's
+    /// slots): what happened, and why a bundle was refused, for programs.
+    pub outcomes: Vec<Outcome>,
     /// Warnings, in order.
     pub warnings: Vec<String>,
     /// The console line.
     pub message: String,
     /// The `onfail` action requested when nothing was applied.
     pub onfail: Option<&'static str>,
+}
+
+/// What happened to one source: a fetch attempt or a cache slot.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// `server`, `cache-current` or `cache-previous`.
+    pub source: &'static str,
+    /// The URL (a server) or file (a cache slot).
+    pub from: String,
+    /// `applied`, `fetched`, `not-modified`, `not-found`, `restarted`,
+    /// `failed` (the transfer) or `refused` (the bundle).
+    pub result: &'static str,
+    /// Why, for `failed` and `refused`: a word from the list in
+    /// docs/cmdline.md ([`Refusal::kind`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    /// The reason, as on the console.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Exit codes the dracut module maps to actions (see docs/cmdline.md).
@@ -167,16 +200,19 @@ pub fn run(config: &Config, paths: &Paths) -> Report {
         key_required: !matches!(config.key, KeyChoice::None),
         trust: crate::trust::Trust::default(),
     };
-    let outcome = run_inner(&mut ctx);
+    crash::set_status_target(paths.run_dir.clone(), config.onfail);
+    // Each source is caught on its own; this catches what is left (the
+    // discovery, the cache's bookkeeping) so that the report is written.
+    let outcome = crash::catch(|| run_inner(&mut ctx)).unwrap_or_else(|p| Err(Failure::Internal(p.0)));
     let mut report = ctx.report;
     match outcome {
         Ok(line) => {
             report.result = "applied";
             report.message = line;
         }
-        Err(line) => {
+        Err(failure) => {
             report.onfail = Some(config.onfail.as_str());
-            report.message = format!("{line}; onfail={}", config.onfail);
+            report.message = format!("{}; onfail={}", chain(&failure), config.onfail);
         }
     }
     report.timings_ms.push(("total".into(), ms(ctx.started.elapsed())));
@@ -190,13 +226,32 @@ pub fn run(config: &Config, paths: &Paths) -> Report {
 /// root could not be made writable): written to `status.json` like any
 /// other, so the reason survives switch-root.
 pub fn failed_before_start(run_dir: &Path, line: &str, onfail: OnFail) -> Report {
-    let report = Report {
+    failed_report(run_dir, line.to_owned(), onfail)
+}
+
+/// The provisional report the panic hook writes (see [`crate::crash`]):
+/// replaced by the pipeline's own when the panic is caught.
+pub fn write_crash_status(run_dir: &Path, line: &str, onfail: OnFail) -> io::Result<()> {
+    write_status(run_dir, &failed(format!("no bundle applied: the loader crashed: {line}"), onfail))
+}
+
+/// The report of a run that a panic ended outside the pipeline.
+pub fn crashed(run_dir: &Path, line: &str, onfail: OnFail) -> Report {
+    failed_report(run_dir, format!("no bundle applied: internal error ({line})"), onfail)
+}
+
+fn failed(line: String, onfail: OnFail) -> Report {
+    Report {
         result: "failed",
         source: "none",
         message: format!("{line}; onfail={onfail}"),
         onfail: Some(onfail.as_str()),
         ..Report::default()
-    };
+    }
+}
+
+fn failed_report(run_dir: &Path, line: String, onfail: OnFail) -> Report {
+    let report = failed(line, onfail);
     if let Err(e) = write_status(run_dir, &report) {
         log::warn!("writing status.json: {e}");
     }
@@ -220,14 +275,18 @@ impl Ctx<'_> {
     fn stage(&mut self, name: &str, since: Instant) {
         self.report.timings_ms.push((name.to_owned(), ms(since.elapsed())));
     }
+
+    fn outcome(&mut self, source: &'static str, from: &str, result: &'static str, why: Option<(&'static str, String)>) {
+        let (kind, message) = why.map_or((None, None), |(k, m)| (Some(k), Some(m)));
+        self.report.outcomes.push(Outcome { source, from: from.to_owned(), result, kind, message });
+    }
 }
 
-fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, String> {
-    fs::create_dir_all(&ctx.paths.run_dir).map_err(|e| format!("creating {}: {e}", ctx.paths.run_dir.display()))?;
+fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, Failure> {
+    fs::create_dir_all(&ctx.paths.run_dir).map_err(|err| Failure::RunDir { path: ctx.paths.run_dir.clone(), err })?;
     // --- trust (issue 13): a publisher key that is named but unreadable
     // fails the boot rather than turn signature checks off.
-    ctx.trust = crate::trust::Trust::load(&ctx.config.trust, &ctx.paths.publisher_dir)
-        .map_err(|e| format!("no bundle applied: {}", chain(&e)))?;
+    ctx.trust = crate::trust::Trust::load(&ctx.config.trust, &ctx.paths.publisher_dir).map_err(Failure::Trust)?;
     log::info!("trust: {}", ctx.trust.describe());
     // --- end trust
     match identity::discover(&ctx.paths.host_root, ctx.config.node.as_deref(), ctx.config.bootif) {
@@ -238,6 +297,10 @@ fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, String> {
         }
         Err(e) => ctx.warn(e.to_string()),
     }
+    guard::fault_point("pipeline");
+    // Without the configured key file no bundle can be opened, from a
+    // server or the cache: say so now, not after the download.
+    keyladder::check_configured(&ctx.config.key)?;
     // Kept until the end of the run: dropping it unmounts the cache device.
     let (cache, _mounted) = open_cache(ctx);
     ctx.floor_from = cache.clone();
@@ -248,10 +311,11 @@ fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, String> {
     let t = Instant::now();
     let fetched = fetch_from_servers(ctx, current_digest.as_deref(), cache.is_some());
     ctx.stage("fetch+verify", t);
-    let network_note = match fetched {
+    let network = match fetched {
         Ok(FetchResult::Fresh { ready, staging, url, download }) => {
-            let applied = apply_staged(ctx, &ready, staging, "server");
-            let note = match applied {
+            let applied = crash::catch(|| apply_staged(ctx, &ready, staging, "server"))
+                .unwrap_or_else(|p| Err(Refusal::Internal(p.0)));
+            let network = match applied {
                 Ok(()) => {
                     ctx.report.server = Some(url.clone());
                     ctx.report.fetched = Some(now());
@@ -260,12 +324,17 @@ fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, String> {
                     }
                     None
                 }
-                Err(e) => Some(format!("bundle from {url} refused: {e}")),
+                Err(e) => {
+                    let line = format!("bundle from {url} refused: {}", chain(&e));
+                    ctx.outcome("server", &url, "refused", Some((e.kind(), chain(&e))));
+                    ctx.warn(line.clone());
+                    Some(NetworkError::Refused(vec![line]))
+                }
             };
             if let Some(path) = &download {
                 let _ = fs::remove_file(path);
             }
-            match note {
+            match network {
                 None => {
                     let via = match ctx.report.final_url.as_deref() {
                         Some(f) if f != url => format!(" (redirected to {f})"),
@@ -278,21 +347,23 @@ fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, String> {
                         ctx.started.elapsed().as_secs_f64()
                     ));
                 }
-                Some(note) => note,
+                Some(network) => network,
             }
         }
         Ok(FetchResult::NotModified { url }) => {
             ctx.report.server = Some(url.clone());
-            format!("{url} says the cached bundle is current")
+            // The normal answer in a boot storm: not a warning.
+            let note = NetworkError::NotModified(url);
+            log::info!("{note}");
+            note
         }
-        Err(note) => note,
+        Err(e) => e,
     };
-    log::warn!("{network_note}");
-    ctx.report.warnings.push(network_note.clone());
 
-    // 2. The cache, current slot then previous.
+    // 2. The cache, current slot then previous. What the servers said is
+    // already in the log (each refusal once) and goes into the final line.
     let Some(cache) = cache else {
-        return Err(format!("no bundle applied: {network_note}; no cache"));
+        return Err(Failure::Nothing { network: Box::new(network), cache: "no cache".into() });
     };
     let mut slot_notes = Vec::new();
     for (i, slot) in cache.slots().into_iter().enumerate() {
@@ -300,26 +371,33 @@ fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, String> {
         let (path, meta) = match slot {
             Ok(s) => s,
             Err(w) => {
-                ctx.warn(format!("{name}: {w}"));
+                let refusal = Refusal::Slot(w);
+                let msg = chain(&refusal);
+                ctx.outcome(name, &cache.dir().display().to_string(), "refused", Some((refusal.kind(), msg.clone())));
+                ctx.warn(format!("{name}: {msg}"));
                 slot_notes.push(format!("{name} unusable"));
                 continue;
             }
         };
-        match verify_and_apply(ctx, &path, name) {
+        let applied =
+            crash::catch(|| verify_and_apply(ctx, &path, name)).unwrap_or_else(|p| Err(Refusal::Internal(p.0)));
+        match applied {
             Ok(ready) => {
+                ctx.outcome(name, &path.display().to_string(), "applied", None);
                 ctx.report.fetched = Some(meta.fetched);
                 ctx.report.server = Some(meta.server.clone());
                 ctx.report.final_url = None;
                 let when = fmt_date(meta.fetched);
                 return Ok(format!(
-                    "{network_note}; applied {} generation {} (fetched {when}){}",
+                    "{network}; applied {} generation {} (fetched {when}){}",
                     if i == 0 { "cached" } else { "previous cached" },
                     ready.header.generation,
                     key_note(&ready),
                 ));
             }
             Err(e) => {
-                ctx.warn(format!("{name}: {e}"));
+                ctx.outcome(name, &path.display().to_string(), "refused", Some((e.kind(), chain(&e))));
+                ctx.warn(format!("{name}: {}", chain(&e)));
                 slot_notes.push(format!("{name} refused"));
             }
         }
@@ -327,9 +405,8 @@ fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, String> {
     if slot_notes.is_empty() {
         slot_notes.push("cache empty".into());
     }
-    Err(format!("no bundle applied: {network_note}; {}", slot_notes.join(", ")))
+    Err(Failure::Nothing { network: Box::new(network), cache: slot_notes.join(", ") })
 }
-
 fn key_note(r: &Ready) -> String {
     let signed = r.signer.map(|s| format!(", signed by {}", s.short())).unwrap_or_default();
     match &r.key_source {
@@ -417,18 +494,31 @@ enum Step {
     Fresh(Box<Ready>, Staging),
     NotModified,
     NotFound,
-    /// The transfer failed (the server, the network, the budget).
+    /// The transfer failed (the server, the network, the budget before
+    /// the bundle began).
     Failed(FetchError),
     /// The bundle was refused: a verdict on this server's bundle.
-    Refused(String),
+    Refused(Refusal),
+    /// The budget ran out while the bundle was being processed
+    /// ([`Refusal::Budget`]): nothing more is tried from the network.
+    OutOfTime(Phase),
+}
+
+impl Step {
+    /// A transfer that failed, or a refusal when the error is a verdict
+    /// on the server's answer ([`FetchError::is_refusal`]: such a server
+    /// is not asked again).
+    fn failed(e: FetchError) -> Step {
+        if e.is_refusal() { Step::Refused(Refusal::Server(e)) } else { Step::Failed(e) }
+    }
 }
 
 /// The base URLs to try, in order.
-fn base_urls(ctx: &mut Ctx<'_>, deadline: Instant) -> Result<Vec<String>, String> {
+fn base_urls(ctx: &mut Ctx<'_>, deadline: Instant) -> Result<Vec<String>, NetworkError> {
     let cfg = ctx.config;
     if !cfg.servers.is_empty() {
         let Some(id) = &ctx.identity else {
-            return Err("no node identity to fill in the server URLs".into());
+            return Err(NetworkError::NoIdentity);
         };
         let rendered: Vec<_> = cfg.servers.iter().map(|t| (t.as_str(), t.render(id))).collect();
         let mut out = Vec::new();
@@ -443,21 +533,23 @@ fn base_urls(ctx: &mut Ctx<'_>, deadline: Instant) -> Result<Vec<String>, String
     let resolv = fs::read_to_string(ctx.paths.host_root.join("etc/resolv.conf"))
         .map(|t| ResolvConf::parse(&t))
         .unwrap_or_default();
-    let domain = cfg
-        .domain
-        .clone()
-        .or(resolv.search.clone())
-        .ok_or("no server: no rd.stateless.server=, no rd.stateless.domain= and no search domain from DHCP")?;
+    let domain = cfg.domain.clone().or(resolv.search.clone()).ok_or(NetworkError::NoDomain)?;
     let servers = match cfg.dns {
         Some(d) => vec![d],
         None => resolv.servers.clone(),
     };
     let name = format!("{}.{domain}", cfg.srv);
-    let answer = Resolver::new(servers).srv(&name, deadline).map_err(|e| format!("DNS SRV {name}: {e}"))?;
+    let answer = match Resolver::new(servers).srv(&name, deadline) {
+        Ok(a) => a,
+        Err(err) => return Err(NetworkError::Dns { name, err }),
+    };
     let mut seed = [0u8; 8];
     let _ = getrandom::fill(&mut seed);
     let mut rng = SplitMix64::new(u64::from_le_bytes(seed));
-    let ordered = srv::order(answer.records, &mut rng).map_err(|e| format!("DNS SRV {name}: {e}"))?;
+    let ordered = match srv::order(answer.records, &mut rng) {
+        Ok(o) => o,
+        Err(err) => return Err(NetworkError::NoTargets { name, err }),
+    };
     let scheme = if cfg.insecure { "http" } else { "https" };
     // Built from parts: a target that is not a host name is dropped.
     let mut out = Vec::new();
@@ -468,20 +560,24 @@ fn base_urls(ctx: &mut Ctx<'_>, deadline: Instant) -> Result<Vec<String>, String
         }
     }
     if out.is_empty() {
-        return Err(format!("DNS SRV {name}: no target is a host name"));
+        return Err(NetworkError::NoHostTarget { name });
     }
     Ok(out)
 }
 
-fn fetch_from_servers(ctx: &mut Ctx<'_>, current_digest: Option<&str>, keep: bool) -> Result<FetchResult, String> {
+fn fetch_from_servers(
+    ctx: &mut Ctx<'_>,
+    current_digest: Option<&str>,
+    keep: bool,
+) -> Result<FetchResult, NetworkError> {
     let budget = ctx.config.timeout;
     let deadline = ctx.started + budget;
     let bases = base_urls(ctx, deadline)?;
     if bases.is_empty() {
-        return Err("no server to try".into());
+        return Err(NetworkError::NoServer);
     }
     let Some(node) = ctx.identity.as_ref().map(|i| i.node.clone()) else {
-        return Err("no node identity".into());
+        return Err(NetworkError::NoIdentity);
     };
     let mut dns = ctx.config.dns.into_iter().collect::<Vec<_>>();
     if dns.is_empty() {
@@ -501,13 +597,13 @@ fn fetch_from_servers(ctx: &mut Ctx<'_>, current_digest: Option<&str>, keep: boo
         dns,
         ..TransportConfig::default()
     })
-    .map_err(|e| format!("setting up HTTPS: {}", chain(&e)))?;
+    .map_err(NetworkError::Tls)?;
     let mut paths = vec![format!("v1/nodes/{node}/bundle")];
     if let Some(g) = &ctx.config.group {
         paths.push(format!("v1/groups/{g}/bundle"));
     }
     paths.push("v1/default/bundle".into());
-    let download = ctx.paths.run_dir.join("download.bundle");
+    let download = ctx.paths.run_dir.join(DOWNLOAD);
     let mut backoff = FIRST_BACKOFF;
     let mut last = String::from("no server answered");
     // Why each server's bundle was refused: such a server is not asked
@@ -523,7 +619,7 @@ fn fetch_from_servers(ctx: &mut Ctx<'_>, current_digest: Option<&str>, keep: boo
             }
             for p in &paths {
                 if Instant::now() >= deadline {
-                    return Err(format!("{last}; gave up after {} s", budget.as_secs()));
+                    return Err(NetworkError::GaveUp { last, budget });
                 }
                 let url = format!("{base}/{p}");
                 let t = Instant::now();
@@ -532,6 +628,7 @@ fn fetch_from_servers(ctx: &mut Ctx<'_>, current_digest: Option<&str>, keep: boo
                 let took = t.elapsed().as_millis();
                 match step {
                     Step::Fresh(ready, staging) => {
+                        ctx.outcome("server", &url, "fetched", None);
                         return Ok(FetchResult::Fresh {
                             ready,
                             staging,
@@ -541,28 +638,38 @@ fn fetch_from_servers(ctx: &mut Ctx<'_>, current_digest: Option<&str>, keep: boo
                     }
                     Step::NotModified => {
                         ctx.report.attempts.push(format!("{url}: 304"));
+                        ctx.outcome("server", &url, "not-modified", None);
                         return Ok(FetchResult::NotModified { url });
                     }
                     Step::NotFound => {
                         ctx.report.attempts.push(format!("{url}: 404"));
+                        ctx.outcome("server", &url, "not-found", None);
                         continue;
                     }
-                    Step::Refused(msg) => {
+                    Step::OutOfTime(phase) => {
+                        let refusal = Refusal::Budget { budget, phase: phase.clone() };
+                        let msg = chain(&refusal);
+                        ctx.report.attempts.push(format!("{url}: {msg}"));
+                        ctx.outcome("server", &url, "refused", Some((refusal.kind(), msg)));
+                        return Err(NetworkError::Budget { url, budget, phase });
+                    }
+                    Step::Refused(refusal) => {
+                        let msg = chain(&refusal);
                         ctx.report.attempts.push(format!("{url}: refused after {took} ms: {msg}"));
-                        log::warn!("bundle from {url} refused: {msg}");
-                        *verdict = Some(format!("bundle from {url} refused: {msg}"));
+                        ctx.outcome("server", &url, "refused", Some((refusal.kind(), msg.clone())));
+                        // Logged once here; the final line says it again.
+                        let line = format!("bundle from {url} refused: {msg}");
+                        ctx.warn(line.clone());
+                        *verdict = Some(line);
                         break;
                     }
                     Step::Failed(e) => {
                         let msg = chain(&e);
                         ctx.report.attempts.push(format!("{url}: {msg}"));
-                        log::warn!("{url}: {msg}");
+                        ctx.outcome("server", &url, "failed", Some((fetch_kind(&e), msg.clone())));
                         all_missing = false;
                         last = format!("{base}: {msg}");
-                        // A refused bundle is a verdict on this server.
-                        if !e.is_transient() && matches!(e, FetchError::Refused(_) | FetchError::TooLarge(_)) {
-                            *verdict = Some(format!("bundle from {url} refused: {msg}"));
-                        }
+                        log::warn!("{url}: {msg}");
                         // Try the next server rather than the next path: a
                         // broken server must not make us fall back to a less
                         // specific bundle.
@@ -571,25 +678,25 @@ fn fetch_from_servers(ctx: &mut Ctx<'_>, current_digest: Option<&str>, keep: boo
                 }
             }
         }
-        let verdicts: Vec<&str> = refused.iter().flatten().map(String::as_str).collect();
+        let verdicts: Vec<String> = refused.iter().flatten().cloned().collect();
         // Every server refused, or the rest have nothing: the refusals are
         // the news (a tampered or replayed bundle), not the 404s.
         if verdicts.len() == bases.len() || (all_missing && !verdicts.is_empty()) {
-            return Err(verdicts.join("; "));
+            return Err(NetworkError::Refused(verdicts));
         }
         if all_missing {
-            return Err(format!("no bundle for node {node} on any server"));
+            return Err(NetworkError::NoBundle(node));
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(format!("{last}; server unreachable after {} s", budget.as_secs()));
+            return Err(NetworkError::Unreachable { last, budget });
         }
         let wait = jitter(backoff).min(left);
         log::info!("round {round} failed; retrying in {} ms", wait.as_millis());
         std::thread::sleep(wait);
         backoff = (backoff * 2).min(MAX_BACKOFF);
         if Instant::now() >= deadline {
-            return Err(format!("{last}; server unreachable after {} s", budget.as_secs()));
+            return Err(NetworkError::Unreachable { last, budget });
         }
     }
 }
@@ -609,6 +716,9 @@ struct Get<'a> {
     deadline: Instant,
 }
 
+/// The server's bundle, copied for the cache, in the run directory.
+pub const DOWNLOAD: &str = "download.bundle";
+
 /// Fetches one URL and verifies the bundle into staging as it arrives,
 /// copying it to `download` for the cache when given. A server that
 /// answers a resume with the whole body makes the transfer start over,
@@ -618,7 +728,7 @@ fn fetch_one(ctx: &mut Ctx<'_>, transport: &Transport, get: &Get<'_>, download: 
     let mut restarts = 0;
     loop {
         let tee = match download {
-            Some(path) => match OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path) {
+            Some(path) => match create_new(path) {
                 Ok(f) => Some(f),
                 Err(e) => return Step::Failed(FetchError::Io(e)),
             },
@@ -630,9 +740,9 @@ fn fetch_one(ctx: &mut Ctx<'_>, transport: &Transport, get: &Get<'_>, download: 
             Ok(Opened::Body(b)) => b,
             Ok(Opened::NotModified) => return Step::NotModified,
             Ok(Opened::NotFound) => return Step::NotFound,
-            Err(e) => return Step::Failed(e),
+            Err(e) => return Step::failed(e),
         };
-        let verified = stream_verify(ctx, &mut body);
+        let (verified, tripped) = stream_verify(ctx, &mut body, get);
         let took = t.elapsed().as_millis();
         if verified.is_err() {
             // Half a bundle is no use to the cache.
@@ -640,46 +750,66 @@ fn fetch_one(ctx: &mut Ctx<'_>, transport: &Transport, get: &Get<'_>, download: 
                 let _ = fs::remove_file(path);
             }
         }
+        let (got, total) = (body.received(), body.total());
+        let phase = || {
+            if total.is_some_and(|t| t == got) { Phase::Extracting } else { Phase::Downloading { got, total } }
+        };
         // A read error the bundle code saw is the transfer's when the body
-        // says so, whatever the bundle code made of it.
+        // says so, whatever the bundle code made of it; the budget's when
+        // the guard tripped.
         match (verified, body.take_failure()) {
             (Ok((ready, staging)), _) => {
-                let (bytes, resumes) = (body.received(), body.resumes());
-                ctx.report.attempts.push(format!("{}: 200, {bytes} bytes, {resumes} resumes, {took} ms", get.url));
+                let resumes = body.resumes();
+                ctx.report.attempts.push(format!("{}: 200, {got} bytes, {resumes} resumes, {took} ms", get.url));
                 let via = body.url().as_str();
                 if via != get.url {
                     ctx.report.attempts.push(format!("{}: redirected to {via}", get.url));
                 }
                 ctx.report.final_url = Some(via.to_owned());
-                log::info!("fetched and verified {} ({bytes} bytes) in {took} ms", get.url);
+                log::info!("fetched and verified {} ({got} bytes) in {took} ms", get.url);
                 return Step::Fresh(Box::new(ready), staging);
             }
+            (Err(Refusal::Budget { .. }), _) => return Step::OutOfTime(phase()),
+            (Err(_), _) if tripped => return Step::OutOfTime(phase()),
+            (Err(_), Some(FetchError::Budget)) if got > 0 => return Step::OutOfTime(phase()),
             (Err(_), Some(FetchError::Restart)) if restarts < MAX_RESUMES && Instant::now() < get.deadline => {
                 restarts += 1;
                 ctx.report.attempts.push(format!(
-                    "{}: resume answered with the whole bundle after {} bytes; starting over",
+                    "{}: resume answered with the whole bundle after {got} bytes; starting over",
                     get.url,
-                    body.received()
                 ));
+                ctx.outcome("server", get.url, "restarted", None);
                 log::warn!("{}: the server sent the whole bundle again; starting over", get.url);
             }
-            (Err(_), Some(e)) => return Step::Failed(e),
-            (Err(msg), None) => return Step::Refused(msg),
+            (Err(_), Some(e)) => return Step::failed(e),
+            (Err(refusal), None) => return Step::Refused(refusal),
         }
     }
 }
 
 /// Verifies a bundle from a response body into staging: the early checks
-/// on its header, then as [`verify_reader`].
-fn stream_verify(ctx: &mut Ctx<'_>, body: &mut Body) -> Result<(Ready, Staging), String> {
+/// on its header, then as [`verify_reader`], under the deadline. A panic
+/// in there is a refusal. Also returns whether the deadline cut it short.
+fn stream_verify(ctx: &mut Ctx<'_>, body: &mut Body, get: &Get<'_>) -> (Result<(Ready, Staging), Refusal>, bool) {
     let mut head = vec![0u8; HEADER_LEN];
-    let n = read_full(body, &mut head).map_err(|e| e.to_string())?;
+    let n = match read_full(body, &mut head) {
+        Ok(n) => n,
+        Err(e) => return (Err(Refusal::Open(OpenError::Io(e))), false),
+    };
     head.truncate(n);
     // Decided on the parsed scheme of the URL the body came from, after
     // redirects (which never go from https to http).
-    early_check(&head, body.total(), body.plain_http(), ctx.config.insecure, ctx.key_required)?;
-    let reader = BufReader::with_capacity(READ_BUFFER, Cursor::new(head).chain(body));
-    verify_reader(ctx, reader, "server")
+    if let Err(e) = early_check(&head, body.total(), body.plain_http(), ctx.config.insecure, ctx.key_required) {
+        return (Err(e), false);
+    }
+    let guarded = Guarded::new(Cursor::new(head).chain(body), Some(get.deadline), guard::fault_for("server"));
+    let tripped = guarded.tripped();
+    let watchdog = Watchdog::start(get.deadline);
+    let input = BufReader::with_capacity(READ_BUFFER, guarded);
+    let verified = crash::catch(|| verify_reader(ctx, input, "server", Some(&watchdog.flag())))
+        .unwrap_or_else(|p| Err(Refusal::Internal(p.0)));
+    drop(watchdog);
+    (verified, tripped.load(Ordering::Relaxed))
 }
 
 /// Refuses a body from its first bytes: not a bundle, size inconsistent,
@@ -690,30 +820,32 @@ fn early_check(
     plain_http: bool,
     insecure: bool,
     key_required: bool,
-) -> Result<(), String> {
-    let raw = RawHeader::parse(head).map_err(|e| e.to_string())?;
+) -> Result<(), Refusal> {
+    let raw = RawHeader::parse(head).map_err(|e| Refusal::Open(e.into()))?;
     let h = raw.unverified();
     let declared = h.payload_len + HEADER_LEN as u64;
     if let Some(t) = total {
         if t != declared {
-            return Err(format!("server sends {t} bytes, the bundle header declares {declared}"));
+            return Err(Refusal::Length { sent: t, declared });
         }
     }
     if h.cipher == Cipher::None && key_required {
-        return Err("bundle is not encrypted but a key is configured (downgrade refused; use rd.stateless.key=none for unencrypted sites)".into());
+        return Err(Refusal::Downgrade);
     }
     if h.cipher == Cipher::None && plain_http && !insecure {
-        return Err("refusing an unencrypted bundle over plain HTTP (use https, or rd.stateless.insecure)".into());
+        return Err(Refusal::PlainHttp);
     }
     Ok(())
 }
 
 /// Verifies the bundle at `path` (a cache slot) and applies it.
-fn verify_and_apply(ctx: &mut Ctx<'_>, path: &Path, source: &'static str) -> Result<Ready, String> {
+fn verify_and_apply(ctx: &mut Ctx<'_>, path: &Path, source: &'static str) -> Result<Ready, Refusal> {
     let t = Instant::now();
     // No link, no FIFO: `slots` checked the file, but not this descriptor.
-    let file = open_regular(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
-    let (ready, staging) = verify_reader(ctx, BufReader::with_capacity(READ_BUFFER, file), source)?;
+    let file = open_regular(path).map_err(|err| Refusal::OpenSlot { path: path.to_owned(), err })?;
+    // The cache is the fallback once the budget is spent: no deadline.
+    let guarded = Guarded::new(file, None, guard::fault_for(source));
+    let (ready, staging) = verify_reader(ctx, BufReader::with_capacity(READ_BUFFER, guarded), source, None)?;
     ctx.stage(&format!("verify ({source})"), t);
     apply_staged(ctx, &ready, staging, source)?;
     Ok(ready)
@@ -721,12 +853,12 @@ fn verify_and_apply(ctx: &mut Ctx<'_>, path: &Path, source: &'static str) -> Res
 
 /// Applies a verified bundle from staging to the root and records it in
 /// the report. Staging is removed whatever happens.
-fn apply_staged(ctx: &mut Ctx<'_>, ready: &Ready, staging: Staging, source: &'static str) -> Result<(), String> {
+fn apply_staged(ctx: &mut Ctx<'_>, ready: &Ready, staging: Staging, source: &'static str) -> Result<(), Refusal> {
     let t = Instant::now();
     let opts = crate::apply::ApplyOptions { owners: rustix::process::geteuid().is_root() };
     let res = crate::apply::apply(staging.path(), &ctx.paths.sysroot, &opts);
     staging.finish();
-    let summary = res.map_err(|e| format!("applying to {}: {}", ctx.paths.sysroot.display(), chain(&e)))?;
+    let summary = res.map_err(|err| Refusal::Apply { path: ctx.paths.sysroot.clone(), err })?;
     ctx.stage("apply", t);
     log::debug!("applied {summary:?}");
     ctx.report.source = source;
@@ -744,16 +876,22 @@ const READ_BUFFER: usize = 256 * 1024;
 
 /// Authenticates a bundle, checks policy, and extracts it into a staging
 /// directory in the root (see [`crate::staging`]), which is gone again when
-/// this fails.
-fn verify_reader<R: Read + Send>(ctx: &mut Ctx<'_>, input: R, source: &str) -> Result<(Ready, Staging), String> {
-    let reader = BundleReader::new(input).map_err(|e| e.to_string())?;
+/// this fails. `deadline_passed`, set by a [`Watchdog`], refuses a bundle
+/// whose processing ended after the deadline.
+fn verify_reader<R: Read + Send>(
+    ctx: &mut Ctx<'_>,
+    input: R,
+    source: &str,
+    deadline_passed: Option<&Arc<AtomicBool>>,
+) -> Result<(Ready, Staging), Refusal> {
+    let reader = BundleReader::new(input)?;
     // trust (issue 13): the publisher signature, before any key lookup.
-    let signer = ctx.trust.check_signature(reader.raw_header()).map_err(|e| e.to_string())?;
+    let signer = ctx.trust.check_signature(reader.raw_header())?;
     let needed = reader.key_id();
     let (key, key_source): (Option<Key>, Option<String>) = match reader.raw_header().cipher() {
         Cipher::None => {
             if ctx.key_required {
-                return Err("bundle is not encrypted but a key is configured (downgrade refused)".into());
+                return Err(Refusal::Downgrade);
             }
             (None, None)
         }
@@ -762,10 +900,10 @@ fn verify_reader<R: Read + Send>(ctx: &mut Ctx<'_>, input: R, source: &str) -> R
             (Some(k), Some(src))
         }
     };
-    let bundle = reader.authenticate(key.as_ref(), &ctx.limits).map_err(|e| e.to_string())?;
+    let bundle = reader.authenticate(key.as_ref(), &ctx.limits)?;
     // trust (issue 13): the payload must be the one signed; freshness.
-    let bundle = ctx.trust.require(bundle).map_err(|e| e.to_string())?;
-    ctx.trust.check_age(bundle.header(), source.starts_with("cache")).map_err(|e| e.to_string())?;
+    let bundle = ctx.trust.require(bundle)?;
+    ctx.trust.check_age(bundle.header(), source.starts_with("cache"))?;
     let header = bundle.header().clone();
     let digest = bundle.digest_hex();
     if !source.starts_with("cache") {
@@ -774,17 +912,25 @@ fn verify_reader<R: Read + Send>(ctx: &mut Ctx<'_>, input: R, source: &str) -> R
         }
     }
     check_policy(ctx, &header, &digest, source.starts_with("cache"))?;
-    let staging = Staging::create(&ctx.paths.sysroot)
-        .map_err(|e| format!("creating a staging directory in {}: {e}", ctx.paths.sysroot.display()))?;
+    let staging =
+        Staging::create(&ctx.paths.sysroot).map_err(|err| Refusal::Staging { path: ctx.paths.sysroot.clone(), err })?;
     let owners = rustix::process::geteuid().is_root();
-    if let Err(e) = bundle.extract(BundleOpen { dest: Some(staging.path()), owners, threaded: true }) {
+    let extracted = bundle.extract(BundleOpen { dest: Some(staging.path()), owners, threaded: true });
+    // Past the deadline, the extraction's end, whichever it was, is the
+    // budget's: the deadline stopped it (a failed read, the cancellation
+    // flag), or it ended too late to be applied.
+    if deadline_passed.is_some_and(|f| f.load(Ordering::Relaxed)) {
         staging.discard();
-        return Err(chain(&e));
+        return Err(Refusal::Budget { budget: ctx.config.timeout, phase: Phase::Extracting });
+    }
+    if let Err(e) = extracted {
+        staging.discard();
+        return Err(e.into());
     }
     Ok((Ready { header, digest, key_source, signer }, staging))
 }
 
-fn pick_key(ctx: &Ctx<'_>, needed: KeyId) -> Result<(Key, String), String> {
+fn pick_key(ctx: &Ctx<'_>, needed: KeyId) -> Result<(Key, String), Refusal> {
     let usb = if ctx.paths.usb_devices.is_empty() {
         Devices::Scan { sys: ctx.paths.host_root.join("sys"), dev: ctx.paths.host_root.join("dev") }
     } else {
@@ -797,44 +943,41 @@ fn pick_key(ctx: &Ctx<'_>, needed: KeyId) -> Result<(Key, String), String> {
         usb_mount: ctx.paths.run_dir.join("usb"),
         tpm: ctx.config.tpm.clone(),
     };
-    crate::keyladder::pick_key(&ctx.config.key, &places, needed)
+    Ok(keyladder::pick_key(&ctx.config.key, &places, needed)?)
 }
 
 /// The scope, rollback and expiry rules. The rollback rule guards against a
 /// server (or someone between it and the node) serving an old bundle; it is
 /// not applied to the cache's own slots, which applied before on this node:
 /// the previous slot is used only when the current one is unusable.
-fn check_policy(ctx: &Ctx<'_>, h: &Header, digest: &str, from_cache: bool) -> Result<(), String> {
+fn check_policy(ctx: &Ctx<'_>, h: &Header, digest: &str, from_cache: bool) -> Result<(), Refusal> {
     let node = ctx.identity.as_ref().map(|i| i.node.as_str());
     match &h.scope {
         Scope::Any => {}
         Scope::Node(n) if Some(n.as_str()) == node => {}
         Scope::Group(g) if Some(g) == ctx.config.group.as_ref() => {}
         other => {
-            return Err(format!(
-                "bundle is for {other}, this is node {} (group {})",
-                node.unwrap_or("?"),
-                ctx.config.group.as_deref().unwrap_or("none")
-            ));
+            return Err(Refusal::Scope {
+                scope: other.clone(),
+                node: node.unwrap_or("?").to_owned(),
+                group: ctx.config.group.as_deref().unwrap_or("none").to_owned(),
+            });
         }
     }
     if let Some((generation, seen_digest)) = ctx.highest.as_ref().filter(|_| !from_cache) {
         if h.generation < *generation {
-            return Err(format!(
-                "rollback refused: bundle generation {} is older than generation {generation} already applied",
-                h.generation
-            ));
+            return Err(Refusal::Rollback { got: h.generation, applied: *generation });
         }
         if h.generation == *generation && digest != seen_digest {
-            return Err(format!("generation {generation} already applied with a different digest; refused"));
+            return Err(Refusal::Replay(*generation));
         }
     }
     let t = now();
     if let Some(exp) = h.expires {
         if t >= SANE_CLOCK_FLOOR && t > exp {
-            return Err(format!(
-                "bundle expired at {}",
+            return Err(Refusal::Expired(
                 humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(u64::try_from(exp).unwrap_or(0)))
+                    .to_string(),
             ));
         }
         if t < SANE_CLOCK_FLOOR {
@@ -864,17 +1007,17 @@ fn rollback_floor(ctx: &mut Ctx<'_>, cache: &Cache, known: Option<&Key>) -> Opti
     let mut keys: Vec<Key> = known.into_iter().cloned().collect();
     let (floor, warnings) = cache.rollback_floor(&mut |raw| {
         if raw.cipher() == Cipher::None {
-            return Err("not encrypted, so not authenticated".to_owned());
+            return Err(FloorError::NotEncrypted);
         }
         // trust (issue 13): a slot no trusted publisher signed must not
         // raise the floor (a forged high generation would refuse every
         // real bundle).
-        ctx.trust.check_signature(raw).map_err(|e| e.to_string())?;
+        ctx.trust.check_signature(raw).map_err(Refusal::Trust)?;
         let key = match keys.iter().position(|k| k.id() == raw.key_id()) {
             Some(i) => keys.swap_remove(i),
             None => pick_key(ctx, raw.key_id())?.0,
         };
-        let authenticated = raw.authenticate(Some(&key)).map_err(|e| e.to_string());
+        let authenticated = raw.authenticate(Some(&key)).map_err(|e| Refusal::Open(OpenError::Header(e)));
         keys.push(key);
         let (header, _) = authenticated?;
         // Another node's bundle says nothing about this node's generations.
@@ -909,11 +1052,41 @@ fn store_in_cache(ctx: &mut Ctx<'_>, cache: &Cache, path: &Path, ready: &Ready, 
     }
 }
 
-fn write_status(run_dir: &Path, report: &Report) -> std::io::Result<()> {
-    let json = serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?;
+/// Creates a new file in the run directory for writing, never through
+/// what is already there: a stale entry (a file, or a symlink or FIFO
+/// planted there) is removed first without being followed, and the file
+/// is created exclusively, so a link made in between fails the open
+/// instead of redirecting the write.
+fn create_new(path: &Path) -> io::Result<File> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io::Error::new(e.kind(), format!("removing the stale {}: {e}", path.display()))),
+    }
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", path.display())))
+}
+
+/// Writes `status.json` atomically: a new temporary file (see
+/// [`create_new`]), then a rename over whatever is at `status.json`
+/// (rename replaces a symlink or FIFO there, it does not follow it).
+fn write_status(run_dir: &Path, report: &Report) -> io::Result<()> {
+    // The panic hook may write from another thread while the pipeline
+    // does: each writer has its own temporary file.
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let json = serde_json::to_vec_pretty(report).map_err(io::Error::other)?;
     // A boot that failed before the pipeline started may not have made it.
     fs::create_dir_all(run_dir)?;
-    let tmp = run_dir.join(".status.json.tmp");
-    fs::write(&tmp, json)?;
-    fs::rename(tmp, run_dir.join("status.json"))
+    let tmp = run_dir.join(format!(".status.json.{}.{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+    let written = create_new(&tmp).and_then(|mut f| f.write_all(&json));
+    if let Err(e) = written.and_then(|()| fs::rename(&tmp, run_dir.join("status.json"))) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(())
 }

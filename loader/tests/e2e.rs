@@ -467,6 +467,15 @@ fn redirect_from_https_to_plain_http_is_refused() {
         assert!(err.contains("it would drop https for plain http"), "{status} {scheme}: {err}");
         assert_eq!(node.read("etc/motd"), None, "{status} {scheme}: applied over plain http");
         assert!(status_json["final_url"].is_null(), "{status_json}");
+        // A verdict on that server's answer, typed, and said once.
+        let first = &outcomes(&status_json)[0];
+        assert_eq!(
+            (first["result"].as_str(), first["kind"].as_str()),
+            (Some("refused"), Some("redirect-downgrade")),
+            "{status_json}"
+        );
+        assert_eq!(outcomes(&status_json).len(), 1, "the server is not asked again: {status_json}");
+        assert_eq!(err.matches("it would drop https for plain http").count(), 2, "warning and final line: {err}");
     }
 }
 
@@ -526,9 +535,10 @@ fn redirects_that_keep_or_raise_tls_are_followed_and_recorded() {
     // A redirect loop ends after a few hops.
     let looping = Nginx::start(&site.www(), Some((&cert, &key)), "return 302 /again$request_uri;");
     let node = Node::new();
-    let (code, err, _) = node.boot(&format!("rd.stateless.server=https://127.0.0.1:{} {trust}", looping.port));
+    let (code, err, status) = node.boot(&format!("rd.stateless.server=https://127.0.0.1:{} {trust}", looping.port));
     assert_eq!(code, 10, "{err}");
     assert!(err.contains("more than 3 redirects"), "{err}");
+    assert_eq!(outcomes(&status)[0]["kind"], "redirect", "{status}");
 }
 
 #[test]
@@ -552,9 +562,10 @@ fn scheme_case_does_not_get_around_the_plain_http_refusal() {
     for scheme in ["HTTPS", "HttpS"] {
         let node = Node::new();
         let base = format!("rd.stateless.server={scheme}://127.0.0.1:{} {NODE} rd.stateless.key=none", tls.port);
-        let (code, err, _) = node.boot(&format!("{base} rd.stateless.timeout=3"));
+        let (code, err, status) = node.boot(&format!("{base} rd.stateless.timeout=3"));
         assert_eq!(code, 10, "{scheme}: {err}");
         assert!(err.contains("no trust for https"), "{scheme}: {err}");
+        assert_eq!(outcomes(&status)[0]["kind"], "no-trust", "{scheme}: {status}");
         let (code, err, _) = node.boot(&format!("{base} rd.stateless.pin=sha256:{pin}"));
         assert_eq!(code, 0, "{scheme}: {err}");
     }
@@ -744,4 +755,388 @@ fn a_byte_that_is_not_utf8_on_the_kernel_command_line_is_not_fatal() {
     let (code, err, status) = boot(&node, &line);
     assert_eq!(code, 13, "{err}");
     assert_eq!(status["onfail"], "poweroff");
+}
+
+// ---------------------------------------------------------------------------
+// The pipeline's boundaries (issue 12.2, 12.3, 12.8; issue 19): panics and
+// the time budget in a bundle's processing, files planted in the run
+// directory, typed refusal kinds in status.json, and what the console says
+// once.
+// ---------------------------------------------------------------------------
+
+/// The debug build's fault injection (loader/src/guard.rs).
+const FAULT: &str = "STATELESS_LOADER_FAULT";
+
+fn outcomes(status: &serde_json::Value) -> Vec<serde_json::Value> {
+    status["outcomes"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn a_panic_in_processing_refuses_that_source_and_falls_back() {
+    let site = Site::new();
+    site.publish("v1/nodes/node42/bundle", 1, node_scope(), &[("etc/motd", b"gen1\n")], true);
+    let nginx = Nginx::start(&site.www(), None, "");
+    let node = Node::new();
+    let cmd = format!("rd.stateless.server=http://127.0.0.1:{} {NODE} {}", nginx.port, key_arg(&site));
+    assert_eq!(node.boot(&cmd).0, 0);
+    site.publish("v1/nodes/node42/bundle", 2, node_scope(), &[("etc/motd", b"gen2\n")], true);
+    site.publish("v1/nodes/node42/bundle", 3, node_scope(), &[("usr/lib/big", &incompressible(3_000_000, 7))], true);
+    node.fresh_sysroot();
+    // The panic happens mid-extraction (on a decoder thread for this
+    // multi-frame bundle): the server's bundle is refused, its staging is
+    // gone, and the cache is used.
+    let (code, err, status) = node.boot_env(&cmd, true, &[(FAULT, "panic@server")]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status["source"], "cache-current", "{status}");
+    assert_eq!(node.read("etc/motd").as_deref(), Some("gen1\n"));
+    assert!(!node.sysroot().join("usr/lib/big").exists());
+    assert_eq!(node.staging_dirs(), Vec::<String>::new());
+    assert!(!node.dir.path().join("run/download.bundle").exists());
+    let first = &outcomes(&status)[0];
+    assert_eq!(first["source"], "server", "{status}");
+    assert_eq!(first["result"], "refused", "{status}");
+    assert_eq!(first["kind"], "internal", "{status}");
+    let message = status["message"].as_str().unwrap();
+    assert!(message.contains("internal error while processing the bundle"), "{message}");
+    assert!(message.contains("applied cached generation 1"), "{message}");
+    assert!(err.contains("internal error: fault injected by STATELESS_LOADER_FAULT"), "{err}");
+
+    // A panic in the current slot: the previous one is used.
+    drop(nginx);
+    site.publish("v1/nodes/node42/bundle", 2, node_scope(), &[("etc/motd", b"gen2\n")], true);
+    let nginx = Nginx::start(&site.www(), None, "");
+    let cmd = format!("rd.stateless.server=http://127.0.0.1:{} {NODE} {}", nginx.port, key_arg(&site));
+    assert_eq!(node.boot(&cmd).0, 0);
+    let down = format!("rd.stateless.server=http://127.0.0.1:9 {NODE} {} rd.stateless.timeout=1", key_arg(&site));
+    node.fresh_sysroot();
+    let (code, err, status) = node.boot_env(&down, true, &[(FAULT, "panic@cache-current")]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status["source"], "cache-previous", "{status}");
+    assert_eq!(node.read("etc/motd").as_deref(), Some("gen1\n"));
+    assert_eq!(node.staging_dirs(), Vec::<String>::new());
+    let slot = outcomes(&status).into_iter().find(|o| o["source"] == "cache-current").unwrap();
+    assert_eq!((slot["result"].as_str(), slot["kind"].as_str()), (Some("refused"), Some("internal")), "{status}");
+}
+
+#[test]
+fn a_panic_with_nothing_to_fall_back_to_still_writes_status_json() {
+    let site = Site::new();
+    site.publish("v1/nodes/node42/bundle", 1, node_scope(), &[("etc/motd", b"x\n")], true);
+    let nginx = Nginx::start(&site.www(), None, "");
+    let node = Node::new();
+    let before = node.tree_digest();
+    let cmd = format!(
+        "rd.stateless.server=http://127.0.0.1:{} {NODE} {} rd.stateless.onfail=reboot",
+        nginx.port,
+        key_arg(&site)
+    );
+    let (code, err, status) = node.boot_env(&cmd, false, &[(FAULT, "panic@server")]);
+    assert_eq!(code, 12, "{err}");
+    assert_eq!(status["result"], "failed", "{status}");
+    assert_eq!(status["onfail"], "reboot", "{status}");
+    let message = status["message"].as_str().unwrap();
+    assert!(message.starts_with("no bundle applied: bundle from http://127.0.0.1:"), "{message}");
+    assert!(message.contains("internal error while processing the bundle"), "{message}");
+    assert!(message.ends_with("; no cache; onfail=reboot"), "{message}");
+    assert_eq!(node.tree_digest(), before, "the root changed");
+    assert_eq!(node.staging_dirs(), Vec::<String>::new());
+}
+
+#[test]
+fn the_budget_covers_extraction_and_says_so() {
+    let site = Site::new();
+    site.publish("v1/nodes/node42/bundle", 1, node_scope(), &[("etc/motd", b"gen1\n")], true);
+    let nginx = Nginx::start(&site.www(), None, "");
+    let node = Node::new();
+    let cmd = format!("rd.stateless.server=http://127.0.0.1:{} {NODE} {}", nginx.port, key_arg(&site));
+    assert_eq!(node.boot(&cmd).0, 0);
+    site.publish("v1/nodes/node42/bundle", 2, node_scope(), &[("etc/motd", b"gen2\n")], true);
+    node.fresh_sysroot();
+    // The whole bundle arrives at once; its last entries "take" 2.5 s to
+    // extract against a 2 s budget: refused, the cache is used.
+    let started = Instant::now();
+    let (code, err, status) =
+        node.boot_env(&format!("{cmd} rd.stateless.timeout=2"), true, &[(FAULT, "sleep=2500@server")]);
+    assert!(started.elapsed() < Duration::from_secs(6), "{:?}", started.elapsed());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status["source"], "cache-current", "{status}");
+    assert_eq!(node.read("etc/motd").as_deref(), Some("gen1\n"));
+    assert_eq!(node.staging_dirs(), Vec::<String>::new());
+    let message = status["message"].as_str().unwrap();
+    let url = format!("http://127.0.0.1:{}/v1/nodes/node42/bundle", nginx.port);
+    assert!(
+        message.starts_with(&format!(
+            "time budget of 2 s ran out while verifying and extracting the bundle from {url}; applied cached generation 1"
+        )),
+        "{message}"
+    );
+    assert!(!err.contains("unreachable") && !err.contains("gave up"), "{err}");
+    let first = &outcomes(&status)[0];
+    assert_eq!((first["result"].as_str(), first["kind"].as_str()), (Some("refused"), Some("budget")), "{status}");
+    // Without a cache: onfail, with the same reason.
+    let bare = Node::new();
+    let (code, err, status) =
+        bare.boot_env(&format!("{cmd} rd.stateless.timeout=2"), false, &[(FAULT, "sleep=2500@server")]);
+    assert_eq!(code, 10, "{err}");
+    let message = status["message"].as_str().unwrap();
+    assert!(message.starts_with("no bundle applied: time budget of 2 s ran out while verifying"), "{message}");
+    assert_eq!(bare.read("etc/motd"), None);
+}
+
+#[test]
+fn the_budget_running_out_mid_download_is_not_called_unreachable() {
+    let site = Site::new();
+    site.publish("v1/nodes/node42/bundle", 1, node_scope(), &[("usr/lib/big", &incompressible(4_000_000, 3))], true);
+    let nginx = Nginx::start(&site.www(), None, "");
+    let slow = Proxy::throttled(nginx.port, 1_000_000);
+    let node = Node::new();
+    let (code, err, status) = node.boot(&format!(
+        "rd.stateless.server=http://127.0.0.1:{} {NODE} {} rd.stateless.timeout=2",
+        slow.port,
+        key_arg(&site)
+    ));
+    assert_eq!(code, 10, "{err}");
+    let message = status["message"].as_str().unwrap();
+    let url = format!("http://127.0.0.1:{}/v1/nodes/node42/bundle", slow.port);
+    let want = format!(
+        "no bundle applied: time budget of 2 s ran out while downloading and extracting the bundle from {url} ("
+    );
+    assert!(message.starts_with(&want), "{message}");
+    assert!(message.ends_with(" bytes received); cache empty; onfail=emergency"), "{message}");
+    assert!(!message.contains("unreachable"), "{message}");
+    assert_eq!(outcomes(&status)[0]["kind"], "budget", "{status}");
+    assert_eq!(node.staging_dirs(), Vec::<String>::new());
+}
+
+#[test]
+fn planted_links_and_fifos_in_the_run_dir_are_not_followed() {
+    use std::os::unix::fs::symlink;
+    let site = Site::new();
+    site.publish("v1/nodes/node42/bundle", 1, node_scope(), &[("etc/motd", b"gen1\n")], true);
+    let nginx = Nginx::start(&site.www(), None, "");
+    let cmd = format!("rd.stateless.server=http://127.0.0.1:{} {NODE} {}", nginx.port, key_arg(&site));
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    for plant in ["symlink", "fifo"] {
+        let node = Node::new();
+        std::fs::write(&victim, "precious\n").unwrap();
+        let run = node.dir.path().join("run");
+        let targets = [run.join("download.bundle"), run.join("status.json")];
+        for t in &targets {
+            match plant {
+                "symlink" => symlink(&victim, t).unwrap(),
+                _ => {
+                    let ok = std::process::Command::new("mkfifo").arg(t).status().unwrap().success();
+                    assert!(ok, "mkfifo {}", t.display());
+                }
+            }
+        }
+        // Not Node::boot, which removes status.json first.
+        let started = Instant::now();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_stateless-loader"))
+            .args(["--cmdline", &cmd, "--sysroot"])
+            .arg(node.sysroot())
+            .arg("--run-dir")
+            .arg(&run)
+            .arg("--cache-dir")
+            .arg(node.dir.path().join("cache"))
+            .env("STATELESS_LOG_STDERR", "1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{plant}: {err}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{plant}: {:?}", started.elapsed());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n", "{plant}: followed");
+        assert_eq!(node.read("etc/motd").as_deref(), Some("gen1\n"));
+        let md = std::fs::symlink_metadata(run.join("status.json")).unwrap();
+        assert!(md.file_type().is_file(), "{plant}: status.json is {:?}", md.file_type());
+        let status: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.join("status.json")).unwrap()).unwrap();
+        assert_eq!(status["source"], "server", "{plant}");
+        // The cached copy is the bundle, not whatever the plant pointed at.
+        assert!(node.dir.path().join("cache/current.bundle").exists(), "{plant}");
+        assert!(!run.join("download.bundle").exists(), "{plant}");
+        let leftovers: Vec<_> = std::fs::read_dir(&run)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".status.json"))
+            .collect();
+        assert_eq!(leftovers, Vec::<String>::new(), "{plant}");
+    }
+}
+
+#[test]
+fn a_missing_key_file_is_reported_once_before_the_network() {
+    let stall = Proxy::stalling();
+    let node = Node::new();
+    let missing = node.dir.path().join("no-such.key");
+    let started = Instant::now();
+    let (code, err, status) = node.boot(&format!(
+        "rd.stateless.server=http://127.0.0.1:{} {NODE} rd.stateless.key=file:{} rd.stateless.timeout=5",
+        stall.port,
+        missing.display()
+    ));
+    assert!(started.elapsed() < Duration::from_secs(2), "waited for the network: {:?}", started.elapsed());
+    assert_eq!(code, 10, "{err}");
+    assert_eq!(stall.connections.load(std::sync::atomic::Ordering::Relaxed), 0, "the network was used");
+    let want = format!("no bundle applied: key file {} does not exist; onfail=emergency", missing.display());
+    assert_eq!(status["message"], want.as_str(), "{status}");
+    assert_eq!(err.matches(&missing.display().to_string()).count(), 1, "{err}");
+    // A directory where the key file should be.
+    std::fs::create_dir(&missing).unwrap();
+    let (code, err, _) = node.boot(&format!(
+        "rd.stateless.server=http://127.0.0.1:{} {NODE} rd.stateless.key=file:{}",
+        stall.port,
+        missing.display()
+    ));
+    assert_eq!(code, 10, "{err}");
+    assert!(err.contains(&format!("key file {} is not a regular file", missing.display())), "{err}");
+}
+
+#[test]
+fn the_console_says_each_thing_once_and_at_the_right_level() {
+    let site = Site::new();
+    let good = site.publish("v1/nodes/node42/bundle", 5, node_scope(), &[("etc/motd", b"v5\n")], true);
+    let digest = stateless_bundle::BundleReader::new(&good[..]).unwrap().raw_header().digest_hex();
+    let nginx =
+        Nginx::start(&site.www(), None, &format!("if ($http_if_none_match = '\"{digest}\"') {{ return 304; }}"));
+    let node = Node::new();
+    let cmd = format!("rd.stateless.server=http://127.0.0.1:{} {NODE} {}", nginx.port, key_arg(&site));
+    assert_eq!(node.boot(&cmd).0, 0);
+    // 304: the normal case, an info line, not a warning.
+    let (code, err, status) = node.boot(&cmd);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status["source"], "cache-current");
+    assert!(!err.contains("warning"), "{err}");
+    assert!(err.contains("says the cached bundle is current"), "{err}");
+    assert_eq!(status["warnings"], serde_json::json!([]), "{status}");
+    assert_eq!(outcomes(&status)[0]["result"], "not-modified", "{status}");
+    // A refused bundle: one warning, then the final line.
+    let mut tampered = good.clone();
+    tampered[400] ^= 1;
+    site.put("v1/nodes/node42/bundle", &tampered);
+    let bare = Node::new();
+    let (code, err, _) = bare.boot(&cmd);
+    assert_eq!(code, 10, "{err}");
+    assert_eq!(err.matches("authentication failed").count(), 2, "{err}");
+    assert_eq!(err.lines().filter(|l| l.contains("warning:") && l.contains("refused")).count(), 1, "{err}");
+}
+
+#[test]
+fn status_json_records_the_refusal_kind_of_each_attempt() {
+    let site = Site::new();
+    let nginx = Nginx::start(&site.www(), None, "");
+    let node = Node::new();
+    let cmd =
+        format!("rd.stateless.server=http://127.0.0.1:{} {NODE} {} rd.stateless.timeout=3", nginx.port, key_arg(&site));
+    site.publish("v1/nodes/node42/bundle", 5, node_scope(), &[("etc/motd", b"v5\n")], true);
+    assert_eq!(node.boot(&cmd).0, 0);
+    let good = site.make(6, node_scope(), &[("etc/motd", b"v6\n")], true);
+    let mut tampered = good.clone();
+    tampered[400] ^= 1;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("authentication", tampered),
+        // Shorter than its header says: refused from the Content-Length.
+        ("size", good[..good.len() - 40].to_vec()),
+        ("rollback", site.make(4, node_scope(), &[("etc/motd", b"v4\n")], true)),
+        ("scope", site.make(7, Scope::Node("node43".into()), &[("etc/motd", b"x\n")], true)),
+        ("downgrade", site.make(8, node_scope(), &[("etc/motd", b"x\n")], false)),
+        ("key", Site::new().make(9, node_scope(), &[("etc/motd", b"x\n")], true)),
+        ("not-a-bundle", b"<html>not a bundle</html>".repeat(40)),
+    ];
+    for (kind, bytes) in cases {
+        site.put("v1/nodes/node42/bundle", &bytes);
+        node.fresh_sysroot();
+        let (code, err, status) = node.boot(&cmd);
+        assert_eq!(code, 0, "{kind}: {err}");
+        let all = outcomes(&status);
+        assert_eq!(all[0]["kind"], kind, "{status}");
+        assert_eq!(all[0]["result"], "refused", "{kind}: {status}");
+        assert_eq!(all[0]["source"], "server", "{kind}: {status}");
+        assert!(all[0]["from"].as_str().unwrap().ends_with("/v1/nodes/node42/bundle"), "{kind}: {status}");
+        assert_eq!(all[1]["source"], "cache-current", "{kind}: {status}");
+        assert_eq!(all[1]["result"], "applied", "{kind}: {status}");
+        assert!(all[1].get("kind").is_none(), "{kind}: {status}");
+    }
+}
+
+#[test]
+fn a_panic_outside_any_source_still_ends_with_status_json_and_onfail() {
+    let site = Site::new();
+    site.publish("v1/nodes/node42/bundle", 1, node_scope(), &[("etc/motd", b"x\n")], true);
+    let nginx = Nginx::start(&site.www(), None, "");
+    let node = Node::new();
+    let cmd = format!(
+        "rd.stateless.server=http://127.0.0.1:{} {NODE} {} rd.stateless.onfail=continue",
+        nginx.port,
+        key_arg(&site)
+    );
+    // Caught at the pipeline's outer boundary: the onfail exit status.
+    let (code, err, status) = node.boot_env(&cmd, true, &[(FAULT, "panic@pipeline")]);
+    assert_eq!(code, 11, "{err}");
+    assert_eq!(status["result"], "failed", "{status}");
+    let message = status["message"].as_str().unwrap();
+    assert!(message.starts_with("no bundle applied: internal error (fault injected by"), "{message}");
+    assert!(message.ends_with("; onfail=continue"), "{message}");
+    assert_eq!(err.lines().filter(|l| l.contains("no bundle applied")).count(), 1, "{err}");
+    // Not caught at all (a panic while unwinding aborts): the hook has
+    // already written status.json.
+    let (code, err, status) = node.boot_env(&cmd, true, &[(FAULT, "abort@pipeline")]);
+    assert_eq!(code, -1, "killed by SIGABRT: {err}");
+    assert_eq!(status["result"], "failed", "{status}");
+    assert_eq!(status["onfail"], "continue", "{status}");
+    let message = status["message"].as_str().unwrap();
+    // (The last panic's words: here the one in the destructor.)
+    assert!(message.starts_with("no bundle applied: the loader crashed: "), "{message}");
+    assert!(err.contains("stateless: error: internal error: fault injected by"), "{err}");
+}
+
+#[test]
+fn a_bundle_slow_to_extract_is_cut_at_the_deadline() {
+    // No fault injected: 90,000 small files (within the entry limit) take
+    // seconds to extract; with a 1 s budget the bundle is refused, and
+    // nothing is left.
+    let site = Site::new();
+    let files: Vec<(String, Vec<u8>)> = (0..90_000).map(|i| (format!("d{}/f{i}", i % 300), vec![b'x'; 10])).collect();
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(p, d)| (p.as_str(), d.as_slice())).collect();
+    site.publish("v1/nodes/node42/bundle", 1, node_scope(), &refs, true);
+    let nginx = Nginx::start(&site.www(), None, "");
+    let node = Node::new();
+    let before = node.tree_digest();
+    let started = Instant::now();
+    let (code, err, status) = node.boot(&format!(
+        "rd.stateless.server=http://127.0.0.1:{} {NODE} {} rd.stateless.timeout=1",
+        nginx.port,
+        key_arg(&site)
+    ));
+    let took = started.elapsed();
+    assert_eq!(code, 10, "{err}");
+    // Bounded by what the bundle code decodes ahead of extraction (16 MiB)
+    // until it reads again, or, with its cancellation flag, by one entry:
+    // seconds at most on a loaded test machine, not the whole extraction.
+    assert!(took < Duration::from_secs(20), "ran {took:?} past a 1 s budget");
+    let message = status["message"].as_str().unwrap();
+    let url = format!("http://127.0.0.1:{}/v1/nodes/node42/bundle", nginx.port);
+    assert!(message.starts_with("no bundle applied: time budget of 1 s ran out while "), "{message}");
+    assert!(message.contains(&format!(" the bundle from {url}")), "{message}");
+    assert!(!message.contains("unreachable"), "{message}");
+    assert_eq!(outcomes(&status)[0]["kind"], "budget", "{status}");
+    assert_eq!(node.staging_dirs(), Vec::<String>::new());
+    assert_eq!(node.tree_digest(), before, "the root changed");
+}
+
+#[test]
+fn a_malformed_command_line_still_writes_status_json() {
+    let node = Node::new();
+    let (code, err, status) = node.boot("rd.stateless.timeout=abc rd.stateless.node=node42");
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("reading the kernel command line: rd.stateless.timeout=abc: not a number of seconds"),
+        "{err}"
+    );
+    assert_eq!(status["result"], "failed", "{status}");
+    assert_eq!(
+        status["message"],
+        "no bundle applied: reading the kernel command line: rd.stateless.timeout=abc: not a number of seconds; onfail=emergency"
+    );
 }

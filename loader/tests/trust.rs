@@ -155,6 +155,18 @@ fn foreign_line(found: &SigningKey, expected: &SigningKey) -> String {
     format!("bundle is signed by publisher {}, expected {}", found.signer_id().short(), expected.signer_id().short())
 }
 
+/// The `kind` of each refused source in `status.json`'s `outcomes`, as
+/// `source: kind`.
+fn refused_kinds(status: &serde_json::Value) -> Vec<String> {
+    status["outcomes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|o| o["result"] == "refused")
+        .map(|o| format!("{}: {}", o["source"].as_str().unwrap(), o["kind"].as_str().unwrap()))
+        .collect()
+}
+
 /// Writes `bytes` into the cache as a loader would have stored it.
 fn plant(cache_dir: &Path, bytes: &[u8]) {
     let raw = BundleReader::new(bytes).unwrap().raw_header().clone();
@@ -196,11 +208,17 @@ fn server_bundles_need_a_trusted_signature() {
     // With the key ladder on, and with rd.stateless.key=none (which allows
     // unencrypted bundles): the signature is checked either way.
     let both: &[&str] = &["", " rd.stateless.key=none rd.stateless.insecure"];
-    for (bytes, want, extras) in [
-        (Make { motd: "forged\n", ..Make::new(2, &site.key, None) }.bytes(), unsigned_line().to_owned(), both),
+    for (bytes, want, kind, extras) in [
+        (
+            Make { motd: "forged\n", ..Make::new(2, &site.key, None) }.bytes(),
+            unsigned_line().to_owned(),
+            "unsigned",
+            both,
+        ),
         (
             Make { motd: "forged\n", ..Make::new(2, &site.key, Some(&stranger)) }.bytes(),
             foreign_line(&stranger, &publisher),
+            "untrusted-signer",
             both,
         ),
         // Unencrypted and unsigned, on a node that allows unencrypted
@@ -208,6 +226,7 @@ fn server_bundles_need_a_trusted_signature() {
         (
             Make { motd: "forged\n", key: None, ..Make::new(2, &site.key, None) }.bytes(),
             unsigned_line().to_owned(),
+            "unsigned",
             &both[1..],
         ),
     ] {
@@ -220,6 +239,9 @@ fn server_bundles_need_a_trusted_signature() {
             assert!(err.contains(&want), "{err}\nwant: {want}");
             assert_eq!(status["result"], "failed");
             assert!(status["message"].as_str().unwrap().contains(&want), "{status}");
+            assert_eq!(refused_kinds(&status), [format!("server: {kind}")], "{status}");
+            // Refused once: one warning, not one per place that saw it.
+            assert_eq!(err.matches(&want).count(), 2, "the warning and the final line: {err}");
         }
         assert_eq!(node.read("etc/motd"), None);
         assert!(node.staging_dirs().is_empty());
@@ -260,6 +282,8 @@ fn an_unreadable_publisher_key_fails_closed() {
         gone.display()
     );
     assert!(status["message"].as_str().unwrap().starts_with(&want), "{status}");
+    // Before any network: no source was tried.
+    assert_eq!(status["outcomes"], serde_json::json!([]), "{status}");
     assert_eq!(node.read("etc/motd"), None);
     // A broken file among the embedded ones fails the boot too.
     fs::write(img.publishers.join("bad.pub"), "junk\n").unwrap();
@@ -341,10 +365,10 @@ fn cached_bundles_are_checked_like_fetched_ones() {
     // Unsigned, foreign-signed, and signed by a key no longer trusted: each
     // written into the cache as a loader would have (another node's
     // loader, or someone with the site key and the disk).
-    for (bytes, want) in [
-        (Make::new(2, &site.key, None).bytes(), unsigned_line().to_owned()),
-        (Make::new(2, &site.key, Some(&stranger)).bytes(), foreign_line(&stranger, &publisher)),
-        (Make::new(2, &site.key, Some(&old)).bytes(), foreign_line(&old, &publisher)),
+    for (bytes, want, kind) in [
+        (Make::new(2, &site.key, None).bytes(), unsigned_line().to_owned(), "unsigned"),
+        (Make::new(2, &site.key, Some(&stranger)).bytes(), foreign_line(&stranger, &publisher), "untrusted-signer"),
+        (Make::new(2, &site.key, Some(&old)).bytes(), foreign_line(&old, &publisher), "untrusted-signer"),
     ] {
         let _ = fs::remove_dir_all(&cache);
         fs::create_dir_all(&cache).unwrap();
@@ -354,6 +378,7 @@ fn cached_bundles_are_checked_like_fetched_ones() {
         assert_eq!(code, 10, "{err}");
         assert!(err.contains(&format!("cache-current: {want}")), "{err}\nwant: {want}");
         assert!(status["warnings"].to_string().contains(&want), "{status}");
+        assert_eq!(refused_kinds(&status), [format!("cache-current: {kind}")], "{status}");
         assert_eq!(node.read("etc/motd"), None);
     }
 
@@ -368,10 +393,11 @@ fn cached_bundles_are_checked_like_fetched_ones() {
     bytes[last] ^= 0x01;
     fs::write(&path, &bytes).unwrap();
     node.fresh_sysroot();
-    let (code, err, _) =
+    let (code, err, status) =
         boot(&node, &img, &format!("{cmdline} rd.stateless.key=none rd.stateless.insecure"), true, &[]);
     assert_eq!(code, 10, "{err}");
     assert!(err.contains("cache-current: payload digest mismatch: the payload is not the one publisher"), "{err}");
+    assert_eq!(refused_kinds(&status), ["cache-current: signature"], "{status}");
     assert_eq!(node.read("etc/motd"), None);
 }
 
@@ -537,8 +563,9 @@ fn max_age_refuses_old_bundles_from_the_server_and_the_cache() {
     let old = Make { created: ten_days_ago, motd: "old\n", ..Make::new(1, &site.key, Some(&publisher)) }.bytes();
     site.put(REL, &old);
     let week = "rd.stateless.max-age=7d";
-    let (code, err, _) = boot(&node, &img, &format!("{server} {NODE} {week}"), false, &[]);
+    let (code, err, status) = boot(&node, &img, &format!("{server} {NODE} {week}"), false, &[]);
     assert_eq!(code, 10, "{err}");
+    assert_eq!(refused_kinds(&status), ["server: too-old"], "{status}");
     let created = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(ten_days_ago as u64));
     let want = format!("bundle created {created} is 10days");
     assert!(err.contains(&want), "{err}\nwant: {want}");
@@ -556,8 +583,9 @@ fn max_age_refuses_old_bundles_from_the_server_and_the_cache() {
     plant(&cache, &old);
     let offline = format!("{NODE} {}", offline());
     node.fresh_sysroot();
-    let (code, err, _) = boot(&node, &img, &format!("{offline} {week}"), true, &[]);
+    let (code, err, status) = boot(&node, &img, &format!("{offline} {week}"), true, &[]);
     assert_eq!(code, 10, "{err}");
+    assert_eq!(refused_kinds(&status), ["cache-current: too-old"], "{status}");
     assert!(err.contains("cache-current: bundle created") && err.contains("over rd.stateless.max-age=7days"), "{err}");
     assert_eq!(node.read("etc/motd"), None);
     // The documented exception for offline boots: a longer limit, or none.

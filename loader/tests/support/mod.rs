@@ -151,20 +151,25 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn cutting(upstream: u16, cut_after: usize, cuts: usize) -> Proxy {
-        Self::spawn(Some(upstream), cut_after, cuts, false)
+        Self::spawn(Some(upstream), cut_after, cuts, false, None)
+    }
+
+    /// Passes the response on at about `bytes_per_second`.
+    pub fn throttled(upstream: u16, bytes_per_second: usize) -> Proxy {
+        Self::spawn(Some(upstream), 0, 0, false, Some(bytes_per_second))
     }
 
     /// Like [`Proxy::cutting`], and removes `Range` and `If-Range` from
     /// every request, as a server that does not do ranges.
     pub fn cutting_without_ranges(upstream: u16, cut_after: usize, cuts: usize) -> Proxy {
-        Self::spawn(Some(upstream), cut_after, cuts, true)
+        Self::spawn(Some(upstream), cut_after, cuts, true, None)
     }
 
     pub fn stalling() -> Proxy {
-        Self::spawn(None, 0, 0, false)
+        Self::spawn(None, 0, 0, false, None)
     }
 
-    fn spawn(upstream: Option<u16>, cut_after: usize, cuts: usize, strip_ranges: bool) -> Proxy {
+    fn spawn(upstream: Option<u16>, cut_after: usize, cuts: usize, strip_ranges: bool, rate: Option<usize>) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         listener.set_nonblocking(true).unwrap();
@@ -185,14 +190,14 @@ impl Proxy {
                     continue;
                 };
                 let limit = if n < cuts { Some(cut_after) } else { None };
-                std::thread::spawn(move || pipe(client, up, limit, strip_ranges));
+                std::thread::spawn(move || pipe(client, up, limit, strip_ranges, rate));
             }
         });
         Proxy { port, stop, connections }
     }
 }
 
-fn pipe(mut client: TcpStream, up: u16, limit: Option<usize>, strip_ranges: bool) {
+fn pipe(mut client: TcpStream, up: u16, limit: Option<usize>, strip_ranges: bool, rate: Option<usize>) {
     let Ok(mut server) = TcpStream::connect(("127.0.0.1", up)) else { return };
     let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
     std::thread::spawn(move || {
@@ -224,7 +229,15 @@ fn pipe(mut client: TcpStream, up: u16, limit: Option<usize>, strip_ranges: bool
     });
     let mut sent = 0usize;
     let mut buf = [0u8; 16 * 1024];
+    let started = Instant::now();
     loop {
+        if let Some(rate) = rate {
+            // Not ahead of `rate`: wait until what was sent is due.
+            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
         let n = match server.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
@@ -387,6 +400,12 @@ impl Node {
     /// Runs the loader, with `--cache-dir` or (`cache_dir` false) leaving
     /// the cache to `rd.stateless.cache=`.
     pub fn boot_with(&self, cmdline: &str, cache_dir: bool) -> (i32, String, serde_json::Value) {
+        self.boot_env(cmdline, cache_dir, &[])
+    }
+
+    /// Runs the loader with extra environment variables (for example the
+    /// debug build's `STATELESS_LOADER_FAULT`).
+    pub fn boot_env(&self, cmdline: &str, cache_dir: bool, env: &[(&str, &str)]) -> (i32, String, serde_json::Value) {
         let _ = fs::remove_file(self.dir.path().join("run/status.json"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_stateless-loader"));
         cmd.arg("--cmdline")
@@ -398,6 +417,7 @@ impl Node {
         if cache_dir {
             cmd.arg("--cache-dir").arg(self.dir.path().join("cache"));
         }
+        cmd.envs(env.iter().copied());
         let out: Output = cmd.env("STATELESS_LOG_STDERR", "1").output().unwrap();
         let status = fs::read(self.dir.path().join("run/status.json"))
             .ok()
