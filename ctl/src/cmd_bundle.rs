@@ -1,6 +1,7 @@
 //! `statelessctl bundle …`
 
 use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -73,6 +74,13 @@ pub fn run(cmd: BundleCmd) -> anyhow::Result<ExitCode> {
                 None => stateless_bundle::pack(&dir, tmp.as_file_mut(), &opts),
             }
             .with_context(|| format!("packing {}", dir.display()))?;
+            // 0644, not the temporary file's 0600: a bundle is published by
+            // copying it into a web server's document root, where nginx
+            // (another user) must read it. An encrypted bundle is protected
+            // by its key; an unencrypted one is served to anyone anyway.
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o644))
+                .with_context(|| format!("setting the mode of {}", output.display()))?;
             tmp.as_file().sync_all().context("syncing bundle")?;
             tmp.persist(&output).with_context(|| format!("writing {}", output.display()))?;
             let h = &summary.header;
