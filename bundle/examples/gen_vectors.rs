@@ -1556,6 +1556,40 @@ fn vectors() -> Vec<Vector> {
         }
     }
     {
+        // An unsigned encrypted bundle's payload digest is not checked
+        // (STREAM authenticates the payload): all zeros is accepted.
+        let key = k();
+        let mut t = base();
+        let mut b = Bundle::from_tar(Some(&key), &mut t);
+        b.header.payload_sha256 = [0; 32];
+        v.push(Vector::ok(
+            "ok_encrypted_unsigned_zero_digest",
+            &b,
+            t.listing(),
+            "encrypted, unsigned, payload SHA-256 all zero: readers do not check it there (writers fill it)",
+        ));
+        // Skippable zstd frames are ignored wherever they are.
+        let key = k();
+        let mut t = base();
+        let tar = t.finish();
+        let skippable = |magic_low: u8, data: &[u8]| {
+            let mut f = vec![0x50 | magic_low, 0x2a, 0x4d, 0x18];
+            f.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            f.extend_from_slice(data);
+            f
+        };
+        let mut plain = skippable(0, b"skip me");
+        plain.extend_from_slice(&compress(&tar, None));
+        plain.extend_from_slice(&skippable(0xf, &[0u8; 100]));
+        let b = Bundle::from_compressed(Some(&key), plain, tar.len() as u64, t.entries);
+        v.push(Vector::ok(
+            "ok_zstd_skippable_frames",
+            &b,
+            t.listing(),
+            "a skippable frame before and one after the data frame (RFC 8878 3.1.2): ignored",
+        ));
+    }
+    {
         // Zero padding after the archive: at most MAX_TAR_TAIL bytes.
         let key = k();
         let t = base();

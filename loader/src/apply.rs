@@ -49,11 +49,10 @@ use std::cell::Cell;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, File};
+use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -166,8 +165,8 @@ pub enum ApplyError {
 /// staging where they can be, so what is left of it afterwards is only good
 /// for removing.
 pub fn apply(staging: &Path, sysroot: &Path, opts: &ApplyOptions) -> Result<ApplySummary, ApplyError> {
-    let plan = Plan::scan(staging)?;
     let stage = Stage::open(staging)?;
+    let plan = Plan::scan(&stage)?;
     let mut root = Root::open(sysroot)?;
     root.spare = Some((stage.node.dev, stage.node.ino));
     let mut summary = ApplySummary::default();
@@ -209,7 +208,7 @@ pub fn apply(staging: &Path, sysroot: &Path, opts: &ApplyOptions) -> Result<Appl
                 }
             }
             Op::File => {
-                summary.bytes += root.place_file(&stage, staging, entry, opts)?;
+                summary.bytes += root.place_file(&stage, entry, opts)?;
                 summary.files += 1;
             }
             Op::Symlink(target) => {
@@ -291,13 +290,13 @@ struct Meta {
 }
 
 impl Meta {
-    fn of(md: &fs::Metadata) -> Meta {
+    fn of_statx(st: &rustix::fs::Statx) -> Meta {
         Meta {
-            mode: md.mode() & 0o7777,
-            uid: md.uid(),
-            gid: md.gid(),
-            mtime: Timespec { tv_sec: md.mtime(), tv_nsec: md.mtime_nsec() },
-            size: md.len(),
+            mode: u32::from(st.stx_mode) & 0o7777,
+            uid: st.stx_uid,
+            gid: st.stx_gid,
+            mtime: Timespec { tv_sec: st.stx_mtime.tv_sec, tv_nsec: st.stx_mtime.tv_nsec.into() },
+            size: st.stx_size,
         }
     }
 
@@ -340,7 +339,13 @@ impl Plan {
     fn tainted(&self) -> HashSet<&Path> {
         let mut out = HashSet::new();
         for path in self.opaque.iter().map(PathBuf::as_path).chain(self.whiteouts.iter().filter_map(|w| w.parent())) {
-            out.extend(path.ancestors());
+            // Once an ancestor is in, so are all of its own: stopping there
+            // keeps this linear when many deletions sit deep in one tree.
+            for anc in path.ancestors() {
+                if !out.insert(anc) {
+                    break;
+                }
+            }
         }
         out
     }
@@ -353,85 +358,133 @@ impl Plan {
         rest.get(..n).unwrap_or_default()
     }
 
-    fn scan(staging: &Path) -> Result<Plan, ApplyError> {
+    /// Walks staging in pre-order, names in byte order. The walk keeps its
+    /// own stack (a bundle's tree can be 2,000 levels deep), and the
+    /// children still to visit of each directory on the way down.
+    fn scan(stage: &Stage) -> Result<Plan, ApplyError> {
         let mut plan = Plan::default();
-        let mut inodes = HashMap::new();
-        plan.scan_dir(staging, Path::new(""), &mut inodes)?;
-        Ok(plan)
+        let mut inodes: HashMap<((u32, u32), u64), PathBuf> = HashMap::new();
+        let res = (|| {
+            let mut stack = vec![plan.read_dir(stage, Path::new(""))?.into_iter()];
+            while let Some(top) = stack.last_mut() {
+                let Some((child, kind, meta)) = top.next() else {
+                    stack.pop();
+                    continue;
+                };
+                let op = match kind {
+                    Scanned::Dir => Op::Dir,
+                    Scanned::Symlink(target) => Op::Symlink(target),
+                    // Staging holds a bundle's hard links as real hard
+                    // links: the first name walked becomes the file, later
+                    // ones links.
+                    Scanned::File { nlink, id } if nlink > 1 => match inodes.get(&id) {
+                        Some(first) => Op::HardLink(first.clone()),
+                        None => {
+                            inodes.insert(id, child.clone());
+                            Op::File
+                        }
+                    },
+                    Scanned::File { .. } => Op::File,
+                };
+                let is_dir = matches!(op, Op::Dir);
+                plan.entries.push(Entry { rel: child.clone(), op, meta });
+                if is_dir {
+                    let below = plan.read_dir(stage, &child)?;
+                    stack.push(below.into_iter());
+                }
+            }
+            Ok(())
+        })();
+        stage.forget();
+        res.map(|()| plan)
     }
 
-    fn scan_dir(
-        &mut self,
-        staging: &Path,
-        rel: &Path,
-        inodes: &mut HashMap<(u64, u64), PathBuf>,
-    ) -> Result<(), ApplyError> {
-        let dir = staging.join(rel);
-        let read_err = |path: &Path| {
-            let path = path.to_owned();
-            move |source| ApplyError::Staging { path, source }
-        };
-        let mut names = fs::read_dir(&dir)
-            .and_then(|rd| rd.map(|e| e.map(|e| e.file_name())).collect::<io::Result<Vec<OsString>>>())
-            .map_err(read_err(&dir))?;
+    /// Reads one staging directory: records its deletion markers and
+    /// returns its other children, sorted. Everything is reached through a
+    /// parent's descriptor (the staging directory's path plus an entry's
+    /// may pass `PATH_MAX`), and no descriptor is kept (a deep tree would
+    /// run out).
+    fn read_dir(&mut self, stage: &Stage, rel: &Path) -> Result<Vec<(PathBuf, Scanned, Meta)>, ApplyError> {
+        let err = |path: PathBuf| move |e: Errno| ApplyError::Staging { path, source: e.into() };
+        let read = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let dirfd = if rel.as_os_str().is_empty() {
+            rustix::fs::openat(&stage.fd, ".", read, Mode::empty())
+        } else {
+            let (parent, name) = stage.parent(rel)?;
+            rustix::fs::openat(&*parent, name, read, Mode::empty())
+        }
+        .map_err(err(stage.path.join(rel)))?;
+        let mut names = Vec::new();
+        let mut dir = Dir::read_from(&dirfd).map_err(err(stage.path.join(rel)))?;
+        while let Some(e) = dir.read() {
+            let e = e.map_err(err(stage.path.join(rel)))?;
+            let n = e.file_name().to_bytes();
+            if n != b"." && n != b".." {
+                names.push(OsString::from_vec(n.to_vec()));
+            }
+        }
+        drop(dir);
         names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        let mut children = Vec::with_capacity(names.len());
         for name in names {
             let child = rel.join(&name);
-            let full = staging.join(&child);
-            let md = fs::symlink_metadata(&full).map_err(read_err(&full))?;
-            let ft = md.file_type();
+            let st = rustix::fs::statx(&dirfd, &name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS)
+                .map_err(err(stage.path.join(&child)))?;
+            let ft = FileType::from_raw_mode(u32::from(st.stx_mode));
             let bytes = name.as_bytes();
             if let Some(target) = bytes.strip_prefix(WHITEOUT_PREFIX) {
-                if !ft.is_file() {
-                    return Err(ApplyError::Unsupported { path: full, what: "whiteout that is not a regular file" });
+                if ft != FileType::RegularFile {
+                    return Err(ApplyError::Unsupported {
+                        path: stage.path.join(&child),
+                        what: "whiteout that is not a regular file",
+                    });
                 }
                 if bytes == OPAQUE_MARKER {
                     self.opaque.push(rel.to_owned());
                 } else if target.is_empty() || target == b"." || target == b".." || target.starts_with(WHITEOUT_PREFIX)
                 {
-                    return Err(ApplyError::Unsupported { path: full, what: "malformed whiteout name" });
+                    return Err(ApplyError::Unsupported {
+                        path: stage.path.join(&child),
+                        what: "malformed whiteout name",
+                    });
                 } else {
                     self.whiteouts.push(rel.join(OsStr::from_bytes(target)));
                 }
                 continue;
             }
-            let meta = Meta::of(&md);
-            let op = if ft.is_dir() {
-                Op::Dir
-            } else if ft.is_file() {
-                // Staging holds a bundle's hard links as real hard links:
-                // the first name walked becomes the file, later ones links.
-                if md.nlink() > 1 {
-                    match inodes.get(&(md.dev(), md.ino())) {
-                        Some(first) => Op::HardLink(Path::to_owned(first)),
-                        None => {
-                            inodes.insert((md.dev(), md.ino()), child.clone());
-                            Op::File
-                        }
-                    }
-                } else {
-                    Op::File
+            let meta = Meta::of_statx(&st);
+            let kind = match ft {
+                FileType::Directory => Scanned::Dir,
+                // Whether a file is the first name of an inode is decided
+                // below, in the walk's (pre-)order.
+                FileType::RegularFile => {
+                    Scanned::File { nlink: st.stx_nlink, id: ((st.stx_dev_major, st.stx_dev_minor), st.stx_ino) }
                 }
-            } else if ft.is_symlink() {
-                Op::Symlink(fs::read_link(&full).map_err(read_err(&full))?)
-            } else {
-                let what = if ft.is_block_device() || ft.is_char_device() {
-                    "device node"
-                } else if ft.is_fifo() {
-                    "fifo"
-                } else {
-                    "special file"
-                };
-                return Err(ApplyError::Unsupported { path: full, what });
+                FileType::Symlink => Scanned::Symlink(PathBuf::from(OsString::from_vec(
+                    rustix::fs::readlinkat(&dirfd, &name, Vec::new())
+                        .map_err(err(stage.path.join(&child)))?
+                        .into_bytes(),
+                ))),
+                other => {
+                    let what = match other {
+                        FileType::BlockDevice | FileType::CharacterDevice => "device node",
+                        FileType::Fifo => "fifo",
+                        _ => "special file",
+                    };
+                    return Err(ApplyError::Unsupported { path: stage.path.join(&child), what });
+                }
             };
-            let is_dir = matches!(op, Op::Dir);
-            self.entries.push(Entry { rel: child.clone(), op, meta });
-            if is_dir {
-                self.scan_dir(staging, &child, inodes)?;
-            }
+            children.push((child, kind, meta));
         }
-        Ok(())
+        Ok(children)
     }
+}
+
+/// A staging entry as read, before the walk's order decides hard links.
+enum Scanned {
+    Dir,
+    File { nlink: u32, id: ((u32, u32), u64) },
+    Symlink(PathBuf),
 }
 
 /// `/rel`, for messages.
@@ -821,8 +874,8 @@ impl Root {
 
     /// Moves a regular file from staging over `entry.rel`, or copies it
     /// where a rename cannot reach. Returns its size.
-    fn place_file(&self, stage: &Stage, staging: &Path, entry: &Entry, opts: &ApplyOptions) -> Result<u64, ApplyError> {
-        if self.place(stage, entry, "file")? { Ok(entry.meta.size) } else { self.write_file(staging, entry, opts) }
+    fn place_file(&self, stage: &Stage, entry: &Entry, opts: &ApplyOptions) -> Result<u64, ApplyError> {
+        if self.place(stage, entry, "file")? { Ok(entry.meta.size) } else { self.write_file(stage, entry, opts) }
     }
 
     /// Moves a symlink from staging over `entry.rel`, or makes a new one
@@ -839,16 +892,17 @@ impl Root {
 
     /// Writes a regular file under a temporary name and renames it over
     /// `entry.rel`. Returns the bytes written.
-    fn write_file(&self, staging: &Path, entry: &Entry, opts: &ApplyOptions) -> Result<u64, ApplyError> {
+    fn write_file(&self, stage: &Stage, entry: &Entry, opts: &ApplyOptions) -> Result<u64, ApplyError> {
         let rel = &entry.rel;
         let (parent, name) = self.entry_parent(rel).map_err(ctx("opening the parent of", rel))?;
         Self::refuse_dir(&parent, name, rel, "file")?;
-        let src_path = staging.join(rel);
-        let mut src = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(OFlags::NOFOLLOW.bits() as i32)
-            .open(&src_path)
-            .map_err(|source| ApplyError::Staging { path: src_path.clone(), source })?;
+        // Through the staging parent's descriptor: staging's path plus
+        // `rel` may pass PATH_MAX.
+        let (sparent, sname) = stage.parent(rel)?;
+        let mut src =
+            rustix::fs::openat(&*sparent, sname, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+                .map(File::from)
+                .map_err(|e| ApplyError::Staging { path: stage.path.join(rel), source: e.into() })?;
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let (tmp, fd) = with_temp_name(|tmp| rustix::fs::openat(&parent, tmp, flags, Mode::from_raw_mode(0o600)))
             .map_err(ctx("creating a temporary file for", rel))?;
