@@ -773,3 +773,18 @@ fn deep_tree_with_deletions_applies() {
     assert_eq!((summary.files, summary.dirs), (1, 1500));
     assert_eq!(read_at(&f.root, &format!("{path}/x")).unwrap(), b"deep");
 }
+
+/// Opens `$STRESS_BUNDLE` (unencrypted) into staging and applies it to an
+/// empty root: for measuring peak memory by hand (/usr/bin/time -v).
+#[test]
+#[ignore = "needs a bundle; run by hand"]
+fn apply_stress_bundle() {
+    use stateless_bundle::{Limits, OpenOptions};
+    let Ok(bundle) = std::env::var("STRESS_BUNDLE") else { return };
+    let f = Fixture::new();
+    let reader = stateless_bundle::BundleReader::new(fs::File::open(bundle).unwrap()).unwrap();
+    let open = OpenOptions { dest: Some(&f.staging), owners: false, threaded: true };
+    reader.authenticate(None, &Limits::default()).unwrap().extract(open).unwrap();
+    let summary = apply(&f.staging, &f.root, &ApplyOptions { owners: false }).unwrap();
+    eprintln!("{summary:?}");
+}
