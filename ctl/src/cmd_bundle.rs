@@ -311,9 +311,26 @@ fn parse_time(s: &str) -> anyhow::Result<i64> {
     Ok(i64::try_from(secs)?)
 }
 
+/// First second of the year 10000: humantime cannot format it (its Display
+/// fails, and `to_string` then panics), and a header may say anything.
+const YEAR_10000: u64 = 253_402_300_800;
+
 fn fmt_time(t: i64) -> String {
     match u64::try_from(t) {
-        Ok(s) => humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(s)).to_string(),
+        Ok(s) if s < YEAR_10000 => humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(s)).to_string(),
+        Ok(_) => format!("{t} (after the year 9999)"),
         Err(_) => format!("{t} (before 1970)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn any_header_time_formats_without_panicking() {
+        for t in [i64::MIN, -1, 0, 1_700_000_000, 253_402_300_799, 253_402_300_800, 1 << 62, i64::MAX] {
+            assert!(!super::fmt_time(t).is_empty());
+        }
+        assert_eq!(super::fmt_time(0), "1970-01-01T00:00:00Z");
+        assert!(super::fmt_time(i64::MAX).contains("after the year 9999"));
     }
 }
