@@ -346,6 +346,15 @@ fn write_stress_bundles() {
         t.file(&format!("{path}{i:060}"), b"");
     }
     fs::write(out.join("longpaths.bundle"), bundle_of(&t.finish(), t.entries)).unwrap();
+    // One file whose path is exactly 4,096 bytes.
+    let mut dirs = String::new();
+    while dirs.len() + 201 < 4096 {
+        dirs.push_str(&"p".repeat(200));
+        dirs.push('/');
+    }
+    let mut t = Tar::new();
+    t.file(&format!("{dirs}{}", "f".repeat(4096 - dirs.len())), b"max");
+    fs::write(out.join("maxpath.bundle"), bundle_of(&t.finish(), t.entries)).unwrap();
 }
 
 /// 2,000 entries with 3.9 KB paths: what the extractor keeps per entry does
