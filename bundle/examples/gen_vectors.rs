@@ -1434,6 +1434,188 @@ fn vectors() -> Vec<Vector> {
         ));
     }
 
+    {
+        // Numeric fields: negative or out of range is refused, never wrapped.
+        let base256 = |v: i128, len: usize| -> Vec<u8> {
+            let mut out: Vec<u8> = (0..len).rev().map(|i| (v >> (8 * i)) as u8).collect();
+            out[0] |= 0x80;
+            out
+        };
+        let numeric: &[(&'static str, usize, usize, i128, &str, &str)] = &[
+            ("tar_mtime_negative", 136, 12, -1, "etc/x: mtime -1 is out of range", "mtime base-256 -1 (all 0xff)"),
+            (
+                "tar_mtime_negative_large",
+                136,
+                12,
+                -(1 << 40),
+                "etc/x: mtime -1099511627776 is out of range",
+                "mtime base-256 -2^40",
+            ),
+            (
+                "tar_mtime_too_large",
+                136,
+                12,
+                1 << 70,
+                "etc/x: mtime 1180591620717411303424 is out of range",
+                "mtime base-256 2^70, past i64",
+            ),
+            ("tar_uid_negative", 108, 8, -1, "etc/x: uid -1 is out of range", "uid base-256 -1"),
+            ("tar_gid_too_large", 116, 8, 1 << 32, "etc/x: gid 4294967296 is out of range", "gid base-256 2^32"),
+            ("tar_mode_negative", 100, 8, -2, "etc/x: mode -2 is out of range", "mode base-256 -2"),
+            (
+                "tar_size_negative",
+                124,
+                12,
+                -(1 << 40),
+                "etc/x: size -1099511627776 is out of range",
+                "size base-256 -2^40",
+            ),
+            ("tar_devmajor_negative", 329, 8, -1, "etc/x: device major -1 is out of range", "devmajor base-256 -1"),
+        ];
+        for &(name, off, len, value, error, comment) in numeric {
+            let mut t = base();
+            let mut h = tar_header(tar::EntryType::Regular, b"etc/x", b"", 0o644, 2);
+            h.as_mut_bytes()[off..off + len].copy_from_slice(&base256(value, len));
+            h.set_cksum();
+            t.raw_header(&h, b"hi");
+            v.push(tar_vec(name, &mut t, error, comment));
+        }
+        let pax_cases: &[(&'static str, &str, &[u8], &str)] = &[
+            ("tar_pax_mtime_negative", "mtime", b"-1", "etc/x: pax mtime -1 is out of range"),
+            ("tar_pax_uid_malformed", "uid", b"0x10", "etc/x: pax uid \"0x10\" is out of range"),
+            ("tar_pax_size_negative", "size", b"-5", "etc/x: pax size -5 is out of range"),
+        ];
+        for &(name, key, value, error) in pax_cases {
+            let mut t = base();
+            t.pax(tar::EntryType::XHeader, &[(key, value)]);
+            t.raw(tar::EntryType::Regular, b"etc/x", b"", 0o644, b"");
+            v.push(tar_vec(name, &mut t, error, &format!("a pax record {key}={}", String::from_utf8_lossy(value))));
+        }
+        // In range: base-256 mtime past what 11 octal digits hold, and a pax
+        // mtime with a fraction (dropped).
+        let key = k();
+        let mut t = base();
+        let mut h = tar_header(tar::EntryType::Regular, b"etc/late", b"", 0o644, 2);
+        h.as_mut_bytes()[136..148].copy_from_slice(&base256(1 << 33, 12));
+        h.set_cksum();
+        t.raw_header(&h, b"hi");
+        t.inodes.push(Inode { mode: 0o644, mtime: 1 << 33, data: b"hi".to_vec() });
+        let inode = t.inodes.len() - 1;
+        t.model("etc/late", Node::File { inode }, 1 << 33);
+        t.pax(tar::EntryType::XHeader, &[("mtime", b"1234567890.75")]);
+        let mut h = tar_header(tar::EntryType::Regular, b"etc/paxtime", b"", 0o644, 2);
+        h.set_cksum();
+        t.raw_header(&h, b"hi");
+        t.inodes.push(Inode { mode: 0o644, mtime: 1_234_567_890, data: b"hi".to_vec() });
+        let inode = t.inodes.len() - 1;
+        t.model("etc/paxtime", Node::File { inode }, 1_234_567_890);
+        let b = Bundle::from_tar(Some(&key), &mut t);
+        v.push(Vector::ok(
+            "ok_tar_mtime_base256",
+            &b,
+            t.listing(),
+            "mtime 2^33 in base-256 (past 11 octal digits), and a pax mtime of 1234567890.75 (whole seconds used)",
+        ));
+    }
+    {
+        // Deletions: a bundle may not both delete a path and contain it (or
+        // anything under it), in either order.
+        let cases: &[(&'static str, &[&str], &str)] = &[
+            (
+                "tar_delete_after_write",
+                &["etc/x", "etc/.wh.x"],
+                "etc/.wh.x: the bundle both deletes etc/x and contains it",
+            ),
+            (
+                "tar_delete_before_write",
+                &["etc/.wh.x", "etc/x"],
+                "etc/x: the bundle both deletes etc/x and contains it",
+            ),
+            (
+                "tar_delete_dir_then_child",
+                &["etc/.wh.sub", "etc/sub/x"],
+                "etc/sub/x: the bundle both deletes etc/sub and contains it",
+            ),
+            (
+                "tar_child_then_delete_dir",
+                &["etc/sub/x", "etc/.wh.sub"],
+                "etc/.wh.sub: the bundle both deletes etc/sub and contains it",
+            ),
+            (
+                "tar_delete_dir_then_opaque",
+                &[".wh.etc2", "etc2/.wh..wh..opq"],
+                "etc2/.wh..wh..opq: the bundle both deletes etc2 and contains it",
+            ),
+        ];
+        for &(name, entries, error) in cases {
+            let mut t = base();
+            for e in entries {
+                t.raw(tar::EntryType::Regular, e.as_bytes(), b"", 0o644, b"");
+            }
+            v.push(tar_vec(name, &mut t, error, &format!("entries {}", entries.join(", "))));
+        }
+    }
+    {
+        // An unsigned encrypted bundle's payload digest is not checked
+        // (STREAM authenticates the payload): all zeros is accepted.
+        let key = k();
+        let mut t = base();
+        let mut b = Bundle::from_tar(Some(&key), &mut t);
+        b.header.payload_sha256 = [0; 32];
+        v.push(Vector::ok(
+            "ok_encrypted_unsigned_zero_digest",
+            &b,
+            t.listing(),
+            "encrypted, unsigned, payload SHA-256 all zero: readers do not check it there (writers fill it)",
+        ));
+        // Skippable zstd frames are ignored wherever they are.
+        let key = k();
+        let mut t = base();
+        let tar = t.finish();
+        let skippable = |magic_low: u8, data: &[u8]| {
+            let mut f = vec![0x50 | magic_low, 0x2a, 0x4d, 0x18];
+            f.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            f.extend_from_slice(data);
+            f
+        };
+        let mut plain = skippable(0, b"skip me");
+        plain.extend_from_slice(&compress(&tar, None));
+        plain.extend_from_slice(&skippable(0xf, &[0u8; 100]));
+        let b = Bundle::from_compressed(Some(&key), plain, tar.len() as u64, t.entries);
+        v.push(Vector::ok(
+            "ok_zstd_skippable_frames",
+            &b,
+            t.listing(),
+            "a skippable frame before and one after the data frame (RFC 8878 3.1.2): ignored",
+        ));
+    }
+    {
+        // Zero padding after the archive: at most MAX_TAR_TAIL bytes.
+        let key = k();
+        let t = base();
+        let mut tar = t.unterminated();
+        tar.extend(std::iter::repeat_n(0u8, stateless_bundle::MAX_TAR_TAIL as usize));
+        let b = Bundle::new(Some(&key), &tar, t.entries);
+        v.push(Vector::ok(
+            "ok_tar_padding_max",
+            &b,
+            t.listing(),
+            "65,536 zero bytes after the last entry (end-of-archive marker included): the most allowed",
+        ));
+        let key = k();
+        let t = base();
+        let mut tar = t.unterminated();
+        tar.extend(std::iter::repeat_n(0u8, stateless_bundle::MAX_TAR_TAIL as usize + 512));
+        let b = Bundle::new(Some(&key), &tar, t.entries);
+        v.push(Vector::err(
+            "tar_padding_too_long",
+            b.bytes(),
+            Some(&key),
+            "corrupt bundle: more than 65536 bytes of zeros after the last entry of the archive",
+            "65,536 + 512 zero bytes after the last entry",
+        ));
+    }
+
     // -- zstd ---------------------------------------------------------------
     {
         let key = k();
@@ -1562,8 +1744,9 @@ fn vectors() -> Vec<Vector> {
                 "limit_expanded_actual",
                 lying.bytes(),
                 Some(&key),
-                "bundle expanded size of 4097 bytes is over the limit of 4096 bytes",
-                "the header declares 2048 expanded bytes (within the limit of 4096); the tar is 12288 (a zstd bomb)",
+                "corrupt bundle: the tar stream is longer than the header's expanded size of 2048 bytes",
+                "the header declares 2048 expanded bytes (within the limit of 4096); the tar is 12288 (a zstd bomb): \
+                 reading stops at byte 2049, whatever the limit",
             )
             .limits(&[("max_expanded", 4096)]),
         );

@@ -56,9 +56,15 @@ pub enum TreeError {
     /// A file named as a whiteout has content.
     #[error("{0}: whiteout files (.wh.NAME) must be empty")]
     BadWhiteout(String),
-    /// A deletion names a path the tree also contains.
-    #[error("{0}: asked to delete a path the tree also contains")]
-    DeleteConflict(String),
+    /// A deletion names a path the tree also contains (or something under
+    /// it): readers refuse such a bundle.
+    #[error("{entry}: the tree both deletes {path} and contains it")]
+    DeleteConflict {
+        /// The whiteout entry (`DIR/.wh.NAME`).
+        entry: String,
+        /// The path it deletes.
+        path: String,
+    },
     /// Over a limit.
     #[error("{0}")]
     Limit(String),
@@ -89,16 +95,44 @@ pub fn write_tree<W: Write>(
     let mut b = tar::Builder::new(out);
     b.mode(tar::HeaderMode::Complete);
     b.follow_symlinks(false);
-    let mut state = Walk { limits, summary: TreeSummary::default(), links: HashMap::new(), paths: BTreeSet::new() };
+    let mut state = Walk {
+        limits,
+        summary: TreeSummary::default(),
+        links: HashMap::new(),
+        paths: BTreeSet::new(),
+        deleted: BTreeSet::new(),
+    };
     state.walk(&mut b, root, None)?;
-    for del in deletions {
-        if state.paths.contains(del) {
-            return Err(TreeError::DeleteConflict(del.to_string()));
+    // The same rule as readers: no path both deleted and contained, and no
+    // deletion under a deleted path.
+    for del in deletions.iter().chain(state.deleted.iter()) {
+        let under_deleted =
+            del.ancestors().any(|a| RelPath::parse(a, usize::MAX).is_ok_and(|a| state.deleted.contains(&a)));
+        if state.contains_or_under(del) || under_deleted {
+            return Err(TreeError::DeleteConflict { entry: del.whiteout_entry().to_string(), path: del.to_string() });
         }
+    }
+    let mut implied = 0u32;
+    for del in deletions {
         let entry = del.whiteout_entry();
         if state.paths.contains(&entry) {
             continue;
         }
+        // Parents the tree lacks are implied; readers bound them by the
+        // entry limit too.
+        for anc in entry.ancestors() {
+            let anc = RelPath::parse(anc, usize::MAX).map_err(|err| TreeError::Path { path: del.to_string(), err })?;
+            if state.paths.insert(anc) {
+                implied += 1;
+                if implied > limits.max_entries {
+                    return Err(TreeError::Limit(format!(
+                        "more than {} parent directories implied by deletions (limit)",
+                        limits.max_entries
+                    )));
+                }
+            }
+        }
+        state.paths.insert(entry.clone());
         state.count()?;
         let mut h = base_header(tar::EntryType::Regular, 0o644, 0, 0, 0);
         h.set_size(0);
@@ -112,7 +146,10 @@ struct Walk<'a> {
     limits: &'a Limits,
     summary: TreeSummary,
     links: HashMap<(u64, u64), RelPath>,
+    /// Every tar entry path written.
     paths: BTreeSet<RelPath>,
+    /// The paths the tree's whiteouts delete.
+    deleted: BTreeSet<RelPath>,
 }
 
 fn base_header(kind: tar::EntryType, mode: u32, uid: u32, gid: u32, mtime: i64) -> tar::Header {
@@ -127,6 +164,20 @@ fn base_header(kind: tar::EntryType, mode: u32, uid: u32, gid: u32, mtime: i64) 
 }
 
 impl Walk<'_> {
+    /// Whether the tree has `path`, or anything under it.
+    fn contains_or_under(&self, path: &RelPath) -> bool {
+        let mut prefix = path.as_bytes().to_vec();
+        prefix.push(b'/');
+        // In byte order, `path-x` and `path.x` come between `path` and
+        // `path/…`: find the first path at or past the prefix.
+        self.paths.contains(path)
+            || self
+                .paths
+                .range(path.clone()..)
+                .find(|p| p.as_bytes() >= prefix.as_slice())
+                .is_some_and(|p| p.as_bytes().starts_with(&prefix))
+    }
+
     fn count(&mut self) -> Result<(), TreeError> {
         self.summary.entries += 1;
         if self.summary.entries > self.limits.max_entries {
@@ -154,7 +205,6 @@ impl Walk<'_> {
                 .map_err(|err| TreeError::Path { path: shown.clone(), err })?;
             let meta = fs::symlink_metadata(&full).map_err(io_err(format!("reading {shown}")))?;
             self.entry(b, &full, &path, &shown, &meta)?;
-            self.paths.insert(path.clone());
             if meta.is_dir() {
                 self.walk(b, &full, Some(&path))?;
             }
@@ -175,11 +225,17 @@ impl Walk<'_> {
         let werr = || io_err(format!("writing {shown}"));
         if ft.is_char_device() && meta.rdev() == 0 {
             // An overlayfs whiteout, as found in an upper directory.
-            self.count()?;
             let entry = path.whiteout_entry();
+            self.deleted.insert(path.clone());
+            if !self.paths.insert(entry.clone()) {
+                // An empty `.wh.NAME` file said the same.
+                return Ok(());
+            }
+            self.count()?;
             let mut h = base_header(tar::EntryType::Regular, 0o644, 0, 0, mtime);
             return b.append_data(&mut h, entry.as_path(), io::empty()).map_err(werr());
         }
+        self.paths.insert(path.clone());
         let forbidden = if ft.is_char_device() || ft.is_block_device() {
             Some("device node")
         } else if ft.is_fifo() {
@@ -209,10 +265,12 @@ impl Walk<'_> {
             let mut h = base_header(tar::EntryType::Symlink, mode, uid, gid, mtime);
             return b.append_link(&mut h, path.as_path(), &target).map_err(werr());
         }
-        if path.whiteout().is_some() {
-            path.whiteout().transpose().map_err(|err| TreeError::Path { path: shown.to_owned(), err })?;
+        if let Some(w) = path.whiteout().transpose().map_err(|err| TreeError::Path { path: shown.to_owned(), err })? {
             if meta.len() != 0 {
                 return Err(TreeError::BadWhiteout(shown.to_owned()));
+            }
+            if let crate::path::Whiteout::Path(target) = w {
+                self.deleted.insert(target);
             }
         }
         if meta.nlink() > 1 {

@@ -14,6 +14,8 @@
 
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use sha2::{Digest, Sha256};
 
@@ -28,6 +30,12 @@ use crate::limits::{Limits, ZSTD_WINDOW_LOG_MAX};
 use crate::path::RelPath;
 use crate::sign::{PublicKey, SignatureError, SignerId, SigningKey};
 use crate::stream::{PayloadKey, StreamError, StreamReader, StreamWriter};
+
+/// Most zero bytes after the last tar entry, the end-of-archive marker
+/// (1,024 bytes) included: six 10,240-byte tar records, room for any padding
+/// tar writes with its default or a larger blocking factor, and a bound on
+/// what a reader decompresses after the archive ended.
+pub const MAX_TAR_TAIL: u64 = 64 * 1024;
 
 /// Highest zstd level `pack` accepts; 20–22 need windows over the decoder's
 /// 8 MiB bound.
@@ -319,7 +327,15 @@ impl<R: Read> BundleReader<R> {
                 return Err(OpenError::Limit { what, value, limit });
             }
         }
-        Ok(Authenticated { inner: self.inner, raw: self.raw, header, payload_key, limits: *limits, signer: None })
+        Ok(Authenticated {
+            inner: self.inner,
+            raw: self.raw,
+            header,
+            payload_key,
+            limits: *limits,
+            signer: None,
+            cancel: None,
+        })
     }
 }
 
@@ -333,6 +349,8 @@ pub struct Authenticated<R> {
     limits: Limits,
     /// Set by `require_signature`: the payload digest must then match.
     signer: Option<SignerId>,
+    /// Set by `cancel_on`.
+    cancel: Option<Arc<AtomicBool>>,
 }
 
 /// What a successful open found.
@@ -385,6 +403,16 @@ impl<R: Read + Send> Authenticated<R> {
         Ok(self)
     }
 
+    /// Makes [`Authenticated::extract`] stop, with
+    /// [`ExtractError::Cancelled`] (shown as `extraction cancelled`), soon
+    /// after `flag` is set: it is checked before every tar entry and every
+    /// block of file data. The hook for a caller's deadline (the loader's
+    /// time budget); the library has no clock of its own.
+    pub fn cancel_on(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.cancel = Some(flag);
+        self
+    }
+
     /// Streams the payload: decrypts, decompresses and extracts it, then
     /// checks that the input ends exactly where the header says. On error,
     /// whatever was written to `dest` must be discarded.
@@ -399,7 +427,8 @@ impl<R: Read + Send> Authenticated<R> {
             got: 0,
             hasher: hash.then(Sha256::new),
         };
-        let result = run_payload(&mut src, self.payload_key.as_ref(), &self.header, &self.limits, opts);
+        let cancel = self.cancel.as_deref();
+        let result = run_payload(&mut src, self.payload_key.as_ref(), &self.header, &self.limits, opts, cancel);
         if src.remaining > 0 && result.is_err() {
             // Tell truncation and corruption apart: read what is left.
             let _ = io::copy(&mut src, &mut io::sink());
@@ -455,31 +484,39 @@ fn run_payload<R: Read + Send>(
     header: &Header,
     limits: &Limits,
     opts: OpenOptions<'_>,
+    cancel: Option<&AtomicBool>,
 ) -> Result<ExtractSummary, OpenError> {
     let payload_len = header.payload_len;
-    let decoded = |src| decoded_reader(src, payload_key, payload_len, limits);
+    let decoded = |src| decoded_reader(src, payload_key, payload_len, header.expanded_len, limits);
     let consume = |tar: &mut dyn Read| -> Result<ExtractSummary, OpenError> {
-        let summary = extract(&mut *tar, ExtractOptions { dest: opts.dest, limits, owners: opts.owners }).map_err(
-            |e| match e {
+        let summary = extract(&mut *tar, ExtractOptions { dest: opts.dest, limits, owners: opts.owners, cancel })
+            .map_err(|e| match e {
                 ExtractError::Io { err, context } => match classify_io(err, limits) {
                     OpenError::Io(err) => OpenError::Extract(ExtractError::Io { context, err }),
                     other => other,
                 },
                 e => OpenError::Extract(e),
-            },
-        )?;
+            })?;
         // The tar reader stops at the first zero block of the end-of-archive
         // marker (two zero blocks); the second must follow, then only zero
-        // padding. An archive that simply stops was cut short.
+        // padding, at most MAX_TAR_TAIL bytes in all. An archive that simply
+        // stops was cut short.
         let mut buf = [0u8; 8192];
-        let mut zeros: u64 = 0;
+        let mut zeros: u64 = 512;
         loop {
             match tar.read(&mut buf) {
-                Ok(0) if zeros < 512 => {
+                Ok(0) if zeros < 1024 => {
                     return Err(OpenError::Corrupt("the archive has no end-of-archive marker".into()));
                 }
                 Ok(0) => return Ok(summary),
-                Ok(n) if buf.get(..n).unwrap_or_default().iter().all(|&b| b == 0) => zeros += n as u64,
+                Ok(n) if buf.get(..n).unwrap_or_default().iter().all(|&b| b == 0) => {
+                    zeros += n as u64;
+                    if zeros > MAX_TAR_TAIL {
+                        return Err(OpenError::Corrupt(format!(
+                            "more than {MAX_TAR_TAIL} bytes of zeros after the last entry of the archive"
+                        )));
+                    }
+                }
                 Ok(_) => return Err(OpenError::Corrupt("data after the end of the archive".into())),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(classify_io(e, limits)),
@@ -527,13 +564,30 @@ fn decoded_reader<'s, R: Read + Send>(
     src: &'s mut PayloadSource<'_, R>,
     payload_key: Option<&'s PayloadKey>,
     payload_len: u64,
+    expanded_len: u64,
     limits: &Limits,
 ) -> Result<LimitReader<Box<dyn Read + 's>>, OpenError> {
     let plain = plain_reader(src, payload_key, payload_len);
     let mut dec = zstd::Decoder::with_buffer(plain).map_err(|e| OpenError::Corrupt(format!("zstd: {e}")))?;
     dec.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|e| OpenError::Corrupt(format!("zstd: {e}")))?;
-    Ok(LimitReader::new(Box::new(ZstdErrors(dec)), limits.max_expanded, "expanded size"))
+    let (limit, what) = expanded_bound(expanded_len, limits);
+    Ok(LimitReader::new(Box::new(ZstdErrors(dec)), limit, what))
 }
+
+/// What the decompressed tar stream is cut at: the header's expanded
+/// length, so that a bundle that declares little cannot write a lot before
+/// it is refused (the header's length is within the limit: `authenticate`
+/// checked it). Past it the error is the limit's when the two are equal.
+pub(crate) fn expanded_bound(expanded_len: u64, limits: &Limits) -> (u64, &'static str) {
+    if expanded_len < limits.max_expanded {
+        (expanded_len, DECLARED_EXPANDED)
+    } else {
+        (limits.max_expanded, "expanded size")
+    }
+}
+
+/// The [`LimitExceeded::what`] of the header's expanded length.
+const DECLARED_EXPANDED: &str = "declared expanded size";
 
 /// Maps an I/O error from the payload chain to the error that caused it.
 pub(crate) fn classify_io(e: io::Error, limits: &Limits) -> OpenError {
@@ -545,6 +599,12 @@ pub(crate) fn classify_io(e: io::Error, limits: &Limits) -> OpenError {
         };
     }
     if let Some(le) = e.get_ref().and_then(|i| i.downcast_ref::<LimitExceeded>()) {
+        if le.what == DECLARED_EXPANDED {
+            return OpenError::Corrupt(format!(
+                "the tar stream is longer than the header's expanded size of {} bytes",
+                le.limit
+            ));
+        }
         return OpenError::Limit { what: le.what, value: le.limit + 1, limit: limits.max_expanded };
     }
     if let Some(z) = e.get_ref().and_then(|i| i.downcast_ref::<ZstdError>()) {

@@ -126,7 +126,8 @@ where
             failed: None,
             done: false,
         };
-        let mut limited = LimitReader::new(ordered, limits.max_expanded, "expanded size");
+        let (limit, what) = crate::bundle::expanded_bound(expanded_len, &limits);
+        let mut limited = LimitReader::new(ordered, limit, what);
         let consumed = consume(&mut limited);
         let expanded = limited.count();
         let mut ordered = limited.into_inner();

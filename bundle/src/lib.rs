@@ -35,8 +35,8 @@ pub mod sign;
 pub mod stream;
 
 pub use bundle::{
-    Authenticated, BundleReader, DEFAULT_LEVEL, MAX_LEVEL, OpenError, OpenOptions, OpenSummary, PackError, PackOptions,
-    PackSummary, pack, pack_frames, pack_signed, sha_hex,
+    Authenticated, BundleReader, DEFAULT_LEVEL, MAX_LEVEL, MAX_TAR_TAIL, OpenError, OpenOptions, OpenSummary,
+    PackError, PackOptions, PackSummary, pack, pack_frames, pack_signed, sha_hex,
 };
 pub use header::{Cipher, Header, HeaderError, RawHeader, Scope};
 pub use key::{Key, KeyError, KeyId};

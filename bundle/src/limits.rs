@@ -8,7 +8,8 @@ pub struct Limits {
     pub max_payload: u64,
     /// Largest decompressed tar stream in bytes. Default 2 GiB.
     pub max_expanded: u64,
-    /// Most tar entries. Default 100,000.
+    /// Most tar entries, and (counted apart) most parent directories that
+    /// entry paths imply without listing them. Default 100,000.
     pub max_entries: u32,
     /// Longest entry path or link target in bytes. Default 4096 (PATH_MAX).
     pub max_path: usize,

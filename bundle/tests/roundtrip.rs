@@ -165,7 +165,7 @@ fn deletions_are_whiteouts() {
     assert!(dest.path().join(".wh.opt").exists());
     o.deletions = vec![RelPath::parse(b"etc/motd", 4096).unwrap()];
     let err = pack(src.path(), Cursor::new(Vec::new()), &o).unwrap_err();
-    assert!(err.to_string().contains("etc/motd: asked to delete a path the tree also contains"), "{err}");
+    assert!(err.to_string().contains("etc/.wh.motd: the tree both deletes etc/motd and contains it"), "{err}");
 }
 
 fn sample(key: Option<&Key>) -> Vec<u8> {

@@ -1,6 +1,7 @@
 //! `statelessctl bundle …`
 
 use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -180,6 +181,13 @@ pub fn run(cmd: BundleCmd) -> anyhow::Result<ExitCode> {
                 None => stateless_bundle::pack(&dir, tmp.as_file_mut(), &opts),
             }
             .with_context(|| format!("packing {}", dir.display()))?;
+            // 0644, not the temporary file's 0600: a bundle is published by
+            // copying it into a web server's document root, where nginx
+            // (another user) must read it. An encrypted bundle is protected
+            // by its key; an unencrypted one is served to anyone anyway.
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o644))
+                .with_context(|| format!("setting the mode of {}", output.display()))?;
             tmp.as_file().sync_all().context("syncing bundle")?;
             tmp.persist(&output).with_context(|| format!("writing {}", output.display()))?;
             let h = &summary.header;
@@ -410,9 +418,26 @@ fn parse_time(s: &str) -> anyhow::Result<i64> {
     Ok(i64::try_from(secs)?)
 }
 
+/// First second of the year 10000: humantime cannot format it (its Display
+/// fails, and `to_string` then panics), and a header may say anything.
+const YEAR_10000: u64 = 253_402_300_800;
+
 fn fmt_time(t: i64) -> String {
     match u64::try_from(t) {
-        Ok(s) => humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(s)).to_string(),
+        Ok(s) if s < YEAR_10000 => humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(s)).to_string(),
+        Ok(_) => format!("{t} (after the year 9999)"),
         Err(_) => format!("{t} (before 1970)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn any_header_time_formats_without_panicking() {
+        for t in [i64::MIN, -1, 0, 1_700_000_000, 253_402_300_799, 253_402_300_800, 1 << 62, i64::MAX] {
+            assert!(!super::fmt_time(t).is_empty());
+        }
+        assert_eq!(super::fmt_time(0), "1970-01-01T00:00:00Z");
+        assert!(super::fmt_time(i64::MAX).contains("after the year 9999"));
     }
 }

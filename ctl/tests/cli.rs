@@ -513,3 +513,17 @@ fn persist_moved_to_the_node_agent() {
     let help = ok(&["--help"], d.path());
     assert!(!help.contains("persist"), "{help}");
 }
+
+#[test]
+fn packed_bundles_are_world_readable() {
+    // A bundle copied into a web server's document root must be readable by
+    // the server's user (docs/protocol.md); the key protects its content.
+    use std::os::unix::fs::PermissionsExt;
+    let d = setup();
+    let p = d.path();
+    ok(&["bundle", "pack", "tree", "-o", "n.bundle", "--key", "site.key", "--generation", "1"], p);
+    ok(&["bundle", "pack", "tree", "-o", "u.bundle", "--unencrypted", "--generation", "1"], p);
+    for b in ["n.bundle", "u.bundle"] {
+        assert_eq!(fs::metadata(p.join(b)).unwrap().permissions().mode() & 0o777, 0o644, "{b}");
+    }
+}

@@ -42,18 +42,24 @@
 //!   touched; a failure half-way through leaves the root partly applied (the
 //!   caller's `onfail` policy decides what happens next).
 //!
+//! Memory and time are linear in the number of entries, whatever the
+//! paths' length or depth: the plan keeps, per entry, its name and its
+//! parent's index rather than its path (the path of the entry being applied
+//! is made when it is needed), does not keep symlink targets, and staging is
+//! walked with an explicit stack and read through descriptors, so a path of
+//! the full 4,096 bytes under a long staging path works.
+//!
 //! Files are not fsynced: the root is rebuilt on every boot, and a power
 //! cut before switch-root reruns the loader.
 
 use std::cell::Cell;
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, File};
+use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -166,58 +172,62 @@ pub enum ApplyError {
 /// staging where they can be, so what is left of it afterwards is only good
 /// for removing.
 pub fn apply(staging: &Path, sysroot: &Path, opts: &ApplyOptions) -> Result<ApplySummary, ApplyError> {
-    let plan = Plan::scan(staging)?;
     let stage = Stage::open(staging)?;
+    let plan = Plan::scan(&stage)?;
     let mut root = Root::open(sysroot)?;
     root.spare = Some((stage.node.dev, stage.node.ino));
     let mut summary = ApplySummary::default();
-    for dir in &plan.opaque {
-        root.clear_opaque(dir, &mut summary)?;
+    for &dir in &plan.opaque {
+        root.clear_opaque(&plan.rel(dir), &mut summary)?;
     }
-    for path in &plan.whiteouts {
-        root.delete(path, &mut summary)?;
+    for &(parent, name) in &plan.whiteouts {
+        root.delete(&plan.rel(parent).join(OsStr::from_bytes(plan.name(name))), &mut summary)?;
     }
     let tainted = plan.tainted();
-    let mut dirs = Vec::new();
+    // Indices of the directories merged (not moved), for their metadata.
+    let mut dirs: Vec<u32> = Vec::new();
     let mut next = 0;
-    while let Some(entry) = plan.entries.get(next) {
+    while let Some(stored) = plan.get(next) {
+        let index = next;
         next += 1;
-        match &entry.op {
-            Op::Dir => {
+        let entry = plan.entry(index);
+        match stored.op {
+            Stored::Dir => {
                 // Looked at only for a directory the root lacks.
                 let movable = || {
-                    !tainted.contains(entry.rel.as_path())
-                        && plan.subtree(next - 1).iter().all(|e| match &e.op {
-                            Op::HardLink(first) => first.starts_with(&entry.rel),
+                    !tainted.get(index).copied().unwrap_or(true)
+                        && plan.subtree(index).all(|j| match plan.get(j).map(|e| e.op) {
+                            // The first name is inside this directory.
+                            Some(Stored::HardLink(first)) => plan.subtree(index).contains(&(first as usize)),
                             _ => true,
                         })
                 };
                 match root.make_dir(&stage, &entry.rel, movable)? {
                     Made::Moved => {
-                        let below = plan.subtree(next - 1);
+                        let below = plan.subtree(index);
                         summary.dirs += 1;
-                        for e in below {
+                        next += below.len();
+                        for e in below.filter_map(|j| plan.get(j)) {
                             summary.count(e);
                         }
-                        next += below.len();
                     }
                     Made::Dir => {
-                        dirs.push(entry);
+                        dirs.push(u32::try_from(index).unwrap_or(u32::MAX));
                         summary.dirs += 1;
                     }
                     Made::KeptSymlink => {}
                 }
             }
-            Op::File => {
-                summary.bytes += root.place_file(&stage, staging, entry, opts)?;
+            Stored::File => {
+                summary.bytes += root.place_file(&stage, &entry, opts)?;
                 summary.files += 1;
             }
-            Op::Symlink(target) => {
-                root.place_symlink(&stage, entry, target, opts)?;
+            Stored::Symlink => {
+                root.place_symlink(&stage, &entry, opts)?;
                 summary.symlinks += 1;
             }
-            Op::HardLink(first) => {
-                root.write_hardlink(&entry.rel, first)?;
+            Stored::HardLink(first) => {
+                root.write_hardlink(&entry.rel, &plan.rel(first))?;
                 summary.hardlinks += 1;
             }
         }
@@ -225,8 +235,8 @@ pub fn apply(staging: &Path, sysroot: &Path, opts: &ApplyOptions) -> Result<Appl
     // Deepest first: setting a directory's metadata must come after
     // everything written into it, and a read-only parent must not block a
     // child.
-    for entry in dirs.iter().rev() {
-        root.finish_dir(entry, opts)?;
+    for &i in dirs.iter().rev() {
+        root.finish_dir(&plan.entry(i as usize), opts)?;
     }
     log::debug!(
         "applied {} files, {} dirs, {} symlinks, {} hard links, {} deletions, {} bytes ({} moved, {} copied)",
@@ -244,15 +254,15 @@ pub fn apply(staging: &Path, sysroot: &Path, opts: &ApplyOptions) -> Result<Appl
 
 impl ApplySummary {
     /// Counts an entry that was moved into the root inside its directory.
-    fn count(&mut self, e: &Entry) {
+    fn count(&mut self, e: &StoredEntry) {
         match e.op {
-            Op::Dir => self.dirs += 1,
-            Op::File => {
+            Stored::Dir => self.dirs += 1,
+            Stored::File => {
                 self.files += 1;
                 self.bytes += e.meta.size;
             }
-            Op::Symlink(_) => self.symlinks += 1,
-            Op::HardLink(_) => self.hardlinks += 1,
+            Stored::Symlink => self.symlinks += 1,
+            Stored::HardLink(_) => self.hardlinks += 1,
         }
     }
 }
@@ -269,18 +279,41 @@ enum Made {
     KeptSymlink,
 }
 
-/// What to do with one staging entry.
-#[derive(Debug)]
-enum Op {
+/// What to do with one staging entry, as the plan keeps it.
+#[derive(Debug, Clone, Copy)]
+enum Stored {
     Dir,
     File,
-    Symlink(PathBuf),
-    /// A second name for the file at this path (relative to the root).
-    HardLink(PathBuf),
+    Symlink,
+    /// A second name for the file at this index of the plan.
+    HardLink(u32),
+}
+
+/// The parent index of an entry directly in the root.
+const ROOT: u32 = u32::MAX;
+
+/// A span of [`Plan::names`].
+#[derive(Debug, Clone, Copy)]
+struct NameRef {
+    start: u32,
+    len: u16,
+}
+
+/// One entry of staging as the plan keeps it: its name and its parent's
+/// index, not its path, so that what the plan holds per entry does not grow
+/// with path length (100,000 entries of 3.9 KB paths once took 400 MiB).
+#[derive(Debug)]
+struct StoredEntry {
+    parent: u32,
+    name: NameRef,
+    op: Stored,
+    meta: Meta,
+    /// For a directory: the index after the last entry below it.
+    end: u32,
 }
 
 /// Metadata taken from staging.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Meta {
     mode: u32,
     uid: u32,
@@ -291,13 +324,13 @@ struct Meta {
 }
 
 impl Meta {
-    fn of(md: &fs::Metadata) -> Meta {
+    fn of_statx(st: &rustix::fs::Statx) -> Meta {
         Meta {
-            mode: md.mode() & 0o7777,
-            uid: md.uid(),
-            gid: md.gid(),
-            mtime: Timespec { tv_sec: md.mtime(), tv_nsec: md.mtime_nsec() },
-            size: md.len(),
+            mode: u32::from(st.stx_mode) & 0o7777,
+            uid: st.stx_uid,
+            gid: st.stx_gid,
+            mtime: Timespec { tv_sec: st.stx_mtime.tv_sec, tv_nsec: st.stx_mtime.tv_nsec.into() },
+            size: st.stx_size,
         }
     }
 
@@ -314,123 +347,259 @@ impl Meta {
     }
 }
 
-/// One entry of staging, other than deletions.
+/// One entry of staging, other than deletions, with its path: made from
+/// the plan for the entry being applied.
 #[derive(Debug)]
 struct Entry {
     /// Relative to the staging root and to the root.
     rel: PathBuf,
-    op: Op,
     meta: Meta,
 }
 
 /// Everything staging asks for, read before the root is touched.
 #[derive(Debug, Default)]
 struct Plan {
-    /// Directories to empty (`""` is the root).
-    opaque: Vec<PathBuf>,
-    /// Paths to delete.
-    whiteouts: Vec<PathBuf>,
-    /// Directories, files and links in pre-order.
-    entries: Vec<Entry>,
+    /// Directories to empty (indices; [`ROOT`] is the root).
+    opaque: Vec<u32>,
+    /// Paths to delete: parent index and name.
+    whiteouts: Vec<(u32, NameRef)>,
+    /// Directories, files and links in pre-order, in chunks of
+    /// [`ENTRY_CHUNK`] (a growing Vec would briefly hold its old and new
+    /// buffers: half as much again at the peak).
+    entries: Vec<Vec<StoredEntry>>,
+    /// How many entries.
+    len: usize,
+    /// Every name, one after the other, in chunks of [`NAME_CHUNK`] bytes
+    /// (a name never straddles two).
+    names: Vec<Vec<u8>>,
 }
 
+/// A directory's names: all of them one after the other, and the (start,
+/// length) span of each, sorted by name.
+type Listing = (Vec<u8>, Vec<(u32, usize)>);
+
+/// Entries per chunk of [`Plan::entries`].
+const ENTRY_CHUNK: usize = 4096;
+/// Bytes per chunk of [`Plan::names`].
+const NAME_CHUNK: usize = 1 << 20;
+
 impl Plan {
-    /// Directories at or below which a deletion marker sits: they must be
-    /// merged, never moved whole, or the marker would land in the root.
-    fn tainted(&self) -> HashSet<&Path> {
-        let mut out = HashSet::new();
-        for path in self.opaque.iter().map(PathBuf::as_path).chain(self.whiteouts.iter().filter_map(|w| w.parent())) {
-            out.extend(path.ancestors());
+    fn get(&self, i: usize) -> Option<&StoredEntry> {
+        self.entries.get(i / ENTRY_CHUNK)?.get(i % ENTRY_CHUNK)
+    }
+
+    fn push(&mut self, e: StoredEntry) {
+        match self.entries.last_mut().filter(|c| c.len() < ENTRY_CHUNK) {
+            Some(chunk) => chunk.push(e),
+            None => {
+                let mut chunk = Vec::with_capacity(ENTRY_CHUNK);
+                chunk.push(e);
+                self.entries.push(chunk);
+            }
+        }
+        self.len += 1;
+    }
+
+    fn name(&self, n: NameRef) -> &[u8] {
+        let (chunk, off) = (n.start as usize / NAME_CHUNK, n.start as usize % NAME_CHUNK);
+        self.names.get(chunk).and_then(|c| c.get(off..off + usize::from(n.len))).unwrap_or_default()
+    }
+
+    fn add_name(&mut self, name: &[u8]) -> NameRef {
+        if self.names.last().is_none_or(|c| c.len() + name.len() > NAME_CHUNK) {
+            self.names.push(Vec::with_capacity(NAME_CHUNK));
+        }
+        let chunks = self.names.len().saturating_sub(1);
+        let last = self.names.last_mut();
+        let off = last.as_ref().map_or(0, |c| c.len());
+        if let Some(c) = last {
+            c.extend_from_slice(name);
+        }
+        let start = u32::try_from(chunks * NAME_CHUNK + off).unwrap_or(u32::MAX);
+        NameRef { start, len: u16::try_from(name.len()).unwrap_or(u16::MAX) }
+    }
+
+    /// The path of entry `i` (or of the root, for [`ROOT`]), made by
+    /// walking up its parents.
+    fn rel(&self, i: u32) -> PathBuf {
+        let mut names = Vec::new();
+        let mut cur = i;
+        while let Some(e) = self.get(cur as usize) {
+            names.push(self.name(e.name));
+            cur = e.parent;
+        }
+        let mut out = PathBuf::new();
+        for n in names.iter().rev() {
+            out.push(OsStr::from_bytes(n));
         }
         out
     }
 
-    /// The entries under the directory `entries[i]` (they follow it, the
-    /// walk being in pre-order).
-    fn subtree(&self, i: usize) -> &[Entry] {
-        let (Some(dir), Some(rest)) = (self.entries.get(i), self.entries.get(i + 1..)) else { return &[] };
-        let n = rest.iter().take_while(|e| e.rel.starts_with(&dir.rel)).count();
-        rest.get(..n).unwrap_or_default()
+    /// Entry `i` with its path, to apply.
+    fn entry(&self, i: usize) -> Entry {
+        let index = u32::try_from(i).unwrap_or(ROOT);
+        let meta = self.get(i).map(|e| e.meta).unwrap_or_default();
+        Entry { rel: self.rel(index), meta }
     }
 
-    fn scan(staging: &Path) -> Result<Plan, ApplyError> {
-        let mut plan = Plan::default();
-        let mut inodes = HashMap::new();
-        plan.scan_dir(staging, Path::new(""), &mut inodes)?;
-        Ok(plan)
-    }
-
-    fn scan_dir(
-        &mut self,
-        staging: &Path,
-        rel: &Path,
-        inodes: &mut HashMap<(u64, u64), PathBuf>,
-    ) -> Result<(), ApplyError> {
-        let dir = staging.join(rel);
-        let read_err = |path: &Path| {
-            let path = path.to_owned();
-            move |source| ApplyError::Staging { path, source }
-        };
-        let mut names = fs::read_dir(&dir)
-            .and_then(|rd| rd.map(|e| e.map(|e| e.file_name())).collect::<io::Result<Vec<OsString>>>())
-            .map_err(read_err(&dir))?;
-        names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        for name in names {
-            let child = rel.join(&name);
-            let full = staging.join(&child);
-            let md = fs::symlink_metadata(&full).map_err(read_err(&full))?;
-            let ft = md.file_type();
-            let bytes = name.as_bytes();
-            if let Some(target) = bytes.strip_prefix(WHITEOUT_PREFIX) {
-                if !ft.is_file() {
-                    return Err(ApplyError::Unsupported { path: full, what: "whiteout that is not a regular file" });
+    /// Whether each entry is a directory at or below which a deletion marker
+    /// sits: such a directory must be merged, never moved whole, or the
+    /// marker would land in the root.
+    fn tainted(&self) -> Vec<bool> {
+        let mut out = vec![false; self.len];
+        for &start in self.opaque.iter().chain(self.whiteouts.iter().map(|(p, _)| p)) {
+            let mut cur = start;
+            // Once a directory is marked, so are all of its ancestors:
+            // stopping there keeps this linear in the number of entries.
+            while let Some(flag) = out.get_mut(cur as usize) {
+                if *flag {
+                    break;
                 }
-                if bytes == OPAQUE_MARKER {
-                    self.opaque.push(rel.to_owned());
-                } else if target.is_empty() || target == b"." || target == b".." || target.starts_with(WHITEOUT_PREFIX)
-                {
-                    return Err(ApplyError::Unsupported { path: full, what: "malformed whiteout name" });
-                } else {
-                    self.whiteouts.push(rel.join(OsStr::from_bytes(target)));
-                }
-                continue;
+                *flag = true;
+                cur = self.get(cur as usize).map_or(ROOT, |e| e.parent);
             }
-            let meta = Meta::of(&md);
-            let op = if ft.is_dir() {
-                Op::Dir
-            } else if ft.is_file() {
+        }
+        out
+    }
+
+    /// The indices of the entries under the directory at `i` (they follow
+    /// it, the walk being in pre-order).
+    fn subtree(&self, i: usize) -> std::ops::Range<usize> {
+        let end = self.get(i).map_or(0, |e| e.end as usize);
+        i + 1..end.max(i + 1)
+    }
+
+    /// Walks staging in pre-order, names in byte order. The walk keeps its
+    /// own stack (a bundle's tree can be 2,000 levels deep) holding, for
+    /// each directory on the way down, the names still to visit.
+    fn scan(stage: &Stage) -> Result<Plan, ApplyError> {
+        let mut plan = Plan::default();
+        let res = plan.scan_all(stage);
+        stage.forget();
+        res.map(|()| plan)
+    }
+
+    fn scan_all(&mut self, stage: &Stage) -> Result<(), ApplyError> {
+        let mut inodes: HashMap<((u32, u32), u64), u32> = HashMap::new();
+        let mut stack = vec![(ROOT, self.read_dir(stage, ROOT)?, 0usize)];
+        while let Some((dir, (arena, spans), pos)) = stack.last_mut() {
+            let dir = *dir;
+            let Some(name) = spans.get(*pos).and_then(|&(start, len)| arena.get(start as usize..start as usize + len))
+            else {
+                let end = u32::try_from(self.len).unwrap_or(ROOT);
+                if let Some(e) =
+                    self.entries.get_mut(dir as usize / ENTRY_CHUNK).and_then(|c| c.get_mut(dir as usize % ENTRY_CHUNK))
+                {
+                    e.end = end;
+                }
+                stack.pop();
+                continue;
+            };
+            *pos += 1;
+            let name = name.to_vec();
+            let rel = self.rel(dir).join(OsStr::from_bytes(&name));
+            let full = || stage.path.join(&rel);
+            let (parent, _) = stage.parent(&rel)?;
+            let st = rustix::fs::statx(
+                &*parent,
+                OsStr::from_bytes(&name),
+                AtFlags::SYMLINK_NOFOLLOW,
+                StatxFlags::BASIC_STATS,
+            )
+            .map_err(|e| ApplyError::Staging { path: full(), source: e.into() })?;
+            let index = u32::try_from(self.len).unwrap_or(ROOT);
+            let op = match FileType::from_raw_mode(u32::from(st.stx_mode)) {
+                FileType::Directory => Stored::Dir,
+                FileType::Symlink => Stored::Symlink,
                 // Staging holds a bundle's hard links as real hard links:
                 // the first name walked becomes the file, later ones links.
-                if md.nlink() > 1 {
-                    match inodes.get(&(md.dev(), md.ino())) {
-                        Some(first) => Op::HardLink(Path::to_owned(first)),
-                        None => {
-                            inodes.insert((md.dev(), md.ino()), child.clone());
-                            Op::File
+                FileType::RegularFile if st.stx_nlink > 1 => {
+                    match inodes.entry(((st.stx_dev_major, st.stx_dev_minor), st.stx_ino)) {
+                        std::collections::hash_map::Entry::Occupied(first) => Stored::HardLink(*first.get()),
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            v.insert(index);
+                            Stored::File
                         }
                     }
-                } else {
-                    Op::File
                 }
-            } else if ft.is_symlink() {
-                Op::Symlink(fs::read_link(&full).map_err(read_err(&full))?)
-            } else {
-                let what = if ft.is_block_device() || ft.is_char_device() {
-                    "device node"
-                } else if ft.is_fifo() {
-                    "fifo"
-                } else {
-                    "special file"
-                };
-                return Err(ApplyError::Unsupported { path: full, what });
+                FileType::RegularFile => Stored::File,
+                other => {
+                    let what = match other {
+                        FileType::BlockDevice | FileType::CharacterDevice => "device node",
+                        FileType::Fifo => "fifo",
+                        _ => "special file",
+                    };
+                    return Err(ApplyError::Unsupported { path: full(), what });
+                }
             };
-            let is_dir = matches!(op, Op::Dir);
-            self.entries.push(Entry { rel: child.clone(), op, meta });
-            if is_dir {
-                self.scan_dir(staging, &child, inodes)?;
+            let name = self.add_name(&name);
+            self.push(StoredEntry { parent: dir, name, op, meta: Meta::of_statx(&st), end: index + 1 });
+            if matches!(op, Stored::Dir) {
+                let below = self.read_dir(stage, index)?;
+                stack.push((index, below, 0));
             }
         }
         Ok(())
+    }
+
+    /// Reads the staging directory at index `dir` (or the root): records
+    /// its deletion markers and returns its other names, sorted: all the
+    /// names one after the other, and (start, length) spans in order. It is
+    /// reached through its parent's descriptor
+    /// (the staging directory's path plus an entry's may pass `PATH_MAX`),
+    /// and no descriptor is kept (a deep tree would run out).
+    fn read_dir(&mut self, stage: &Stage, dir: u32) -> Result<Listing, ApplyError> {
+        let rel = self.rel(dir);
+        let err = |path: PathBuf| move |e: Errno| ApplyError::Staging { path, source: e.into() };
+        let read = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let dirfd = if rel.as_os_str().is_empty() {
+            rustix::fs::openat(&stage.fd, ".", read, Mode::empty())
+        } else {
+            let (parent, name) = stage.parent(&rel)?;
+            rustix::fs::openat(&*parent, name, read, Mode::empty())
+        }
+        .map_err(err(stage.path.join(&rel)))?;
+        // One buffer of names and a span per name: a directory may hold
+        // 100,000 entries.
+        let mut arena: Vec<u8> = Vec::new();
+        let mut spans: Vec<(u32, usize)> = Vec::new();
+        let mut listing = Dir::read_from(&dirfd).map_err(err(stage.path.join(&rel)))?;
+        while let Some(e) = listing.read() {
+            let e = e.map_err(err(stage.path.join(&rel)))?;
+            let n = e.file_name().to_bytes();
+            if n != b"." && n != b".." {
+                spans.push((u32::try_from(arena.len()).unwrap_or(u32::MAX), n.len()));
+                arena.extend_from_slice(n);
+            }
+        }
+        drop(listing);
+        let slice = |&(start, len): &(u32, usize)| arena.get(start as usize..start as usize + len).unwrap_or_default();
+        spans.sort_unstable_by(|a, b| slice(a).cmp(slice(b)));
+        let mut kept = Vec::with_capacity(spans.len());
+        for span in spans {
+            let name = slice(&span).to_vec();
+            if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) {
+                let full = || stage.path.join(&rel).join(OsStr::from_bytes(&name));
+                let st =
+                    rustix::fs::statx(&dirfd, OsStr::from_bytes(&name), AtFlags::SYMLINK_NOFOLLOW, StatxFlags::TYPE)
+                        .map_err(err(full()))?;
+                if FileType::from_raw_mode(u32::from(st.stx_mode)) != FileType::RegularFile {
+                    return Err(ApplyError::Unsupported { path: full(), what: "whiteout that is not a regular file" });
+                }
+                if name == OPAQUE_MARKER {
+                    self.opaque.push(dir);
+                } else if target.is_empty() || target == b"." || target == b".." || target.starts_with(WHITEOUT_PREFIX)
+                {
+                    return Err(ApplyError::Unsupported { path: full(), what: "malformed whiteout name" });
+                } else {
+                    let target = self.add_name(target);
+                    self.whiteouts.push((dir, target));
+                }
+                continue;
+            }
+            kept.push(span);
+        }
+        Ok((arena, kept))
     }
 }
 
@@ -821,34 +990,37 @@ impl Root {
 
     /// Moves a regular file from staging over `entry.rel`, or copies it
     /// where a rename cannot reach. Returns its size.
-    fn place_file(&self, stage: &Stage, staging: &Path, entry: &Entry, opts: &ApplyOptions) -> Result<u64, ApplyError> {
-        if self.place(stage, entry, "file")? { Ok(entry.meta.size) } else { self.write_file(staging, entry, opts) }
+    fn place_file(&self, stage: &Stage, entry: &Entry, opts: &ApplyOptions) -> Result<u64, ApplyError> {
+        if self.place(stage, entry, "file")? { Ok(entry.meta.size) } else { self.write_file(stage, entry, opts) }
     }
 
     /// Moves a symlink from staging over `entry.rel`, or makes a new one
     /// where a rename cannot reach.
-    fn place_symlink(
-        &self,
-        stage: &Stage,
-        entry: &Entry,
-        target: &Path,
-        opts: &ApplyOptions,
-    ) -> Result<(), ApplyError> {
-        if self.place(stage, entry, "symlink")? { Ok(()) } else { self.write_symlink(entry, target, opts) }
+    fn place_symlink(&self, stage: &Stage, entry: &Entry, opts: &ApplyOptions) -> Result<(), ApplyError> {
+        if self.place(stage, entry, "symlink")? {
+            return Ok(());
+        }
+        // The target is read only here: the plan does not keep it (up to
+        // 4,096 bytes per link).
+        let (parent, name) = stage.parent(&entry.rel)?;
+        let target = rustix::fs::readlinkat(&*parent, name, Vec::new())
+            .map_err(|e| ApplyError::Staging { path: stage.path.join(&entry.rel), source: e.into() })?;
+        self.write_symlink(entry, Path::new(OsStr::from_bytes(target.as_bytes())), opts)
     }
 
     /// Writes a regular file under a temporary name and renames it over
     /// `entry.rel`. Returns the bytes written.
-    fn write_file(&self, staging: &Path, entry: &Entry, opts: &ApplyOptions) -> Result<u64, ApplyError> {
+    fn write_file(&self, stage: &Stage, entry: &Entry, opts: &ApplyOptions) -> Result<u64, ApplyError> {
         let rel = &entry.rel;
         let (parent, name) = self.entry_parent(rel).map_err(ctx("opening the parent of", rel))?;
         Self::refuse_dir(&parent, name, rel, "file")?;
-        let src_path = staging.join(rel);
-        let mut src = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(OFlags::NOFOLLOW.bits() as i32)
-            .open(&src_path)
-            .map_err(|source| ApplyError::Staging { path: src_path.clone(), source })?;
+        // Through the staging parent's descriptor: staging's path plus
+        // `rel` may pass PATH_MAX.
+        let (sparent, sname) = stage.parent(rel)?;
+        let mut src =
+            rustix::fs::openat(&*sparent, sname, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+                .map(File::from)
+                .map_err(|e| ApplyError::Staging { path: stage.path.join(rel), source: e.into() })?;
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let (tmp, fd) = with_temp_name(|tmp| rustix::fs::openat(&parent, tmp, flags, Mode::from_raw_mode(0o600)))
             .map_err(ctx("creating a temporary file for", rel))?;

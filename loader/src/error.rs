@@ -194,6 +194,8 @@ fn open_kind(e: &OpenError) -> &'static str {
         OpenError::Limit { .. } | OpenError::Extract(ExtractError::TooManyEntries(_)) => "limit",
         // Writing into staging failed: the node's disk, not the bundle.
         OpenError::Extract(ExtractError::Io { .. }) => "local",
+        // Only the watchdog cancels: the time budget ran out.
+        OpenError::Extract(ExtractError::Cancelled) => "budget",
         OpenError::Extract(_) => "format",
         OpenError::Corrupt(_) | OpenError::TrailingData => "corrupt",
         OpenError::Io(_) => "read",

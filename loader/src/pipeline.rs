@@ -901,6 +901,13 @@ fn verify_reader<R: Read + Send>(
         }
     };
     let bundle = reader.authenticate(key.as_ref(), &ctx.limits)?;
+    // The watchdog's flag also stops extraction between entries and data
+    // blocks, so a bundle slow to extract (deep trees, many small files)
+    // ends at the deadline rather than when extraction would have ended.
+    let bundle = match deadline_passed {
+        Some(flag) => bundle.cancel_on(Arc::clone(flag)),
+        None => bundle,
+    };
     // trust (issue 13): the payload must be the one signed; freshness.
     let bundle = ctx.trust.require(bundle)?;
     ctx.trust.check_age(bundle.header(), source.starts_with("cache"))?;

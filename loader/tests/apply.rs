@@ -696,3 +696,98 @@ fn staging_in_an_overlay_root_moves_into_the_upper_layer() {
     assert_eq!(read(&lower.join("etc/base")), "base\n");
     assert_eq!(tree(&lower.join("etc/gone")), ["x"]);
 }
+
+/// Makes `rel` (a chain of directories, then a file) under `base` one
+/// component at a time: `base` plus `rel` may pass PATH_MAX.
+fn write_at(base: &Path, rel: &str, contents: &[u8]) {
+    use rustix::fs::{Mode, OFlags};
+    let mut fd = rustix::fs::open(base, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+    let comps: Vec<&str> = rel.split('/').collect();
+    let (name, dirs) = comps.split_last().unwrap();
+    for c in dirs {
+        rustix::fs::mkdirat(&fd, *c, Mode::from_raw_mode(0o755))
+            .or_else(|e| if e == rustix::io::Errno::EXIST { Ok(()) } else { Err(e) })
+            .unwrap();
+        fd = rustix::fs::openat(&fd, *c, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+    }
+    let f = rustix::fs::openat(&fd, *name, OFlags::WRONLY | OFlags::CREATE, Mode::from_raw_mode(0o644)).unwrap();
+    rustix::io::write(&f, contents).unwrap();
+}
+
+/// Reads `rel` under `base` one component at a time.
+fn read_at(base: &Path, rel: &str) -> Option<Vec<u8>> {
+    use rustix::fs::{Mode, OFlags};
+    let mut fd = rustix::fs::open(base, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+    for c in rel.split('/') {
+        fd = rustix::fs::openat(&fd, c, OFlags::RDONLY, Mode::empty()).ok()?;
+    }
+    let mut out = Vec::new();
+    fs::File::from(fd).read_to_end(&mut out).unwrap();
+    Some(out)
+}
+
+/// A path of the documented limit (4,096 bytes) applies even though the
+/// staging and root paths in front of it pass PATH_MAX, both when its
+/// directories are moved whole and when a deletion below them makes the
+/// loader merge them entry by entry.
+#[test]
+fn max_length_paths_apply_whatever_the_staging_path() {
+    let f = Fixture::new();
+    let mut dirs = String::new();
+    while dirs.len() + 201 < 4096 {
+        dirs.push_str(&"p".repeat(200));
+        dirs.push('/');
+    }
+    let full = format!("{dirs}{}", "f".repeat(4096 - dirs.len()));
+    assert_eq!(full.len(), 4096);
+    let other = format!("q/{}", &full[2..]);
+    write_at(&f.staging, &full, b"moved");
+    write_at(&f.staging, &other, b"merged");
+    // A deletion at the bottom of the second tree: merged, not moved.
+    let wh = format!("{}/.wh.gone", other.rsplit_once('/').unwrap().0);
+    write_at(&f.staging, &wh, b"");
+    let summary = f.apply().unwrap();
+    assert_eq!(summary.files, 2);
+    assert_eq!(read_at(&f.root, &full).unwrap(), b"moved");
+    assert_eq!(read_at(&f.root, &other).unwrap(), b"merged");
+    assert!(read_at(&f.root, &wh).is_none(), "a whiteout landed in the root");
+}
+
+/// 1,500 nested directories with a deletion at the bottom (every level
+/// merged) and 1,200 whiteouts spread over the levels: completes (the
+/// deletion bookkeeping was quadratic in depth).
+#[test]
+fn deep_tree_with_deletions_applies() {
+    let f = Fixture::new();
+    let mut path = String::new();
+    let mut levels = Vec::new();
+    for i in 0..1500 {
+        if !path.is_empty() {
+            path.push('/');
+        }
+        path.push(if i % 2 == 0 { 'd' } else { 'e' });
+        levels.push(path.clone());
+    }
+    write_at(&f.staging, &format!("{path}/x"), b"deep");
+    for i in 0..1200usize {
+        write_at(&f.staging, &format!("{}/.wh.w{i}", levels[(i * 613) % levels.len()]), b"");
+    }
+    let summary = f.apply().unwrap();
+    assert_eq!((summary.files, summary.dirs), (1, 1500));
+    assert_eq!(read_at(&f.root, &format!("{path}/x")).unwrap(), b"deep");
+}
+
+/// Opens `$STRESS_BUNDLE` (unencrypted) into staging and applies it to an
+/// empty root: for measuring peak memory by hand (/usr/bin/time -v).
+#[test]
+#[ignore = "needs a bundle; run by hand"]
+fn apply_stress_bundle() {
+    use stateless_bundle::{Limits, OpenOptions};
+    let Ok(bundle) = std::env::var("STRESS_BUNDLE") else { return };
+    let f = Fixture::new();
+    let reader = stateless_bundle::BundleReader::new(fs::File::open(bundle).unwrap()).unwrap();
+    let open = OpenOptions { dest: Some(&f.staging), owners: false, threaded: true };
+    reader.authenticate(None, &Limits::default()).unwrap().extract(open).unwrap();
+    let summary = apply(&f.staging, &f.root, &ApplyOptions { owners: false }).unwrap();
+    eprintln!("{summary:?}");
+}
