@@ -311,7 +311,8 @@ impl RawModel {
             if !names::sysctl_key(key) {
                 return Err(self.invalid(span, Invalid::SysctlKey(key.clone())));
             }
-            let v = value.get_ref().trim();
+            let v = value.get_ref().text();
+            let v = v.trim();
             if v.is_empty() || !names::no_control(v) {
                 return Err(self.invalid(span, Invalid::SysctlValue(key.clone())));
             }
@@ -549,6 +550,7 @@ disable = ["cups.service"]
 mask = ["debug-shell.service"]
 [sysctl]
 "net.ipv4.ip_forward" = "1"
+"vm.swappiness" = 10
 [modules]
 load = ["dummy"]
 options = { dummy = "numdummies=2" }
@@ -579,6 +581,7 @@ version = "1.2.3"
         assert_eq!(m.firewall().len(), 3);
         assert_eq!(m.modules()["pcspkr"].value(), &ModuleState::Blacklist);
         assert_eq!(m.users()["alice"].layer(), "default");
+        assert_eq!(m.sysctl()["vm.swappiness"].value(), "10");
     }
 
     #[test]

@@ -70,13 +70,30 @@ pub(crate) struct RawDoc {
     pub groups: Vec<Spanned<RawGroup>>,
     pub services: Option<Spanned<RawServices>>,
     #[serde(default)]
-    pub sysctl: BTreeMap<String, Spanned<String>>,
+    pub sysctl: BTreeMap<String, Spanned<Scalar>>,
     pub modules: Option<Spanned<RawModules>>,
     pub firewall: Option<Spanned<RawFirewall>>,
     #[serde(default)]
     pub edits: Vec<Spanned<RawEdit>>,
     #[serde(default)]
     pub plugins: Vec<Spanned<RawPlugin>>,
+}
+
+/// A sysctl value: `"1"` and `1` both mean 1.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Scalar {
+    Str(String),
+    Int(i64),
+}
+
+impl Scalar {
+    pub fn text(&self) -> String {
+        match self {
+            Scalar::Str(s) => s.clone(),
+            Scalar::Int(i) => i.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
