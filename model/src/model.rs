@@ -726,6 +726,27 @@ unset = ["PermitRootLogin"]
         assert!(Model::merge([]).is_empty());
     }
 
+    /// Every one-byte change of a full model parses and validates or is
+    /// refused with a one-line error; none panics.
+    #[test]
+    fn mutations_never_panic() {
+        let bytes = FULL.as_bytes();
+        for i in 0..bytes.len() {
+            for c in [b'"', b'[', b']', b'=', b'\n', b'x', b'0', b'/', b'.', b'-', b'@', b' '] {
+                let mut m = bytes.to_vec();
+                m[i] = c;
+                let Ok(text) = String::from_utf8(m) else { continue };
+                if let Err(e) = load(&text) {
+                    assert!(!e.to_string().contains('\n'), "{e}");
+                }
+                let cut = &bytes[..i];
+                if let Ok(text) = std::str::from_utf8(cut) {
+                    let _ = load(text);
+                }
+            }
+        }
+    }
+
     #[test]
     fn port_rules() {
         for (s, want) in [

@@ -41,6 +41,8 @@ fn base() -> tempfile::TempDir {
     symlink("/usr/lib/systemd/system/cups.service", r.join("etc/systemd/system/multi-user.target.wants/cups.service"))
         .unwrap();
     fs::create_dir_all(r.join("home/bob")).unwrap();
+    // Merged /usr: the unit search must skip the link, not follow it.
+    symlink("usr/lib", r.join("lib")).unwrap();
     d
 }
 

@@ -241,6 +241,26 @@ mod tests {
     }
 
     #[test]
+    fn odd_lines_never_panic() {
+        let odd = ["", "[", "]", "[]", "=", " = ", "Match", "match all", "[s", "\t", "k", "k=", "=v", "#[s]"];
+        for f in [EditFormat::Space, EditFormat::Equals, EditFormat::Ini] {
+            for a in odd {
+                for b in odd {
+                    let text = format!("{a}\n{b}\n{a}");
+                    for (sec, op) in
+                        [(None, EditOp::Unset), (Some("s"), EditOp::Set("1".into())), (None, EditOp::Set("2".into()))]
+                    {
+                        let _ = run(&text, f, sec, "k", op);
+                    }
+                    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+                    let _ = check(&lines, f);
+                    let _ = infer("/etc/x", &text);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn format_inference_and_checks() {
         assert_eq!(infer("/etc/ssh/sshd_config", "# only comments\n"), Some(EditFormat::Space));
         assert_eq!(infer("/etc/x.conf", "# c\na=1\n"), Some(EditFormat::Equals));
