@@ -256,3 +256,24 @@ fn empty_model_changes_nothing() {
     assert_eq!(done, Default::default());
     assert_eq!(snapshot(d.path()), before);
 }
+
+#[test]
+fn disable_removes_wants_and_alias_links_only() {
+    let d = base();
+    let r = d.path();
+    apply(&model("[services]\nenable = [\"acme-agent.service\"]\n"), r).unwrap();
+    assert!(fs::symlink_metadata(r.join("etc/systemd/system/acme.service")).is_ok());
+    let done = apply(&model("[services]\ndisable = [\"acme-agent.service\", \"cups.service\"]\n"), r).unwrap();
+    let mut removed = done.removed.clone();
+    removed.sort();
+    assert_eq!(
+        removed,
+        [
+            "etc/systemd/system/acme.service",
+            "etc/systemd/system/multi-user.target.wants/acme-agent.service",
+            "etc/systemd/system/multi-user.target.wants/cups.service",
+        ]
+    );
+    // The unit files themselves stay.
+    assert!(r.join("usr/lib/systemd/system/acme-agent.service").is_file());
+}
