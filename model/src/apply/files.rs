@@ -1,0 +1,106 @@
+//! The parts of the model that are whole files the model owns: hostname,
+//! sysctl.d, modules-load.d, modprobe.d, the nftables include, plugins.json.
+//! A part the model does not set writes no file.
+
+use std::fmt::Write as _;
+
+use super::{Action, ApplyError, Perm};
+use crate::{Model, ModuleState, Proto};
+
+pub(crate) const HEADER: &str =
+    "# Written by stateless-loader from the node model; changes are lost at the next boot.\n";
+
+fn write(actions: &mut Vec<Action>, path: &str, text: String) {
+    actions.push(Action::Write { path: path.to_owned(), bytes: text.into_bytes(), perm: Perm::CONFIG });
+}
+
+pub(crate) fn plan(m: &Model, actions: &mut Vec<Action>) -> Result<(), ApplyError> {
+    if let Some(h) = m.hostname() {
+        write(actions, "etc/hostname", format!("{}\n", h.value()));
+    }
+
+    if !m.sysctl().is_empty() {
+        let mut t = HEADER.to_owned();
+        for (k, v) in m.sysctl() {
+            let _ = writeln!(t, "{k} = {}", v.value());
+        }
+        write(actions, "etc/sysctl.d/90-stateless.conf", t);
+    }
+
+    let load: Vec<&String> =
+        m.modules().iter().filter(|(_, s)| *s.value() == ModuleState::Load).map(|(n, _)| n).collect();
+    if !load.is_empty() {
+        let mut t = HEADER.to_owned();
+        for n in load {
+            let _ = writeln!(t, "{n}");
+        }
+        write(actions, "etc/modules-load.d/stateless.conf", t);
+    }
+    let black: Vec<&String> =
+        m.modules().iter().filter(|(_, s)| *s.value() == ModuleState::Blacklist).map(|(n, _)| n).collect();
+    if !black.is_empty() || !m.module_options().is_empty() {
+        let mut t = HEADER.to_owned();
+        for (n, o) in m.module_options() {
+            let _ = writeln!(t, "options {n} {}", o.value());
+        }
+        for n in black {
+            // `blacklist` only stops alias-based autoloading; `install
+            // /bin/false` also stops explicit and dependency loads.
+            let _ = writeln!(t, "blacklist {n}\ninstall {n} /bin/false");
+        }
+        write(actions, "etc/modprobe.d/stateless.conf", t);
+    }
+
+    if !m.firewall().is_empty() {
+        write(actions, "etc/nftables.d/stateless.nft", nft(m));
+    }
+
+    if !m.plugins().is_empty() {
+        let records: Vec<serde_json::Value> = m
+            .plugins()
+            .values()
+            .map(|p| {
+                let p = p.value();
+                serde_json::json!({
+                    "name": p.name,
+                    "vendor": p.vendor,
+                    "version": p.version,
+                    "state": "installed",
+                })
+            })
+            .collect();
+        // `{:#}` of a Value is its pretty JSON; it cannot fail.
+        let t = format!("{:#}\n", serde_json::json!({ "plugins": records }));
+        write(actions, "etc/stateless/plugins.json", t);
+    }
+    Ok(())
+}
+
+/// The table drops what it does not accept: in nftables an `accept` in
+/// one base chain does not stop another base chain from dropping, so a
+/// table that only accepted would change nothing.
+fn nft(m: &Model) -> String {
+    let mut t = HEADER.to_owned();
+    // Declare-then-delete makes loading the file twice (a reload) replace
+    // the table instead of failing or duplicating rules.
+    t.push_str("table inet stateless\ndelete table inet stateless\n\n");
+    t.push_str("table inet stateless {\n\tchain input {\n");
+    t.push_str("\t\ttype filter hook input priority filter; policy drop;\n");
+    t.push_str("\t\tct state established,related accept\n\t\tct state invalid drop\n");
+    t.push_str("\t\tiif lo accept\n");
+    // ICMPv6 carries neighbour discovery: without it IPv6 stops working.
+    t.push_str("\t\tmeta l4proto { icmp, ipv6-icmp } accept\n");
+    for (proto, name) in [(Proto::Tcp, "tcp"), (Proto::Udp, "udp")] {
+        let ports: Vec<String> = m
+            .firewall()
+            .keys()
+            .filter(|r| r.proto == proto)
+            .map(|r| if r.low == r.high { r.low.to_string() } else { format!("{}-{}", r.low, r.high) })
+            .collect();
+        if !ports.is_empty() {
+            let _ = writeln!(t, "\t\t{name} dport {{ {} }} accept", ports.join(", "));
+        }
+    }
+    t.push_str("\t}\n}\n");
+    t
+}
