@@ -248,6 +248,13 @@ impl Walk<'_> {
         if let Some(kind) = forbidden {
             return Err(TreeError::Forbidden { path: shown.to_owned(), kind });
         }
+        // Only an empty regular file may carry a whiteout name; readers
+        // refuse a directory or link named `.wh.*` (and anything under one).
+        if !ft.is_file() {
+            if let Some(err) = path.whiteout().map(|w| w.err().unwrap_or(PathError::BadWhiteout)) {
+                return Err(TreeError::Path { path: shown.to_owned(), err });
+            }
+        }
         self.count()?;
         if ft.is_dir() {
             let mut h = base_header(tar::EntryType::Directory, mode, uid, gid, mtime);

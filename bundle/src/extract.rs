@@ -272,7 +272,9 @@ struct Dest {
 /// Reads a tar stream and extracts it. Returns after the end-of-archive
 /// marker; the caller must drain and check whatever follows.
 pub fn extract<R: Read>(tar_stream: R, opts: ExtractOptions<'_>) -> Result<ExtractSummary, ExtractError> {
-    let mut archive = tar::Archive::new(tar_stream);
+    // Long-name, long-link and PAX members are read whole by the tar crate:
+    // bound them before it allocates.
+    let mut archive = tar::Archive::new(crate::io::MemberGuard::new(tar_stream));
     let mut dest = match opts.dest {
         Some(d) => Some(Dest {
             root: rustix::fs::open(d, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
