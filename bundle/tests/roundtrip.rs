@@ -312,6 +312,18 @@ fn pack_refuses_whiteout_names_on_directories_and_links() {
 }
 
 #[test]
+fn pack_refuses_more_name_bytes_than_readers_accept() {
+    // 33,000 names of 255 bytes: 8,415,000 bytes, over the 8 MiB readers
+    // accept (stateless_bundle::limits::MAX_NAME_BYTES).
+    let src = tempfile::tempdir().unwrap();
+    for i in 0..33_000 {
+        fs::File::create(src.path().join(format!("{i:0>255}"))).unwrap();
+    }
+    let err = pack(src.path(), Cursor::new(Vec::new()), &opts(None)).unwrap_err();
+    assert!(err.to_string().contains("more than 8388608 bytes of entry names in all (limit)"), "{err}");
+}
+
+#[test]
 fn verify_only_writes_nothing_and_agrees() {
     let key = Key::generate().unwrap();
     let b = sample(Some(&key));
