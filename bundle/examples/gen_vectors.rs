@@ -1365,6 +1365,24 @@ fn vectors() -> Vec<Vector> {
         h.set_cksum();
         t.raw_header(&h, b"");
         v.push(tar_vec("tar_gnu_sparse", &mut t, "etc/sparse: sparse file entry refused", "a GNU sparse entry"));
+        // Metadata members the tar reader holds whole are bounded before
+        // their data is read: zeros compress to almost nothing.
+        for (name, kind, what) in [
+            ("tar_longname_member_too_large", tar::EntryType::GNULongName, "GNU long-name"),
+            ("tar_longlink_member_too_large", tar::EntryType::GNULongLink, "GNU long-link"),
+            ("tar_pax_member_too_large", tar::EntryType::XHeader, "PAX extended header"),
+            ("tar_pax_global_member_too_large", tar::EntryType::XGlobalHeader, "PAX global header"),
+        ] {
+            let mut t = base();
+            t.raw(kind, b"././@LongLink", b"", 0o644, &vec![0u8; (1 << 20) + 1]);
+            t.raw(tar::EntryType::Regular, b"etc/after", b"", 0o644, b"");
+            v.push(tar_vec(
+                name,
+                &mut t,
+                &format!("a tar {what} member of 1048577 bytes is over the limit of 1048576 bytes"),
+                &format!("a {what} member of 1 MiB + 1 byte of zeros (the tar reader would hold it whole)"),
+            ));
+        }
         let mut t = base();
         t.raw(tar::EntryType::new(b'Z'), b"etc/odd", b"", 0o644, b"");
         v.push(tar_vec("tar_unknown_type", &mut t, "etc/odd: unsupported entry type refused", "entry type 'Z'"));
@@ -1546,6 +1564,8 @@ fn vectors() -> Vec<Vector> {
                 &[".wh.etc2", "etc2/.wh..wh..opq"],
                 "etc2/.wh..wh..opq: the bundle both deletes etc2 and contains it",
             ),
+            ("tar_whiteout_as_parent", &["etc/.wh.sub/x"], "etc/.wh.sub/x: malformed whiteout name"),
+            ("tar_opaque_as_parent", &["etc/.wh..wh..opq/x"], "etc/.wh..wh..opq/x: malformed whiteout name"),
         ];
         for &(name, entries, error) in cases {
             let mut t = base();

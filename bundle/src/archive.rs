@@ -101,6 +101,7 @@ pub fn write_tree<W: Write>(
         links: HashMap::new(),
         paths: BTreeSet::new(),
         deleted: BTreeSet::new(),
+        name_bytes: 0,
     };
     state.walk(&mut b, root, None)?;
     // The same rule as readers: no path both deleted and contained, and no
@@ -122,7 +123,9 @@ pub fn write_tree<W: Write>(
         // entry limit too.
         for anc in entry.ancestors() {
             let anc = RelPath::parse(anc, usize::MAX).map_err(|err| TreeError::Path { path: del.to_string(), err })?;
+            let anc_name = anc.file_name().len();
             if state.paths.insert(anc) {
+                state.names(anc_name)?;
                 implied += 1;
                 if implied > limits.max_entries {
                     return Err(TreeError::Limit(format!(
@@ -134,6 +137,7 @@ pub fn write_tree<W: Write>(
         }
         state.paths.insert(entry.clone());
         state.count()?;
+        state.names(entry.file_name().len())?;
         let mut h = base_header(tar::EntryType::Regular, 0o644, 0, 0, 0);
         h.set_size(0);
         b.append_data(&mut h, entry.as_path(), io::empty()).map_err(io_err(format!("writing {entry}")))?;
@@ -150,6 +154,8 @@ struct Walk<'a> {
     paths: BTreeSet<RelPath>,
     /// The paths the tree's whiteouts delete.
     deleted: BTreeSet<RelPath>,
+    /// Bytes of entry names so far (readers bound them).
+    name_bytes: u64,
 }
 
 fn base_header(kind: tar::EntryType, mode: u32, uid: u32, gid: u32, mtime: i64) -> tar::Header {
@@ -176,6 +182,18 @@ impl Walk<'_> {
                 .range(path.clone()..)
                 .find(|p| p.as_bytes() >= prefix.as_slice())
                 .is_some_and(|p| p.as_bytes().starts_with(&prefix))
+    }
+
+    /// Adds a name to the total that readers bound.
+    fn names(&mut self, n: usize) -> Result<(), TreeError> {
+        self.name_bytes = self.name_bytes.saturating_add(n as u64);
+        if self.name_bytes > crate::limits::MAX_NAME_BYTES {
+            return Err(TreeError::Limit(format!(
+                "more than {} bytes of entry names in all (limit)",
+                crate::limits::MAX_NAME_BYTES
+            )));
+        }
+        Ok(())
     }
 
     fn count(&mut self) -> Result<(), TreeError> {
@@ -232,6 +250,7 @@ impl Walk<'_> {
                 return Ok(());
             }
             self.count()?;
+            self.names(entry.file_name().len())?;
             let mut h = base_header(tar::EntryType::Regular, 0o644, 0, 0, mtime);
             return b.append_data(&mut h, entry.as_path(), io::empty()).map_err(werr());
         }
@@ -248,7 +267,15 @@ impl Walk<'_> {
         if let Some(kind) = forbidden {
             return Err(TreeError::Forbidden { path: shown.to_owned(), kind });
         }
+        // Only an empty regular file may carry a whiteout name; readers
+        // refuse a directory or link named `.wh.*` (and anything under one).
+        if !ft.is_file() {
+            if let Some(err) = path.whiteout().map(|w| w.err().unwrap_or(PathError::BadWhiteout)) {
+                return Err(TreeError::Path { path: shown.to_owned(), err });
+            }
+        }
         self.count()?;
+        self.names(path.file_name().len())?;
         if ft.is_dir() {
             let mut h = base_header(tar::EntryType::Directory, mode, uid, gid, mtime);
             return b.append_data(&mut h, path.as_path(), io::empty()).map_err(werr());

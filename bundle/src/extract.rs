@@ -146,6 +146,10 @@ pub enum ExtractError {
     /// list) than the entry limit.
     #[error("more than {0} parent directories implied by entry paths (limit)")]
     TooManyImplied(u32),
+    /// The names of the entries (and of the directories they imply) add
+    /// up to more than [`crate::limits::MAX_NAME_BYTES`].
+    #[error("more than {0} bytes of entry names in all (limit)")]
+    TooManyNameBytes(u64),
     /// The bundle both deletes a path and contains it (or something under
     /// it).
     #[error("{path}: the bundle both deletes {deleted} and contains it")]
@@ -272,7 +276,9 @@ struct Dest {
 /// Reads a tar stream and extracts it. Returns after the end-of-archive
 /// marker; the caller must drain and check whatever follows.
 pub fn extract<R: Read>(tar_stream: R, opts: ExtractOptions<'_>) -> Result<ExtractSummary, ExtractError> {
-    let mut archive = tar::Archive::new(tar_stream);
+    // Long-name, long-link and PAX members are read whole by the tar crate:
+    // bound them before it allocates.
+    let mut archive = tar::Archive::new(crate::io::MemberGuard::new(tar_stream));
     let mut dest = match opts.dest {
         Some(d) => Some(Dest {
             root: rustix::fs::open(d, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
@@ -290,6 +296,14 @@ pub fn extract<R: Read>(tar_stream: R, opts: ExtractOptions<'_>) -> Result<Extra
     let mut cur: Option<(Vec<u8>, KeyState)> = None;
     let mut keys: Vec<PathKey> = Vec::new();
     let mut implied: u32 = 0;
+    let mut name_bytes: u64 = 0;
+    let mut count_names = |n: usize| {
+        name_bytes = name_bytes.saturating_add(n as u64);
+        if name_bytes > crate::limits::MAX_NAME_BYTES {
+            return Err(ExtractError::TooManyNameBytes(crate::limits::MAX_NAME_BYTES));
+        }
+        Ok(())
+    };
     let mut summary = ExtractSummary::default();
     let mut buf = vec![0u8; 256 * 1024];
     let cancelled = || opts.cancel.is_some_and(|c| c.load(Ordering::Relaxed));
@@ -372,6 +386,9 @@ pub fn extract<R: Read>(tar_stream: R, opts: ExtractOptions<'_>) -> Result<Extra
                 for k in missing {
                     seen.insert(*k, Node { kind: Kind::Dir, meta: None });
                 }
+                for comp in parent_bytes.split(|&c| c == b'/').skip(first_missing) {
+                    count_names(comp.len())?;
+                }
                 if let Some(d) = dest.as_mut() {
                     d.enter(parent_bytes, ancestors, first_missing, &seen)
                         .map_err(ExtractError::io(format!("creating the parent directories of {shown}")))?;
@@ -389,6 +406,7 @@ pub fn extract<R: Read>(tar_stream: R, opts: ExtractOptions<'_>) -> Result<Extra
             }
             Some(_) => return Err(ExtractError::Duplicate(shown)),
         }
+        count_names(name_bytes_of(&path))?;
         let name = OsStr::from_bytes(path.file_name());
         let mut node = Node { kind: Kind::File, meta: None };
         match etype {
@@ -485,6 +503,11 @@ pub fn extract<R: Read>(tar_stream: R, opts: ExtractOptions<'_>) -> Result<Extra
         d.leave().map_err(ExtractError::io("setting metadata of a directory"))?;
     }
     Ok(summary)
+}
+
+/// The bytes of `path`'s last component.
+fn name_bytes_of(path: &RelPath) -> usize {
+    path.file_name().len()
 }
 
 /// The first `i + 1` components of `path`, for messages.

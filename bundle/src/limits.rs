@@ -15,6 +15,13 @@ pub struct Limits {
     pub max_path: usize,
 }
 
+/// Most bytes of names in one bundle: the last component of every entry's
+/// path, and of every directory its paths imply, each counted once. The
+/// loader keeps every name of the tree while it applies it, so this bounds
+/// that memory (100,000 names of 255 bytes took 60 MiB). 8 MiB is 100,000
+/// names of 83 bytes on average.
+pub const MAX_NAME_BYTES: u64 = 8 << 20;
+
 /// Longest single path component, as on Linux filesystems.
 pub const MAX_COMPONENT: usize = 255;
 

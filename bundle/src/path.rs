@@ -121,9 +121,17 @@ impl RelPath {
         1 + self.0.iter().filter(|&&c| c == b'/').count()
     }
 
-    /// What a whiteout entry at this path deletes.
+    /// What a whiteout entry at this path deletes. A path with a `.wh.`
+    /// component above its last one is malformed too: that directory would
+    /// be a whiteout that is not an empty regular file (and an opaque
+    /// marker or whiteout under it would never be seen as one).
     pub fn whiteout(&self) -> Option<Result<Whiteout, PathError>> {
         let name = self.file_name();
+        let mut above = self.0.split(|&c| c == b'/');
+        above.next_back();
+        if above.any(|c| c.starts_with(WHITEOUT_PREFIX)) {
+            return Some(Err(PathError::BadWhiteout));
+        }
         if name == OPAQUE_MARKER {
             return Some(Ok(Whiteout::Opaque(self.parent())));
         }
@@ -249,6 +257,11 @@ mod tests {
         assert_eq!(w("etc/.wh..wh..opq"), Some(Ok(Whiteout::Opaque(Some(RelPath(b"etc".to_vec()))))));
         assert_eq!(w("etc/.wh."), Some(Err(PathError::BadWhiteout)));
         assert_eq!(w("etc/.wh.."), Some(Err(PathError::BadWhiteout)));
+        // A whiteout or opaque marker as a parent directory.
+        assert_eq!(w("etc/.wh.sub/x"), Some(Err(PathError::BadWhiteout)));
+        assert_eq!(w(".wh..wh..opq/x/y"), Some(Err(PathError::BadWhiteout)));
+        assert_eq!(w("etc/.wh.sub/.wh.x"), Some(Err(PathError::BadWhiteout)));
+        assert_eq!(w("etc/.whx/y"), None);
         assert_eq!(w("etc/motd"), None);
         let motd = RelPath::parse(b"etc/motd", 4096).unwrap();
         assert_eq!(motd.whiteout_entry().to_string(), "etc/.wh.motd");

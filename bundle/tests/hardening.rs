@@ -357,6 +357,70 @@ fn write_stress_bundles() {
     fs::write(out.join("maxpath.bundle"), bundle_of(&t.finish(), t.entries)).unwrap();
 }
 
+/// The names of a bundle's entries and implied directories add up to at
+/// most 8 MiB: the loader keeps every name while it applies the tree, and
+/// 100,000 names of 255 bytes took it to 60 MiB. Paths of sixteen fresh
+/// 255-byte components (all but the last implied) pass the bound after
+/// about 2,050 entries, well inside the entry limit.
+#[test]
+fn total_name_bytes_are_bounded() {
+    let make = |n: usize| {
+        let mut t = Tar::new();
+        for i in 0..n {
+            let comps: Vec<String> = (0..16).map(|c| format!("{i:0>8}{c:x}").repeat(29)[..255].to_owned()).collect();
+            t.file(&comps.join("/"), b"");
+        }
+        bundle_of(&t.finish(), t.entries)
+    };
+    // 2,050 entries: 2,050 x 16 x 255 = 8,364,000 bytes, under 8 MiB.
+    open(&make(2050), None, true).unwrap();
+    let over = make(2100);
+    for threaded in [true, false] {
+        let err = open(&over, None, threaded).unwrap_err();
+        assert!(err.to_string().contains("more than 8388608 bytes of entry names in all (limit)"), "{err}");
+    }
+}
+
+/// Writes `longnames.bundle` into `$STRESS_OUT`: 100,000 entries whose
+/// last components are `$NAME_LEN` bytes (default 255; paths of up to
+/// 4,095), symlinks with 4,000-byte targets, names given by GNU long-name
+/// members and PAX `path` records, and PAX headers of 2 KB more records
+/// each; measured by hand.
+#[test]
+#[ignore = "writes large files; run by hand"]
+fn write_long_names_bundle() {
+    let out = std::path::PathBuf::from(std::env::var("STRESS_OUT").unwrap());
+    let width: usize = std::env::var("NAME_LEN").map_or(255, |v| v.parse().unwrap());
+    let mut t = Tar::new();
+    let mut dir = String::new();
+    for i in 0..15 {
+        if i > 0 {
+            dir.push('/');
+        }
+        dir.push_str(&format!("{i:x}").repeat(255));
+        t.dir(&dir);
+    }
+    let target = "x/".repeat(2000);
+    let comment = "c".repeat(2000);
+    for i in 0..(100_000 - 15) {
+        let full = format!("{dir}/{i:0>width$}");
+        match i % 3 {
+            0 => {
+                t.file(&full, b"");
+            }
+            1 => {
+                t.pax(&[("path", &full), ("comment", &comment)]);
+                t.member(tar::EntryType::Regular, "p", b"", |_| {});
+            }
+            _ => {
+                t.pax(&[("path", &full), ("linkpath", &target), ("comment", &comment)]);
+                t.member(tar::EntryType::Symlink, "p", b"", |_| {});
+            }
+        }
+    }
+    fs::write(out.join("longnames.bundle"), bundle_of(&t.finish(), t.entries)).unwrap();
+}
+
 /// 2,000 entries with 3.9 KB paths: what the extractor keeps per entry does
 /// not grow with the path (checked by hand with /usr/bin/time; here that it
 /// completes and implied parents are counted).

@@ -293,6 +293,37 @@ fn pack_refuses_escaping_links_and_special_files() {
 }
 
 #[test]
+fn pack_refuses_whiteout_names_on_directories_and_links() {
+    // A directory or a symlink named `.wh.*` (or `.wh..wh..opq`) would make a
+    // bundle every reader refuses; pack says so instead.
+    for (name, make) in [("etc/.wh.sub", 0), ("etc/.wh..wh..opq", 0), ("etc/.wh.link", 1)] {
+        let src = tempfile::tempdir().unwrap();
+        fs::create_dir(src.path().join("etc")).unwrap();
+        let p = src.path().join(name);
+        if make == 0 {
+            fs::create_dir(&p).unwrap();
+            write(&p.join("x"), b"x");
+        } else {
+            std::os::unix::fs::symlink("motd", &p).unwrap();
+        }
+        let err = pack(src.path(), Cursor::new(Vec::new()), &opts(None)).unwrap_err();
+        assert_eq!(err.to_string(), format!("{name}: malformed whiteout name"));
+    }
+}
+
+#[test]
+fn pack_refuses_more_name_bytes_than_readers_accept() {
+    // 33,000 names of 255 bytes: 8,415,000 bytes, over the 8 MiB readers
+    // accept (stateless_bundle::limits::MAX_NAME_BYTES).
+    let src = tempfile::tempdir().unwrap();
+    for i in 0..33_000 {
+        fs::File::create(src.path().join(format!("{i:0>255}"))).unwrap();
+    }
+    let err = pack(src.path(), Cursor::new(Vec::new()), &opts(None)).unwrap_err();
+    assert!(err.to_string().contains("more than 8388608 bytes of entry names in all (limit)"), "{err}");
+}
+
+#[test]
 fn verify_only_writes_nothing_and_agrees() {
     let key = Key::generate().unwrap();
     let b = sample(Some(&key));

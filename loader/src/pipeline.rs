@@ -416,9 +416,23 @@ fn key_note(r: &Ready) -> String {
 }
 
 fn fmt_date(t: i64) -> String {
-    let s = u64::try_from(t).unwrap_or(0);
-    let full = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(s)).to_string();
-    full.get(..10).unwrap_or(&full).to_owned()
+    let full = fmt_time(t);
+    full.get(..10).filter(|_| full.ends_with('Z')).unwrap_or(&full).to_owned()
+}
+
+/// Last second of the year 9999: humantime's Display fails (and
+/// `to_string` panics) past it.
+const LAST_RFC3339: u64 = 253_402_300_799;
+
+/// A Unix time from a header or a cache file, as RFC 3339; a time outside
+/// what RFC 3339 can say (before 1970, after 9999) is shown as the number.
+fn fmt_time(t: i64) -> String {
+    match u64::try_from(t) {
+        Ok(s) if s <= LAST_RFC3339 => {
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(s)).to_string()
+        }
+        _ => format!("{t} (Unix time)"),
+    }
 }
 
 /// How long to wait for the cache device to appear (udev may still be
@@ -982,10 +996,7 @@ fn check_policy(ctx: &Ctx<'_>, h: &Header, digest: &str, from_cache: bool) -> Re
     let t = now();
     if let Some(exp) = h.expires {
         if t >= SANE_CLOCK_FLOOR && t > exp {
-            return Err(Refusal::Expired(
-                humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(u64::try_from(exp).unwrap_or(0)))
-                    .to_string(),
-            ));
+            return Err(Refusal::Expired(fmt_time(exp)));
         }
         if t < SANE_CLOCK_FLOOR {
             log::warn!("clock is not set; bundle expiry not checked");
@@ -1096,4 +1107,20 @@ fn write_status(run_dir: &Path, report: &Report) -> io::Result<()> {
         return Err(e);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{fmt_date, fmt_time};
+
+    #[test]
+    fn times_outside_rfc3339_are_shown_as_numbers() {
+        assert_eq!(fmt_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(fmt_time(253_402_300_799), "9999-12-31T23:59:59Z");
+        assert_eq!(fmt_date(1_767_225_600), "2026-01-01");
+        for t in [253_402_300_800, i64::MAX, -1, i64::MIN] {
+            assert_eq!(fmt_time(t), format!("{t} (Unix time)"));
+            assert_eq!(fmt_date(t), format!("{t} (Unix time)"));
+        }
+    }
 }

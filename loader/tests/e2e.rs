@@ -177,6 +177,37 @@ fn server_down_boots_from_cache_then_previous() {
 }
 
 #[test]
+fn forged_fetched_times_in_the_cache_do_not_stop_a_cached_boot() {
+    // current.json is not authenticated: its `fetched` time may be anything
+    // an i64 holds. Past the year 9999 RFC 3339 has no form for it (the
+    // formatter fails, and `to_string` panicked after the cached bundle was
+    // applied); before 1970 neither.
+    let site = Site::new();
+    site.publish("v1/nodes/node42/bundle", 1, node_scope(), &[("etc/motd", b"gen1\n")], true);
+    let nginx = Nginx::start(&site.www(), None, "");
+    let node = Node::new();
+    let cmd = |port: u16| {
+        format!("rd.stateless.server=http://127.0.0.1:{port} {NODE} {} rd.stateless.timeout=3", key_arg(&site))
+    };
+    assert_eq!(node.boot(&cmd(nginx.port)).0, 0);
+    let port = nginx.port;
+    drop(nginx);
+    let meta = node.dir.path().join("cache/current.json");
+    let good: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    for fetched in [i64::MAX, 253_402_300_800, -1, i64::MIN] {
+        let mut j = good.clone();
+        j["fetched"] = fetched.into();
+        std::fs::write(&meta, serde_json::to_vec(&j).unwrap()).unwrap();
+        node.fresh_sysroot();
+        let (code, err, status) = node.boot(&cmd(port));
+        assert_eq!(code, 0, "fetched {fetched}: {err}");
+        assert_eq!(status["source"], "cache-current", "fetched {fetched}: {status}");
+        assert_eq!(node.read("etc/motd").as_deref(), Some("gen1\n"));
+        assert!(err.contains(&format!("(fetched {fetched} (Unix time))")), "fetched {fetched}: {err}");
+    }
+}
+
+#[test]
 fn tampered_and_truncated_bundles_leave_the_root_untouched() {
     let site = Site::new();
     let good = site.make(1, node_scope(), &[("etc/motd", b"good\n"), ("usr/lib/blob", &[7u8; 300_000])], true);

@@ -2,9 +2,11 @@
 
 mod hash;
 mod limit;
+mod member;
 
 pub use hash::{HashReader, HashWriter};
 pub use limit::{CountWriter, LimitExceeded, LimitReader};
+pub use member::{MAX_METADATA_MEMBER, MemberGuard, MemberTooLarge};
 
 /// `Read::read` for a reader that is already a `BufRead`: copies out what
 /// `fill_buf` lends, at most `out.len()` bytes, and consumes it.
