@@ -870,7 +870,8 @@ fn handle_push(
         linger(conn);
         return Ok(false);
     }
-    if head.header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
+    // Never to an HTTP/1.0 client, which does not know 1xx (RFC 9110 15.2).
+    if head.minor > 0 && head.header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
         conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
         conn.flush()?;
     }
