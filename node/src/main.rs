@@ -1,7 +1,8 @@
 //! `stateless-node`: the node agent (see the library's docs).
 //!
 //! Exit codes: 0 success, 1 failure (one line on stderr says why), 2 usage
-//! error.
+//! error. A closed output pipe (`stateless-node status | head -1`) ends a
+//! command quietly with 0.
 
 use std::process::ExitCode;
 
@@ -15,6 +16,7 @@ fn main() -> ExitCode {
     logger::init(args.verbose);
     match stateless_node::run(args) {
         Ok(code) => code,
+        Err(err) if stateless_node::broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("stateless-node: {err:#}");
             ExitCode::FAILURE
