@@ -514,6 +514,15 @@ fn push_with_bad_proof_or_lower_generation_is_refused() {
     let auth = good.authorization("PUT", NODE_PATH, now, &sha, len);
     assert_eq!(http(srv.port, "PUT", NODE_PATH, &[("Authorization", &auth)], &body).0, 201);
     assert_eq!(http(srv.port, "GET", NODE_PATH, &[], b"").2, body);
+    // The captured push, replayed within its 300 s: refused as a replay
+    // (each proof is good once), whatever the state of the generations.
+    let (status, _, msg) = http(srv.port, "PUT", NODE_PATH, &[("Authorization", &auth)], &body);
+    assert_eq!(status, 401, "{}", String::from_utf8_lossy(&msg));
+    assert!(String::from_utf8_lossy(&msg).contains("already used"), "{msg:?}");
+    spool_and_pushes_empty(&site);
+    // A new proof (another second) for the same bundle is judged as a push.
+    let again = good.authorization("PUT", NODE_PATH, now + 1, &sha, len);
+    assert_eq!(http(srv.port, "PUT", NODE_PATH, &[("Authorization", &again)], &body).0, 409);
 }
 
 // ---- the loader binary and nginx ----
