@@ -67,8 +67,9 @@ pub enum TrustWordError {
     /// `max-age=` or `max-age-offline=` is not a duration.
     #[error("not a duration like 36h, 7d or 2weeks")]
     NotDuration,
-    /// A zero age would refuse every bundle.
-    #[error("a maximum age of zero refuses every bundle")]
+    /// An age under one second (zero included) would refuse every bundle:
+    /// creation times are whole seconds.
+    #[error("a maximum age under one second refuses every bundle")]
     Zero,
 }
 
@@ -102,7 +103,8 @@ impl TrustConfig {
 
 fn parse_age(value: &str) -> Result<Duration, TrustWordError> {
     let age = humantime::parse_duration(value).map_err(|_| TrustWordError::NotDuration)?;
-    if age.is_zero() {
+    // `created` is in whole seconds, so 500ms would act as zero.
+    if age.as_secs() == 0 {
         return Err(TrustWordError::Zero);
     }
     Ok(age)
@@ -315,11 +317,16 @@ mod tests {
         assert_eq!(cfg.max_age_offline, Some(OfflineAge::Unlimited));
         assert_eq!(cfg.apply("max-age-offline", "30days"), Ok(true));
         assert_eq!(cfg.max_age_offline, Some(OfflineAge::Limit(Duration::from_secs(30 * 86_400))));
+        assert_eq!(cfg.apply("max-age", "1s"), Ok(true));
         for (name, value, want) in [
             ("max-age", "soon", TrustWordError::NotDuration),
             ("max-age", "7", TrustWordError::NotDuration),
             ("max-age", "-1d", TrustWordError::NotDuration),
             ("max-age", "0s", TrustWordError::Zero),
+            ("max-age", "500ms", TrustWordError::Zero),
+            ("max-age", "1ns", TrustWordError::Zero),
+            ("max-age-offline", "999ms 999us", TrustWordError::Zero),
+            ("max-age-offline", "0d", TrustWordError::Zero),
             ("max-age-offline", "never", TrustWordError::NotDuration),
             ("pubkey", "/etc/p.pub", TrustWordError::Pubkey(parse_pubkey_arg("/etc/p.pub").unwrap_err())),
         ] {
