@@ -1336,6 +1336,22 @@ fn output_to_a_closed_pipe_ends_quietly() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A failure whose stderr is a closed pipe is still a failure (1), never
+    // a success or a panic: the closed pipe only loses the line.
+    let wrong = site.data().join("wrong.key");
+    ok(&["key", "new", "-o", wrong.to_str().unwrap()]);
+    let failing: [&[&str]; 3] = [
+        &["bundle", "verify", b.to_str().unwrap(), "--key", wrong.to_str().unwrap()],
+        &["bundle", "inspect", "/nonexistent/bundle"],
+        &["key", "id", "/nonexistent/site.key"],
+    ];
+    for args in failing {
+        // The pipe's reader is gone before the command starts: no race.
+        let (reader, writer) = rustix::pipe::pipe().unwrap();
+        drop(reader);
+        let status = Command::new(ctl).args(args).stdout(Stdio::null()).stderr(Stdio::from(writer)).status().unwrap();
+        assert_eq!(status.code(), Some(1), "{args:?}");
+    }
 }
 
 fn ctl_piped(args: &[&str]) -> Child {

@@ -4,6 +4,7 @@
 //! error. A closed output pipe (`stateless-node status | head -1`) ends a
 //! command quietly with 0.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -18,7 +19,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) if stateless_node::broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("stateless-node: {err:#}");
+            // Not eprintln!, which panics when stderr is a closed pipe: the
+            // failure must still end with status 1.
+            let _ = writeln!(std::io::stderr(), "stateless-node: {err:#}");
             ExitCode::FAILURE
         }
     }

@@ -304,4 +304,15 @@ fn output_to_a_closed_pipe_ends_quietly() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
         assert!(err.is_empty(), "{args:?}: {err}");
     }
+    // A failure whose stderr is a pipe with no reader (closed before the
+    // command starts, so there is no race) still ends with 1, not a panic.
+    let (reader, writer) = rustix::pipe::pipe().unwrap();
+    drop(reader);
+    let status = Command::new(env!("CARGO_BIN_EXE_stateless-node"))
+        .args(["status", "--status", "/nonexistent/status.json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(writer))
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
 }
