@@ -1118,7 +1118,7 @@ mod tests {
             "rd.stateless.max-age=2d rd.stateless.max-age= rd.stateless.pubkey=ed25519:{hex} rd.stateless.pubkey="
         ))
         .unwrap();
-        assert_eq!(reset.trust, crate::trust::TrustConfig::default());
+        assert_eq!(reset.trust, crate::trust::TrustConfig { pubkeys_cleared: true, ..Default::default() });
         let cases: &[(&str, &str)] = &[
             (
                 "rd.stateless.key=auto,usb",

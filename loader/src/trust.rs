@@ -45,6 +45,9 @@ pub struct TrustConfig {
     /// `max-age-offline=`: the limit for bundles from the cache; `None`
     /// means the same as `max_age`.
     pub max_age_offline: Option<OfflineAge>,
+    /// The last `pubkey=` word was empty (reset to the embedded keys):
+    /// said on the console when that leaves no publisher at all.
+    pub pubkeys_cleared: bool,
 }
 
 /// The value of `rd.stateless.max-age-offline=`.
@@ -78,7 +81,10 @@ impl TrustConfig {
     /// empty); `Ok(false)` when `name` is not one.
     pub fn apply(&mut self, name: &str, value: &str) -> Result<bool, TrustWordError> {
         match name {
-            "pubkey" => self.pubkeys = Some(parse_pubkey_arg(value)?),
+            "pubkey" => {
+                self.pubkeys = Some(parse_pubkey_arg(value)?);
+                self.pubkeys_cleared = false;
+            }
             "max-age" => self.max_age = Some(parse_age(value)?),
             "max-age-offline" => {
                 self.max_age_offline =
@@ -93,7 +99,10 @@ impl TrustConfig {
     pub fn reset(&mut self, name: &str) {
         let d = TrustConfig::default();
         match name {
-            "pubkey" => self.pubkeys = d.pubkeys,
+            "pubkey" => {
+                self.pubkeys = d.pubkeys;
+                self.pubkeys_cleared = true;
+            }
             "max-age" => self.max_age = d.max_age,
             "max-age-offline" => self.max_age_offline = d.max_age_offline,
             _ => {}
@@ -161,6 +170,8 @@ pub enum TrustError {
 pub struct Trust {
     publishers: Vec<PublicKey>,
     source: PublisherSource,
+    /// See [`Trust::warning`].
+    cleared_to_nothing: bool,
     max_age: Option<Duration>,
     max_age_offline: Option<OfflineAge>,
 }
@@ -168,7 +179,13 @@ pub struct Trust {
 impl Default for Trust {
     /// Nothing required: no publishers, no age limit.
     fn default() -> Trust {
-        Trust { publishers: Vec::new(), source: PublisherSource::None, max_age: None, max_age_offline: None }
+        Trust {
+            publishers: Vec::new(),
+            source: PublisherSource::None,
+            cleared_to_nothing: false,
+            max_age: None,
+            max_age_offline: None,
+        }
     }
 }
 
@@ -190,7 +207,19 @@ impl Trust {
                 (keys, source)
             }
         };
-        Ok(Trust { publishers, source, max_age: cfg.max_age, max_age_offline: cfg.max_age_offline })
+        let cleared_to_nothing = cfg.pubkeys_cleared && source == PublisherSource::None;
+        Ok(Trust { publishers, source, cleared_to_nothing, max_age: cfg.max_age, max_age_offline: cfg.max_age_offline })
+    }
+
+    /// A warning for the console and `status.json` when an empty
+    /// `rd.stateless.pubkey=` left no publisher at all: signature checks
+    /// are then off, and that must never happen silently (a word appended
+    /// at the boot prompt can do it).
+    pub fn warning(&self) -> Option<String> {
+        self.cleared_to_nothing.then(|| {
+            "rd.stateless.pubkey= is empty and the boot image embeds no publisher key: bundle signatures are not checked"
+                .to_owned()
+        })
     }
 
     /// True when bundles must be signed.
@@ -443,5 +472,27 @@ mod tests {
         assert!(auto_excludes_usb(&keys, &sealed).unwrap().contains("holds TPM-sealed keys"));
         std::fs::write(keys.join("site.key"), "junk").unwrap();
         assert!(auto_excludes_usb(&keys, &sealed).unwrap().contains("holds keys and TPM-sealed keys"));
+    }
+
+    /// An empty `pubkey=` that leaves no publisher says so; one that falls
+    /// back to embedded keys, or no word at all, does not.
+    #[test]
+    fn an_empty_pubkey_word_that_turns_signatures_off_is_a_warning() {
+        let empty = tempfile::tempdir().unwrap();
+        let embedded = tempfile::tempdir().unwrap();
+        let key = stateless_bundle::SigningKey::from_seed(&[7; 32]).public_key();
+        stateless_keys::write_public_key_file(&embedded.path().join("p.pub"), &key, false).unwrap();
+        let mut cfg = TrustConfig::default();
+        let inline = format!("ed25519:{}", stateless_bundle::key::hex_encode(&key.to_bytes()));
+        cfg.apply("pubkey", &inline).unwrap();
+        cfg.reset("pubkey");
+        let off = Trust::load(&cfg, empty.path()).unwrap();
+        assert!(!off.signatures_required());
+        let w = off.warning().unwrap();
+        assert!(w.contains("signatures are not checked") && w.lines().count() == 1, "{w}");
+        assert_eq!(Trust::load(&cfg, embedded.path()).unwrap().warning(), None);
+        cfg.apply("pubkey", &inline).unwrap();
+        assert_eq!(Trust::load(&cfg, empty.path()).unwrap().warning(), None);
+        assert_eq!(Trust::load(&TrustConfig::default(), empty.path()).unwrap().warning(), None);
     }
 }
