@@ -176,7 +176,7 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let server = Server::bind(a.listen, cfg).with_context(|| format!("listening on {}", a.listen))?;
     let addr = server.local_addr().context("reading the bound address")?;
-    eprintln!("statelessctl: serving {} on {scheme}://{addr}", a.data.display());
+    let _ = writeln!(std::io::stderr(), "statelessctl: serving {} on {scheme}://{addr}", a.data.display());
     server.run().context("serving")?;
     Ok(ExitCode::SUCCESS)
 }

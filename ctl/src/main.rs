@@ -4,6 +4,7 @@
 //! error. A closed output pipe (`statelessctl nodes | head -1`) ends a command
 //! quietly with 0.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -25,7 +26,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) if broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("statelessctl: {err:#}");
+            // Not eprintln!, which panics when stderr is a closed pipe: the
+            // failure must still end with status 1, never with a panic or 0.
+            let _ = writeln!(std::io::stderr(), "statelessctl: {err:#}");
             ExitCode::FAILURE
         }
     }
@@ -39,10 +42,12 @@ fn broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
-/// `println!` and `eprintln!` panic when their stream is a closed pipe; the
-/// commands that print with them would then abort (exit 134). A panic
-/// that says exactly that ends the process quietly instead; any other
-/// panic is reported as before.
+/// `println!` panics when stdout is a closed pipe; the commands that print
+/// with it would then abort (exit 134). A panic that says exactly that ends
+/// the process quietly with 0 instead. Output to a closed stderr is never
+/// a success: it ends with 1 (the command did not finish), and nothing is
+/// printed, as there is nowhere to print. Any other panic is reported as
+/// before.
 fn quiet_on_broken_pipe() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -52,8 +57,11 @@ fn quiet_on_broken_pipe() {
             .map(String::as_str)
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or("");
-        if msg.starts_with("failed printing to std") && msg.contains("Broken pipe") {
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
             std::process::exit(0);
+        }
+        if msg.starts_with("failed printing to stderr") {
+            std::process::exit(1);
         }
         default(info);
     }));
@@ -72,7 +80,10 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::AcceptPush(a) => cmd_server::accept_push(a),
         cli::Command::Persist(_) => {
             // A node runs it, not the admin: it moved to the node agent.
-            eprintln!("statelessctl: persist moved to the node agent: run `stateless-node persist` on the node");
+            let _ = writeln!(
+                std::io::stderr(),
+                "statelessctl: persist moved to the node agent: run `stateless-node persist` on the node"
+            );
             Ok(ExitCode::from(2))
         }
     }

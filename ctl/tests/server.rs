@@ -514,6 +514,15 @@ fn push_with_bad_proof_or_lower_generation_is_refused() {
     let auth = good.authorization("PUT", NODE_PATH, now, &sha, len);
     assert_eq!(http(srv.port, "PUT", NODE_PATH, &[("Authorization", &auth)], &body).0, 201);
     assert_eq!(http(srv.port, "GET", NODE_PATH, &[], b"").2, body);
+    // The captured push, replayed within its 300 s: refused as a replay
+    // (each proof is good once), whatever the state of the generations.
+    let (status, _, msg) = http(srv.port, "PUT", NODE_PATH, &[("Authorization", &auth)], &body);
+    assert_eq!(status, 401, "{}", String::from_utf8_lossy(&msg));
+    assert!(String::from_utf8_lossy(&msg).contains("already used"), "{msg:?}");
+    spool_and_pushes_empty(&site);
+    // A new proof (another second) for the same bundle is judged as a push.
+    let again = good.authorization("PUT", NODE_PATH, now + 1, &sha, len);
+    assert_eq!(http(srv.port, "PUT", NODE_PATH, &[("Authorization", &again)], &body).0, 409);
 }
 
 // ---- the loader binary and nginx ----
@@ -894,7 +903,14 @@ fn ambiguous_framing_is_refused_and_the_connection_closed() {
     let seen = seen_nodes(&site);
     assert!(!seen.iter().any(|n| n.starts_with("smuggled")), "{seen:?}");
     // A byte range past anything a u64 holds is still past the end.
-    for r in ["bytes=99999999999999999999999-", "bytes=18446744073709551616-"] {
+    // In any case of the unit, and when every range of a list is past it.
+    for r in [
+        "bytes=99999999999999999999999-",
+        "bytes=18446744073709551616-",
+        "BYTES=99999999999999999999999-",
+        "Bytes=-0",
+        "bytes=99999999999999999999999-,18446744073709551616-",
+    ] {
         let (status, head, _) = http(srv.port, "GET", NODE_PATH, &[("Range", r)], b"");
         assert_eq!(status, 416, "{r}: {head}");
     }
@@ -1320,6 +1336,22 @@ fn output_to_a_closed_pipe_ends_quietly() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A failure whose stderr is a closed pipe is still a failure (1), never
+    // a success or a panic: the closed pipe only loses the line.
+    let wrong = site.data().join("wrong.key");
+    ok(&["key", "new", "-o", wrong.to_str().unwrap()]);
+    let failing: [&[&str]; 3] = [
+        &["bundle", "verify", b.to_str().unwrap(), "--key", wrong.to_str().unwrap()],
+        &["bundle", "inspect", "/nonexistent/bundle"],
+        &["key", "id", "/nonexistent/site.key"],
+    ];
+    for args in failing {
+        // The pipe's reader is gone before the command starts: no race.
+        let (reader, writer) = rustix::pipe::pipe().unwrap();
+        drop(reader);
+        let status = Command::new(ctl).args(args).stdout(Stdio::null()).stderr(Stdio::from(writer)).status().unwrap();
+        assert_eq!(status.code(), Some(1), "{args:?}");
+    }
 }
 
 fn ctl_piped(args: &[&str]) -> Child {

@@ -448,6 +448,8 @@ pub fn http_head(data: &[u8]) {
     assert!(head.headers.iter().filter(|(k, _)| k == "content-length").count() <= 1);
     assert_eq!(head.has_content_length, head.header("content-length").is_some());
     assert!(head.header("transfer-encoding").is_none());
+    // Nor a framing field spelt with `_` (a gateway's `-`).
+    assert!(head.header("content_length").is_none() && head.header("transfer_encoding").is_none());
     for (k, _) in &head.headers {
         assert!(!k.is_empty() && k.bytes().all(|b| b.is_ascii_graphic() && !b.is_ascii_uppercase()), "{k:?}");
     }

@@ -1,7 +1,7 @@
 //! Reading and writing key files: site keys, and publisher signing and
 //! public keys ([`stateless_bundle::sign`]).
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -132,7 +132,13 @@ pub fn write_public_key_file(path: &Path, key: &PublicKey, overwrite: bool) -> R
 /// more, so that the parser reports a larger file as too large), and its mode.
 fn read_small(path: &Path) -> Result<(Zeroizing<Vec<u8>>, u32), KeyFileError> {
     let io_err = |err| KeyFileError::Io { path: path.to_owned(), err };
-    let file = File::open(path).map_err(io_err)?;
+    // Non-blocking: opening a FIFO (planted, or named by mistake) would
+    // otherwise wait for a writer forever; it is refused just below.
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(io_err)?;
     let meta = file.metadata().map_err(io_err)?;
     if !meta.is_file() {
         return Err(io_err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")));

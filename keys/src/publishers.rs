@@ -317,4 +317,37 @@ mod tests {
         let err = stateless_bundle::error_chain(&load_publishers(&parse_pubkey_arg(&wrong).unwrap()).unwrap_err());
         assert!(err.contains("this is a site key, not a publisher public key"), "{err}");
     }
+
+    /// A FIFO named by `file:` or planted among the embedded `*.pub` files
+    /// is refused at once, never waited on (it would hang the boot before
+    /// any deadline runs), and so is a directory.
+    #[test]
+    fn a_fifo_or_directory_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("f.pub");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (f, d) = (fifo.clone(), dir.path().to_owned());
+        std::thread::spawn(move || {
+            let one = load_publishers(&parse_pubkey_arg(&format!("file:{}", f.display())).unwrap())
+                .map_err(|e| stateless_bundle::error_chain(&e));
+            let all = crate::read_public_key_dir(&d).map_err(|e| stateless_bundle::error_chain(&e));
+            let as_dir = load_publishers(&parse_pubkey_arg(&format!("file:{}", d.display())).unwrap())
+                .map_err(|e| stateless_bundle::error_chain(&e));
+            let _ = tx.send((one, all, as_dir));
+        });
+        let (one, all, as_dir) = rx.recv_timeout(std::time::Duration::from_secs(5)).expect("blocked on a FIFO");
+        for got in [one, all, as_dir] {
+            let err = got.unwrap_err();
+            assert!(err.contains("not a regular file") || err.contains("Is a directory"), "{err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+    }
 }

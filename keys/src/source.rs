@@ -138,15 +138,7 @@ pub fn find_key(needed: KeyId, sources: &[&dyn KeySource]) -> Result<(Key, Strin
         match src.lookup(needed) {
             Ok(Lookup::Found(k)) => return Ok((k, src.describe())),
             Ok(Lookup::Offered(ids)) => offered.0.push((src.describe(), Ok(ids))),
-            Err(e) => {
-                let mut msg = e.to_string();
-                let mut cur = std::error::Error::source(&e);
-                while let Some(c) = cur {
-                    msg.push_str(&format!(": {c}"));
-                    cur = c.source();
-                }
-                offered.0.push((src.describe(), Err(msg)))
-            }
+            Err(e) => offered.0.push((src.describe(), Err(stateless_bundle::error_chain(&e)))),
         }
     }
     Err(offered)

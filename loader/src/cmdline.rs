@@ -1118,7 +1118,7 @@ mod tests {
             "rd.stateless.max-age=2d rd.stateless.max-age= rd.stateless.pubkey=ed25519:{hex} rd.stateless.pubkey="
         ))
         .unwrap();
-        assert_eq!(reset.trust, crate::trust::TrustConfig::default());
+        assert_eq!(reset.trust, crate::trust::TrustConfig { pubkeys_cleared: true, ..Default::default() });
         let cases: &[(&str, &str)] = &[
             (
                 "rd.stateless.key=auto,usb",
@@ -1131,7 +1131,7 @@ mod tests {
             ("rd.stateless.key=tpm,", "rd.stateless.key=tpm,: not one of auto, file:/PATH, usb, usb:LABEL, tpm, none"),
             ("rd.stateless.key=tpm,file:k", "rd.stateless.key=tpm,file:k: not an absolute path"),
             ("rd.stateless.max-age=7", "rd.stateless.max-age=7: not a duration like 36h, 7d or 2weeks"),
-            ("rd.stateless.max-age=0d", "rd.stateless.max-age=0d: a maximum age of zero refuses every bundle"),
+            ("rd.stateless.max-age=0d", "rd.stateless.max-age=0d: a maximum age under one second refuses every bundle"),
             ("rd.stateless.max-age", "rd.stateless.max-age: needs a value (rd.stateless.max-age=DURATION)"),
             (
                 "rd.stateless.max-age-offline=never",

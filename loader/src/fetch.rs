@@ -565,13 +565,11 @@ fn split_netloc(netloc: &str) -> io::Result<(&str, u16)> {
 
 fn describe_transport(t: &ureq::Transport) -> String {
     // ureq's message includes the URL, which the caller already names.
-    let mut msg = t.message().map(str::to_owned).unwrap_or_else(|| t.kind().to_string());
-    let mut src = std::error::Error::source(t);
-    while let Some(s) = src {
-        msg = format!("{msg}: {s}");
-        src = s.source();
+    let msg = t.message().map(str::to_owned).unwrap_or_else(|| t.kind().to_string());
+    match std::error::Error::source(t) {
+        Some(s) => format!("{msg}: {}", stateless_bundle::error_chain(s)),
+        None => msg,
     }
-    msg
 }
 
 fn tls_config(cfg: &TransportConfig) -> Result<rustls::ClientConfig, FetchError> {

@@ -288,6 +288,9 @@ fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, Failure> {
     // fails the boot rather than turn signature checks off.
     ctx.trust = crate::trust::Trust::load(&ctx.config.trust, &ctx.paths.publisher_dir).map_err(Failure::Trust)?;
     log::info!("trust: {}", ctx.trust.describe());
+    if let Some(w) = ctx.trust.warning() {
+        ctx.warn(w);
+    }
     // --- end trust
     match identity::discover(&ctx.paths.host_root, ctx.config.node.as_deref(), ctx.config.bootif) {
         Ok(id) => {

@@ -45,6 +45,9 @@ pub struct TrustConfig {
     /// `max-age-offline=`: the limit for bundles from the cache; `None`
     /// means the same as `max_age`.
     pub max_age_offline: Option<OfflineAge>,
+    /// The last `pubkey=` word was empty (reset to the embedded keys):
+    /// said on the console when that leaves no publisher at all.
+    pub pubkeys_cleared: bool,
 }
 
 /// The value of `rd.stateless.max-age-offline=`.
@@ -67,8 +70,9 @@ pub enum TrustWordError {
     /// `max-age=` or `max-age-offline=` is not a duration.
     #[error("not a duration like 36h, 7d or 2weeks")]
     NotDuration,
-    /// A zero age would refuse every bundle.
-    #[error("a maximum age of zero refuses every bundle")]
+    /// An age under one second (zero included) would refuse every bundle:
+    /// creation times are whole seconds.
+    #[error("a maximum age under one second refuses every bundle")]
     Zero,
 }
 
@@ -77,7 +81,10 @@ impl TrustConfig {
     /// empty); `Ok(false)` when `name` is not one.
     pub fn apply(&mut self, name: &str, value: &str) -> Result<bool, TrustWordError> {
         match name {
-            "pubkey" => self.pubkeys = Some(parse_pubkey_arg(value)?),
+            "pubkey" => {
+                self.pubkeys = Some(parse_pubkey_arg(value)?);
+                self.pubkeys_cleared = false;
+            }
             "max-age" => self.max_age = Some(parse_age(value)?),
             "max-age-offline" => {
                 self.max_age_offline =
@@ -92,7 +99,10 @@ impl TrustConfig {
     pub fn reset(&mut self, name: &str) {
         let d = TrustConfig::default();
         match name {
-            "pubkey" => self.pubkeys = d.pubkeys,
+            "pubkey" => {
+                self.pubkeys = d.pubkeys;
+                self.pubkeys_cleared = true;
+            }
             "max-age" => self.max_age = d.max_age,
             "max-age-offline" => self.max_age_offline = d.max_age_offline,
             _ => {}
@@ -102,7 +112,8 @@ impl TrustConfig {
 
 fn parse_age(value: &str) -> Result<Duration, TrustWordError> {
     let age = humantime::parse_duration(value).map_err(|_| TrustWordError::NotDuration)?;
-    if age.is_zero() {
+    // `created` is in whole seconds, so 500ms would act as zero.
+    if age.as_secs() == 0 {
         return Err(TrustWordError::Zero);
     }
     Ok(age)
@@ -159,6 +170,8 @@ pub enum TrustError {
 pub struct Trust {
     publishers: Vec<PublicKey>,
     source: PublisherSource,
+    /// See [`Trust::warning`].
+    cleared_to_nothing: bool,
     max_age: Option<Duration>,
     max_age_offline: Option<OfflineAge>,
 }
@@ -166,7 +179,13 @@ pub struct Trust {
 impl Default for Trust {
     /// Nothing required: no publishers, no age limit.
     fn default() -> Trust {
-        Trust { publishers: Vec::new(), source: PublisherSource::None, max_age: None, max_age_offline: None }
+        Trust {
+            publishers: Vec::new(),
+            source: PublisherSource::None,
+            cleared_to_nothing: false,
+            max_age: None,
+            max_age_offline: None,
+        }
     }
 }
 
@@ -188,7 +207,19 @@ impl Trust {
                 (keys, source)
             }
         };
-        Ok(Trust { publishers, source, max_age: cfg.max_age, max_age_offline: cfg.max_age_offline })
+        let cleared_to_nothing = cfg.pubkeys_cleared && source == PublisherSource::None;
+        Ok(Trust { publishers, source, cleared_to_nothing, max_age: cfg.max_age, max_age_offline: cfg.max_age_offline })
+    }
+
+    /// A warning for the console and `status.json` when an empty
+    /// `rd.stateless.pubkey=` left no publisher at all: signature checks
+    /// are then off, and that must never happen silently (a word appended
+    /// at the boot prompt can do it).
+    pub fn warning(&self) -> Option<String> {
+        self.cleared_to_nothing.then(|| {
+            "rd.stateless.pubkey= is empty and the boot image embeds no publisher key: bundle signatures are not checked"
+                .to_owned()
+        })
     }
 
     /// True when bundles must be signed.
@@ -315,11 +346,16 @@ mod tests {
         assert_eq!(cfg.max_age_offline, Some(OfflineAge::Unlimited));
         assert_eq!(cfg.apply("max-age-offline", "30days"), Ok(true));
         assert_eq!(cfg.max_age_offline, Some(OfflineAge::Limit(Duration::from_secs(30 * 86_400))));
+        assert_eq!(cfg.apply("max-age", "1s"), Ok(true));
         for (name, value, want) in [
             ("max-age", "soon", TrustWordError::NotDuration),
             ("max-age", "7", TrustWordError::NotDuration),
             ("max-age", "-1d", TrustWordError::NotDuration),
             ("max-age", "0s", TrustWordError::Zero),
+            ("max-age", "500ms", TrustWordError::Zero),
+            ("max-age", "1ns", TrustWordError::Zero),
+            ("max-age-offline", "999ms 999us", TrustWordError::Zero),
+            ("max-age-offline", "0d", TrustWordError::Zero),
             ("max-age-offline", "never", TrustWordError::NotDuration),
             ("pubkey", "/etc/p.pub", TrustWordError::Pubkey(parse_pubkey_arg("/etc/p.pub").unwrap_err())),
         ] {
@@ -436,5 +472,27 @@ mod tests {
         assert!(auto_excludes_usb(&keys, &sealed).unwrap().contains("holds TPM-sealed keys"));
         std::fs::write(keys.join("site.key"), "junk").unwrap();
         assert!(auto_excludes_usb(&keys, &sealed).unwrap().contains("holds keys and TPM-sealed keys"));
+    }
+
+    /// An empty `pubkey=` that leaves no publisher says so; one that falls
+    /// back to embedded keys, or no word at all, does not.
+    #[test]
+    fn an_empty_pubkey_word_that_turns_signatures_off_is_a_warning() {
+        let empty = tempfile::tempdir().unwrap();
+        let embedded = tempfile::tempdir().unwrap();
+        let key = stateless_bundle::SigningKey::from_seed(&[7; 32]).public_key();
+        stateless_keys::write_public_key_file(&embedded.path().join("p.pub"), &key, false).unwrap();
+        let mut cfg = TrustConfig::default();
+        let inline = format!("ed25519:{}", stateless_bundle::key::hex_encode(&key.to_bytes()));
+        cfg.apply("pubkey", &inline).unwrap();
+        cfg.reset("pubkey");
+        let off = Trust::load(&cfg, empty.path()).unwrap();
+        assert!(!off.signatures_required());
+        let w = off.warning().unwrap();
+        assert!(w.contains("signatures are not checked") && w.lines().count() == 1, "{w}");
+        assert_eq!(Trust::load(&cfg, embedded.path()).unwrap().warning(), None);
+        cfg.apply("pubkey", &inline).unwrap();
+        assert_eq!(Trust::load(&cfg, empty.path()).unwrap().warning(), None);
+        assert_eq!(Trust::load(&TrustConfig::default(), empty.path()).unwrap().warning(), None);
     }
 }

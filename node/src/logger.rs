@@ -1,6 +1,8 @@
 //! Records on stderr, prefixed with the program name: warnings always,
 //! info and debug with `-v`/`-vv`.
 
+use std::io::Write as _;
+
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
 struct Stderr;
@@ -15,7 +17,9 @@ impl Log for Stderr {
             return;
         }
         let tag = if r.level() <= Level::Warn { "warning: " } else { "" };
-        eprintln!("stateless-node: {tag}{}", r.args());
+        // Not eprintln!: a log line to a closed stderr must not end the
+        // command with a panic.
+        let _ = writeln!(std::io::stderr(), "stateless-node: {tag}{}", r.args());
     }
 
     fn flush(&self) {}

@@ -1,8 +1,10 @@
 //! `stateless-node`: the node agent (see the library's docs).
 //!
 //! Exit codes: 0 success, 1 failure (one line on stderr says why), 2 usage
-//! error.
+//! error. A closed output pipe (`stateless-node status | head -1`) ends a
+//! command quietly with 0.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -15,8 +17,11 @@ fn main() -> ExitCode {
     logger::init(args.verbose);
     match stateless_node::run(args) {
         Ok(code) => code,
+        Err(err) if stateless_node::broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("stateless-node: {err:#}");
+            // Not eprintln!, which panics when stderr is a closed pipe: the
+            // failure must still end with status 1.
+            let _ = writeln!(std::io::stderr(), "stateless-node: {err:#}");
             ExitCode::FAILURE
         }
     }

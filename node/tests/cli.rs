@@ -267,3 +267,52 @@ fn persist_does_not_follow_redirects() {
     // Nothing reached the place the redirect named.
     assert!(matches!(trap.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock));
 }
+
+/// Runs `stateless-node` with its stdout a pipe whose reader is already
+/// gone: every command that prints must end quietly with 0, never by a
+/// panic or an error line.
+fn into_closed_pipe(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stateless-node"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    let d = tempfile::tempdir().unwrap();
+    let file = d.path().join("status.json");
+    fs::write(&file, APPLIED).unwrap();
+    let n = NodeRoot::new();
+    let none = n.path("none");
+    let status = file.to_str().unwrap();
+    let persist = ["persist", "--config", &none, "--status", &none, "--key", &n.path("site.key")];
+    let runs: Vec<Vec<&str>> = vec![
+        vec!["status", "--status", status],
+        vec!["status", "--json", "--status", status],
+        [&persist[..], &["--node", "node42", "--print-public-key"]].concat(),
+        vec!["--help"],
+        vec!["status", "--help"],
+    ];
+    for args in runs {
+        let out = into_closed_pipe(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+    // A failure whose stderr is a pipe with no reader (closed before the
+    // command starts, so there is no race) still ends with 1, not a panic.
+    let (reader, writer) = rustix::pipe::pipe().unwrap();
+    drop(reader);
+    let status = Command::new(env!("CARGO_BIN_EXE_stateless-node"))
+        .args(["status", "--status", "/nonexistent/status.json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(writer))
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+}

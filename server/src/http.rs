@@ -98,6 +98,10 @@ fn value_byte(b: u8) -> bool {
     b == b'\t' || (b' '..=b'~').contains(&b)
 }
 
+/// Fields that decide where a request ends or where it goes: their names
+/// must be spelt exactly.
+const FRAMING_FIELDS: &[&str] = &["content-length", "transfer-encoding"];
+
 /// Request heads a server must refuse (RFC 9112 and the smuggling
 /// literature), with the status `statelessctl serve` answers: a test table
 /// for the parser, the fuzz target's seeds and the server tests.
@@ -120,6 +124,11 @@ pub const AMBIGUOUS_HEADS: &[(&[u8], u16)] = &[
     (b"PUT / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", 501),
     (b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n", 501),
     (b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n", 400),
+    // Framing fields spelt with `_`, which some gateways read as `-`.
+    (b"GET / HTTP/1.1\r\nHost: a\r\nContent_Length: 5\r\n\r\nGET /", 400),
+    (b"GET / HTTP/1.1\r\nHost: a\r\ntransfer_encoding: chunked\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nTRANSFER_ENCODING: chunked\r\nContent-Length: 3\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\ncontent_length: 5\r\n\r\n", 400),
     // obs-fold: a continuation line.
     (b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n Content-Length: 4\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n\tmore\r\n\r\n", 400),
@@ -225,6 +234,12 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HeadError>
             return Err(HeadError::Malformed("bad byte in a header value"));
         }
         let name = text(name)?.to_ascii_lowercase();
+        // `_` is a token byte, but some gateways map it to `-` (CGI
+        // variables do): `Content_Length` would frame the body for them and
+        // be an unknown field here.
+        if name.contains('_') && FRAMING_FIELDS.contains(&name.replace('_', "-").as_str()) {
+            return Err(HeadError::Framing("a framing field's name spelt with `_`"));
+        }
         let value = text(value)?.trim_matches([' ', '\t']).to_owned();
         match name.as_str() {
             "content-length" => {
@@ -334,14 +349,42 @@ pub enum RangeAnswer {
 }
 
 /// Interprets a `Range` header. Only a single `bytes=` range is served;
-/// anything else (several ranges, other units, garbage) gets the full body,
-/// which RFC 9110 14.2 allows.
+/// a list of several gets the full body (RFC 9110 14.2 allows it) unless
+/// none of its ranges is satisfiable, which is 416 whatever the list's
+/// length. The unit is case-insensitive (RFC 9110 14.1). A header that
+/// does not parse, or names another unit, is ignored: the full body.
 pub fn parse_range(header: &str, len: u64) -> RangeAnswer {
-    let Some(spec) = header.trim().strip_prefix("bytes=") else { return RangeAnswer::Full };
-    if spec.contains(',') {
+    let h = header.trim();
+    let Some(spec) = h.get(..6).filter(|u| u.eq_ignore_ascii_case("bytes=")).and_then(|_| h.get(6..)) else {
         return RangeAnswer::Full;
+    };
+    let mut answers = Vec::new();
+    for one in spec.split(',') {
+        // Empty list elements are allowed (RFC 9110 5.6.1), but not a
+        // list of nothing else.
+        if one.trim().is_empty() {
+            continue;
+        }
+        match parse_one_range(one, len) {
+            Some(a) => answers.push(a),
+            // One invalid range makes the whole header invalid: ignore it.
+            None => return RangeAnswer::Full,
+        }
+        if answers.len() > 64 {
+            return RangeAnswer::Full;
+        }
     }
-    let Some((a, b)) = spec.trim().split_once('-') else { return RangeAnswer::Full };
+    match answers.as_slice() {
+        [] => RangeAnswer::Full,
+        [one] => *one,
+        many if many.iter().all(|a| *a == RangeAnswer::Unsatisfiable) => RangeAnswer::Unsatisfiable,
+        _ => RangeAnswer::Full,
+    }
+}
+
+/// One range of a `bytes=` list: `None` when it does not parse.
+fn parse_one_range(spec: &str, len: u64) -> Option<RangeAnswer> {
+    let (a, b) = spec.trim().split_once('-')?;
     let (a, b) = (a.trim(), b.trim());
     // A position too large for a u64 is still a position: past the end of
     // any body (416 for a start, the whole body for an end or a suffix).
@@ -350,30 +393,22 @@ pub fn parse_range(header: &str, len: u64) -> RangeAnswer {
     };
     match (a.is_empty(), b.is_empty()) {
         // bytes=-N: the last N bytes.
-        (true, false) => match num(b) {
-            Some(0) => RangeAnswer::Unsatisfiable,
-            Some(_) if len == 0 => RangeAnswer::Unsatisfiable,
-            Some(n) => RangeAnswer::Partial { start: len.saturating_sub(n), end: len - 1 },
-            None => RangeAnswer::Full,
+        (true, false) => match num(b)? {
+            0 => Some(RangeAnswer::Unsatisfiable),
+            _ if len == 0 => Some(RangeAnswer::Unsatisfiable),
+            n => Some(RangeAnswer::Partial { start: len.saturating_sub(n), end: len - 1 }),
         },
         // bytes=N- or bytes=N-M
         (false, _) => {
-            let Some(start) = num(a) else { return RangeAnswer::Full };
-            let end = if b.is_empty() {
-                None
-            } else {
-                match num(b) {
-                    Some(e) if e >= start => Some(e),
-                    _ => return RangeAnswer::Full,
-                }
-            };
+            let start = num(a)?;
+            let end = if b.is_empty() { None } else { Some(num(b).filter(|e| *e >= start)?) };
             if start >= len {
-                return RangeAnswer::Unsatisfiable;
+                return Some(RangeAnswer::Unsatisfiable);
             }
             let last = len - 1;
-            RangeAnswer::Partial { start, end: end.map_or(last, |e| e.min(last)) }
+            Some(RangeAnswer::Partial { start, end: end.map_or(last, |e| e.min(last)) })
         }
-        (true, true) => RangeAnswer::Full,
+        (true, true) => None,
     }
 }
 
@@ -535,6 +570,20 @@ mod tests {
             ("bytes=-99999999999999999999999", 10, Partial { start: 0, end: 9 }),
             ("bytes=5-99999999999999999999999", 10, Partial { start: 5, end: 9 }),
             ("bytes=99999999999999999999999-5", 10, Full),
+            // The unit is case-insensitive: the same answers in any case.
+            ("BYTES=99999999999999999999999-", 10, Unsatisfiable),
+            ("Bytes=2-5", 10, Partial { start: 2, end: 5 }),
+            ("bYtEs=-0", 10, Unsatisfiable),
+            ("bytes =0-", 10, Full),
+            // Lists: 416 only when no range is satisfiable.
+            ("bytes=10-,99999999999999999999999-", 10, Unsatisfiable),
+            ("BYTES=-0,20-30", 10, Unsatisfiable),
+            ("bytes=0-0,1-1", 10, Full),
+            ("bytes=0-0,20-", 10, Full),
+            ("bytes=20-,x", 10, Full),
+            ("bytes=20-,5-2", 10, Full),
+            ("bytes=,", 10, Full),
+            ("bytes=2-5,", 10, Partial { start: 2, end: 5 }),
         ];
         for (h, len, want) in table {
             assert_eq!(parse_range(h, *len), *want, "{h} of {len}");

@@ -22,8 +22,9 @@
 //! the SHA-256 of the body and its length. The server checks the node is
 //! enrolled and the timestamp within [`MAX_SKEW`] before it reads the body,
 //! and the signature after it has hashed the body, before anything is kept.
-//! A captured request replayed within the window carries the same bundle,
-//! whose generation is then no longer newer, so it is refused.
+//! Each proof is accepted once ([`UsedProofs`]): a captured request
+//! replayed within the window is refused with 401, and outside it by its
+//! timestamp.
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use hkdf::Hkdf;
@@ -61,6 +62,9 @@ pub enum AuthError {
     /// The signature does not verify.
     #[error("bad signature")]
     BadSignature,
+    /// The same proof was already accepted once (a replayed request).
+    #[error("this push proof was already used; sign each push anew")]
+    Replayed,
 }
 
 /// The signing side, on the node.
@@ -193,6 +197,42 @@ impl Proof {
     }
 }
 
+/// The proofs accepted within the last [`MAX_SKEW`] window, each usable
+/// once: a captured push replayed while its timestamp is still good is
+/// refused, even when its bundle would be newer again (after the admin
+/// published an older generation, or removed a push awaiting review).
+/// Only proofs whose signature verified are remembered, so only enrolled
+/// nodes can add to it; entries older than the window are dropped (their
+/// timestamp alone refuses them), and the table is bounded.
+#[derive(Debug, Default)]
+pub struct UsedProofs(std::sync::Mutex<std::collections::HashMap<[u8; 64], i64>>);
+
+/// Most proofs remembered; past it the oldest half goes (a node pushes a
+/// few times a day, so this is far beyond any real window's traffic).
+const MAX_USED_PROOFS: usize = 65_536;
+
+impl UsedProofs {
+    /// Records `proof` as used at `now`; [`AuthError::Replayed`] when it
+    /// already was.
+    pub fn use_once(&self, proof: &Proof, now: i64) -> Result<(), AuthError> {
+        let mut used = self.0.lock().map_err(|_| AuthError::Replayed)?;
+        if used.contains_key(&proof.sig) {
+            return Err(AuthError::Replayed);
+        }
+        if used.len() >= MAX_USED_PROOFS {
+            used.retain(|_, ts| now.saturating_sub(*ts).saturating_abs() <= MAX_SKEW);
+            if used.len() >= MAX_USED_PROOFS {
+                let mut times: Vec<i64> = used.values().copied().collect();
+                times.sort_unstable();
+                let cut = times.get(times.len() / 2).copied().unwrap_or(i64::MAX);
+                used.retain(|_, ts| *ts > cut);
+            }
+        }
+        used.insert(proof.sig, proof.ts);
+        Ok(())
+    }
+}
+
 /// Checks that a string is a public key as `--push-public-key` takes it.
 pub fn valid_public_hex(s: &str) -> bool {
     let mut b = [0u8; 32];
@@ -266,5 +306,27 @@ mod tests {
         ] {
             assert_eq!(Proof::parse(Some(&bad)), Err(AuthError::Malformed), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_proof_is_good_once_and_the_memory_is_bounded() {
+        let used = UsedProofs::default();
+        let proof = |i: u32, ts: i64| {
+            let mut sig = [0u8; 64];
+            sig[..4].copy_from_slice(&i.to_le_bytes());
+            Proof { node: "n".into(), ts, sig }
+        };
+        assert_eq!(used.use_once(&proof(1, 1000), 1000), Ok(()));
+        assert_eq!(used.use_once(&proof(1, 1000), 1000), Err(AuthError::Replayed));
+        assert_eq!(used.use_once(&proof(2, 1000), 1000), Ok(()));
+        // Far more proofs than the bound, all within one window.
+        for i in 3..(MAX_USED_PROOFS as u32 * 2) {
+            used.use_once(&proof(i, 2000 + i64::from(i) / 1000), 2000).unwrap();
+        }
+        let n = used.0.lock().unwrap().len();
+        assert!(n <= MAX_USED_PROOFS, "{n}");
+        // The newest are still remembered.
+        let last = MAX_USED_PROOFS as u32 * 2 - 1;
+        assert_eq!(used.use_once(&proof(last, 2000 + i64::from(last) / 1000), 2000), Err(AuthError::Replayed));
     }
 }

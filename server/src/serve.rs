@@ -31,7 +31,7 @@ use stateless_bundle::{RawHeader, Scope};
 
 use crate::http::{self, HeadError, RangeAnswer, RequestHead};
 use crate::layout::{DataDir, Target};
-use crate::push_auth::{AuthError, Proof};
+use crate::push_auth::{AuthError, Proof, UsedProofs};
 use crate::registry::{self, SeenTable, now};
 use crate::store::{self, PublishLock};
 use crate::{push_review, tls};
@@ -121,6 +121,8 @@ struct Shared {
     /// Connections open per source address (see [`addr_key`]).
     per_address: Mutex<HashMap<IpAddr, usize>>,
     seen: SeenTable,
+    /// Push proofs already accepted (each is good once).
+    used_proofs: UsedProofs,
     etags: Mutex<EtagCache>,
     /// Connection workers alive.
     workers: AtomicUsize,
@@ -145,6 +147,7 @@ impl Server {
             cfg,
             per_address: Mutex::new(HashMap::new()),
             seen,
+            used_proofs: UsedProofs::default(),
             etags: Mutex::new(HashMap::new()),
             workers: AtomicUsize::new(0),
             idle: AtomicUsize::new(0),
@@ -870,7 +873,8 @@ fn handle_push(
         linger(conn);
         return Ok(false);
     }
-    if head.header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
+    // Never to an HTTP/1.0 client, which does not know 1xx (RFC 9110 15.2).
+    if head.minor > 0 && head.header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
         conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
         conn.flush()?;
     }
@@ -936,7 +940,9 @@ fn handle_push(
     let digest: [u8; 32] = hasher.finalize().into();
     // Every refusal below removes the upload before answering, so a client
     // that sees the answer never finds it in the spool.
-    if let Err(e) = proof.verify(&public, "PUT", &head.path, &digest, len) {
+    if let Err(e) =
+        proof.verify(&public, "PUT", &head.path, &digest, len).and_then(|()| shared.used_proofs.use_once(&proof, now()))
+    {
         drop(tmp);
         return unauthorized(conn, e);
     }
