@@ -391,6 +391,9 @@ pub enum Reason {
     /// A `key=` list with an entry that is not a single source.
     #[error("a list takes only file:/PATH, usb, usb:LABEL and tpm, in the order to try them")]
     KeyList,
+    /// A `key=` list naming one source twice.
+    #[error("{0} is listed twice; each source is tried once, in the order given")]
+    KeyListRepeat(String),
     /// A `pin=` entry without `sha256:`.
     #[error("{pin:?} does not start with sha256:")]
     PinAlgorithm {
@@ -618,6 +621,10 @@ fn parse_key(v: &str) -> Result<KeyChoice, Reason> {
         let items = v.split(',').map(parse_key).collect::<Result<Vec<_>, _>>()?;
         if items.iter().any(|k| matches!(k, KeyChoice::Auto | KeyChoice::None | KeyChoice::List(_))) {
             return Err(Reason::KeyList);
+        }
+        let names: Vec<&str> = v.split(',').collect();
+        if let Some((i, dup)) = items.iter().enumerate().find(|(i, k)| items.iter().take(*i).any(|e| e == *k)) {
+            return Err(Reason::KeyListRepeat(names.get(i).map_or_else(|| format!("{dup:?}"), |n| (*n).to_owned())));
         }
         return Ok(KeyChoice::List(items));
     }
@@ -1129,6 +1136,10 @@ mod tests {
                 "rd.stateless.key=tpm,none: a list takes only file:/PATH, usb, usb:LABEL and tpm, in the order to try them",
             ),
             ("rd.stateless.key=tpm,", "rd.stateless.key=tpm,: not one of auto, file:/PATH, usb, usb:LABEL, tpm, none"),
+            (
+                "rd.stateless.key=tpm,usb:KEYS,tpm",
+                "rd.stateless.key=tpm,usb:KEYS,tpm: tpm is listed twice; each source is tried once, in the order given",
+            ),
             ("rd.stateless.key=tpm,file:k", "rd.stateless.key=tpm,file:k: not an absolute path"),
             ("rd.stateless.max-age=7", "rd.stateless.max-age=7: not a duration like 36h, 7d or 2weeks"),
             ("rd.stateless.max-age=0d", "rd.stateless.max-age=0d: a maximum age under one second refuses every bundle"),
