@@ -32,6 +32,7 @@ struct Make<'a> {
     key: Option<&'a Key>,
     signer: Option<&'a SigningKey>,
     created: i64,
+    expires: Option<i64>,
 }
 
 impl<'a> Make<'a> {
@@ -43,6 +44,7 @@ impl<'a> Make<'a> {
             key: Some(key),
             signer,
             created: now(),
+            expires: None,
         }
     }
 
@@ -54,7 +56,7 @@ impl<'a> Make<'a> {
             key: self.key,
             generation: self.generation,
             created: self.created,
-            expires: None,
+            expires: self.expires,
             scope: self.scope.clone(),
             level: 3,
             threads: 0,
@@ -607,6 +609,42 @@ fn max_age_refuses_old_bundles_from_the_server_and_the_cache() {
         boot(&node, &img, &format!("{server} {NODE} {week} rd.stateless.max-age-offline=none"), false, &[]);
     assert_eq!(code, 10, "{err}");
     assert!(err.contains("over rd.stateless.max-age=7days"), "{err}");
+}
+
+/// The header's expiry holds for a server's bundle and for the cache's
+/// alike; a bundle that has not expired yet is applied.
+#[test]
+fn expired_bundles_are_refused_from_the_server_and_the_cache() {
+    let site = Site::new();
+    let (_nginx, server) = serve(&site);
+    let publisher = SigningKey::generate().unwrap();
+    let node = Node::new();
+    let img = Image::new(&node, &[&site.key], &[&publisher]);
+    let expired = Make { expires: Some(now() - 3600), motd: "expired\n", ..Make::new(3, &site.key, Some(&publisher)) };
+    let expired = expired.bytes();
+    site.put(REL, &expired);
+    let (code, err, status) = boot(&node, &img, &format!("{server} {NODE}"), false, &[]);
+    assert_eq!(code, 10, "{err}");
+    assert_eq!(refused_kinds(&status), ["server: expired"], "{status}");
+    assert!(err.contains("expired"), "{err}");
+    assert_eq!(node.read("etc/motd"), None);
+
+    let valid = Make { expires: Some(now() + 86_400), motd: "valid\n", ..Make::new(4, &site.key, Some(&publisher)) };
+    site.put(REL, &valid.bytes());
+    let (code, err, _) = boot(&node, &img, &format!("{server} {NODE}"), true, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(node.read("etc/motd").as_deref(), Some("valid\n"));
+
+    // The same expired bundle in the cache is refused too.
+    let cache = node.dir.path().join("cache");
+    let _ = fs::remove_dir_all(&cache);
+    fs::create_dir_all(&cache).unwrap();
+    plant(&cache, &expired);
+    node.fresh_sysroot();
+    let (code, err, status) = boot(&node, &img, &format!("{NODE} {}", offline()), true, &[]);
+    assert_eq!(code, 10, "{err}");
+    assert_eq!(refused_kinds(&status), ["cache-current: expired"], "{status}");
+    assert_eq!(node.read("etc/motd"), None);
 }
 
 #[test]
