@@ -31,7 +31,9 @@ use stateless_bundle::{
     BundleReader, Cipher, Header, Key, KeyId, Limits, OpenOptions, PublicKey, RawHeader, Scope, SigningKey,
 };
 
+mod model;
 mod trust;
+pub use model::{model_toml, model_toml_seeds};
 pub use trust::{keys_pubkey_arg, keys_pubkey_arg_seeds};
 
 /// The key `bundle_open` tries and seals with (a constant, not a secret).
@@ -486,4 +488,5 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("cmdline_split", loader::cmdline_split),
     ("keys_tpm_pcr_read", keys_tpm_pcr_read),
     ("http_head", http_head),
+    ("model_toml", model_toml),
 ];
