@@ -335,7 +335,8 @@ pub fn tar_extract(data: &[u8]) {
     let limits = limits();
     let scratch = Scratch::new();
     let dest = scratch.dest();
-    let written = extract::extract(data, ExtractOptions { dest: Some(&dest), limits: &limits, owners: false, cancel: None });
+    let written =
+        extract::extract(data, ExtractOptions { dest: Some(&dest), limits: &limits, owners: false, cancel: None });
     scratch.check_contained();
     let verify = extract::extract(data, ExtractOptions { dest: None, limits: &limits, owners: false, cancel: None });
     if strict() {

@@ -35,7 +35,10 @@ fn files(path: &Path) -> Vec<PathBuf> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((target, paths)) = args.split_first().filter(|(_, p)| !p.is_empty()) else {
-        eprintln!("usage: replay TARGET|all PATH...\ntargets: {}", TARGETS.iter().map(|t| t.0).collect::<Vec<_>>().join(" "));
+        eprintln!(
+            "usage: replay TARGET|all PATH...\ntargets: {}",
+            TARGETS.iter().map(|t| t.0).collect::<Vec<_>>().join(" ")
+        );
         return ExitCode::from(2);
     };
     let mut jobs: Vec<(&str, fn(&[u8]), PathBuf)> = Vec::new();
