@@ -14,7 +14,7 @@ use stateless_bundle::{Key, Scope};
 use stateless_keys::sealed::Bank;
 use stateless_keys::tpm::Tpm;
 use support::swtpm::Swtpm;
-use support::{Nginx, Node, Site};
+use support::{Nginx, Node, Site, stick};
 
 const NODE: &str = "rd.stateless.node=node42 rd.stateless.timeout=3";
 
@@ -34,26 +34,6 @@ fn boot(node: &Node, cmdline: &str, extra: &[&dyn AsRef<std::ffi::OsStr>]) -> (i
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or(serde_json::Value::Null);
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned(), status)
-}
-
-/// A vfat stick image with `keys` at /stateless/keys, made by the standard
-/// tools (`statelessctl key usb --image` does the same; ctl/tests/keys.rs
-/// checks that the loader's source reads its images).
-fn stick(dir: &Path, label: &str, keys: &[&Key]) -> PathBuf {
-    let img = dir.join(format!("{label}.img"));
-    fs::File::create(&img).unwrap().set_len(4 << 20).unwrap();
-    let mut script = format!(
-        "set -e; mkfs.vfat -n {label} {0} >/dev/null; mmd -i {0} ::/stateless ::/stateless/keys\n",
-        img.display()
-    );
-    for (i, k) in keys.iter().enumerate() {
-        let f = dir.join(format!("k{i}"));
-        stateless_keys::write_key_file(&f, k, true).unwrap();
-        script.push_str(&format!("mcopy -i {} {} ::/stateless/keys/{}.key\n", img.display(), f.display(), k.id()));
-    }
-    let out = Command::new("bash").args(["-c", &script]).env("MTOOLS_SKIP_CHECK", "1").output().unwrap();
-    assert!(out.status.success(), "dosfstools/mtools: {}", String::from_utf8_lossy(&out.stderr));
-    img
 }
 
 fn serve(site: &Site) -> (Nginx, String) {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use stateless_bundle::{BundleReader, Key, Limits, PackOptions, Scope, SigningKey};
 use stateless_keys::derive::{Target, derive};
 use stateless_loader::cache::{Cache, SlotMeta};
-use support::{Nginx, Node, Site};
+use support::{Nginx, Node, Site, stick};
 
 const REL: &str = "v1/nodes/node42/bundle";
 const NODE: &str = "rd.stateless.node=node42 rd.stateless.timeout=3";
@@ -454,24 +454,6 @@ fn a_node_key_opens_only_its_own_bundles_even_from_a_copied_cache() {
     assert_eq!(code, 10, "{err}");
     assert!(err.contains("cache-current: bundle is for node:node43, this is node node42"), "{err}");
     assert_eq!(node42.read("etc/motd"), None);
-}
-
-/// A vfat stick image with `keys` at /stateless/keys (as in tests/keys.rs).
-fn stick(dir: &Path, label: &str, keys: &[&Key]) -> PathBuf {
-    let img = dir.join(format!("{label}.img"));
-    fs::File::create(&img).unwrap().set_len(4 << 20).unwrap();
-    let mut script = format!(
-        "set -e; mkfs.vfat -n {label} {0} >/dev/null; mmd -i {0} ::/stateless ::/stateless/keys\n",
-        img.display()
-    );
-    for (i, k) in keys.iter().enumerate() {
-        let f = dir.join(format!("stick-k{i}"));
-        stateless_keys::write_key_file(&f, k, true).unwrap();
-        script.push_str(&format!("mcopy -i {} {} ::/stateless/keys/{}.key\n", img.display(), f.display(), k.id()));
-    }
-    let out = Command::new("bash").args(["-c", &script]).env("MTOOLS_SKIP_CHECK", "1").output().unwrap();
-    assert!(out.status.success(), "dosfstools/mtools: {}", String::from_utf8_lossy(&out.stderr));
-    img
 }
 
 #[test]

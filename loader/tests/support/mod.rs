@@ -451,3 +451,23 @@ impl Node {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
+
+/// A vfat stick image with `keys` at /stateless/keys, made by the standard
+/// tools (`statelessctl key usb --image` does the same; ctl/tests/keys.rs
+/// checks that the loader's source reads its images).
+pub fn stick(dir: &Path, label: &str, keys: &[&Key]) -> PathBuf {
+    let img = dir.join(format!("{label}.img"));
+    fs::File::create(&img).unwrap().set_len(4 << 20).unwrap();
+    let mut script = format!(
+        "set -e; mkfs.vfat -n {label} {0} >/dev/null; mmd -i {0} ::/stateless ::/stateless/keys\n",
+        img.display()
+    );
+    for (i, k) in keys.iter().enumerate() {
+        let f = dir.join(format!("k{i}"));
+        stateless_keys::write_key_file(&f, k, true).unwrap();
+        script.push_str(&format!("mcopy -i {} {} ::/stateless/keys/{}.key\n", img.display(), f.display(), k.id()));
+    }
+    let out = Command::new("bash").args(["-c", &script]).env("MTOOLS_SKIP_CHECK", "1").output().unwrap();
+    assert!(out.status.success(), "dosfstools/mtools: {}", String::from_utf8_lossy(&out.stderr));
+    img
+}
