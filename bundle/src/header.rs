@@ -100,18 +100,23 @@ pub enum Scope {
     Node(String),
     /// The nodes of one group.
     Group(String),
+    /// One plugin's layer, by plugin name: a node applies it only when its
+    /// stack names the plugin (docs/site.md), and it can never stand in
+    /// for a node, group or default bundle.
+    Plugin(String),
 }
 
 impl Scope {
-    /// Parses `any`, `node:NAME` or `group:NAME`.
+    /// Parses `any`, `node:NAME`, `group:NAME` or `plugin:NAME`.
     pub fn parse(s: &str) -> Result<Scope, HeaderError> {
         let scope = match s.split_once(':') {
             None if s == "any" => Scope::Any,
             Some(("node", name)) => Scope::Node(name.to_owned()),
             Some(("group", name)) => Scope::Group(name.to_owned()),
-            _ => return Err(HeaderError::BadScope("scope must be any, node:NAME or group:NAME")),
+            Some(("plugin", name)) => Scope::Plugin(name.to_owned()),
+            _ => return Err(HeaderError::BadScope("scope must be any, node:NAME, group:NAME or plugin:NAME")),
         };
-        if let Scope::Node(name) | Scope::Group(name) = &scope {
+        if let Scope::Node(name) | Scope::Group(name) | Scope::Plugin(name) = &scope {
             validate_name(name.as_bytes())?;
         }
         Ok(scope)
@@ -124,6 +129,7 @@ impl std::fmt::Display for Scope {
             Scope::Any => f.write_str("any"),
             Scope::Node(n) => write!(f, "node:{n}"),
             Scope::Group(g) => write!(f, "group:{g}"),
+            Scope::Plugin(p) => write!(f, "plugin:{p}"),
         }
     }
 }
@@ -239,6 +245,7 @@ impl Header {
             Scope::Any => (0u8, ""),
             Scope::Node(n) => (1, n.as_str()),
             Scope::Group(g) => (2, g.as_str()),
+            Scope::Plugin(p) => (3, p.as_str()),
         };
         if kind != 0 {
             validate_name(name.as_bytes())?;
@@ -336,11 +343,15 @@ impl RawHeader {
         let scope = match kind {
             0 if name.is_empty() => Scope::Any,
             0 => return Err(HeaderError::BadScope("scope any carries a name")),
-            1 | 2 => {
+            1..=3 => {
                 validate_name(name)?;
                 // validate_name admits ASCII only, so this cannot fail.
                 let name = String::from_utf8_lossy(name).into_owned();
-                if kind == 1 { Scope::Node(name) } else { Scope::Group(name) }
+                match kind {
+                    1 => Scope::Node(name),
+                    2 => Scope::Group(name),
+                    _ => Scope::Plugin(name),
+                }
             }
             _ => return Err(HeaderError::BadScope("unknown scope kind")),
         };
@@ -678,6 +689,23 @@ mod tests {
         assert!(none.ends_with("(none configured)"), "{none}");
         let unsigned = RawHeader::parse(&header(Cipher::Aes256GcmStream, &key).to_bytes(Some(&key)).unwrap()).unwrap();
         assert_eq!(unsigned.verify_signature_by_any(&trusted), Err(SignatureError::Unsigned));
+    }
+
+    #[test]
+    fn every_scope_kind_round_trips_and_parses_from_text() {
+        let key = Key::from_bytes([1; 32]);
+        for text in ["any", "node:n42", "group:rack7", "plugin:acme-agent"] {
+            let scope = Scope::parse(text).unwrap();
+            assert_eq!(scope.to_string(), text);
+            let mut h = header(Cipher::Aes256GcmStream, &key);
+            h.scope = scope.clone();
+            let bytes = h.to_bytes(Some(&key)).unwrap();
+            let (back, _) = RawHeader::parse(&bytes).unwrap().authenticate(Some(&key)).unwrap();
+            assert_eq!(back.scope, scope, "{text}");
+        }
+        for bad in ["plugin:", "plugin:.x", "vendor:acme", "plugin:a/b"] {
+            assert!(Scope::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

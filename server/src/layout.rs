@@ -40,6 +40,8 @@ pub enum Target {
     Group(String),
     /// `/v1/default/bundle`
     Default,
+    /// `/v1/plugins/{plugin}/bundle`
+    Plugin(String),
 }
 
 impl Target {
@@ -55,7 +57,13 @@ impl Target {
         Ok(Target::Group(name.to_owned()))
     }
 
-    /// Parses a request path (without query). Anything but the three
+    /// A plugin target with a checked name.
+    pub fn plugin(name: &str) -> Result<Target, NameError> {
+        check_name(name)?;
+        Ok(Target::Plugin(name.to_owned()))
+    }
+
+    /// Parses a request path (without query). Anything but the four
     /// protocol paths with valid names is `None`.
     pub fn from_url_path(path: &str) -> Option<Target> {
         let rest = path.strip_prefix("/v1/")?;
@@ -67,6 +75,7 @@ impl Target {
         match kind {
             "nodes" => Target::node(name).ok(),
             "groups" => Target::group(name).ok(),
+            "plugins" => Target::plugin(name).ok(),
             _ => None,
         }
     }
@@ -77,14 +86,19 @@ impl Target {
             Target::Node(n) => format!("v1/nodes/{n}/bundle"),
             Target::Group(g) => format!("v1/groups/{g}/bundle"),
             Target::Default => "v1/default/bundle".to_owned(),
+            Target::Plugin(p) => format!("v1/plugins/{p}/bundle"),
         }
     }
 
     /// Whether a bundle of this scope may be published here: `any`
-    /// everywhere, `node:X` and `group:X` only at their own path (a loader
-    /// would refuse them anywhere else).
+    /// everywhere but a plugin's path, `node:X`, `group:X` and `plugin:X`
+    /// only at their own path (a loader would refuse them anywhere else).
+    /// A plugin's path takes only its own scope, so that no site-wide
+    /// bundle can be applied as a plugin's layer.
     pub fn accepts(&self, scope: &Scope) -> bool {
         match (self, scope) {
+            (Target::Plugin(a), Scope::Plugin(b)) => a == b,
+            (Target::Plugin(_), _) => false,
             (_, Scope::Any) => true,
             (Target::Node(a), Scope::Node(b)) | (Target::Group(a), Scope::Group(b)) => a == b,
             _ => false,
@@ -96,6 +110,7 @@ impl Target {
             Target::Node(n) => Path::new("nodes").join(n),
             Target::Group(g) => Path::new("groups").join(g),
             Target::Default => PathBuf::from("default"),
+            Target::Plugin(p) => Path::new("plugins").join(p),
         }
     }
 }
@@ -106,6 +121,7 @@ impl std::fmt::Display for Target {
             Target::Node(n) => write!(f, "node {n}"),
             Target::Group(g) => write!(f, "group {g}"),
             Target::Default => f.write_str("default"),
+            Target::Plugin(p) => write!(f, "plugin {p}"),
         }
     }
 }
@@ -233,6 +249,8 @@ mod tests {
         );
         assert_eq!(Target::from_url_path("/v1/groups/rack7/bundle"), Some(Target::Group("rack7".into())));
         assert_eq!(Target::from_url_path("/v1/default/bundle"), Some(Target::Default));
+        assert_eq!(Target::from_url_path("/v1/plugins/acme-agent/bundle"), Some(Target::Plugin("acme-agent".into())));
+        assert_eq!(Target::Plugin("acme-agent".into()).rel_path(), "v1/plugins/acme-agent/bundle");
         for bad in [
             "/v1/nodes/../bundle",
             "/v1/nodes/./bundle",
@@ -251,6 +269,17 @@ mod tests {
         }
         let long = format!("/v1/nodes/{}/bundle", "a".repeat(65));
         assert_eq!(Target::from_url_path(&long), None);
+    }
+
+    #[test]
+    fn plugin_paths_take_only_their_own_plugin_scope() {
+        let p = Target::Plugin("acme".into());
+        assert!(p.accepts(&Scope::Plugin("acme".into())));
+        assert!(!p.accepts(&Scope::Plugin("other".into())));
+        assert!(!p.accepts(&Scope::Any));
+        assert!(!p.accepts(&Scope::Group("acme".into())));
+        assert!(!Target::Default.accepts(&Scope::Plugin("acme".into())));
+        assert!(!Target::Node("acme".into()).accepts(&Scope::Plugin("acme".into())));
     }
 
     #[test]
