@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 mod apply;
+pub mod layer;
 mod model;
 mod names;
 mod raw;

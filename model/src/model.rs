@@ -145,6 +145,10 @@ pub struct Plugin {
     pub vendor: String,
     /// Version.
     pub version: String,
+    /// The generation of the plugin's layer bundle, when the record comes
+    /// from a plugin layer the loader applied ([`Model::add_plugin_layer`]);
+    /// `None` for a `[[plugins]]` record written in a model.toml.
+    pub generation: Option<u64>,
 }
 
 /// The checked node model of one layer, or of a merged stack.
@@ -194,6 +198,22 @@ impl Model {
             out.plugins.extend(l.plugins);
         }
         out
+    }
+
+    /// Records a plugin layer that is part of the stack, with its bundle's
+    /// generation, as the layer `layer` (the plugin's own layer name):
+    /// `/etc/stateless/plugins.json` then lists it. A record of the same
+    /// name from a model.toml is replaced.
+    pub fn add_plugin_layer(&mut self, layer: &str, meta: &crate::layer::LayerMeta, generation: u64) {
+        if let (Some(name), Some(vendor), Some(version)) = (&meta.name, &meta.vendor, &meta.version) {
+            let value = Plugin {
+                name: name.clone(),
+                vendor: vendor.clone(),
+                version: version.clone(),
+                generation: Some(generation),
+            };
+            self.plugins.insert(name.clone(), Entry { value, layer: layer.to_owned() });
+        }
     }
 
     /// True when the model sets nothing.
@@ -367,7 +387,8 @@ impl RawModel {
                     return Err(bad(Invalid::Plugin { field, value: value.clone() }));
                 }
             }
-            let value = Plugin { name: p.name.clone(), vendor: p.vendor.clone(), version: p.version.clone() };
+            let value =
+                Plugin { name: p.name.clone(), vendor: p.vendor.clone(), version: p.version.clone(), generation: None };
             if m.plugins.insert(p.name.clone(), entry(layer, value)).is_some() {
                 return Err(bad(Invalid::Duplicate { kind: "plugin", name: p.name.clone() }));
             }

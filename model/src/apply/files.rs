@@ -61,12 +61,16 @@ pub(crate) fn plan(m: &Model, actions: &mut Vec<Action>) -> Result<(), ApplyErro
             .values()
             .map(|p| {
                 let p = p.value();
-                serde_json::json!({
+                let mut r = serde_json::json!({
                     "name": p.name,
                     "vendor": p.vendor,
                     "version": p.version,
                     "state": "installed",
-                })
+                });
+                if let (Some(g), Some(o)) = (p.generation, r.as_object_mut()) {
+                    o.insert("generation".into(), g.into());
+                }
+                r
             })
             .collect();
         // `{:#}` of a Value is its pretty JSON; it cannot fail.
