@@ -277,3 +277,44 @@ fn disable_removes_wants_and_alias_links_only() {
     // The unit files themselves stay.
     assert!(r.join("usr/lib/systemd/system/acme-agent.service").is_file());
 }
+
+#[test]
+fn a_plugin_layers_units_are_linked_and_can_be_enabled() {
+    use stateless_model::layer::LayerMeta;
+    let d = base();
+    let r = d.path();
+    let unit_dir = r.join("opt/vend/tool/systemd");
+    fs::create_dir_all(&unit_dir).unwrap();
+    fs::write(
+        unit_dir.join("tool.service"),
+        "[Service]\nExecStart=/opt/vend/tool/bin/tool\n[Install]\nWantedBy=multi-user.target\n",
+    )
+    .unwrap();
+    fs::write(unit_dir.join("README"), "not a unit\n").unwrap();
+    let meta =
+        LayerMeta::parse("layer.toml", "kind = \"plugin\"\nname = \"tool\"\nvendor = \"vend\"\nversion = \"2.0\"\n")
+            .unwrap();
+    let mut m = Model::load("model.toml", "plugin tool", "[services]\nenable = [\"tool.service\"]\n").unwrap();
+    m.add_plugin_layer("plugin tool", &meta, 7);
+    apply(&m, r).unwrap();
+    let link = |p: &str| fs::read_link(r.join(p)).unwrap().display().to_string();
+    assert_eq!(link("etc/systemd/system/tool.service"), "/opt/vend/tool/systemd/tool.service");
+    assert_eq!(link("etc/systemd/system/multi-user.target.wants/tool.service"), "/opt/vend/tool/systemd/tool.service");
+    assert!(fs::symlink_metadata(r.join("etc/systemd/system/README")).is_err());
+    let plugins = read(r, "etc/stateless/plugins.json");
+    assert!(plugins.contains("\"generation\": 7") && plugins.contains("\"vendor\": \"vend\""), "{plugins}");
+    // Applying again (the next boot's root keeps the link) is fine.
+    apply(&m, r).unwrap();
+
+    // A plugin unit never replaces one the root has.
+    let d = base();
+    let r = d.path();
+    fs::create_dir_all(r.join("opt/vend/tool/systemd")).unwrap();
+    fs::write(r.join("opt/vend/tool/systemd/cups.service"), "[Install]\nWantedBy=multi-user.target\n").unwrap();
+    fs::write(r.join("etc/systemd/system/cups.service"), "[Service]\n").unwrap();
+    let mut m = Model::default();
+    m.add_plugin_layer("plugin tool", &meta, 1);
+    let err = apply(&m, r).unwrap_err();
+    assert!(matches!(err, ApplyError::Unit { .. }), "{err}");
+    assert!(err.to_string().contains("already has"), "{err}");
+}

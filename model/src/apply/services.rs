@@ -2,6 +2,11 @@
 //! systemctl. Enable reads the unit's [Install] section (WantedBy=,
 //! RequiredBy=, UpheldBy=, Alias=); disable removes links to the unit from
 //! etc/systemd/system; mask links etc/systemd/system/UNIT to /dev/null.
+//!
+//! A plugin layer's units live in its own root, `opt/VENDOR/NAME/systemd/`,
+//! where systemd does not look: each is linked into etc/systemd/system (what
+//! `systemctl link` does), and is found there by enable, after the root's
+//! own unit dirs, so a plugin can never shadow a unit of the base image.
 
 use super::fsx::Root;
 use super::{Action, ApplyError};
@@ -23,15 +28,30 @@ enum Found {
     Masked,
 }
 
-/// Finds `unit` (or its template) in the unit dirs; links are resolved
-/// inside the root, never followed by the kernel.
-fn find(root: &Root, unit: &str) -> Result<Option<Found>, ApplyError> {
+/// The unit directory inside a plugin's root.
+pub(crate) const PLUGIN_UNIT_DIR: &str = "systemd";
+
+/// The unit dirs of the plugin layers in the model (`opt/V/N/systemd`).
+fn plugin_unit_dirs(m: &Model) -> Vec<String> {
+    m.plugins()
+        .values()
+        .map(|p| p.value())
+        .filter(|p| p.generation.is_some())
+        .map(|p| format!("opt/{}/{}/{PLUGIN_UNIT_DIR}", p.vendor, p.name))
+        .collect()
+}
+
+/// Finds `unit` (or its template) in the unit dirs, then in `extra` (the
+/// plugins' unit dirs); links are resolved inside the root, never followed
+/// by the kernel.
+fn find(root: &Root, unit: &str, extra: &[String]) -> Result<Option<Found>, ApplyError> {
     let template = unit.split_once('@').and_then(|(stem, rest)| {
         let suffix = rest.rsplit_once('.')?.1;
         Some(format!("{stem}@.{suffix}"))
     });
+    let dirs: Vec<&str> = UNIT_DIRS.iter().copied().chain(extra.iter().map(String::as_str)).collect();
     for name in std::iter::once(unit.to_owned()).chain(template) {
-        for dir in UNIT_DIRS {
+        for dir in &dirs {
             let mut path = format!("{dir}/{name}");
             for _ in 0..MAX_HOPS {
                 let target = match root.readlink(&path) {
@@ -121,9 +141,37 @@ fn install(unit: &str, text: &str) -> Result<Install, ApplyError> {
     Ok(out)
 }
 
+/// Links each unit file of each plugin layer into etc/systemd/system,
+/// unless the root already has a unit of that name there (a link to the
+/// same file is left as it is).
+fn link_plugin_units(root: &Root, dirs: &[String], actions: &mut Vec<Action>) -> Result<(), ApplyError> {
+    for dir in dirs {
+        for name in root.list(dir)? {
+            if !names::unit_name_any(&name) || !matches!(root.kind(&format!("{dir}/{name}"))?, super::fsx::Kind::File) {
+                continue;
+            }
+            let link = format!("{ETC}/{name}");
+            let target = format!("/{dir}/{name}");
+            match root.kind(&link)? {
+                super::fsx::Kind::Missing => actions.push(Action::Symlink { path: link, target }),
+                super::fsx::Kind::Symlink if root.readlink(&link)?.as_deref() == Some(target.as_str()) => {}
+                _ => {
+                    return Err(ApplyError::Unit {
+                        unit: name,
+                        why: format!("the plugin's {target} would replace {link}, which the root already has"),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn plan(m: &Model, root: &Root, actions: &mut Vec<Action>) -> Result<(), ApplyError> {
+    let extra = plugin_unit_dirs(m);
+    link_plugin_units(root, &extra, actions)?;
     for (unit, state) in m.services() {
-        let found = find(root, unit)?.ok_or_else(|| ApplyError::UnknownUnit { unit: unit.clone() })?;
+        let found = find(root, unit, &extra)?.ok_or_else(|| ApplyError::UnknownUnit { unit: unit.clone() })?;
         match (state.value(), found) {
             (UnitState::Enable, Found::Masked) => {
                 return Err(ApplyError::Unit {
