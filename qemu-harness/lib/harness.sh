@@ -138,15 +138,18 @@ build_root() {
 # $WORK/debian-root between runs) with systemd, as an ext4 image with a
 # report unit that prints SLTEST-* lines and powers off.
 build_debian_root() {
-    local tree=$WORK/debian-root img=$WORK/debian.img stamp
+    # The tree's name carries the package set: a cached tree made with an
+    # older list is not reused.
+    local tree=$WORK/debian-root-2 img=$WORK/debian.img stamp kver
+    kver=$(kernel_version)
     if [ ! -d "$tree" ]; then
         log "debootstrap of Debian bookworm with systemd (cached for later runs; a few minutes)"
-        rm -rf "$tree.tmp"
-        debootstrap --variant=minbase --include=systemd,systemd-sysv,udev,kmod bookworm "$tree.tmp" \
+        rm -rf "$tree.tmp" "$WORK/debian-root"
+        debootstrap --variant=minbase --include=systemd,systemd-sysv,udev,kmod,nftables bookworm "$tree.tmp" \
             http://deb.debian.org/debian > "$WORK/debootstrap.log" 2>&1 || die "debootstrap failed: see $WORK/debootstrap.log"
         mv "$tree.tmp" "$tree"
     fi
-    stamp=$(cat "$HARNESS"/lib/debian/* | sha256sum | cut -c1-16)
+    stamp=$( (cat "$HARNESS"/lib/debian/*; echo "$kver") | sha256sum | cut -c1-16)
     if [ -f "$img" ] && [ "$(cat "$img.stamp" 2> /dev/null)" = "$stamp" ]; then
         return
     fi
@@ -160,6 +163,24 @@ build_debian_root() {
     echo "base image" > "$tree/etc/sltest/marker"
     echo "the bundle deletes this file" > "$tree/etc/sltest/delete-me"
     echo sltest > "$tree/etc/hostname"
+    # What a base image does to take the node model's firewall
+    # (docs/site.md): its nftables.conf includes the directory.
+    install -m 0755 "$HARNESS/lib/debian/nftables.conf" "$tree/etc/nftables.conf"
+    mkdir -p "$tree/etc/nftables.d"
+    # An sshd_config for the model's edits to change (no sshd needed).
+    mkdir -p "$tree/etc/ssh"
+    install -m 0644 "$HARNESS/lib/debian/sshd_config" "$tree/etc/ssh/sshd_config"
+    # The booted kernel's modules the fleet scenario's model loads (dummy)
+    # and its firewall needs (nf_tables and conntrack), with their
+    # dependencies: the root's systemd loads them, not the initramfs.
+    rm -rf "$tree/usr/lib/modules"
+    local m
+    for m in $(modprobe -S "$kver" --show-depends dummy nft_ct nf_tables | awk '$1 == "insmod" {print $2}' | sort -u); do
+        install -D -m 0644 "$m" "$tree/usr$m"
+    done
+    cp "/lib/modules/$kver/modules.order" "/lib/modules/$kver/modules.builtin" "/lib/modules/$kver/modules.builtin.modinfo" \
+        "$tree/usr/lib/modules/$kver/" 2> /dev/null || true
+    depmod -b "$tree/usr" "$kver"
     rm -f "$img"
     local mb
     mb=$(($(du -sm "$tree" | cut -f1) + 256))
