@@ -175,7 +175,7 @@ build_debian_root() {
     # dependencies: the root's systemd loads them, not the initramfs.
     rm -rf "$tree/usr/lib/modules"
     local m
-    for m in $(modprobe -S "$kver" --show-depends dummy nft_ct nf_tables | awk '$1 == "insmod" {print $2}' | sort -u); do
+    for m in $(modprobe -S "$kver" --show-depends -a dummy nft_ct nf_tables | awk '$1 == "insmod" {print $2}' | sort -u); do
         install -D -m 0644 "$m" "$tree/usr$m"
     done
     cp "/lib/modules/$kver/modules.order" "/lib/modules/$kver/modules.builtin" "/lib/modules/$kver/modules.builtin.modinfo" \
