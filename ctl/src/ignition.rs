@@ -121,7 +121,10 @@ impl Layer {
             if let Some(gid) = m.gid {
                 fields.push(format!("gid = {gid}"));
             }
-            out.push_str(&format!("[{}] = {{ {} }}\n", toml_str(path), fields.join(", ")));
+            // `"etc/secret" = { mode = "0600" }`: a quoted key and an inline
+            // table, the one-line form of `["etc/secret"]` + its keys (a
+            // line starting with `[` would be a table header in TOML).
+            out.push_str(&format!("{} = {{ {} }}\n", toml_str(path), fields.join(", ")));
         }
         out
     }
@@ -750,6 +753,15 @@ impl Converter {
             );
             return;
         }
+        if u.name == "root" {
+            // The most common Ignition user entry (root's SSH keys); the
+            // model refuses uid 0 on purpose, so say what to do instead.
+            self.refuse(
+                format!("{jp}.name"),
+                "root belongs to the base image and the model refuses uid 0: put its keys into files/root/.ssh/authorized_keys (mode 0600) by hand",
+            );
+            return;
+        }
         let before = self.problems.len();
         if u.no_create_home == Some(true) {
             self.refuse(format!("{jp}.noCreateHome"), "the model always creates a missing home directory");
@@ -1225,6 +1237,22 @@ mod tests {
             assert_eq!(m.users()["a"].value().shell, format!("/bin/{s}"));
         }
         assert_eq!(toml_str("a\nb\u{1}"), "\"a\\nb\\u0001\"");
+    }
+
+    #[test]
+    fn gunzip_stops_at_the_limit() {
+        use std::io::Write as _;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..=(MAX_FILE_BYTES >> 20) {
+            enc.write_all(&zeros).unwrap();
+        }
+        let bomb = enc.finish().unwrap();
+        assert!(bomb.len() < 1 << 20);
+        let err = gunzip(&bomb).unwrap_err();
+        assert!(err.contains("more than"), "{err}");
+        let ok = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        assert_eq!(gunzip(&ok.finish().unwrap()).unwrap(), b"");
     }
 
     #[test]
