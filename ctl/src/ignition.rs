@@ -836,8 +836,11 @@ impl Converter {
         self.model.users.push(t);
     }
 
+    /// Names resolve only through this config's passwd, not even `root`:
+    /// the import cannot see the base image's /etc/group, and a guessed id
+    /// would be silently wrong there (`id: 0` says it plainly).
     fn gid_of(&self, name: &str) -> Option<u32> {
-        if name == "root" { Some(0) } else { self.gids.get(name).copied() }
+        self.gids.get(name).copied()
     }
 
     /// A resource's bytes, when it has a source this import can read.
@@ -961,16 +964,12 @@ impl Converter {
                 }
             },
             (None, Some(name)) => {
-                let id = if user {
-                    if name == "root" { Some(0) } else { self.uids.get(name).copied() }
-                } else {
-                    self.gid_of(name)
-                };
+                let id = if user { self.uids.get(name).copied() } else { self.gid_of(name) };
                 if id.is_none() {
                     let section = if user { "passwd.users" } else { "passwd.groups" };
                     self.refuse(
                         format!("{jp}.name"),
-                        format!("{what} {name:?} is not defined with an id in this config's {section} (files.toml needs the number)"),
+                        format!("{what} {name:?} is not defined with an id in this config's {section} (files.toml needs the number; give id instead)"),
                     );
                 }
                 id

@@ -289,6 +289,8 @@ fn every_unsupported_part_is_listed_and_nothing_is_written() {
                 "storage.files[13].user.name",
                 "storage.files[13].group.name",
                 "storage.files[14].contents.source",
+                "storage.files[15].user.name",
+                "storage.files[15].group.name",
             ],
         ),
         (
