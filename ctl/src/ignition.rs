@@ -11,8 +11,8 @@
 //! kernel arguments, `append`, ...) is a [`Problem`] naming its JSON path,
 //! all of them are collected, and a config with any problem yields no
 //! layer. Unknown keys are refused by the typed structs
-//! (`deny_unknown_fields`), as Ignition's strict parser refuses them; those
-//! shape errors stop the parse, so they come one at a time.
+//! (`deny_unknown_fields`), as Ignition's strict parser refuses them; each
+//! is set aside and the parse retried, so they are all listed too.
 //!
 //! The mapping, field by field, is in docs/ignition.md.
 
@@ -29,6 +29,9 @@ use sha2::Digest as _;
 pub const MAX_FILE_BYTES: u64 = 64 << 20;
 /// The most bytes all files of one config may decode to.
 pub const MAX_TOTAL_BYTES: u64 = 256 << 20;
+/// How many shape errors (unknown keys, wrong types) are listed before the
+/// import gives up.
+const MAX_SHAPE_ERRORS: usize = 50;
 /// The longest path accepted (Linux's PATH_MAX).
 const MAX_PATH: usize = 4096;
 
@@ -378,13 +381,38 @@ pub fn convert(json: &[u8]) -> Result<Layer, Vec<Problem>> {
             format!("spec version {version:?} is not supported (3.0.0, 3.1.0, 3.2.0, 3.3.0 or 3.4.0)"),
         ));
     };
-    let config: Config = serde_path_to_error::deserialize(raw).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." { "$".to_owned() } else { path };
-        one(&path, one_line(&e.into_inner().to_string()))
-    })?;
-    let mut c = Converter { minor, problems: Vec::new(), total: 0, ..Converter::default() };
+    // Every shape error is listed, not only the first: an unknown key is
+    // taken out of the document, a value of the wrong type is set to null
+    // (a required one then stops the parse), and the parse is retried, a
+    // bounded number of times.
+    let mut raw = raw;
+    let mut shape: Vec<Problem> = Vec::new();
+    let config = loop {
+        match serde_path_to_error::deserialize::<_, Config>(&raw) {
+            Ok(c) => break c,
+            Err(e) => {
+                let path = e.path().to_string();
+                let path = if path == "." { "$".to_owned() } else { path };
+                if shape.iter().any(|p| p.path == path) {
+                    return Err(shape);
+                }
+                let message = one_line(&e.inner().to_string());
+                let unknown = message.starts_with("unknown field");
+                shape.push(Problem { path, message });
+                if shape.len() >= MAX_SHAPE_ERRORS || !set_aside(&mut raw, e.path(), unknown) {
+                    return Err(shape);
+                }
+            }
+        }
+    };
+    let mut c = Converter { minor, problems: shape, total: 0, ..Converter::default() };
+    let shape_len = c.problems.len();
     c.config(&config);
+    // A value set aside as null is reported once, as the wrong type it
+    // was, not again as missing.
+    let (shape, semantic) = c.problems.split_at(shape_len);
+    let semantic: Vec<Problem> = semantic.iter().filter(|p| !shape.iter().any(|s| s.path == p.path)).cloned().collect();
+    c.problems = [shape.to_vec(), semantic].concat();
     if !c.problems.is_empty() {
         return Err(c.problems);
     }
@@ -1011,6 +1039,42 @@ impl Converter {
         for (jp, msg) in bad {
             self.refuse(jp, msg);
         }
+    }
+}
+
+/// Takes an unknown key out of the document, or sets a value of the wrong
+/// type to null; false when there is nothing left to set aside.
+fn set_aside(doc: &mut Value, path: &serde_path_to_error::Path, unknown: bool) -> bool {
+    use serde_path_to_error::Segment;
+    let mut at = doc;
+    let segments: Vec<&Segment> = path.iter().collect();
+    let Some((last, parents)) = segments.split_last() else { return false };
+    for seg in parents {
+        let next = match seg {
+            Segment::Map { key } => at.get_mut(key.as_str()),
+            Segment::Seq { index } => at.get_mut(*index),
+            _ => None,
+        };
+        let Some(next) = next else { return false };
+        at = next;
+    }
+    match last {
+        Segment::Map { key } if unknown => at.as_object_mut().is_some_and(|o| o.remove(key.as_str()).is_some()),
+        Segment::Map { key } => match at.get_mut(key.as_str()) {
+            Some(v) if !v.is_null() => {
+                *v = Value::Null;
+                true
+            }
+            _ => false,
+        },
+        Segment::Seq { index } => match at.get_mut(*index) {
+            Some(v) if !v.is_null() => {
+                *v = Value::Null;
+                true
+            }
+            _ => false,
+        },
+        _ => false,
     }
 }
 

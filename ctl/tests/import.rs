@@ -259,6 +259,18 @@ fn every_unsupported_part_is_listed_and_nothing_is_written() {
         ("refuse_timeouts.ign", &["ignition.timeouts.httpResponseHeaders", "ignition.timeouts.httpTotal"]),
         ("refuse_unknown_key.ign", &["storage.files[0].mde"]),
         ("refuse_unknown_top_key.ign", &["networkd"]),
+        (
+            "refuse_shape_errors.ign",
+            &[
+                "extra",
+                "ignition.foo",
+                "passwd.users[0].uid",
+                "storage.files[0].contents.src",
+                "storage.files[0].mde",
+                "storage.files[1].usr",
+                "storage.disks[0]",
+            ],
+        ),
         ("refuse_version_unsupported.ign", &["ignition.version"]),
         ("refuse_version_2x.ign", &["ignition.version"]),
         ("refuse_version_missing.ign", &["ignition.version"]),
