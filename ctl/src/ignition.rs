@@ -34,6 +34,8 @@ pub const MAX_TOTAL_BYTES: u64 = 256 << 20;
 const MAX_SHAPE_ERRORS: usize = 50;
 /// The longest path accepted (Linux's PATH_MAX).
 const MAX_PATH: usize = 4096;
+/// The longest path component (Linux's NAME_MAX).
+const NAME_MAX: usize = 255;
 
 /// The spec versions this converter reads, and their minor numbers.
 const VERSIONS: [(&str, u8); 5] = [("3.0.0", 0), ("3.1.0", 1), ("3.2.0", 2), ("3.3.0", 3), ("3.4.0", 4)];
@@ -643,9 +645,12 @@ impl Converter {
             }
             return;
         }
-        if target.starts_with('/') {
-            self.path(&format!("{jp}.target"), target);
-        } else if escapes(&path, target) {
+        // An absolute target resolves inside the node's root whatever it
+        // holds (`/..` is `/`); a relative one must not climb out of it, or
+        // the bundle would be refused (stateless_bundle's rule, the same).
+        if target.split('/').any(|c| c.len() > NAME_MAX) {
+            self.refuse(format!("{jp}.target"), format!("a component is longer than {NAME_MAX} bytes"));
+        } else if !target.starts_with('/') && escapes(&path, target) {
             self.refuse(format!("{jp}.target"), format!("{target:?} leads out of the root"));
         }
         let uid = self.owner(&format!("{jp}.user"), l.user.as_ref(), true);
@@ -1111,6 +1116,7 @@ fn rel_path(p: &str) -> Result<String, String> {
         match part {
             "" => {}
             "." | ".." => return Err(format!("{p:?} contains '.' or '..'")),
+            c if c.len() > NAME_MAX => return Err(format!("a component is longer than {NAME_MAX} bytes")),
             _ => parts.push(part),
         }
     }
@@ -1275,7 +1281,8 @@ mod tests {
     #[test]
     fn paths_are_normalised_or_refused() {
         assert_eq!(rel_path("/etc//x/").unwrap(), "etc/x");
-        for bad in ["etc/x", "/", "//", "/etc/../x", "/./x", "/.stateless/model.toml", "/a\0b"] {
+        let long = format!("/etc/{}", "x".repeat(256));
+        for bad in ["etc/x", "/", "//", "/etc/../x", "/./x", "/.stateless/model.toml", "/a\0b", &long] {
             assert!(rel_path(bad).is_err(), "{bad:?}");
         }
     }

@@ -475,6 +475,11 @@ fn inline_configs_cover_the_edge_cases() {
         run(r#"{"ignition":{"version":"3.4.0"},"storage":{"links":[{"path":"/etc/a/b","target":"../../usr/x"}]}}"#);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(fs::read_link(out.join("files/etc/a/b")).unwrap(), Path::new("../../usr/x"));
+    // An absolute target stays inside the node's root whatever it holds.
+    let (code, err, out) =
+        run(r#"{"ignition":{"version":"3.4.0"},"storage":{"links":[{"path":"/r","target":"/../../x"}]}}"#);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(fs::read_link(out.join("files/r")).unwrap(), Path::new("/../../x"));
     // A unit file and a storage file on the same path.
     let (_, err, _) =
         run(r#"{"ignition":{"version":"3.4.0"},"storage":{"files":[{"path":"/etc/systemd/system/a.service"}]},
