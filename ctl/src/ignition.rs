@@ -1310,6 +1310,35 @@ mod tests {
     }
 
     #[test]
+    fn hashes_by_version() {
+        let sha512 = "sha512-ee26b0dd4af7e749aa1a8ee3c10ae9923f618980772e473f8819a5d4940e0db27ac185f8a0e1d5f84f88bc887fd67b143732c304cc5fa9ad8e6f57f50028a8ff";
+        let sha256 = "sha256-9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        assert_eq!(verify(sha512, b"test", 0), Ok(()));
+        assert_eq!(verify(&sha512.to_uppercase().replace("SHA512", "sha512"), b"test", 0), Ok(()));
+        assert!(verify(sha256, b"test", 0).is_err(), "sha256 came with 3.1.0");
+        assert_eq!(verify(sha256, b"test", 1), Ok(()));
+        assert!(verify(sha256, b"tesT", 4).unwrap_err().contains("do not match"));
+        assert!(verify("md5-00", b"test", 4).is_err());
+        assert!(verify("nodash", b"test", 4).is_err());
+    }
+
+    #[test]
+    fn shape_errors_are_all_listed_with_paths() {
+        let doc =
+            br#"{"ignition":{"version":"3.4.0"},"b":1,"a":2,"storage":{"files":[{"path":"/x","mode":"x","q":1}]}}"#;
+        let paths: Vec<String> = convert(doc).unwrap_err().into_iter().map(|p| p.path).collect();
+        assert_eq!(paths, ["a", "b", "storage.files[0].mode", "storage.files[0].q"]);
+        // A required field of the wrong type ends the listing there.
+        let doc = br#"{"ignition":{"version":"3.4.0"},"storage":{"files":[{"path":1},{"path":"/y","z":1}]}}"#;
+        let paths: Vec<String> = convert(doc).unwrap_err().into_iter().map(|p| p.path).collect();
+        assert_eq!(paths, ["storage.files[0].path"]);
+        // Far more typos than the cap: the listing stops at the cap.
+        let many: Vec<String> = (0..200).map(|i| format!("\"k{i}\":1")).collect();
+        let doc = format!(r#"{{"ignition":{{"version":"3.4.0"}},{}}}"#, many.join(","));
+        assert_eq!(convert(doc.as_bytes()).unwrap_err().len(), MAX_SHAPE_ERRORS);
+    }
+
+    #[test]
     fn gunzip_stops_at_the_limit() {
         use std::io::Write as _;
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());

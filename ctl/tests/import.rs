@@ -480,6 +480,13 @@ fn inline_configs_cover_the_edge_cases() {
         run(r#"{"ignition":{"version":"3.4.0"},"storage":{"links":[{"path":"/r","target":"/../../x"}]}}"#);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(fs::read_link(out.join("files/r")).unwrap(), Path::new("/../../x"));
+    // Paths that need escaping in TOML keep their bytes in files.toml.
+    let (code, err, out) =
+        run(r#"{"ignition":{"version":"3.4.0"},"storage":{"files":[{"path":"/etc/we\"ird\\näme","mode":256}]}}"#);
+    assert_eq!(code, Some(0), "{err}");
+    let t = files_toml(&out);
+    assert_eq!(t["etc/we\"ird\\näme"]["mode"].as_str(), Some("0400"));
+    assert!(out.join("files/etc/we\"ird\\näme").is_file());
     // A unit file and a storage file on the same path.
     let (_, err, _) =
         run(r#"{"ignition":{"version":"3.4.0"},"storage":{"files":[{"path":"/etc/systemd/system/a.service"}]},
