@@ -898,6 +898,14 @@ impl Converter {
             }
             return None;
         };
+        if self.total > MAX_TOTAL_BYTES {
+            // Already over budget: do not decode (or decompress) any more.
+            self.refuse(
+                format!("{jp}.source"),
+                format!("the config's files add up to more than {MAX_TOTAL_BYTES} bytes"),
+            );
+            return None;
+        }
         let scheme = source.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
         let data = match scheme.as_deref() {
             Some("data") => match data_url(source) {
@@ -1352,6 +1360,28 @@ mod tests {
         assert!(err.contains("more than"), "{err}");
         let ok = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         assert_eq!(gunzip(&ok.finish().unwrap()).unwrap(), b"");
+    }
+
+    #[test]
+    fn the_config_total_is_capped() {
+        use base64::Engine as _;
+        use std::io::Write as _;
+        // Five files of 60 MiB of zeros each (gzip'd to a few KiB): the
+        // fifth goes over the 256 MiB budget.
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..60 {
+            enc.write_all(&zeros).unwrap();
+        }
+        let b64 = base64::engine::general_purpose::STANDARD.encode(enc.finish().unwrap());
+        let files: Vec<String> = (0..6)
+            .map(|i| format!(r#"{{"path":"/f{i}","contents":{{"source":"data:;base64,{b64}","compression":"gzip"}}}}"#))
+            .collect();
+        let doc = format!(r#"{{"ignition":{{"version":"3.4.0"}},"storage":{{"files":[{}]}}}}"#, files.join(","));
+        let problems = convert(doc.as_bytes()).unwrap_err();
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["storage.files[4].contents.source", "storage.files[5].contents.source"]);
+        assert!(problems[0].message.contains("add up to more than"), "{}", problems[0]);
     }
 
     #[test]
