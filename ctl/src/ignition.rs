@@ -594,15 +594,18 @@ impl Converter {
             // Ignition's own validation refuses this (ErrOverwriteAndNilSource).
             self.refuse(format!("{jp}.overwrite"), "overwrite requires contents.source");
         }
-        let bytes = match contents {
-            Some(r) => self.resource(&format!("{jp}.contents"), r),
-            None => Some(Vec::new()),
+        let bytes = match contents.map(|r| self.resource(&format!("{jp}.contents"), r)) {
+            // No contents: an empty file, as Ignition makes on a fresh root.
+            None => Vec::new(),
+            Some(Some(bytes)) => bytes,
+            // Refused: the problem is recorded and no layer will be written;
+            // the path is still entered, so that a hard link to it is not
+            // refused a second time.
+            Some(None) => Vec::new(),
         };
         let mode = self.mode(&format!("{jp}.mode"), f.mode);
         let uid = self.owner(&format!("{jp}.user"), f.user.as_ref(), true);
         let gid = self.owner(&format!("{jp}.group"), f.group.as_ref(), false);
-        // A missing source is an empty file, as Ignition makes on a fresh root.
-        let bytes = bytes.unwrap_or_default();
         self.add(jp, path, Node::File(bytes), Meta { mode, uid, gid });
     }
 
@@ -635,6 +638,7 @@ impl Converter {
                 Some((Node::File(_), _)) => {
                     // A hard link shares its target's inode: same mode, same
                     // owner (Ignition ignores user/group on hard links too).
+                    // A target without an entry has the defaults; so has the link.
                     let meta = self.meta.get(&to).copied().unwrap_or_default();
                     self.add(jp, path, Node::HardLink(to), meta);
                 }
@@ -876,7 +880,8 @@ impl Converter {
         self.gids.get(name).copied()
     }
 
-    /// A resource's bytes, when it has a source this import can read.
+    /// A resource's bytes (none without a source), or `None` when it is
+    /// refused (the problems are recorded).
     fn resource(&mut self, jp: &str, r: &Resource) -> Option<Vec<u8>> {
         let before = self.problems.len();
         self.resource_versions(jp, r);
@@ -896,7 +901,7 @@ impl Converter {
             if hash.is_some() {
                 self.refuse(format!("{jp}.verification"), "a hash without a source");
             }
-            return None;
+            return (self.problems.len() == before).then(Vec::new);
         };
         if self.total > MAX_TOTAL_BYTES {
             // Already over budget: do not decode (or decompress) any more.
