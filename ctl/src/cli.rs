@@ -38,6 +38,9 @@ pub enum Command {
     Pushes(crate::cmd_server::PushesArgs),
     /// Publish a node's pushed bundle.
     AcceptPush(crate::cmd_server::AcceptPushArgs),
+    /// Turn another tool's configuration into a site layer (Ignition).
+    #[command(subcommand)]
+    Import(crate::cmd_import::ImportCmd),
     /// Moved: `persist` runs on a node, as `stateless-node persist`.
     #[command(hide = true)]
     Persist(MovedArgs),

@@ -11,11 +11,13 @@ use clap::Parser;
 
 mod cli;
 mod cmd_bundle;
+mod cmd_import;
 mod cmd_initramfs;
 mod cmd_key;
 mod cmd_server;
 mod cmd_tpm;
 mod cmd_usb;
+mod ignition;
 mod logger;
 
 fn main() -> ExitCode {
@@ -78,6 +80,7 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Reject(a) => cmd_server::reject(a),
         cli::Command::Pushes(a) => cmd_server::list_pushes(a),
         cli::Command::AcceptPush(a) => cmd_server::accept_push(a),
+        cli::Command::Import(i) => cmd_import::run(i),
         cli::Command::Persist(_) => {
             // A node runs it, not the admin: it moved to the node agent.
             let _ = writeln!(

@@ -31,8 +31,10 @@ use stateless_bundle::{
     BundleReader, Cipher, Header, Key, KeyId, Limits, OpenOptions, PublicKey, RawHeader, Scope, SigningKey,
 };
 
+mod ignition;
 mod model;
 mod trust;
+pub use ignition::{import_ignition, import_ignition_seeds};
 pub use model::{model_toml, model_toml_seeds};
 pub use trust::{keys_pubkey_arg, keys_pubkey_arg_seeds};
 
@@ -490,4 +492,5 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("keys_tpm_pcr_read", keys_tpm_pcr_read),
     ("http_head", http_head),
     ("model_toml", model_toml),
+    ("import_ignition", import_ignition),
 ];

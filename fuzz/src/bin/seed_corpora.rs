@@ -165,6 +165,9 @@ fn seed_keys(corpus: &Path) {
     for (name, data) in stateless_fuzz::model_toml_seeds() {
         write("model_toml", name, &data);
     }
+    for (name, data) in stateless_fuzz::import_ignition_seeds() {
+        write("import_ignition", &name, &data);
+    }
     // PCR_Read parameters (after a bank byte: 1 is SHA-256): PCRs 0 and 7;
     // PCR 7 of SHA-1 beside a SHA-256 selection that is skipped; none.
     let mut two = vec![1, 0, 0, 0, 5, 0, 0, 0, 1, 0, 0x0B, 3, 0x81, 0, 0, 0, 0, 0, 2, 0, 32];
