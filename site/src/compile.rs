@@ -551,3 +551,76 @@ fn clash_check(site: &Site, node: &str, m: &Model, node_parts: &[(String, String
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_node_models_merge_later_wins() {
+        let parts = vec![
+            (
+                "default/model.toml".to_owned(),
+                "hostname = \"a\"\n[[users]]\nname = \"alice\"\nuid = 2001\nlocked = true\n[services]\nenable = [\"a.service\"]\n[sysctl]\n\"x.y\" = \"1\"\n".to_owned(),
+            ),
+            (
+                "nodes/n/model.toml".to_owned(),
+                "hostname = \"b\"\n[[users]]\nname = \"alice\"\nuid = 2002\nlocked = true\n[services]\nenable = [\"a.service\", \"b.service\"]\n[sysctl]\n\"x.z\" = \"2\"\n".to_owned(),
+            ),
+        ];
+        let text = merge_models(&parts).unwrap();
+        let m = Model::load("m", "node:n", &text).unwrap();
+        assert_eq!(m.hostname().unwrap().value(), "b");
+        assert_eq!(m.users().len(), 1);
+        assert_eq!(m.users()["alice"].value().uid, 2002);
+        assert_eq!(m.services().len(), 2);
+        assert_eq!(m.sysctl().len(), 2);
+    }
+
+    #[test]
+    fn a_layer_tree_has_its_parents_and_meta() {
+        let file = |b: &str| OutEntry { kind: OutKind::File(b.as_bytes().to_vec()), mode: 0o600, uid: 5, gid: 6 };
+        let layer = Layer {
+            id: LayerId::Default,
+            meta: meta(LayerKind::Default, None, vec![], vec![]),
+            files: [("etc/a/b/c".to_owned(), file("x"))].into_iter().collect(),
+            model: Some("hostname = \"x\"\n".into()),
+        };
+        let t = layer.tree();
+        let keys: Vec<&str> = t.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [".stateless", ".stateless/layer.toml", ".stateless/model.toml", "etc", "etc/a", "etc/a/b", "etc/a/b/c"]
+        );
+        assert_eq!(t["etc/a"].mode, 0o755);
+        assert_eq!((t["etc/a/b/c"].uid, t["etc/a/b/c"].gid), (5, 6));
+    }
+
+    #[test]
+    fn templates_are_per_node_only_when_they_use_per_node_names() {
+        let d = tempfile::tempdir().unwrap();
+        let s = d.path();
+        let w = |rel: &str, text: &str| {
+            let p = s.join(rel);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, text).unwrap();
+        };
+        w(
+            "site.toml",
+            "[vars]\nd = \"x\"\n[groups.g]\nvars = { v = 1 }\n[nodes.n1]\ngroups = [\"g\"]\n[nodes.n2]\ngroups = [\"g\"]\nvars = { v = 2 }\n",
+        );
+        w("default/files/shared.tmpl", "{{ d }}\n");
+        w("default/files/loop.tmpl", "{% for x in [1] %}{{ x }}{% endfor %}\n");
+        w("groups/g/files/v.tmpl", "{{ v }}\n");
+        w("default/files/plain", "{{ not rendered }}\n");
+        let site = Site::load(s).unwrap();
+        let c = Compiled::new(&site).unwrap();
+        let def = &c.layers[&LayerId::Default];
+        assert!(def.files.contains_key("shared") && def.files.contains_key("loop"));
+        assert_eq!(def.files["plain"].kind, OutKind::File(b"{{ not rendered }}\n".to_vec()));
+        assert!(!c.layers[&LayerId::Group("g".into())].files.contains_key("v"));
+        assert_eq!(c.layers[&LayerId::Node("n1".into())].files["v"].kind, OutKind::File(b"1\n".to_vec()));
+        assert_eq!(c.layers[&LayerId::Node("n2".into())].files["v"].kind, OutKind::File(b"2\n".to_vec()));
+        assert_eq!(c.stacks["n1"], [LayerId::Default, LayerId::Group("g".into()), LayerId::Node("n1".into())]);
+    }
+}

@@ -591,3 +591,69 @@ fn read_attrs(path: &Path, file: &str, _layer: &LayerSrc, problems: &mut Vec<Pro
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(toml: &str) -> Result<Site, Vec<Problem>> {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("site.toml"), toml).unwrap();
+        Site::load(d.path())
+    }
+
+    #[test]
+    fn groups_expand_parents_first_once_each() {
+        let s = site(
+            r#"
+[groups.base]
+[groups.net]
+groups = ["base"]
+[groups.rack7]
+groups = ["net", "base"]
+[groups.gpu]
+groups = ["base"]
+[nodes.n1]
+groups = ["rack7", "gpu"]
+[nodes.n2]
+"#,
+        )
+        .unwrap();
+        assert_eq!(s.node_groups("n1"), ["base", "net", "rack7", "gpu"]);
+        assert!(s.node_groups("n2").is_empty());
+    }
+
+    #[test]
+    fn plugins_in_order_of_first_mention() {
+        let d = tempfile::tempdir().unwrap();
+        for p in ["a", "b", "c"] {
+            let dir = d.path().join("plugins").join(p);
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(dir.join("plugin.toml"), format!("name = \"{p}\"\nvendor = \"v\"\nversion = \"1\"\n")).unwrap();
+        }
+        let toml = "[defaults]\nplugins = [\"b\"]\n[groups.g]\nplugins = [\"c\", \"b\"]\n[nodes.n]\ngroups = [\"g\"]\nplugins = [\"a\", \"c\"]\n";
+        fs::write(d.path().join("site.toml"), toml).unwrap();
+        let s = Site::load(d.path()).unwrap();
+        let groups = s.node_groups("n");
+        assert_eq!(s.node_plugins("n", &groups), ["b", "c", "a"]);
+    }
+
+    #[test]
+    fn refusals_name_the_line() {
+        for (toml, want) in [
+            ("[groups.a]\ngroups = [\"b\"]\n[groups.b]\ngroups = [\"a\"]\n", "site.toml:2: group cycle: a -> b -> a"),
+            ("[groups.a]\ngroups = [\"a\"]\n", "site.toml:2: group cycle: a -> a"),
+            ("[nodes.n]\n\ngroups = [\"x\"]\n", "site.toml:3: node n: unknown group \"x\""),
+            ("[groups.a]\ngroups = [\"x\"]\n", "site.toml:2: group a: unknown group \"x\""),
+            ("[nodes.n]\nplugins = [\"p\"]\n", "site.toml:2: node n: unknown plugin \"p\""),
+            ("[vars]\nx = 1\n[vars]\n", "site.toml:3:"),
+            ("[vars]\n\"a-b\" = 1\n", "site.toml:1: variable \"a-b\" is not a name"),
+            ("[nodes.\"../x\"]\n", "site.toml:1: node \"../x\""),
+            ("[nodes.n]\ngroup = [\"x\"]\n", "site.toml:2: unknown field `group`"),
+        ] {
+            let problems = site(toml).unwrap_err();
+            let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            assert!(lines.iter().any(|l| l.starts_with(want)), "{toml}: want {want:?} in {lines:?}");
+        }
+    }
+}
