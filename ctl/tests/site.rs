@@ -199,6 +199,12 @@ fn bad_input_is_refused_with_file_and_line() {
             |s| write(s, "groups/rack9/files/x", "x"),
             "groups/rack9:1: no [groups.rack9] in site.toml",
         ),
+        ("unknown site directory", |s| write(s, "group/rack7/files/x", "x"), "group:1: unknown directory"),
+        (
+            "reserved .stateless",
+            |s| write(s, "default/files/.stateless/model.toml", "x"),
+            "default/files/.stateless:1: files/.stateless is reserved",
+        ),
         (
             "files.toml bad mode",
             |s| write(s, "nodes/n1/files.toml", "[\"etc/secret\"]\nmode = \"rw\"\n"),

@@ -22,6 +22,8 @@ use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -213,58 +215,128 @@ pub fn build(c: &Compiled, opts: &BuildOptions<'_>) -> Result<Vec<Planned>, Buil
     let data = DataDir::open(opts.data).map_err(io(opts.data))?;
     let lock = PublishLock::take(&data).map_err(io(&data.lock_file()))?;
     let tmp = tempfile::tempdir().map_err(io(&std::env::temp_dir()))?;
-    for p in planned.iter_mut().filter(|p| p.change != Change::Unchanged) {
-        let Some(layer) = c.layers.get(&p.id) else { continue };
-        let key = opts.keys.for_layer(&p.id)?;
-        let stage = tmp.path().join("stage");
-        stage_tree(&stage, layer, opts.mtime)?;
-        let scope = match &p.id {
-            LayerId::Node(n) => Scope::Node(n.clone()),
-            LayerId::Group(g) => Scope::Group(g.clone()),
-            LayerId::Default => Scope::Any,
-            LayerId::Plugin(n) => Scope::Plugin(n.clone()),
-        };
-        let pack_opts = PackOptions {
-            key: key.as_ref(),
-            generation: p.generation,
-            created: opts.created,
-            expires: None,
-            scope,
-            level: stateless_bundle::DEFAULT_LEVEL,
-            threads: 0,
-            deletions: Vec::new(),
-            limits: Limits::default(),
-        };
-        let bundle = tmp.path().join("bundle");
-        let mut f = fs::File::create(&bundle).map_err(io(&bundle))?;
-        let packed = match opts.signer {
-            Some(s) => stateless_bundle::pack_signed(&stage, &mut f, &pack_opts, s),
-            None => stateless_bundle::pack(&stage, &mut f, &pack_opts),
+    // One phase per kind, in publishing order; within a phase the layers
+    // are independent, so several workers pack and publish at once: most
+    // of a publication is waiting for fsync, which overlaps well.
+    let rank = |id: &LayerId| match id {
+        LayerId::Plugin(_) => 0,
+        LayerId::Default => 1,
+        LayerId::Group(_) => 2,
+        LayerId::Node(_) => 3,
+    };
+    for phase in 0..4 {
+        let todo: Vec<usize> = (0..planned.len())
+            .filter(|&i| planned.get(i).is_some_and(|p| rank(&p.id) == phase && p.change != Change::Unchanged))
+            .collect();
+        let next = AtomicUsize::new(0);
+        let results: Mutex<Vec<(usize, Result<String, BuildError>)>> = Mutex::new(Vec::new());
+        let failed = AtomicBool::new(false);
+        let workers = todo.len().min(WORKERS);
+        let plan_ref = &planned;
+        std::thread::scope(|s| {
+            for w in 0..workers {
+                let (todo, next, results, failed, data, lock, tmp) =
+                    (&todo, &next, &results, &failed, &data, &lock, &tmp);
+                s.spawn(move || {
+                    while !failed.load(Ordering::Relaxed) {
+                        let Some(&i) = todo.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
+                        let Some(p) = plan_ref.get(i) else { break };
+                        let stage = tmp.path().join(format!("w{w}"));
+                        let r = publish_one(c, opts, data, lock, &stage, p);
+                        if r.is_err() {
+                            failed.store(true, Ordering::Relaxed);
+                        }
+                        if let Ok(mut v) = results.lock() {
+                            v.push((i, r));
+                        }
+                    }
+                });
+            }
+        });
+        let mut results = results.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+        results.sort_by_key(|(i, _)| *i);
+        for (i, r) in results {
+            let digest = r?;
+            if let Some(p) = planned.get_mut(i) {
+                p.digest = Some(digest);
+            }
         }
-        .map_err(|source| BuildError::Pack { layer: p.id.to_string(), source })?;
-        drop(f);
-        let target = p.id.target();
-        let done = store::publish(&data, &target, &bundle, opts.keep, &lock)
-            .map_err(|source| BuildError::Publish { layer: p.id.to_string(), source })?;
-        let node = match &p.id {
-            LayerId::Node(n) => Some(n.as_str()),
-            _ => None,
-        };
-        let detail = format!("site build: {target} generation {} digest {}", done.info.generation, done.info.digest);
-        store::audit(&data, "publish", node, detail, store::by_uid()).map_err(io(&data.audit_log()))?;
-        let rec = Record {
-            content: p.content.clone(),
-            key_id: key.map(|k| k.id().to_string()).unwrap_or_default(),
-            generation: p.generation,
-            digest: packed.digest.clone(),
-            entries: manifest(layer),
-            model: layer.model.clone(),
-        };
-        write_record(opts.data, &p.id, &rec)?;
-        p.digest = Some(packed.digest);
-        fs::remove_dir_all(&stage).map_err(io(&stage))?;
     }
     Ok(planned)
+}
+
+/// Layers packed and published at once.
+const WORKERS: usize = 8;
+
+/// Stages, packs and publishes one layer and writes its record; returns
+/// the bundle's digest. `stage` is this worker's scratch directory.
+fn publish_one(
+    c: &Compiled,
+    opts: &BuildOptions<'_>,
+    data: &DataDir,
+    lock: &PublishLock,
+    stage: &Path,
+    p: &Planned,
+) -> Result<String, BuildError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| BuildError::Io { path, source }
+    };
+    let Some(layer) = c.layers.get(&p.id) else {
+        return Err(BuildError::Io { path: opts.data.to_owned(), source: std::io::ErrorKind::NotFound.into() });
+    };
+    let key = opts.keys.for_layer(&p.id)?;
+    let tree = stage.join("tree");
+    if stage.exists() {
+        fs::remove_dir_all(stage).map_err(io(stage))?;
+    }
+    fs::create_dir(stage).map_err(io(stage))?;
+    stage_tree(&tree, layer, opts.mtime)?;
+    let scope = match &p.id {
+        LayerId::Node(n) => Scope::Node(n.clone()),
+        LayerId::Group(g) => Scope::Group(g.clone()),
+        LayerId::Default => Scope::Any,
+        LayerId::Plugin(n) => Scope::Plugin(n.clone()),
+    };
+    let pack_opts = PackOptions {
+        key: key.as_ref(),
+        generation: p.generation,
+        created: opts.created,
+        expires: None,
+        scope,
+        level: stateless_bundle::DEFAULT_LEVEL,
+        threads: 0,
+        deletions: Vec::new(),
+        limits: Limits::default(),
+    };
+    let bundle = stage.join("bundle");
+    let mut f = fs::File::create(&bundle).map_err(io(&bundle))?;
+    let packed = match opts.signer {
+        Some(s) => stateless_bundle::pack_signed(&tree, &mut f, &pack_opts, s),
+        None => stateless_bundle::pack(&tree, &mut f, &pack_opts),
+    }
+    .map_err(|source| BuildError::Pack { layer: p.id.to_string(), source })?;
+    drop(f);
+    let target = p.id.target();
+    let done = store::publish(data, &target, &bundle, opts.keep, lock)
+        .map_err(|source| BuildError::Publish { layer: p.id.to_string(), source })?;
+    let node = match &p.id {
+        LayerId::Node(n) => Some(n.as_str()),
+        _ => None,
+    };
+    let detail = format!("site build: {target} generation {} digest {}", done.info.generation, done.info.digest);
+    store::audit(data, "publish", node, detail, store::by_uid()).map_err(io(&data.audit_log()))?;
+    let rec = Record {
+        content: p.content.clone(),
+        key_id: key.map(|k| k.id().to_string()).unwrap_or_default(),
+        generation: p.generation,
+        digest: packed.digest.clone(),
+        entries: manifest(layer),
+        model: layer.model.clone(),
+    };
+    write_record(opts.data, &p.id, &rec)?;
+    fs::remove_dir_all(stage).map_err(io(stage))?;
+    Ok(packed.digest)
 }
 
 fn write_record(data: &Path, id: &LayerId, rec: &Record) -> Result<(), BuildError> {
@@ -275,7 +347,8 @@ fn write_record(data: &Path, id: &LayerId, rec: &Record) -> Result<(), BuildErro
     let mut t = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
     let text = serde_json::to_vec_pretty(rec).map_err(|e| io(std::io::Error::other(e)))?;
     t.write_all(&text).map_err(io)?;
-    t.as_file().sync_all().map_err(io)?;
+    // Renamed but not synced: the record is a cache. Lost after a crash,
+    // it only makes the next build republish the layer.
     t.persist(&path).map_err(|e| io(e.error))?;
     Ok(())
 }

@@ -285,6 +285,23 @@ impl Site {
     /// does not declare is a problem.
     fn read_layers(&mut self, problems: &mut Vec<Problem>) {
         let root = self.root.clone();
+        // A typo such as `group/` would otherwise be ignored quietly.
+        if let Ok(rd) = fs::read_dir(&root) {
+            let mut odd: Vec<String> = rd
+                .filter_map(Result::ok)
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.') && !["default", "groups", "nodes", "plugins"].contains(&n.as_str()))
+                .collect();
+            odd.sort();
+            for n in odd {
+                problems.push(rule(
+                    &n,
+                    1,
+                    "unknown directory: a site holds default/, groups/, nodes/ and plugins/".into(),
+                ));
+            }
+        }
         if root.join("default").is_dir() {
             self.read_layer(LayerId::Default, problems);
         }
@@ -377,6 +394,9 @@ impl Site {
                     "unexpected entry: a layer holds files/, model.toml, files.toml (and a plugin plugin.toml)".into(),
                 )),
             }
+        }
+        for e in layer.entries.iter().filter(|e| e.out == ".stateless" || e.out.starts_with(".stateless/")) {
+            problems.push(rule(&e.shown, 1, "files/.stateless is reserved for the layer's own metadata".into()));
         }
         // files.toml may come before files/ in name order: check its keys now.
         let outs: BTreeSet<&str> = layer.entries.iter().map(|e| e.out.as_str()).collect();
