@@ -370,7 +370,9 @@ impl Compiled {
                 None => None,
             };
             let models = stack.iter().filter_map(|l| shared_models.get(l).cloned()).chain(node_m);
-            clash_check(site, node, &Model::merge(models), &model_parts, &mut problems);
+            let mut order: Vec<String> = stack.iter().map(LayerId::label).collect();
+            order.push(id.label());
+            clash_check(site, node, &Model::merge(models), &order, &model_parts, &mut problems);
             stack.push(id.clone());
             layers.insert(id, layer);
             stacks.insert(node.clone(), stack);
@@ -501,7 +503,17 @@ fn merge_array(into: &mut Vec<toml::Value>, from: Vec<toml::Value>) {
 
 /// Within one node's merged stack no uid (gid) may belong to two names:
 /// the loader would refuse the stack on the node.
-fn clash_check(site: &Site, node: &str, m: &Model, node_parts: &[(String, String)], problems: &mut Vec<Problem>) {
+/// Entries are visited in stack order, so the message is reported at the
+/// later layer's entry and names the earlier one.
+fn clash_check(
+    site: &Site,
+    node: &str,
+    m: &Model,
+    order: &[String],
+    node_parts: &[(String, String)],
+    problems: &mut Vec<Problem>,
+) {
+    let rank = |layer: &str| order.iter().position(|l| l == layer).unwrap_or(usize::MAX);
     let locate = |layer: &str, name: &str| -> (String, usize) {
         let quoted = format!("\"{name}\"");
         let texts: Vec<(String, String)> = if layer.starts_with("node:") {
@@ -517,7 +529,9 @@ fn clash_check(site: &Site, node: &str, m: &Model, node_parts: &[(String, String
         ("site.toml".to_owned(), site.nodes.get(node).map_or(1, |n| n.line))
     };
     let mut by_uid: BTreeMap<u32, (&str, &str)> = BTreeMap::new();
-    for (name, u) in m.users() {
+    let mut users: Vec<_> = m.users().iter().collect();
+    users.sort_by_key(|(n, u)| (rank(u.layer()), n.as_str()));
+    for (name, u) in users {
         if let Some((other, other_layer)) = by_uid.insert(u.value().uid, (name, u.layer())) {
             let (file, line) = locate(u.layer(), name);
             problems.push(Problem::Clash {
@@ -534,7 +548,9 @@ fn clash_check(site: &Site, node: &str, m: &Model, node_parts: &[(String, String
         }
     }
     let mut by_gid: BTreeMap<u32, (&str, &str)> = BTreeMap::new();
-    for (name, g) in m.groups() {
+    let mut groups: Vec<_> = m.groups().iter().collect();
+    groups.sort_by_key(|(n, g)| (rank(g.layer()), n.as_str()));
+    for (name, g) in groups {
         if let Some((other, other_layer)) = by_gid.insert(g.value().gid, (name, g.layer())) {
             let (file, line) = locate(g.layer(), name);
             problems.push(Problem::Clash {
@@ -622,5 +638,41 @@ mod tests {
         assert_eq!(c.layers[&LayerId::Node("n1".into())].files["v"].kind, OutKind::File(b"1\n".to_vec()));
         assert_eq!(c.layers[&LayerId::Node("n2".into())].files["v"].kind, OutKind::File(b"2\n".to_vec()));
         assert_eq!(c.stacks["n1"], [LayerId::Default, LayerId::Group("g".into()), LayerId::Node("n1".into())]);
+    }
+}
+
+#[cfg(test)]
+mod clash_tests {
+    use super::*;
+
+    #[test]
+    fn a_clash_is_reported_at_the_later_layer() {
+        let d = tempfile::tempdir().unwrap();
+        let s = d.path();
+        let w = |rel: &str, text: &str| {
+            let p = s.join(rel);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, text).unwrap();
+        };
+        w("site.toml", "[groups.g]\n[nodes.n1]\ngroups = [\"g\"]\n");
+        w("default/model.toml", "[[users]]\nname = \"zed\"\nuid = 3000\nlocked = true\n");
+        w(
+            "groups/g/model.toml",
+            "\n[[groups]]\nname = \"x\"\ngid = 7\n[[users]]\nname = \"amy\"\nuid = 3000\nlocked = true\n",
+        );
+        w("nodes/n1/model.toml", "[[groups]]\nname = \"y\"\ngid = 7\n");
+        let site = Site::load(s).unwrap();
+        let lines: Vec<String> = Compiled::new(&site).unwrap_err().iter().map(ToString::to_string).collect();
+        assert!(
+            lines.contains(&"groups/g/model.toml:6: node n1: user amy (uid 3000, group:g) clashes with user zed (uid 3000, default)".to_owned()),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(
+                &"nodes/n1/model.toml:2: node n1: group y (gid 7, node:n1) clashes with group x (gid 7, group:g)"
+                    .to_owned()
+            ),
+            "{lines:?}"
+        );
     }
 }
