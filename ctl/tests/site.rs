@@ -387,3 +387,28 @@ fn publish_takes_a_plugin_target() {
     let o = ctl(&["publish", "--data", "data", "--plugin", "other", "p.bundle"], p);
     assert_eq!(o.status.code(), Some(1));
 }
+
+#[test]
+fn a_bundle_published_by_hand_or_a_new_key_gets_a_new_generation() {
+    let d = site();
+    let p = d.path();
+    build(p, &[]);
+    write(p, "tree/etc/x", "by hand\n");
+    ok(
+        &["bundle", "pack", "tree", "-o", "g.bundle", "--unencrypted", "--generation", "10", "--scope", "group:rack7"],
+        p,
+    );
+    ok(&["publish", "--data", "data", "--group", "rack7", "g.bundle"], p);
+    let diff = ok(&["site", "diff", "site", "--data", "data"], p);
+    assert!(diff.contains("group rack7: changed"), "{diff}");
+    let out = build(p, &[]);
+    assert!(out.contains("group rack7: changed: published generation 11"), "{out}");
+    assert!(out.contains("1 of "), "{out}");
+    // A new site key changes every encrypted layer's key: all republished.
+    fs::remove_file(p.join("keys/site.key")).unwrap();
+    ok(&["key", "new", "-o", "keys/site.key"], p);
+    let out = build(p, &[]);
+    assert!(!out.contains("unchanged"), "{out}");
+    assert_eq!(generation(p, "v1/groups/rack7/bundle"), 12);
+    assert_eq!(generation(p, "v1/nodes/n1/bundle"), 2);
+}

@@ -197,9 +197,8 @@ pub fn plan(c: &Compiled, data: &Path, keys: &Keys) -> Result<Vec<Planned>, Buil
 /// whose lower layers are older than the node layer that names them.
 /// With `dry_run`, only the plan.
 pub fn build(c: &Compiled, opts: &BuildOptions<'_>) -> Result<Vec<Planned>, BuildError> {
-    let mut planned = plan(c, opts.data, opts.keys)?;
-    if opts.dry_run || planned.iter().all(|p| p.change == Change::Unchanged) {
-        return Ok(planned);
+    if opts.dry_run {
+        return plan(c, opts.data, opts.keys);
     }
     let io = |path: &Path| {
         let path = path.to_owned();
@@ -213,7 +212,13 @@ pub fn build(c: &Compiled, opts: &BuildOptions<'_>) -> Result<Vec<Planned>, Buil
         return Err(BuildError::Io { path: opts.data.to_owned(), source });
     }
     let data = DataDir::open(opts.data).map_err(io(opts.data))?;
+    // Plan under the lock: no other publication can move a generation
+    // between the plan and the publications.
     let lock = PublishLock::take(&data).map_err(io(&data.lock_file()))?;
+    let mut planned = plan(c, opts.data, opts.keys)?;
+    if planned.iter().all(|p| p.change == Change::Unchanged) {
+        return Ok(planned);
+    }
     let tmp = tempfile::tempdir().map_err(io(&std::env::temp_dir()))?;
     // One phase per kind, in publishing order; within a phase the layers
     // are independent, so several workers pack and publish at once: most

@@ -91,9 +91,6 @@ pub(crate) fn syntax(file: &str, text: &str, e: &toml::de::Error) -> Problem {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BuildError {
-    /// The tree has problems (`site check` lists them).
-    #[error("the site tree has {} problem(s); the first: {}", .0.len(), .0.first().map(ToString::to_string).unwrap_or_default())]
-    Check(Vec<Problem>),
     /// A key could not be read or derived.
     #[error("reading or deriving the key for {layer}")]
     Key {
