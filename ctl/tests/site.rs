@@ -199,6 +199,11 @@ fn bad_input_is_refused_with_file_and_line() {
             |s| write(s, "groups/rack9/files/x", "x"),
             "groups/rack9:1: no [groups.rack9] in site.toml",
         ),
+        (
+            "symlink escapes the root",
+            |s| std::os::unix::fs::symlink("../../etc/shadow", s.join("groups/rack7/files/etc/link")).unwrap(),
+            "groups/rack7/files/etc/link:1: symlink to ../../etc/shadow:",
+        ),
         ("unknown site directory", |s| write(s, "group/rack7/files/x", "x"), "group:1: unknown directory"),
         (
             "reserved .stateless",

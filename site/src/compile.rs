@@ -439,7 +439,22 @@ fn default_mode(kind: &SrcKind) -> u32 {
     }
 }
 
+/// The bundle's path rules, checked here so that `site check` reports
+/// what packing would refuse (a symlink that escapes the root, a path
+/// component over 255 bytes).
+fn check_path(e: &SrcEntry) -> Result<(), Problem> {
+    use stateless_bundle::path::{RelPath, check_symlink_target};
+    let max = stateless_bundle::Limits::default().max_path;
+    let bad = |why: String| Problem::Rule { file: e.shown.clone(), line: 1, message: why };
+    let rel = RelPath::parse(e.out.as_bytes(), max).map_err(|err| bad(format!("{}: {err}", e.out)))?;
+    if let SrcKind::Link(t) = &e.kind {
+        check_symlink_target(&rel, t.as_bytes(), max).map_err(|err| bad(format!("symlink to {t}: {err}")))?;
+    }
+    Ok(())
+}
+
 fn raw_entry(e: &SrcEntry, a: Option<&Attr>) -> Result<OutEntry, Problem> {
+    check_path(e)?;
     let (mode, uid, gid) = attr_or(a, default_mode(&e.kind));
     let kind = match &e.kind {
         SrcKind::Dir => OutKind::Dir,

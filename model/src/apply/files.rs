@@ -1,6 +1,7 @@
 //! The parts of the model that are whole files the model owns: hostname,
-//! sysctl.d, modules-load.d, modprobe.d, the nftables include, plugins.json.
-//! A part the model does not set writes no file.
+//! sysctl.d, modules-load.d, modprobe.d, the nftables include, plugins.json,
+//! and model.json (what the model set and which layer set it). A part the
+//! model does not set writes no file.
 
 use std::fmt::Write as _;
 
