@@ -179,3 +179,41 @@ fn nft(m: &Model) -> String {
     t.push_str("\t}\n}\n");
     t
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_record_names_the_layer_of_every_entry_and_no_secret() {
+        let base = Model::load(
+            "d",
+            "default",
+            "[[users]]\nname = \"alice\"\nuid = 2001\npassword_hash = \"$6$secret\"\nssh_authorized_keys = [\"ssh-ed25519 AAAAkey a@b\"]\n[modules]\nload = [\"dummy\"]\n[firewall]\nallow = [\"tcp/8000-8080\"]\n",
+        )
+        .unwrap();
+        let node = Model::load(
+            "n",
+            "node:n1",
+            "hostname = \"n1\"\n[[edits]]\nfile = \"/etc/ssh/sshd_config\"\nset = { PermitRootLogin = \"no\" }\n",
+        )
+        .unwrap();
+        let m = Model::merge([base, node]);
+        let r = record(&m);
+        let text = r.to_string();
+        assert!(!text.contains("secret") && !text.contains("AAAAkey"), "{text}");
+        let entries = r["entries"].as_array().unwrap();
+        let find = |part: &str| entries.iter().find(|e| e["part"] == part).unwrap();
+        assert_eq!(find("users")["value"], "uid 2001");
+        assert_eq!(find("users")["layer"], "default");
+        assert_eq!(find("hostname")["layer"], "node:n1");
+        assert_eq!(find("firewall")["key"], "tcp/8000-8080");
+        assert_eq!(find("edits")["key"], "/etc/ssh/sshd_config PermitRootLogin");
+        assert_eq!(find("edits")["value"], "set no");
+        assert_eq!(find("modules")["value"], "load");
+
+        let mut actions = Vec::new();
+        plan(&Model::default(), &mut actions).unwrap();
+        assert!(actions.is_empty(), "an empty model writes no record");
+    }
+}
