@@ -36,7 +36,7 @@ pub enum SiteCmd {
 pub struct BuildArgs {
     /// The site directory.
     pub site: PathBuf,
-    /// Directory holding site.key, from which each layer's key is derived.
+    /// Directory holding site.key (or the site key file), from which each layer's key is derived.
     #[arg(long, value_name = "DIR", required_unless_present = "no_encrypt", conflicts_with = "no_encrypt")]
     pub keys: Option<PathBuf>,
     /// Publish unencrypted layers (integrity only: anyone who can fetch them can read them).
@@ -96,7 +96,9 @@ fn build(a: BuildArgs) -> anyhow::Result<ExitCode> {
     };
     let keys = match &a.keys {
         Some(dir) => {
-            let path = dir.join("site.key");
+            // A directory holding site.key, as documented; a key file
+            // given directly is taken as the site key too.
+            let path = if dir.is_dir() { dir.join("site.key") } else { dir.clone() };
             Keys::Site(read_key_file(&path).with_context(|| format!("reading {}", path.display()))?)
         }
         None => Keys::None,

@@ -417,3 +417,51 @@ fn a_bundle_published_by_hand_or_a_new_key_gets_a_new_generation() {
     assert_eq!(generation(p, "v1/groups/rack7/bundle"), 12);
     assert_eq!(generation(p, "v1/nodes/n1/bundle"), 2);
 }
+
+/// The data directory a build fills is what `statelessctl serve` serves:
+/// every layer at its protocol path, the build records never.
+#[test]
+fn a_built_site_is_served_layer_by_layer() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::Stdio;
+    let d = site();
+    let p = d.path();
+    build(p, &[]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_statelessctl"))
+        .args(["serve", "--data", "data", "--listen", "127.0.0.1:0"])
+        .current_dir(p)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().unwrap()).read_line(&mut line).unwrap();
+    let port: u16 = line.trim().rsplit(':').next().unwrap().parse().unwrap();
+    let get = |path: &str| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).unwrap();
+        let end = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        (String::from_utf8_lossy(&resp[..end]).into_owned(), resp[end..].to_vec())
+    };
+    for (path, file) in [
+        ("/v1/default/bundle", "data/v1/default/bundle"),
+        ("/v1/plugins/acme-agent/bundle", "data/v1/plugins/acme-agent/bundle"),
+        ("/v1/groups/rack7/bundle", "data/v1/groups/rack7/bundle"),
+        ("/v1/groups/rack8/bundle", "data/v1/groups/rack8/bundle"),
+        ("/v1/nodes/n1/bundle", "data/v1/nodes/n1/bundle"),
+        ("/v1/nodes/n2/bundle", "data/v1/nodes/n2/bundle"),
+    ] {
+        let (head, body) = get(path);
+        assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
+        assert_eq!(body, fs::read(p.join(file)).unwrap(), "{path}");
+    }
+    let (head, _) = get("/state/site/nodes/n1.json");
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(p.join("data/state/site/nodes/n1.json").is_file());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(fs::metadata(p.join("data/state")).unwrap().permissions().mode() & 0o777, 0o700);
+}
