@@ -309,6 +309,25 @@ fn build_is_reproducible_incremental_and_per_node() {
     assert!(h.contains("plugin:acme-agent"), "{h}");
     let layer = fs::read_to_string(p.join("pl/.stateless/layer.toml")).unwrap();
     assert!(layer.contains("vendor = \"acme\"") && layer.contains("version = \"1.2.3\""), "{layer}");
+    // diff names model entries too, and files a change removes.
+    write(
+        &p.join("site"),
+        "groups/rack7/model.toml",
+        "[sysctl]\n\"net.ipv4.ip_forward\" = \"0\"\n\"vm.swappiness\" = \"5\"\n",
+    );
+    fs::remove_file(p.join("site/groups/rack7/files/etc/rack")).unwrap();
+    let diff = ok(&["site", "diff", "site", "--data", "data"], p);
+    for want in [
+        "  group rack7: changed\n",
+        "    - etc/rack\n",
+        "    ~ .stateless/model.toml\n",
+        "    ~ model sysctl.net.ipv4.ip_forward\n",
+        "    + model sysctl.vm.swappiness\n",
+    ] {
+        assert!(diff.contains(want), "{want:?} in {diff}");
+    }
+    assert!(diff.contains("node n2: no change"), "{diff}");
+
     // A node's key does not open another node's layer.
     let o = ctl(&["bundle", "open", "data/v1/nodes/n2/bundle", "--key", "n1.key", "-o", "x"], p);
     assert!(!o.status.success());
