@@ -24,6 +24,14 @@ pub enum Command {
     /// Make, inspect, verify and open bundles.
     #[command(subcommand)]
     Bundle(crate::cmd_bundle::BundleCmd),
+    /// Check, build and diff a site tree (layers, templates, models).
+    #[command(subcommand)]
+    Site(crate::cmd_site::SiteCmd),
+    /// Show what the node model did to a root.
+    #[command(subcommand)]
+    Model(crate::cmd_model::ModelCmd),
+    /// List the plugins a root runs (/etc/stateless/plugins.json).
+    Plugins(crate::cmd_model::PluginsArgs),
     /// Serve a data directory to nodes (the reference config server).
     Serve(crate::cmd_server::ServeArgs),
     /// Publish a bundle into a data directory (atomic, generation must increase).

@@ -58,7 +58,7 @@ pub struct ServeArgs {
 
 /// `statelessctl publish`
 #[derive(Debug, Clone, Args)]
-#[command(group(ArgGroup::new("target").required(true).args(["node", "group", "default"])))]
+#[command(group(ArgGroup::new("target").required(true).args(["node", "group", "default", "plugin"])))]
 pub struct PublishArgs {
     /// The data directory.
     #[arg(long)]
@@ -72,6 +72,9 @@ pub struct PublishArgs {
     /// Publish as the bundle for every node.
     #[arg(long)]
     pub default: bool,
+    /// Publish as this plugin's layer (the bundle's scope must be plugin:NAME).
+    #[arg(long)]
+    pub plugin: Option<String>,
     /// How many earlier bundles to keep in the history.
     #[arg(long, default_value_t = stateless_server::store::DEFAULT_HISTORY)]
     pub keep: usize,
@@ -182,9 +185,10 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn publish(a: PublishArgs) -> anyhow::Result<ExitCode> {
-    let target = match (&a.node, &a.group) {
-        (Some(n), _) => Target::node(n)?,
-        (_, Some(g)) => Target::group(g)?,
+    let target = match (&a.node, &a.group, &a.plugin) {
+        (Some(n), _, _) => Target::node(n)?,
+        (_, Some(g), _) => Target::group(g)?,
+        (_, _, Some(p)) => Target::plugin(p)?,
         _ => Target::Default,
     };
     let data = open_data(&a.data)?;

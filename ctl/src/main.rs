@@ -14,7 +14,9 @@ mod cmd_bundle;
 mod cmd_import;
 mod cmd_initramfs;
 mod cmd_key;
+mod cmd_model;
 mod cmd_server;
+mod cmd_site;
 mod cmd_tpm;
 mod cmd_usb;
 mod ignition;
@@ -73,6 +75,9 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
     match args.command {
         cli::Command::Key(k) => cmd_key::run(k),
         cli::Command::Bundle(b) => cmd_bundle::run(b),
+        cli::Command::Site(s) => cmd_site::run(s),
+        cli::Command::Model(m) => cmd_model::run(m),
+        cli::Command::Plugins(a) => cmd_model::plugins(a),
         cli::Command::Serve(a) => cmd_server::serve(a),
         cli::Command::Publish(a) => cmd_server::publish(a),
         cli::Command::Nodes(a) => cmd_server::nodes(a),
