@@ -13,6 +13,7 @@ mod cli;
 mod cmd_bundle;
 mod cmd_initramfs;
 mod cmd_key;
+mod cmd_nodes;
 mod cmd_server;
 mod cmd_tpm;
 mod cmd_usb;
@@ -73,7 +74,7 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Bundle(b) => cmd_bundle::run(b),
         cli::Command::Serve(a) => cmd_server::serve(a),
         cli::Command::Publish(a) => cmd_server::publish(a),
-        cli::Command::Nodes(a) => cmd_server::nodes(a),
+        cli::Command::Nodes(a) => cmd_nodes::run(a),
         cli::Command::Approve(a) => cmd_server::approve(a),
         cli::Command::Reject(a) => cmd_server::reject(a),
         cli::Command::Pushes(a) => cmd_server::list_pushes(a),

@@ -16,6 +16,7 @@ pub mod layout;
 pub mod push_auth;
 pub mod push_review;
 pub mod registry;
+pub mod reports;
 pub mod serve;
 pub mod store;
 pub mod tls;

@@ -33,6 +33,7 @@ use crate::http::{self, HeadError, RangeAnswer, RequestHead};
 use crate::layout::{DataDir, Target};
 use crate::push_auth::{AuthError, Proof, UsedProofs};
 use crate::registry::{self, SeenTable, now};
+use crate::reports::{RefusalQuota, ReportLimits, UnverifiedReport};
 use crate::store::{self, PublishLock};
 use crate::{push_review, tls};
 
@@ -66,6 +67,8 @@ pub struct ServerConfig {
     pub keep_history: usize,
     /// How often the table of seen nodes is written.
     pub flush_interval: Duration,
+    /// Bounds on node reports (`POST /v1/nodes/{node}/report`).
+    pub reports: ReportLimits,
 }
 
 impl ServerConfig {
@@ -84,6 +87,7 @@ impl ServerConfig {
             max_push: 256 << 20,
             keep_history: store::DEFAULT_HISTORY,
             flush_interval: Duration::from_secs(1),
+            reports: ReportLimits::default(),
         }
     }
 }
@@ -123,6 +127,8 @@ struct Shared {
     seen: SeenTable,
     /// Push proofs already accepted (each is good once).
     used_proofs: UsedProofs,
+    /// Refused report requests per address.
+    report_quota: RefusalQuota,
     etags: Mutex<EtagCache>,
     /// Connection workers alive.
     workers: AtomicUsize,
@@ -148,6 +154,7 @@ impl Server {
             per_address: Mutex::new(HashMap::new()),
             seen,
             used_proofs: UsedProofs::default(),
+            report_quota: RefusalQuota::default(),
             etags: Mutex::new(HashMap::new()),
             workers: AtomicUsize::new(0),
             idle: AtomicUsize::new(0),
@@ -660,6 +667,12 @@ fn handle(
             _ => simple(conn, 405, "only node bundles can be pushed", false, Some("Allow: GET, HEAD\r\n")),
         };
     }
+    if head.method == "POST" {
+        return match crate::reports::report_path(&head.path) {
+            Some(node) => handle_report(shared, conn, head, buf, peer, node, content_length),
+            None => simple(conn, 405, "only node reports can be posted", false, Some("Allow: GET, HEAD\r\n")),
+        };
+    }
     // A body on anything else is not read: answer, then close so the
     // unread bytes are never taken for the next request.
     if head.content_length > 0 {
@@ -667,7 +680,7 @@ fn handle(
     }
     let get = head.method == "GET";
     if !get && head.method != "HEAD" {
-        return simple(conn, 405, "method not allowed", keep, Some("Allow: GET, HEAD, PUT\r\n"));
+        return simple(conn, 405, "method not allowed", keep, Some("Allow: GET, HEAD, PUT, POST\r\n"));
     }
     let Some(target) = target else {
         return simple(conn, 404, "not found", keep, None);
@@ -1002,6 +1015,113 @@ fn handle_push(
     // Not held while a slow client reads the answer.
     drop(lock);
     simple(conn, status, &msg, keep, None)
+}
+
+/// Receives a node's boot report (see [`crate::reports`]): the quota,
+/// then the proof, enrolment and time before the body is read, the size
+/// bound, then the signature over the body, then the body's shape.
+fn handle_report(
+    shared: &Shared,
+    conn: &mut Conn,
+    head: &RequestHead,
+    buf: &mut Vec<u8>,
+    peer: SocketAddr,
+    node: &str,
+    content_length: Option<u64>,
+) -> io::Result<bool> {
+    let cfg = &shared.cfg;
+    let limits = &cfg.reports;
+    let addr = addr_key(peer.ip());
+    // Every early answer closes the connection (the body stays unread).
+    let refuse = |conn: &mut Conn, status: u16, msg: &str, extra: Option<&str>| {
+        shared.report_quota.refused(addr, now());
+        log::info!("report for {node} from {peer} refused: {msg}");
+        simple(conn, status, msg, false, extra)?;
+        linger(conn);
+        Ok(false)
+    };
+    if shared.report_quota.exhausted(addr, limits.refusals_per_minute, now()) {
+        log::debug!("report for {node} from {peer}: address over its refusal quota");
+        simple(conn, 429, "too many refused reports from your address", false, Some("Retry-After: 60\r\n"))?;
+        linger(conn);
+        return Ok(false);
+    }
+    let www = format!("WWW-Authenticate: {}\r\n", crate::push_auth::SCHEME);
+    let proof = match Proof::parse(head.header("authorization")) {
+        Ok(p) if p.node == node => p,
+        Ok(_) => return refuse(conn, 401, &AuthError::WrongNode.to_string(), Some(&www)),
+        Err(e) => return refuse(conn, 401, &e.to_string(), Some(&www)),
+    };
+    let record = registry::node_record(&cfg.data, node).filter(|_| !registry::is_rejected(&cfg.data, node));
+    let Some(public) = record.and_then(|r| r.push_public_key) else {
+        return refuse(conn, 403, "node is not enrolled for push, so it cannot report", None);
+    };
+    if let Err(e) = proof.check_time(now()) {
+        return refuse(conn, 401, &e.to_string(), Some(&www));
+    }
+    let Some(len) = content_length else {
+        return refuse(conn, 411, "send the report with a Content-Length", None);
+    };
+    if len > limits.max_body {
+        return refuse(conn, 413, &format!("reports are limited to {} bytes", limits.max_body), None);
+    }
+    if head.minor > 0 && head.header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
+        conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        conn.flush()?;
+    }
+    let body = read_body(conn, buf, len, cfg.io_timeout)?;
+    let digest: [u8; 32] = Sha256::digest(&body).into();
+    if let Err(e) = proof
+        .verify(&public, "POST", &head.path, &digest, len)
+        .and_then(|()| shared.used_proofs.use_once(&proof, now()))
+    {
+        shared.report_quota.refused(addr, now());
+        log::info!("report for {node} from {peer} refused: {e}");
+        return simple(conn, 401, &e.to_string(), head.keep_alive(), Some(&www));
+    }
+    let keep = head.keep_alive();
+    let report = match (UnverifiedReport { node, body: &body }).check() {
+        Ok(r) => r,
+        Err(e) => return simple(conn, 422, &e.to_string(), keep, None),
+    };
+    let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    match crate::reports::store(&cfg.data, report, &peer.ip().to_string(), now_ms, limits) {
+        Ok(_) => simple(conn, 201, "report kept", keep, None),
+        Err(e) if out_of_room(&e) => simple(conn, 507, "the server has no room for this report", keep, None),
+        Err(e) => {
+            log::warn!("keeping the report of {node}: {e}");
+            simple(conn, 500, "cannot keep the report", keep, None)
+        }
+    }
+}
+
+/// Reads a small body of `len` bytes (bounded by the caller) that must
+/// move as an upload must (see [`Sock`]).
+fn read_body(conn: &mut Conn, buf: &mut Vec<u8>, len: u64, io_timeout: Duration) -> io::Result<Vec<u8>> {
+    let from_buf = (len.min(buf.len() as u64)) as usize;
+    let mut body: Vec<u8> = buf.drain(..from_buf).collect();
+    let want = usize::try_from(len).map_err(io::Error::other)?;
+    let mut progress = Progress::new(io_timeout);
+    let mut chunk = [0u8; 16 * 1024];
+    while body.len() < want {
+        let wait = progress.until().saturating_duration_since(Instant::now());
+        if wait.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "upload stalled"));
+        }
+        conn.tcp().set_read_timeout(Some(wait))?;
+        let n = (want - body.len()).min(chunk.len());
+        let part = chunk.get_mut(..n).ok_or_else(|| io::Error::other("buffer"))?;
+        match conn.read(part) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                progress.moved(n);
+                body.extend_from_slice(part.get(..n).unwrap_or_default());
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(body)
 }
 
 /// Bytes free for an unprivileged writer on the filesystem of `dir`, if
