@@ -210,3 +210,209 @@ fn a_flood_of_unknown_ids_is_answered_429_and_keeps_nothing() {
     // The same address is refused even for a good node until the window ends.
     assert_eq!(post(srv.port, "node42", &site.key, &status_json("applied", 1)).0, 429);
 }
+
+// ---- the loader and the node agent ----
+
+fn loader_bin() -> PathBuf {
+    // target/debug/deps/reports-HASH -> target/debug/stateless-loader.
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("stateless-loader");
+    assert!(bin.exists(), "{} is missing: run cargo build -p stateless-loader", bin.display());
+    bin
+}
+
+impl Site {
+    fn key_s(&self) -> String {
+        self.dir.path().join("node.key").to_str().unwrap().to_owned()
+    }
+    fn publish(&self, node: &str, generation: u64) {
+        let tree = tempfile::tempdir().unwrap();
+        fs::create_dir_all(tree.path().join("etc")).unwrap();
+        fs::write(tree.path().join("etc/motd"), format!("generation {generation}\n")).unwrap();
+        let opts = stateless_bundle::PackOptions {
+            key: Some(&self.key),
+            generation,
+            created: 1_760_000_000,
+            expires: None,
+            scope: stateless_bundle::Scope::Node(node.into()),
+            level: 3,
+            threads: 0,
+            deletions: vec![],
+            limits: stateless_bundle::Limits::default(),
+        };
+        let out = self.dir.path().join(format!("b{generation}"));
+        stateless_bundle::pack(tree.path(), fs::File::create(&out).unwrap(), &opts).unwrap();
+        ok(&["publish", "--data", &self.data_s(), "--node", node, out.to_str().unwrap()]);
+    }
+}
+
+/// A node's scratch root for the loader; `cache` says whether it has a cache disk.
+struct Node {
+    dir: tempfile::TempDir,
+    cache: bool,
+}
+
+impl Node {
+    fn new(cache: bool) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["sysroot/etc", "run", "cache"] {
+            fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        Node { dir, cache }
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Boots; returns the exit code, stderr, status.json and how long the run took.
+    fn boot(&self, cmdline: &str) -> (i32, String, serde_json::Value, Duration) {
+        let _ = fs::remove_file(self.p("run/status.json"));
+        let mut cmd = Command::new(loader_bin());
+        cmd.arg("--cmdline").arg(cmdline).arg("--sysroot").arg(self.p("sysroot")).arg("--run-dir").arg(self.p("run"));
+        if self.cache {
+            cmd.arg("--cache-dir").arg(self.p("cache"));
+        }
+        let t = std::time::Instant::now();
+        let out = cmd.env("STATELESS_LOG_STDERR", "1").output().unwrap();
+        let took = t.elapsed();
+        let status = fs::read(self.p("run/status.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(serde_json::Value::Null);
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned(), status, took)
+    }
+
+    fn kept(&self, rel: &str) -> usize {
+        fs::read_dir(self.p(rel))
+            .map(|d| d.filter(|e| e.as_ref().unwrap().path().extension().is_some()).count())
+            .unwrap_or(0)
+    }
+}
+
+fn nodes_json(data: &[&str], extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["nodes"];
+    for d in data {
+        args.extend(["--data", d]);
+    }
+    args.extend(extra);
+    args.push("--json");
+    serde_json::from_str(&ok(&args)).unwrap()
+}
+
+fn cmdline(port: u16, site: &Site) -> String {
+    format!(
+        "rd.stateless.server=http://127.0.0.1:{port} rd.stateless.node=node42 rd.stateless.key=file:{} rd.stateless.timeout=10",
+        site.key_s()
+    )
+}
+
+#[test]
+fn a_loader_run_reports_and_a_report_kept_while_the_server_was_down_arrives_next_run() {
+    let site = Site::new();
+    site.enrol("node42");
+    site.publish("node42", 5);
+    let srv = Serve::start(&site.data(), &[]);
+    let node = Node::new(true);
+    let (code, err, status, _) = node.boot(&cmdline(srv.port, &site));
+    assert_eq!(code, 0, "{err}");
+    // The probe is in status.json.
+    let caps = &status["capabilities"];
+    assert_eq!(caps["loader_version"], env!("CARGO_PKG_VERSION"), "{status}");
+    assert!(caps["cpus"].as_u64().unwrap() >= 1, "{caps}");
+    assert_eq!(caps["cache"]["found"], true, "{caps}");
+    assert!(caps["cache"]["free_bytes"].as_u64().is_some(), "{caps}");
+    assert!(caps["tpm"]["present"].is_boolean() && caps["overlayfs"].is_boolean(), "{caps}");
+    // The server kept the report; nodes shows it.
+    let list = nodes_json(&[&site.data_s()], &[]);
+    let n = list.as_array().unwrap().iter().find(|n| n["node"] == "node42").unwrap().clone();
+    assert_eq!(n["generation"], 5, "{n}");
+    assert_eq!(n["source"], "server");
+    assert_eq!(n["result"], "applied");
+    assert!(n["age_seconds"].as_i64().unwrap() < 60);
+    let text = ok(&["nodes", "--data", &site.data_s()]);
+    assert!(text.contains("node42") && text.contains("applied") && text.contains("server"), "{text}");
+    let reports = ok(&["nodes", "--data", &site.data_s(), "node42", "--reports"]);
+    assert!(reports.contains("generation 5"), "{reports}");
+
+    // The server goes away: the node boots from its cache and keeps the report on the cache disk,
+    // within the 2 s budget (the connection is refused at once).
+    let port = srv.port;
+    drop(srv);
+    let (code, err, status, _) = node.boot(&cmdline(port, &site));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status["source"], "cache-current", "{status}");
+    assert_eq!(node.kept("cache/reports"), 1, "{err}");
+    assert!(err.contains("boot report not sent"), "{err}");
+
+    // Next run, the server is back (on another port): both reports arrive.
+    let srv = Serve::start(&site.data(), &[]);
+    let (code, err, _, _) = node.boot(&cmdline(srv.port, &site));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(node.kept("cache/reports"), 0, "{err}");
+    let reports = nodes_json(&[&site.data_s()], &["node42", "--reports"]);
+    let sources: Vec<&str> =
+        reports.as_array().unwrap().iter().map(|r| r["report"]["source"].as_str().unwrap()).collect();
+    assert_eq!(sources.len(), 3, "{reports}");
+    assert!(sources.contains(&"cache-current"), "{sources:?}");
+
+    // --failed: none failed; --since keeps them all.
+    assert_eq!(nodes_json(&[&site.data_s()], &["--failed"]).as_array().unwrap().len(), 0);
+    assert_eq!(nodes_json(&[&site.data_s()], &["--since", "1h"]).as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn a_stalling_server_costs_at_most_the_report_budget_and_plain_web_servers_are_moved_past() {
+    let site = Site::new();
+    site.enrol("node42");
+    site.publish("node42", 5);
+    let srv = Serve::start(&site.data(), &[]);
+    // A proxy that forwards bundle requests but swallows reports: it accepts
+    // and never answers a POST.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy_port = listener.local_addr().unwrap().port();
+    let upstream = srv.port;
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 8192];
+                let n = c.read(&mut buf).unwrap_or(0);
+                if buf[..n].starts_with(b"POST") {
+                    std::thread::sleep(Duration::from_secs(30));
+                    return;
+                }
+                let mut up = TcpStream::connect(("127.0.0.1", upstream)).unwrap();
+                up.write_all(&buf[..n]).unwrap();
+                let mut back = up.try_clone().unwrap();
+                let mut c2 = c.try_clone().unwrap();
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut back, &mut c2);
+                });
+                let _ = std::io::copy(&mut c, &mut up);
+            });
+        }
+    });
+    let node = Node::new(false);
+    let (code, err, status, took) = node.boot(&cmdline(proxy_port, &site));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status["generation"], 5);
+    // The fetch itself is fast on loopback; the report adds at most 2 s.
+    assert!(took < Duration::from_secs(5), "{took:?}: {err}");
+    // Without a cache disk the report is kept in the run directory, for the node agent.
+    assert_eq!(node.kept("run/reports"), 1, "{err}");
+
+    // After switch-root, the node agent sends it.
+    let args = stateless_node::cli::ReportArgs {
+        dir: node.p("run/reports"),
+        config: node.p("no-such.conf"),
+        server: Some(format!("http://127.0.0.1:{}", srv.port)),
+        node: None,
+        key: Some(PathBuf::from(site.key_s())),
+        ca: None,
+    };
+    let line = stateless_node::report::run(&args).unwrap();
+    assert_eq!(line, "sent 1 kept report(s)");
+    assert_eq!(node.kept("run/reports"), 0);
+    assert_eq!(site.report_files("node42"), 1);
+}
