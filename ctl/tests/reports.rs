@@ -416,3 +416,70 @@ fn a_stalling_server_costs_at_most_the_report_budget_and_plain_web_servers_are_m
     assert_eq!(node.kept("run/reports"), 0);
     assert_eq!(site.report_files("node42"), 1);
 }
+
+// ---- GET /metrics ----
+
+/// A GET with headers; (status, ETag).
+fn get_etag(port: u16, path: &str, inm: Option<&str>) -> (u16, Option<String>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let extra = inm.map(|t| format!("If-None-Match: {t}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n").unwrap();
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let etag = text.lines().find_map(|l| l.strip_prefix("ETag: ").map(str::to_owned));
+    (text[9..12].parse().unwrap(), etag)
+}
+
+#[test]
+fn metrics_parse_with_a_prometheus_parser_and_count_what_happened() {
+    use prometheus_parse::{Scrape, Value};
+    let site = Site::new();
+    site.enrol("node42");
+    site.publish("node42", 3);
+    let srv = Serve::start(&site.data(), &[]);
+    let (status, etag) = get_etag(srv.port, "/v1/nodes/node42/bundle", None);
+    assert_eq!(status, 200);
+    for _ in 0..3 {
+        assert_eq!(get_etag(srv.port, "/v1/nodes/node42/bundle", etag.as_deref()).0, 304);
+    }
+    assert_eq!(get_etag(srv.port, "/v1/default/bundle", None).0, 404);
+    assert_eq!(post(srv.port, "node42", &site.key, &status_json("applied", 3)).0, 201);
+    let mut failed = serde_json::from_slice::<serde_json::Value>(&status_json("failed", 3)).unwrap();
+    failed["node"] = "node43".into();
+    site.enrol("node43");
+    let body = serde_json::to_vec(&failed).unwrap();
+    assert_eq!(post(srv.port, "node43", &site.key, &body).0, 201);
+
+    let (status, text) = http(srv.port, "GET", "/metrics", &[], b"");
+    assert_eq!(status, 200);
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        let s = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"));
+        match &s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            other => panic!("{name}: {other:?}"),
+        }
+    };
+    assert_eq!(value("stateless_requests_total", &[("kind", "node"), ("status", "200")]), 1.0);
+    assert_eq!(value("stateless_requests_total", &[("kind", "node"), ("status", "304")]), 3.0);
+    assert_eq!(value("stateless_requests_total", &[("kind", "default"), ("status", "404")]), 1.0);
+    assert_eq!(value("stateless_requests_total", &[("kind", "report"), ("status", "201")]), 2.0);
+    assert_eq!(value("stateless_not_modified_total", &[]), 3.0);
+    assert!(value("stateless_sent_bytes_total", &[]) > 0.0);
+    // The scrape's own connection is open.
+    assert_eq!(value("stateless_open_connections", &[]), 1.0);
+    assert_eq!(value("stateless_nodes", &[("result", "applied")]), 1.0);
+    assert_eq!(value("stateless_nodes", &[("result", "failed")]), 1.0);
+    let hist = scrape.samples.iter().find(|s| s.metric == "stateless_report_age_seconds").unwrap();
+    let Value::Histogram(buckets) = &hist.value else { panic!("{:?}", hist.value) };
+    assert_eq!(buckets.first().unwrap().less_than, 60.0);
+    assert_eq!(buckets.first().unwrap().count, 2.0);
+    // HEAD works too; no node id appears.
+    assert_eq!(http(srv.port, "HEAD", "/metrics", &[], b"").0, 200);
+    assert!(!text.contains("node42"), "{text}");
+}

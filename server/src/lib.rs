@@ -13,6 +13,7 @@
 pub mod cleanup;
 pub mod http;
 pub mod layout;
+pub mod metrics;
 pub mod push_auth;
 pub mod push_review;
 pub mod registry;

@@ -129,6 +129,8 @@ struct Shared {
     used_proofs: UsedProofs,
     /// Refused report requests per address.
     report_quota: RefusalQuota,
+    /// Counters for `GET /metrics`.
+    metrics: crate::metrics::Metrics,
     etags: Mutex<EtagCache>,
     /// Connection workers alive.
     workers: AtomicUsize,
@@ -155,6 +157,7 @@ impl Server {
             seen,
             used_proofs: UsedProofs::default(),
             report_quota: RefusalQuota::default(),
+            metrics: crate::metrics::Metrics::default(),
             etags: Mutex::new(HashMap::new()),
             workers: AtomicUsize::new(0),
             idle: AtomicUsize::new(0),
@@ -242,7 +245,11 @@ fn worker(shared: &Arc<Shared>, listener: &Arc<TcpListener>) {
         }
         match accepted {
             Ok((stream, peer)) => match AddressSlot::take(shared, peer.ip()) {
-                Some(_slot) => serve_connection(shared, stream, peer),
+                Some(_slot) => {
+                    shared.metrics.opened();
+                    serve_connection(shared, stream, peer);
+                    shared.metrics.closed();
+                }
                 None => refuse_busy(stream, peer, shared.cfg.tls.is_none()),
             },
             Err(e) => {
@@ -351,6 +358,10 @@ struct Sock {
     tcp: TcpStream,
     deadline: Option<Instant>,
     progress: Progress,
+    /// The status of the last response head written (for the metrics).
+    status: u16,
+    /// Bytes written so far (for the metrics).
+    sent: u64,
 }
 
 /// Bytes a response must move within each `io_timeout` to count as
@@ -422,13 +433,16 @@ impl Write for Sock {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if let Some(left) = self.left()? {
             self.tcp.set_write_timeout(Some(left))?;
-            return self.tcp.write(buf);
+            let n = self.tcp.write(buf)?;
+            self.sent += n as u64;
+            return Ok(n);
         }
         use rustix::net::{SendFlags, send};
         loop {
             match send(&self.tcp, buf, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
                 Ok(n) => {
                     self.progress.moved(n);
+                    self.sent += n as u64;
                     return Ok(n);
                 }
                 Err(rustix::io::Errno::AGAIN) => wait_writable(&self.tcp, self.progress.until())?,
@@ -516,7 +530,7 @@ fn serve_connection(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
     if stream.set_write_timeout(Some(cfg.io_timeout)).is_err() {
         return;
     }
-    let sock = Sock { tcp: stream, deadline: None, progress: Progress::new(cfg.io_timeout) };
+    let sock = Sock { tcp: stream, deadline: None, progress: Progress::new(cfg.io_timeout), status: 0, sent: 0 };
     let mut conn = match &cfg.tls {
         None => Conn::Plain(sock),
         Some(tls) => match rustls::ServerConnection::new(tls.clone()) {
@@ -554,7 +568,15 @@ fn serve_connection(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
                 return;
             }
         };
-        match handle(shared, &mut conn, &head, &mut buf, peer, i + 1 < MAX_REQUESTS_PER_CONNECTION) {
+        conn.sock_mut().status = 0;
+        let sent_before = conn.sock().sent;
+        let handled = handle(shared, &mut conn, &head, &mut buf, peer, i + 1 < MAX_REQUESTS_PER_CONNECTION);
+        let sock = conn.sock();
+        if sock.status != 0 {
+            shared.metrics.request(crate::metrics::kind(&head.method, &head.path), sock.status);
+        }
+        shared.metrics.sent(sock.sent.saturating_sub(sent_before));
+        match handled {
             Ok(true) => {}
             Ok(false) => {
                 // Closing with unread input resets the connection, and the
@@ -628,6 +650,7 @@ fn read_head(
 
 /// Writes a response head. `extra` lines end in `\r\n`.
 fn write_head(conn: &mut Conn, status: u16, len: Option<u64>, extra: &str, keep: bool) -> io::Result<()> {
+    conn.sock_mut().status = status;
     let len = len.map(|n| format!("Content-Length: {n}\r\n")).unwrap_or_default();
     let head = format!(
         "HTTP/1.1 {status} {}\r\nServer: statelessctl\r\nDate: {}\r\n{len}{extra}{}\r\n",
@@ -681,6 +704,16 @@ fn handle(
     let get = head.method == "GET";
     if !get && head.method != "HEAD" {
         return simple(conn, 405, "method not allowed", keep, Some("Allow: GET, HEAD, PUT, POST\r\n"));
+    }
+    if head.path == "/metrics" {
+        let text = shared.metrics.render(&shared.cfg.data, now());
+        let extra = "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\nCache-Control: no-store\r\n";
+        write_head(conn, 200, Some(text.len() as u64), extra, keep)?;
+        if get {
+            conn.write_all(text.as_bytes())?;
+        }
+        conn.flush()?;
+        return Ok(keep);
     }
     let Some(target) = target else {
         return simple(conn, 404, "not found", keep, None);
@@ -816,7 +849,10 @@ fn send_file(conn: &mut Conn, file: &File, start: u64, count: u64) -> io::Result
                 let want = (end - off).min(1 << 30) as usize;
                 match rustix::fs::sendfile(&sock.tcp, file, Some(&mut off), want) {
                     Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                    Ok(n) => sock.progress.moved(n),
+                    Ok(n) => {
+                        sock.progress.moved(n);
+                        sock.sent += n as u64;
+                    }
                     Err(rustix::io::Errno::AGAIN) => wait_writable(&sock.tcp, sock.progress.until())?,
                     Err(rustix::io::Errno::INTR) => {}
                     Err(e) => return Err(e.into()),
