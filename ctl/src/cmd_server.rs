@@ -84,11 +84,24 @@ pub struct PublishArgs {
     /// Publish as the bundle for every node.
     #[arg(long)]
     pub default: bool,
-    /// How many earlier bundles to keep in the history.
+    /// How many earlier bundles to keep in the history (state/history/), for --from-history.
     #[arg(long, default_value_t = stateless_server::store::DEFAULT_HISTORY)]
     pub keep: usize,
     /// The bundle file.
-    pub bundle: PathBuf,
+    #[arg(required_unless_present = "from_history")]
+    pub bundle: Option<PathBuf>,
+    /// Republish this earlier generation's content (from the history) as a new, higher generation.
+    #[arg(long, value_name = "GENERATION", conflicts_with = "bundle", requires = "key")]
+    pub from_history: Option<u64>,
+    /// With --from-history: the key file the bundle is sealed with (to open it and seal it again).
+    #[arg(long, value_name = "KEYFILE", requires = "from_history")]
+    pub key: Option<PathBuf>,
+    /// With --from-history: sign the new bundle with this publisher signing key.
+    #[arg(long, value_name = "KEYFILE", requires = "from_history")]
+    pub sign: Option<PathBuf>,
+    /// With --from-history: the new generation (default: one more than the highest published or kept).
+    #[arg(long, value_name = "N", requires = "from_history")]
+    pub generation: Option<u64>,
 }
 
 /// `statelessctl approve`
@@ -196,17 +209,32 @@ pub fn publish(a: PublishArgs) -> anyhow::Result<ExitCode> {
     };
     let data = open_data(&a.data)?;
     let lock = PublishLock::take(&data).context("locking the data directory")?;
-    let p = store::publish(&data, &target, &a.bundle, a.keep, &lock)
-        .with_context(|| format!("publishing {}", a.bundle.display()))?;
+    // Held until published: the repacked bundle lives in the state directory.
+    let mut _repacked = None;
+    let mut from = String::new();
+    let bundle = match (a.from_history, &a.bundle) {
+        (Some(g), _) => {
+            let key = a.key.as_deref().context("--from-history needs --key")?;
+            let tmp = crate::cmd_history::repack(&data, &target, g, key, a.sign.as_deref(), a.generation)?;
+            from = format!(", the content of generation {g}");
+            let path = tmp.path().to_owned();
+            _repacked = Some(tmp);
+            path
+        }
+        (None, Some(b)) => b.clone(),
+        (None, None) => bail!("give a bundle file or --from-history"),
+    };
+    let p = store::publish(&data, &target, &bundle, a.keep, &lock)
+        .with_context(|| format!("publishing {}", bundle.display()))?;
     let node = match &target {
         Target::Node(n) => Some(n.as_str()),
         _ => None,
     };
-    let detail = format!("{target} generation {} digest {}", p.info.generation, p.info.digest);
+    let detail = format!("{target} generation {} digest {}{from}", p.info.generation, p.info.digest);
     store::audit(&data, "publish", node, detail, by_uid()).context("writing the audit log")?;
     let replaced = p.previous.map(|g| format!(", replacing generation {g}")).unwrap_or_default();
     println!(
-        "published generation {} as the {target} bundle (digest {}…){replaced}",
+        "published generation {} as the {target} bundle (digest {}…){from}{replaced}",
         p.info.generation,
         p.info.digest.get(..16).unwrap_or(&p.info.digest)
     );

@@ -11,6 +11,7 @@ use clap::Parser;
 
 mod cli;
 mod cmd_bundle;
+mod cmd_history;
 mod cmd_initramfs;
 mod cmd_key;
 mod cmd_nodes;

@@ -483,3 +483,83 @@ fn metrics_parse_with_a_prometheus_parser_and_count_what_happened() {
     assert_eq!(http(srv.port, "HEAD", "/metrics", &[], b"").0, 200);
     assert!(!text.contains("node42"), "{text}");
 }
+
+// ---- publish --from-history: a deliberate rollback ----
+
+#[test]
+fn republishing_an_earlier_generation_moves_nodes_back_by_moving_forward() {
+    let site = Site::new();
+    let data = site.data_s();
+    for g in [5, 6, 7] {
+        site.publish("node42", g);
+    }
+    let srv = Serve::start(&site.data(), &[]);
+    let node = Node::new(true);
+    let (code, err, status, _) = node.boot(&cmdline(srv.port, &site));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status["generation"], 7);
+
+    let out = ok(&["publish", "--data", &data, "--node", "node42", "--from-history", "5", "--key", &site.key_s()]);
+    assert!(out.contains("published generation 8") && out.contains("content of generation 5"), "{out}");
+    let (code, err, status, _) = node.boot(&cmdline(srv.port, &site));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status["generation"], 8, "{status}");
+    assert_eq!(fs::read_to_string(node.p("sysroot/etc/motd")).unwrap(), "generation 5\n");
+    let audit = fs::read_to_string(site.data().join("state/audit.log")).unwrap();
+    assert!(audit.contains("content of generation 5"), "{audit}");
+
+    // An explicit generation must be higher; a generation not kept is named with what is kept.
+    let out = run(&[
+        "publish",
+        "--data",
+        &data,
+        "--node",
+        "node42",
+        "--from-history",
+        "6",
+        "--key",
+        &site.key_s(),
+        "--generation",
+        "8",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not higher than generation 8"), "{out:?}");
+    let out = run(&["publish", "--data", &data, "--node", "node42", "--from-history", "2", "--key", &site.key_s()]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains("generation 2 of the node node42 bundle is not in the history (kept: 5, 6, 7;"), "{err}");
+    // The wrong key cannot open it.
+    let other = site.dir.path().join("other.key");
+    stateless_keys::write_key_file(&other, &Key::generate().unwrap(), false).unwrap();
+    let out =
+        run(&["publish", "--data", &data, "--node", "node42", "--from-history", "6", "--key", other.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    // --from-history needs the key; a bundle and --from-history exclude each other.
+    assert_eq!(run(&["publish", "--data", &data, "--node", "node42", "--from-history", "6"]).status.code(), Some(2));
+
+    // Signed: the new generation is signed with the given publisher key.
+    let signing = site.dir.path().join("pub.sign");
+    ok(&["key", "new-signing", "-o", signing.to_str().unwrap()]);
+    let out = ok(&[
+        "publish",
+        "--data",
+        &data,
+        "--node",
+        "node42",
+        "--from-history",
+        "6",
+        "--key",
+        &site.key_s(),
+        "--sign",
+        signing.to_str().unwrap(),
+        "--generation",
+        "20",
+    ]);
+    assert!(out.contains("published generation 20"), "{out}");
+    let bundle = site.data().join("v1/nodes/node42/bundle");
+    let view: serde_json::Value =
+        serde_json::from_str(&ok(&["bundle", "inspect", "--json", bundle.to_str().unwrap()])).unwrap();
+    assert!(view["signer"].is_string(), "{view}");
+    // Republishing a signed generation without --sign is refused.
+    let out = run(&["publish", "--data", &data, "--node", "node42", "--from-history", "20", "--key", &site.key_s()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give --sign"), "{out:?}");
+}
