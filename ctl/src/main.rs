@@ -14,6 +14,7 @@ mod cmd_bundle;
 mod cmd_history;
 mod cmd_initramfs;
 mod cmd_key;
+mod cmd_mirror;
 mod cmd_nodes;
 mod cmd_server;
 mod cmd_tpm;
@@ -76,6 +77,7 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Serve(a) => cmd_server::serve(a),
         cli::Command::Publish(a) => cmd_server::publish(a),
         cli::Command::Nodes(a) => cmd_nodes::run(a),
+        cli::Command::Mirror(a) => cmd_mirror::run(a),
         cli::Command::Approve(a) => cmd_server::approve(a),
         cli::Command::Reject(a) => cmd_server::reject(a),
         cli::Command::Pushes(a) => cmd_server::list_pushes(a),

@@ -563,3 +563,81 @@ fn republishing_an_earlier_generation_moves_nodes_back_by_moving_forward() {
     let out = run(&["publish", "--data", &data, "--node", "node42", "--from-history", "20", "--key", &site.key_s()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("give --sign"), "{out:?}");
 }
+
+// ---- mirror ----
+
+impl Site {
+    fn publish_to(&self, target: &[&str], scope: stateless_bundle::Scope, generation: u64) {
+        let tree = tempfile::tempdir().unwrap();
+        fs::create_dir_all(tree.path().join("etc")).unwrap();
+        fs::write(tree.path().join("etc/motd"), format!("{scope} generation {generation}\n")).unwrap();
+        let opts = stateless_bundle::PackOptions {
+            key: Some(&self.key),
+            generation,
+            created: 1_760_000_000,
+            expires: None,
+            scope,
+            level: 3,
+            threads: 0,
+            deletions: vec![],
+            limits: stateless_bundle::Limits::default(),
+        };
+        let out = self.dir.path().join(format!("m{generation}"));
+        stateless_bundle::pack(tree.path(), fs::File::create(&out).unwrap(), &opts).unwrap();
+        let data = self.data_s();
+        let mut args = vec!["publish", "--data", &data];
+        args.extend(target);
+        args.push(out.to_str().unwrap());
+        ok(&args);
+    }
+}
+
+#[test]
+fn mirror_copies_layers_before_node_views_and_a_loader_boots_from_the_mirror() {
+    use stateless_bundle::Scope;
+    let site = Site::new();
+    let data = site.data_s();
+    let mirror = site.dir.path().join("mirror");
+    let to = mirror.to_str().unwrap().to_owned();
+    site.publish_to(&["--default"], Scope::Any, 1);
+    site.publish_to(&["--group", "rack7"], Scope::Group("rack7".into()), 1);
+    site.publish_to(&["--node", "node42"], Scope::Node("node42".into()), 1);
+    let out = ok(&["mirror", "--data", &data, "--to", &to]);
+    assert!(out.ends_with("3 copied, 0 unchanged, 0 removed\n"), "{out}");
+    for rel in ["v1/default/bundle", "v1/groups/rack7/bundle", "v1/nodes/node42/bundle"] {
+        assert_eq!(fs::read(site.data().join(rel)).unwrap(), fs::read(mirror.join(rel)).unwrap(), "{rel}");
+    }
+    assert!(!mirror.join("state").exists(), "state/ is never mirrored");
+
+    // New generations of a node and of its group: the group (a layer) goes first.
+    site.publish_to(&["--node", "node42"], Scope::Node("node42".into()), 2);
+    site.publish_to(&["--group", "rack7"], Scope::Group("rack7".into()), 2);
+    let out = ok(&["mirror", "--data", &data, "--to", &to]);
+    let group = out.find("copy v1/groups/rack7/bundle generation 2 (was 1)").unwrap_or_else(|| panic!("{out}"));
+    let node = out.find("copy v1/nodes/node42/bundle generation 2 (was 1)").unwrap_or_else(|| panic!("{out}"));
+    assert!(group < node, "{out}");
+    assert!(out.ends_with("2 copied, 1 unchanged, 0 removed\n"), "{out}");
+    assert!(ok(&["mirror", "--data", &data, "--to", &to]).ends_with("0 copied, 3 unchanged, 0 removed\n"));
+    // No temporary file is left beside the bundles.
+    let leftovers: Vec<_> =
+        fs::read_dir(mirror.join("v1/nodes/node42")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+
+    // A loader boots from a server serving the mirror.
+    let srv = Serve::start(&mirror, &[]);
+    let node = Node::new(false);
+    let (code, err, status, _) = node.boot(&cmdline(srv.port, &site));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status["generation"], 2);
+
+    // --delete: nodes first, then layers; --dry-run changes nothing.
+    fs::remove_file(site.data().join("v1/nodes/node42/bundle")).unwrap();
+    fs::remove_file(site.data().join("v1/groups/rack7/bundle")).unwrap();
+    let out = ok(&["mirror", "--data", &data, "--to", &to, "--delete", "--dry-run"]);
+    assert!(out.contains("(dry run)") && mirror.join("v1/nodes/node42/bundle").exists(), "{out}");
+    let out = ok(&["mirror", "--data", &data, "--to", &to, "--delete"]);
+    let node = out.find("remove v1/nodes/node42/bundle").unwrap_or_else(|| panic!("{out}"));
+    let group = out.find("remove v1/groups/rack7/bundle").unwrap_or_else(|| panic!("{out}"));
+    assert!(node < group, "{out}");
+    assert!(!mirror.join("v1/nodes/node42/bundle").exists());
+}
