@@ -36,7 +36,7 @@ use stateless_server::push_auth::PushSigner;
 use url::Url;
 
 use crate::blockdev::{self, CacheSpec, Mounted};
-use crate::cmdline::{CacheDevice, Config};
+use crate::cmdline::{CacheDevice, Config, KeyChoice};
 use crate::dns::ResolvConf;
 use crate::fetch::{Transport, TransportConfig};
 use crate::keyladder::{self, KeyPlaces};
@@ -103,9 +103,14 @@ pub fn after_boot(config: &Config, paths: &Paths, report: &Report) -> Outcome {
     else {
         return skipped("no node id, so no report");
     };
+    if matches!(config.key, KeyChoice::None) {
+        // A node without a key has no push key: it cannot report, and
+        // saying so on every boot would only be noise.
+        log::debug!("boot report not sent: rd.stateless.key=none, so no push key");
+        return Outcome::Skipped("no key".into());
+    }
     let Some(key) = node_key(config, paths, &status) else {
-        // The node agent may have the key (persist.conf `key =`).
-        return keep(&pending, &body, "no key to sign the report with");
+        return skipped("none of the node's keys was found to sign it with");
     };
     let Ok(signer) = PushSigner::new(&key, &node) else {
         return skipped("deriving the push key");
