@@ -641,3 +641,51 @@ fn mirror_copies_layers_before_node_views_and_a_loader_boots_from_the_mirror() {
     assert!(node < group, "{out}");
     assert!(!mirror.join("v1/nodes/node42/bundle").exists());
 }
+
+// ---- many nodes at once ----
+
+#[test]
+fn a_thousand_nodes_reporting_at_once_lose_none() {
+    use stateless_server::registry::{self, Approval};
+    let site = Site::new();
+    let data = stateless_server::DataDir::open(&site.data()).unwrap();
+    const NODES: usize = 1000;
+    let names: Vec<String> = (0..NODES).map(|i| format!("blade{i:04}")).collect();
+    for n in &names {
+        let public = PushSigner::new(&site.key, n).unwrap().public_key_hex();
+        registry::approve(&data, n, Approval { push_public_key: Some(public), ..Approval::default() }, "test".into())
+            .unwrap();
+    }
+    let srv = Serve::start(&site.data(), &[]);
+    let port = srv.port;
+    let key = &site.key;
+    // 100 clients at a time, each a few reports in a row on new connections.
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let workers: Vec<_> = names
+            .chunks(NODES / 100)
+            .map(|chunk| {
+                s.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|n| {
+                            let body = serde_json::to_vec(&serde_json::json!({
+                                "node": n, "result": "applied", "source": "server", "generation": 1,
+                                "message": "applied generation 1",
+                            }))
+                            .unwrap();
+                            post(port, n, key, &body).0
+                        })
+                        .collect::<Vec<u16>>()
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+    });
+    assert_eq!(statuses.len(), NODES);
+    assert!(statuses.iter().all(|s| *s == 201), "{:?}", statuses.iter().filter(|s| **s != 201).collect::<Vec<_>>());
+    let list = nodes_json(&[&site.data_s()], &[]);
+    let reported = list.as_array().unwrap().iter().filter(|n| n["result"] == "applied").count();
+    assert_eq!(reported, NODES);
+    let (_, text) = http(port, "GET", "/metrics", &[], b"");
+    assert!(text.contains(&format!("stateless_nodes{{result=\"applied\"}} {NODES}")), "{text}");
+}
