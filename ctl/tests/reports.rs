@@ -362,7 +362,7 @@ fn a_loader_run_reports_and_a_report_kept_while_the_server_was_down_arrives_next
 }
 
 #[test]
-fn a_stalling_server_costs_at_most_the_report_budget_and_plain_web_servers_are_moved_past() {
+fn a_stalling_server_costs_at_most_the_report_budget_and_the_node_agent_sends_the_kept_report() {
     let site = Site::new();
     site.enrol("node42");
     site.publish("node42", 5);
@@ -688,4 +688,46 @@ fn a_thousand_nodes_reporting_at_once_lose_none() {
     assert_eq!(reported, NODES);
     let (_, text) = http(port, "GET", "/metrics", &[], b"");
     assert!(text.contains(&format!("stateless_nodes{{result=\"applied\"}} {NODES}")), "{text}");
+}
+
+// ---- a plain web server ----
+
+#[test]
+fn behind_a_plain_web_server_the_node_moves_on_without_a_warning_or_a_kept_report() {
+    let site = Site::new();
+    site.publish("node42", 4);
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let d = dir.path().display();
+    let conf = format!(
+        "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;
+events {{ worker_connections 64; }}
+http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
+  uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi; default_type application/octet-stream;
+  server {{ listen 127.0.0.1:{port}; root {root}; location / {{ return 404; }} location /v1/ {{ }} }} }}
+",
+        root = site.data().display()
+    );
+    fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| Path::new(p).exists()).expect("nginx");
+    let mut child = Command::new(nginx)
+        .args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < until, "nginx did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let node = Node::new(true);
+    let (code, err, status, _) = node.boot(&cmdline(port, &site));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status["generation"], 4);
+    assert!(err.contains("does not take reports"), "{err}");
+    assert!(!err.contains("warning: boot report"), "{err}");
+    assert_eq!(node.kept("cache/reports"), 0);
 }
