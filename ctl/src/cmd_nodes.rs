@@ -110,7 +110,11 @@ fn report_groups(r: &Value) -> Vec<String> {
             .strip_prefix("group ")
             .or_else(|| target.strip_prefix("group:"))
             .or_else(|| target.strip_prefix("v1/groups/").and_then(|t| t.strip_suffix("/bundle")));
-        if let Some(n) = name {
+        // Or `{"kind": "group", "name": "rack7"}`.
+        let named = (layer.get("kind").and_then(Value::as_str) == Some("group"))
+            .then(|| layer.get("name").and_then(Value::as_str))
+            .flatten();
+        if let Some(n) = name.or(named) {
             out.push(n.to_owned());
         }
     }
@@ -308,5 +312,7 @@ mod tests {
             {"target": "node n1", "generation": 5}]});
         assert_eq!(report_groups(&r), ["rack7"]);
         assert_eq!(report_generation(&r), Some(5));
+        let r = serde_json::json!({"layers": [{"kind": "group", "name": "gpu"}, {"kind": "node", "name": "n1"}]});
+        assert_eq!(report_groups(&r), ["gpu"]);
     }
 }

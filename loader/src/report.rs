@@ -335,7 +335,8 @@ fn node_key(config: &Config, paths: &Paths, status: &Value) -> Option<Key> {
     let mut ids: Vec<String> = Vec::new();
     for layer in status.get("layers").and_then(Value::as_array).into_iter().flatten().rev() {
         let target = layer.get("target").or_else(|| layer.get("scope")).and_then(Value::as_str).unwrap_or("");
-        if target.starts_with("node") || target.starts_with("v1/nodes/") {
+        let kind = layer.get("kind").and_then(Value::as_str);
+        if target.starts_with("node") || target.starts_with("v1/nodes/") || kind == Some("node") {
             ids.extend(layer.get("key_id").and_then(Value::as_str).map(str::to_owned));
         }
     }
