@@ -731,3 +731,51 @@ http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/prox
     assert!(!err.contains("warning: boot report"), "{err}");
     assert_eq!(node.kept("cache/reports"), 0);
 }
+
+// ---- several servers ----
+
+#[test]
+fn nodes_merges_several_data_dirs_by_time() {
+    let a = Site::new();
+    let b = Site { dir: tempfile::tempdir().unwrap(), key: a.key.clone() };
+    fs::create_dir(b.data()).unwrap();
+    stateless_keys::write_key_file(&b.dir.path().join("node.key"), &b.key, false).unwrap();
+    for s in [&a, &b] {
+        s.enrol("node42");
+    }
+    a.enrol("node7");
+    let (sa, sb) = (Serve::start(&a.data(), &[]), Serve::start(&b.data(), &[]));
+    let body = |result: &str, g: u64| status_json(result, g);
+    assert_eq!(post(sa.port, "node42", &a.key, &body("failed", 4)).0, 201);
+    assert_eq!(
+        post(sa.port, "node7", &a.key, &{
+            let mut v: serde_json::Value = serde_json::from_slice(&body("applied", 2)).unwrap();
+            v["node"] = "node7".into();
+            serde_json::to_vec(&v).unwrap()
+        })
+        .0,
+        201
+    );
+    // A second later, node42 boots again from the other mirror.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(post(sb.port, "node42", &b.key, &body("applied", 5)).0, 201);
+
+    let (da, db) = (a.data_s(), b.data_s());
+    let list = nodes_json(&[&da, &db], &[]);
+    let row = |id: &str| list.as_array().unwrap().iter().find(|n| n["node"] == id).unwrap().clone();
+    assert_eq!(row("node42")["result"], "applied", "{list}");
+    assert_eq!(row("node42")["generation"], 5);
+    assert_eq!(row("node42")["reported_to"], db.as_str());
+    assert_eq!(row("node7")["generation"], 2);
+    // The order of the directories does not matter.
+    let list = nodes_json(&[&db, &da], &["node42"]);
+    assert_eq!(list[0]["generation"], 5, "{list}");
+    // --reports merges both servers' reports, newest first.
+    let reports = nodes_json(&[&da, &db], &["node42", "--reports"]);
+    let gens: Vec<u64> =
+        reports.as_array().unwrap().iter().map(|r| r["report"]["generation"].as_u64().unwrap()).collect();
+    assert_eq!(gens, [5, 4]);
+    // --failed: only A knows node42's failure, and it is older.
+    assert_eq!(nodes_json(&[&da, &db], &["--failed"]).as_array().unwrap().len(), 0);
+    assert_eq!(nodes_json(&[&da], &["--failed"]).as_array().unwrap().len(), 1);
+}
