@@ -36,8 +36,10 @@ pub enum Command {
     Serve(crate::cmd_server::ServeArgs),
     /// Publish a bundle into a data directory (atomic, generation must increase).
     Publish(crate::cmd_server::PublishArgs),
-    /// List known, pending and rejected nodes, with when they were last seen.
-    Nodes(crate::cmd_server::NodesArgs),
+    /// The fleet: known, pending and rejected nodes with their last boot report (or one node's reports).
+    Nodes(crate::cmd_nodes::NodesArgs),
+    /// Copy a data directory's bundles to a mirror's directory: layers first, then the nodes' bundles.
+    Mirror(crate::cmd_mirror::MirrorArgs),
     /// Approve a node (optionally put it in a group and enrol it for push).
     Approve(crate::cmd_server::ApproveArgs),
     /// Reject a node (revokes an approval and push enrolment).

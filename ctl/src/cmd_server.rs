@@ -54,6 +54,18 @@ pub struct ServeArgs {
     /// Largest pushed bundle accepted, e.g. 256M.
     #[arg(long, value_name = "SIZE", value_parser = crate::cli::parse_size, default_value = "256M")]
     pub max_push: u64,
+    /// Largest node report accepted (POST /v1/nodes/NODE/report), e.g. 64K.
+    #[arg(long, value_name = "SIZE", value_parser = crate::cli::parse_size, default_value = "64K")]
+    pub max_report: u64,
+    /// Reports kept per node (the oldest go first).
+    #[arg(long, value_name = "N", default_value_t = stateless_server::reports::DEFAULT_KEEP)]
+    pub keep_reports: usize,
+    /// Bytes of reports kept per node (the newest always stays), e.g. 1M.
+    #[arg(long, value_name = "SIZE", value_parser = crate::cli::parse_size, default_value = "1M")]
+    pub keep_report_bytes: u64,
+    /// Refused reports one address may send per minute before it is answered 429; 0 for no limit.
+    #[arg(long, value_name = "N", default_value_t = stateless_server::reports::DEFAULT_REFUSALS_PER_MINUTE)]
+    pub report_refusals_per_minute: u32,
 }
 
 /// `statelessctl publish`
@@ -75,22 +87,24 @@ pub struct PublishArgs {
     /// Publish as this plugin's layer (the bundle's scope must be plugin:NAME).
     #[arg(long)]
     pub plugin: Option<String>,
-    /// How many earlier bundles to keep in the history.
+    /// How many earlier bundles to keep in the history (state/history/), for --from-history.
     #[arg(long, default_value_t = stateless_server::store::DEFAULT_HISTORY)]
     pub keep: usize,
     /// The bundle file.
-    pub bundle: PathBuf,
-}
-
-/// `statelessctl nodes`
-#[derive(Debug, Clone, Args)]
-pub struct NodesArgs {
-    /// The data directory.
-    #[arg(long)]
-    pub data: PathBuf,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
+    #[arg(required_unless_present = "from_history")]
+    pub bundle: Option<PathBuf>,
+    /// Republish this earlier generation's content (from the history) as a new, higher generation.
+    #[arg(long, value_name = "GENERATION", conflicts_with = "bundle", requires = "key")]
+    pub from_history: Option<u64>,
+    /// With --from-history: the key file the bundle is sealed with (to open it and seal it again).
+    #[arg(long, value_name = "KEYFILE", requires = "from_history")]
+    pub key: Option<PathBuf>,
+    /// With --from-history: sign the new bundle with this publisher signing key.
+    #[arg(long, value_name = "KEYFILE", requires = "from_history")]
+    pub sign: Option<PathBuf>,
+    /// With --from-history: the new generation (default: one more than the highest published or kept).
+    #[arg(long, value_name = "N", requires = "from_history")]
+    pub generation: Option<u64>,
 }
 
 /// `statelessctl approve`
@@ -165,6 +179,12 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     cfg.io_timeout = std::time::Duration::from_secs(a.io_timeout.max(1));
     cfg.max_seen = a.max_seen.max(1);
     cfg.max_seen_per_address = a.max_seen_per_address.max(1);
+    cfg.reports = stateless_server::reports::ReportLimits {
+        max_body: a.max_report,
+        keep: a.keep_reports.max(1),
+        keep_bytes: a.keep_report_bytes,
+        refusals_per_minute: a.report_refusals_per_minute,
+    };
     let scheme = match (&a.tls_cert, &a.tls_key) {
         (Some(cert), Some(key)) => {
             cfg.tls = Some(stateless_server::load_tls(cert, key).context("loading TLS certificate and key")?);
@@ -193,56 +213,35 @@ pub fn publish(a: PublishArgs) -> anyhow::Result<ExitCode> {
     };
     let data = open_data(&a.data)?;
     let lock = PublishLock::take(&data).context("locking the data directory")?;
-    let p = store::publish(&data, &target, &a.bundle, a.keep, &lock)
-        .with_context(|| format!("publishing {}", a.bundle.display()))?;
+    // Held until published: the repacked bundle lives in the state directory.
+    let mut _repacked = None;
+    let mut from = String::new();
+    let bundle = match (a.from_history, &a.bundle) {
+        (Some(g), _) => {
+            let key = a.key.as_deref().context("--from-history needs --key")?;
+            let tmp = crate::cmd_history::repack(&data, &target, g, key, a.sign.as_deref(), a.generation)?;
+            from = format!(", the content of generation {g}");
+            let path = tmp.path().to_owned();
+            _repacked = Some(tmp);
+            path
+        }
+        (None, Some(b)) => b.clone(),
+        (None, None) => bail!("give a bundle file or --from-history"),
+    };
+    let p = store::publish(&data, &target, &bundle, a.keep, &lock)
+        .with_context(|| format!("publishing {}", bundle.display()))?;
     let node = match &target {
         Target::Node(n) => Some(n.as_str()),
         _ => None,
     };
-    let detail = format!("{target} generation {} digest {}", p.info.generation, p.info.digest);
+    let detail = format!("{target} generation {} digest {}{from}", p.info.generation, p.info.digest);
     store::audit(&data, "publish", node, detail, by_uid()).context("writing the audit log")?;
     let replaced = p.previous.map(|g| format!(", replacing generation {g}")).unwrap_or_default();
     println!(
-        "published generation {} as the {target} bundle (digest {}…){replaced}",
+        "published generation {} as the {target} bundle (digest {}…){from}{replaced}",
         p.info.generation,
         p.info.digest.get(..16).unwrap_or(&p.info.digest)
     );
-    Ok(ExitCode::SUCCESS)
-}
-
-pub fn nodes(a: NodesArgs) -> anyhow::Result<ExitCode> {
-    let data = open_data(&a.data)?;
-    let list = registry::list(&data);
-    // Written with `?`, not println!: a reader that goes away (`| head`)
-    // ends the command quietly (see main).
-    let mut out = std::io::stdout().lock();
-    if a.json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    writeln!(
-        out,
-        "{:<24} {:<9} {:<12} {:<21} {:<16} {:>8}  push",
-        "NODE", "STATE", "GROUP", "LAST SEEN", "ADDRESS", "REQUESTS"
-    )?;
-    for n in list {
-        let push = match (n.push, n.auto_accept) {
-            (true, true) => "auto",
-            (true, false) => "review",
-            _ => "-",
-        };
-        writeln!(
-            out,
-            "{:<24} {:<9} {:<12} {:<21} {:<16} {:>8}  {push}",
-            n.node,
-            n.state,
-            n.group.as_deref().unwrap_or("-"),
-            n.last_seen.as_deref().unwrap_or("never"),
-            n.address.as_deref().unwrap_or("-"),
-            n.requests
-        )?;
-    }
-    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -11,10 +11,13 @@ use clap::Parser;
 
 mod cli;
 mod cmd_bundle;
+mod cmd_history;
 mod cmd_import;
 mod cmd_initramfs;
 mod cmd_key;
+mod cmd_mirror;
 mod cmd_model;
+mod cmd_nodes;
 mod cmd_server;
 mod cmd_site;
 mod cmd_tpm;
@@ -80,7 +83,8 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Plugins(a) => cmd_model::plugins(a),
         cli::Command::Serve(a) => cmd_server::serve(a),
         cli::Command::Publish(a) => cmd_server::publish(a),
-        cli::Command::Nodes(a) => cmd_server::nodes(a),
+        cli::Command::Nodes(a) => cmd_nodes::run(a),
+        cli::Command::Mirror(a) => cmd_mirror::run(a),
         cli::Command::Approve(a) => cmd_server::approve(a),
         cli::Command::Reject(a) => cmd_server::reject(a),
         cli::Command::Pushes(a) => cmd_server::list_pushes(a),

@@ -366,6 +366,32 @@ impl Transport {
     }
 }
 
+impl Transport {
+    /// POSTs a small `body` to `url` with `headers`, waiting at most until
+    /// `deadline`; the status of any HTTP answer (redirects are not
+    /// followed: a report is not worth a second hop). An error means no
+    /// server answered.
+    pub fn post(&self, url: &Url, headers: &[(&str, &str)], body: &[u8], deadline: Instant) -> Result<u16, FetchError> {
+        if !self.trust && url.scheme() == "https" {
+            return Err(FetchError::NoTrust);
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(FetchError::Budget);
+        }
+        self.deadline.set(deadline);
+        let mut req = self.agent.request_url("POST", url).timeout(remaining);
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
+        match req.send_bytes(body) {
+            Ok(r) => Ok(r.status()),
+            Err(ureq::Error::Status(code, _)) => Ok(code),
+            Err(ureq::Error::Transport(t)) => Err(FetchError::Transport(describe_transport(&t))),
+        }
+    }
+}
+
 fn content_length(resp: &ureq::Response) -> Option<u64> {
     resp.header("Content-Length").and_then(|v| v.trim().parse().ok())
 }

@@ -13,7 +13,8 @@
 //! fleet trust (publisher keys from the boot image, freshness: [`trust`]),
 //! the root ([`overlay`] mounts, [`staging`], [`apply`]), the deadline on a
 //! bundle's processing ([`guard`]), panics ([`crash`]) and the `/dev/kmsg`
-//! logger ([`logger`]).
+//! logger ([`logger`]), and after the decision the capability probe
+//! ([`probe`]) and the boot report to the server ([`report`]).
 
 pub mod apply;
 pub mod blockdev;
@@ -29,6 +30,8 @@ pub mod keyladder;
 pub mod logger;
 pub mod overlay;
 pub mod pipeline;
+pub mod probe;
+pub mod report;
 pub mod srv;
 pub mod staging;
 pub mod template;

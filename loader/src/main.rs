@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use stateless_loader::cmdline::{Config, OnFail};
 use stateless_loader::pipeline::{self, Paths};
-use stateless_loader::{crash, logger, overlay};
+use stateless_loader::{crash, logger, overlay, report};
 
 /// Where the kernel command line is read from in the initramfs.
 const PROC_CMDLINE: &str = "/proc/cmdline";
@@ -162,6 +162,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     if !logger::to_stderr() {
         eprintln!("{line}");
     }
+    // After the decision and its console line: the probe goes into
+    // status.json and the report to the server, within report::BUDGET.
+    report::after_boot(&config, &paths, &report);
     Ok(ExitCode::from(pipeline::exit_code(&report, config.onfail)))
 }
 

@@ -25,6 +25,34 @@ pub enum Command {
     Persist(Box<PersistArgs>),
     /// Show what the loader did on this boot (from its status.json).
     Status(StatusArgs),
+    /// Send the boot reports the loader kept because no server answered.
+    Report(ReportArgs),
+}
+
+/// Where the loader keeps boot reports no server took (without a cache disk).
+pub const PENDING_REPORTS: &str = "/run/stateless/reports";
+
+/// `stateless-node report`
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
+    /// The directory of kept reports (a mounted cache disk keeps them in its reports/).
+    #[arg(long, default_value = PENDING_REPORTS)]
+    pub dir: PathBuf,
+    /// The persist config file (server, node, key, ca).
+    #[arg(long, default_value = "/etc/stateless/persist.conf")]
+    pub config: PathBuf,
+    /// The server's base URL (default: the config file's, else the one each report names).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// The node id (default: the config file's, else each report's).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// The node's key file, from which the push key that signs reports is derived.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// CA certificate (PEM) for an https server.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
 }
 
 /// `stateless-node persist`

@@ -2,7 +2,8 @@
 //! its work in the initramfs.
 //!
 //! - [`persist`]: push the state worth keeping back to the config server;
-//! - [`status`]: show what the loader did on this boot (`status.json`).
+//! - [`status`]: show what the loader did on this boot (`status.json`);
+//! - [`report`]: send the boot reports the loader kept while no server answered.
 //!
 //! The admin's commands are in `statelessctl` (`ctl/`), the server in
 //! `server/`; nothing here runs on the admin's machine or in the initramfs.
@@ -13,6 +14,7 @@ use std::process::ExitCode;
 
 pub mod cli;
 pub mod persist;
+pub mod report;
 pub mod status;
 
 /// Runs one command; the error is printed by `main` as one line.
@@ -27,6 +29,12 @@ pub fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         cli::Command::Status(a) => status::run(&a),
+        cli::Command::Report(a) => {
+            let line = report::run(&a)?;
+            writeln!(std::io::stdout().lock(), "{line}")
+                .map_err(|e| anyhow::Error::new(e).context("writing to stdout"))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -28,18 +28,18 @@ use crate::cli::PersistArgs;
 
 /// The settings `persist` needs, merged from flags, config and status.
 #[derive(Debug, Default)]
-struct Settings {
-    server: Option<String>,
-    node: Option<String>,
-    key: Option<PathBuf>,
-    ca: Option<PathBuf>,
+pub(crate) struct Settings {
+    pub(crate) server: Option<String>,
+    pub(crate) node: Option<String>,
+    pub(crate) key: Option<PathBuf>,
+    pub(crate) ca: Option<PathBuf>,
     paths: Vec<String>,
     status_generation: Option<u64>,
 }
 
 /// Parses the config file: `name = value` lines, `#` comments; `path` may
 /// repeat (and may list several paths separated by spaces).
-fn read_config(path: &Path, s: &mut Settings) -> anyhow::Result<()> {
+pub(crate) fn read_config(path: &Path, s: &mut Settings) -> anyhow::Result<()> {
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -221,7 +221,7 @@ fn short(d: &str) -> &str {
 /// The HTTP client for `url`. Redirects are not followed: a push proof
 /// names the path it was made for, and a redirect could move a push or a
 /// fetch from https to plain HTTP; a 3xx answer is an error instead.
-fn agent(url: &str, ca: Option<&Path>) -> anyhow::Result<ureq::Agent> {
+pub(crate) fn agent(url: &str, ca: Option<&Path>) -> anyhow::Result<ureq::Agent> {
     let mut b = ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(10))
         .timeout_read(Duration::from_secs(60))
@@ -300,7 +300,7 @@ fn fetch(agent: &ureq::Agent, url: &str, dest: &Path, header_only: bool) -> anyh
     Ok(true)
 }
 
-fn first_line(r: ureq::Response) -> String {
+pub(crate) fn first_line(r: ureq::Response) -> String {
     let mut s = String::new();
     let _ = r.into_reader().take(4096).read_to_string(&mut s);
     s.lines().next().unwrap_or("").trim().to_owned()
@@ -345,7 +345,7 @@ fn push(agent: &ureq::Agent, url: &str, signer: &PushSigner, bundle: &Path) -> a
 
 /// The path part of an http(s) URL, with its query (what the server sees
 /// and verifies).
-fn url_path(url: &str) -> anyhow::Result<String> {
+pub(crate) fn url_path(url: &str) -> anyhow::Result<String> {
     let u = parse_server_url(url)?;
     Ok(match u.query() {
         Some(q) => format!("{}?{q}", u.path()),

@@ -316,3 +316,42 @@ fn output_to_a_closed_pipe_ends_quietly() {
         .unwrap();
     assert_eq!(status.code(), Some(1));
 }
+
+#[test]
+fn report_sends_kept_reports_oldest_first_and_stops_when_no_server_answers() {
+    let t = tempfile::tempdir().unwrap();
+    let key = Key::generate().unwrap();
+    let key_file = t.path().join("node.key");
+    stateless_keys::write_key_file(&key_file, &key, false).unwrap();
+    let kept = t.path().join("reports");
+    let dir_s = kept.to_str().unwrap().to_owned();
+    let key_s = key_file.to_str().unwrap().to_owned();
+    // Nothing kept: nothing to do, and no key needed.
+    assert_eq!(ok(&["report", "--dir", &dir_s, "--config", "/nonexistent"]), format!("no kept reports in {dir_s}\n"));
+    fs::create_dir_all(&kept).unwrap();
+    for (i, g) in [(1, 5), (2, 6)] {
+        let body = format!(
+            r#"{{"node":"node42","result":"applied","generation":{g},"server":"http://127.0.0.1:1/v1/nodes/node42/bundle"}}"#
+        );
+        fs::write(kept.join(format!("{i:013}-1.json")), body).unwrap();
+    }
+    // The server each report names is down: an error, and both stay.
+    let err = fails(&["report", "--dir", &dir_s, "--key", &key_s, "--config", "/nonexistent"]);
+    assert!(err.contains("sending") && err.contains("0 sent before"), "{err}");
+    assert_eq!(fs::read_dir(&kept).unwrap().count(), 2);
+    // A server that takes them (the node enrolled for push).
+    let data = t.path().join("data");
+    let port = serve(&data);
+    let public = PushSigner::new(&key, "node42").unwrap().public_key_hex();
+    let dir = DataDir::open(&data).unwrap();
+    registry::approve(&dir, "node42", Approval { push_public_key: Some(public), ..Approval::default() }, "t".into())
+        .unwrap();
+    let server = format!("http://127.0.0.1:{port}");
+    let out = ok(&["report", "--dir", &dir_s, "--key", &key_s, "--server", &server, "--config", "/nonexistent"]);
+    assert_eq!(out, "sent 2 kept report(s)\n");
+    assert_eq!(fs::read_dir(&kept).unwrap().count(), 0);
+    let stored = stateless_server::reports::list(&dir, "node42", 10);
+    assert_eq!(stored.len(), 2);
+    // Newest first on the server: the oldest was sent first.
+    assert_eq!(stored[0].report["generation"], 6);
+}

@@ -13,9 +13,11 @@
 pub mod cleanup;
 pub mod http;
 pub mod layout;
+pub mod metrics;
 pub mod push_auth;
 pub mod push_review;
 pub mod registry;
+pub mod reports;
 pub mod serve;
 pub mod store;
 pub mod tls;

@@ -33,6 +33,7 @@ use crate::http::{self, HeadError, RangeAnswer, RequestHead};
 use crate::layout::{DataDir, Target};
 use crate::push_auth::{AuthError, Proof, UsedProofs};
 use crate::registry::{self, SeenTable, now};
+use crate::reports::{RefusalQuota, ReportLimits, UnverifiedReport};
 use crate::store::{self, PublishLock};
 use crate::{push_review, tls};
 
@@ -66,6 +67,8 @@ pub struct ServerConfig {
     pub keep_history: usize,
     /// How often the table of seen nodes is written.
     pub flush_interval: Duration,
+    /// Bounds on node reports (`POST /v1/nodes/{node}/report`).
+    pub reports: ReportLimits,
 }
 
 impl ServerConfig {
@@ -84,6 +87,7 @@ impl ServerConfig {
             max_push: 256 << 20,
             keep_history: store::DEFAULT_HISTORY,
             flush_interval: Duration::from_secs(1),
+            reports: ReportLimits::default(),
         }
     }
 }
@@ -123,6 +127,10 @@ struct Shared {
     seen: SeenTable,
     /// Push proofs already accepted (each is good once).
     used_proofs: UsedProofs,
+    /// Refused report requests per address.
+    report_quota: RefusalQuota,
+    /// Counters for `GET /metrics`.
+    metrics: crate::metrics::Metrics,
     etags: Mutex<EtagCache>,
     /// Connection workers alive.
     workers: AtomicUsize,
@@ -148,6 +156,8 @@ impl Server {
             per_address: Mutex::new(HashMap::new()),
             seen,
             used_proofs: UsedProofs::default(),
+            report_quota: RefusalQuota::default(),
+            metrics: crate::metrics::Metrics::default(),
             etags: Mutex::new(HashMap::new()),
             workers: AtomicUsize::new(0),
             idle: AtomicUsize::new(0),
@@ -235,7 +245,11 @@ fn worker(shared: &Arc<Shared>, listener: &Arc<TcpListener>) {
         }
         match accepted {
             Ok((stream, peer)) => match AddressSlot::take(shared, peer.ip()) {
-                Some(_slot) => serve_connection(shared, stream, peer),
+                Some(_slot) => {
+                    shared.metrics.opened();
+                    serve_connection(shared, stream, peer);
+                    shared.metrics.closed();
+                }
                 None => refuse_busy(stream, peer, shared.cfg.tls.is_none()),
             },
             Err(e) => {
@@ -344,6 +358,10 @@ struct Sock {
     tcp: TcpStream,
     deadline: Option<Instant>,
     progress: Progress,
+    /// The status of the last response head written (for the metrics).
+    status: u16,
+    /// Bytes written so far (for the metrics).
+    sent: u64,
 }
 
 /// Bytes a response must move within each `io_timeout` to count as
@@ -415,13 +433,16 @@ impl Write for Sock {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if let Some(left) = self.left()? {
             self.tcp.set_write_timeout(Some(left))?;
-            return self.tcp.write(buf);
+            let n = self.tcp.write(buf)?;
+            self.sent += n as u64;
+            return Ok(n);
         }
         use rustix::net::{SendFlags, send};
         loop {
             match send(&self.tcp, buf, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
                 Ok(n) => {
                     self.progress.moved(n);
+                    self.sent += n as u64;
                     return Ok(n);
                 }
                 Err(rustix::io::Errno::AGAIN) => wait_writable(&self.tcp, self.progress.until())?,
@@ -509,7 +530,7 @@ fn serve_connection(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
     if stream.set_write_timeout(Some(cfg.io_timeout)).is_err() {
         return;
     }
-    let sock = Sock { tcp: stream, deadline: None, progress: Progress::new(cfg.io_timeout) };
+    let sock = Sock { tcp: stream, deadline: None, progress: Progress::new(cfg.io_timeout), status: 0, sent: 0 };
     let mut conn = match &cfg.tls {
         None => Conn::Plain(sock),
         Some(tls) => match rustls::ServerConnection::new(tls.clone()) {
@@ -547,7 +568,15 @@ fn serve_connection(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
                 return;
             }
         };
-        match handle(shared, &mut conn, &head, &mut buf, peer, i + 1 < MAX_REQUESTS_PER_CONNECTION) {
+        conn.sock_mut().status = 0;
+        let sent_before = conn.sock().sent;
+        let handled = handle(shared, &mut conn, &head, &mut buf, peer, i + 1 < MAX_REQUESTS_PER_CONNECTION);
+        let sock = conn.sock();
+        if sock.status != 0 {
+            shared.metrics.request(crate::metrics::kind(&head.method, &head.path), sock.status);
+        }
+        shared.metrics.sent(sock.sent.saturating_sub(sent_before));
+        match handled {
             Ok(true) => {}
             Ok(false) => {
                 // Closing with unread input resets the connection, and the
@@ -621,6 +650,7 @@ fn read_head(
 
 /// Writes a response head. `extra` lines end in `\r\n`.
 fn write_head(conn: &mut Conn, status: u16, len: Option<u64>, extra: &str, keep: bool) -> io::Result<()> {
+    conn.sock_mut().status = status;
     let len = len.map(|n| format!("Content-Length: {n}\r\n")).unwrap_or_default();
     let head = format!(
         "HTTP/1.1 {status} {}\r\nServer: statelessctl\r\nDate: {}\r\n{len}{extra}{}\r\n",
@@ -660,6 +690,12 @@ fn handle(
             _ => simple(conn, 405, "only node bundles can be pushed", false, Some("Allow: GET, HEAD\r\n")),
         };
     }
+    if head.method == "POST" {
+        return match crate::reports::report_path(&head.path) {
+            Some(node) => handle_report(shared, conn, head, buf, peer, node, content_length),
+            None => simple(conn, 405, "only node reports can be posted", false, Some("Allow: GET, HEAD\r\n")),
+        };
+    }
     // A body on anything else is not read: answer, then close so the
     // unread bytes are never taken for the next request.
     if head.content_length > 0 {
@@ -667,7 +703,17 @@ fn handle(
     }
     let get = head.method == "GET";
     if !get && head.method != "HEAD" {
-        return simple(conn, 405, "method not allowed", keep, Some("Allow: GET, HEAD, PUT\r\n"));
+        return simple(conn, 405, "method not allowed", keep, Some("Allow: GET, HEAD, PUT, POST\r\n"));
+    }
+    if head.path == "/metrics" {
+        let text = shared.metrics.render(&shared.cfg.data, now());
+        let extra = "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\nCache-Control: no-store\r\n";
+        write_head(conn, 200, Some(text.len() as u64), extra, keep)?;
+        if get {
+            conn.write_all(text.as_bytes())?;
+        }
+        conn.flush()?;
+        return Ok(keep);
     }
     let Some(target) = target else {
         return simple(conn, 404, "not found", keep, None);
@@ -803,7 +849,10 @@ fn send_file(conn: &mut Conn, file: &File, start: u64, count: u64) -> io::Result
                 let want = (end - off).min(1 << 30) as usize;
                 match rustix::fs::sendfile(&sock.tcp, file, Some(&mut off), want) {
                     Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                    Ok(n) => sock.progress.moved(n),
+                    Ok(n) => {
+                        sock.progress.moved(n);
+                        sock.sent += n as u64;
+                    }
                     Err(rustix::io::Errno::AGAIN) => wait_writable(&sock.tcp, sock.progress.until())?,
                     Err(rustix::io::Errno::INTR) => {}
                     Err(e) => return Err(e.into()),
@@ -1002,6 +1051,113 @@ fn handle_push(
     // Not held while a slow client reads the answer.
     drop(lock);
     simple(conn, status, &msg, keep, None)
+}
+
+/// Receives a node's boot report (see [`crate::reports`]): the quota,
+/// then the proof, enrolment and time before the body is read, the size
+/// bound, then the signature over the body, then the body's shape.
+fn handle_report(
+    shared: &Shared,
+    conn: &mut Conn,
+    head: &RequestHead,
+    buf: &mut Vec<u8>,
+    peer: SocketAddr,
+    node: &str,
+    content_length: Option<u64>,
+) -> io::Result<bool> {
+    let cfg = &shared.cfg;
+    let limits = &cfg.reports;
+    let addr = addr_key(peer.ip());
+    // Every early answer closes the connection (the body stays unread).
+    let refuse = |conn: &mut Conn, status: u16, msg: &str, extra: Option<&str>| {
+        shared.report_quota.refused(addr, now());
+        log::info!("report for {node} from {peer} refused: {msg}");
+        simple(conn, status, msg, false, extra)?;
+        linger(conn);
+        Ok(false)
+    };
+    if shared.report_quota.exhausted(addr, limits.refusals_per_minute, now()) {
+        log::debug!("report for {node} from {peer}: address over its refusal quota");
+        simple(conn, 429, "too many refused reports from your address", false, Some("Retry-After: 60\r\n"))?;
+        linger(conn);
+        return Ok(false);
+    }
+    let www = format!("WWW-Authenticate: {}\r\n", crate::push_auth::SCHEME);
+    let proof = match Proof::parse(head.header("authorization")) {
+        Ok(p) if p.node == node => p,
+        Ok(_) => return refuse(conn, 401, &AuthError::WrongNode.to_string(), Some(&www)),
+        Err(e) => return refuse(conn, 401, &e.to_string(), Some(&www)),
+    };
+    let record = registry::node_record(&cfg.data, node).filter(|_| !registry::is_rejected(&cfg.data, node));
+    let Some(public) = record.and_then(|r| r.push_public_key) else {
+        return refuse(conn, 403, "node is not enrolled for push, so it cannot report", None);
+    };
+    if let Err(e) = proof.check_time(now()) {
+        return refuse(conn, 401, &e.to_string(), Some(&www));
+    }
+    let Some(len) = content_length else {
+        return refuse(conn, 411, "send the report with a Content-Length", None);
+    };
+    if len > limits.max_body {
+        return refuse(conn, 413, &format!("reports are limited to {} bytes", limits.max_body), None);
+    }
+    if head.minor > 0 && head.header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
+        conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        conn.flush()?;
+    }
+    let body = read_body(conn, buf, len, cfg.io_timeout)?;
+    let digest: [u8; 32] = Sha256::digest(&body).into();
+    if let Err(e) = proof
+        .verify(&public, "POST", &head.path, &digest, len)
+        .and_then(|()| shared.used_proofs.use_once(&proof, now()))
+    {
+        shared.report_quota.refused(addr, now());
+        log::info!("report for {node} from {peer} refused: {e}");
+        return simple(conn, 401, &e.to_string(), head.keep_alive(), Some(&www));
+    }
+    let keep = head.keep_alive();
+    let report = match (UnverifiedReport { node, body: &body }).check() {
+        Ok(r) => r,
+        Err(e) => return simple(conn, 422, &e.to_string(), keep, None),
+    };
+    let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    match crate::reports::store(&cfg.data, report, &peer.ip().to_string(), now_ms, limits) {
+        Ok(_) => simple(conn, 201, "report kept", keep, None),
+        Err(e) if out_of_room(&e) => simple(conn, 507, "the server has no room for this report", keep, None),
+        Err(e) => {
+            log::warn!("keeping the report of {node}: {e}");
+            simple(conn, 500, "cannot keep the report", keep, None)
+        }
+    }
+}
+
+/// Reads a small body of `len` bytes (bounded by the caller) that must
+/// move as an upload must (see [`Sock`]).
+fn read_body(conn: &mut Conn, buf: &mut Vec<u8>, len: u64, io_timeout: Duration) -> io::Result<Vec<u8>> {
+    let from_buf = (len.min(buf.len() as u64)) as usize;
+    let mut body: Vec<u8> = buf.drain(..from_buf).collect();
+    let want = usize::try_from(len).map_err(io::Error::other)?;
+    let mut progress = Progress::new(io_timeout);
+    let mut chunk = [0u8; 16 * 1024];
+    while body.len() < want {
+        let wait = progress.until().saturating_duration_since(Instant::now());
+        if wait.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "upload stalled"));
+        }
+        conn.tcp().set_read_timeout(Some(wait))?;
+        let n = (want - body.len()).min(chunk.len());
+        let part = chunk.get_mut(..n).ok_or_else(|| io::Error::other("buffer"))?;
+        match conn.read(part) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                progress.moved(n);
+                body.extend_from_slice(part.get(..n).unwrap_or_default());
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(body)
 }
 
 /// Bytes free for an unprivileged writer on the filesystem of `dir`, if
