@@ -56,7 +56,7 @@ pub const WORDS: &[(&str, &str)] = &[
     ("srv", "rd.stateless.srv=_SERVICE._PROTO"),
     ("dns", "rd.stateless.dns=IP[:PORT]"),
     ("node", "rd.stateless.node=NAME"),
-    ("group", "rd.stateless.group=NAME"),
+    ("group", "rd.stateless.group=NAME[,NAME...]"),
     ("key", "rd.stateless.key=auto|file:/PATH|usb|usb:LABEL|tpm|none"),
     ("cache", "rd.stateless.cache=LABEL=...|UUID=...|PARTLABEL=...|PARTUUID=...|/dev/...|none"),
     ("timeout", "rd.stateless.timeout=SECONDS"),
@@ -259,8 +259,9 @@ pub struct Config {
     pub dns: Option<SocketAddr>,
     /// `node=`: the node identity override.
     pub node: Option<String>,
-    /// `group=`: the node's group.
-    pub group: Option<String>,
+    /// `group=`: the node's groups, in stack order (a comma list; the
+    /// node's own layer, when it lists groups, wins over it).
+    pub groups: Vec<String>,
     /// `key=`.
     pub key: KeyChoice,
     /// `tpm=`: which TPM unseals TPM-sealed keys.
@@ -298,7 +299,7 @@ impl Default for Config {
             srv: DEFAULT_SRV.to_owned(),
             dns: None,
             node: None,
-            group: None,
+            groups: Vec::new(),
             key: KeyChoice::default(),
             tpm: stateless_keys::tpm::TpmSelector::default(),
             cache: CacheDevice::default(),
@@ -379,6 +380,9 @@ pub enum Reason {
     /// `node=` or `group=` has characters that are unsafe in a URL path.
     #[error("not a name of 1 to {MAX_NAME_LEN} letters, digits, '.', '_', ':' or '-' (and not . or ..)")]
     NotName,
+    /// `group=` names a group twice.
+    #[error("group {0} is listed twice")]
+    GroupTwice(String),
     /// A path that must be absolute is not.
     #[error("not an absolute path")]
     NotAbsolute,
@@ -464,7 +468,7 @@ impl Config {
             "srv" => self.srv = parse_dns_name(value)?,
             "dns" => self.dns = Some(parse_socket_addr(value)?),
             "node" => self.node = Some(parse_name(value)?),
-            "group" => self.group = Some(parse_name(value)?),
+            "group" => self.groups = parse_groups(value)?,
             "key" => self.key = parse_key(value)?,
             "tpm" => self.tpm = parse_tpm(value)?,
             "cache" => self.cache = parse_cache(value)?,
@@ -490,7 +494,7 @@ impl Config {
             "srv" => self.srv = d.srv,
             "dns" => self.dns = d.dns,
             "node" => self.node = d.node,
-            "group" => self.group = d.group,
+            "group" => self.groups = d.groups,
             "key" => self.key = d.key,
             "tpm" => self.tpm = d.tpm,
             "cache" => self.cache = d.cache,
@@ -599,6 +603,23 @@ fn parse_socket_addr(v: &str) -> Result<SocketAddr, Reason> {
         return Err(Reason::NotSocketAddr);
     }
     Ok(addr)
+}
+
+/// A comma list of group names, in stack order; a name listed twice is
+/// an error (its layer would apply twice).
+fn parse_groups(v: &str) -> Result<Vec<String>, Reason> {
+    let mut out: Vec<String> = Vec::new();
+    for g in v.split(',') {
+        if g.is_empty() {
+            return Err(Reason::NotName);
+        }
+        let g = parse_name(g)?;
+        if out.contains(&g) {
+            return Err(Reason::GroupTwice(g));
+        }
+        out.push(g);
+    }
+    Ok(out)
 }
 
 /// A node or group name: safe as one URL path segment and one file name.
@@ -819,7 +840,8 @@ mod tests {
             ("rd.stateless.dns=[fd00::3]:5353".into(), |c| c.dns == Some("[fd00::3]:5353".parse().unwrap())),
             ("rd.stateless.node=blade-07".into(), |c| c.node.as_deref() == Some("blade-07")),
             ("rd.stateless.node=52:54:00:12:34:56".into(), |c| c.node.as_deref() == Some("52:54:00:12:34:56")),
-            ("rd.stateless.group=hpc_rack.2".into(), |c| c.group.as_deref() == Some("hpc_rack.2")),
+            ("rd.stateless.group=hpc_rack.2".into(), |c| c.groups == ["hpc_rack.2"]),
+            ("rd.stateless.group=rack7,gpu".into(), |c| c.groups == ["rack7", "gpu"]),
             ("rd.stateless.key=auto".into(), |c| c.key == KeyChoice::Auto),
             ("rd.stateless.key=file:/etc/stateless/site.key".into(), |c| {
                 c.key == KeyChoice::File("/etc/stateless/site.key".into())
@@ -947,6 +969,11 @@ mod tests {
             (
                 "rd.stateless.node=a/b",
                 "rd.stateless.node=a/b: not a name of 1 to 128 letters, digits, '.', '_', ':' or '-' (and not . or ..)",
+            ),
+            ("rd.stateless.group=a,b,a", "rd.stateless.group=a,b,a: group a is listed twice"),
+            (
+                "rd.stateless.group=a,,b",
+                "rd.stateless.group=a,,b: not a name of 1 to 128 letters, digits, '.', '_', ':' or '-' (and not . or ..)",
             ),
             (
                 "rd.stateless.group=a%2f",

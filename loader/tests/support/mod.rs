@@ -344,6 +344,18 @@ impl Site {
     }
 
     pub fn make(&self, generation: u64, scope: Scope, files: &[(&str, &[u8])], encrypted: bool) -> Vec<u8> {
+        self.make_with(generation, scope, files, &[], encrypted)
+    }
+
+    /// [`Site::make`] with paths of the base image to delete.
+    pub fn make_with(
+        &self,
+        generation: u64,
+        scope: Scope,
+        files: &[(&str, &[u8])],
+        deletions: &[&str],
+        encrypted: bool,
+    ) -> Vec<u8> {
         let tree = tempfile::tempdir().unwrap();
         for (p, data) in files {
             let path = tree.path().join(p);
@@ -358,7 +370,10 @@ impl Site {
             scope,
             level: 3,
             threads: 0,
-            deletions: vec![],
+            deletions: deletions
+                .iter()
+                .map(|d| stateless_bundle::RelPath::parse(d.as_bytes(), 4096).unwrap())
+                .collect(),
             limits: Limits::default(),
         };
         let mut out = std::io::Cursor::new(Vec::new());
