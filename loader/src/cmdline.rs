@@ -251,6 +251,9 @@ impl fmt::Debug for Pin {
 pub struct Config {
     /// `server=`: base URLs (templates), tried in order; empty means DNS SRV.
     pub servers: Vec<Template>,
+    /// `server=media:LABEL`: the stack comes from the file system with
+    /// this label (local media), not from the network.
+    pub media: Option<String>,
     /// `domain=`: the SRV domain, lower case, no trailing dot.
     pub domain: Option<String>,
     /// `srv=`: the SRV service name, default [`DEFAULT_SRV`].
@@ -295,6 +298,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             servers: Vec::new(),
+            media: None,
             domain: None,
             srv: DEFAULT_SRV.to_owned(),
             dns: None,
@@ -380,6 +384,9 @@ pub enum Reason {
     /// `node=` or `group=` has characters that are unsafe in a URL path.
     #[error("not a name of 1 to {MAX_NAME_LEN} letters, digits, '.', '_', ':' or '-' (and not . or ..)")]
     NotName,
+    /// `server=media:` with a label that is not one.
+    #[error("media:LABEL needs a label of 1 to 64 printable ASCII characters, without commas or spaces")]
+    MediaLabel,
     /// `group=` names a group twice.
     #[error("group {0} is listed twice")]
     GroupTwice(String),
@@ -463,7 +470,16 @@ impl Config {
             return Ok(true);
         }
         match name {
-            "server" => self.servers = parse_servers(value)?,
+            "server" => match value.strip_prefix("media:") {
+                Some(label) => {
+                    self.media = Some(parse_media_label(label)?);
+                    self.servers = Vec::new();
+                }
+                None => {
+                    self.servers = parse_servers(value)?;
+                    self.media = None;
+                }
+            },
             "domain" => self.domain = Some(parse_dns_name(value)?),
             "srv" => self.srv = parse_dns_name(value)?,
             "dns" => self.dns = Some(parse_socket_addr(value)?),
@@ -489,7 +505,10 @@ impl Config {
     fn reset(&mut self, name: &str) {
         let d = Config::default();
         match name {
-            "server" => self.servers = d.servers,
+            "server" => {
+                self.servers = d.servers;
+                self.media = d.media;
+            }
             "domain" => self.domain = d.domain,
             "srv" => self.srv = d.srv,
             "dns" => self.dns = d.dns,
@@ -603,6 +622,12 @@ fn parse_socket_addr(v: &str) -> Result<SocketAddr, Reason> {
         return Err(Reason::NotSocketAddr);
     }
     Ok(addr)
+}
+
+/// A media label: 1 to 64 printable ASCII characters, no comma.
+fn parse_media_label(v: &str) -> Result<String, Reason> {
+    let ok = !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic() && b != b',');
+    if ok { Ok(v.to_owned()) } else { Err(Reason::MediaLabel) }
 }
 
 /// A comma list of group names, in stack order; a name listed twice is
@@ -842,6 +867,12 @@ mod tests {
             ("rd.stateless.node=52:54:00:12:34:56".into(), |c| c.node.as_deref() == Some("52:54:00:12:34:56")),
             ("rd.stateless.group=hpc_rack.2".into(), |c| c.groups == ["hpc_rack.2"]),
             ("rd.stateless.group=rack7,gpu".into(), |c| c.groups == ["rack7", "gpu"]),
+            ("rd.stateless.server=media:SITE-2026".into(), |c| {
+                c.media.as_deref() == Some("SITE-2026") && c.servers.is_empty()
+            }),
+            ("rd.stateless.server=media:A rd.stateless.server=http://x".into(), |c| {
+                c.media.is_none() && c.servers.len() == 1
+            }),
             ("rd.stateless.key=auto".into(), |c| c.key == KeyChoice::Auto),
             ("rd.stateless.key=file:/etc/stateless/site.key".into(), |c| {
                 c.key == KeyChoice::File("/etc/stateless/site.key".into())
@@ -971,6 +1002,14 @@ mod tests {
                 "rd.stateless.node=a/b: not a name of 1 to 128 letters, digits, '.', '_', ':' or '-' (and not . or ..)",
             ),
             ("rd.stateless.group=a,b,a", "rd.stateless.group=a,b,a: group a is listed twice"),
+            (
+                "rd.stateless.server=media:",
+                "rd.stateless.server=media:: media:LABEL needs a label of 1 to 64 printable ASCII characters, without commas or spaces",
+            ),
+            (
+                "rd.stateless.server=media:A,B",
+                "rd.stateless.server=media:A,B: media:LABEL needs a label of 1 to 64 printable ASCII characters, without commas or spaces",
+            ),
             (
                 "rd.stateless.group=a,,b",
                 "rd.stateless.group=a,,b: not a name of 1 to 128 letters, digits, '.', '_', ':' or '-' (and not . or ..)",

@@ -388,6 +388,14 @@ pub enum NetworkError {
         /// What was going on.
         phase: Phase,
     },
+    /// Local media (`rd.stateless.server=media:LABEL`) could not be used.
+    #[error("media {label}: {why}")]
+    Media {
+        /// The file system label.
+        label: String,
+        /// Not found, found twice, or not mountable.
+        why: String,
+    },
     /// A server said the cached bundle is current (not a failure: the
     /// cache is used).
     #[error("{0} says the cached bundle is current")]

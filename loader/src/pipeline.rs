@@ -339,7 +339,13 @@ fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, Failure> {
 
     // 1. The servers: each bundle is verified into staging as it arrives.
     let t = Instant::now();
-    let fetched = fetch_from_servers(ctx);
+    // Kept until the end of the run: a stack read from media is copied to
+    // the cache after it applied.
+    let mut _media = None;
+    let fetched = match ctx.config.media.clone() {
+        Some(label) => fetch_from_media(ctx, &label, &mut _media),
+        None => fetch_from_servers(ctx),
+    };
     ctx.stage("fetch+verify", t);
     let network = match fetched {
         Ok(FetchResult::Stack { layers, url }) => {
@@ -398,7 +404,8 @@ fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, Failure> {
                     Some(NetworkError::Refused(vec![line]))
                 }
             };
-            if let Some(path) = &download {
+            // Only the run directory's copy: a file on media stays.
+            if let Some(path) = download.as_ref().filter(|p| p.parent() == Some(ctx.paths.run_dir.as_path())) {
                 let _ = fs::remove_file(path);
             }
             match network {
@@ -759,6 +766,79 @@ fn fetch_from_servers(ctx: &mut Ctx<'_>) -> Result<FetchResult, NetworkError> {
         if Instant::now() >= deadline {
             return Err(NetworkError::Unreachable { last, budget });
         }
+    }
+}
+
+/// How long to wait for the media device to appear (udev may still be
+/// creating its node when the loader starts).
+const MEDIA_WAIT: Duration = Duration::from_secs(5);
+
+/// Reads the stack (or a single bundle) from local media: the file system
+/// labelled `label`, mounted read-only below the run directory, holding
+/// the `v1/...` layout. Its bundles are verified exactly as a server's.
+fn fetch_from_media(
+    ctx: &mut Ctx<'_>,
+    label: &str,
+    keep: &mut Option<blockdev::MediaMount>,
+) -> Result<FetchResult, NetworkError> {
+    let media = |why: String| NetworkError::Media { label: label.to_owned(), why };
+    let Some(node) = ctx.identity.as_ref().map(|i| i.node.clone()) else {
+        return Err(NetworkError::NoIdentity);
+    };
+    let usb = if ctx.paths.usb_devices.is_empty() {
+        Devices::Scan { sys: ctx.paths.host_root.join("sys"), dev: ctx.paths.host_root.join("dev") }
+    } else {
+        Devices::List(ctx.paths.usb_devices.clone())
+    };
+    let t = Instant::now();
+    let found = loop {
+        let found = blockdev::find_media(&usb.list(), label);
+        if !found.is_empty() || t.elapsed() >= MEDIA_WAIT {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (device, kind) = match found.as_slice() {
+        [] => return Err(media("no file system with this label".into())),
+        [one] => one.clone(),
+        many => {
+            // Two devices with the label: which one holds the site is a
+            // guess, and a stick planted beside the real one must not win.
+            let names: Vec<String> = many.iter().map(|(d, _)| d.display().to_string()).collect();
+            return Err(media(format!(
+                "the label is on {} devices ({}); refusing to guess",
+                many.len(),
+                names.join(", ")
+            )));
+        }
+    };
+    let mount = blockdev::MediaMount::mount(&device, kind, &ctx.paths.run_dir.join("media"))
+        .map_err(|e| media(format!("{}: {}", device.display(), chain(&e))))?;
+    ctx.stage("media-mount", t);
+    let dir = mount.path().to_owned();
+    *keep = Some(mount);
+    let src = stack::Source::Dir(&dir);
+    let deadline = ctx.started + ctx.config.timeout;
+    match stack::fetch_source(ctx, &src, &node, deadline) {
+        Ok(stack::Found::Single(layer)) => {
+            let layer = *layer;
+            let url = layer.from.clone();
+            Ok(FetchResult::Fresh { ready: Box::new(layer.ready), staging: layer.staging, url, download: layer.file })
+        }
+        Ok(stack::Found::Stack(layers)) => Ok(FetchResult::Stack { layers, url: format!("media:{label}") }),
+        Ok(stack::Found::Nothing) => Err(NetworkError::NoBundle(node)),
+        Ok(stack::Found::SingleNotModified(url)) | Err(stack::Stop::NotModified { url }) => {
+            Ok(FetchResult::NotModified { url })
+        }
+        Err(stack::Stop::Refused { url, refusal }) => {
+            let line = format!("bundle from {url} refused: {}", chain(&refusal));
+            ctx.warn(line.clone());
+            Err(NetworkError::Refused(vec![line]))
+        }
+        Err(stack::Stop::OutOfTime { url, phase }) => {
+            Err(NetworkError::Budget { url, budget: ctx.config.timeout, phase })
+        }
+        Err(stack::Stop::Failed { err }) => Err(media(chain(&err))),
     }
 }
 

@@ -177,7 +177,6 @@ pub(crate) enum Source<'a> {
         base: &'a str,
     },
     /// A directory holding the `v1/...` layout (local media).
-    #[allow(dead_code)]
     Dir(&'a Path),
 }
 

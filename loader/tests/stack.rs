@@ -676,3 +676,84 @@ fn a_single_bundle_site_works_as_before() {
     assert_eq!(status["source"], "cache-current");
     assert_eq!(node.read("etc/motd").as_deref(), Some("single4\n"));
 }
+
+/// A loop device over an image file; detached when dropped.
+struct Loop(String);
+
+impl Loop {
+    fn attach(img: &std::path::Path) -> Option<Loop> {
+        let out = std::process::Command::new("losetup").args(["-f", "--show"]).arg(img).output().ok()?;
+        out.status.success().then(|| Loop(String::from_utf8_lossy(&out.stdout).trim().to_owned()))
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+/// An ext4 image labelled `label` holding `tree` (`mkfs.ext4 -d`).
+fn media_image(dir: &std::path::Path, label: &str, tree: &std::path::Path) -> Option<Loop> {
+    let img = dir.join(format!("{label}.img"));
+    std::fs::File::create(&img).unwrap().set_len(8 << 20).unwrap();
+    let st = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", label, "-d"])
+        .arg(tree)
+        .arg(&img)
+        .status()
+        .ok()?;
+    assert!(st.success());
+    Loop::attach(&img)
+}
+
+#[test]
+fn an_air_gapped_node_boots_its_stack_from_labelled_media() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: loop devices need root");
+        return;
+    }
+    let site = Site::new();
+    three_layers(&site, 3, b"from media\n");
+    let tmp = tempfile::tempdir().unwrap();
+    let label = format!("SLMEDIA{:x}", std::process::id() & 0xffff);
+    let Some(lo) = media_image(tmp.path(), &label, &site.www()) else {
+        eprintln!("skipped: losetup does not work here");
+        return;
+    };
+    let node = Node::new();
+    let cmdline = format!("rd.stateless.server=media:{label} {NODE} rd.stateless.key=file:{}", site.key_file.display());
+    let (code, err, status) = node.boot_args(&cmdline, true, &[], &["--usb-device", &lo.0]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(node.read("etc/motd").as_deref(), Some("from media\n"));
+    assert_eq!(node.read("etc/a").as_deref(), Some("rack7 a\n"));
+    assert_eq!(layers_of(&status), ["default@1/media", "group:rack7@2/media", "node:node42@3/media"]);
+    assert!(err.contains(&format!("from media:{label}")), "{err}");
+    // The stack is cached like a fetched one, and the media is unmounted.
+    assert!(node.dir.path().join("cache/current.stack.json").exists());
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains(&node.dir.path().join("run/media").display().to_string()), "{mountinfo}");
+
+    // A tampered layer on the media is refused like a fetched one.
+    let path = site.www().join("v1/groups/rack7/bundle");
+    let mut b = std::fs::read(&path).unwrap();
+    let n = b.len();
+    b[n - 20] ^= 1;
+    std::fs::write(&path, &b).unwrap();
+    drop(lo);
+    let label2 = format!("SLBAD{:x}", std::process::id() & 0xffff);
+    let Some(lo) = media_image(tmp.path(), &label2, &site.www()) else { return };
+    let node = Node::new();
+    let before = node.tree_digest();
+    let cmdline =
+        format!("rd.stateless.server=media:{label2} {NODE} rd.stateless.key=file:{}", site.key_file.display());
+    let (code, _, status) = node.boot_args(&cmdline, true, &[], &["--usb-device", &lo.0]);
+    assert_ne!(code, 0);
+    assert_eq!(node.tree_digest(), before);
+    assert!(status["message"].as_str().unwrap().contains("layer group rack7: "), "{status}");
+
+    // No device with the label: a one-line reason.
+    let (code, _, status) = node.boot_args(&cmdline.replace(&label2, "SLNONE"), true, &[], &["--usb-device", &lo.0]);
+    assert_ne!(code, 0);
+    assert!(status["message"].as_str().unwrap().contains("media SLNONE: no file system with this label"), "{status}");
+}

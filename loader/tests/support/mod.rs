@@ -421,6 +421,17 @@ impl Node {
     /// Runs the loader with extra environment variables (for example the
     /// debug build's `STATELESS_LOADER_FAULT`).
     pub fn boot_env(&self, cmdline: &str, cache_dir: bool, env: &[(&str, &str)]) -> (i32, String, serde_json::Value) {
+        self.boot_args(cmdline, cache_dir, env, &[])
+    }
+
+    /// Runs the loader with extra arguments (`--usb-device PATH`).
+    pub fn boot_args(
+        &self,
+        cmdline: &str,
+        cache_dir: bool,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> (i32, String, serde_json::Value) {
         let _ = fs::remove_file(self.dir.path().join("run/status.json"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_stateless-loader"));
         cmd.arg("--cmdline")
@@ -432,7 +443,7 @@ impl Node {
         if cache_dir {
             cmd.arg("--cache-dir").arg(self.dir.path().join("cache"));
         }
-        cmd.envs(env.iter().copied());
+        cmd.args(args).envs(env.iter().copied());
         let out: Output = cmd.env("STATELESS_LOG_STDERR", "1").output().unwrap();
         let status = fs::read(self.dir.path().join("run/status.json"))
             .ok()
