@@ -72,6 +72,34 @@
 //! Unencrypted bundles authenticate nothing (their tag is a checksum), so
 //! with `rd.stateless.key=none` the cache holds no rollback state.
 
+//!
+//! # Stacks (layered bundles)
+//!
+//! A stack of layers (docs/site.md, "How the loader applies a stack") is
+//! kept as one unit, next to the single-bundle slots:
+//!
+//! ```text
+//! blobs/<digest>.bundle   each layer bundle as received (still encrypted)
+//! current.stack.json      StackMeta: the layers (target, digest, generation, size, key id) in stack order
+//! previous.stack.json     the stack before it
+//! ```
+//!
+//! [`Cache::store_stack`] writes the new blobs (temporary name, fsync,
+//! rename, fsync of `blobs/`), then the manifest (`.new.stack.json`,
+//! fsync), links the current manifest to `.prev.stack.json` and renames it
+//! to `previous.stack.json`, renames the new one to `current.stack.json`,
+//! fsyncs the directory, and only then removes the blobs no manifest
+//! names. Each manifest is a single file, so every rename switches whole
+//! stacks: a power cut leaves the old or the new stack current, with every
+//! blob it names present; a full disk fails while blobs are written, with
+//! both manifests untouched. A stack slot is usable only when every blob it
+//! names is there with the size and header digest it gives.
+//!
+//! The loader boots a cached stack before the single-bundle slots (storing
+//! a single bundle removes the stack manifests, so they are never older
+//! than it), and the rollback floor of each layer target comes from the
+//! authenticated headers of that target's blobs ([`Cache::stack_floors`]).
+
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
