@@ -998,13 +998,10 @@ fn apply_staged(ctx: &mut Ctx<'_>, ready: &Ready, staging: Staging, source: &'st
     let t = Instant::now();
     let opts = crate::apply::ApplyOptions { owners: rustix::process::geteuid().is_root() };
     // `.stateless/` is never written into the root, from any bundle.
-    let res = stack::inspect(&stack::Target::Default, &staging)
-        .map(|_| ())
-        .or_else(|e| if ready.target.is_some() { Ok(()) } else { Err(e) })
-        .and_then(|()| {
-            crate::apply::apply(staging.path(), &ctx.paths.sysroot, &opts)
-                .map_err(|err| Refusal::Apply { path: ctx.paths.sysroot.clone(), err })
-        });
+    let res = stack::strip_meta(&staging).and_then(|()| {
+        crate::apply::apply(staging.path(), &ctx.paths.sysroot, &opts)
+            .map_err(|err| Refusal::Apply { path: ctx.paths.sysroot.clone(), err })
+    });
     staging.finish();
     let summary = res?;
     ctx.stage("apply", t);

@@ -284,6 +284,18 @@ pub(super) fn inspect(target: &Target, staging: &Staging) -> Result<(Option<Laye
     Ok((meta, model))
 }
 
+/// Removes a single bundle's `.stateless/` from staging, unread: it is
+/// never written into the root, and a single bundle carries no model.
+pub(super) fn strip_meta(staging: &Staging) -> Result<(), Refusal> {
+    let dir = staging.path().join(layer::META_DIR);
+    match dir.symlink_metadata() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Ok(md) if !md.is_dir() => fs::remove_file(&dir),
+        _ => fs::remove_dir_all(&dir),
+    }
+    .map_err(|e| Refusal::Layout(format!("removing {} from staging: {e}", layer::META_DIR)))
+}
+
 /// Every entry of a plugin's staged tree must be its own
 /// (`layer::plugin_owns`): whiteouts and opaque markers included, so a
 /// plugin cannot delete what is not its own either.

@@ -757,3 +757,68 @@ fn an_air_gapped_node_boots_its_stack_from_labelled_media() {
     assert_ne!(code, 0);
     assert!(status["message"].as_str().unwrap().contains("media SLNONE: no file system with this label"), "{status}");
 }
+
+/// The project's reference server (`statelessctl server`), in this process,
+/// serving `root` on 127.0.0.1; it answers `If-None-Match` with the
+/// bundle digest itself.
+fn project_server(root: &std::path::Path) -> u16 {
+    let data = stateless_server::DataDir::open(root).unwrap();
+    let server =
+        stateless_server::Server::bind("127.0.0.1:0".parse().unwrap(), stateless_server::ServerConfig::new(data))
+            .unwrap();
+    let port = server.local_addr().unwrap().port();
+    std::thread::spawn(move || server.run());
+    port
+}
+
+#[test]
+fn the_project_server_serves_a_stack_with_304_per_layer() {
+    let site = Site::new();
+    three_layers(&site, 3, b"node gen3\n");
+    let port = project_server(&site.www());
+    let node = Node::new();
+    let (code, err, status) = node.boot(&cmd(&site, port, ""));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(layers_of(&status), ["default@1/server", "group:rack7@2/server", "node:node42@3/server"]);
+    assert_eq!(node.read("etc/motd").as_deref(), Some("node gen3\n"));
+    assert_eq!(node.read("etc/b"), None);
+
+    // Only the node layer changes: the default and the group are answered
+    // 304 and come from the cache, verified again.
+    layer(
+        &site,
+        "v1/nodes/node42/bundle",
+        4,
+        Scope::Node("node42".into()),
+        &meta("node", Some("node42"), &["rack7"], &[]),
+        None,
+        &[("etc/motd", b"node gen4\n")],
+        &["etc/b"],
+    );
+    node.fresh_sysroot();
+    let (code, err, status) = node.boot(&cmd(&site, port, ""));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(layers_of(&status), ["default@1/cache-current", "group:rack7@2/cache-current", "node:node42@4/server"]);
+    assert_eq!(node.read("etc/motd").as_deref(), Some("node gen4\n"));
+    assert_eq!(node.read("etc/a").as_deref(), Some("rack7 a\n"));
+    let attempts = status["attempts"].to_string();
+    assert!(
+        attempts.contains("v1/default/bundle: 304") && attempts.contains("v1/groups/rack7/bundle: 304"),
+        "{attempts}"
+    );
+    // The new stack is current, the old one previous, sharing blobs.
+    assert_eq!(std::fs::read_dir(node.dir.path().join("cache/blobs")).unwrap().count(), 4);
+    assert!(node.dir.path().join("cache/previous.stack.json").exists());
+}
+
+#[test]
+fn the_project_server_serves_plugin_layers() {
+    let site = Site::new();
+    plugin_site(&site, &[("opt/acme/acme-agent/bin/agent", b"#!/bin/sh\n")]);
+    let port = project_server(&site.www());
+    let node = Node::new();
+    let (code, err, status) = node.boot(&cmd(&site, port, ""));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(layers_of(&status), ["default@1/server", "plugin:acme-agent@7/server", "node:node42@1/server"]);
+    assert!(node.read("etc/stateless/plugins.json").unwrap().contains("acme-agent"));
+}
