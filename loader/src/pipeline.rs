@@ -1120,7 +1120,10 @@ fn check_policy(ctx: &Ctx<'_>, h: &Header, digest: &str, from_cache: bool) -> Re
     let node = ctx.identity.as_ref().map(|i| i.node.as_str());
     let groups = || if ctx.config.groups.is_empty() { "none".to_owned() } else { ctx.config.groups.join(",") };
     let admitted = match (&ctx.layer, &h.scope) {
-        // A layer: the scope its place in the stack admits.
+        // A layer: the scope its place in the stack admits; a node layer
+        // only this node's (a cache disk moved from another node names
+        // that node's layer).
+        (Some(stack::Target::Node(n)), _) if Some(n.as_str()) != node => false,
         (Some(t), scope) => t.admits(scope),
         // A cache's single-bundle slot: the node's own, its groups', any.
         (None, Scope::Any) => true,

@@ -822,3 +822,85 @@ fn the_project_server_serves_plugin_layers() {
     assert_eq!(layers_of(&status), ["default@1/server", "plugin:acme-agent@7/server", "node:node42@1/server"]);
     assert!(node.read("etc/stateless/plugins.json").unwrap().contains("acme-agent"));
 }
+
+/// Bench (run by `bench/stack`, ignored otherwise): the loader applying a
+/// stack of three small layers against one bundle of the same files, from
+/// nginx on loopback, no cache. The loader run is `STATELESS_BENCH_LOADER`
+/// (the static release build) or this build's.
+#[test]
+#[ignore = "a benchmark: bench/stack runs it"]
+fn bench_stack_of_three_against_one_bundle() {
+    let loader =
+        std::env::var("STATELESS_BENCH_LOADER").unwrap_or_else(|_| env!("CARGO_BIN_EXE_stateless-loader").to_owned());
+    let rounds: usize = std::env::var("STATELESS_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(21);
+    let site = Site::new();
+    let one = Site::new();
+    // 40 files per layer, ~1 KiB each; the node and group override 10 of
+    // the default's each.
+    let body = |tag: &str, i: usize| format!("{tag} {i} {}\n", "x".repeat(1000)).into_bytes();
+    let mut union: std::collections::BTreeMap<String, Vec<u8>> = std::collections::BTreeMap::new();
+    let mut layer_files: Vec<Vec<(String, Vec<u8>)>> = Vec::new();
+    for (tag, range) in [("default", 0..40), ("group", 30..70), ("node", 60..100)] {
+        let files: Vec<(String, Vec<u8>)> = range.map(|i| (format!("etc/bench/f{i:03}"), body(tag, i))).collect();
+        for (p, b) in &files {
+            union.insert(p.clone(), b.clone());
+        }
+        layer_files.push(files);
+    }
+    let refs = |v: &[(String, Vec<u8>)]| v.iter().map(|(p, b)| (p.clone(), b.clone())).collect::<Vec<_>>();
+    for (i, (rel, generation, scope, toml)) in [
+        ("v1/default/bundle", 1, Scope::Any, meta("default", None, &[], &[])),
+        ("v1/groups/rack7/bundle", 1, Scope::Group("rack7".into()), meta("group", Some("rack7"), &[], &[])),
+        ("v1/nodes/node42/bundle", 1, Scope::Node("node42".into()), meta("node", Some("node42"), &["rack7"], &[])),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let files = refs(&layer_files[i]);
+        let files: Vec<(&str, &[u8])> = files.iter().map(|(p, b)| (p.as_str(), b.as_slice())).collect();
+        layer(&site, rel, generation, scope, &toml, None, &files, &[]);
+    }
+    let files: Vec<(&str, &[u8])> = union.iter().map(|(p, b)| (p.as_str(), b.as_slice())).collect();
+    let bytes = site.make(1, Scope::Node("node42".into()), &files, true);
+    // The single bundle is sealed for the same key: one key file serves both.
+    std::fs::create_dir_all(one.www().join("v1/nodes/node42")).unwrap();
+    std::fs::write(one.www().join("v1/nodes/node42/bundle"), bytes).unwrap();
+    let stack_nginx = Nginx::start(&site.www(), None, "");
+    let one_nginx = Nginx::start(&one.www(), None, "");
+    let run = |port: u16| -> f64 {
+        let node = Node::new();
+        let t = std::time::Instant::now();
+        let out = std::process::Command::new(&loader)
+            .arg("--cmdline")
+            .arg(cmd(&site, port, ""))
+            .arg("--sysroot")
+            .arg(node.sysroot())
+            .arg("--run-dir")
+            .arg(node.dir.path().join("run"))
+            .output()
+            .unwrap();
+        let took = t.elapsed().as_secs_f64() * 1000.0;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        if std::env::var_os("STATELESS_BENCH_VERBOSE").is_some() {
+            let status = std::fs::read_to_string(node.dir.path().join("run/status.json")).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+            println!("BENCH timings {port}: {}", v["timings_ms"]);
+        }
+        assert_eq!(node.read("etc/bench/f099").map(|s| s.starts_with("node 99")), Some(true));
+        took
+    };
+    let (mut s, mut o) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        s.push(run(stack_nginx.port));
+        o.push(run(one_nginx.port));
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (ms, mo) = (median(&mut s), median(&mut o));
+    println!("BENCH files=100 (3 layers of 40, 1 KiB each) rounds={rounds}");
+    println!("BENCH stack of 3 layers: median {ms:.1} ms (min {:.1}, max {:.1})", s[0], s[s.len() - 1]);
+    println!("BENCH one bundle:        median {mo:.1} ms (min {:.1}, max {:.1})", o[0], o[o.len() - 1]);
+    println!("BENCH difference: {:.1} ms", ms - mo);
+}
