@@ -386,7 +386,7 @@ fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, Failure> {
             }
         }
         Ok(FetchResult::Fresh { ready, staging, url, download }) => {
-            let applied = crash::catch(|| apply_staged(ctx, &ready, staging, "server"))
+            let applied = crash::catch(|| apply_staged(ctx, &ready, staging, "server", &url))
                 .unwrap_or_else(|p| Err(Refusal::Internal(p.0)));
             let network = match applied {
                 Ok(()) => {
@@ -988,13 +988,19 @@ fn verify_and_apply(ctx: &mut Ctx<'_>, path: &Path, source: &'static str) -> Res
     let guarded = Guarded::new(file, None, guard::fault_for(source));
     let (ready, staging) = verify_reader(ctx, BufReader::with_capacity(READ_BUFFER, guarded), source, None)?;
     ctx.stage(&format!("verify ({source})"), t);
-    apply_staged(ctx, &ready, staging, source)?;
+    apply_staged(ctx, &ready, staging, source, &path.display().to_string())?;
     Ok(ready)
 }
 
 /// Applies a verified bundle from staging to the root and records it in
 /// the report. Staging is removed whatever happens.
-fn apply_staged(ctx: &mut Ctx<'_>, ready: &Ready, staging: Staging, source: &'static str) -> Result<(), Refusal> {
+fn apply_staged(
+    ctx: &mut Ctx<'_>,
+    ready: &Ready,
+    staging: Staging,
+    source: &'static str,
+    from: &str,
+) -> Result<(), Refusal> {
     let t = Instant::now();
     let opts = crate::apply::ApplyOptions { owners: rustix::process::geteuid().is_root() };
     // `.stateless/` is never written into the root, from any bundle.
@@ -1009,8 +1015,8 @@ fn apply_staged(ctx: &mut Ctx<'_>, ready: &Ready, staging: Staging, source: &'st
         target: ready.target.clone().unwrap_or_else(|| ready.header.scope.to_string()),
         generation: ready.header.generation,
         digest: ready.digest.clone(),
-        source,
-        from: String::new(),
+        source: stack::layer_source(source, from),
+        from: from.to_owned(),
         signer: ready.signer.map(|s| s.to_string()),
     }];
     log::debug!("applied {summary:?}");

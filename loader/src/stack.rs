@@ -141,8 +141,10 @@ pub struct LayerReport {
     pub generation: u64,
     /// The bundle's digest.
     pub digest: String,
-    /// `server`, `media`, `cache-current` or `cache-previous`.
-    pub source: &'static str,
+    /// Where it came from: the server's URL (or the file on local media),
+    /// or `cache-current` / `cache-previous` (a layer the server answered
+    /// 304 for comes from `cache-current`).
+    pub source: String,
     /// The URL or file it was read from.
     pub from: String,
     /// The publisher that signed it, when signatures are required.
@@ -634,7 +636,7 @@ pub(super) fn apply_stack(ctx: &mut Ctx<'_>, layers: Vec<Layer>) -> Result<Vec<L
             target: l.target.key(),
             generation: l.ready.header.generation,
             digest: l.ready.digest.clone(),
-            source: l.source,
+            source: layer_source(l.source, &l.from),
             from: l.from.clone(),
             signer: l.ready.signer.map(|s| s.to_string()),
         });
@@ -821,6 +823,12 @@ pub(super) fn boot_cached(ctx: &mut Ctx<'_>, cache: &Cache, notes: &mut Vec<Stri
         }
     }
     None
+}
+
+/// A layer's `source` in `status.json`: the URL or media file it was read
+/// from, or the cache slot.
+pub(super) fn layer_source(source: &str, from: &str) -> String {
+    if source.starts_with("cache") { source.to_owned() } else { from.to_owned() }
 }
 
 /// `default 3, group rack7 5, node node42 7`.

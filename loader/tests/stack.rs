@@ -112,7 +112,11 @@ fn layer_list(status: &serde_json::Value) -> Vec<(String, u64, String)> {
             (
                 l["target"].as_str().unwrap().to_owned(),
                 l["generation"].as_u64().unwrap(),
-                l["source"].as_str().unwrap().to_owned(),
+                match l["source"].as_str().unwrap() {
+                    url if url.starts_with("http://127.0.0.1:") => "server".to_owned(),
+                    file if file.ends_with("/bundle") => "media".to_owned(),
+                    other => other.to_owned(),
+                },
             )
         })
         .collect()
@@ -144,6 +148,7 @@ fn a_three_layer_stack_overrides_and_deletes_across_layers() {
     for l in status["layers"].as_array().unwrap() {
         assert_eq!(l["digest"].as_str().unwrap().len(), 64, "{status}");
         assert!(l["from"].as_str().unwrap().starts_with("http://127.0.0.1:"), "{status}");
+        assert_eq!(l["source"], l["from"], "a fetched layer's source is its URL: {status}");
     }
     assert_eq!(status["source"], "server");
     assert!(err.contains("applied a stack of 3 layers (default 1, group rack7 2, node node42 3)"), "{err}");
