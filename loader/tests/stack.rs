@@ -909,3 +909,73 @@ fn bench_stack_of_three_against_one_bundle() {
     println!("BENCH one bundle:        median {mo:.1} ms (min {:.1}, max {:.1})", o[0], o[o.len() - 1]);
     println!("BENCH difference: {:.1} ms", ms - mo);
 }
+
+#[test]
+fn each_layer_is_opened_with_its_own_derived_key() {
+    use stateless_keys::derive::{Target as KeyTarget, derive};
+    let site = Site::new();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = [
+        ("default", derive(&site.key, &KeyTarget::Default).unwrap()),
+        ("rack7", derive(&site.key, &KeyTarget::Group("rack7".into())).unwrap()),
+        ("node42", derive(&site.key, &KeyTarget::Node("node42".into())).unwrap()),
+    ];
+    let mut files = Vec::new();
+    for (name, k) in &keys {
+        let f = dir.path().join(format!("{name}.key"));
+        stateless_keys::write_key_file(&f, k, false).unwrap();
+        files.push(format!("file:{}", f.display()));
+    }
+    let put = |rel: &str, generation: u64, scope: Scope, toml: Vec<u8>, content: &[u8], key: &stateless_bundle::Key| {
+        let bytes = site.make_sealed(
+            generation,
+            scope,
+            &[("etc/motd", content), (".stateless/layer.toml", &toml)],
+            &[],
+            Some(key),
+        );
+        site.put(rel, &bytes);
+    };
+    put("v1/default/bundle", 1, Scope::Any, meta("default", None, &[], &[]), b"default\n", &keys[0].1);
+    put(
+        "v1/groups/rack7/bundle",
+        1,
+        Scope::Group("rack7".into()),
+        meta("group", Some("rack7"), &[], &[]),
+        b"rack7\n",
+        &keys[1].1,
+    );
+    put(
+        "v1/nodes/node42/bundle",
+        1,
+        Scope::Node("node42".into()),
+        meta("node", Some("node42"), &["rack7"], &[]),
+        b"node42\n",
+        &keys[2].1,
+    );
+    let nginx = Nginx::start(&site.www(), None, "");
+    let node = Node::new();
+    let cmdline = format!(
+        "rd.stateless.server=http://127.0.0.1:{} {NODE} rd.stateless.key={} rd.stateless.timeout=5",
+        nginx.port,
+        files.join(",")
+    );
+    let (code, err, status) = node.boot(&cmdline);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(layers_of(&status), ["default@1/server", "group:rack7@1/server", "node:node42@1/server"]);
+    assert_eq!(node.read("etc/motd").as_deref(), Some("node42\n"));
+
+    // Without the group's key the group layer, and so the stack, is refused.
+    node.fresh_sysroot();
+    let before = node.tree_digest();
+    let cmdline = cmdline.replace(&format!(",{}", files[1]), "");
+    let (code, _, status) = node.boot(&cmdline);
+    // The cached stack needs the group's key too: nothing applies.
+    assert_ne!(code, 0);
+    assert_eq!(node.tree_digest(), before);
+    let refused: Vec<_> = status["outcomes"].as_array().unwrap().iter().filter(|o| o["result"] == "refused").collect();
+    assert_eq!(refused[0]["kind"], "key", "{status}");
+    assert!(refused[0]["from"].as_str().unwrap().ends_with("/v1/groups/rack7/bundle"), "{status}");
+    assert!(status["warnings"].to_string().contains("layer group rack7: "), "{status}");
+    assert_eq!(refused.last().unwrap()["source"], "cache-current", "{status}");
+}

@@ -356,6 +356,18 @@ impl Site {
         deletions: &[&str],
         encrypted: bool,
     ) -> Vec<u8> {
+        self.make_sealed(generation, scope, files, deletions, encrypted.then_some(&self.key))
+    }
+
+    /// [`Site::make_with`] sealed for `key` (none: unencrypted).
+    pub fn make_sealed(
+        &self,
+        generation: u64,
+        scope: Scope,
+        files: &[(&str, &[u8])],
+        deletions: &[&str],
+        key: Option<&Key>,
+    ) -> Vec<u8> {
         let tree = tempfile::tempdir().unwrap();
         for (p, data) in files {
             let path = tree.path().join(p);
@@ -363,7 +375,7 @@ impl Site {
             fs::write(path, data).unwrap();
         }
         let opts = PackOptions {
-            key: encrypted.then_some(&self.key),
+            key,
             generation,
             created: 1_760_000_000,
             expires: None,
