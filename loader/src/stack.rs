@@ -630,6 +630,8 @@ pub(super) fn apply_stack(ctx: &mut Ctx<'_>, layers: Vec<Layer>) -> Result<Vec<L
         let res = crate::apply::apply(l.staging.path(), &ctx.paths.sysroot, &opts);
         l.staging.finish();
         if let Err(err) = res {
+            // What is in the root now: the layers before this one.
+            ctx.report.layers = reports;
             return Err(wrap(&l.target, Refusal::Apply { path: ctx.paths.sysroot.clone(), err }));
         }
         reports.push(LayerReport {
@@ -654,6 +656,8 @@ pub(super) fn apply_stack(ctx: &mut Ctx<'_>, layers: Vec<Layer>) -> Result<Vec<L
         match stateless_model::apply(&merged, &ctx.paths.sysroot) {
             Ok(done) => log::debug!("model applied: {done:?}"),
             Err(err) => {
+                // Every layer's files are in the root; the model is not.
+                ctx.report.layers = reports;
                 let layer = offending_layer(&merged, &err);
                 return Err(Refusal::Model { layer, err });
             }

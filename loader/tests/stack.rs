@@ -609,6 +609,8 @@ fn the_merged_model_is_applied_after_the_files() {
     assert_ne!(code, 0, "{err}");
     let msg = status["message"].as_str().unwrap();
     assert!(msg.contains("applying the node model (the entry set by layer node:node42)"), "{msg}");
+    assert_eq!(layers_of(&status), ["default@1/server", "group:rack7@1/server", "node:node42@2/server"]);
+    assert_eq!(status["result"], "failed");
 }
 
 #[test]
