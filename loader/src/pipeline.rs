@@ -19,6 +19,13 @@
 //! (`rd.stateless.timeout`) covers discovery, the download and the
 //! verification and extraction of a server's bundle ([`crate::guard`]);
 //! the cache's slots are processed after it, without a deadline.
+//!
+//! A site of layers (issue 14) goes through the same steps per layer: the
+//! first bundle found decides whether the node has a stack or a single
+//! bundle, and a stack is fetched, verified into one staging directory
+//! per layer and applied as a unit by [`stack`]; the cache keeps it as one
+//! unit ([`Cache::store_stack`]), and an offline boot tries the cached
+//! stacks before the single-bundle slots.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Cursor, Read, Write};

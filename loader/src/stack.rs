@@ -15,8 +15,8 @@
 //! bundles: that bundle is applied alone, exactly as before layers.
 //!
 //! A child module of [`crate::pipeline`]: it uses the pipeline's
-//! verification ([`super::verify_reader`]) and fetching
-//! ([`super::fetch_one`]) unchanged, so a layer passes the same checks as a
+//! verification (`verify_reader`) and fetching
+//! (`fetch_one`) unchanged, so a layer passes the same checks as a
 //! single bundle (key by key id, signature, scope, generation, expiry).
 
 use std::collections::BTreeMap;
@@ -842,4 +842,40 @@ pub(super) fn describe(layers: &[LayerReport]) -> String {
         .map(|l| format!("{} {}", Target::parse(&l.target).map_or(l.target.clone(), |t| t.label()), l.generation))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_round_trip_and_admit_their_scopes() {
+        for t in
+            [Target::Default, Target::Plugin("acme".into()), Target::Group("rack7".into()), Target::Node("n1".into())]
+        {
+            assert_eq!(Target::parse(&t.key()), Some(t.clone()));
+        }
+        for bad in ["", "group:", "group:../x", "nodes:n", "default:x", "plugin:.x"] {
+            assert_eq!(Target::parse(bad), None, "{bad}");
+        }
+        let g = |s: &str| Scope::Group(s.into());
+        let cases = [
+            (Target::Default, Scope::Any, true),
+            (Target::Default, g("x"), false),
+            (Target::Group("a".into()), g("a"), true),
+            (Target::Group("a".into()), g("b"), false),
+            (Target::Group("a".into()), Scope::Any, true),
+            (Target::Node("n".into()), Scope::Node("n".into()), true),
+            (Target::Node("n".into()), g("n"), false),
+            (Target::Plugin("p".into()), Scope::Plugin("p".into()), true),
+            (Target::Plugin("p".into()), Scope::Plugin("q".into()), false),
+            (Target::Plugin("p".into()), Scope::Any, false),
+            (Target::Node("p".into()), Scope::Plugin("p".into()), false),
+            (Target::Default, Scope::Plugin("p".into()), false),
+        ];
+        for (t, s, ok) in cases {
+            assert_eq!(t.admits(&s), ok, "{t:?} {s}");
+        }
+    }
 }
