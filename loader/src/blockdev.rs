@@ -348,3 +348,63 @@ mod tests {
         assert_eq!(udev_encode("café"), "café");
     }
 }
+
+/// A file system labelled for local media (`rd.stateless.server=media:LABEL`),
+/// mounted read-only with `nosuid,nodev,noexec,nosymfollow` (ext4 without
+/// journal replay); unmounted when dropped.
+#[derive(Debug)]
+pub struct MediaMount {
+    path: PathBuf,
+    mounted: bool,
+}
+
+/// The devices among `devices` whose file system has the label `label`
+/// (vfat labels compare without case, as FAT tools upper-case them), with
+/// their kind.
+pub fn find_media(devices: &[PathBuf], label: &str) -> Vec<(PathBuf, FsKind)> {
+    devices
+        .iter()
+        .filter_map(|d| match probe::probe(d) {
+            Ok(Some(p)) => {
+                let same = if p.kind == FsKind::Vfat { p.label.eq_ignore_ascii_case(label) } else { p.label == label };
+                same.then(|| (d.clone(), p.kind))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+impl MediaMount {
+    /// Mounts `device` (of `kind`) read-only at `mount_point`.
+    pub fn mount(device: &Path, kind: FsKind, mount_point: &Path) -> Result<MediaMount, MountError> {
+        probe::make_mount_point(mount_point)
+            .map_err(|source| MountError::MountPoint { path: mount_point.to_owned(), source })?;
+        probe::mount_untrusted(device, mount_point, kind, Access::ReadOnly).map_err(|source| MountError::Mount {
+            device: device.to_owned(),
+            path: mount_point.to_owned(),
+            source,
+        })?;
+        log::debug!("media {} ({kind}) mounted read-only on {}", device.display(), mount_point.display());
+        Ok(MediaMount { path: mount_point.to_owned(), mounted: true })
+    }
+
+    /// Where the file system is mounted.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for MediaMount {
+    fn drop(&mut self) {
+        if !self.mounted {
+            return;
+        }
+        self.mounted = false;
+        if let Err(err) = rustix::mount::unmount(&self.path, UnmountFlags::empty()) {
+            log::warn!("unmounting {}: {err}; detaching", self.path.display());
+            if let Err(err) = rustix::mount::unmount(&self.path, UnmountFlags::DETACH) {
+                log::warn!("detaching {}: {err}", self.path.display());
+            }
+        }
+    }
+}

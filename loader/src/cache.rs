@@ -72,6 +72,34 @@
 //! Unencrypted bundles authenticate nothing (their tag is a checksum), so
 //! with `rd.stateless.key=none` the cache holds no rollback state.
 
+//!
+//! # Stacks (layered bundles)
+//!
+//! A stack of layers (docs/site.md, "How the loader applies a stack") is
+//! kept as one unit, next to the single-bundle slots:
+//!
+//! ```text
+//! blobs/<digest>.bundle   each layer bundle as received (still encrypted)
+//! current.stack.json      StackMeta: the layers (target, digest, generation, size, key id) in stack order
+//! previous.stack.json     the stack before it
+//! ```
+//!
+//! [`Cache::store_stack`] writes the new blobs (temporary name, fsync,
+//! rename, fsync of `blobs/`), then the manifest (`.new.stack.json`,
+//! fsync), links the current manifest to `.prev.stack.json` and renames it
+//! to `previous.stack.json`, renames the new one to `current.stack.json`,
+//! fsyncs the directory, and only then removes the blobs no manifest
+//! names. Each manifest is a single file, so every rename switches whole
+//! stacks: a power cut leaves the old or the new stack current, with every
+//! blob it names present; a full disk fails while blobs are written, with
+//! both manifests untouched. A stack slot is usable only when every blob it
+//! names is there with the size and header digest it gives.
+//!
+//! The loader boots a cached stack before the single-bundle slots (storing
+//! a single bundle removes the stack manifests, so they are never older
+//! than it), and the rollback floor of each layer target comes from the
+//! authenticated headers of that target's blobs ([`Cache::stack_floors`]).
+
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -172,6 +200,14 @@ pub enum SlotError {
         expected: String,
         /// The bundle's digest.
         found: String,
+    },
+    /// A stack manifest names a blob by something that is not a digest.
+    #[error("{file}: names a layer {digest:?} that is not a digest")]
+    NotDigest {
+        /// The manifest.
+        file: String,
+        /// What it says (at most 80 characters of it).
+        digest: String,
     },
     /// The bundle's size is not the one its metadata gives.
     #[error("{file}: size is {found}, {json} says {expected}")]
@@ -277,7 +313,14 @@ impl Cache {
         let result = self.write_new(&mut src, bundle, &meta).and_then(|()| self.rotate(&meta));
         if result.is_err() {
             self.remove_temps();
+            return result;
         }
+        // A single bundle applied: the cached stacks are older than it, and
+        // an offline boot must not go back to them.
+        for name in STACK_SLOTS {
+            remove_quietly(&self.path(name));
+        }
+        self.collect_blobs();
         result
     }
 
@@ -470,6 +513,16 @@ impl Cache {
     }
 }
 
+/// Removes `path` if it is there; other errors are a debug line (a file
+/// left behind is harmless: the next store tries again).
+fn remove_quietly(path: &Path) {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => log::warn!("cache: removing {}: {e}", path.display()),
+    }
+}
+
 /// Checks `file`'s size and header digest against `meta`.
 fn check_bundle(file: &mut File, path: &Path, meta: &SlotMeta) -> Result<(), CacheError> {
     let size = file.metadata().map_err(|source| CacheError::Read { path: path.to_owned(), source })?.len();
@@ -538,5 +591,306 @@ fn link_or_copy(from: &Path, to: &Path) -> io::Result<()> {
             dst.sync_all()
         }
         Err(e) => Err(e),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Stacks (issue 14): the layers that were applied together, as one unit.
+
+/// The stack slots' manifests, newest first.
+pub const STACK_SLOTS: [&str; 2] = ["current.stack.json", "previous.stack.json"];
+/// The new manifest while it is written.
+const NEW_STACK: &str = ".new.stack.json";
+/// A link to the current manifest while it becomes the previous one.
+const PREV_STACK: &str = ".prev.stack.json";
+/// The directory of layer bundles, named by digest.
+pub const BLOBS: &str = "blobs";
+
+/// One layer of a cached stack.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LayerEntry {
+    /// `default`, `group:NAME`, `plugin:NAME` or `node:ID`.
+    pub target: String,
+    /// The layer bundle's digest: its file is `blobs/<digest>.bundle`.
+    pub digest: String,
+    /// Its generation (informational: the floor is taken from the
+    /// authenticated headers).
+    pub generation: u64,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The id of the key it is sealed for.
+    pub key_id: String,
+}
+
+/// A stack slot's manifest (`current.stack.json`): the layers in stack
+/// order, applied together on this node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StackMeta {
+    /// The layers, in stack order.
+    pub layers: Vec<LayerEntry>,
+    /// When the stack was applied, Unix seconds (initramfs clock).
+    pub fetched: i64,
+    /// The server (or media) it came from.
+    pub server: String,
+}
+
+/// A usable stack slot: its manifest and, per layer, the blob's path.
+pub type StackSlot = Result<(StackMeta, Vec<PathBuf>), SlotError>;
+
+/// A digest as written in a manifest: 64 lower-case hex digits, so that it
+/// is safe as a file name.
+fn is_digest(d: &str) -> bool {
+    d.len() == 64 && d.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl Cache {
+    /// The file of the layer bundle with this digest.
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        self.dir.join(BLOBS).join(format!("{digest}.bundle"))
+    }
+
+    /// The stack slots present, newest first, each with its name
+    /// (`current.stack.json`): usable (every blob there, with the size and
+    /// digest the manifest gives), or why not.
+    pub fn stack_slots(&self) -> Vec<(&'static str, StackSlot)> {
+        STACK_SLOTS
+            .iter()
+            .filter(|name| self.path(name).symlink_metadata().is_ok())
+            .map(|name| (*name, self.read_stack(name)))
+            .collect()
+    }
+
+    fn read_stack_meta(&self, name: &str) -> Result<StackMeta, SlotError> {
+        let mut text = Vec::new();
+        open_regular(&self.path(name))
+            .and_then(|f| f.take(MAX_JSON + 1).read_to_end(&mut text))
+            .map_err(|source| SlotError::Open { file: name.to_owned(), source })?;
+        if text.len() as u64 > MAX_JSON {
+            return Err(SlotError::TooLarge { file: name.to_owned() });
+        }
+        let meta: StackMeta =
+            serde_json::from_slice(&text).map_err(|source| SlotError::Json { file: name.to_owned(), source })?;
+        if let Some(bad) = meta.layers.iter().find(|l| !is_digest(&l.digest)) {
+            return Err(SlotError::NotDigest { file: name.to_owned(), digest: bad.digest.chars().take(80).collect() });
+        }
+        Ok(meta)
+    }
+
+    fn read_stack(&self, name: &str) -> StackSlot {
+        let meta = self.read_stack_meta(name)?;
+        let mut paths = Vec::new();
+        for l in &meta.layers {
+            let path = self.blob_path(&l.digest);
+            let file = format!("{BLOBS}/{}.bundle", l.digest);
+            let open = |source| SlotError::Open { file: file.clone(), source };
+            let mut bundle = open_regular(&path).map_err(open)?;
+            let size = bundle.metadata().map_err(open)?.len();
+            if size != l.size {
+                return Err(SlotError::Size { file, json: name.to_owned(), expected: l.size, found: size });
+            }
+            let digest = match BundleReader::new(&mut bundle) {
+                Ok(r) => r.raw_header().digest_hex(),
+                Err(source) => return Err(SlotError::Header { file, source }),
+            };
+            if digest != l.digest {
+                return Err(SlotError::Digest {
+                    file,
+                    json: name.to_owned(),
+                    expected: l.digest.clone(),
+                    found: digest,
+                });
+            }
+            paths.push(path);
+        }
+        Ok((meta, paths))
+    }
+
+    /// Stores a stack that applied as the current stack slot, the old
+    /// current one becoming the previous one. `new_blobs` are the layer
+    /// bundles not yet in the cache (file, digest); every other layer of
+    /// `meta` must already have its blob (a layer the server answered 304
+    /// for). Steps, and what a power cut leaves:
+    ///
+    /// 1. each new blob is written to `blobs/.<digest>.tmp`, fsynced and
+    ///    renamed to `blobs/<digest>.bundle`, and the directory is fsynced
+    ///    (a full disk fails here, the manifests untouched);
+    /// 2. the manifest is written to `.new.stack.json` and fsynced;
+    /// 3. when the current manifest is usable and names other layers, it is
+    ///    hard-linked to `.prev.stack.json`, renamed to
+    ///    `previous.stack.json`;
+    /// 4. `.new.stack.json` is renamed to `current.stack.json` and the
+    ///    directory fsynced;
+    /// 5. blobs no manifest names are removed.
+    ///
+    /// A manifest is one file, so each rename switches a whole stack: a
+    /// cut leaves the old current stack or the new one current, never a
+    /// mix of layers, and no blob a manifest names is removed before that
+    /// manifest is gone (step 5 runs last).
+    pub fn store_stack(&self, new_blobs: &[(PathBuf, String)], meta: &StackMeta) -> Result<(), CacheError> {
+        let result = self.write_stack(new_blobs, meta);
+        remove_quietly(&self.path(NEW_STACK));
+        remove_quietly(&self.path(PREV_STACK));
+        if result.is_ok() {
+            self.collect_blobs();
+        }
+        result
+    }
+
+    fn write_stack(&self, new_blobs: &[(PathBuf, String)], meta: &StackMeta) -> Result<(), CacheError> {
+        let werr = |op: &'static str, path: &Path| {
+            let path = path.to_owned();
+            move |source| CacheError::Write { op, path, source }
+        };
+        remove_quietly(&self.path(NEW_STACK));
+        remove_quietly(&self.path(PREV_STACK));
+        let blobs = self.path(BLOBS);
+        match fs::create_dir(&blobs) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(werr("creating", &blobs)(e)),
+        }
+        for (src_path, digest) in new_blobs {
+            let Some(entry) = meta.layers.iter().find(|l| &l.digest == digest) else { continue };
+            if !is_digest(digest) {
+                return Err(CacheError::Mismatch {
+                    path: src_path.clone(),
+                    what: "digest",
+                    expected: "64 hex digits".into(),
+                    found: digest.clone(),
+                });
+            }
+            let dest = self.blob_path(digest);
+            if open_regular(&dest).and_then(|f| f.metadata()).is_ok_and(|m| m.len() == entry.size) {
+                continue;
+            }
+            let mut src =
+                open_regular(src_path).map_err(|source| CacheError::Read { path: src_path.clone(), source })?;
+            let check = SlotMeta {
+                generation: entry.generation,
+                digest: digest.clone(),
+                fetched: 0,
+                server: String::new(),
+                key_id: String::new(),
+                size: entry.size,
+                highest_generation: 0,
+            };
+            check_bundle(&mut src, src_path, &check)?;
+            let tmp = blobs.join(format!(".{digest}.tmp"));
+            remove_quietly(&tmp);
+            let written = (|| {
+                let mut out = create(&tmp).map_err(werr("creating", &tmp))?;
+                src.seek(SeekFrom::Start(0)).map_err(|source| CacheError::Read { path: src_path.clone(), source })?;
+                let copied = io::copy(&mut (&mut src).take(entry.size), &mut out).map_err(werr("writing", &tmp))?;
+                if copied != entry.size {
+                    return Err(CacheError::Mismatch {
+                        path: src_path.clone(),
+                        what: "size",
+                        expected: entry.size.to_string(),
+                        found: copied.to_string(),
+                    });
+                }
+                out.sync_all().map_err(werr("syncing", &tmp))?;
+                fs::rename(&tmp, &dest).map_err(werr("renaming", &dest))
+            })();
+            if written.is_err() {
+                remove_quietly(&tmp);
+            }
+            written?;
+        }
+        File::open(&blobs).and_then(|d| d.sync_all()).map_err(werr("syncing", &blobs))?;
+        for l in &meta.layers {
+            let p = self.blob_path(&l.digest);
+            if !open_regular(&p).and_then(|f| f.metadata()).is_ok_and(|m| m.len() == l.size) {
+                return Err(CacheError::Mismatch {
+                    path: p,
+                    what: "blob",
+                    expected: format!("{} bytes", l.size),
+                    found: "missing or another size".into(),
+                });
+            }
+        }
+        let tmp = self.path(NEW_STACK);
+        let mut json = serde_json::to_vec_pretty(meta).map_err(|e| werr("encoding", &tmp)(io::Error::other(e)))?;
+        json.push(b'\n');
+        let mut out = create(&tmp).map_err(werr("creating", &tmp))?;
+        out.write_all(&json).map_err(werr("writing", &tmp))?;
+        out.sync_all().map_err(werr("syncing", &tmp))?;
+        drop(out);
+        let [current, previous] = STACK_SLOTS;
+        match self.read_stack(current) {
+            Ok((old, _)) if old.layers != meta.layers => {
+                link_or_copy(&self.path(current), &self.path(PREV_STACK))
+                    .map_err(werr("linking", &self.path(PREV_STACK)))?;
+                fs::rename(self.path(PREV_STACK), self.path(previous))
+                    .map_err(werr("renaming", &self.path(previous)))?;
+            }
+            Ok(_) => log::debug!("cache: the current stack slot already holds these layers"),
+            Err(w) => log::debug!("cache: not keeping the current stack slot as previous: {w}"),
+        }
+        fs::rename(&tmp, self.path(current)).map_err(werr("renaming", &self.path(current)))?;
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(werr("syncing", &self.dir))?;
+        log::debug!("cache: stored a stack of {} layers", meta.layers.len());
+        Ok(())
+    }
+
+    /// Removes blobs (and stray temporary files) that no stack manifest
+    /// names. A manifest that cannot be read keeps nothing: its stack is
+    /// unusable anyway.
+    fn collect_blobs(&self) {
+        let keep: Vec<String> = STACK_SLOTS
+            .iter()
+            .filter_map(|n| self.read_stack_meta(n).ok())
+            .flat_map(|m| m.layers.into_iter().map(|l| format!("{}.bundle", l.digest)))
+            .collect();
+        let Ok(entries) = fs::read_dir(self.path(BLOBS)) else { return };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !keep.contains(&name) {
+                log::debug!("cache: removing the unused blob {name}");
+                remove_quietly(&e.path());
+            }
+        }
+    }
+
+    /// The rollback floor of each layer target: the highest generation
+    /// among the cached stacks' blobs of that target whose headers
+    /// `authenticate` accepts (called with the target), with its digest.
+    /// Warnings name each blob that does not authenticate.
+    pub fn stack_floors<E: fmt::Display>(
+        &self,
+        authenticate: &mut dyn FnMut(&str, &RawHeader) -> Result<Header, E>,
+    ) -> (std::collections::BTreeMap<String, (u64, String)>, Vec<String>) {
+        let mut floors = std::collections::BTreeMap::<String, (u64, String)>::new();
+        let mut warnings = Vec::new();
+        for name in STACK_SLOTS {
+            let meta = match self.read_stack_meta(name) {
+                Ok(m) => m,
+                Err(e) if e.is_missing() => continue,
+                Err(e) => {
+                    warnings.push(format!("{e}; not used for the rollback floor"));
+                    continue;
+                }
+            };
+            for l in meta.layers {
+                let file = format!("{BLOBS}/{}.bundle", l.digest);
+                let raw = match open_regular(&self.blob_path(&l.digest)) {
+                    Ok(f) => BundleReader::new(f).map(|r| r.raw_header().clone()).map_err(|e| e.to_string()),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => Err(describe(&e)),
+                };
+                match raw.and_then(|raw| {
+                    authenticate(&l.target, &raw).map(|h| (h.generation, raw.digest_hex())).map_err(|e| e.to_string())
+                }) {
+                    Ok((generation, digest)) => {
+                        let slot = floors.entry(l.target.clone()).or_insert((generation, digest.clone()));
+                        if generation > slot.0 {
+                            *slot = (generation, digest);
+                        }
+                    }
+                    Err(e) => warnings.push(format!("{file} ({}): {e}; not used for the rollback floor", l.target)),
+                }
+            }
+        }
+        (floors, warnings)
     }
 }

@@ -56,7 +56,7 @@ pub const WORDS: &[(&str, &str)] = &[
     ("srv", "rd.stateless.srv=_SERVICE._PROTO"),
     ("dns", "rd.stateless.dns=IP[:PORT]"),
     ("node", "rd.stateless.node=NAME"),
-    ("group", "rd.stateless.group=NAME"),
+    ("group", "rd.stateless.group=NAME[,NAME...]"),
     ("key", "rd.stateless.key=auto|file:/PATH|usb|usb:LABEL|tpm|none"),
     ("cache", "rd.stateless.cache=LABEL=...|UUID=...|PARTLABEL=...|PARTUUID=...|/dev/...|none"),
     ("timeout", "rd.stateless.timeout=SECONDS"),
@@ -251,6 +251,9 @@ impl fmt::Debug for Pin {
 pub struct Config {
     /// `server=`: base URLs (templates), tried in order; empty means DNS SRV.
     pub servers: Vec<Template>,
+    /// `server=media:LABEL`: the stack comes from the file system with
+    /// this label (local media), not from the network.
+    pub media: Option<String>,
     /// `domain=`: the SRV domain, lower case, no trailing dot.
     pub domain: Option<String>,
     /// `srv=`: the SRV service name, default [`DEFAULT_SRV`].
@@ -259,8 +262,9 @@ pub struct Config {
     pub dns: Option<SocketAddr>,
     /// `node=`: the node identity override.
     pub node: Option<String>,
-    /// `group=`: the node's group.
-    pub group: Option<String>,
+    /// `group=`: the node's groups, in stack order (a comma list; the
+    /// node's own layer, when it lists groups, wins over it).
+    pub groups: Vec<String>,
     /// `key=`.
     pub key: KeyChoice,
     /// `tpm=`: which TPM unseals TPM-sealed keys.
@@ -294,11 +298,12 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             servers: Vec::new(),
+            media: None,
             domain: None,
             srv: DEFAULT_SRV.to_owned(),
             dns: None,
             node: None,
-            group: None,
+            groups: Vec::new(),
             key: KeyChoice::default(),
             tpm: stateless_keys::tpm::TpmSelector::default(),
             cache: CacheDevice::default(),
@@ -379,6 +384,12 @@ pub enum Reason {
     /// `node=` or `group=` has characters that are unsafe in a URL path.
     #[error("not a name of 1 to {MAX_NAME_LEN} letters, digits, '.', '_', ':' or '-' (and not . or ..)")]
     NotName,
+    /// `server=media:` with a label that is not one.
+    #[error("media:LABEL needs a label of 1 to 64 printable ASCII characters, without commas or spaces")]
+    MediaLabel,
+    /// `group=` names a group twice.
+    #[error("group {0} is listed twice")]
+    GroupTwice(String),
     /// A path that must be absolute is not.
     #[error("not an absolute path")]
     NotAbsolute,
@@ -459,12 +470,21 @@ impl Config {
             return Ok(true);
         }
         match name {
-            "server" => self.servers = parse_servers(value)?,
+            "server" => match value.strip_prefix("media:") {
+                Some(label) => {
+                    self.media = Some(parse_media_label(label)?);
+                    self.servers = Vec::new();
+                }
+                None => {
+                    self.servers = parse_servers(value)?;
+                    self.media = None;
+                }
+            },
             "domain" => self.domain = Some(parse_dns_name(value)?),
             "srv" => self.srv = parse_dns_name(value)?,
             "dns" => self.dns = Some(parse_socket_addr(value)?),
             "node" => self.node = Some(parse_name(value)?),
-            "group" => self.group = Some(parse_name(value)?),
+            "group" => self.groups = parse_groups(value)?,
             "key" => self.key = parse_key(value)?,
             "tpm" => self.tpm = parse_tpm(value)?,
             "cache" => self.cache = parse_cache(value)?,
@@ -485,12 +505,15 @@ impl Config {
     fn reset(&mut self, name: &str) {
         let d = Config::default();
         match name {
-            "server" => self.servers = d.servers,
+            "server" => {
+                self.servers = d.servers;
+                self.media = d.media;
+            }
             "domain" => self.domain = d.domain,
             "srv" => self.srv = d.srv,
             "dns" => self.dns = d.dns,
             "node" => self.node = d.node,
-            "group" => self.group = d.group,
+            "group" => self.groups = d.groups,
             "key" => self.key = d.key,
             "tpm" => self.tpm = d.tpm,
             "cache" => self.cache = d.cache,
@@ -599,6 +622,29 @@ fn parse_socket_addr(v: &str) -> Result<SocketAddr, Reason> {
         return Err(Reason::NotSocketAddr);
     }
     Ok(addr)
+}
+
+/// A media label: 1 to 64 printable ASCII characters, no comma.
+fn parse_media_label(v: &str) -> Result<String, Reason> {
+    let ok = !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic() && b != b',');
+    if ok { Ok(v.to_owned()) } else { Err(Reason::MediaLabel) }
+}
+
+/// A comma list of group names, in stack order; a name listed twice is
+/// an error (its layer would apply twice).
+fn parse_groups(v: &str) -> Result<Vec<String>, Reason> {
+    let mut out: Vec<String> = Vec::new();
+    for g in v.split(',') {
+        if g.is_empty() {
+            return Err(Reason::NotName);
+        }
+        let g = parse_name(g)?;
+        if out.contains(&g) {
+            return Err(Reason::GroupTwice(g));
+        }
+        out.push(g);
+    }
+    Ok(out)
 }
 
 /// A node or group name: safe as one URL path segment and one file name.
@@ -819,7 +865,14 @@ mod tests {
             ("rd.stateless.dns=[fd00::3]:5353".into(), |c| c.dns == Some("[fd00::3]:5353".parse().unwrap())),
             ("rd.stateless.node=blade-07".into(), |c| c.node.as_deref() == Some("blade-07")),
             ("rd.stateless.node=52:54:00:12:34:56".into(), |c| c.node.as_deref() == Some("52:54:00:12:34:56")),
-            ("rd.stateless.group=hpc_rack.2".into(), |c| c.group.as_deref() == Some("hpc_rack.2")),
+            ("rd.stateless.group=hpc_rack.2".into(), |c| c.groups == ["hpc_rack.2"]),
+            ("rd.stateless.group=rack7,gpu".into(), |c| c.groups == ["rack7", "gpu"]),
+            ("rd.stateless.server=media:SITE-2026".into(), |c| {
+                c.media.as_deref() == Some("SITE-2026") && c.servers.is_empty()
+            }),
+            ("rd.stateless.server=media:A rd.stateless.server=http://x".into(), |c| {
+                c.media.is_none() && c.servers.len() == 1
+            }),
             ("rd.stateless.key=auto".into(), |c| c.key == KeyChoice::Auto),
             ("rd.stateless.key=file:/etc/stateless/site.key".into(), |c| {
                 c.key == KeyChoice::File("/etc/stateless/site.key".into())
@@ -947,6 +1000,19 @@ mod tests {
             (
                 "rd.stateless.node=a/b",
                 "rd.stateless.node=a/b: not a name of 1 to 128 letters, digits, '.', '_', ':' or '-' (and not . or ..)",
+            ),
+            ("rd.stateless.group=a,b,a", "rd.stateless.group=a,b,a: group a is listed twice"),
+            (
+                "rd.stateless.server=media:",
+                "rd.stateless.server=media:: media:LABEL needs a label of 1 to 64 printable ASCII characters, without commas or spaces",
+            ),
+            (
+                "rd.stateless.server=media:A,B",
+                "rd.stateless.server=media:A,B: media:LABEL needs a label of 1 to 64 printable ASCII characters, without commas or spaces",
+            ),
+            (
+                "rd.stateless.group=a,,b",
+                "rd.stateless.group=a,,b: not a name of 1 to 128 letters, digits, '.', '_', ':' or '-' (and not . or ..)",
             ),
             (
                 "rd.stateless.group=a%2f",

@@ -123,6 +123,45 @@ pub enum Refusal {
         #[source]
         err: ApplyError,
     },
+    /// One layer of a stack was refused, which refuses the stack: names
+    /// the layer (`layer group rack7`).
+    #[error("layer {layer}")]
+    Layer {
+        /// The layer (`default`, `group rack7`, `plugin acme-agent`, `node node42`).
+        layer: String,
+        /// Why.
+        #[source]
+        source: Box<Refusal>,
+    },
+    /// The layer's `.stateless/layer.toml` or `model.toml` is not valid.
+    #[error(transparent)]
+    Meta(#[from] stateless_model::LoadError),
+    /// The layer's `.stateless/` files could not be read or are not what
+    /// their place in the stack needs (too large, a link, another kind).
+    #[error("{0}")]
+    Layout(String),
+    /// A plugin layer ships a file outside its root.
+    #[error("plugin {plugin}: {path} is outside its root /opt/{vendor}/{plugin}")]
+    PluginFile {
+        /// The plugin.
+        plugin: String,
+        /// Its vendor.
+        vendor: String,
+        /// The entry, relative to the root.
+        path: String,
+    },
+    /// A plugin layer's model sets what a plugin may not.
+    #[error(transparent)]
+    PluginModel(#[from] stateless_model::layer::PluginModelError),
+    /// The stack's merged model could not be applied to the root.
+    #[error("applying the node model{}", layer.as_ref().map(|l| format!(" (the entry set by layer {l})")).unwrap_or_default())]
+    Model {
+        /// The layer that set the entry refused, when it is known.
+        layer: Option<String>,
+        /// The cause.
+        #[source]
+        err: stateless_model::ApplyError,
+    },
 }
 
 /// What the loader was doing with a bundle when the budget ran out.
@@ -177,6 +216,10 @@ impl Refusal {
             Refusal::Budget { .. } => "budget",
             Refusal::Internal(_) => "internal",
             Refusal::OpenSlot { .. } | Refusal::Staging { .. } | Refusal::Apply { .. } => "local",
+            Refusal::Layer { source, .. } => source.kind(),
+            Refusal::Meta(_) | Refusal::Layout(_) => "layer",
+            Refusal::PluginFile { .. } | Refusal::PluginModel(_) => "plugin",
+            Refusal::Model { .. } => "model",
         }
     }
 }
@@ -233,9 +276,11 @@ fn slot_kind(e: &SlotError) -> &'static str {
         SlotError::Header { source, .. } => open_kind(source),
         // Files that do not match each other: a power cut between two
         // renames, or tampering.
-        SlotError::TooLarge { .. } | SlotError::Json { .. } | SlotError::Digest { .. } | SlotError::Size { .. } => {
-            "corrupt"
-        }
+        SlotError::TooLarge { .. }
+        | SlotError::Json { .. }
+        | SlotError::Digest { .. }
+        | SlotError::Size { .. }
+        | SlotError::NotDigest { .. } => "corrupt",
     }
 }
 
@@ -343,6 +388,14 @@ pub enum NetworkError {
         /// What was going on.
         phase: Phase,
     },
+    /// Local media (`rd.stateless.server=media:LABEL`) could not be used.
+    #[error("media {label}: {why}")]
+    Media {
+        /// The file system label.
+        label: String,
+        /// Not found, found twice, or not mountable.
+        why: String,
+    },
     /// A server said the cached bundle is current (not a failure: the
     /// cache is used).
     #[error("{0} says the cached bundle is current")]
@@ -382,6 +435,10 @@ pub enum Failure {
     /// A panic escaped the pipeline's own boundaries.
     #[error("no bundle applied: internal error ({0})")]
     Internal(String),
+    /// A verified stack failed while it was applied (a layer's files, or
+    /// the model): what was applied before the failure stays.
+    #[error("stack not applied in full: {0}")]
+    Stack(String),
 }
 
 #[cfg(test)]

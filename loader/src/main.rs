@@ -187,9 +187,9 @@ fn log_config(args: &Args, config: &Config) {
         config.timeout.as_secs(),
     );
     log::debug!(
-        "identity: node {:?}, group {:?}, BOOTIF {:?}; key {:?}, cache {:?}, onfail {}, overlay {:?}",
+        "identity: node {:?}, groups {:?}, BOOTIF {:?}; key {:?}, cache {:?}, onfail {}, overlay {:?}",
         config.node,
-        config.group,
+        config.groups,
         config.bootif,
         config.key,
         config.cache,

@@ -19,6 +19,13 @@
 //! (`rd.stateless.timeout`) covers discovery, the download and the
 //! verification and extraction of a server's bundle ([`crate::guard`]);
 //! the cache's slots are processed after it, without a deadline.
+//!
+//! A site of layers (issue 14) goes through the same steps per layer: the
+//! first bundle found decides whether the node has a stack or a single
+//! bundle, and a stack is fetched, verified into one staging directory
+//! per layer and applied as a unit by [`stack`]; the cache keeps it as one
+//! unit ([`Cache::store_stack`]), and an offline boot tries the cached
+//! stacks before the single-bundle slots.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Cursor, Read, Write};
@@ -36,7 +43,7 @@ use stateless_keys::blockdev::open_regular;
 use stateless_keys::usb::Devices;
 
 use crate::crash;
-use crate::error::{Failure, FloorError, NetworkError, Phase, Refusal, fetch_kind};
+use crate::error::{Failure, FloorError, NetworkError, Phase, Refusal};
 use crate::guard::{self, Guarded, Watchdog};
 use crate::keyladder::{self, KeyPlaces};
 
@@ -49,6 +56,9 @@ use crate::identity::{self, Identity};
 use crate::srv::{self, SplitMix64};
 use crate::staging::Staging;
 use stateless_bundle::error_chain as chain;
+
+#[path = "stack.rs"]
+pub mod stack;
 
 /// The site CA file used when neither `ca=` nor `pin=` is given, if present
 /// (installed by the dracut module).
@@ -120,6 +130,9 @@ pub struct Report {
     pub outcomes: Vec<Outcome>,
     /// Warnings, in order.
     pub warnings: Vec<String>,
+    /// Every layer applied, in stack order (one for a single bundle):
+    /// target, generation, digest, source, signer.
+    pub layers: Vec<stack::LayerReport>,
     /// The console line.
     pub message: String,
     /// The `onfail` action requested when nothing was applied.
@@ -174,6 +187,17 @@ struct Ctx<'a> {
     key_required: bool,
     /// Publishers and freshness ([`crate::trust`]), loaded first thing.
     trust: crate::trust::Trust,
+    /// The layer being verified: its scope rule and rollback floor
+    /// ([`check_policy`]). `None` for a cache's single-bundle slot.
+    layer: Option<stack::Target>,
+    /// The rollback floor per layer target, from the cached stacks.
+    floors: std::collections::BTreeMap<String, (u64, String)>,
+    /// The cache's current stack: per target, digest and blob.
+    cached_stack: std::collections::BTreeMap<String, (String, PathBuf)>,
+    /// The digest of the cache's current single-bundle slot.
+    legacy_digest: Option<String>,
+    /// Downloads are copied to the run directory (there is a cache).
+    keep_downloads: bool,
 }
 
 /// A bundle that authenticated and is extracted in staging.
@@ -183,6 +207,9 @@ struct Ready {
     key_source: Option<String>,
     /// The trusted publisher that signed it, when signatures are required.
     signer: Option<stateless_bundle::SignerId>,
+    /// The layer target it was verified as (`node:node42`); `None` for a
+    /// cache's single-bundle slot.
+    target: Option<String>,
 }
 
 /// Runs the whole pipeline and writes the status file. Never panics on
@@ -199,6 +226,11 @@ pub fn run(config: &Config, paths: &Paths) -> Report {
         identity: None,
         key_required: !matches!(config.key, KeyChoice::None),
         trust: crate::trust::Trust::default(),
+        layer: None,
+        floors: std::collections::BTreeMap::new(),
+        cached_stack: std::collections::BTreeMap::new(),
+        legacy_digest: None,
+        keep_downloads: false,
     };
     crash::set_status_target(paths.run_dir.clone(), config.onfail);
     // Each source is caught on its own; this catches what is left (the
@@ -307,16 +339,61 @@ fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, Failure> {
     // Kept until the end of the run: dropping it unmounts the cache device.
     let (cache, _mounted) = open_cache(ctx);
     ctx.floor_from = cache.clone();
-    let current_digest =
+    ctx.legacy_digest =
         cache.as_ref().and_then(|c| c.slots().into_iter().next()).and_then(|s| s.ok()).map(|(_, m)| m.digest);
+    ctx.cached_stack = cache.as_ref().map(stack::cached_current).unwrap_or_default();
+    ctx.keep_downloads = cache.is_some();
 
     // 1. The servers: each bundle is verified into staging as it arrives.
     let t = Instant::now();
-    let fetched = fetch_from_servers(ctx, current_digest.as_deref(), cache.is_some());
+    // Kept until the end of the run: a stack read from media is copied to
+    // the cache after it applied.
+    let mut _media = None;
+    let fetched = match ctx.config.media.clone() {
+        Some(label) => fetch_from_media(ctx, &label, &mut _media),
+        None => fetch_from_servers(ctx),
+    };
     ctx.stage("fetch+verify", t);
     let network = match fetched {
+        Ok(FetchResult::Stack { layers, url }) => {
+            let stored: Vec<stack::StoredLayer> = layers.iter().map(stack::StoredLayer::of).collect();
+            let applied =
+                crash::catch(|| stack::apply_stack(ctx, layers)).unwrap_or_else(|p| Err(Refusal::Internal(p.0)));
+            if applied.is_err() {
+                for l in &stored {
+                    l.remove_download(&ctx.paths.run_dir);
+                }
+            }
+            match applied {
+                Ok(reports) => {
+                    ctx.report.source = "server";
+                    ctx.report.server = Some(url.clone());
+                    ctx.report.fetched = Some(now());
+                    let summary = stack::describe(&reports);
+                    let n = reports.len();
+                    ctx.report.layers = reports;
+                    if let Some(c) = &cache {
+                        stack::store(ctx, c, &stored, &url);
+                    }
+                    for l in &stored {
+                        l.remove_download(&ctx.paths.run_dir);
+                    }
+                    return Ok(format!(
+                        "applied a stack of {n} layers ({summary}) from {url} in {:.1} s",
+                        ctx.started.elapsed().as_secs_f64()
+                    ));
+                }
+                Err(e) => {
+                    // The files may be partly applied (a model refused at
+                    // apply time): nothing else is tried on this root.
+                    let line = format!("stack from {url} refused: {}", chain(&e));
+                    ctx.outcome("server", &url, "refused", Some((e.kind(), chain(&e))));
+                    return Err(Failure::Stack(line));
+                }
+            }
+        }
         Ok(FetchResult::Fresh { ready, staging, url, download }) => {
-            let applied = crash::catch(|| apply_staged(ctx, &ready, staging, "server"))
+            let applied = crash::catch(|| apply_staged(ctx, &ready, staging, "server", &url))
                 .unwrap_or_else(|p| Err(Refusal::Internal(p.0)));
             let network = match applied {
                 Ok(()) => {
@@ -334,7 +411,8 @@ fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, Failure> {
                     Some(NetworkError::Refused(vec![line]))
                 }
             };
-            if let Some(path) = &download {
+            // Only the run directory's copy: a file on media stays.
+            if let Some(path) = download.as_ref().filter(|p| p.parent() == Some(ctx.paths.run_dir.as_path())) {
                 let _ = fs::remove_file(path);
             }
             match network {
@@ -369,6 +447,15 @@ fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, Failure> {
         return Err(Failure::Nothing { network: Box::new(network), cache: "no cache".into() });
     };
     let mut slot_notes = Vec::new();
+    // A cached stack first: the legacy slots are older than it (storing a
+    // single bundle removes the stack slots).
+    if let Some((summary, fetched, server)) = stack::boot_cached(ctx, &cache, &mut slot_notes) {
+        ctx.report.fetched = Some(fetched);
+        ctx.report.server = Some(server);
+        ctx.report.final_url = None;
+        let which = if ctx.report.source == "cache-current" { "cached" } else { "previous cached" };
+        return Ok(format!("{network}; applied the {which} stack ({summary}, fetched {})", fmt_date(fetched)));
+    }
     for (i, slot) in cache.slots().into_iter().enumerate() {
         let name = if i == 0 { "cache-current" } else { "cache-previous" };
         let (path, meta) = match slot {
@@ -504,6 +591,11 @@ enum FetchResult {
     NotModified {
         url: String,
     },
+    /// A stack: every layer verified, each in its staging directory.
+    Stack {
+        layers: Vec<stack::Layer>,
+        url: String,
+    },
 }
 
 /// How one URL went.
@@ -582,11 +674,7 @@ fn base_urls(ctx: &mut Ctx<'_>, deadline: Instant) -> Result<Vec<String>, Networ
     Ok(out)
 }
 
-fn fetch_from_servers(
-    ctx: &mut Ctx<'_>,
-    current_digest: Option<&str>,
-    keep: bool,
-) -> Result<FetchResult, NetworkError> {
+fn fetch_from_servers(ctx: &mut Ctx<'_>) -> Result<FetchResult, NetworkError> {
     let budget = ctx.config.timeout;
     let deadline = ctx.started + budget;
     let bases = base_urls(ctx, deadline)?;
@@ -615,12 +703,6 @@ fn fetch_from_servers(
         ..TransportConfig::default()
     })
     .map_err(NetworkError::Tls)?;
-    let mut paths = vec![format!("v1/nodes/{node}/bundle")];
-    if let Some(g) = &ctx.config.group {
-        paths.push(format!("v1/groups/{g}/bundle"));
-    }
-    paths.push("v1/default/bundle".into());
-    let download = ctx.paths.run_dir.join(DOWNLOAD);
     let mut backoff = FIRST_BACKOFF;
     let mut last = String::from("no server answered");
     // Why each server's bundle was refused: such a server is not asked
@@ -634,64 +716,40 @@ fn fetch_from_servers(
             if verdict.is_some() {
                 continue;
             }
-            for p in &paths {
-                if Instant::now() >= deadline {
-                    return Err(NetworkError::GaveUp { last, budget });
+            if Instant::now() >= deadline {
+                return Err(NetworkError::GaveUp { last, budget });
+            }
+            let src = stack::Source::Http { transport: &transport, base };
+            match stack::fetch_source(ctx, &src, &node, deadline) {
+                Ok(stack::Found::Single(layer)) => {
+                    let layer = *layer;
+                    let url = format!("{base}/{}", layer.target.path());
+                    return Ok(FetchResult::Fresh {
+                        ready: Box::new(layer.ready),
+                        staging: layer.staging,
+                        url,
+                        download: layer.file,
+                    });
                 }
-                let url = format!("{base}/{p}");
-                let t = Instant::now();
-                let get = Get { url: &url, if_none_match: current_digest, deadline };
-                let step = fetch_one(ctx, &transport, &get, keep.then_some(download.as_path()));
-                let took = t.elapsed().as_millis();
-                match step {
-                    Step::Fresh(ready, staging) => {
-                        ctx.outcome("server", &url, "fetched", None);
-                        return Ok(FetchResult::Fresh {
-                            ready,
-                            staging,
-                            url,
-                            download: keep.then(|| download.clone()),
-                        });
-                    }
-                    Step::NotModified => {
-                        ctx.report.attempts.push(format!("{url}: 304"));
-                        ctx.outcome("server", &url, "not-modified", None);
-                        return Ok(FetchResult::NotModified { url });
-                    }
-                    Step::NotFound => {
-                        ctx.report.attempts.push(format!("{url}: 404"));
-                        ctx.outcome("server", &url, "not-found", None);
-                        continue;
-                    }
-                    Step::OutOfTime(phase) => {
-                        let refusal = Refusal::Budget { budget, phase: phase.clone() };
-                        let msg = chain(&refusal);
-                        ctx.report.attempts.push(format!("{url}: {msg}"));
-                        ctx.outcome("server", &url, "refused", Some((refusal.kind(), msg)));
-                        return Err(NetworkError::Budget { url, budget, phase });
-                    }
-                    Step::Refused(refusal) => {
-                        let msg = chain(&refusal);
-                        ctx.report.attempts.push(format!("{url}: refused after {took} ms: {msg}"));
-                        ctx.outcome("server", &url, "refused", Some((refusal.kind(), msg.clone())));
-                        // Logged once here; the final line says it again.
-                        let line = format!("bundle from {url} refused: {msg}");
-                        ctx.warn(line.clone());
-                        *verdict = Some(line);
-                        break;
-                    }
-                    Step::Failed(e) => {
-                        let msg = chain(&e);
-                        ctx.report.attempts.push(format!("{url}: {msg}"));
-                        ctx.outcome("server", &url, "failed", Some((fetch_kind(&e), msg.clone())));
-                        all_missing = false;
-                        last = format!("{base}: {msg}");
-                        log::warn!("{url}: {msg}");
-                        // Try the next server rather than the next path: a
-                        // broken server must not make us fall back to a less
-                        // specific bundle.
-                        break;
-                    }
+                Ok(stack::Found::SingleNotModified(url)) => return Ok(FetchResult::NotModified { url }),
+                Ok(stack::Found::Stack(layers)) => return Ok(FetchResult::Stack { layers, url: base.clone() }),
+                Ok(stack::Found::Nothing) => continue,
+                Err(stack::Stop::NotModified { url }) => return Ok(FetchResult::NotModified { url }),
+                Err(stack::Stop::OutOfTime { url, phase }) => {
+                    return Err(NetworkError::Budget { url, budget, phase });
+                }
+                Err(stack::Stop::Refused { url, refusal }) => {
+                    // Logged once here; the final line says it again.
+                    let line = format!("bundle from {url} refused: {}", chain(&refusal));
+                    ctx.warn(line.clone());
+                    *verdict = Some(line);
+                }
+                Err(stack::Stop::Failed { err }) => {
+                    all_missing = false;
+                    // Try the next server rather than the next path: a
+                    // broken server must not make us fall back to a less
+                    // specific bundle.
+                    last = format!("{base}: {}", chain(&err));
                 }
             }
         }
@@ -715,6 +773,79 @@ fn fetch_from_servers(
         if Instant::now() >= deadline {
             return Err(NetworkError::Unreachable { last, budget });
         }
+    }
+}
+
+/// How long to wait for the media device to appear (udev may still be
+/// creating its node when the loader starts).
+const MEDIA_WAIT: Duration = Duration::from_secs(5);
+
+/// Reads the stack (or a single bundle) from local media: the file system
+/// labelled `label`, mounted read-only below the run directory, holding
+/// the `v1/...` layout. Its bundles are verified exactly as a server's.
+fn fetch_from_media(
+    ctx: &mut Ctx<'_>,
+    label: &str,
+    keep: &mut Option<blockdev::MediaMount>,
+) -> Result<FetchResult, NetworkError> {
+    let media = |why: String| NetworkError::Media { label: label.to_owned(), why };
+    let Some(node) = ctx.identity.as_ref().map(|i| i.node.clone()) else {
+        return Err(NetworkError::NoIdentity);
+    };
+    let usb = if ctx.paths.usb_devices.is_empty() {
+        Devices::Scan { sys: ctx.paths.host_root.join("sys"), dev: ctx.paths.host_root.join("dev") }
+    } else {
+        Devices::List(ctx.paths.usb_devices.clone())
+    };
+    let t = Instant::now();
+    let found = loop {
+        let found = blockdev::find_media(&usb.list(), label);
+        if !found.is_empty() || t.elapsed() >= MEDIA_WAIT {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (device, kind) = match found.as_slice() {
+        [] => return Err(media("no file system with this label".into())),
+        [one] => one.clone(),
+        many => {
+            // Two devices with the label: which one holds the site is a
+            // guess, and a stick planted beside the real one must not win.
+            let names: Vec<String> = many.iter().map(|(d, _)| d.display().to_string()).collect();
+            return Err(media(format!(
+                "the label is on {} devices ({}); refusing to guess",
+                many.len(),
+                names.join(", ")
+            )));
+        }
+    };
+    let mount = blockdev::MediaMount::mount(&device, kind, &ctx.paths.run_dir.join("media"))
+        .map_err(|e| media(format!("{}: {}", device.display(), chain(&e))))?;
+    ctx.stage("media-mount", t);
+    let dir = mount.path().to_owned();
+    *keep = Some(mount);
+    let src = stack::Source::Dir(&dir);
+    let deadline = ctx.started + ctx.config.timeout;
+    match stack::fetch_source(ctx, &src, &node, deadline) {
+        Ok(stack::Found::Single(layer)) => {
+            let layer = *layer;
+            let url = layer.from.clone();
+            Ok(FetchResult::Fresh { ready: Box::new(layer.ready), staging: layer.staging, url, download: layer.file })
+        }
+        Ok(stack::Found::Stack(layers)) => Ok(FetchResult::Stack { layers, url: format!("media:{label}") }),
+        Ok(stack::Found::Nothing) => Err(NetworkError::NoBundle(node)),
+        Ok(stack::Found::SingleNotModified(url)) | Err(stack::Stop::NotModified { url }) => {
+            Ok(FetchResult::NotModified { url })
+        }
+        Err(stack::Stop::Refused { url, refusal }) => {
+            let line = format!("bundle from {url} refused: {}", chain(&refusal));
+            ctx.warn(line.clone());
+            Err(NetworkError::Refused(vec![line]))
+        }
+        Err(stack::Stop::OutOfTime { url, phase }) => {
+            Err(NetworkError::Budget { url, budget: ctx.config.timeout, phase })
+        }
+        Err(stack::Stop::Failed { err }) => Err(media(chain(&err))),
     }
 }
 
@@ -864,19 +995,37 @@ fn verify_and_apply(ctx: &mut Ctx<'_>, path: &Path, source: &'static str) -> Res
     let guarded = Guarded::new(file, None, guard::fault_for(source));
     let (ready, staging) = verify_reader(ctx, BufReader::with_capacity(READ_BUFFER, guarded), source, None)?;
     ctx.stage(&format!("verify ({source})"), t);
-    apply_staged(ctx, &ready, staging, source)?;
+    apply_staged(ctx, &ready, staging, source, &path.display().to_string())?;
     Ok(ready)
 }
 
 /// Applies a verified bundle from staging to the root and records it in
 /// the report. Staging is removed whatever happens.
-fn apply_staged(ctx: &mut Ctx<'_>, ready: &Ready, staging: Staging, source: &'static str) -> Result<(), Refusal> {
+fn apply_staged(
+    ctx: &mut Ctx<'_>,
+    ready: &Ready,
+    staging: Staging,
+    source: &'static str,
+    from: &str,
+) -> Result<(), Refusal> {
     let t = Instant::now();
     let opts = crate::apply::ApplyOptions { owners: rustix::process::geteuid().is_root() };
-    let res = crate::apply::apply(staging.path(), &ctx.paths.sysroot, &opts);
+    // `.stateless/` is never written into the root, from any bundle.
+    let res = stack::strip_meta(&staging).and_then(|()| {
+        crate::apply::apply(staging.path(), &ctx.paths.sysroot, &opts)
+            .map_err(|err| Refusal::Apply { path: ctx.paths.sysroot.clone(), err })
+    });
     staging.finish();
-    let summary = res.map_err(|err| Refusal::Apply { path: ctx.paths.sysroot.clone(), err })?;
+    let summary = res?;
     ctx.stage("apply", t);
+    ctx.report.layers = vec![stack::LayerReport {
+        target: ready.target.clone().unwrap_or_else(|| ready.header.scope.to_string()),
+        generation: ready.header.generation,
+        digest: ready.digest.clone(),
+        source: stack::layer_source(source, from),
+        from: from.to_owned(),
+        signer: ready.signer.map(|s| s.to_string()),
+    }];
     log::debug!("applied {summary:?}");
     ctx.report.source = source;
     ctx.report.generation = Some(ready.header.generation);
@@ -932,7 +1081,12 @@ fn verify_reader<R: Read + Send>(
     let digest = bundle.digest_hex();
     if !source.starts_with("cache") {
         if let Some(cache) = ctx.floor_from.take() {
+            // Verifying the cache's headers must not take this layer's
+            // scope rule.
+            let layer = ctx.layer.take();
             ctx.highest = rollback_floor(ctx, &cache, key.as_ref());
+            ctx.floors = stack_floors(ctx, &cache, key.as_ref());
+            ctx.layer = layer;
         }
     }
     check_policy(ctx, &header, &digest, source.starts_with("cache"))?;
@@ -951,7 +1105,8 @@ fn verify_reader<R: Read + Send>(
         staging.discard();
         return Err(e.into());
     }
-    Ok((Ready { header, digest, key_source, signer }, staging))
+    let target = ctx.layer.as_ref().map(stack::Target::key);
+    Ok((Ready { header, digest, key_source, signer, target }, staging))
 }
 
 fn pick_key(ctx: &Ctx<'_>, needed: KeyId) -> Result<(Key, String), Refusal> {
@@ -976,26 +1131,54 @@ fn pick_key(ctx: &Ctx<'_>, needed: KeyId) -> Result<(Key, String), Refusal> {
 /// the previous slot is used only when the current one is unusable.
 fn check_policy(ctx: &Ctx<'_>, h: &Header, digest: &str, from_cache: bool) -> Result<(), Refusal> {
     let node = ctx.identity.as_ref().map(|i| i.node.as_str());
-    match &h.scope {
-        Scope::Any => {}
-        Scope::Node(n) if Some(n.as_str()) == node => {}
-        Scope::Group(g) if Some(g) == ctx.config.group.as_ref() => {}
-        other => {
-            return Err(Refusal::Scope {
-                scope: other.clone(),
-                node: node.unwrap_or("?").to_owned(),
-                group: ctx.config.group.as_deref().unwrap_or("none").to_owned(),
-            });
+    let groups = || if ctx.config.groups.is_empty() { "none".to_owned() } else { ctx.config.groups.join(",") };
+    let admitted = match (&ctx.layer, &h.scope) {
+        // A layer: the scope its place in the stack admits; a node layer
+        // only this node's (a cache disk moved from another node names
+        // that node's layer).
+        (Some(stack::Target::Node(n)), _) if Some(n.as_str()) != node => false,
+        (Some(t), scope) => t.admits(scope),
+        // A cache's single-bundle slot: the node's own, its groups', any.
+        (None, Scope::Any) => true,
+        (None, Scope::Node(n)) => Some(n.as_str()) == node,
+        (None, Scope::Group(g)) => ctx.config.groups.contains(g),
+        (None, _) => false,
+    };
+    if !admitted {
+        return Err(Refusal::Scope { scope: h.scope.clone(), node: node.unwrap_or("?").to_owned(), group: groups() });
+    }
+    // Per layer target for a layer; the single-bundle floor otherwise.
+    let floor = match &ctx.layer {
+        Some(t) => ctx.floors.get(&t.key()),
+        None => ctx.highest.as_ref(),
+    };
+    check_floor(floor.filter(|_| !from_cache), h.generation, digest)?;
+    check_expiry(h)
+}
+
+/// The rollback rule against one floor (generation and digest).
+fn check_floor(floor: Option<&(u64, String)>, generation: u64, digest: &str) -> Result<(), Refusal> {
+    if let Some((applied, seen_digest)) = floor {
+        if generation < *applied {
+            return Err(Refusal::Rollback { got: generation, applied: *applied });
+        }
+        if generation == *applied && digest != seen_digest {
+            return Err(Refusal::Replay(generation));
         }
     }
-    if let Some((generation, seen_digest)) = ctx.highest.as_ref().filter(|_| !from_cache) {
-        if h.generation < *generation {
-            return Err(Refusal::Rollback { got: h.generation, applied: *generation });
-        }
-        if h.generation == *generation && digest != seen_digest {
-            return Err(Refusal::Replay(*generation));
-        }
-    }
+    Ok(())
+}
+
+/// A server's single bundle (one without layer.toml) checked against the
+/// floor of the cache's single-bundle slots, as before layers. It is
+/// checked after extraction, when it is known to be a single bundle: a
+/// site's first layers must not be refused for a single bundle's
+/// generations.
+fn check_single_floor(ctx: &Ctx<'_>, ready: &Ready) -> Result<(), Refusal> {
+    check_floor(ctx.highest.as_ref(), ready.header.generation, &ready.digest)
+}
+
+fn check_expiry(h: &Header) -> Result<(), Refusal> {
     let t = now();
     if let Some(exp) = h.expires {
         if t >= SANE_CLOCK_FLOOR && t > exp {
@@ -1050,6 +1233,51 @@ fn rollback_floor(ctx: &mut Ctx<'_>, cache: &Cache, known: Option<&Key>) -> Opti
     }
     log::debug!("rollback floor: {floor:?}");
     floor
+}
+
+/// The rollback floor of each layer target, from the cached stacks' blobs
+/// (see [`Cache::stack_floors`]), authenticated like [`rollback_floor`]'s;
+/// a blob whose scope does not fit its target raises nothing.
+fn stack_floors(
+    ctx: &mut Ctx<'_>,
+    cache: &Cache,
+    known: Option<&Key>,
+) -> std::collections::BTreeMap<String, (u64, String)> {
+    if !ctx.key_required {
+        return std::collections::BTreeMap::new();
+    }
+    let mut keys: Vec<Key> = known.into_iter().cloned().collect();
+    let node = ctx.identity.as_ref().map(|i| i.node.clone());
+    let (floors, warnings) = cache.stack_floors(&mut |target, raw| {
+        if raw.cipher() == Cipher::None {
+            return Err(FloorError::NotEncrypted);
+        }
+        ctx.trust.check_signature(raw).map_err(Refusal::Trust)?;
+        let key = match keys.iter().position(|k| k.id() == raw.key_id()) {
+            Some(i) => keys.swap_remove(i),
+            None => pick_key(ctx, raw.key_id())?.0,
+        };
+        let authenticated = raw.authenticate(Some(&key)).map_err(|e| Refusal::Open(OpenError::Header(e)));
+        keys.push(key);
+        let (header, _) = authenticated?;
+        let fits = stack::Target::parse(target).is_some_and(|t| {
+            t.admits(&header.scope) && !matches!(&t, stack::Target::Node(n) if Some(n) != node.as_ref())
+        });
+        if !fits {
+            return Err(Refusal::Scope {
+                scope: header.scope.clone(),
+                node: node.clone().unwrap_or_else(|| "?".into()),
+                group: target.to_owned(),
+            }
+            .into());
+        }
+        Ok(header)
+    });
+    for w in warnings {
+        ctx.warn(format!("cache: {w}"));
+    }
+    log::debug!("rollback floors per layer: {floors:?}");
+    floors
 }
 
 fn store_in_cache(ctx: &mut Ctx<'_>, cache: &Cache, path: &Path, ready: &Ready, url: &str) {

@@ -32,6 +32,17 @@ use rustix::fs::{AtFlags, CWD, Timespec, Timestamps};
 /// Name prefix of staging directories in the root.
 pub const PREFIX: &str = ".stateless-staging.";
 
+/// The staging directories this process has open: a stack holds one per
+/// layer at once, and making the next must not remove the others as
+/// leftovers of an earlier run.
+/// With each, the root's times from before the first of them was made:
+/// whichever is removed last puts those back.
+static LIVE: std::sync::Mutex<Vec<(PathBuf, Timestamps)>> = std::sync::Mutex::new(Vec::new());
+
+fn live() -> std::sync::MutexGuard<'static, Vec<(PathBuf, Timestamps)>> {
+    LIVE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A staging directory in the root; removed when dropped.
 #[derive(Debug)]
 pub struct Staging {
@@ -48,15 +59,35 @@ impl Staging {
     pub fn create(sysroot: &Path) -> io::Result<Staging> {
         remove_stale(sysroot);
         let md = fs::metadata(sysroot)?;
-        let times = Timestamps {
+        let mut times = Timestamps {
             last_access: Timespec { tv_sec: md.atime(), tv_nsec: md.atime_nsec() },
             last_modification: Timespec { tv_sec: md.mtime(), tv_nsec: md.mtime_nsec() },
         };
+        // Another staging directory of this run is already in this root:
+        // its making changed the root's times, so the times to restore
+        // are the ones it recorded.
+        if let Some((_, t)) = live().iter().find(|(p, _)| p.parent() == Some(sysroot)) {
+            times = Timestamps {
+                last_access: Timespec { tv_sec: t.last_access.tv_sec, tv_nsec: t.last_access.tv_nsec },
+                last_modification: Timespec {
+                    tv_sec: t.last_modification.tv_sec,
+                    tv_nsec: t.last_modification.tv_nsec,
+                },
+            };
+        }
         let mut bytes = [0u8; 8];
         getrandom::fill(&mut bytes).map_err(|e| io::Error::other(format!("reading the OS random source: {e}")))?;
         let path = sysroot.join(format!("{PREFIX}{:016x}", u64::from_le_bytes(bytes)));
         // Not recursive: the directory must be new, and the root must exist.
         DirBuilder::new().mode(0o700).create(&path)?;
+        let copy = Timestamps {
+            last_access: Timespec { tv_sec: times.last_access.tv_sec, tv_nsec: times.last_access.tv_nsec },
+            last_modification: Timespec {
+                tv_sec: times.last_modification.tv_sec,
+                tv_nsec: times.last_modification.tv_nsec,
+            },
+        };
+        live().push((path.clone(), copy));
         Ok(Staging { sysroot: sysroot.to_owned(), path, times, removed: false })
     }
 
@@ -82,6 +113,7 @@ impl Staging {
             return;
         }
         self.removed = true;
+        live().retain(|(p, _)| p != &self.path);
         if let Err(e) = fs::remove_dir_all(&self.path) {
             if e.kind() != io::ErrorKind::NotFound {
                 log::warn!("removing {}: {e}", self.path.display());
@@ -107,7 +139,7 @@ fn remove_stale(sysroot: &Path) {
     let Ok(entries) = fs::read_dir(sysroot) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        if !name.as_encoded_bytes().starts_with(PREFIX.as_bytes()) {
+        if !name.as_encoded_bytes().starts_with(PREFIX.as_bytes()) || live().iter().any(|(p, _)| *p == entry.path()) {
             continue;
         }
         if entry.file_type().is_ok_and(|t| t.is_dir()) {

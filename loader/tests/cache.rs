@@ -1008,3 +1008,211 @@ fn loader_refuses_a_cache_label_on_two_devices() {
     }
     assert_eq!(mount_options(&node.dir.path().join("run/cache")), None, "nothing mounted");
 }
+
+// --- stacks (issue 14) -----------------------------------------------------
+
+use stateless_loader::cache::{LayerEntry, StackMeta};
+
+/// A layer entry for a test bundle, as the loader would record it.
+fn entry(target: &str, m: &SlotMeta) -> LayerEntry {
+    LayerEntry {
+        target: target.into(),
+        digest: m.digest.clone(),
+        generation: m.generation,
+        size: m.size,
+        key_id: m.key_id.clone(),
+    }
+}
+
+fn stack_meta(layers: Vec<LayerEntry>) -> StackMeta {
+    StackMeta { layers, fetched: 1_700_000_000, server: "http://127.0.0.1:8080".into() }
+}
+
+/// The usable stack slots as (name, [generation of each layer]), and the
+/// warnings.
+fn usable_stacks(cache: &Cache) -> (Vec<(String, Vec<u64>)>, Vec<String>) {
+    let mut ok = Vec::new();
+    let mut warnings = Vec::new();
+    for (name, slot) in cache.stack_slots() {
+        match slot {
+            Ok((meta, paths)) => {
+                assert_eq!(meta.layers.len(), paths.len());
+                ok.push((name.to_owned(), meta.layers.iter().map(|l| l.generation).collect()));
+            }
+            Err(w) => warnings.push(format!("{name}: {w}")),
+        }
+    }
+    (ok, warnings)
+}
+
+#[test]
+fn stacks_rotate_as_units_and_unused_blobs_go() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cache");
+    fs::create_dir(&dir).unwrap();
+    let cache = Cache::new(&dir);
+    let (d1, md1) = bundle(tmp.path(), 1, 300);
+    let (n1, mn1) = bundle(tmp.path(), 10, 300);
+    let (n2, mn2) = bundle(tmp.path(), 11, 300);
+    let (n3, mn3) = bundle(tmp.path(), 12, 300);
+    let s1 = stack_meta(vec![entry("default", &md1), entry("node:n", &mn1)]);
+    cache.store_stack(&[(d1.clone(), md1.digest.clone()), (n1, mn1.digest.clone())], &s1).unwrap();
+    assert_eq!(usable_stacks(&cache), (vec![("current.stack.json".into(), vec![1, 10])], vec![]));
+    // The second stack shares the default layer: only the node's blob is new.
+    let s2 = stack_meta(vec![entry("default", &md1), entry("node:n", &mn2)]);
+    cache.store_stack(&[(n2, mn2.digest.clone())], &s2).unwrap();
+    assert_eq!(
+        usable_stacks(&cache).0,
+        [("current.stack.json".to_owned(), vec![1, 11]), ("previous.stack.json".to_owned(), vec![1, 10])]
+    );
+    assert_eq!(fs::read_dir(dir.join("blobs")).unwrap().count(), 3);
+    // Storing the same stack again keeps the previous one.
+    cache.store_stack(&[], &s2).unwrap();
+    assert_eq!(usable_stacks(&cache).0.len(), 2);
+    // A third: the first stack's node blob is no longer named, and goes.
+    let s3 = stack_meta(vec![entry("default", &md1), entry("node:n", &mn3)]);
+    cache.store_stack(&[(n3, mn3.digest.clone())], &s3).unwrap();
+    assert_eq!(fs::read_dir(dir.join("blobs")).unwrap().count(), 3);
+    assert!(!cache.blob_path(&mn1.digest).exists());
+    // A layer the cache does not hold and that is not given is an error,
+    // and changes nothing.
+    let (x, mx) = bundle(tmp.path(), 20, 300);
+    let s4 = stack_meta(vec![entry("default", &mx)]);
+    assert!(cache.store_stack(&[], &s4).is_err());
+    assert_eq!(usable_stacks(&cache).0[0].1, [1, 12]);
+    drop(x);
+    // A single bundle stored after stacks drops them.
+    cache.store(&d1, &md1).unwrap();
+    assert_eq!(usable_stacks(&cache).0, Vec::<(String, Vec<u64>)>::new());
+    assert_eq!(fs::read_dir(dir.join("blobs")).unwrap().count(), 0);
+}
+
+#[test]
+fn stack_power_cut_states_each_leave_a_whole_stack() {
+    // Each state a cut between two steps of `store_stack` leaves, rebuilt
+    // by hand: C the current stack, N the new one.
+    let tmp = tempfile::tempdir().unwrap();
+    let (d, md) = bundle(tmp.path(), 1, 300);
+    let (c, mc) = bundle(tmp.path(), 2, 300);
+    let (n, mn) = bundle(tmp.path(), 3, 300);
+    let sc = serde_json::to_vec(&stack_meta(vec![entry("default", &md), entry("node:n", &mc)])).unwrap();
+    let sn = serde_json::to_vec(&stack_meta(vec![entry("default", &md), entry("node:n", &mn)])).unwrap();
+    let blob = |m: &SlotMeta, p: &Path| (format!("blobs/{}.bundle", m.digest), fs::read(p).unwrap());
+    type Files = Vec<(String, Vec<u8>)>;
+    let base: Files = vec![blob(&md, &d), blob(&mc, &c), ("current.stack.json".into(), sc.clone())];
+    let states: Vec<(&str, Files, Vec<Vec<u64>>)> = vec![
+        ("nothing", base.clone(), vec![vec![1, 2]]),
+        (
+            "a blob half written",
+            [base.clone(), vec![(format!("blobs/.{}.tmp", mn.digest), fs::read(&n).unwrap()[..50].to_vec())]].concat(),
+            vec![vec![1, 2]],
+        ),
+        (
+            "blobs and the new manifest written",
+            [base.clone(), vec![blob(&mn, &n), (".new.stack.json".into(), sn.clone())]].concat(),
+            vec![vec![1, 2]],
+        ),
+        (
+            "previous renamed",
+            [
+                base.clone(),
+                vec![blob(&mn, &n), (".new.stack.json".into(), sn.clone()), ("previous.stack.json".into(), sc.clone())],
+            ]
+            .concat(),
+            vec![vec![1, 2], vec![1, 2]],
+        ),
+        (
+            "current renamed",
+            vec![
+                blob(&md, &d),
+                blob(&mc, &c),
+                blob(&mn, &n),
+                ("current.stack.json".into(), sn.clone()),
+                ("previous.stack.json".into(), sc.clone()),
+            ],
+            vec![vec![1, 3], vec![1, 2]],
+        ),
+    ];
+    for (what, files, want) in states {
+        let dir = tmp.path().join(what.replace(' ', "-"));
+        fs::create_dir_all(dir.join("blobs")).unwrap();
+        for (name, bytes) in files {
+            fs::write(dir.join(name), bytes).unwrap();
+        }
+        let cache = Cache::new(&dir);
+        let got: Vec<Vec<u64>> = usable_stacks(&cache).0.into_iter().map(|(_, g)| g).collect();
+        assert_eq!(got, want, "{what}");
+        // The next store repairs it and removes the leftovers.
+        let (n4, mn4) = bundle(tmp.path(), 4, 300);
+        let s4 = stack_meta(vec![entry("default", &md), entry("node:n", &mn4)]);
+        cache.store_stack(&[(d.clone(), md.digest.clone()), (n4, mn4.digest.clone())], &s4).unwrap();
+        let got: Vec<Vec<u64>> = usable_stacks(&cache).0.into_iter().map(|(_, g)| g).collect();
+        assert_eq!(got[0], [1, 4], "{what}");
+        assert!(!dir.join(".new.stack.json").exists() && !dir.join(".prev.stack.json").exists(), "{what}");
+        let stray = fs::read_dir(dir.join("blobs"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp"));
+        assert_eq!(stray.count(), 0, "{what}");
+    }
+}
+
+#[test]
+fn a_stack_slot_with_a_missing_or_altered_blob_is_unusable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cache");
+    fs::create_dir(&dir).unwrap();
+    let cache = Cache::new(&dir);
+    let (d, md) = bundle(tmp.path(), 1, 300);
+    let (n, mn) = bundle(tmp.path(), 2, 300);
+    let (n2, mn2) = bundle(tmp.path(), 3, 300);
+    cache
+        .store_stack(
+            &[(d.clone(), md.digest.clone()), (n, mn.digest.clone())],
+            &stack_meta(vec![entry("default", &md), entry("node:n", &mn)]),
+        )
+        .unwrap();
+    cache
+        .store_stack(&[(n2, mn2.digest.clone())], &stack_meta(vec![entry("default", &md), entry("node:n", &mn2)]))
+        .unwrap();
+    // The current stack's node blob replaced by another bundle of the same size.
+    fs::copy(cache.blob_path(&mn.digest), cache.blob_path(&mn2.digest)).unwrap();
+    let (ok, warnings) = usable_stacks(&cache);
+    assert_eq!(ok, [("previous.stack.json".to_owned(), vec![1, 2])]);
+    assert!(warnings[0].starts_with("current.stack.json: blobs/") && warnings[0].contains("digest"), "{warnings:?}");
+    // A manifest naming a blob by something that is not a digest.
+    let mut m: serde_json::Value = serde_json::from_slice(&fs::read(dir.join("previous.stack.json")).unwrap()).unwrap();
+    m["layers"][0]["digest"] = "../../etc/passwd".into();
+    fs::write(dir.join("previous.stack.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+    let (ok, warnings) = usable_stacks(&cache);
+    assert!(ok.is_empty());
+    assert!(warnings[1].contains("is not a digest"), "{warnings:?}");
+}
+
+#[test]
+fn a_full_disk_leaves_the_cached_stacks_intact() {
+    if !is_root() {
+        prereq::missing("mounting a tmpfs needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(fs_guard) = TmpFs::mount(&tmp.path().join("small"), "64k") else {
+        prereq::missing("cannot mount a tmpfs here");
+        return;
+    };
+    let cache = Cache::new(&fs_guard.0);
+    let (d, md) = bundle(tmp.path(), 1, 8 * 1024);
+    let (n, mn) = bundle(tmp.path(), 2, 8 * 1024);
+    let (big, mbig) = bundle(tmp.path(), 3, 100 * 1024);
+    let s1 = stack_meta(vec![entry("default", &md), entry("node:n", &mn)]);
+    cache.store_stack(&[(d, md.digest.clone()), (n, mn.digest.clone())], &s1).unwrap();
+    let before = fs::read(cache.dir().join("current.stack.json")).unwrap();
+    let s2 = stack_meta(vec![entry("default", &md), entry("node:n", &mbig)]);
+    let err = cache.store_stack(&[(big, mbig.digest.clone())], &s2).unwrap_err();
+    let CacheError::Write { source, .. } = &err else { panic!("{err:?}") };
+    assert_eq!(source.raw_os_error(), Some(rustix::io::Errno::NOSPC.raw_os_error()), "{err:?}");
+    assert_eq!(fs::read(cache.dir().join("current.stack.json")).unwrap(), before);
+    assert_eq!(usable_stacks(&cache), (vec![("current.stack.json".into(), vec![1, 2])], vec![]));
+    let names: Vec<_> = fs::read_dir(cache.dir().join("blobs")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 2, "the half-written blob is removed: {names:?}");
+    drop(fs_guard);
+}

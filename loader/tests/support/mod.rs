@@ -344,6 +344,30 @@ impl Site {
     }
 
     pub fn make(&self, generation: u64, scope: Scope, files: &[(&str, &[u8])], encrypted: bool) -> Vec<u8> {
+        self.make_with(generation, scope, files, &[], encrypted)
+    }
+
+    /// [`Site::make`] with paths of the base image to delete.
+    pub fn make_with(
+        &self,
+        generation: u64,
+        scope: Scope,
+        files: &[(&str, &[u8])],
+        deletions: &[&str],
+        encrypted: bool,
+    ) -> Vec<u8> {
+        self.make_sealed(generation, scope, files, deletions, encrypted.then_some(&self.key))
+    }
+
+    /// [`Site::make_with`] sealed for `key` (none: unencrypted).
+    pub fn make_sealed(
+        &self,
+        generation: u64,
+        scope: Scope,
+        files: &[(&str, &[u8])],
+        deletions: &[&str],
+        key: Option<&Key>,
+    ) -> Vec<u8> {
         let tree = tempfile::tempdir().unwrap();
         for (p, data) in files {
             let path = tree.path().join(p);
@@ -351,14 +375,17 @@ impl Site {
             fs::write(path, data).unwrap();
         }
         let opts = PackOptions {
-            key: encrypted.then_some(&self.key),
+            key,
             generation,
             created: 1_760_000_000,
             expires: None,
             scope,
             level: 3,
             threads: 0,
-            deletions: vec![],
+            deletions: deletions
+                .iter()
+                .map(|d| stateless_bundle::RelPath::parse(d.as_bytes(), 4096).unwrap())
+                .collect(),
             limits: Limits::default(),
         };
         let mut out = std::io::Cursor::new(Vec::new());
@@ -406,6 +433,17 @@ impl Node {
     /// Runs the loader with extra environment variables (for example the
     /// debug build's `STATELESS_LOADER_FAULT`).
     pub fn boot_env(&self, cmdline: &str, cache_dir: bool, env: &[(&str, &str)]) -> (i32, String, serde_json::Value) {
+        self.boot_args(cmdline, cache_dir, env, &[])
+    }
+
+    /// Runs the loader with extra arguments (`--usb-device PATH`).
+    pub fn boot_args(
+        &self,
+        cmdline: &str,
+        cache_dir: bool,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> (i32, String, serde_json::Value) {
         let _ = fs::remove_file(self.dir.path().join("run/status.json"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_stateless-loader"));
         cmd.arg("--cmdline")
@@ -417,7 +455,7 @@ impl Node {
         if cache_dir {
             cmd.arg("--cache-dir").arg(self.dir.path().join("cache"));
         }
-        cmd.envs(env.iter().copied());
+        cmd.args(args).envs(env.iter().copied());
         let out: Output = cmd.env("STATELESS_LOG_STDERR", "1").output().unwrap();
         let status = fs::read(self.dir.path().join("run/status.json"))
             .ok()
