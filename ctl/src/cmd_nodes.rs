@@ -93,32 +93,15 @@ fn age(secs: i64) -> String {
     }
 }
 
-/// The groups a report's stack names: its `groups` list, else the group
-/// layers of `layers` (by `target` such as `group rack7` or
-/// `v1/groups/rack7/bundle`).
+/// The groups a report's stack applied: the `group:NAME` targets of its
+/// `layers` (status.json, docs/cmdline.md), in stack order.
 fn report_groups(r: &Value) -> Vec<String> {
-    let strings = |v: &Value| -> Vec<String> {
-        v.as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect()).unwrap_or_default()
-    };
-    if let Some(g) = r.get("groups") {
-        return strings(g);
-    }
-    let mut out = Vec::new();
-    for layer in r.get("layers").and_then(Value::as_array).into_iter().flatten() {
-        let target = layer.get("target").or_else(|| layer.get("scope")).and_then(Value::as_str).unwrap_or("");
-        let name = target
-            .strip_prefix("group ")
-            .or_else(|| target.strip_prefix("group:"))
-            .or_else(|| target.strip_prefix("v1/groups/").and_then(|t| t.strip_suffix("/bundle")));
-        // Or `{"kind": "group", "name": "rack7"}`.
-        let named = (layer.get("kind").and_then(Value::as_str) == Some("group"))
-            .then(|| layer.get("name").and_then(Value::as_str))
-            .flatten();
-        if let Some(n) = name.or(named) {
-            out.push(n.to_owned());
-        }
-    }
-    out
+    r.get("layers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.get("target").and_then(Value::as_str)?.strip_prefix("group:").map(str::to_owned))
+        .collect()
 }
 
 /// The generation a report applied: its own, else its node layer's.
@@ -303,16 +286,16 @@ mod tests {
 
     #[test]
     fn groups_and_generation_from_a_report() {
-        let r = serde_json::json!({"groups": ["rack7", "gpu"], "generation": 9});
-        assert_eq!(report_groups(&r), ["rack7", "gpu"]);
+        let r = serde_json::json!({"generation": 9, "layers": [{"target": "node:n1", "generation": 9}]});
+        assert!(report_groups(&r).is_empty());
         assert_eq!(report_generation(&r), Some(9));
         let r = serde_json::json!({"layers": [
             {"target": "default", "generation": 3},
-            {"target": "group rack7", "generation": 4},
-            {"target": "node n1", "generation": 5}]});
-        assert_eq!(report_groups(&r), ["rack7"]);
+            {"target": "plugin:acme", "generation": 1},
+            {"target": "group:rack7", "generation": 4},
+            {"target": "group:gpu", "generation": 2},
+            {"target": "node:n1", "generation": 5}]});
+        assert_eq!(report_groups(&r), ["rack7", "gpu"]);
         assert_eq!(report_generation(&r), Some(5));
-        let r = serde_json::json!({"layers": [{"kind": "group", "name": "gpu"}, {"kind": "node", "name": "n1"}]});
-        assert_eq!(report_groups(&r), ["gpu"]);
     }
 }
