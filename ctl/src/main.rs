@@ -72,6 +72,7 @@ fn quiet_on_broken_pipe() {
 fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
     match args.command {
         cli::Command::Key(k) => cmd_key::run(k),
+        cli::Command::Tpm(t) => cmd_tpm::run(t),
         cli::Command::Bundle(b) => cmd_bundle::run(b),
         cli::Command::Serve(a) => cmd_server::serve(a),
         cli::Command::Publish(a) => cmd_server::publish(a),
