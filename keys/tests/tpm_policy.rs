@@ -69,6 +69,14 @@ fn a_new_signed_policy_replaces_a_reseal() {
         assert_eq!(tpm.unseal_with(&sealed, &both).unwrap().id(), key.id());
     }
 
+    // A policy for a bank this TPM may not keep is one reason among others,
+    // not the end of the search.
+    let sha384 = SignedPolicy::sign(&signer, Bank::Sha384, vec![(7, vec![1; 48])]).unwrap();
+    let both = labelled(&[("a384.signed", &sha384), ("new.signed", &new)]);
+    assert_eq!(tpm.unseal_with(&sealed, &both).unwrap().id(), key.id());
+    let err = tpm.unseal_with(&sealed, &labelled(&[("a384.signed", &sha384)])).unwrap_err().to_string();
+    assert!(err.starts_with("no signed policy lets the key unseal: a384.signed: "), "{err}");
+
     // A policy for the right PCRs signed by another key: refused.
     let stranger = PolicySigningKey::generate().unwrap();
     let foreign = sign_current(&mut tpm, &stranger, &[7, 9]);

@@ -506,7 +506,16 @@ impl Tpm {
                 reasons.push(format!("{label}: the signature does not verify (file edited or corrupt)"));
                 continue;
             }
-            let now = self.pcr_read(p.bank, &p.pcr_indices())?;
+            let now = match self.pcr_read(p.bank, &p.pcr_indices()) {
+                Ok(now) => now,
+                // A policy for a bank this TPM does not keep does not stop
+                // the others from being tried.
+                Err(TpmError::NoSuchPcr(i)) => {
+                    reasons.push(format!("{label}: the TPM has no PCR {i} in the {} bank", p.bank.name()));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let changed: Vec<u8> =
                 p.pcrs.iter().zip(&now).filter(|((_, want), (_, have))| want != have).map(|((i, _), _)| *i).collect();
             if !changed.is_empty() {
