@@ -21,6 +21,9 @@ pub enum Command {
     /// Make and inspect site keys and publisher signing keys.
     #[command(subcommand)]
     Key(crate::cmd_key::KeyCmd),
+    /// TPM policy signing keys and signed PCR policies (for keys sealed with `key tpm-seal --policy-key`).
+    #[command(subcommand)]
+    Tpm(crate::cmd_tpm::TpmCmd),
     /// Make, inspect, verify and open bundles.
     #[command(subcommand)]
     Bundle(crate::cmd_bundle::BundleCmd),

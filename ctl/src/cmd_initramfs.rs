@@ -11,7 +11,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::Args;
+use sha2::Digest;
 use stateless_keys::cpio::{Archive, pad_to};
+use stateless_keys::tpm::policy::read_signed_policy_file;
+use stateless_keys::tpm::source::POLICY_SUBDIR;
 use stateless_keys::{EMBEDDED_KEY_DIR, PUBLISHER_DIR, SEALED_DIR, read_key_file, read_public_key_file, sealed};
 use zeroize::Zeroizing;
 
@@ -19,11 +22,15 @@ use zeroize::Zeroizing;
 #[derive(Debug, Args)]
 pub struct InitramfsArgs {
     /// Site key to embed at /etc/stateless/keys/<id>.key, mode 0600 (repeatable, for rotation).
-    #[arg(long = "key", value_name = "FILE", required_unless_present_any = ["sealed", "pubkeys"])]
+    #[arg(long = "key", value_name = "FILE", required_unless_present_any = ["sealed", "pubkeys", "policies"])]
     pub keys: Vec<PathBuf>,
     /// TPM-sealed key (from `key tpm-seal`) to embed at /etc/stateless/tpm/<id>.sealed (repeatable).
     #[arg(long = "sealed", value_name = "FILE")]
     pub sealed: Vec<PathBuf>,
+    /// Signed TPM policy (from `tpm sign-policy`) to embed at /etc/stateless/tpm/policies/, for keys sealed
+    /// with `key tpm-seal --policy-key` (repeatable: ship the old and the new policy across an update).
+    #[arg(long = "policy", value_name = "FILE")]
+    pub policies: Vec<PathBuf>,
     /// Publisher public key (from `key pub`) to embed at /etc/stateless/publishers/<signer>.pub (repeatable, for rotation).
     #[arg(long = "pubkey", value_name = "FILE")]
     pub pubkeys: Vec<PathBuf>,
@@ -62,6 +69,28 @@ pub fn run(args: InitramfsArgs) -> anyhow::Result<ExitCode> {
         let obj = sealed::read_sealed_file(path).with_context(|| format!("reading {}", path.display()))?;
         archive.file(&format!("{SEALED_DIR}/{}.sealed", obj.key_id), 0o600, obj.to_text().as_bytes())?;
         ids.push(format!("TPM-sealed key {}", obj.key_id));
+    }
+    // Signed policies are not secret either (0755, 0644). Named by a hash
+    // of their text, so that the same policy given twice is one file and
+    // two different ones never collide.
+    let mut policies: Vec<(String, String)> = Vec::new();
+    for path in &args.policies {
+        let policy = read_signed_policy_file(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = policy.to_text();
+        let name = stateless_bundle::key::hex_encode(sha2::Sha256::digest(text.as_bytes()).get(..8).unwrap_or(&[]));
+        if !policies.iter().any(|(n, _)| *n == name) {
+            policies.push((name, text));
+        }
+    }
+    if !policies.is_empty() {
+        if args.sealed.is_empty() {
+            archive.dir(SEALED_DIR, 0o700)?;
+        }
+        archive.dir(&format!("{SEALED_DIR}/{POLICY_SUBDIR}"), 0o755)?;
+    }
+    for (name, text) in &policies {
+        archive.file(&format!("{SEALED_DIR}/{POLICY_SUBDIR}/{name}.signed"), 0o644, text.as_bytes())?;
+        ids.push(format!("signed TPM policy {name}"));
     }
     // Public keys are not secret: 0755 and 0644, so that a reader in the
     // initramfs needs no privilege and a check of the image sees them.

@@ -1,18 +1,25 @@
 //! `statelessctl key tpm-seal` and `key tpm-check`: seal a site key to this
-//! machine's TPM and PCR values, and check that a sealed key still unseals.
+//! machine's TPM and PCR values (or under a policy signing key), and check
+//! that a sealed key still unseals. `statelessctl tpm new-policy-key` and
+//! `tpm sign-policy`: make a policy signing key and sign PCR policies with
+//! it (signed policies, `docs/keys.md`).
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use clap::Args;
+use clap::{ArgGroup, Args, Subcommand};
 use stateless_keys::read_key_file;
-use stateless_keys::sealed::{Bank, parse_pcr_list, read_sealed_file};
+use stateless_keys::sealed::{Bank, PCR_COUNT, parse_pcr_list, read_sealed_file};
+use stateless_keys::tpm::policy::{
+    PolicySigningKey, SignedPolicy, read_policy_public_file, read_policy_signing_file, read_signed_policy_file,
+};
 use stateless_keys::tpm::{Tpm, TpmSelector};
+use zeroize::Zeroizing;
 
 /// Arguments of `statelessctl key tpm-seal`.
 #[derive(Debug, Args)]
@@ -20,12 +27,16 @@ pub struct SealArgs {
     /// The site key to seal.
     #[arg(long, value_name = "FILE")]
     pub key: PathBuf,
-    /// PCRs whose current values the key is sealed to, e.g. 7 or 0,7.
-    #[arg(long, value_name = "LIST", default_value = "7")]
-    pub pcrs: String,
-    /// PCR bank: sha256, sha1 or sha384.
-    #[arg(long, default_value = "sha256", value_parser = parse_bank)]
-    pub bank: Bank,
+    /// PCRs whose current values the key is sealed to, e.g. 7 or 0,7 (default 7).
+    #[arg(long, value_name = "LIST", conflicts_with = "policy_key")]
+    pub pcrs: Option<String>,
+    /// PCR bank: sha256, sha1 or sha384 (default sha256).
+    #[arg(long, value_parser = parse_bank, conflicts_with = "policy_key")]
+    pub bank: Option<Bank>,
+    /// Seal under this policy public key (from `tpm new-policy-key`) instead of PCR values: the key
+    /// unseals while the PCRs match any policy signed with its private half (`tpm sign-policy`).
+    #[arg(long, value_name = "FILE")]
+    pub policy_key: Option<PathBuf>,
     /// Which TPM: device:/dev/tpmrm0 or swtpm:host=HOST,port=PORT.
     #[arg(long, value_name = "SELECTOR", default_value = "device:/dev/tpmrm0")]
     pub tpm: TpmSelector,
@@ -42,6 +53,9 @@ pub struct SealArgs {
 pub struct CheckArgs {
     /// The sealed key (from `key tpm-seal`).
     pub sealed: PathBuf,
+    /// A signed policy (from `tpm sign-policy`) for a key sealed under a policy key (repeatable).
+    #[arg(long = "policy", value_name = "FILE")]
+    pub policies: Vec<PathBuf>,
     /// Which TPM: device:/dev/tpmrm0 or swtpm:host=HOST,port=PORT.
     #[arg(long, value_name = "SELECTOR", default_value = "device:/dev/tpmrm0")]
     pub tpm: TpmSelector,
@@ -53,34 +67,242 @@ fn parse_bank(s: &str) -> Result<Bank, String> {
 
 pub fn seal(args: SealArgs) -> anyhow::Result<ExitCode> {
     let key = read_key_file(&args.key).context("reading key file")?;
-    let pcrs = parse_pcr_list(&args.pcrs).map_err(|e| anyhow::anyhow!("--pcrs {}: {e}", args.pcrs))?;
+    let policy_key = match &args.policy_key {
+        Some(p) => Some(read_policy_public_file(p).with_context(|| format!("reading {}", p.display()))?),
+        None => None,
+    };
+    let pcr_text = args.pcrs.as_deref().unwrap_or("7");
+    let pcrs = parse_pcr_list(pcr_text).map_err(|e| anyhow::anyhow!("--pcrs {pcr_text}: {e}"))?;
+    let bank = args.bank.unwrap_or(Bank::Sha256);
     if !args.force && fs::symlink_metadata(&args.output).is_ok() {
         bail!("{} exists (use --force to replace it)", args.output.display());
     }
     let mut tpm = Tpm::open(&args.tpm).context("opening the TPM")?;
-    let sealed = tpm.seal(&key, args.bank, &pcrs).context("sealing")?;
-    let tmp = args.output.with_extension(format!("tmp{}", std::process::id()));
+    let sealed = match &policy_key {
+        Some(pk) => tpm.seal_authorized(&key, pk),
+        None => tpm.seal(&key, bank, &pcrs),
+    }
+    .context("sealing")?;
+    write_file(&args.output, 0o600, sealed.to_text().as_bytes())?;
+    match &policy_key {
+        Some(pk) => println!(
+            "key {} sealed under policy key {} -> {}",
+            key.id(),
+            stateless_bundle::key::hex_encode(&pk.name()),
+            args.output.display()
+        ),
+        None => {
+            let list: Vec<String> = pcrs.iter().map(u8::to_string).collect();
+            println!(
+                "key {} sealed to PCR {} ({}) -> {}",
+                key.id(),
+                list.join(","),
+                bank.name(),
+                args.output.display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `data` to `path` with `mode` through a temporary file and a
+/// rename, so that a reader never sees half a file.
+fn write_file(path: &Path, mode: u32, data: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let result = (|| -> std::io::Result<()> {
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-        f.write_all(sealed.to_text().as_bytes())?;
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        f.write_all(data)?;
         f.sync_all()?;
-        fs::rename(&tmp, &args.output)
+        fs::rename(&tmp, path)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result.with_context(|| format!("writing {}", args.output.display()))?;
-    let list: Vec<String> = pcrs.iter().map(u8::to_string).collect();
-    println!("key {} sealed to PCR {} ({}) -> {}", key.id(), list.join(","), args.bank.name(), args.output.display());
-    Ok(ExitCode::SUCCESS)
+    result.with_context(|| format!("writing {}", path.display()))
 }
 
 pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let sealed = read_sealed_file(&args.sealed).with_context(|| format!("reading {}", args.sealed.display()))?;
     let t = Instant::now();
     let mut tpm = Tpm::open(&args.tpm).context("opening the TPM")?;
-    let key = tpm.unseal(&sealed).with_context(|| format!("unsealing key {}", sealed.key_id.short()))?;
+    let mut policies = Vec::new();
+    for p in &args.policies {
+        let policy = read_signed_policy_file(p).with_context(|| format!("reading {}", p.display()))?;
+        policies.push((p.display().to_string(), policy));
+    }
+    let key =
+        tpm.unseal_with(&sealed, &policies).with_context(|| format!("unsealing key {}", sealed.key_id.short()))?;
     // Only the id, never the key.
     println!("key {} unseals ({} ms)", key.id(), t.elapsed().as_millis());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `statelessctl tpm …`
+#[derive(Debug, Subcommand)]
+pub enum TpmCmd {
+    /// Make a policy signing key (ECDSA P-256, mode 0600) and its public half for `key tpm-seal --policy-key`.
+    NewPolicyKey {
+        /// Where to write the policy signing key (keep it offline).
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// Where to write the public half (mode 0644); default: OUTPUT with the extension .pub.
+        #[arg(long, value_name = "FILE")]
+        pub_out: Option<PathBuf>,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Sign a PCR policy: keys sealed under the policy key unseal while these PCRs hold these values.
+    SignPolicy(SignPolicyArgs),
+}
+
+/// Arguments of `statelessctl tpm sign-policy`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("values_from").required(true).args(["values", "current"])))]
+pub struct SignPolicyArgs {
+    /// The policy signing key (from `tpm new-policy-key`).
+    #[arg(long, value_name = "FILE")]
+    pub policy_key: PathBuf,
+    /// The PCRs of the policy, e.g. 7 or 7,9.
+    #[arg(long, value_name = "LIST")]
+    pub pcrs: String,
+    /// PCR values to sign, one `INDEX HEX` per line (`tpm2_pcrread` output works too).
+    #[arg(long, value_name = "FILE")]
+    pub values: Option<PathBuf>,
+    /// Sign the values the TPM (--tpm) holds now.
+    #[arg(long)]
+    pub current: bool,
+    /// PCR bank: sha256, sha1 or sha384.
+    #[arg(long, default_value = "sha256", value_parser = parse_bank)]
+    pub bank: Bank,
+    /// Which TPM, with --current: device:/dev/tpmrm0 or swtpm:host=HOST,port=PORT.
+    #[arg(long, value_name = "SELECTOR", default_value = "device:/dev/tpmrm0")]
+    pub tpm: TpmSelector,
+    /// Where to write the signed policy (mode 0644: it is not secret).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Replace an existing output file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub fn run(cmd: TpmCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        TpmCmd::NewPolicyKey { output, pub_out, force } => {
+            let pub_out = pub_out.unwrap_or_else(|| output.with_extension("pub"));
+            if pub_out == output {
+                bail!("the public half would overwrite {} (give --pub-out)", output.display());
+            }
+            // Check both names first, so that a refusal leaves no half pair.
+            for path in [&output, &pub_out] {
+                if !force && fs::symlink_metadata(path).is_ok() {
+                    bail!("{} exists (use --force to replace it)", path.display());
+                }
+            }
+            let key = PolicySigningKey::generate().context("generating a policy signing key")?;
+            write_file(&output, 0o600, key.to_text().as_bytes())?;
+            write_file(&pub_out, 0o644, key.public().to_text().as_bytes())?;
+            println!(
+                "policy key {} -> {} (keep offline), public {}",
+                stateless_bundle::key::hex_encode(&key.public().name()),
+                output.display(),
+                pub_out.display()
+            );
+        }
+        TpmCmd::SignPolicy(args) => return sign_policy(args),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sign_policy(args: SignPolicyArgs) -> anyhow::Result<ExitCode> {
+    let key =
+        read_policy_signing_file(&args.policy_key).with_context(|| format!("reading {}", args.policy_key.display()))?;
+    let pcrs = parse_pcr_list(&args.pcrs).map_err(|e| anyhow::anyhow!("--pcrs {}: {e}", args.pcrs))?;
+    if !args.force && fs::symlink_metadata(&args.output).is_ok() {
+        bail!("{} exists (use --force to replace it)", args.output.display());
+    }
+    let values = match &args.values {
+        Some(path) => {
+            let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let all = parse_pcr_values(&text, args.bank).with_context(|| format!("reading {}", path.display()))?;
+            let mut out = Vec::new();
+            for p in &pcrs {
+                match all.iter().find(|(i, _)| i == p) {
+                    Some(v) => out.push(v.clone()),
+                    None => bail!("{}: no value for PCR {p}", path.display()),
+                }
+            }
+            out
+        }
+        None => {
+            let mut tpm = Tpm::open(&args.tpm).context("opening the TPM")?;
+            tpm.pcr_read(args.bank, &pcrs).context("reading the PCRs")?
+        }
+    };
+    let signed = SignedPolicy::sign(&key, args.bank, values).context("signing")?;
+    write_file(&args.output, 0o644, signed.to_text().as_bytes())?;
+    println!(
+        "policy {} for PCR {} ({}) signed -> {}",
+        stateless_bundle::key::hex_encode(&signed.policy),
+        args.pcrs,
+        args.bank.name(),
+        args.output.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Parses PCR values, one per line: `7 HEX`, `7: HEX`, `7=HEX` or
+/// `tpm2_pcrread`'s `  7 : 0xHEX`. Blank lines, `#` comments and bank
+/// headers (`sha256:`) are skipped.
+fn parse_pcr_values(text: &str, bank: Bank) -> anyhow::Result<Vec<(u8, Vec<u8>)>> {
+    let mut out: Vec<(u8, Vec<u8>)> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.ends_with(':') {
+            continue;
+        }
+        let Some(split) = line.find(|c: char| c == ':' || c == '=' || c.is_whitespace()) else {
+            bail!("line {}: want INDEX HEX", n + 1);
+        };
+        let (idx, rest) = line.split_at(split);
+        let hex = rest.trim_start_matches(|c: char| c == ':' || c == '=' || c.is_whitespace());
+        let hex = hex.strip_prefix("0x").or_else(|| hex.strip_prefix("0X")).unwrap_or(hex);
+        let idx: u8 = match idx.parse() {
+            Ok(i) if i < PCR_COUNT => i,
+            _ => bail!("line {}: {idx:?} is not a PCR number", n + 1),
+        };
+        let mut v = Zeroizing::new(vec![0u8; bank.digest_len()]);
+        if hex.len() != 2 * bank.digest_len() || !stateless_bundle::key::hex_decode(hex, &mut v) {
+            bail!("line {}: PCR {idx}: not a {} value ({} hex digits)", n + 1, bank.name(), 2 * bank.digest_len());
+        }
+        if out.iter().any(|(i, _)| *i == idx) {
+            bail!("line {}: PCR {idx} given twice", n + 1);
+        }
+        out.push((idx, v.to_vec()));
+    }
+    out.sort_by_key(|(i, _)| *i);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pcr_value_files() {
+        let a = "a".repeat(64);
+        let b = "B".repeat(64);
+        let got = parse_pcr_values(&format!("# x\nsha256:\n  9 : 0x{b}\n7 {a}\n"), Bank::Sha256).unwrap();
+        assert_eq!(got, vec![(7, vec![0xaa; 32]), (9, vec![0xbb; 32])]);
+        assert_eq!(parse_pcr_values(&format!("7={a}"), Bank::Sha256).unwrap().len(), 1);
+        for (bad, want) in [
+            (format!("24 {a}"), "not a PCR number"),
+            ("7 abcd".to_owned(), "not a sha256 value"),
+            (format!("7 {a}\n7 {a}"), "given twice"),
+            ("7".to_owned(), "want INDEX HEX"),
+        ] {
+            let err = parse_pcr_values(&bad, Bank::Sha256).unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
+    }
 }

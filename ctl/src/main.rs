@@ -77,6 +77,7 @@ fn quiet_on_broken_pipe() {
 fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
     match args.command {
         cli::Command::Key(k) => cmd_key::run(k),
+        cli::Command::Tpm(t) => cmd_tpm::run(t),
         cli::Command::Bundle(b) => cmd_bundle::run(b),
         cli::Command::Site(s) => cmd_site::run(s),
         cli::Command::Model(m) => cmd_model::run(m),

@@ -493,3 +493,149 @@ tpm2_createpolicy -Q --policy-pcr -l sha256:0,7 -L policy.bin
     let name = fs::read_to_string(p.join("srk.name")).unwrap();
     assert_eq!(name.trim(), stateless_bundle::key::hex_encode(&sealed.parent_name));
 }
+
+// ---------------------------------------------------------------- signed TPM policies
+
+#[test]
+fn tpm_signed_policies_through_statelessctl() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let swtpm = Swtpm::start();
+    let sel = swtpm.selector();
+    let key = new_key(p, "site.key");
+
+    let out = ok(&["tpm", "new-policy-key", "-o", "policy.sign"], p);
+    assert!(out.starts_with("policy key 000b"), "{out}");
+    assert_eq!(mode(&p.join("policy.sign")), 0o600);
+    assert_eq!(mode(&p.join("policy.pub")), 0o644);
+    let err = fails(&["tpm", "new-policy-key", "-o", "policy.sign"], p);
+    assert!(err.contains("policy.sign exists"), "{err}");
+
+    let out =
+        ok(&["key", "tpm-seal", "--key", "site.key", "--policy-key", "policy.pub", "--tpm", &sel, "-o", "n.sealed"], p);
+    assert!(out.contains("sealed under policy key 000b"), "{out}");
+    let sealed = read_sealed_file(&p.join("n.sealed")).unwrap();
+    assert!(sealed.policy_key.is_some() && sealed.pcrs.is_empty());
+    // --pcrs means sealing to PCR values: not together with a policy key.
+    let o = ctl(&["key", "tpm-seal", "--key", "site.key", "--policy-key", "policy.pub", "--pcrs", "7", "-o", "x"], p);
+    assert_eq!(o.status.code(), Some(2));
+
+    // No policy: one line saying what to do.
+    let err = fails(&["key", "tpm-check", "n.sealed", "--tpm", &sel], p);
+    assert!(err.contains("no signed policy was found (make one with `statelessctl tpm sign-policy`"), "{err}");
+
+    let out = ok(
+        &[
+            "tpm",
+            "sign-policy",
+            "--policy-key",
+            "policy.sign",
+            "--pcrs",
+            "7,9",
+            "--current",
+            "--tpm",
+            &sel,
+            "-o",
+            "a.signed",
+        ],
+        p,
+    );
+    assert!(out.contains("for PCR 7,9 (sha256) signed -> a.signed"), "{out}");
+    let out = ok(&["key", "tpm-check", "n.sealed", "--policy", "a.signed", "--tpm", &sel], p);
+    assert!(out.starts_with(&format!("key {} unseals", key.id())), "{out}");
+
+    // PCR 9 moves: refused, naming the policy file and the PCR.
+    open_tpm(&swtpm).pcr_extend(9, Bank::Sha256, &[9; 32]).unwrap();
+    let err = fails(&["key", "tpm-check", "n.sealed", "--policy", "a.signed", "--tpm", &sel], p);
+    assert!(err.contains("no signed policy lets the key unseal: a.signed: PCR 9 (sha256) differs"), "{err}");
+
+    // The new values, written down offline (tpm2_pcrread's format), signed:
+    // the same sealed file unseals again, no reseal.
+    let script = format!("TPM2TOOLS_TCTI={sel} tpm2_pcrread sha256:7,9 > values.txt");
+    sh(&script, p);
+    ok(
+        &[
+            "tpm",
+            "sign-policy",
+            "--policy-key",
+            "policy.sign",
+            "--pcrs",
+            "7,9",
+            "--values",
+            "values.txt",
+            "-o",
+            "b.signed",
+        ],
+        p,
+    );
+    let out = ok(&["key", "tpm-check", "n.sealed", "--policy", "a.signed", "--policy", "b.signed", "--tpm", &sel], p);
+    assert!(out.starts_with(&format!("key {} unseals", key.id())), "{out}");
+
+    // A policy from another policy key, and a tampered file: refused.
+    ok(&["tpm", "new-policy-key", "-o", "other.sign", "--pub-out", "other.pub"], p);
+    ok(
+        &[
+            "tpm",
+            "sign-policy",
+            "--policy-key",
+            "other.sign",
+            "--pcrs",
+            "7,9",
+            "--current",
+            "--tpm",
+            &sel,
+            "-o",
+            "c.signed",
+        ],
+        p,
+    );
+    let err = fails(&["key", "tpm-check", "n.sealed", "--policy", "c.signed", "--tpm", &sel], p);
+    assert!(err.contains("c.signed: signed by another policy key"), "{err}");
+    let text = fs::read_to_string(p.join("b.signed")).unwrap();
+    let sig = text.lines().find(|l| l.starts_with("signature ")).unwrap();
+    let last = sig.chars().last().unwrap();
+    let tampered = sig[..sig.len() - 1].to_owned() + if last == '0' { "1" } else { "0" };
+    fs::write(p.join("t.signed"), text.replace(sig, &tampered)).unwrap();
+    let err = fails(&["key", "tpm-check", "n.sealed", "--policy", "t.signed", "--tpm", &sel], p);
+    assert!(err.contains("t.signed: the signature does not verify"), "{err}");
+    let err = fails(&["tpm", "sign-policy", "--policy-key", "policy.pub", "--pcrs", "7", "--current", "-o", "x"], p);
+    assert!(err.contains("not a policy signing key file"), "{err}");
+
+    // Into the boot image, beside the sealed key; the key source finds both.
+    fs::write(p.join("in.img"), b"").unwrap();
+    let out = ok(
+        &[
+            "key",
+            "initramfs",
+            "--sealed",
+            "n.sealed",
+            "--policy",
+            "b.signed",
+            "--policy",
+            "b.signed",
+            "--initrd",
+            "in.img",
+            "-o",
+            "out.img",
+        ],
+        p,
+    );
+    assert_eq!(out.matches("signed TPM policy").count(), 1, "{out}");
+    let (entries, _) = read_archives(&fs::read(p.join("out.img")).unwrap()).unwrap();
+    let root = p.join("root");
+    for e in &entries {
+        let path = root.join(&e.name);
+        if e.mode & 0o170_000 == 0o040_000 {
+            fs::create_dir_all(&path).unwrap();
+        } else {
+            fs::write(&path, &e.data).unwrap();
+        }
+    }
+    let policy_files: Vec<_> = fs::read_dir(root.join("etc/stateless/tpm/policies")).unwrap().collect();
+    assert_eq!(policy_files.len(), 1);
+    let src = TpmSource { dir: root.join("etc/stateless/tpm"), selector: sel.parse().unwrap() };
+    match src.lookup(key.id()).unwrap() {
+        Lookup::Found(k) => assert_eq!(k.id(), key.id()),
+        Lookup::Offered(_) => panic!("not found"),
+    }
+}

@@ -16,6 +16,23 @@
 //! private <hex of the TPM2B_PRIVATE of the sealed object>
 //! ```
 //!
+//! A key sealed under a policy signing key (`tpm-seal --policy-key`,
+//! [`crate::tpm::policy`]) has a second format version: no PCR lines (the
+//! PCR values come from signed policies), a `policy-key` line with the name
+//! of the key whose signed policies unseal it, and as `policy` the
+//! TPM2_PolicyAuthorize digest of that name:
+//!
+//! ```text
+//! stateless-sealed-v2
+//! key-id 73d6fb7e07e1ba223b6ba33a50327f0f
+//! parent srk-ecc-p256
+//! parent-name <hex>
+//! policy-key <hex of the policy signing key's point, x then y (P-256)>
+//! policy <hex of the TPM2_PolicyAuthorize policy digest>
+//! public <hex>
+//! private <hex>
+//! ```
+//!
 //! Everything in the file is untrusted until the TPM unseals: the key id is
 //! used only to skip objects a bundle does not need and is checked against
 //! the unsealed key; the PCR values only explain a refusal (the TPM enforces
@@ -31,6 +48,8 @@ use stateless_bundle::key::{hex_decode, hex_encode};
 
 /// First line of a sealed-key file (after comments).
 pub const SEALED_MAGIC: &str = "stateless-sealed-v1";
+/// First line of a sealed-key file whose key unseals under signed policies.
+pub const SEALED_AUTHORIZED_MAGIC: &str = "stateless-sealed-v2";
 /// The only parent this version knows: the SRK made from the template in
 /// [`crate::tpm`] (ECC NIST P-256, AES-128-CFB, owner hierarchy).
 pub const PARENT_SRK_ECC: &str = "srk-ecc-p256";
@@ -162,9 +181,14 @@ pub struct SealedKey {
     pub parent_name: Vec<u8>,
     /// The PCR bank of the policy.
     pub bank: Bank,
-    /// PCR index and the value the key is sealed to, ascending.
+    /// PCR index and the value the key is sealed to, ascending (empty for
+    /// a key sealed under a policy signing key).
     pub pcrs: Vec<(u8, Vec<u8>)>,
-    /// The policy digest (recomputed from `pcrs` when parsing).
+    /// The name of the policy signing key whose signed PCR policies unseal
+    /// this key (TPM2_PolicyAuthorize), or `None` for a key sealed to PCR
+    /// values directly.
+    pub policy_key: Option<crate::tpm::policy::PolicyPublicKey>,
+    /// The policy digest (recomputed from `pcrs` or `policy_key` when parsing).
     pub policy: [u8; 32],
     /// TPM2B_PUBLIC of the sealed object, size prefix included.
     pub public: Vec<u8>,
@@ -233,13 +257,15 @@ impl SealedKey {
             .enumerate()
             .map(|(i, l)| (i + 1, l.trim()))
             .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'));
-        match lines.next() {
-            Some((_, SEALED_MAGIC)) => {}
+        let authorized = match lines.next() {
+            Some((_, SEALED_MAGIC)) => false,
+            Some((_, SEALED_AUTHORIZED_MAGIC)) => true,
             Some((_, l)) if l.starts_with("stateless-sealed-") => {
-                return Err(SealedError::NotSealed("unknown format version (expected stateless-sealed-v1)"));
+                return Err(SealedError::NotSealed("unknown format version (expected stateless-sealed-v1 or -v2)"));
             }
             _ => return Err(SealedError::NotSealed("no stateless-sealed-v1 line")),
-        }
+        };
+        let mut policy_key = None;
         let (mut key_id, mut bank, mut parent, mut policy, mut public, mut private) =
             (None, None, None, None, None, None);
         let mut parent_name: Option<Vec<u8>> = None;
@@ -269,6 +295,19 @@ impl SealedKey {
                         return Err(bad("parent-name: not a SHA-256 name (000b and 64 hex digits)".into()));
                     }
                     parent_name = Some(n);
+                }
+                "policy-key" if authorized => {
+                    once(policy_key.is_some())?;
+                    let mut xy = [0u8; 64];
+                    if value.len() != 128 || !hex_decode(value, &mut xy) {
+                        return Err(bad("policy-key: not a P-256 point (128 hex digits)".into()));
+                    }
+                    let key = crate::tpm::policy::PolicyPublicKey::from_point(&xy)
+                        .map_err(|_| bad("policy-key: not a point on P-256".into()))?;
+                    policy_key = Some(key);
+                }
+                "bank" | "pcr" if authorized => {
+                    return Err(bad(format!("{name}: a key sealed under a policy key has no PCR values of its own")));
                 }
                 "bank" => {
                     once(bank.is_some())?;
@@ -305,8 +344,25 @@ impl SealedKey {
                 other => return Err(bad(format!("unknown field {other:?}"))),
             }
         }
-        let bank = bank.ok_or(SealedError::Missing("bank"))?;
         parent.ok_or(SealedError::Missing("parent"))?;
+        if authorized {
+            let key = policy_key.ok_or(SealedError::Missing("policy-key"))?;
+            let policy = policy.ok_or(SealedError::Missing("policy"))?;
+            if policy != crate::tpm::policy::policy_authorize_digest(&key.name()) {
+                return Err(SealedError::PolicyMismatch);
+            }
+            return Ok(SealedKey {
+                key_id: key_id.ok_or(SealedError::Missing("key-id"))?,
+                parent_name: parent_name.ok_or(SealedError::Missing("parent-name"))?,
+                bank: Bank::Sha256,
+                pcrs: Vec::new(),
+                policy_key: Some(key),
+                policy,
+                public: public.ok_or(SealedError::Missing("public"))?,
+                private: private.ok_or(SealedError::Missing("private"))?,
+            });
+        }
+        let bank = bank.ok_or(SealedError::Missing("bank"))?;
         for (n, idx, hex) in pending_pcrs {
             let mut v = vec![0u8; bank.digest_len()];
             if !hex_decode(hex, &mut v) {
@@ -330,6 +386,7 @@ impl SealedKey {
             parent_name: parent_name.ok_or(SealedError::Missing("parent-name"))?,
             bank,
             pcrs,
+            policy_key: None,
             policy,
             public: public.ok_or(SealedError::Missing("public"))?,
             private: private.ok_or(SealedError::Missing("private"))?,
@@ -343,6 +400,22 @@ impl SealedKey {
 
     /// Serialises to the file text.
     pub fn to_text(&self) -> String {
+        if let Some(key) = &self.policy_key {
+            return format!(
+                "# Stateless Loader TPM-sealed site key {id}, unsealed by signed PCR policies of\n\
+                 # policy key {name}. Only the TPM that sealed it can unseal it, and only while the\n\
+                 # PCRs match a policy that key signed. Not secret, but keep it 0600. See docs/keys.md.\n\
+                 {SEALED_AUTHORIZED_MAGIC}\nkey-id {id}\nparent {PARENT_SRK_ECC}\nparent-name {parent}\n\
+                 policy-key {point}\npolicy {policy}\npublic {public}\nprivate {private}\n",
+                id = self.key_id,
+                name = hex_encode(&key.name()),
+                point = hex_encode(&key.point()),
+                parent = hex_encode(&self.parent_name),
+                policy = hex_encode(&self.policy),
+                public = hex_encode(&self.public),
+                private = hex_encode(&self.private),
+            );
+        }
         let list: Vec<String> = self.pcrs.iter().map(|(i, _)| i.to_string()).collect();
         let mut s = format!(
             "# Stateless Loader TPM-sealed site key {id}, bound to PCR {list} ({bank}).\n\
@@ -385,6 +458,7 @@ mod tests {
             bank: Bank::Sha256,
             policy: policy_pcr_digest(Bank::Sha256, &pcrs),
             pcrs,
+            policy_key: None,
             public: vec![0, 3, 1, 2, 3],
             private: vec![0, 1, 9],
         }
@@ -396,6 +470,37 @@ mod tests {
         let text = s.to_text();
         assert_eq!(SealedKey::parse(text.as_bytes()).unwrap(), s);
         assert!(text.contains("bound to PCR 0,7 (sha256)"), "{text}");
+    }
+
+    #[test]
+    fn authorized_round_trip_and_refusals() {
+        let key = crate::tpm::policy::PolicySigningKey::generate().unwrap().public();
+        let other = crate::tpm::policy::PolicySigningKey::generate().unwrap().public();
+        let s = SealedKey {
+            pcrs: Vec::new(),
+            policy: crate::tpm::policy::policy_authorize_digest(&key.name()),
+            policy_key: Some(key.clone()),
+            ..sample()
+        };
+        let text = s.to_text();
+        assert!(text.contains("stateless-sealed-v2\n"), "{text}");
+        assert_eq!(SealedKey::parse(text.as_bytes()).unwrap(), s);
+        let cases: Vec<(String, &str)> = vec![
+            (text.replace(&hex_encode(&key.point()), &hex_encode(&other.point())), "policy digest does not match"),
+            (text.replace(&hex_encode(&key.point()), &"01".repeat(64)), "not a point on P-256"),
+            (format!("{text}pcr 7 {}\n", "00".repeat(32)), "no PCR values of its own"),
+            (text.replace(&format!("policy-key {}", hex_encode(&key.point())), "policy-key 00"), "128 hex digits"),
+            (
+                text.lines().filter(|l| !l.starts_with("policy-key")).collect::<Vec<_>>().join("\n"),
+                "missing policy-key",
+            ),
+            // A v1 file has no policy-key line.
+            (sample().to_text() + "policy-key 00\n", "unknown field"),
+        ];
+        for (text, want) in cases {
+            let err = SealedKey::parse(text.as_bytes()).unwrap_err().to_string();
+            assert!(err.contains(want), "{err:?} should contain {want:?}");
+        }
     }
 
     #[test]
@@ -412,7 +517,7 @@ mod tests {
         let good = sample().to_text();
         let cases: Vec<(String, &str)> = vec![
             ("hello".into(), "no stateless-sealed-v1"),
-            ("stateless-sealed-v2\n".into(), "unknown format version"),
+            ("stateless-sealed-v3\n".into(), "unknown format version"),
             (good.replace("bank sha256", "bank md5"), "unknown PCR bank"),
             (good.replace("parent srk-ecc-p256", "parent srk-rsa"), "unknown parent"),
             (good.replace("parent-name 000b", "parent-name 0004"), "not a SHA-256 name"),

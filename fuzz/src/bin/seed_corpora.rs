@@ -120,6 +120,7 @@ fn seed_keys(corpus: &Path) {
         bank: Bank::Sha256,
         policy: policy_pcr_digest(Bank::Sha256, &pcrs),
         pcrs,
+        policy_key: None,
         public: [&[0u8, 4][..], &[1, 2, 3, 4]].concat(),
         private: [&[0u8, 2][..], &[9, 9]].concat(),
     };

@@ -32,6 +32,7 @@
 //! or booted with a different firmware configuration or boot chain (PCR 7:
 //! Secure Boot state and keys).
 
+pub mod policy;
 pub mod salt;
 pub mod source;
 pub mod transport;
@@ -47,6 +48,7 @@ pub use transport::{DEFAULT_DEVICE, TpmSelector, Transport};
 use wire::{Auth, Command, Parsed, is_retry, parse_response, rc_text};
 
 use crate::sealed::{Bank, SealedKey, pcr_digest, pcr_selection, policy_pcr_digest};
+use policy::{PolicyPublicKey, SignedPolicy, authorize_hash, policy_authorize_digest};
 
 const CC_CREATE_PRIMARY: u32 = 0x131;
 const CC_CREATE: u32 = 0x153;
@@ -58,6 +60,9 @@ const CC_START_AUTH_SESSION: u32 = 0x176;
 const CC_PCR_READ: u32 = 0x17E;
 const CC_POLICY_PCR: u32 = 0x17F;
 const CC_PCR_EXTEND: u32 = 0x182;
+const CC_LOAD_EXTERNAL: u32 = 0x167;
+const CC_VERIFY_SIGNATURE: u32 = 0x177;
+const CC_POLICY_AUTHORIZE: u32 = 0x16A;
 
 const RH_OWNER: u32 = 0x4000_0001;
 const RH_NULL: u32 = 0x4000_0007;
@@ -149,6 +154,16 @@ pub enum TpmError {
     /// A PCR is not in the TPM's bank.
     #[error("the TPM does not have PCR {0} in that bank")]
     NoSuchPcr(u8),
+    /// The key is sealed under a policy signing key and no signed policy
+    /// let it unseal; each reason names a policy file and why.
+    #[error("{}", no_policy_text(.reasons))]
+    NoSignedPolicy {
+        /// `FILE: why` for each signed policy tried.
+        reasons: Vec<String>,
+    },
+    /// The TPM loaded the policy key under another name than the file's.
+    #[error("the TPM gives the policy key another name than the sealed-key file (corrupt file or not a TPM)")]
+    PolicyKeyName,
     /// The SRK is not the one the key was sealed under.
     #[error(
         "the TPM's storage root key is not the one the key was sealed under (TPM cleared, another TPM, or someone between CPU and TPM)"
@@ -167,6 +182,14 @@ pub enum TpmError {
     },
 }
 
+fn no_policy_text(reasons: &[String]) -> String {
+    if reasons.is_empty() {
+        "the key is sealed under a policy key and no signed policy was found (make one with `statelessctl tpm sign-policy`, see docs/keys.md)".into()
+    } else {
+        format!("no signed policy lets the key unseal: {}", reasons.join("; "))
+    }
+}
+
 fn list(pcrs: &[u8]) -> String {
     pcrs.iter().map(u8::to_string).collect::<Vec<_>>().join(",")
 }
@@ -183,6 +206,9 @@ fn command_name(cc: u32) -> &'static str {
         CC_PCR_READ => "TPM2_PCR_Read",
         CC_POLICY_PCR => "TPM2_PolicyPCR",
         CC_PCR_EXTEND => "TPM2_PCR_Extend",
+        CC_LOAD_EXTERNAL => "TPM2_LoadExternal",
+        CC_VERIFY_SIGNATURE => "TPM2_VerifySignature",
+        CC_POLICY_AUTHORIZE => "TPM2_PolicyAuthorize",
         _ => "TPM command",
     }
 }
@@ -317,6 +343,25 @@ impl Tpm {
     pub fn seal(&mut self, key: &Key, bank: Bank, pcrs: &[u8]) -> Result<SealedKey, TpmError> {
         let values = self.pcr_read(bank, pcrs)?;
         let policy = policy_pcr_digest(bank, &values);
+        self.seal_to(key, bank, values, None, policy)
+    }
+
+    /// Seals `key` under TPM2_PolicyAuthorize with `policy_key`: it unseals
+    /// while the PCRs match any PCR policy the holder of its private half
+    /// signed ([`SignedPolicy`]).
+    pub fn seal_authorized(&mut self, key: &Key, policy_key: &PolicyPublicKey) -> Result<SealedKey, TpmError> {
+        let policy = policy_authorize_digest(&policy_key.name());
+        self.seal_to(key, Bank::Sha256, Vec::new(), Some(policy_key.clone()), policy)
+    }
+
+    fn seal_to(
+        &mut self,
+        key: &Key,
+        bank: Bank,
+        values: Vec<(u8, Vec<u8>)>,
+        policy_key: Option<PolicyPublicKey>,
+        policy: [u8; 32],
+    ) -> Result<SealedKey, TpmError> {
         let srk = self.create_srk()?;
         let mut handles = vec![srk.handle];
         let result = self.create_sealed(&srk, key, &policy, &mut handles).map(|(public, private)| SealedKey {
@@ -324,6 +369,7 @@ impl Tpm {
             parent_name: srk.name.clone(),
             bank,
             pcrs: values,
+            policy_key,
             policy,
             public,
             private,
@@ -426,24 +472,121 @@ impl Tpm {
     }
 
     /// Unseals `sealed`. Fails closed, naming the PCRs that changed, when
-    /// the PCRs no longer hold the sealed values.
+    /// the PCRs no longer hold the sealed values. A key sealed under a
+    /// policy key needs [`Tpm::unseal_with`].
     pub fn unseal(&mut self, sealed: &SealedKey) -> Result<Key, TpmError> {
-        // The TPM enforces the policy; reading the PCRs first only lets the
-        // refusal name what changed.
-        let changed = self.changed_pcrs(sealed)?;
-        if !changed.is_empty() {
-            return Err(TpmError::PcrMismatch { pcrs: changed, bank: sealed.bank.name() });
+        self.unseal_with(sealed, &[])
+    }
+
+    /// Unseals `sealed`; a key sealed under a policy key is tried with each
+    /// of `policies` (a label for the error, the policy) in turn until one
+    /// lets it unseal. When none does, the error names each policy and why:
+    /// signed by another key, a signature that does not verify, the PCRs
+    /// that differ, or what the TPM said.
+    pub fn unseal_with(&mut self, sealed: &SealedKey, policies: &[(String, SignedPolicy)]) -> Result<Key, TpmError> {
+        let Some(policy_key) = &sealed.policy_key else {
+            // The TPM enforces the policy; reading the PCRs first only lets
+            // the refusal name what changed.
+            let changed = self.changed_pcrs(sealed)?;
+            if !changed.is_empty() {
+                return Err(TpmError::PcrMismatch { pcrs: changed, bank: sealed.bank.name() });
+            }
+            return self.unseal_once(sealed, None);
+        };
+        let name = policy_key.name();
+        let mut reasons = Vec::new();
+        for (label, p) in policies {
+            // Checked here only to name the reason: the TPM checks the
+            // signature (TPM2_VerifySignature) and the PCRs itself.
+            if p.key_name != name {
+                reasons.push(format!("{label}: signed by another policy key"));
+                continue;
+            }
+            if !policy_key.verifies(&p.policy, &p.signature) {
+                reasons.push(format!("{label}: the signature does not verify (file edited or corrupt)"));
+                continue;
+            }
+            let now = match self.pcr_read(p.bank, &p.pcr_indices()) {
+                Ok(now) => now,
+                // A policy for a bank this TPM does not keep does not stop
+                // the others from being tried.
+                Err(TpmError::NoSuchPcr(i)) => {
+                    reasons.push(format!("{label}: the TPM has no PCR {i} in the {} bank", p.bank.name()));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let changed: Vec<u8> =
+                p.pcrs.iter().zip(&now).filter(|((_, want), (_, have))| want != have).map(|((i, _), _)| *i).collect();
+            if !changed.is_empty() {
+                reasons.push(format!("{label}: PCR {} ({}) differs", list(&changed), p.bank.name()));
+                continue;
+            }
+            match self.unseal_once(sealed, Some((policy_key, p))) {
+                Ok(key) => return Ok(key),
+                // The TPM refused this policy (a PCR moved in between, or a
+                // TPM that disagrees with our check): try the next one.
+                Err(e @ TpmError::Rc { .. }) => reasons.push(format!("{label}: {e}")),
+                Err(e) => return Err(e),
+            }
         }
+        Err(TpmError::NoSignedPolicy { reasons })
+    }
+
+    fn unseal_once(
+        &mut self,
+        sealed: &SealedKey,
+        authorized: Option<(&PolicyPublicKey, &SignedPolicy)>,
+    ) -> Result<Key, TpmError> {
         let srk = self.create_srk()?;
         let mut handles = vec![srk.handle];
-        let result = self.unseal_under(&srk, sealed, &mut handles);
+        let result = self.unseal_under(&srk, sealed, authorized, &mut handles);
         for h in handles.into_iter().rev() {
             self.flush(h);
         }
         result
     }
 
-    fn unseal_under(&mut self, srk: &Srk, sealed: &SealedKey, handles: &mut Vec<u32>) -> Result<Key, TpmError> {
+    /// TPM2_LoadExternal of the policy key's public half (owner hierarchy:
+    /// a key in the null hierarchy gets only null tickets) and
+    /// TPM2_VerifySignature of the policy's signature: the ticket
+    /// TPM2_PolicyAuthorize takes.
+    fn verify_policy(
+        &mut self,
+        key: &PolicyPublicKey,
+        policy: &SignedPolicy,
+        handles: &mut Vec<u32>,
+    ) -> Result<Vec<u8>, TpmError> {
+        let mut cmd = Command::new(CC_LOAD_EXTERNAL, &[], &[]);
+        cmd.u16(0).tpm2b(&key.public_area()).u32(RH_OWNER);
+        let reply = self.run(&mut cmd, 1)?;
+        let handle = Self::handle(&reply, "TPM2_LoadExternal")?;
+        handles.push(handle);
+        let name =
+            wire::Reader::new(&reply.params).tpm2b().map_err(|_| TpmError::Malformed("TPM2_LoadExternal"))?.to_vec();
+        if name != key.name() {
+            return Err(TpmError::PolicyKeyName);
+        }
+        let mut cmd = Command::new(CC_VERIFY_SIGNATURE, &[handle], &[]);
+        cmd.tpm2b(&authorize_hash(&policy.policy)).bytes(&policy.signature);
+        let reply = self.run(&mut cmd, 0)?;
+        // TPMT_TK_VERIFIED: tag, hierarchy, digest; passed back as it came.
+        let mut r = wire::Reader::new(&reply.params);
+        let malformed = |_| TpmError::Malformed("TPM2_VerifySignature");
+        r.u16().map_err(malformed)?;
+        r.u32().map_err(malformed)?;
+        r.tpm2b().map_err(malformed)?;
+        let used = reply.params.len() - r.rest().len();
+        Ok(reply.params.get(..used).ok_or(TpmError::Malformed("TPM2_VerifySignature"))?.to_vec())
+    }
+
+    fn unseal_under(
+        &mut self,
+        srk: &Srk,
+        sealed: &SealedKey,
+        authorized: Option<(&PolicyPublicKey, &SignedPolicy)>,
+        handles: &mut Vec<u32>,
+    ) -> Result<Key, TpmError> {
         // The salt goes to the SRK: make sure it is the key sealed under.
         if srk.name != sealed.parent_name {
             return Err(TpmError::SrkMismatch);
@@ -461,12 +604,29 @@ impl Tpm {
             Err(e) => return Err(e),
         };
         handles.push(object);
+        let ticket = match authorized {
+            Some((key, policy)) => Some(self.verify_policy(key, policy, handles)?),
+            None => None,
+        };
 
         let (session, session_key, nonce_tpm) = self.salted_session(srk, SE_POLICY, handles)?;
 
+        let (bank, pcrs) = match authorized {
+            Some((_, policy)) => (policy.bank, &policy.pcrs),
+            None => (sealed.bank, &sealed.pcrs),
+        };
+        let indices: Vec<u8> = pcrs.iter().map(|(i, _)| *i).collect();
         let mut cmd = Command::new(CC_POLICY_PCR, &[session], &[]);
-        cmd.tpm2b(&pcr_digest(&sealed.pcrs)).bytes(&pcr_selection(sealed.bank, &sealed.pcr_indices()));
+        cmd.tpm2b(&pcr_digest(pcrs)).bytes(&pcr_selection(bank, &indices));
         self.run(&mut cmd, 0)?;
+        if let (Some((key, policy)), Some(ticket)) = (authorized, ticket) {
+            // The session's digest is now the signed PolicyPCR digest;
+            // PolicyAuthorize replaces it with the object's authPolicy when
+            // the ticket proves that digest was signed by the key.
+            let mut cmd = Command::new(CC_POLICY_AUTHORIZE, &[session], &[]);
+            cmd.tpm2b(&policy.policy).tpm2b(policy::POLICY_REF).tpm2b(&key.name()).bytes(&ticket);
+            self.run(&mut cmd, 0)?;
+        }
 
         // A session with a session key needs the command HMAC:
         // HMAC(sessionKey, cpHash || nonceCaller || nonceTPM || attributes),

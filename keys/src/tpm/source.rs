@@ -1,5 +1,8 @@
 //! The TPM as a key source: sealed-key files in a directory (in the boot
 //! image, `/etc/stateless/tpm/*.sealed`), unsealed by the TPM on demand.
+//! A key sealed under a policy key (`stateless-sealed-v2`) is unsealed with
+//! the signed PCR policies in the `policies/` directory beside the sealed
+//! keys (`/etc/stateless/tpm/policies/*.signed`), tried in name order.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -7,12 +10,17 @@ use std::time::{Duration, Instant};
 use stateless_bundle::error_chain as chain;
 use stateless_bundle::{Key, KeyId};
 
+use super::policy::{SignedPolicy, read_signed_policy_file};
 use super::{Tpm, TpmSelector};
 use crate::sealed::{SealedKey, read_sealed_file};
 use crate::source::{KeySource, KeySourceError, Lookup};
 
 /// Most sealed-key files read from the directory.
 pub const MAX_SEALED_FILES: usize = 64;
+/// Most signed policy files read from the `policies/` directory.
+pub const MAX_POLICY_FILES: usize = 64;
+/// The directory of signed policies, inside the sealed-key directory.
+pub const POLICY_SUBDIR: &str = "policies";
 /// How long to wait for the TPM device node when a sealed key needs it: a
 /// TPM driver built as a module may still be loading this early in boot.
 pub const TPM_DEVICE_WAIT: Duration = Duration::from_secs(2);
@@ -52,6 +60,35 @@ impl TpmSource {
         Ok(out)
     }
 
+    /// The signed policies in `dir/policies/*.signed`, labelled with their
+    /// file names. A file that does not parse is kept as a reason for the
+    /// error (named if no other policy works), not silently dropped.
+    pub fn policies(&self) -> (Vec<(String, SignedPolicy)>, Vec<String>) {
+        let dir = self.dir.join(POLICY_SUBDIR);
+        let mut paths: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd
+                .take(1024)
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "signed"))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        paths.sort();
+        let (mut good, mut bad) = (Vec::new(), Vec::new());
+        for p in paths.into_iter().take(MAX_POLICY_FILES) {
+            let label = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            match read_signed_policy_file(&p) {
+                Ok(policy) => good.push((label, policy)),
+                Err(e) => {
+                    log::warn!("skipping {}: {e}", p.display());
+                    bad.push(format!("{label}: {e}"));
+                }
+            }
+        }
+        (good, bad)
+    }
+
     fn open(&self) -> Result<Tpm, KeySourceError> {
         if let TpmSelector::Device(p) = &self.selector {
             let until = Instant::now() + TPM_DEVICE_WAIT;
@@ -71,8 +108,19 @@ impl TpmSource {
 
     fn unseal(&self, tpm: &mut Tpm, s: &SealedKey) -> Result<Key, KeySourceError> {
         let t = Instant::now();
-        let key =
-            tpm.unseal(s).map_err(|e| KeySourceError::Failed(format!("key {}: {}", s.key_id.short(), chain(&e))))?;
+        let result = if s.policy_key.is_some() {
+            let (policies, unreadable) = self.policies();
+            match tpm.unseal_with(s, &policies) {
+                Err(super::TpmError::NoSignedPolicy { mut reasons }) => {
+                    reasons.extend(unreadable);
+                    Err(super::TpmError::NoSignedPolicy { reasons })
+                }
+                other => other,
+            }
+        } else {
+            tpm.unseal(s)
+        };
+        let key = result.map_err(|e| KeySourceError::Failed(format!("key {}: {}", s.key_id.short(), chain(&e))))?;
         log::debug!("unsealed key {} with {} in {} ms", s.key_id.short(), self.selector, t.elapsed().as_millis());
         Ok(key)
     }
