@@ -164,7 +164,10 @@ fn nft(m: &Model) -> String {
     t.push_str("\t\tct state established,related accept\n\t\tct state invalid drop\n");
     t.push_str("\t\tiif lo accept\n");
     // ICMPv6 carries neighbour discovery: without it IPv6 stops working.
-    t.push_str("\t\tmeta l4proto { icmp, ipv6-icmp } accept\n");
+    // By number (1 ICMP, 58 ICMPv6): nft resolves protocol names through
+    // /etc/protocols, which a minimal base image may not have, and a name
+    // it cannot resolve fails the whole file.
+    t.push_str("\t\tmeta l4proto { 1, 58 } accept # icmp, ipv6-icmp\n");
     for (proto, name) in [(Proto::Tcp, "tcp"), (Proto::Udp, "udp")] {
         let ports: Vec<String> = m
             .firewall()
