@@ -43,8 +43,7 @@ build_loader() {
         return
     fi
     log "building the static loader and statelessctl"
-    (cd "$REPO" && RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release \
-        --target x86_64-unknown-linux-gnu -p stateless-loader -p statelessctl)
+    (cd "$REPO" && static_release_build)
     if [ ! -x "$LOADER" ] || [ ! -x "$CTL" ]; then
         die "cargo built, but $LOADER or $CTL is not there"
     fi
