@@ -93,8 +93,11 @@ xor_byte() {
 # stateless-node (glibc static-pie: the loader runs in an initramfs with no
 # libraries; docs/qemu-notes) in cargo's target directory under
 # x86_64-unknown-linux-gnu/release. One command line for qemu-harness/run and
-# scripts/package, so that one build serves both.
+# scripts/package, so that one build serves both. SOURCE_DATE_EPOCH is kept
+# out: ring's build script reruns when it changes, and with it every crate
+# above ring (a full LTO build of the three binaries), while the binaries
+# do not depend on it.
 static_release_build() {
-    RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release \
+    env -u SOURCE_DATE_EPOCH RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release \
         --target x86_64-unknown-linux-gnu -p stateless-loader -p statelessctl -p stateless-node
 }

@@ -80,14 +80,19 @@ left_over() {
 }
 
 scenario() {
-    local kver dist=$SDIR/dist t0 t1 srv=$SDIR/srv tree=$SDIR/bundle-tree cmdline
+    local kver dist=$WORK/package-dist t0 t1 srv=$SDIR/srv tree=$SDIR/bundle-tree cmdline debs=() f
     trap pkg_cleanup EXIT
     kver=$(kernel_version)
     t0=$(date +%s)
-    log "scripts/package --check (lintian, rpm, reproducibility)"
-    if ! "$REPO/scripts/package" --check --out "$dist" > "$SDIR/package.log" 2>&1; then
-        FAILURES+=("scripts/package --check failed: see $SDIR/package.log")
-        return
+    if [ "${SLTEST_NO_BUILD:-0}" = 1 ] && ls "$dist"/*.deb > /dev/null 2>&1; then
+        log "SLTEST_NO_BUILD=1: using the packages already in $dist"
+    else
+        log "scripts/package --check (lintian, rpm, reproducibility)"
+        rm -rf "$dist"
+        if ! "$REPO/scripts/package" --check --out "$dist" > "$SDIR/package.log" 2>&1; then
+            FAILURES+=("scripts/package --check failed: see $SDIR/package.log")
+            return
+        fi
     fi
     t1=$(date +%s)
     local t_package=$((t1 - t0))
@@ -100,13 +105,15 @@ scenario() {
     mount_root_fs "$kver"
     cp /etc/resolv.conf "$SDIR/root/etc/resolv.conf"
     mkdir -p "$SDIR/root/tmp/dist"
-    cp "$dist"/*.deb "$SDIR/root/tmp/dist/"
+    for f in "$dist"/*.deb; do
+        cp "$f" "$SDIR/root/tmp/dist/"
+        debs+=("/tmp/dist/${f##*/}")
+    done
 
     log "apt-get install of the three .deb files in a clean Debian root"
     t0=$(date +%s)
     if ! in_root apt-get -q update > "$SDIR/apt.log" 2>&1 ||
-        ! in_root apt-get -q -y install /tmp/dist/stateless-loader_*.deb /tmp/dist/statelessctl_*.deb \
-            /tmp/dist/stateless-server_*.deb >> "$SDIR/apt.log" 2>&1; then
+        ! in_root apt-get -q -y install "${debs[@]}" >> "$SDIR/apt.log" 2>&1; then
         FAILURES+=("apt-get install of the packages failed: see $SDIR/apt.log")
         return
     fi
@@ -130,6 +137,17 @@ scenario() {
     t1=$(date +%s)
     local t_dracut=$((t1 - t0))
     cp "$SDIR/root/boot/initrd.img-$kver" "$SDIR/initrd.img"
+    # SLTEST_PACKAGE_GROWTH=1: the same dracut without the module, for the
+    # growth docs/performance.md reports (one more dracut run, so opt-in).
+    if [ "${SLTEST_PACKAGE_GROWTH:-0}" = 1 ]; then
+        in_root dracut --force --kver "$kver" /tmp/initrd-without.img > "$SDIR/dracut-without.log" 2>&1 ||
+            FAILURES+=("dracut without the module failed: see $SDIR/dracut-without.log")
+        local with without
+        with=$(stat -c %s "$SDIR/initrd.img")
+        without=$(stat -c %s "$SDIR/root/tmp/initrd-without.img")
+        log "initramfs: $with bytes with the module, $without without: $((with - without)) bytes more"
+        echo "$with $without" > "$SDIR/growth"
+    fi
     expect "loader in the initramfs" "$(lsinitrd_has "$SDIR/initrd.img" usr/sbin/stateless-loader)" "yes"
 
     # The packaged server, enabled as an admin would, with a bundle the
