@@ -88,3 +88,16 @@ xor_byte() {
     old=$(od -An -tu1 -j "$2" -N1 "$1" | tr -d ' \n')
     printf '%b' "\\0$(printf '%03o' $((old ^ 0xa5)))" | dd of="$1" bs=1 seek="$2" conv=notrunc status=none
 }
+
+# static_release_build: the static release loader, statelessctl and
+# stateless-node (glibc static-pie: the loader runs in an initramfs with no
+# libraries; docs/qemu-notes) in cargo's target directory under
+# x86_64-unknown-linux-gnu/release. One command line for qemu-harness/run and
+# scripts/package, so that one build serves both. SOURCE_DATE_EPOCH is kept
+# out: ring's build script reruns when it changes, and with it every crate
+# above ring (a full LTO build of the three binaries), while the binaries
+# do not depend on it.
+static_release_build() {
+    env -u SOURCE_DATE_EPOCH RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release \
+        --target x86_64-unknown-linux-gnu -p stateless-loader -p statelessctl -p stateless-node
+}

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 
 /// Stateless Loader admin tool: make site keys, publisher keys and configuration bundles.
 #[derive(Debug, Parser)]
-#[command(name = "statelessctl", version, help_expected = true, propagate_version = true)]
+#[command(name = "statelessctl", version = env!("STATELESS_VERSION"), help_expected = true, propagate_version = true)]
 pub struct Cli {
     /// More output (-v info, -vv debug).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -90,6 +90,15 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn version_names_the_commit() {
+        // packaging/build-version.rs: "0.2.0 (commit 1234abcd5678)", or
+        // "(commit unknown)" when built outside a git checkout.
+        let v = Cli::command().render_version();
+        assert!(v.starts_with(concat!("statelessctl ", env!("CARGO_PKG_VERSION"), " (commit ")), "{v}");
+        assert!(v.ends_with(")\n"), "{v}");
     }
 
     #[test]

@@ -24,8 +24,16 @@ mod cmd_tpm;
 mod cmd_usb;
 mod ignition;
 mod logger;
+// scripts/package only: man pages and completions (see that file).
+#[cfg(feature = "gen-docs")]
+#[path = "../../packaging/gen_docs.rs"]
+mod gen_docs;
 
 fn main() -> ExitCode {
+    #[cfg(feature = "gen-docs")]
+    if let Some(code) = gen_docs::generate_if_asked(<cli::Cli as clap::CommandFactory>::command(), "1", true) {
+        return code;
+    }
     quiet_on_broken_pipe();
     let args = cli::Cli::parse();
     logger::init(args.verbose);

@@ -18,13 +18,17 @@ use stateless_loader::{crash, logger, overlay, report};
 
 /// Where the kernel command line is read from in the initramfs.
 const PROC_CMDLINE: &str = "/proc/cmdline";
+// scripts/package only: man pages and completions (see that file).
+#[cfg(feature = "gen-docs")]
+#[path = "../../packaging/gen_docs.rs"]
+mod gen_docs;
 
 /// Fetch, verify and apply this node's configuration bundle before switch-root.
 ///
 /// In the initramfs it takes no arguments; the flags let tests and people on
 /// a workstation run it against a scratch root.
 #[derive(Debug, Parser)]
-#[command(version, about, help_expected = true)]
+#[command(version = VERSION, about, help_expected = true)]
 struct Args {
     /// Kernel command line to use instead of /proc/cmdline
     #[arg(long, value_name = "STRING")]
@@ -68,6 +72,10 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    #[cfg(feature = "gen-docs")]
+    if let Some(code) = gen_docs::generate_if_asked(<Args as clap::CommandFactory>::command(), "8", false) {
+        return code;
+    }
     let args = Args::parse();
     // Info level until the command line says whether to debug.
     // Tests and workstations may also ask through the environment, so that
@@ -153,11 +161,14 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     let report = pipeline::run(&config, &paths);
     // The one line a person reads off the console: on stderr (the console
     // in the initramfs, whatever the kernel's loglevel) and in the kernel log.
-    let line = format!("{}{}", logger::TAG, report.message);
+    // In debug mode it also names the build, so that a photo of the screen
+    // says which loader ran.
+    let message = console_message(&report.message, config.debug);
+    let line = format!("{}{message}", logger::TAG);
     if report.result == "applied" {
-        log::info!("{}", report.message);
+        log::info!("{message}");
     } else {
-        log::error!("{}", report.message);
+        log::error!("{message}");
     }
     if !logger::to_stderr() {
         eprintln!("{line}");
@@ -168,8 +179,18 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(pipeline::exit_code(&report, config.onfail)))
 }
 
+/// The console line: the report's message, and in debug mode the loader's
+/// version and commit after it.
+fn console_message(message: &str, debug: bool) -> String {
+    if debug { format!("{message} [stateless-loader {VERSION}]") } else { message.to_owned() }
+}
+
+/// "0.2.0 (commit 1234abcd5678)", from packaging/build-version.rs.
+const VERSION: &str = env!("STATELESS_VERSION");
+
 /// The parsed configuration at debug level, a few short records.
 fn log_config(args: &Args, config: &Config) {
+    log::debug!("stateless-loader {VERSION}");
     let servers: Vec<&str> = config.servers.iter().map(|t| t.as_str()).collect();
     let cache_dir = args.cache_dir.as_ref().map(|d| d.display().to_string());
     log::debug!(
@@ -240,6 +261,23 @@ mod tests {
             assert_eq!(args.run_dir, PathBuf::from(run_dir));
             assert_eq!(args.cache_dir, cache_dir.map(PathBuf::from));
         }
+    }
+
+    #[test]
+    fn version_names_the_commit() {
+        // "0.2.0 (commit 1234abcd5678)" or "(commit unknown)" outside a checkout.
+        assert!(VERSION.starts_with(concat!(env!("CARGO_PKG_VERSION"), " (commit ")), "{VERSION}");
+        assert!(VERSION.ends_with(')'), "{VERSION}");
+        assert_eq!(Args::command().render_version(), format!("stateless-loader {VERSION}\n"));
+    }
+
+    #[test]
+    fn debug_console_line_names_the_build() {
+        assert_eq!(console_message("applied generation 7", false), "applied generation 7");
+        assert_eq!(
+            console_message("applied generation 7", true),
+            format!("applied generation 7 [stateless-loader {VERSION}]")
+        );
     }
 
     #[test]

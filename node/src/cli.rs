@@ -10,7 +10,7 @@ pub const STATUS_FILE: &str = "/run/stateless/status.json";
 
 /// Stateless Loader node agent: what runs on a booted node (push persisted state, show the boot's status).
 #[derive(Debug, Parser)]
-#[command(name = "stateless-node", version, help_expected = true, propagate_version = true)]
+#[command(name = "stateless-node", version = env!("STATELESS_VERSION"), help_expected = true, propagate_version = true)]
 pub struct Cli {
     /// More output (-v info, -vv debug).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]

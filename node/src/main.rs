@@ -11,8 +11,16 @@ use clap::Parser;
 use stateless_node::cli::Cli;
 
 mod logger;
+// scripts/package only: man pages and completions (see that file).
+#[cfg(feature = "gen-docs")]
+#[path = "../../packaging/gen_docs.rs"]
+mod gen_docs;
 
 fn main() -> ExitCode {
+    #[cfg(feature = "gen-docs")]
+    if let Some(code) = gen_docs::generate_if_asked(<Cli as clap::CommandFactory>::command(), "1", true) {
+        return code;
+    }
     let args = Cli::parse();
     logger::init(args.verbose);
     match stateless_node::run(args) {

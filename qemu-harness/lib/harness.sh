@@ -14,6 +14,9 @@ BOOT_TIMEOUT=${SLTEST_BOOT_TIMEOUT:-300}
 TARGET_DIR=""
 LOADER=""
 CTL=""
+# The debootstrapped Debian root (build_debian_root); the name carries its
+# package set, so a tree cached with an older list is not reused.
+DEBIAN_TREE=$WORK/debian-root-2
 # The guest reaches the host's 127.0.0.1 through QEMU's user-mode gateway.
 HOST_FROM_GUEST=10.0.2.2
 KERNEL=""
@@ -43,8 +46,7 @@ build_loader() {
         return
     fi
     log "building the static loader and statelessctl"
-    (cd "$REPO" && RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release \
-        --target x86_64-unknown-linux-gnu -p stateless-loader -p statelessctl)
+    (cd "$REPO" && static_release_build)
     if [ ! -x "$LOADER" ] || [ ! -x "$CTL" ]; then
         die "cargo built, but $LOADER or $CTL is not there"
     fi
@@ -135,12 +137,10 @@ build_root() {
 }
 
 # A real Debian root (debootstrap from Debian's archive, cached in
-# $WORK/debian-root between runs) with systemd, as an ext4 image with a
+# $DEBIAN_TREE between runs) with systemd, as an ext4 image with a
 # report unit that prints SLTEST-* lines and powers off.
 build_debian_root() {
-    # The tree's name carries the package set: a cached tree made with an
-    # older list is not reused.
-    local tree=$WORK/debian-root-2 img=$WORK/debian.img stamp kver
+    local tree=$DEBIAN_TREE img=$WORK/debian.img stamp kver
     kver=$(kernel_version)
     if [ ! -d "$tree" ]; then
         log "debootstrap of Debian bookworm with systemd (cached for later runs; a few minutes)"
