@@ -22,6 +22,7 @@ pub mod cache;
 pub mod cmdline;
 pub mod crash;
 pub mod dns;
+pub mod entropy;
 pub mod error;
 pub mod fetch;
 pub mod guard;

@@ -9,12 +9,13 @@ use std::fs;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
 use stateless_loader::cmdline::{Config, OnFail};
 use stateless_loader::pipeline::{self, Paths};
-use stateless_loader::{crash, logger, overlay, report};
+use stateless_loader::{crash, entropy, logger, overlay, report};
 
 /// Where the kernel command line is read from in the initramfs.
 const PROC_CMDLINE: &str = "/proc/cmdline";
@@ -132,6 +133,10 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         log::warn!("{warning}");
     }
     log_config(&args, &config);
+    // Before anything takes random bytes (see entropy.rs).
+    if let Some(waited) = entropy::wait_for_pool().filter(|d| *d > Duration::from_millis(100)) {
+        log::info!("waited {} ms for the kernel's random pool", waited.as_millis());
+    }
     let paths = Paths {
         sysroot: args.sysroot.clone(),
         run_dir: args.run_dir.clone(),

@@ -24,7 +24,7 @@ scenario() {
     local media=$SDIR/media
     make_bundle "$media/v1/nodes/$NODE_UUID/bundle" 9 "usb media generation 9" --key "$WORK/site/site.key"
     mcopy -s -i "$SDIR/usb.img" "$media/v1" ::/
-    cmdline="$(base_cmdline) root=/dev/vda ro rd.skipfsck rd.stateless.overlay=1 rd.stateless.server=media:STATELESS loglevel=8"
+    cmdline="$(base_cmdline) root=/dev/vda ro rd.skipfsck rd.stateless.overlay=1 rd.stateless.server=media:STATELESS"
     boot boot2-media -kernel "$KERNEL" -initrd "$WORK/initrd-shell.img" -append "$cmdline" \
         -drive "file=$WORK/root.img,format=raw,if=virtio,snapshot=on" -nic none \
         -drive "if=none,id=stick,format=raw,file=$SDIR/usb.img" -device qemu-xhci -device usb-storage,drive=stick
