@@ -354,6 +354,8 @@ fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, Failure> {
         None => fetch_from_servers(ctx),
     };
     ctx.stage("fetch+verify", t);
+    // Local media count as the node's server in every other respect.
+    let origin: &'static str = if ctx.config.media.is_some() { "media" } else { "server" };
     let network = match fetched {
         Ok(FetchResult::Stack { layers, url }) => {
             let stored: Vec<stack::StoredLayer> = layers.iter().map(stack::StoredLayer::of).collect();
@@ -366,7 +368,7 @@ fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, Failure> {
             }
             match applied {
                 Ok(reports) => {
-                    ctx.report.source = "server";
+                    ctx.report.source = origin;
                     ctx.report.server = Some(url.clone());
                     ctx.report.fetched = Some(now());
                     let summary = stack::describe(&reports);
@@ -393,7 +395,7 @@ fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, Failure> {
             }
         }
         Ok(FetchResult::Fresh { ready, staging, url, download }) => {
-            let applied = crash::catch(|| apply_staged(ctx, &ready, staging, "server", &url))
+            let applied = crash::catch(|| apply_staged(ctx, &ready, staging, origin, &url))
                 .unwrap_or_else(|p| Err(Refusal::Internal(p.0)));
             let network = match applied {
                 Ok(()) => {
@@ -1022,7 +1024,7 @@ fn apply_staged(
         target: ready.target.clone().unwrap_or_else(|| ready.header.scope.to_string()),
         generation: ready.header.generation,
         digest: ready.digest.clone(),
-        source: stack::layer_source(source, from),
+        source: stack::layer_source(source),
         from: from.to_owned(),
         signer: ready.signer.map(|s| s.to_string()),
     }];

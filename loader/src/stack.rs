@@ -638,7 +638,7 @@ pub(super) fn apply_stack(ctx: &mut Ctx<'_>, layers: Vec<Layer>) -> Result<Vec<L
             target: l.target.key(),
             generation: l.ready.header.generation,
             digest: l.ready.digest.clone(),
-            source: layer_source(l.source, &l.from),
+            source: layer_source(l.source),
             from: l.from.clone(),
             signer: l.ready.signer.map(|s| s.to_string()),
         });
@@ -831,8 +831,10 @@ pub(super) fn boot_cached(ctx: &mut Ctx<'_>, cache: &Cache, notes: &mut Vec<Stri
 
 /// A layer's `source` in `status.json`: the URL or media file it was read
 /// from, or the cache slot.
-pub(super) fn layer_source(source: &str, from: &str) -> String {
-    if source.starts_with("cache") { source.to_owned() } else { from.to_owned() }
+/// A layer's `source` in status.json: where it was read (`server`,
+/// `media`, `cache-current`, `cache-previous`); its URL or file is `from`.
+pub(super) fn layer_source(source: &str) -> String {
+    source.to_owned()
 }
 
 /// `default 3, group rack7 5, node node42 7`.

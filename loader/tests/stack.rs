@@ -112,11 +112,7 @@ fn layer_list(status: &serde_json::Value) -> Vec<(String, u64, String)> {
             (
                 l["target"].as_str().unwrap().to_owned(),
                 l["generation"].as_u64().unwrap(),
-                match l["source"].as_str().unwrap() {
-                    url if url.starts_with("http://127.0.0.1:") => "server".to_owned(),
-                    file if file.ends_with("/bundle") => "media".to_owned(),
-                    other => other.to_owned(),
-                },
+                l["source"].as_str().unwrap().to_owned(),
             )
         })
         .collect()
@@ -148,7 +144,7 @@ fn a_three_layer_stack_overrides_and_deletes_across_layers() {
     for l in status["layers"].as_array().unwrap() {
         assert_eq!(l["digest"].as_str().unwrap().len(), 64, "{status}");
         assert!(l["from"].as_str().unwrap().starts_with("http://127.0.0.1:"), "{status}");
-        assert_eq!(l["source"], l["from"], "a fetched layer's source is its URL: {status}");
+        assert_eq!(l["source"], "server", "a fetched layer's source is the word, its URL is from: {status}");
     }
     assert_eq!(status["source"], "server");
     assert!(err.contains("applied a stack of 3 layers (default 1, group rack7 2, node node42 3)"), "{err}");
@@ -735,6 +731,7 @@ fn an_air_gapped_node_boots_its_stack_from_labelled_media() {
     assert_eq!(node.read("etc/motd").as_deref(), Some("from media\n"));
     assert_eq!(node.read("etc/a").as_deref(), Some("rack7 a\n"));
     assert_eq!(layers_of(&status), ["default@1/media", "group:rack7@2/media", "node:node42@3/media"]);
+    assert_eq!(status["source"], "media", "{status}");
     assert!(err.contains(&format!("from media:{label}")), "{err}");
     // The stack is cached like a fetched one, and the media is unmounted.
     assert!(node.dir.path().join("cache/current.stack.json").exists());
