@@ -67,6 +67,7 @@ fn payload_key_for(key: &Key, salt: [u8; 32]) -> PayloadKey {
         generation: 0,
         created: 0,
         expires: None,
+        kind: stateless_bundle::PayloadKind::TarZstd,
         payload_len: stream::encrypted_len(0),
         expanded_len: 0,
         entry_count: 0,
