@@ -82,7 +82,21 @@ pub struct LoopDevice {
 
 /// Binds `backing` (open read-only) to a free loop device, read-only.
 pub fn attach_read_only(backing: &File, dev_dir: &std::path::Path) -> io::Result<LoopDevice> {
-    let control = OpenOptions::new().read(true).write(true).open(dev_dir.join("loop-control"))?;
+    let control_path = dev_dir.join("loop-control");
+    if control_path.symlink_metadata().is_err() {
+        // With loop built as a module and not loaded yet, devtmpfs has no
+        // node for it (systemd makes these "static nodes"; a shell-init
+        // initramfs may not). Opening the node, misc 10:237, makes the
+        // kernel load the module (alias char-major-10-237).
+        let _ = rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &control_path,
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            rustix::fs::makedev(10, 237),
+        );
+    }
+    let control = OpenOptions::new().read(true).write(true).open(&control_path)?;
     // A device found free can be taken by someone else before we bind it
     // (EBUSY): ask again, a few times.
     let mut last = io::Error::from(io::ErrorKind::ResourceBusy);
