@@ -1016,6 +1016,7 @@ fn apply_staged(
     if let Some(image) = &ready.image {
         crate::image::stack_images(&ctx.paths.sysroot, &ctx.paths.run_dir, &[image.mount.as_path()])?;
         image.keep();
+        ctx.stage("mount images", t);
     }
     // `.stateless/` is never written into the root, from any bundle.
     let res = stack::strip_meta(&staging).and_then(|()| {

@@ -385,6 +385,7 @@ fn a_single_image_bundle_site_mounts_its_image() {
     assert_eq!(node.read("etc/single").as_deref(), Some("single image\n"));
     assert_eq!(node.read("etc/base").as_deref(), Some("from the image\n"));
     assert_eq!(status["generation"], 5, "{status}");
+    assert!(status["timings_ms"].to_string().contains("mount images"), "{status}");
     assert_eq!(erofs_mounts(&node.dir.path().join("run")).len(), 1);
 }
 
