@@ -402,6 +402,7 @@ fn base_header(key: Option<&Key>) -> Header {
         generation: 7,
         created: CREATED,
         expires: None,
+        kind: stateless_bundle::PayloadKind::TarZstd,
         payload_len: 0,
         expanded_len: 0,
         entry_count: 0,
@@ -858,13 +859,13 @@ fn vectors() -> Vec<Vector> {
             "truncated: bundle is 200 bytes, shorter than the 320-byte header",
             "the file ends inside the header",
         ));
-        let bytes = small.patched(|h| h[206] = 1);
+        let bytes = small.patched(|h| h[207] = 1);
         v.push(Vector::err(
             "header_reserved_nonzero",
             bytes,
             Some(&key),
             "malformed header: reserved bytes are not zero",
-            "reserved byte 206 is 1, tag valid",
+            "reserved byte 207 is 1, tag valid (byte 206 is the payload kind)",
         ));
         let bytes = small.patched(|h| h[287] = 0x80);
         v.push(Vector::err(
@@ -1946,7 +1947,151 @@ fn vectors() -> Vec<Vector> {
             .pubkey(sk.public_key()),
         );
     }
+    image_vectors(&mut v);
     v
+}
+
+/// A stand-in EROFS image: noise with the superblock magic at byte 1024.
+/// The reader checks the magic and the bytes, never the file system (the
+/// kernel does that when the loader mounts it), so noise is enough here.
+fn fake_image(len: usize, seed: u64) -> Vec<u8> {
+    let mut img = noise(len, seed);
+    img[1024..1028].copy_from_slice(&0xE0F5_E1E2u32.to_le_bytes());
+    img
+}
+
+impl Bundle {
+    /// A bundle of payload kind 1: `image` stored whole (encrypted when
+    /// `key` is given).
+    fn image(key: Option<&Key>, image: &[u8]) -> Bundle {
+        let mut header = base_header(key);
+        header.kind = stateless_bundle::PayloadKind::ErofsImage;
+        header.expanded_len = image.len() as u64;
+        header.entry_count = 0;
+        let payload = match key {
+            None => image.to_vec(),
+            Some(k) => {
+                header.payload_len = encrypted_len(image.len() as u64);
+                encrypt(&payload_key(&header, k), image)
+            }
+        };
+        let mut b = Bundle { key: key.cloned(), header, payload };
+        b.seal_payload();
+        b
+    }
+}
+
+/// The listing of an image bundle: one line naming the image's SHA-256.
+fn image_listing(image: &[u8]) -> Vec<String> {
+    vec![format!("image {}", sha_hex(image))]
+}
+
+fn image_vectors(v: &mut Vec<Vector>) {
+    let k = || Key::generate().unwrap();
+    // One chunk and a bit: the image crosses a chunk boundary.
+    let img = fake_image(CHUNK_SIZE + 3000, 0x1e5);
+    {
+        let key = k();
+        let b = Bundle::image(Some(&key), &img);
+        let h = b.header_bytes();
+        assert_eq!((h[11], h[206], h[207]), (0, 1, 0), "image kind bytes");
+        v.push(Vector::ok(
+            "ok_image",
+            &b,
+            image_listing(&img),
+            "payload kind 1 (EROFS image), encrypted: the decrypted image is written out whole",
+        ));
+        let bytes = b.patched(|h| h[206] = 2);
+        v.push(Vector::err(
+            "header_unknown_payload_kind",
+            bytes,
+            Some(&key),
+            "unknown payload kind 2",
+            "payload kind byte 206 is 2, which no reader knows; tag valid",
+        ));
+        let bytes = b.patched(|h| h[11] = 1);
+        v.push(Vector::err(
+            "header_image_compressed",
+            bytes,
+            Some(&key),
+            "malformed header: an image payload has compression 0 (none)",
+            "payload kind 1 with compression byte 1 (zstd); tag valid",
+        ));
+        let bytes = b.patched(|h| h[107] = 1);
+        v.push(Vector::err(
+            "header_image_entry_count",
+            bytes,
+            Some(&key),
+            "malformed header: an image payload has entry count 0",
+            "payload kind 1 with entry count 1; tag valid",
+        ));
+        v.push(
+            Vector::err(
+                "limit_image_declared",
+                b.bytes(),
+                Some(&key),
+                format!("bundle expanded size of {} bytes is over the limit of {} bytes", img.len(), img.len() - 1),
+                "the image is one byte over max_expanded: refused from the header, before any byte is written",
+            )
+            .limits(&[("max_expanded", img.len() as u64 - 1)]),
+        );
+        let mut t = b.clone();
+        t.payload[ENCRYPTED_CHUNK_SIZE + 77] ^= 0x01;
+        t.seal_payload();
+        v.push(Vector::err(
+            "image_tampered",
+            t.bytes(),
+            Some(&key),
+            "authentication failed in chunk 1: the payload was modified or is corrupt",
+            "one ciphertext bit of the image flipped in chunk 1; header tag valid: never written out as a whole",
+        ));
+    }
+    {
+        let key = k();
+        let sk = SigningKey::generate().unwrap();
+        let b = Bundle::image(Some(&key), &img).signed(&sk);
+        v.push(
+            Vector::ok(
+                "ok_image_signed",
+                &b,
+                image_listing(&img),
+                "an encrypted image bundle signed by the publisher; the reader requires the signature",
+            )
+            .pubkey(sk.public_key()),
+        );
+        let b = Bundle::image(None, &img);
+        v.push(Vector::ok("ok_image_unencrypted", &b, image_listing(&img), "an unencrypted image bundle"));
+    }
+    {
+        let key = k();
+        let mut not_erofs = img.clone();
+        not_erofs[1024] ^= 0xff;
+        v.push(Vector::err(
+            "image_not_erofs",
+            Bundle::image(Some(&key), &not_erofs).bytes(),
+            Some(&key),
+            "the image is not EROFS (no superblock magic at byte 1024)",
+            "payload kind 1, authenticates, but byte 1024 does not start the EROFS magic",
+        ));
+        let mut b = Bundle::image(Some(&key), &img);
+        b.header.expanded_len += 1;
+        v.push(Vector::err(
+            "image_length_short",
+            b.bytes(),
+            Some(&key),
+            format!("the image is {} bytes, the header says {}", img.len(), img.len() + 1),
+            "the header declares one byte more than the image holds",
+        ));
+        let mut b = Bundle::image(Some(&key), &img);
+        b.header.expanded_len -= 1;
+        v.push(Vector::err(
+            "image_length_long",
+            b.bytes(),
+            Some(&key),
+            format!("the image is longer than the header's {} bytes", img.len() - 1),
+            "the header declares one byte less than the image holds: the reader stops writing at the declared size",
+        ));
+    }
 }
 
 /// A bundle written by `pack` from a real directory, and its expected listing.

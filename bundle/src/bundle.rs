@@ -23,7 +23,7 @@ use crate::archive::{TreeError, TreeSummary, write_tree};
 use crate::decode::{decode_parallel, decoder_count};
 use crate::extract::{ExtractError, ExtractOptions, ExtractSummary, extract};
 use crate::frame::{FRAME_SIZE, FrameWriter};
-use crate::header::{Cipher, HEADER_LEN, Header, HeaderError, RawHeader, SALT_LEN, Scope};
+use crate::header::{Cipher, HEADER_LEN, Header, HeaderError, PayloadKind, RawHeader, SALT_LEN, Scope};
 use crate::io::{CountWriter, HashWriter, LimitExceeded, LimitReader, read_full};
 use crate::key::{Key, KeyId, hex_encode};
 use crate::limits::{Limits, ZSTD_WINDOW_LOG_MAX};
@@ -111,7 +111,7 @@ pub enum PackError {
     },
 }
 
-fn pio(context: &'static str) -> impl FnOnce(io::Error) -> PackError {
+pub(crate) fn pio(context: &'static str) -> impl FnOnce(io::Error) -> PackError {
     move |err| PackError::Io { context, err }
 }
 
@@ -173,6 +173,7 @@ fn pack_with<W: Write + Seek>(
         payload_len: 0,
         expanded_len: 0,
         entry_count: 0,
+        kind: PayloadKind::TarZstd,
         scope: opts.scope.clone(),
         payload_sha256: [0; 32],
         signature: None,
@@ -283,6 +284,13 @@ pub enum OpenError {
     /// The tar stream broke a rule.
     #[error(transparent)]
     Extract(ExtractError),
+    /// The payload is not a tar stream (an image is written out whole with
+    /// `Authenticated::write_image`, never extracted entry by entry).
+    #[error("the payload is an {} payload, not a tar stream: it is mounted, not extracted", .0.name())]
+    NotTar(PayloadKind),
+    /// The payload is not an image (`write_image` on a tar bundle).
+    #[error("the payload is a {} payload, not an image", .0.name())]
+    NotImage(PayloadKind),
     /// Reading the input failed.
     #[error("reading bundle")]
     Io(#[source] io::Error),
@@ -342,13 +350,13 @@ impl<R: Read> BundleReader<R> {
 /// A bundle whose header authenticated; the payload is still unread.
 #[derive(Debug)]
 pub struct Authenticated<R> {
-    inner: R,
-    raw: RawHeader,
-    header: Header,
-    payload_key: Option<PayloadKey>,
+    pub(crate) inner: R,
+    pub(crate) raw: RawHeader,
+    pub(crate) header: Header,
+    pub(crate) payload_key: Option<PayloadKey>,
     limits: Limits,
     /// Set by `require_signature`: the payload digest must then match.
-    signer: Option<SignerId>,
+    pub(crate) signer: Option<SignerId>,
     /// Set by `cancel_on`.
     cancel: Option<Arc<AtomicBool>>,
 }
@@ -417,6 +425,9 @@ impl<R: Read + Send> Authenticated<R> {
     /// checks that the input ends exactly where the header says. On error,
     /// whatever was written to `dest` must be discarded.
     pub fn extract(mut self, opts: OpenOptions<'_>) -> Result<OpenSummary, OpenError> {
+        if self.header.kind != PayloadKind::TarZstd {
+            return Err(OpenError::NotTar(self.header.kind));
+        }
         // An encrypted, unsigned bundle is authenticated chunk by chunk and
         // need not be hashed: the fast path stays free of SHA-256. (A
         // required signature implies a signed header.)
@@ -455,11 +466,11 @@ impl<R: Read + Send> Authenticated<R> {
 
 /// The payload bytes: exactly `remaining` bytes of the input, hashed when
 /// the digest must be checked.
-struct PayloadSource<'a, R> {
-    inner: &'a mut R,
-    remaining: u64,
-    got: u64,
-    hasher: Option<Sha256>,
+pub(crate) struct PayloadSource<'a, R> {
+    pub(crate) inner: &'a mut R,
+    pub(crate) remaining: u64,
+    pub(crate) got: u64,
+    pub(crate) hasher: Option<Sha256>,
 }
 
 impl<R: Read> Read for PayloadSource<'_, R> {
@@ -547,7 +558,7 @@ fn run_payload<R: Read + Send>(
 /// The zstd stream: the payload decrypted (when encrypted). zstd reads
 /// straight from the decrypted chunk (StreamReader is BufRead); only the
 /// unencrypted payload needs a buffer of its own.
-fn plain_reader<'s, R: Read + Send>(
+pub(crate) fn plain_reader<'s, R: Read + Send>(
     src: &'s mut PayloadSource<'_, R>,
     payload_key: Option<&'s PayloadKey>,
     payload_len: u64,

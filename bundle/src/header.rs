@@ -7,7 +7,7 @@
 //! | 0   | 8  | magic `STLSBNDL` |
 //! | 8   | 2  | format version (1) |
 //! | 10  | 1  | cipher: 0 none, 1 AES-256-GCM STREAM |
-//! | 11  | 1  | compression: 1 zstd |
+//! | 11  | 1  | compression: 1 zstd (tar payload), 0 none (image payload) |
 //! | 12  | 4  | flags: bit 0 = signed; other bits zero |
 //! | 16  | 16 | key id (zero when unencrypted) |
 //! | 32  | 32 | salt |
@@ -21,7 +21,8 @@
 //! | 109 | 1  | scope name length |
 //! | 110 | 64 | scope name, zero padded |
 //! | 174 | 32 | SHA-256 of the payload |
-//! | 206 | 2  | reserved, zero |
+//! | 206 | 1  | payload kind: 0 tar+zstd, 1 EROFS image |
+//! | 207 | 1  | reserved, zero |
 //! | 208 | 8  | signer: publisher signer id (zero when unsigned) |
 //! | 216 | 64 | signature: Ed25519 over bytes 0..208 (zero when unsigned) |
 //! | 280 | 8  | reserved, zero |
@@ -87,6 +88,48 @@ impl Cipher {
         match self {
             Cipher::None => "none",
             Cipher::Aes256GcmStream => "aes-256-gcm-stream",
+        }
+    }
+}
+
+/// What the payload holds once decrypted (header byte 206).
+///
+/// Byte 206 was reserved and zero in every bundle written before image
+/// payloads existed, so a tar bundle is byte-for-byte what it was; a reader
+/// from before this kind refuses an image bundle ("reserved bytes are not
+/// zero"), and this reader refuses any kind it does not know by number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PayloadKind {
+    /// A tar stream compressed with zstd, extracted file by file.
+    #[default]
+    TarZstd,
+    /// An EROFS file system image, stored as is (it compresses its own
+    /// blocks): mounted read-only as an overlay lower layer, never
+    /// extracted by the loader.
+    ErofsImage,
+}
+
+impl PayloadKind {
+    fn code(self) -> u8 {
+        match self {
+            PayloadKind::TarZstd => 0,
+            PayloadKind::ErofsImage => 1,
+        }
+    }
+
+    /// The compression byte (offset 11) this kind requires.
+    fn compression(self) -> u8 {
+        match self {
+            PayloadKind::TarZstd => 1,
+            PayloadKind::ErofsImage => 0,
+        }
+    }
+
+    /// The name used in `inspect` output and docs.
+    pub fn name(self) -> &'static str {
+        match self {
+            PayloadKind::TarZstd => "tar+zstd",
+            PayloadKind::ErofsImage => "erofs-image",
         }
     }
 }
@@ -171,11 +214,13 @@ pub struct Header {
     pub created: i64,
     /// Expiry, Unix seconds.
     pub expires: Option<i64>,
+    /// What the payload holds.
+    pub kind: PayloadKind,
     /// Bytes of payload after the header.
     pub payload_len: u64,
-    /// Bytes of the decompressed tar stream.
+    /// Bytes of the decompressed tar stream, or of the image.
     pub expanded_len: u64,
-    /// Number of tar entries.
+    /// Number of tar entries (0 for an image).
     pub entry_count: u32,
     /// Which nodes the bundle is for.
     pub scope: Scope,
@@ -230,7 +275,7 @@ impl Header {
         let mut w = Writer { buf: &mut fields, pos: 0 };
         w.put(MAGIC);
         w.put(&FORMAT_VERSION.to_be_bytes());
-        w.put(&[self.cipher.code(), 1]);
+        w.put(&[self.cipher.code(), self.kind.compression()]);
         let flags = if self.signature.is_some() { FLAG_SIGNED } else { 0 };
         w.put(&flags.to_be_bytes());
         w.put(&self.key_id.0);
@@ -255,8 +300,11 @@ impl Header {
         let mut padded = [0u8; MAX_SCOPE_NAME_LEN];
         padded.get_mut(..name.len()).ok_or(HeaderError::BadScope("name too long"))?.copy_from_slice(name.as_bytes());
         w.put(&padded);
+        if self.kind == PayloadKind::ErofsImage && self.entry_count != 0 {
+            return Err(HeaderError::BadField("an image payload has entry count 0"));
+        }
         w.put(&self.payload_sha256);
-        w.put(&[0, 0]);
+        w.put(&[self.kind.code(), 0]);
         match &self.signature {
             Some(s) => {
                 w.put(&s.signer);
@@ -308,8 +356,18 @@ impl RawHeader {
             1 => Cipher::Aes256GcmStream,
             other => return Err(HeaderError::UnknownCipher(other)),
         };
-        if compression != 1 {
-            return Err(HeaderError::UnknownCompression(compression));
+        // Byte 206 decides how byte 11 is read, so look at it first: an
+        // unknown kind is named as such rather than as a compression.
+        let payload_kind = match b.get(206).copied().unwrap_or(0) {
+            0 => PayloadKind::TarZstd,
+            1 => PayloadKind::ErofsImage,
+            other => return Err(HeaderError::UnknownPayloadKind(other)),
+        };
+        if compression != payload_kind.compression() {
+            return Err(match payload_kind {
+                PayloadKind::TarZstd => HeaderError::UnknownCompression(compression),
+                PayloadKind::ErofsImage => HeaderError::BadField("an image payload has compression 0 (none)"),
+            });
         }
         let flags = u32::from_be_bytes(r.take());
         if flags & !FLAG_SIGNED != 0 {
@@ -356,11 +414,11 @@ impl RawHeader {
             _ => return Err(HeaderError::BadScope("unknown scope kind")),
         };
         let payload_sha256 = r.take::<32>();
-        let reserved_a = r.take::<2>();
+        let [_kind, reserved_a] = r.take::<2>();
         let signer = r.take::<8>();
         let signature = r.take::<64>();
         let reserved_b = r.take::<8>();
-        if reserved_a != [0; 2] || reserved_b != [0; 8] {
+        if reserved_a != 0 || reserved_b != [0; 8] {
             return Err(HeaderError::BadField("reserved bytes are not zero"));
         }
         let signature = if flags & FLAG_SIGNED != 0 {
@@ -370,6 +428,9 @@ impl RawHeader {
         } else {
             None
         };
+        if payload_kind == PayloadKind::ErofsImage && entry_count != 0 {
+            return Err(HeaderError::BadField("an image payload has entry count 0"));
+        }
         let fields = Header {
             cipher,
             key_id,
@@ -377,6 +438,7 @@ impl RawHeader {
             generation,
             created,
             expires,
+            kind: payload_kind,
             payload_len,
             expanded_len,
             entry_count,
@@ -572,6 +634,9 @@ pub enum HeaderError {
     /// An unknown cipher code.
     #[error("unknown cipher {0}")]
     UnknownCipher(u8),
+    /// A payload kind this build does not know (byte 206).
+    #[error("unknown payload kind {0} (this build reads 0 tar+zstd and 1 erofs-image)")]
+    UnknownPayloadKind(u8),
     /// An unknown compression code.
     #[error("unknown compression {0}")]
     UnknownCompression(u8),
@@ -618,6 +683,7 @@ mod tests {
             generation: 9,
             created: 1_700_000_000,
             expires: Some(1_800_000_000),
+            kind: PayloadKind::TarZstd,
             payload_len: stream::encrypted_len(1000),
             expanded_len: 2048,
             entry_count: 3,
@@ -706,6 +772,31 @@ mod tests {
         for bad in ["plugin:", "plugin:.x", "vendor:acme", "plugin:a/b"] {
             assert!(Scope::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn image_kind_round_trips_and_unknown_kinds_are_named() {
+        let key = Key::from_bytes([1; 32]);
+        let mut h = header(Cipher::Aes256GcmStream, &key);
+        h.kind = PayloadKind::ErofsImage;
+        assert!(matches!(h.to_bytes(Some(&key)), Err(HeaderError::BadField(_))), "an image has no tar entries");
+        h.entry_count = 0;
+        let bytes = h.to_bytes(Some(&key)).unwrap();
+        assert_eq!((bytes[11], bytes[206], bytes[207]), (0, 1, 0));
+        let (back, _) = RawHeader::parse(&bytes).unwrap().authenticate(Some(&key)).unwrap();
+        assert_eq!(back, h);
+        // A tar header is unchanged: byte 206 stays zero, compression 1.
+        let tar = header(Cipher::Aes256GcmStream, &key).to_bytes(Some(&key)).unwrap();
+        assert_eq!((tar[11], tar[206]), (1, 0));
+        for kind in [2u8, 0x7f, 0xff] {
+            let mut b = bytes;
+            b[206] = kind;
+            let err = RawHeader::parse(&b).unwrap_err();
+            assert!(matches!(err, HeaderError::UnknownPayloadKind(k) if k == kind), "{err}");
+        }
+        let mut b = bytes;
+        b[11] = 1;
+        assert!(matches!(RawHeader::parse(&b), Err(HeaderError::BadField(_))));
     }
 
     #[test]

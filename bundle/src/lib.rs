@@ -27,6 +27,7 @@ mod decode;
 pub mod extract;
 pub mod frame;
 pub mod header;
+pub mod image;
 pub mod io;
 pub mod key;
 pub mod limits;
@@ -38,7 +39,8 @@ pub use bundle::{
     Authenticated, BundleReader, DEFAULT_LEVEL, MAX_LEVEL, MAX_TAR_TAIL, OpenError, OpenOptions, OpenSummary,
     PackError, PackOptions, PackSummary, pack, pack_frames, pack_signed, sha_hex,
 };
-pub use header::{Cipher, Header, HeaderError, RawHeader, Scope};
+pub use header::{Cipher, Header, HeaderError, PayloadKind, RawHeader, Scope};
+pub use image::{EROFS_MAGIC, EROFS_MAGIC_OFFSET, ImageSummary, pack_image, pack_image_signed};
 pub use key::{Key, KeyError, KeyId};
 pub use limits::Limits;
 pub use path::RelPath;

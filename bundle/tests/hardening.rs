@@ -112,6 +112,7 @@ fn bundle_declaring(tar: &[u8], entries: u32, expanded_len: u64) -> Vec<u8> {
         generation: 1,
         created: 1_700_000_000,
         expires: None,
+        kind: stateless_bundle::PayloadKind::TarZstd,
         payload_len: payload.len() as u64,
         expanded_len,
         entry_count: entries,

@@ -10,7 +10,8 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use stateless_bundle::{
-    BundleReader, Cipher, Header, Key, Limits, OpenOptions, PackOptions, PublicKey, RelPath, Scope, SignerId, sha_hex,
+    BundleReader, Cipher, Header, Key, Limits, OpenOptions, PackOptions, PayloadKind, PublicKey, RelPath, Scope,
+    SignerId, sha_hex,
 };
 use stateless_keys::{read_key_file, read_public_key_file, read_signing_key_file};
 
@@ -67,6 +68,13 @@ pub enum BundleCmd {
         /// Delete this path of the base image when applied (repeatable).
         #[arg(long = "delete", value_name = "PATH")]
         deletions: Vec<String>,
+        /// What the payload is: a tar stream extracted into the root, or an
+        /// EROFS image mounted as an overlay lower layer (needs mkfs.erofs).
+        #[arg(long = "as", value_enum, default_value_t = PayloadArg::Tar)]
+        as_kind: PayloadArg,
+        /// Compression inside an image (--as image only).
+        #[arg(long, value_enum)]
+        compress: Option<crate::erofs::ImageCompress>,
         /// Replace an existing output file.
         #[arg(long)]
         force: bool,
@@ -108,9 +116,25 @@ pub enum BundleCmd {
         /// Do not apply owners from the bundle even when running as root.
         #[arg(long)]
         no_same_owner: bool,
+        /// Write the output as a directory tree (the default; an image
+        /// bundle's image is unpacked into it).
+        #[arg(long, conflicts_with = "as_image")]
+        as_dir: bool,
+        /// Write an image bundle's EROFS image to OUTPUT as a file instead.
+        #[arg(long)]
+        as_image: bool,
         #[command(flatten)]
         limits: LimitArgs,
     },
+}
+
+/// `bundle pack --as`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PayloadArg {
+    /// A zstd-compressed tar stream (payload kind 0).
+    Tar,
+    /// An EROFS image (payload kind 1).
+    Image,
 }
 
 /// The publisher whose signature a bundle must carry.
@@ -136,9 +160,14 @@ pub fn run(cmd: BundleCmd) -> anyhow::Result<ExitCode> {
             level,
             threads,
             deletions,
+            as_kind,
+            compress,
             force,
             limits,
         } => {
+            if compress.is_some() && as_kind != PayloadArg::Image {
+                bail!("--compress applies to --as image only (a tar bundle is compressed with zstd: --level)");
+            }
             let key = key.map(|k| read_key_file(&k).context("reading key file")).transpose()?;
             let signer = sign.map(|s| read_signing_key_file(&s).context("reading signing key file")).transpose()?;
             let scope = Scope::parse(&scope).with_context(|| format!("parsing --scope {scope}"))?;
@@ -176,11 +205,30 @@ pub fn run(cmd: BundleCmd) -> anyhow::Result<ExitCode> {
                 .prefix(".statelessctl-pack")
                 .tempfile_in(parent)
                 .with_context(|| format!("creating a temporary file in {}", parent.display()))?;
-            let summary = match &signer {
-                Some(s) => stateless_bundle::pack_signed(&dir, tmp.as_file_mut(), &opts, s),
-                None => stateless_bundle::pack(&dir, tmp.as_file_mut(), &opts),
-            }
-            .with_context(|| format!("packing {}", dir.display()))?;
+            let (header, digest) = if as_kind == PayloadArg::Image {
+                let image = tempfile::Builder::new()
+                    .prefix(".statelessctl-erofs")
+                    .tempfile_in(parent)
+                    .with_context(|| format!("creating a temporary file in {}", parent.display()))?;
+                let compress = compress.unwrap_or(crate::erofs::ImageCompress::Lz4);
+                let mut opts = opts;
+                let deletions = std::mem::take(&mut opts.deletions);
+                crate::erofs::make_image(&dir, &deletions, compress, image.path())
+                    .with_context(|| format!("making the image of {}", dir.display()))?;
+                let s = match &signer {
+                    Some(s) => stateless_bundle::pack_image_signed(image.path(), tmp.as_file_mut(), &opts, s),
+                    None => stateless_bundle::pack_image(image.path(), tmp.as_file_mut(), &opts),
+                }
+                .with_context(|| format!("packing the image of {}", dir.display()))?;
+                (s.header, s.digest)
+            } else {
+                let s = match &signer {
+                    Some(s) => stateless_bundle::pack_signed(&dir, tmp.as_file_mut(), &opts, s),
+                    None => stateless_bundle::pack(&dir, tmp.as_file_mut(), &opts),
+                }
+                .with_context(|| format!("packing {}", dir.display()))?;
+                (s.header, s.digest)
+            };
             // 0644, not the temporary file's 0600: a bundle is published by
             // copying it into a web server's document root, where nginx
             // (another user) must read it. An encrypted bundle is protected
@@ -190,9 +238,13 @@ pub fn run(cmd: BundleCmd) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("setting the mode of {}", output.display()))?;
             tmp.as_file().sync_all().context("syncing bundle")?;
             tmp.persist(&output).with_context(|| format!("writing {}", output.display()))?;
-            let h = &summary.header;
+            let h = &header;
+            let contents = match h.kind {
+                PayloadKind::ErofsImage => format!("an EROFS image of {} bytes", h.expanded_len),
+                _ => format!("{} entries", h.entry_count),
+            };
             println!(
-                "{}: generation {}, {}, scope {}, {} entries, {} bytes ({} expanded), digest {}, {}",
+                "{}: generation {}, {}, scope {}, {}, {} bytes ({} expanded), digest {}, {}",
                 output.display(),
                 h.generation,
                 match h.cipher {
@@ -200,34 +252,67 @@ pub fn run(cmd: BundleCmd) -> anyhow::Result<ExitCode> {
                     _ => format!("key {}", h.key_id),
                 },
                 h.scope,
-                h.entry_count,
+                contents,
                 h.payload_len + stateless_bundle::header::HEADER_LEN as u64,
                 h.expanded_len,
-                short(&summary.digest),
+                short(&digest),
                 describe_signature(h, true),
             );
         }
         BundleCmd::Inspect { file, json } => inspect(&file, json)?,
         BundleCmd::Verify { file, key, pubkey, limits } => {
             let checked = pubkey.pubkey.is_some();
-            let summary = open(&file, key.as_deref(), &pubkey, &limits_from(&limits), None, false)?;
-            println!(
-                "{}: OK, generation {}, {}, {} entries ({} files, {} deletions), digest {}, {}",
-                file.display(),
-                summary.header.generation,
-                describe_cipher(&summary.header),
-                summary.extract.entries,
-                summary.extract.files,
-                summary.extract.whiteouts,
-                short(&summary.digest),
-                describe_signature(&summary.header, checked),
-            );
+            match open(&file, key.as_deref(), &pubkey, &limits_from(&limits), Sink::Verify, false)? {
+                Opened::Tree(summary) => println!(
+                    "{}: OK, generation {}, {}, {} entries ({} files, {} deletions), digest {}, {}",
+                    file.display(),
+                    summary.header.generation,
+                    describe_cipher(&summary.header),
+                    summary.extract.entries,
+                    summary.extract.files,
+                    summary.extract.whiteouts,
+                    short(&summary.digest),
+                    describe_signature(&summary.header, checked),
+                ),
+                Opened::Image(summary) => println!(
+                    "{}: OK, generation {}, {}, an EROFS image of {} bytes, digest {}, {}",
+                    file.display(),
+                    summary.header.generation,
+                    describe_cipher(&summary.header),
+                    summary.image_len,
+                    short(&summary.digest),
+                    describe_signature(&summary.header, checked),
+                ),
+            }
         }
-        BundleCmd::Open { file, key, output, pubkey, no_same_owner, limits } => {
+        BundleCmd::Open { file, key, output, pubkey, no_same_owner, as_dir: _, as_image, limits } => {
             if output.symlink_metadata().is_ok() {
-                bail!("{} exists; open extracts into a new directory", output.display());
+                bail!("{} exists; open writes a new {}", output.display(), if as_image { "file" } else { "directory" });
             }
             let parent = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let limits = limits_from(&limits);
+            if as_image {
+                // The image goes beside the output and is renamed only once
+                // all of it authenticated.
+                let mut tmp = tempfile::Builder::new()
+                    .prefix(".statelessctl-open")
+                    .tempfile_in(parent)
+                    .with_context(|| format!("creating a temporary file in {}", parent.display()))?;
+                let Opened::Image(summary) =
+                    open(&file, key.as_deref(), &pubkey, &limits, Sink::Image(tmp.as_file_mut()), false)?
+                else {
+                    bail!("{}: not an image bundle (--as-image needs one; open it as a directory)", file.display());
+                };
+                tmp.persist(&output).with_context(|| format!("writing {}", output.display()))?;
+                println!(
+                    "{}: generation {}, EROFS image of {} bytes -> {}",
+                    file.display(),
+                    summary.header.generation,
+                    summary.image_len,
+                    output.display()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             // Extract beside the output and rename only once everything
             // authenticated; the temporary directory vanishes on error.
             let staging = tempfile::Builder::new()
@@ -235,38 +320,87 @@ pub fn run(cmd: BundleCmd) -> anyhow::Result<ExitCode> {
                 .tempdir_in(parent)
                 .with_context(|| format!("creating a staging directory in {}", parent.display()))?;
             let owners = !no_same_owner && rustix::process::geteuid().is_root();
-            let summary = open(&file, key.as_deref(), &pubkey, &limits_from(&limits), Some(staging.path()), owners)?;
-            let staged = staging.keep();
-            if let Err(e) = std::fs::rename(&staged, &output) {
-                let _ = std::fs::remove_dir_all(&staged);
+            let image_path = staging.path().join("image");
+            let tree = staging.path().join("tree");
+            let mut image_file = None;
+            let opened = {
+                let sink = match reader_kind(&file)? {
+                    PayloadKind::ErofsImage => Sink::Image(image_file.insert(
+                        File::create_new(&image_path).with_context(|| format!("creating {}", image_path.display()))?,
+                    )),
+                    _ => {
+                        std::fs::create_dir(&tree).with_context(|| format!("creating {}", tree.display()))?;
+                        Sink::Tree(&tree)
+                    }
+                };
+                open(&file, key.as_deref(), &pubkey, &limits, sink, owners)?
+            };
+            if let Opened::Image(_) = &opened {
+                // Only an image that authenticated as a whole gets here.
+                crate::erofs::image_to_dir(&image_path, &tree)
+                    .with_context(|| format!("{}: unpacking the image", file.display()))?;
+            }
+            if let Err(e) = std::fs::rename(&tree, &output) {
                 return Err(e).with_context(|| format!("moving the extracted tree to {}", output.display()));
             }
-            println!(
-                "{}: generation {}, {} files, {} dirs, {} links, {} deletions -> {}",
-                file.display(),
-                summary.header.generation,
-                summary.extract.files,
-                summary.extract.dirs,
-                summary.extract.symlinks + summary.extract.hardlinks,
-                summary.extract.whiteouts,
-                output.display()
-            );
+            match opened {
+                Opened::Tree(summary) => println!(
+                    "{}: generation {}, {} files, {} dirs, {} links, {} deletions -> {}",
+                    file.display(),
+                    summary.header.generation,
+                    summary.extract.files,
+                    summary.extract.dirs,
+                    summary.extract.symlinks + summary.extract.hardlinks,
+                    summary.extract.whiteouts,
+                    output.display()
+                ),
+                Opened::Image(summary) => println!(
+                    "{}: generation {}, EROFS image of {} bytes unpacked -> {}",
+                    file.display(),
+                    summary.header.generation,
+                    summary.image_len,
+                    output.display()
+                ),
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Reads, authenticates and streams the bundle into `dest` (or nowhere).
-/// With a public key, the signature is checked before the payload is read
-/// and the payload digest before this returns `Ok`.
+/// Where [`open`] puts the payload.
+enum Sink<'a> {
+    /// Check everything, write nothing.
+    Verify,
+    /// Extract a tar payload into this (empty) directory.
+    Tree(&'a Path),
+    /// Write an image payload to this file.
+    Image(&'a mut File),
+}
+
+/// What [`open`] found.
+enum Opened {
+    Tree(stateless_bundle::OpenSummary),
+    Image(stateless_bundle::ImageSummary),
+}
+
+/// The payload kind a bundle's header claims (not yet authenticated: only
+/// to choose where [`open`] writes, which checks it again).
+fn reader_kind(file: &Path) -> anyhow::Result<PayloadKind> {
+    let f = File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    Ok(BundleReader::new(f).with_context(|| format!("{}", file.display()))?.raw_header().unverified().kind)
+}
+
+/// Reads, authenticates and streams the bundle into `sink`. With a public
+/// key, the signature is checked before the payload is read and the payload
+/// digest before this returns `Ok`.
 fn open(
     file: &Path,
     key: Option<&Path>,
     pubkey: &PubkeyArg,
     limits: &Limits,
-    dest: Option<&Path>,
+    sink: Sink<'_>,
     owners: bool,
-) -> anyhow::Result<stateless_bundle::OpenSummary> {
+) -> anyhow::Result<Opened> {
     let key: Option<Key> = key.map(|k| read_key_file(k).context("reading key file")).transpose()?;
     let publisher: Option<PublicKey> =
         pubkey.pubkey.as_deref().map(|p| read_public_key_file(p).context("reading public key file")).transpose()?;
@@ -282,7 +416,29 @@ fn open(
     if let Some(p) = &publisher {
         bundle = bundle.require_signature(p).with_context(|| format!("{}", file.display()))?;
     }
-    bundle.extract(OpenOptions { dest, owners, threaded: true }).with_context(|| format!("{}", file.display()))
+    let ctx = || format!("{}", file.display());
+    match (bundle.header().kind, sink) {
+        (PayloadKind::ErofsImage, Sink::Image(f)) => {
+            let summary = bundle.write_image(std::io::BufWriter::new(&mut *f)).with_context(ctx)?;
+            f.sync_all().context("syncing the image")?;
+            Ok(Opened::Image(summary))
+        }
+        (PayloadKind::ErofsImage, Sink::Verify) => {
+            Ok(Opened::Image(bundle.write_image(std::io::sink()).with_context(ctx)?))
+        }
+        (PayloadKind::ErofsImage, Sink::Tree(_)) => {
+            bail!("{}: the header changed between two reads", file.display())
+        }
+        (_, Sink::Image(_)) => {
+            bail!("{}: a {} bundle, not an image", file.display(), bundle.header().kind.name())
+        }
+        (_, Sink::Tree(dest)) => Ok(Opened::Tree(
+            bundle.extract(OpenOptions { dest: Some(dest), owners, threaded: true }).with_context(ctx)?,
+        )),
+        (_, Sink::Verify) => {
+            Ok(Opened::Tree(bundle.extract(OpenOptions { dest: None, owners, threaded: true }).with_context(ctx)?))
+        }
+    }
 }
 
 fn inspect(file: &Path, json: bool) -> anyhow::Result<()> {
@@ -300,6 +456,7 @@ fn inspect(file: &Path, json: bool) -> anyhow::Result<()> {
     let view = InspectView {
         format_version: stateless_bundle::header::FORMAT_VERSION,
         cipher: h.cipher.name(),
+        payload_kind: h.kind.name(),
         key_id: (h.cipher != Cipher::None).then(|| h.key_id.to_string()),
         generation: h.generation,
         created: fmt_time(h.created),
@@ -322,6 +479,7 @@ fn inspect(file: &Path, json: bool) -> anyhow::Result<()> {
     println!("bundle:          {}", file.display());
     println!("format:          version {}", view.format_version);
     println!("cipher:          {}", view.cipher);
+    println!("payload kind:    {}", view.payload_kind);
     println!("key id:          {}", view.key_id.as_deref().unwrap_or("none (unencrypted)"));
     println!("generation:      {}", view.generation);
     println!("created:         {}", view.created);
@@ -359,6 +517,8 @@ fn inspect(file: &Path, json: bool) -> anyhow::Result<()> {
 struct InspectView {
     format_version: u16,
     cipher: &'static str,
+    /// `tar+zstd` or `erofs-image`.
+    payload_kind: &'static str,
     key_id: Option<String>,
     generation: u64,
     created: String,

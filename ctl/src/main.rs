@@ -22,6 +22,7 @@ mod cmd_server;
 mod cmd_site;
 mod cmd_tpm;
 mod cmd_usb;
+mod erofs;
 mod ignition;
 mod logger;
 // scripts/package only: man pages and completions (see that file).

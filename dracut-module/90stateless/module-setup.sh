@@ -34,7 +34,10 @@ depends() {
 installkernel() {
     # Always, even in host-only mode: the key stick, the boot medium and the
     # cache disk are not necessarily attached when the initramfs is built.
-    hostonly='' instmods overlay ext4 \
+    # erofs and loop: image layers (docs/bundle-format.md, "Image payload")
+    # are mounted from the overlay's tmpfs, through a loop device on
+    # kernels before 6.12.
+    hostonly='' instmods overlay erofs loop ext4 \
         usb-storage uas sd_mod sr_mod xhci_pci xhci_hcd ehci_pci ehci_hcd \
         vfat iso9660 nls_cp437 nls_iso8859-1 nls_utf8 \
         tpm tpm_tis tpm_tis_core tpm_crb \

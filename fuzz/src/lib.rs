@@ -67,6 +67,7 @@ fn payload_key_for(key: &Key, salt: [u8; 32]) -> PayloadKey {
         generation: 0,
         created: 0,
         expires: None,
+        kind: stateless_bundle::PayloadKind::TarZstd,
         payload_len: stream::encrypted_len(0),
         expanded_len: 0,
         entry_count: 0,
@@ -331,6 +332,46 @@ pub fn bundle_open(data: &[u8]) {
     }
 }
 
+/// What the loader parses of an image bundle (payload kind 1; it never
+/// parses the EROFS image itself, the kernel does when mounting):
+/// `BundleReader` + `write_image` over the input as it is, without a key
+/// and with [`FUZZ_KEY`]; then the input's bytes after the header, resealed
+/// as an image payload (the header's declared size kept when the first
+/// input byte is odd, else the true size) unencrypted and for `FUZZ_KEY`.
+/// Both seals must agree, and an image written out must be exactly the
+/// payload, of the declared size, with the EROFS magic.
+pub fn image_open(data: &[u8]) {
+    let key = Key::from_bytes(FUZZ_KEY);
+    let run = |bytes: &[u8], key: Option<&Key>| -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        stateless_bundle::BundleReader::new(bytes)
+            .and_then(|r| r.authenticate(key, &limits()))
+            .and_then(|a| a.write_image(&mut out))
+            .map_err(|e| e.to_string())?;
+        Ok(out)
+    };
+    let _ = run(data, None);
+    let _ = run(data, Some(&key));
+
+    let Ok(raw) = RawHeader::parse(data) else { return };
+    let image = data.get(HEADER_LEN..).unwrap_or_default();
+    let mut fields = raw.unverified().clone();
+    fields.kind = stateless_bundle::PayloadKind::ErofsImage;
+    fields.entry_count = 0;
+    if data.first().is_some_and(|b| b % 2 == 0) {
+        fields.expanded_len = image.len() as u64;
+    }
+    fields.expanded_len = fields.expanded_len.min(limits().max_expanded);
+    let a = run(&seal(&fields, None, image), None);
+    let b = run(&seal(&fields, Some(&key), image), Some(&key));
+    assert_eq!(a, b, "the same image sealed two ways");
+    if let Ok(out) = a {
+        assert_eq!(out, image);
+        assert_eq!(out.len() as u64, fields.expanded_len);
+        assert_eq!(out.get(1024..1028), Some(stateless_bundle::EROFS_MAGIC.as_slice()));
+    }
+}
+
 /// `stateless_bundle::extract::extract` over arbitrary tar bytes into a
 /// temporary directory (and verify-only).
 pub fn tar_extract(data: &[u8]) {
@@ -481,6 +522,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("header_parse", header_parse),
     ("stream_decrypt", stream_decrypt),
     ("bundle_open", bundle_open),
+    ("image_open", image_open),
     ("tar_extract", tar_extract),
     ("keys_sealed", keys_sealed),
     ("keys_cpio", keys_cpio),

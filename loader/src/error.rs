@@ -153,6 +153,9 @@ pub enum Refusal {
     /// A plugin layer's model sets what a plugin may not.
     #[error(transparent)]
     PluginModel(#[from] stateless_model::layer::PluginModelError),
+    /// An image layer could not be stored, verified or mounted.
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
     /// The stack's merged model could not be applied to the root.
     #[error("applying the node model{}", layer.as_ref().map(|l| format!(" (the entry set by layer {l})")).unwrap_or_default())]
     Model {
@@ -220,6 +223,12 @@ impl Refusal {
             Refusal::Meta(_) | Refusal::Layout(_) => "layer",
             Refusal::PluginFile { .. } | Refusal::PluginModel(_) => "plugin",
             Refusal::Model { .. } => "model",
+            Refusal::Image(e) => match e {
+                crate::image::ImageError::Open(e) => open_kind(e),
+                crate::image::ImageError::NoRoom { .. } => "limit",
+                crate::image::ImageError::Io { .. } => "local",
+                _ => "image",
+            },
         }
     }
 }

@@ -210,6 +210,9 @@ struct Ready {
     /// The layer target it was verified as (`node:node42`); `None` for a
     /// cache's single-bundle slot.
     target: Option<String>,
+    /// An image bundle's image, verified whole and mounted (its staging
+    /// holds only the layer's `.stateless/`).
+    image: Option<crate::image::ImageLayer>,
 }
 
 /// Runs the whole pipeline and writes the status file. Never panics on
@@ -1012,6 +1015,11 @@ fn apply_staged(
 ) -> Result<(), Refusal> {
     let t = Instant::now();
     let opts = crate::apply::ApplyOptions { owners: rustix::process::geteuid().is_root() };
+    if let Some(image) = &ready.image {
+        crate::image::stack_images(&ctx.paths.sysroot, &ctx.paths.run_dir, &[image.mount.as_path()])?;
+        image.keep();
+        ctx.stage("mount images", t);
+    }
     // `.stateless/` is never written into the root, from any bundle.
     let res = stack::strip_meta(&staging).and_then(|()| {
         crate::apply::apply(staging.path(), &ctx.paths.sysroot, &opts)
@@ -1094,6 +1102,23 @@ fn verify_reader<R: Read + Send>(
     check_policy(ctx, &header, &digest, source.starts_with("cache"))?;
     let staging =
         Staging::create(&ctx.paths.sysroot).map_err(|err| Refusal::Staging { path: ctx.paths.sysroot.clone(), err })?;
+    let target = ctx.layer.as_ref().map(stack::Target::key);
+    if header.kind == stateless_bundle::PayloadKind::ErofsImage {
+        // Never extracted: stored in the tmpfs, checked whole, then
+        // mounted. Only its `.stateless/` is copied into staging, where
+        // the stack reads a layer's metadata.
+        let name = target.clone().unwrap_or_else(|| "bundle".into());
+        let image = crate::image::store_and_mount(bundle, &ctx.paths.sysroot, &ctx.paths.run_dir, &name)
+            .and_then(|image| crate::image::copy_meta(&image, staging.path()).map(|()| image));
+        let image = match image {
+            Ok(image) => image,
+            Err(e) => {
+                staging.discard();
+                return Err(e.into());
+            }
+        };
+        return Ok((Ready { header, digest, key_source, signer, target, image: Some(image) }, staging));
+    }
     let owners = rustix::process::geteuid().is_root();
     let extracted = bundle.extract(BundleOpen { dest: Some(staging.path()), owners, threaded: true });
     // Past the deadline, the extraction's end, whichever it was, is the
@@ -1107,8 +1132,7 @@ fn verify_reader<R: Read + Send>(
         staging.discard();
         return Err(e.into());
     }
-    let target = ctx.layer.as_ref().map(stack::Target::key);
-    Ok((Ready { header, digest, key_source, signer, target }, staging))
+    Ok((Ready { header, digest, key_source, signer, target, image: None }, staging))
 }
 
 fn pick_key(ctx: &Ctx<'_>, needed: KeyId) -> Result<(Key, String), Refusal> {

@@ -227,7 +227,11 @@ fn wrap(target: &Target, e: Refusal) -> Refusal {
 /// Reads the layer's `.stateless/` out of `staging` and removes it from
 /// there (it is never written into the root), then checks what the
 /// layer's place in the stack asks of it.
-pub(super) fn inspect(target: &Target, staging: &Staging) -> Result<(Option<LayerMeta>, Option<Model>), Refusal> {
+pub(super) fn inspect(
+    target: &Target,
+    staging: &Staging,
+    image: Option<&Path>,
+) -> Result<(Option<LayerMeta>, Option<Model>), Refusal> {
     let dir = staging.path().join(layer::META_DIR);
     let md = match dir.symlink_metadata() {
         Ok(md) => md,
@@ -279,6 +283,9 @@ pub(super) fn inspect(target: &Target, staging: &Staging) -> Result<(Option<Laye
         };
         let vendor = m.vendor.clone().unwrap_or_default();
         check_plugin_tree(staging.path(), &vendor, name)?;
+        if let Some(image) = image {
+            check_plugin_tree(image, &vendor, name)?;
+        }
         if let Some(model) = &model {
             layer::check_plugin_model(name, model)?;
         }
@@ -313,6 +320,11 @@ fn check_plugin_tree(root: &Path, vendor: &str, name: &str) -> Result<(), Refusa
                 Some(n) => format!("{rel}/{n}"),
                 None => format!("{rel}/{}", fname.to_string_lossy()),
             };
+            // An image carries its layer's `.stateless/` (never part of the
+            // root; staging's was removed before this check).
+            if rel.is_empty() && fname == layer::META_DIR {
+                continue;
+            }
             if fname.to_str().is_none() || !layer::plugin_owns(vendor, name, &path) {
                 return Err(Refusal::PluginFile {
                     plugin: name.to_owned(),
@@ -350,7 +362,7 @@ pub(super) fn verify_file(
         let (ready, staging) =
             crash::catch(|| verify_reader(ctx, BufReader::with_capacity(READ_BUFFER, guarded), source, None))
                 .unwrap_or_else(|p| Err(Refusal::Internal(p.0)))?;
-        let (meta, model) = inspect(target, &staging)?;
+        let (meta, model) = inspect(target, &staging, ready.image.as_ref().map(|i| i.mount.as_path()))?;
         Ok(Layer {
             target: target.clone(),
             ready,
@@ -424,7 +436,7 @@ fn get_layer(
         Step::Fresh(ready, staging) => {
             ctx.outcome("server", &url, "fetched", None);
             let size = fs::metadata(&dl).map(|m| m.len()).unwrap_or(0);
-            let (meta, model) = match inspect(target, &staging) {
+            let (meta, model) = match inspect(target, &staging, ready.image.as_ref().map(|i| i.mount.as_path())) {
                 Ok(x) => x,
                 Err(e) => {
                     let e = wrap(target, e);
@@ -624,15 +636,43 @@ pub(super) fn apply_stack(ctx: &mut Ctx<'_>, layers: Vec<Layer>) -> Result<Vec<L
         }
     }
     let opts = crate::apply::ApplyOptions { owners: rustix::process::geteuid().is_root() };
+    // Image layers first, all at once: they become the overlay's lower
+    // layers in stack order, under the upper layer that the extracted
+    // layers then write to (docs/bundle-format.md, *Image payload*).
+    let images: Vec<&Path> = layers.iter().filter_map(|l| l.ready.image.as_ref()).map(|i| i.mount.as_path()).collect();
+    if !images.is_empty() {
+        let t = Instant::now();
+        if let Err(e) = crate::image::stack_images(&ctx.paths.sysroot, &ctx.paths.run_dir, &images) {
+            let first = layers.iter().find(|l| l.ready.image.is_some()).map(|l| l.target.clone());
+            return Err(match first {
+                Some(t) => wrap(&t, e.into()),
+                None => e.into(),
+            });
+        }
+        for l in &layers {
+            if let Some(i) = &l.ready.image {
+                i.keep();
+            }
+        }
+        ctx.stage("mount images", t);
+    }
+    // For each layer, the image mounts of the layers after it.
+    let later: Vec<Vec<PathBuf>> = (0..layers.len())
+        .map(|i| layers.iter().skip(i + 1).filter_map(|l| l.ready.image.as_ref()).map(|im| im.mount.clone()).collect())
+        .collect();
     let mut reports = Vec::new();
     let mut rest = layers.into_iter();
-    for l in rest.by_ref() {
-        let res = crate::apply::apply(l.staging.path(), &ctx.paths.sysroot, &opts);
+    for (i, l) in rest.by_ref().enumerate() {
+        let shadowed: Vec<&Path> = later.get(i).map(|v| v.iter().map(PathBuf::as_path).collect()).unwrap_or_default();
+        let res = crate::image::shadow(l.staging.path(), &shadowed).map_err(Refusal::from).and_then(|()| {
+            crate::apply::apply(l.staging.path(), &ctx.paths.sysroot, &opts)
+                .map_err(|err| Refusal::Apply { path: ctx.paths.sysroot.clone(), err })
+        });
         l.staging.finish();
-        if let Err(err) = res {
+        if let Err(e) = res {
             // What is in the root now: the layers before this one.
             ctx.report.layers = reports;
-            return Err(wrap(&l.target, Refusal::Apply { path: ctx.paths.sysroot.clone(), err }));
+            return Err(wrap(&l.target, e));
         }
         reports.push(LayerReport {
             target: l.target.key(),

@@ -377,6 +377,7 @@ mod tests {
             generation: 1,
             created,
             expires: None,
+            kind: stateless_bundle::PayloadKind::TarZstd,
             payload_len: 0,
             expanded_len: 0,
             entry_count: 0,

@@ -43,7 +43,7 @@ fn main() {
         std::process::exit(2);
     };
     let corpus = Path::new(corpus);
-    for t in ["bundle_open", "header_parse", "stream_decrypt", "tar_extract"] {
+    for t in ["bundle_open", "image_open", "header_parse", "stream_decrypt", "tar_extract"] {
         fs::create_dir_all(corpus.join(t)).expect("creating corpus directory");
     }
     let write = |target: &str, name: &str, data: &[u8]| {
@@ -65,6 +65,9 @@ fn main() {
             text.lines().find_map(|l| l.strip_prefix("key: ")).and_then(|k| Key::from_file_text(k.as_bytes()).ok());
         n += 1;
         write("bundle_open", &name, bundle);
+        if name.contains("image") {
+            write("image_open", &name, bundle);
+        }
         let mut header = bundle[..bundle.len().min(HEADER_LEN)].to_vec();
         if let (Some(k), true) = (&key, header.len() == HEADER_LEN) {
             header.extend_from_slice(k.as_bytes());
