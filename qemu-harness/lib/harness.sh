@@ -124,10 +124,20 @@ build_root() {
     # For the tpm-key scenario's enrolment boot (static, like the loader).
     cp "$CTL" "$tree/bin/statelessctl"
     local app
-    for app in sh cat echo awk tr cut mount umount poweroff reboot sync ls sleep dmesg timeout; do
+    for app in sh cat echo awk tr cut mount umount poweroff reboot sync ls sleep dmesg timeout sha256sum; do
         ln -s busybox "$tree/bin/$app"
     done
     install -m 0755 "$HARNESS/lib/guest-init" "$tree/sbin/init"
+    # getcap, for the image-layer scenario's file capability check; it is
+    # dynamically linked, so its libraries and loader come along.
+    local gc lib
+    gc=$(command -v getcap || echo /usr/sbin/getcap)
+    if [ -x "$gc" ]; then
+        install -D -m 0755 "$gc" "$tree/sbin/getcap"
+        for lib in $(ldd "$gc" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
+            install -D -m 0755 "$lib" "$tree$lib"
+        done
+    fi
     printf 'NAME="sltest"\nID=sltest\n' > "$tree/etc/os-release"
     echo "base image" > "$tree/etc/sltest/marker"
     echo "the bundle deletes this file" > "$tree/etc/sltest/delete-me"
