@@ -56,7 +56,7 @@ scenario() {
     boot boot2 "${args[@]}"
     expect_applied cache-current "tampered-scenario generation 6"
     expect "boot 2 tampered file" "$(marker EVIL)" "absent"
-    expect_console "^stateless: bundle from $url/v1/nodes/$NODE_UUID/bundle refused: payload digest mismatch: the payload is not the one publisher $short signed; applied cached generation 6 \(fetched [0-9-]+\) \($key_src\)" \
+    expect_console "^stateless: bundle from $url/v1/nodes/$NODE_UUID/bundle refused: layer node $NODE_UUID: payload digest mismatch: the payload is not the one publisher $short signed; applied cached generation 6 \(fetched [0-9-]+\) \($key_src\)" \
         "boot 2 console line"
     local t2=$BOOT_SECONDS l2
     l2=$(loader_seconds)
@@ -74,7 +74,7 @@ scenario() {
     expect_applied cache-current "tampered-scenario generation 6"
     expect "boot 3 unsigned file" "$(marker EVIL)" "absent"
     expect "boot 3 signer" "$(status_field .signer)" "$signer"
-    expect_console "^stateless: bundle from $url/v1/nodes/$NODE_UUID/bundle refused: bundle is not signed; a publisher signature is required; applied cached generation 6 \(fetched [0-9-]+\) \($key_src\)" \
+    expect_console "^stateless: bundle from $url/v1/nodes/$NODE_UUID/bundle refused: layer node $NODE_UUID: bundle is not signed; a publisher signature is required; applied cached generation 6 \(fetched [0-9-]+\) \($key_src\)" \
         "boot 3 console line"
     # The refused bundle did not replace the cached one.
     expect "boot 3 cache slot" "$(debugfs -R "cat /current.json" "$cache" 2> /dev/null | jq -r .generation 2> /dev/null)" "6"
