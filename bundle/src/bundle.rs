@@ -421,16 +421,18 @@ impl<R: Read + Send> Authenticated<R> {
         self
     }
 
-    /// Streams the payload: decrypts, decompresses and extracts it, then
-    /// checks that the input ends exactly where the header says. On error,
-    /// whatever was written to `dest` must be discarded.
-    pub fn extract(mut self, opts: OpenOptions<'_>) -> Result<OpenSummary, OpenError> {
-        if self.header.kind != PayloadKind::TarZstd {
-            return Err(OpenError::NotTar(self.header.kind));
-        }
-        // An encrypted, unsigned bundle is authenticated chunk by chunk and
-        // need not be hashed: the fast path stays free of SHA-256. (A
-        // required signature implies a signed header.)
+    /// Runs `consume` over exactly the payload's bytes, then checks what
+    /// every payload kind needs checked, in this order: the input held the
+    /// whole payload (after an error, what is left is read so that
+    /// truncation and corruption are told apart), the payload digest
+    /// (unencrypted or signed bundles; an encrypted, unsigned bundle is
+    /// authenticated chunk by chunk and never hashed, which keeps SHA-256
+    /// off the fast path), `consume`'s own verdict, and that the input ends
+    /// where the header says.
+    pub(crate) fn verified_payload<T>(
+        &mut self,
+        consume: impl FnOnce(&mut PayloadSource<'_, R>, Option<&PayloadKey>, &Header) -> Result<T, OpenError>,
+    ) -> Result<T, OpenError> {
         let hash = self.header.cipher == Cipher::None || self.header.signature.is_some();
         let mut src = PayloadSource {
             inner: &mut self.inner,
@@ -438,10 +440,8 @@ impl<R: Read + Send> Authenticated<R> {
             got: 0,
             hasher: hash.then(Sha256::new),
         };
-        let cancel = self.cancel.as_deref();
-        let result = run_payload(&mut src, self.payload_key.as_ref(), &self.header, &self.limits, opts, cancel);
+        let result = consume(&mut src, self.payload_key.as_ref(), &self.header);
         if src.remaining > 0 && result.is_err() {
-            // Tell truncation and corruption apart: read what is left.
             let _ = io::copy(&mut src, &mut io::sink());
         }
         if src.remaining > 0 {
@@ -455,11 +455,25 @@ impl<R: Read + Send> Authenticated<R> {
                 });
             }
         }
-        let summary = result?;
+        let value = result?;
         let mut extra = [0u8; 1];
         if read_full(&mut self.inner, &mut extra).map_err(OpenError::Io)? > 0 {
             return Err(OpenError::TrailingData);
         }
+        Ok(value)
+    }
+
+    /// Streams the payload: decrypts, decompresses and extracts it, then
+    /// checks that the input ends exactly where the header says. On error,
+    /// whatever was written to `dest` must be discarded.
+    pub fn extract(mut self, opts: OpenOptions<'_>) -> Result<OpenSummary, OpenError> {
+        if self.header.kind != PayloadKind::TarZstd {
+            return Err(OpenError::NotTar(self.header.kind));
+        }
+        let cancel = self.cancel.clone();
+        let limits = self.limits;
+        let summary =
+            self.verified_payload(|src, key, header| run_payload(src, key, header, &limits, opts, cancel.as_deref()))?;
         Ok(OpenSummary { header: self.header, digest: self.raw.digest_hex(), extract: summary })
     }
 }

@@ -12,13 +12,11 @@
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
-
 use crate::bundle::{PayloadSource, pio, plain_reader};
 use crate::header::{Cipher, HEADER_LEN, Header, PayloadKind, RawHeader, SALT_LEN};
 use crate::io::{HashWriter, read_full};
 use crate::key::Key;
-use crate::sign::{SignatureError, SigningKey};
+use crate::sign::SigningKey;
 use crate::stream::StreamWriter;
 use crate::{Authenticated, OpenError, PackError, PackOptions};
 
@@ -154,34 +152,8 @@ impl<R: Read + Send> Authenticated<R> {
         if self.header.kind != PayloadKind::ErofsImage {
             return Err(OpenError::NotImage(self.header.kind));
         }
-        let hash = self.header.cipher == Cipher::None || self.header.signature.is_some();
-        let mut src = PayloadSource {
-            inner: &mut self.inner,
-            remaining: self.header.payload_len,
-            got: 0,
-            hasher: hash.then(Sha256::new),
-        };
-        let declared = self.header.expanded_len;
-        let result = copy_image(&mut src, self.payload_key.as_ref(), self.header.payload_len, declared, dest);
-        if src.remaining > 0 && result.is_err() {
-            let _ = io::copy(&mut src, &mut io::sink());
-        }
-        if src.remaining > 0 {
-            return Err(OpenError::Truncated { expected: self.header.payload_len, got: src.got });
-        }
-        if let Some(h) = src.hasher.take() {
-            if h.finalize().as_slice() != self.header.payload_sha256 {
-                return Err(match self.signer {
-                    Some(signer) => SignatureError::PayloadDigest { signer }.into(),
-                    None => OpenError::Corrupt("payload digest mismatch".into()),
-                });
-            }
-        }
-        let image_len = result?;
-        let mut extra = [0u8; 1];
-        if read_full(&mut self.inner, &mut extra).map_err(OpenError::Io)? > 0 {
-            return Err(OpenError::TrailingData);
-        }
+        let image_len = self
+            .verified_payload(|src, key, header| copy_image(src, key, header.payload_len, header.expanded_len, dest))?;
         Ok(ImageSummary { header: self.header, digest: self.raw.digest_hex(), image_len })
     }
 }
