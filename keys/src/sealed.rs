@@ -363,20 +363,10 @@ impl SealedKey {
             });
         }
         let bank = bank.ok_or(SealedError::Missing("bank"))?;
-        for (n, idx, hex) in pending_pcrs {
-            let mut v = vec![0u8; bank.digest_len()];
-            if !hex_decode(hex, &mut v) {
-                return Err(SealedError::Line {
-                    line: n,
-                    what: format!("pcr {idx}: not a {} value ({} hex digits)", bank.name(), bank.digest_len() * 2),
-                });
-            }
-            pcrs.push((idx, v));
-        }
+        pcrs.extend(pcr_values(bank, pending_pcrs).map_err(|(line, what)| SealedError::Line { line, what })?);
         if pcrs.is_empty() {
             return Err(SealedError::Missing("pcr"));
         }
-        pcrs.sort_by_key(|(i, _)| *i);
         let policy = policy.ok_or(SealedError::Missing("policy"))?;
         if policy != policy_pcr_digest(bank, &pcrs) {
             return Err(SealedError::PolicyMismatch);
@@ -444,6 +434,25 @@ pub fn read_sealed_file(path: &Path) -> Result<SealedKey, SealedError> {
     let mut text = Vec::new();
     file.take(MAX_SEALED_FILE_LEN as u64 + 1).read_to_end(&mut text).map_err(|e| SealedError::Io(e.to_string()))?;
     SealedKey::parse(&text)
+}
+
+/// PCR index and value pairs, sorted by index.
+pub(crate) type PcrValues = Vec<(u8, Vec<u8>)>;
+
+/// The `pcr = INDEX HEX` lines of a sealed-key or signed-policy file, as
+/// values of `bank`, sorted by index: `Err((line, what))` names the first
+/// value that is not exactly one digest of the bank in hex.
+pub(crate) fn pcr_values(bank: Bank, pending: Vec<(usize, u8, &str)>) -> Result<PcrValues, (usize, String)> {
+    let mut pcrs = Vec::with_capacity(pending.len());
+    for (n, idx, hex) in pending {
+        let mut v = vec![0u8; bank.digest_len()];
+        if hex.len() != 2 * bank.digest_len() || !hex_decode(hex, &mut v) {
+            return Err((n, format!("pcr {idx}: not a {} value ({} hex digits)", bank.name(), bank.digest_len() * 2)));
+        }
+        pcrs.push((idx, v));
+    }
+    pcrs.sort_by_key(|(i, _)| *i);
+    Ok(pcrs)
 }
 
 #[cfg(test)]

@@ -54,7 +54,7 @@ use sha2::{Digest, Sha256};
 use stateless_bundle::key::{hex_decode, hex_encode};
 use zeroize::Zeroizing;
 
-use crate::sealed::{Bank, PCR_COUNT, policy_pcr_digest};
+use crate::sealed::{Bank, PCR_COUNT, pcr_values, policy_pcr_digest};
 
 /// First line of a policy signing key file.
 pub const KEY_MAGIC: &str = "stateless-tpm-policy-key-v1";
@@ -437,21 +437,10 @@ impl SignedPolicy {
             }
         }
         let bank = bank.ok_or(PolicyError::Missing("bank"))?;
-        let mut pcrs = Vec::new();
-        for (n, idx, hex) in pending {
-            let mut v = vec![0u8; bank.digest_len()];
-            if hex.len() != 2 * bank.digest_len() || !hex_decode(hex, &mut v) {
-                return Err(PolicyError::Line {
-                    line: n,
-                    what: format!("pcr {idx}: not a {} value ({} hex digits)", bank.name(), bank.digest_len() * 2),
-                });
-            }
-            pcrs.push((idx, v));
-        }
+        let pcrs = pcr_values(bank, pending).map_err(|(line, what)| PolicyError::Line { line, what })?;
         if pcrs.is_empty() {
             return Err(PolicyError::Missing("pcr"));
         }
-        pcrs.sort_by_key(|(i, _)| *i);
         let policy = policy.ok_or(PolicyError::Missing("policy"))?;
         if policy != policy_pcr_digest(bank, &pcrs) {
             return Err(PolicyError::PolicyMismatch);
