@@ -4,6 +4,7 @@
 
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub struct Swtpm {
@@ -14,6 +15,23 @@ pub struct Swtpm {
 
 impl Swtpm {
     pub fn start() -> Swtpm {
+        // Tests of one binary start TPMs on parallel threads. Port picking
+        // binds probe listeners, so one thread's probe could sit on the port
+        // another thread's swtpm is about to bind: that swtpm exits with
+        // EADDRINUSE while its readiness check connects to the probe. One
+        // start at a time, and a start that lost its port anyway (to another
+        // process) is retried on a new pair.
+        static STARTING: Mutex<()> = Mutex::new(());
+        let _one = STARTING.lock().unwrap_or_else(|e| e.into_inner());
+        for _ in 0..5 {
+            if let Some(tpm) = Self::try_start() {
+                return tpm;
+            }
+        }
+        panic!("swtpm did not start on 127.0.0.1 after 5 tries");
+    }
+
+    fn try_start() -> Option<Swtpm> {
         let dir = tempfile::tempdir().unwrap();
         // tpm2-tools' swtpm TCTI expects the control port right after the
         // data port: find a free pair.
@@ -24,7 +42,7 @@ impl Swtpm {
                 break (p, p + 1);
             }
         };
-        let child = Command::new("swtpm")
+        let mut child = Command::new("swtpm")
             .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
             .arg("--server")
             .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
@@ -37,11 +55,24 @@ impl Swtpm {
             .spawn()
             .expect("swtpm is not installed: scripts/test installs it (apt-get install swtpm swtpm-tools)");
         let until = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                return None;
+            }
+            let up = [port, ctrl].iter().all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok());
+            if up {
+                break;
+            }
             assert!(Instant::now() < until, "swtpm did not start on port {port}");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Swtpm { port, child, _dir: dir }
+        // A swtpm that failed to bind may still be on its way out while
+        // someone else answers on its port: make sure it is still running.
+        std::thread::sleep(Duration::from_millis(50));
+        if child.try_wait().unwrap().is_some() {
+            return None;
+        }
+        Some(Swtpm { port, child, _dir: dir })
     }
 
     /// The `rd.stateless.tpm=` / `--tpm` selector for this TPM.
