@@ -364,6 +364,12 @@ pub enum Reason {
         /// The entry.
         url: String,
     },
+    /// A `server=` entry with a character outside ASCII.
+    #[error("{url:?} is not ASCII: write an internationalised host name in its xn-- form")]
+    NotAsciiUrl {
+        /// The entry.
+        url: String,
+    },
     /// A `server=` entry with a bad `${...}`.
     #[error("{url:?}: {err}")]
     Template {
@@ -562,6 +568,11 @@ fn parse_servers(v: &str) -> Result<Vec<Template>, Reason> {
     // A trailing or doubled comma is a harmless typo.
     for url in v.split(',').map(str::trim).filter(|u| !u.is_empty()) {
         let t = Template::parse(url).map_err(|err| Reason::Template { url: url.to_owned(), err })?;
+        // The loader's URL parser knows ASCII host names only
+        // (loader/Cargo.toml, idna_adapter): say so rather than "not a URL".
+        if !url.is_ascii() {
+            return Err(Reason::NotAsciiUrl { url: url.to_owned() });
+        }
         if !is_http_url_template(&t) || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(Reason::NotHttpUrl { url: url.to_owned() });
         }
@@ -938,6 +949,10 @@ mod tests {
             ),
             ("rd.stateless.timeout", "rd.stateless.timeout: needs a value (rd.stateless.timeout=SECONDS)"),
             ("rd.stateless.server", "rd.stateless.server: needs a value (rd.stateless.server=URL[,URL...])"),
+            (
+                "rd.stateless.server=https://bücher.example/",
+                "rd.stateless.server=https://bücher.example/: \"https://bücher.example/\" is not ASCII: write an internationalised host name in its xn-- form",
+            ),
             (
                 "rd.stateless.server=cfg.example",
                 "rd.stateless.server=cfg.example: \"cfg.example\" is not an http:// or https:// URL with a host",

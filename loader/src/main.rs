@@ -12,72 +12,35 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Parser;
 use stateless_loader::cmdline::{Config, OnFail};
 use stateless_loader::pipeline::{self, Paths};
 use stateless_loader::{crash, entropy, logger, overlay, report};
 
-/// Where the kernel command line is read from in the initramfs.
-const PROC_CMDLINE: &str = "/proc/cmdline";
+use crate::args::{Args, Invocation, PROC_CMDLINE, VERSION};
+
+mod args;
+
 // scripts/package only: man pages and completions (see that file).
 #[cfg(feature = "gen-docs")]
 #[path = "../../packaging/gen_docs.rs"]
 mod gen_docs;
 
-/// Fetch, verify and apply this node's configuration bundle before switch-root.
-///
-/// In the initramfs it takes no arguments; the flags let tests and people on
-/// a workstation run it against a scratch root.
-#[derive(Debug, Parser)]
-#[command(version = VERSION, about, help_expected = true)]
-struct Args {
-    /// Kernel command line to use instead of /proc/cmdline
-    #[arg(long, value_name = "STRING")]
-    cmdline: Option<String>,
-
-    /// File to read the kernel command line from (bytes that are not UTF-8 are replaced, not fatal)
-    #[arg(long, value_name = "FILE", default_value = PROC_CMDLINE)]
-    cmdline_file: PathBuf,
-
-    /// Root filesystem the bundle is applied to
-    #[arg(long, value_name = "DIR", default_value = "/sysroot")]
-    sysroot: PathBuf,
-
-    /// Run-time directory for the download, the cache mount and status.json
-    #[arg(long, value_name = "DIR", default_value = "/run/stateless")]
-    run_dir: PathBuf,
-
-    /// Directory standing in for the mounted cache device (overrides rd.stateless.cache=)
-    #[arg(long, value_name = "DIR")]
-    cache_dir: Option<PathBuf>,
-
-    /// Log to stderr even when /dev/kmsg can be written
-    #[arg(long)]
-    log_stderr: bool,
-
-    /// Directory of key files embedded in the boot image
-    #[arg(long, value_name = "DIR", default_value = stateless_keys::EMBEDDED_KEY_DIR)]
-    key_dir: PathBuf,
-
-    /// Directory of TPM-sealed keys embedded in the boot image
-    #[arg(long, value_name = "DIR", default_value = stateless_keys::SEALED_DIR)]
-    sealed_dir: PathBuf,
-
-    /// Directory of publisher public keys (*.pub) embedded in the boot image
-    #[arg(long, value_name = "DIR", default_value = stateless_keys::PUBLISHER_DIR)]
-    publisher_dir: PathBuf,
-
-    /// Look for the USB key stick only on this device or image file (repeatable; tests)
-    #[arg(long = "usb-device", value_name = "PATH")]
-    usb_devices: Vec<PathBuf>,
-}
-
 fn main() -> ExitCode {
     #[cfg(feature = "gen-docs")]
-    if let Some(code) = gen_docs::generate_if_asked(<Args as clap::CommandFactory>::command(), "8", false) {
+    if let Some(code) = gen_docs::generate_if_asked(args::command(), "8", false) {
         return code;
     }
-    let args = Args::parse();
+    let args = match args::parse(std::env::args_os().skip(1)) {
+        Ok(Invocation::Run(args)) => args,
+        Ok(Invocation::Help(text) | Invocation::Version(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            eprintln!("stateless-loader: {err}");
+            return ExitCode::from(2);
+        }
+    };
     // Info level until the command line says whether to debug.
     // Tests and workstations may also ask through the environment, so that
     // wrappers need not know the flag.
@@ -190,9 +153,6 @@ fn console_message(message: &str, debug: bool) -> String {
     if debug { format!("{message} [stateless-loader {VERSION}]") } else { message.to_owned() }
 }
 
-/// "0.2.0 (commit 1234abcd5678)", from packaging/build-version.rs.
-const VERSION: &str = env!("STATELESS_VERSION");
-
 /// The parsed configuration at debug level, a few short records.
 fn log_config(args: &Args, config: &Config) {
     log::debug!("stateless-loader {VERSION}");
@@ -229,52 +189,6 @@ fn log_config(args: &Args, config: &Config) {
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn clap_definition_is_valid() {
-        Args::command().debug_assert();
-    }
-
-    #[test]
-    fn flags_table() {
-        // (argv, --cmdline, --sysroot, --run-dir, --cache-dir)
-        type Case<'a> = (&'a [&'a str], Option<&'a str>, &'a str, &'a str, Option<&'a str>);
-        let cases: &[Case<'_>] = &[
-            (&[], None, "/sysroot", "/run/stateless", None),
-            (
-                &[
-                    "--cmdline",
-                    "rd.stateless.debug",
-                    "--sysroot",
-                    "/tmp/root",
-                    "--run-dir",
-                    "/tmp/run",
-                    "--cache-dir",
-                    "/tmp/c",
-                ],
-                Some("rd.stateless.debug"),
-                "/tmp/root",
-                "/tmp/run",
-                Some("/tmp/c"),
-            ),
-        ];
-        for (argv, cmdline, sysroot, run_dir, cache_dir) in cases {
-            let args = Args::try_parse_from(std::iter::once("stateless-loader").chain(argv.iter().copied())).unwrap();
-            assert_eq!(args.cmdline.as_deref(), *cmdline);
-            assert_eq!(args.sysroot, PathBuf::from(sysroot));
-            assert_eq!(args.run_dir, PathBuf::from(run_dir));
-            assert_eq!(args.cache_dir, cache_dir.map(PathBuf::from));
-        }
-    }
-
-    #[test]
-    fn version_names_the_commit() {
-        // "0.2.0 (commit 1234abcd5678)" or "(commit unknown)" outside a checkout.
-        assert!(VERSION.starts_with(concat!(env!("CARGO_PKG_VERSION"), " (commit ")), "{VERSION}");
-        assert!(VERSION.ends_with(')'), "{VERSION}");
-        assert_eq!(Args::command().render_version(), format!("stateless-loader {VERSION}\n"));
-    }
 
     #[test]
     fn debug_console_line_names_the_build() {
@@ -287,7 +201,9 @@ mod tests {
 
     #[test]
     fn bad_cmdline_is_an_error_before_any_network() {
-        let args = Args::try_parse_from(["stateless-loader", "--cmdline", "rd.stateless.timeout=abc"]).unwrap();
+        let Ok(Invocation::Run(args)) = args::parse(["--cmdline", "rd.stateless.timeout=abc"]) else {
+            panic!("flags not parsed");
+        };
         let err = run(args).map(|_| ()).map_err(|e| format!("{e:#}"));
         assert_eq!(
             err,
