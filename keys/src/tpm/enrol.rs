@@ -1,0 +1,204 @@
+//! The node's side of zero-touch enrolment: what it tells the server about
+//! its TPM (the endorsement key's public area, the storage root key's, and
+//! the EK certificate when the TPM has one in NV), and turning a key wrapped
+//! for it ([`super::import`]) into an ordinary sealed key with
+//! `TPM2_Import`. See docs/keys.md "Zero-touch enrolment".
+
+use sha2::{Digest, Sha256};
+
+use super::import::{SrkPublic, WrappedKey};
+use super::wire::{self, Auth, Command};
+use super::{Tpm, TpmError};
+use crate::sealed::SealedKey;
+
+const CC_IMPORT: u32 = 0x156;
+const CC_READ_PUBLIC: u32 = 0x173;
+const CC_NV_READ_PUBLIC: u32 = 0x169;
+const CC_NV_READ: u32 = 0x14E;
+const CC_CREATE_PRIMARY: u32 = 0x131;
+const RH_ENDORSEMENT: u32 = 0x4000_000B;
+/// Where the TCG EK Credential Profile has a provisioned RSA EK persisted.
+pub const EK_PERSISTENT: u32 = 0x8101_0001;
+/// The NV index of the RSA 2048 EK certificate (TCG EK Credential Profile).
+pub const EK_CERT_NV_RSA: u32 = 0x01C0_0002;
+/// Largest EK certificate read (they are around 1 KiB).
+pub const MAX_EK_CERT: usize = 4096;
+/// Bytes read from NV per TPM2_NV_Read (below every TPM's NV buffer size).
+const NV_CHUNK: u16 = 512;
+
+/// The TCG EK Credential Profile's EK authPolicy: PolicySecret(TPM_RH_ENDORSEMENT).
+const EK_POLICY: [u8; 32] = [
+    0x83, 0x71, 0x97, 0x67, 0x44, 0x84, 0xB3, 0xF8, 0x1A, 0x90, 0xCC, 0x8D, 0x46, 0xA5, 0xD7, 0x24, 0xFD, 0x52, 0xD7,
+    0x6E, 0x06, 0x52, 0x0B, 0x64, 0xF2, 0xA1, 0xDA, 0x1B, 0x33, 0x14, 0x69, 0xAA,
+];
+
+/// The RSA 2048 EK template (TCG EK Credential Profile, template L-1): the
+/// key whose certificate TPM vendors (and swtpm's local CA) provision at
+/// [`EK_CERT_NV_RSA`]. Derived from the endorsement seed, so it is the same
+/// key on every boot and no NV space is used.
+pub fn ek_template() -> Vec<u8> {
+    let mut t = Vec::with_capacity(32 + 256 + 16);
+    t.extend_from_slice(&0x0001u16.to_be_bytes()); // TPM_ALG_RSA
+    t.extend_from_slice(&0x000Bu16.to_be_bytes()); // SHA-256
+    // fixedTPM | fixedParent | sensitiveDataOrigin | adminWithPolicy | restricted | decrypt
+    t.extend_from_slice(&0x0003_00B2u32.to_be_bytes());
+    t.extend_from_slice(&32u16.to_be_bytes());
+    t.extend_from_slice(&EK_POLICY);
+    t.extend_from_slice(&0x0006u16.to_be_bytes()); // AES
+    t.extend_from_slice(&128u16.to_be_bytes());
+    t.extend_from_slice(&0x0043u16.to_be_bytes()); // CFB
+    t.extend_from_slice(&0x0010u16.to_be_bytes()); // scheme: null
+    t.extend_from_slice(&2048u16.to_be_bytes());
+    t.extend_from_slice(&0u32.to_be_bytes()); // exponent: default
+    t.extend_from_slice(&256u16.to_be_bytes());
+    t.extend_from_slice(&[0u8; 256]);
+    t
+}
+
+/// What a node tells the server about its TPM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrolment {
+    /// The EK's TPMT_PUBLIC.
+    pub ek_public: Vec<u8>,
+    /// The SRK's TPMT_PUBLIC.
+    pub srk_public: Vec<u8>,
+    /// The EK certificate (DER), when the TPM has one in NV.
+    pub ek_cert: Option<Vec<u8>>,
+}
+
+/// The EK hash an admin compares with an inventory: SHA-256 of the EK's
+/// TPMT_PUBLIC, in hex.
+pub fn ek_hash(ek_public: &[u8]) -> String {
+    stateless_bundle::key::hex_encode(&Sha256::digest(ek_public))
+}
+
+/// Names the command of a refusal (the shared table in the parent module
+/// knows only the sealing commands).
+fn named(e: TpmError, command: &'static str) -> TpmError {
+    match e {
+        TpmError::Rc { rc, .. } => TpmError::Rc { command, rc },
+        TpmError::Malformed(_) => TpmError::Malformed(command),
+        e => e,
+    }
+}
+
+impl Tpm {
+    /// The SRK's public area (the same key every time on the same TPM).
+    pub fn srk_public(&mut self) -> Result<SrkPublic, TpmError> {
+        let srk = self.create_srk()?;
+        self.flush(srk.handle);
+        SrkPublic::from_point(&srk.x, &srk.y).map_err(|_| TpmError::Malformed("TPM2_CreatePrimary"))
+    }
+
+    /// The EK's public area: the provisioned one at [`EK_PERSISTENT`] when
+    /// there is one, otherwise the one [`ek_template`] makes.
+    pub fn ek_public(&mut self) -> Result<Vec<u8>, TpmError> {
+        let mut cmd = Command::new(CC_READ_PUBLIC, &[EK_PERSISTENT], &[]);
+        if let Ok(reply) = self.run(&mut cmd, 0) {
+            let public =
+                wire::Reader::new(&reply.params).tpm2b().map_err(|_| TpmError::Malformed("TPM2_ReadPublic"))?;
+            return Ok(public.to_vec());
+        }
+        let mut cmd = Command::new(CC_CREATE_PRIMARY, &[RH_ENDORSEMENT], &[Auth::EmptyPassword]);
+        cmd.u16(4).u16(0).u16(0);
+        cmd.tpm2b(&ek_template());
+        cmd.u16(0).u32(0);
+        let reply = self.run(&mut cmd, 1).map_err(|e| named(e, "TPM2_CreatePrimary (EK)"))?;
+        let handle = Self::handle(&reply, "TPM2_CreatePrimary")?;
+        let public = wire::Reader::new(&reply.params).tpm2b().map(<[u8]>::to_vec);
+        self.flush(handle);
+        public.map_err(|_| TpmError::Malformed("TPM2_CreatePrimary (EK)"))
+    }
+
+    /// The RSA EK certificate from NV, `None` when the TPM has none.
+    pub fn ek_certificate(&mut self) -> Result<Option<Vec<u8>>, TpmError> {
+        let mut cmd = Command::new(CC_NV_READ_PUBLIC, &[EK_CERT_NV_RSA], &[]);
+        let Ok(reply) = self.run(&mut cmd, 0) else { return Ok(None) };
+        // TPM2B_NV_PUBLIC { index, nameAlg, attributes, authPolicy, dataSize }.
+        let malformed = |_| TpmError::Malformed("TPM2_NV_ReadPublic");
+        let nv_public = wire::Reader::new(&reply.params).tpm2b().map_err(malformed)?;
+        let mut r = wire::Reader::new(nv_public);
+        r.u32().map_err(malformed)?;
+        r.u16().map_err(malformed)?;
+        r.u32().map_err(malformed)?;
+        r.tpm2b().map_err(malformed)?;
+        let size = usize::from(r.u16().map_err(malformed)?);
+        if size > MAX_EK_CERT {
+            return Err(TpmError::Malformed("TPM2_NV_ReadPublic"));
+        }
+        let mut cert = Vec::with_capacity(size);
+        while cert.len() < size {
+            let n = u16::try_from(size - cert.len()).unwrap_or(NV_CHUNK).min(NV_CHUNK);
+            let offset = u16::try_from(cert.len()).map_err(|_| TpmError::Malformed("TPM2_NV_Read"))?;
+            // Read with the index's own (empty) auth, as tpm2_getekcertificate does.
+            let mut cmd = Command::new(CC_NV_READ, &[EK_CERT_NV_RSA, EK_CERT_NV_RSA], &[Auth::EmptyPassword]);
+            cmd.u16(n).u16(offset);
+            let reply = self.run(&mut cmd, 0).map_err(|e| named(e, "TPM2_NV_Read (EK certificate)"))?;
+            let part = wire::Reader::new(&reply.params).tpm2b().map_err(|_| TpmError::Malformed("TPM2_NV_Read"))?;
+            if part.is_empty() || part.len() > usize::from(n) {
+                return Err(TpmError::Malformed("TPM2_NV_Read"));
+            }
+            cert.extend_from_slice(part);
+        }
+        // Some vendors pad the index with zeros after the DER: cut to the
+        // DER's own length when it is a definite long-form SEQUENCE.
+        if let [0x30, 0x82, a, b, ..] = cert.as_slice() {
+            let len = 4 + usize::from(u16::from_be_bytes([*a, *b]));
+            cert.truncate(len);
+        }
+        Ok(Some(cert))
+    }
+
+    /// Everything the enrolment request carries.
+    pub fn enrolment(&mut self) -> Result<Enrolment, TpmError> {
+        let ek_public = self.ek_public()?;
+        let srk_public = self.srk_public()?.public;
+        let ek_cert = self.ek_certificate()?;
+        Ok(Enrolment { ek_public, srk_public, ek_cert })
+    }
+
+    /// Imports a key wrapped for this TPM: checks that it names this TPM's
+    /// SRK, then `TPM2_Import` under the SRK. The result is an ordinary
+    /// sealed key ([`Tpm::unseal`] / [`Tpm::unseal_with`] unseal it) that
+    /// may be kept: its private blob is this TPM's own.
+    pub fn import(&mut self, wrapped: &WrappedKey) -> Result<SealedKey, TpmError> {
+        let srk = self.create_srk()?;
+        let result = self.import_under(srk.handle, &srk.name, wrapped);
+        self.flush(srk.handle);
+        result
+    }
+
+    fn import_under(&mut self, srk: u32, srk_name: &[u8], wrapped: &WrappedKey) -> Result<SealedKey, TpmError> {
+        if wrapped.sealed.parent_name != srk_name {
+            return Err(TpmError::SrkMismatch);
+        }
+        // Nothing here is secret on the bus: the seed is encrypted to the
+        // SRK and the sensitive area under the seed. The key only leaves the
+        // TPM again through the salted, encrypted TPM2_Unseal.
+        let mut cmd = Command::new(CC_IMPORT, &[srk], &[Auth::EmptyPassword]);
+        cmd.u16(0); // encryptionKey: no inner wrapper
+        cmd.bytes(&wrapped.sealed.public);
+        cmd.bytes(&wrapped.sealed.private);
+        cmd.tpm2b(&wrapped.seed);
+        cmd.u16(0x0010); // symmetricAlg: null (no inner wrapper)
+        let reply = match self.run(&mut cmd, 0) {
+            Ok(r) => r,
+            Err(TpmError::Rc { rc, .. }) => return Err(TpmError::NotForThisTpm { rc }),
+            Err(e) => return Err(e),
+        };
+        let private = wire::Reader::new(&reply.params).tpm2b_whole().map_err(|_| TpmError::Malformed("TPM2_Import"))?;
+        Ok(SealedKey { private, ..wrapped.sealed.clone() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ek_template_shape() {
+        // type, nameAlg, attributes, policy, symmetric, scheme, bits, exponent, unique.
+        assert_eq!(ek_template().len(), 2 + 2 + 4 + 34 + 6 + 2 + 2 + 4 + 258);
+        assert_eq!(ek_hash(b"").len(), 64);
+    }
+}

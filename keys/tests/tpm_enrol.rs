@@ -1,0 +1,115 @@
+//! Zero-touch enrolment against real TPMs: two swtpms on 127.0.0.1. A key
+//! wrapped in software for TPM A's storage root key imports and unseals on
+//! A, and is refused on B, both by our name check and by the TPM itself.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+#[path = "../../tests/support/swtpm.rs"]
+mod swtpm;
+
+use stateless_bundle::Key;
+use stateless_keys::sealed::Bank;
+use stateless_keys::tpm::enrol::ek_hash;
+use stateless_keys::tpm::import::{SrkPublic, WrapPolicy, WrappedKey, wrap};
+use stateless_keys::tpm::policy::{PolicySigningKey, SignedPolicy};
+use stateless_keys::tpm::{Tpm, TpmError};
+use swtpm::Swtpm;
+
+fn open(s: &Swtpm) -> Tpm {
+    Tpm::open(&s.selector().parse().unwrap()).unwrap()
+}
+
+#[test]
+fn a_key_wrapped_for_one_tpm_unseals_there_and_nowhere_else() {
+    let (a, b) = (Swtpm::start(), Swtpm::start());
+    let (mut ta, mut tb) = (open(&a), open(&b));
+    let enrol = ta.enrolment().unwrap();
+    // The same TPM answers with the same keys every time.
+    assert_eq!(ta.enrolment().unwrap(), enrol);
+    let other = tb.enrolment().unwrap();
+    assert_ne!(ek_hash(&enrol.ek_public), ek_hash(&other.ek_public));
+    assert_ne!(enrol.srk_public, other.srk_public);
+    assert!(enrol.ek_cert.is_none(), "a bare swtpm has no EK certificate");
+
+    let key = Key::generate().unwrap();
+    let srk = SrkPublic::parse(&enrol.srk_public).unwrap();
+    let pcr7 = ta.pcr_read(Bank::Sha256, &[7]).unwrap();
+    let wrapped = wrap(&key, &srk, &WrapPolicy::Pcrs(Bank::Sha256, pcr7)).unwrap();
+    // Through the file format, as the loader gets it.
+    let wrapped = WrappedKey::parse(wrapped.to_text().as_bytes()).unwrap();
+
+    let sealed = ta.import(&wrapped).unwrap();
+    assert_eq!(ta.unseal(&sealed).unwrap().as_bytes(), key.as_bytes());
+    // Imported again (the next boot does it again): the same key.
+    for _ in 0..3 {
+        let again = ta.import(&wrapped).unwrap();
+        assert_eq!(ta.unseal(&again).unwrap().id(), key.id());
+    }
+
+    // TPM B: our check names the problem before the TPM is asked.
+    let err = tb.import(&wrapped).unwrap_err();
+    assert!(matches!(err, TpmError::SrkMismatch), "{err}");
+    assert!(err.to_string().contains("another TPM"), "{err}");
+    // A file edited to name B's SRK: B's TPM refuses the import itself (the
+    // seed decrypts to garbage there, so the outer HMAC does not verify).
+    let mut forged = wrapped.clone();
+    forged.sealed.parent_name = SrkPublic::parse(&other.srk_public).unwrap().name;
+    let err = tb.import(&forged).unwrap_err();
+    assert!(matches!(err, TpmError::NotForThisTpm { .. }), "{err}");
+    assert!(err.to_string().starts_with("the TPM refused the wrapped key: it was made for another TPM"), "{err}");
+    // And A still works afterwards (nothing left loaded on either).
+    let s = ta.import(&wrapped).unwrap();
+    assert_eq!(ta.unseal(&s).unwrap().id(), key.id());
+
+    // A PCR moves: the imported key stays sealed.
+    ta.pcr_extend(7, Bank::Sha256, &[1; 32]).unwrap();
+    let sealed = ta.import(&wrapped).unwrap();
+    let err = ta.unseal(&sealed).unwrap_err().to_string();
+    assert!(err.starts_with("PCR 7 (sha256) differs"), "{err}");
+}
+
+#[test]
+fn a_wrapped_key_can_unseal_under_signed_policies() {
+    let a = Swtpm::start();
+    let mut ta = open(&a);
+    let key = Key::generate().unwrap();
+    let signer = PolicySigningKey::generate().unwrap();
+    let srk = ta.srk_public().unwrap();
+    let wrapped = wrap(&key, &srk, &WrapPolicy::Authorized(signer.public())).unwrap();
+    let sealed = ta.import(&wrapped).unwrap();
+    let pcrs = ta.pcr_read(Bank::Sha256, &[7]).unwrap();
+    let policy = SignedPolicy::sign(&signer, Bank::Sha256, pcrs).unwrap();
+    let got = ta.unseal_with(&sealed, &[("p.signed".into(), policy)]).unwrap();
+    assert_eq!(got.id(), key.id());
+}
+
+#[test]
+fn damaged_wrapped_keys_are_refused_by_the_tpm_without_harm() {
+    let a = Swtpm::start();
+    let mut ta = open(&a);
+    let key = Key::generate().unwrap();
+    let srk = ta.srk_public().unwrap();
+    let pcr7 = ta.pcr_read(Bank::Sha256, &[7]).unwrap();
+    let wrapped = wrap(&key, &srk, &WrapPolicy::Pcrs(Bank::Sha256, pcr7)).unwrap();
+    // One flipped bit anywhere in the duplicate or the seed: the TPM
+    // refuses (integrity, or a point not on the curve); never a key.
+    let dup_len = wrapped.sealed.private.len();
+    for i in [2, 3, 10, 40, dup_len - 1] {
+        let mut bad = wrapped.clone();
+        bad.sealed.private[i] ^= 0x01;
+        let err = ta.import(&bad).map(|s| ta.unseal(&s));
+        assert!(!matches!(err, Ok(Ok(_))), "duplicate byte {i}");
+    }
+    for i in [2, 20, 40, 67] {
+        let mut bad = wrapped.clone();
+        bad.seed[i] ^= 0x01;
+        assert!(ta.import(&bad).is_err(), "seed byte {i}");
+    }
+    // The public area edited (another policy): its name changes, so the HMAC
+    // over the name no longer verifies.
+    let mut bad = wrapped.clone();
+    let n = bad.sealed.public.len();
+    bad.sealed.public[n - 40] ^= 0x01;
+    assert!(ta.import(&bad).is_err());
+    let s = ta.import(&wrapped).unwrap();
+    assert_eq!(ta.unseal(&s).unwrap().id(), key.id());
+}
