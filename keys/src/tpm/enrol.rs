@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use super::import::{SrkPublic, WrappedKey};
 use super::wire::{self, Auth, Command};
 use super::{Tpm, TpmError};
-use crate::sealed::SealedKey;
+use crate::sealed::{Bank, SealedKey};
 
 const CC_IMPORT: u32 = 0x156;
 const CC_READ_PUBLIC: u32 = 0x173;
@@ -64,6 +64,24 @@ pub struct Enrolment {
     pub srk_public: Vec<u8>,
     /// The EK certificate (DER), when the TPM has one in NV.
     pub ek_cert: Option<Vec<u8>>,
+    /// The SHA-256 PCR values at enrolment, for the admin to bind the key to.
+    pub pcrs: Vec<(u8, Vec<u8>)>,
+}
+
+impl Enrolment {
+    /// The body of `POST /v1/nodes/{node}/enrol` (docs/protocol.md): JSON
+    /// whose values are all hex, so nothing needs escaping.
+    pub fn to_json(&self) -> String {
+        use stateless_bundle::key::hex_encode;
+        let pcrs: Vec<String> = self.pcrs.iter().map(|(i, v)| format!("\"{i}\":\"{}\"", hex_encode(v))).collect();
+        format!(
+            "{{\"ek_public\":\"{}\",\"srk_public\":\"{}\",\"ek_cert\":{},\"pcrs\":{{{}}}}}",
+            hex_encode(&self.ek_public),
+            hex_encode(&self.srk_public),
+            self.ek_cert.as_ref().map_or("null".to_owned(), |c| format!("\"{}\"", hex_encode(c))),
+            pcrs.join(",")
+        )
+    }
 }
 
 /// The EK hash an admin compares with an inventory: SHA-256 of the EK's
@@ -154,7 +172,12 @@ impl Tpm {
         let ek_public = self.ek_public()?;
         let srk_public = self.srk_public()?.public;
         let ek_cert = self.ek_certificate()?;
-        Ok(Enrolment { ek_public, srk_public, ek_cert })
+        let all: Vec<u8> = (0..24).collect();
+        let first: Vec<u8> = (0..16).collect();
+        // A TPM without a SHA-256 bank (or with fewer PCRs) reports none;
+        // the admin can still bind the key to a policy key.
+        let pcrs = self.pcr_read(Bank::Sha256, &all).or_else(|_| self.pcr_read(Bank::Sha256, &first));
+        Ok(Enrolment { ek_public, srk_public, ek_cert, pcrs: pcrs.unwrap_or_default() })
     }
 
     /// Imports a key wrapped for this TPM: checks that it names this TPM's

@@ -1,0 +1,188 @@
+//! Zero-touch TPM enrolment through `statelessctl serve` on 127.0.0.1 and
+//! two swtpms: a node posts its TPM's keys, `approve --tpm-key` shows the
+//! EK hash and publishes a key only that TPM can import, `reject` withdraws
+//! it; another TPM can neither use the key nor take the node's place.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+#[path = "../../tests/support/swtpm.rs"]
+mod swtpm;
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use stateless_bundle::Key;
+use stateless_keys::tpm::enrol::ek_hash;
+use stateless_keys::tpm::import::WrappedKey;
+use stateless_keys::tpm::{Tpm, TpmError};
+use swtpm::Swtpm;
+
+fn ctl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_statelessctl"))
+}
+
+fn run(args: &[&str]) -> Output {
+    ctl().args(args).output().unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(!out.status.success(), "{args:?} should fail");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+struct Serve {
+    port: u16,
+    child: Child,
+}
+
+impl Serve {
+    fn start(data: &Path, extra: &[&str]) -> Serve {
+        let mut child = ctl()
+            .args(["serve", "--data", data.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains(": serving ") {
+                    let _ = tx.send(line.trim().rsplit(':').next().and_then(|p| p.parse::<u16>().ok()));
+                }
+            }
+        });
+        let port = rx.recv_timeout(Duration::from_secs(30)).ok().flatten().expect("serve did not start");
+        Serve { port, child }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw request on a fresh connection: (status, body).
+fn http(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let _ = s.write_all(body);
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{text:?}"));
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+fn open(s: &Swtpm) -> Tpm {
+    Tpm::open(&s.selector().parse().unwrap()).unwrap()
+}
+
+#[test]
+fn enrol_approve_import_reject() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    fs::create_dir(&data).unwrap();
+    let d = data.to_str().unwrap();
+    let key = Key::generate().unwrap();
+    let keyfile = dir.path().join("n1.key");
+    stateless_keys::write_key_file(&keyfile, &key, false).unwrap();
+    let k = keyfile.to_str().unwrap();
+    let serve = Serve::start(&data, &[]);
+    let (a, b) = (Swtpm::start(), Swtpm::start());
+    let (mut ta, mut tb) = (open(&a), open(&b));
+    let ea = ta.enrolment().unwrap();
+    let eb = tb.enrolment().unwrap();
+
+    // Nothing to approve before the node enrolled.
+    let err = fails(&["approve", "--data", d, "n1", "--tpm-key", k]);
+    assert!(err.contains("node n1 has not enrolled a TPM"), "{err}");
+    assert_eq!(http(serve.port, "GET", "/v1/nodes/n1/tpm-key", b"").0, 404);
+
+    let (status, body) = http(serve.port, "POST", "/v1/nodes/n1/enrol", ea.to_json().as_bytes());
+    assert_eq!(status, 201, "{body}");
+    // The node reboots and enrols again while it waits: fine.
+    assert_eq!(http(serve.port, "POST", "/v1/nodes/n1/enrol", ea.to_json().as_bytes()).0, 200);
+    // Another TPM claiming the node: refused.
+    let (status, body) = http(serve.port, "POST", "/v1/nodes/n1/enrol", eb.to_json().as_bytes());
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("already enrolled another TPM"), "{body}");
+    // Bad bodies: a clear 422.
+    let (status, body) = http(serve.port, "POST", "/v1/nodes/n2/enrol", br#"{"ek_public":"zz"}"#);
+    assert_eq!(status, 422, "{body}");
+    // The node is listed as pending with its TPM enrolled.
+    let list = ok(&["nodes", "--data", d, "--json"]);
+    assert!(list.contains(&format!("enrolled (EK {})", ek_hash(&ea.ek_public))), "{list}");
+
+    // An inventory that lists another EK: not approved.
+    let wrong = ek_hash(&eb.ek_public);
+    let err = fails(&["approve", "--data", d, "n1", "--tpm-key", k, "--ek-hash", &wrong]);
+    assert!(err.contains("is not the one given with --ek-hash"), "{err}");
+    assert!(!data.join("state/nodes/n1.json").exists());
+    // The TPM has no EK certificate: --ek-ca cannot pass.
+    let err = fails(&["approve", "--data", d, "n1", "--tpm-key", k, "--ek-ca", "/dev/null"]);
+    assert!(err.contains("sent no EK certificate"), "{err}");
+
+    let right = ek_hash(&ea.ek_public);
+    let out = ok(&["approve", "--data", d, "n1", "--tpm-key", k, "--ek-hash", &right]);
+    assert!(out.contains(&format!("TPM of n1: EK SHA-256 {right}")), "{out}");
+    assert!(out.contains(&format!("published key {} wrapped for n1's TPM to PCR 7", key.id())), "{out}");
+    let (status, text) = http(serve.port, "GET", "/v1/nodes/n1/tpm-key", b"");
+    assert_eq!(status, 200);
+    let wrapped = WrappedKey::parse(text.as_bytes()).unwrap();
+    let sealed = ta.import(&wrapped).unwrap();
+    assert_eq!(ta.unseal(&sealed).unwrap().as_bytes(), key.as_bytes());
+    // The blob is useless to TPM B.
+    assert!(matches!(tb.import(&wrapped), Err(TpmError::SrkMismatch)));
+    let audit = fs::read_to_string(data.join("state/audit.log")).unwrap();
+    assert!(audit.contains("\"tpm-key\"") && audit.contains(&right), "{audit}");
+
+    // A PCR list the node did not report, and a bad one.
+    let err = fails(&["approve", "--data", d, "n1", "--tpm-key", k, "--tpm-pcrs", "25"]);
+    assert!(err.contains("--tpm-pcrs 25"), "{err}");
+
+    // Reject: the blob is withdrawn and the enrolment forgotten; the node
+    // can no longer enrol while rejected.
+    let out = ok(&["reject", "--data", d, "n1"]);
+    assert!(out.contains("its TPM key is withdrawn"), "{out}");
+    assert_eq!(http(serve.port, "GET", "/v1/nodes/n1/tpm-key", b"").0, 404);
+    assert_eq!(http(serve.port, "POST", "/v1/nodes/n1/enrol", eb.to_json().as_bytes()).0, 403);
+    // Approved again (without a key), it may enrol a new TPM.
+    ok(&["approve", "--data", d, "n1"]);
+    assert_eq!(http(serve.port, "POST", "/v1/nodes/n1/enrol", eb.to_json().as_bytes()).0, 201);
+}
+
+#[test]
+fn enrolments_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &["--enrol-per-minute", "3"]);
+    let big = vec![b'a'; 20 * 1024];
+    assert_eq!(http(serve.port, "POST", "/v1/nodes/n1/enrol", &big).0, 413);
+    for _ in 0..2 {
+        assert_eq!(http(serve.port, "POST", "/v1/nodes/n1/enrol", b"{}").0, 422);
+    }
+    let (status, body) = http(serve.port, "POST", "/v1/nodes/n1/enrol", b"{}");
+    assert_eq!(status, 429, "{body}");
+    // Other paths are not enrolments.
+    assert_eq!(http(serve.port, "POST", "/v1/nodes/n1/other", b"{}").0, 405);
+}
