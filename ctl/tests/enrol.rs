@@ -186,3 +186,115 @@ fn enrolments_are_bounded() {
     // Other paths are not enrolments.
     assert_eq!(http(serve.port, "POST", "/v1/nodes/n1/other", b"{}").0, 405);
 }
+
+// ---- the loader, end to end ----
+
+fn loader_bin() -> std::path::PathBuf {
+    // target/debug/deps/enrol-HASH -> target/debug/stateless-loader.
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("stateless-loader");
+    assert!(bin.exists(), "{} is missing: run cargo build -p stateless-loader", bin.display());
+    bin
+}
+
+/// One loader run on a node root in `dir` with the TPM `tpm`: exit code,
+/// stderr, status.json.
+fn boot(dir: &Path, port: u16, tpm: &Swtpm) -> (i32, String, serde_json::Value) {
+    for d in ["sysroot/etc", "run"] {
+        fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let _ = fs::remove_file(dir.join("sysroot/etc/motd"));
+    let _ = fs::remove_file(dir.join("run/status.json"));
+    let cmdline = format!(
+        "rd.stateless.server=http://127.0.0.1:{port} rd.stateless.node=node42 rd.stateless.key=tpm \
+         rd.stateless.tpm={} rd.stateless.timeout=5",
+        tpm.selector()
+    );
+    let out = Command::new(loader_bin())
+        .arg("--cmdline")
+        .arg(&cmdline)
+        .arg("--sysroot")
+        .arg(dir.join("sysroot"))
+        .arg("--run-dir")
+        .arg(dir.join("run"))
+        .arg("--sealed-dir")
+        .arg(dir.join("tpm"))
+        .env("STATELESS_LOG_STDERR", "1")
+        .output()
+        .unwrap();
+    let status = fs::read(dir.join("run/status.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(serde_json::Value::Null);
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned(), status)
+}
+
+#[test]
+fn a_node_enrols_waits_for_approval_and_boots_with_the_key_its_tpm_was_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    fs::create_dir(&data).unwrap();
+    let d = data.to_str().unwrap();
+    let key = Key::generate().unwrap();
+    let keyfile = dir.path().join("node42.key");
+    stateless_keys::write_key_file(&keyfile, &key, false).unwrap();
+    // The node's bundle, sealed with the key no initramfs holds.
+    let tree = dir.path().join("tree");
+    fs::create_dir_all(tree.join("etc")).unwrap();
+    fs::write(tree.join("etc/motd"), "from the TPM-delivered key\n").unwrap();
+    let opts = stateless_bundle::PackOptions {
+        key: Some(&key),
+        generation: 1,
+        created: 1_760_000_000,
+        expires: None,
+        scope: stateless_bundle::Scope::Node("node42".into()),
+        level: 3,
+        threads: 0,
+        deletions: vec![],
+        limits: stateless_bundle::Limits::default(),
+    };
+    let bundle = dir.path().join("b1");
+    stateless_bundle::pack(&tree, fs::File::create(&bundle).unwrap(), &opts).unwrap();
+    ok(&["publish", "--data", d, "--node", "node42", bundle.to_str().unwrap()]);
+    let serve = Serve::start(&data, &[]);
+    let (a, b) = (Swtpm::start(), Swtpm::start());
+    let node_a = dir.path().join("node-a");
+
+    // First boot: no key anywhere; the node enrols and says it waits.
+    let (code, err, status) = boot(&node_a, serve.port, &a);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("TPM enrolled with http://127.0.0.1:"), "{err}");
+    assert!(err.contains("waiting for approval (statelessctl approve node42 --tpm-key KEYFILE)"), "{err}");
+    let warnings = status["warnings"].to_string();
+    assert!(warnings.contains("waiting for approval"), "{status}");
+    assert!(data.join("state/enrol/node42.json").exists());
+    // A second boot before approval: still waiting, nothing new for the server.
+    let (code, err, _) = boot(&node_a, serve.port, &a);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("waiting for approval"), "{err}");
+
+    // The admin approves with the key.
+    let out = ok(&["approve", "--data", d, "node42", "--tpm-key", keyfile.to_str().unwrap()]);
+    assert!(out.contains("published key"), "{out}");
+
+    // Next boot: the wrapped key is imported, unsealed, and the bundle applies.
+    let (code, err, status) = boot(&node_a, serve.port, &a);
+    assert_eq!(code, 0, "{err}\n{status}");
+    assert!(err.contains(&format!("imported key {}", key.id().short())), "{err}");
+    assert_eq!(fs::read_to_string(node_a.join("sysroot/etc/motd")).unwrap(), "from the TPM-delivered key\n");
+
+    // Another machine claiming to be node42 with its own TPM gets the same
+    // blob and cannot use it.
+    let node_b = dir.path().join("node-b");
+    let (code, err, _) = boot(&node_b, serve.port, &b);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("TPM key from http://127.0.0.1:"), "{err}");
+    assert!(err.contains("not the one the key was sealed under"), "{err}");
+    assert!(!node_b.join("sysroot/etc/motd").exists());
+
+    // Reject: the blob is withdrawn; the node falls back (here: fails).
+    ok(&["reject", "--data", d, "node42"]);
+    let (code, err, _) = boot(&node_a, serve.port, &a);
+    assert_ne!(code, 0, "{err}");
+    assert!(!node_a.join("sysroot/etc/motd").exists());
+}

@@ -1,0 +1,206 @@
+//! Zero-touch TPM enrolment, the node's side (docs/keys.md "Zero-touch
+//! enrolment"). With `rd.stateless.key=tpm` (alone or in a list), before
+//! any bundle is opened:
+//!
+//! 1. the node asks each server for `v1/nodes/NODE/tpm-key`, a key the
+//!    admin wrapped for this TPM (`statelessctl approve NODE --tpm-key`);
+//!    when there is one it is imported (`TPM2_Import`) and written as an
+//!    ordinary sealed-key file into the sealed-key directory (in the
+//!    initramfs, a tmpfs: gone after the boot), where the key ladder's TPM
+//!    source unseals it as any other;
+//! 2. when no server has one and the boot image holds no sealed key, the
+//!    node posts its TPM's EK, SRK, EK certificate and PCR values to
+//!    `v1/nodes/NODE/enrol` and says on the console that it waits for
+//!    approval; the boot then goes on without the key, so it falls back as
+//!    configured (the cache, then `rd.stateless.onfail`).
+//!
+//! Nothing here fails the boot by itself: each problem is one console line
+//! and the key ladder's own error says the rest.
+
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use stateless_bundle::error_chain as chain;
+use stateless_keys::tpm::enrol::ek_hash;
+use stateless_keys::tpm::import::{MAX_WRAPPED_LEN, WrappedKey};
+use stateless_keys::tpm::source::TPM_DEVICE_WAIT;
+use stateless_keys::tpm::{Tpm, TpmSelector};
+
+use crate::cmdline::KeyChoice;
+use crate::fetch::{Opened, Request, Transport};
+
+/// The longest one request of the enrolment may take (of the boot's budget).
+const REQUEST_TIME: Duration = Duration::from_secs(10);
+
+/// Whether the key choice names the TPM explicitly.
+pub fn wanted(choice: &KeyChoice) -> bool {
+    match choice {
+        KeyChoice::Tpm => true,
+        KeyChoice::List(items) => items.iter().any(|i| matches!(i, KeyChoice::Tpm)),
+        _ => false,
+    }
+}
+
+/// What [`prepare`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A wrapped key was imported and written as this sealed-key file.
+    Imported(String),
+    /// The node enrolled (or had enrolled) and waits for approval.
+    Waiting(String),
+    /// Nothing to do (a sealed key is in the boot image, no server answered).
+    Nothing,
+    /// A problem, in one line (also logged).
+    Problem(String),
+}
+
+/// Where the imported key is written, in the sealed-key directory.
+pub fn imported_file(sealed_dir: &Path) -> std::path::PathBuf {
+    sealed_dir.join("enrolled.sealed")
+}
+
+fn url(base: &str, node: &str, what: &str) -> String {
+    format!("{}/v1/nodes/{node}/{what}", base.trim_end_matches('/'))
+}
+
+fn open_tpm(selector: &TpmSelector) -> Result<Tpm, String> {
+    if let TpmSelector::Device(p) = selector {
+        let until = Instant::now() + TPM_DEVICE_WAIT;
+        while !p.exists() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Tpm::open(selector).map_err(|e| chain(&e))
+}
+
+/// Step 1 then 2 of the module documentation, with `bases` the servers in
+/// order.
+pub fn prepare(
+    transport: &Transport,
+    bases: &[String],
+    node: &str,
+    sealed_dir: &Path,
+    tpm: &TpmSelector,
+    deadline: Instant,
+) -> Outcome {
+    let until = || deadline.min(Instant::now() + REQUEST_TIME);
+    let mut answered: Option<&String> = None;
+    for base in bases {
+        let u = url(base, node, "tpm-key");
+        let req = Request { url: &u, if_none_match: None, limit: MAX_WRAPPED_LEN as u64, deadline: until() };
+        match transport.open(&req, None) {
+            Ok(Opened::Body(mut body)) => {
+                let mut text = Vec::new();
+                if let Err(e) = body.as_mut().take(MAX_WRAPPED_LEN as u64 + 1).read_to_end(&mut text) {
+                    log::warn!("TPM key from {u}: {e}");
+                    continue;
+                }
+                return import(&u, &text, sealed_dir, tpm);
+            }
+            Ok(Opened::NotFound | Opened::NotModified) => {
+                answered.get_or_insert(base);
+            }
+            Err(e) => log::debug!("TPM key from {u}: {}", chain(&e)),
+        }
+    }
+    let Some(base) = answered else { return Outcome::Nothing };
+    // Withdrawn (`reject`): a key imported on an earlier run of this root
+    // (a host-mode loader; an initramfs starts without one) goes too.
+    if fs::remove_file(imported_file(sealed_dir)).is_ok() {
+        log::warn!("{base} no longer publishes a TPM key for {node}; the imported one is removed");
+    }
+    if has_sealed_key(sealed_dir) {
+        return Outcome::Nothing;
+    }
+    enrol(transport, base, node, tpm, until())
+}
+
+/// Whether the sealed-key directory holds a sealed key (not counting one
+/// imported on an earlier run of a host-mode test, which step 1 replaces).
+fn has_sealed_key(dir: &Path) -> bool {
+    let imported = imported_file(dir);
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .any(|p| p.extension().is_some_and(|x| x == "sealed") && p != imported)
+}
+
+fn problem(line: String) -> Outcome {
+    log::warn!("{line}");
+    Outcome::Problem(line)
+}
+
+fn import(url: &str, text: &[u8], sealed_dir: &Path, selector: &TpmSelector) -> Outcome {
+    let wrapped = match WrappedKey::parse(text) {
+        Ok(w) => w,
+        Err(e) => return problem(format!("TPM key from {url} refused: {e}")),
+    };
+    let mut tpm = match open_tpm(selector) {
+        Ok(t) => t,
+        Err(e) => return problem(format!("TPM key from {url} not imported: TPM {selector}: {e}")),
+    };
+    let sealed = match tpm.import(&wrapped) {
+        Ok(s) => s,
+        Err(e) => return problem(format!("TPM key from {url} refused: {}", chain(&e))),
+    };
+    let path = imported_file(sealed_dir);
+    let written = fs::create_dir_all(sealed_dir).and_then(|()| {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let tmp = sealed_dir.join(".enrolled.sealed.tmp");
+        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(sealed.to_text().as_bytes())?;
+        fs::rename(&tmp, &path)
+    });
+    match written {
+        Ok(()) => {
+            let line = format!("imported key {} that {url} wrapped for this TPM", wrapped.sealed.key_id.short());
+            log::info!("{line}");
+            Outcome::Imported(line)
+        }
+        Err(e) => problem(format!("TPM key from {url}: writing {}: {e}", path.display())),
+    }
+}
+
+fn enrol(transport: &Transport, base: &str, node: &str, selector: &TpmSelector, deadline: Instant) -> Outcome {
+    let mut tpm = match open_tpm(selector) {
+        Ok(t) => t,
+        Err(e) => return problem(format!("TPM enrolment not sent: TPM {selector}: {e}")),
+    };
+    let enrolment = match tpm.enrolment() {
+        Ok(e) => e,
+        Err(e) => return problem(format!("TPM enrolment not sent: {}", chain(&e))),
+    };
+    let u = url(base, node, "enrol");
+    let Ok(parsed) = crate::fetch::parse_url(&u) else {
+        return problem(format!("TPM enrolment not sent: bad URL {u}"));
+    };
+    let hash = ek_hash(&enrolment.ek_public);
+    let body = enrolment.to_json();
+    match transport.post(&parsed, &[("Content-Type", "application/json")], body.as_bytes(), deadline) {
+        Ok(200 | 201) => {
+            let line = format!(
+                "TPM enrolled with {base} (EK SHA-256 {hash}); waiting for approval (statelessctl approve {node} --tpm-key KEYFILE); this boot goes on without the TPM key"
+            );
+            log::warn!("{line}");
+            Outcome::Waiting(line)
+        }
+        Ok(status) => {
+            let why = match status {
+                409 => {
+                    ": the server has another TPM enrolled for this node (statelessctl reject, then it enrols again)"
+                }
+                403 => ": this node is rejected",
+                429 => ": too many enrolments from this address",
+                404 | 405 => ": the server does not take enrolments",
+                _ => "",
+            };
+            problem(format!("TPM enrolment refused by {base}: HTTP {status}{why}"))
+        }
+        Err(e) => problem(format!("TPM enrolment not sent to {base}: {}", chain(&e))),
+    }
+}
