@@ -200,7 +200,12 @@ fn loader_bin() -> std::path::PathBuf {
 /// One loader run on a node root in `dir` with the TPM `tpm`: exit code,
 /// stderr, status.json.
 fn boot(dir: &Path, port: u16, tpm: &Swtpm) -> (i32, String, serde_json::Value) {
-    for d in ["sysroot/etc", "run"] {
+    boot_with(dir, port, tpm, false)
+}
+
+/// [`boot`], with a cache disk (a directory) when `cache`.
+fn boot_with(dir: &Path, port: u16, tpm: &Swtpm, cache: bool) -> (i32, String, serde_json::Value) {
+    for d in ["sysroot/etc", "run", "cache"] {
         fs::create_dir_all(dir.join(d)).unwrap();
     }
     let _ = fs::remove_file(dir.join("sysroot/etc/motd"));
@@ -210,7 +215,11 @@ fn boot(dir: &Path, port: u16, tpm: &Swtpm) -> (i32, String, serde_json::Value) 
          rd.stateless.tpm={} rd.stateless.timeout=5",
         tpm.selector()
     );
-    let out = Command::new(loader_bin())
+    let mut cmd = Command::new(loader_bin());
+    if cache {
+        cmd.arg("--cache-dir").arg(dir.join("cache"));
+    }
+    let out = cmd
         .arg("--cmdline")
         .arg(&cmdline)
         .arg("--sysroot")
@@ -292,9 +301,31 @@ fn a_node_enrols_waits_for_approval_and_boots_with_the_key_its_tpm_was_sent() {
     assert!(err.contains("not the one the key was sealed under"), "{err}");
     assert!(!node_b.join("sysroot/etc/motd").exists());
 
-    // Reject: the blob is withdrawn; the node falls back (here: fails).
+    // A node with a cache disk keeps the imported key there: when no
+    // server answers, the cached bundle still opens.
+    let node_c = dir.path().join("node-c");
+    let (code, err, _) = boot_with(&node_c, serve.port, &a, true);
+    assert_eq!(code, 0, "{err}");
+    assert!(node_c.join("cache/tpm/enrolled.sealed").is_file());
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let _ = fs::remove_file(node_c.join("tpm/enrolled.sealed"));
+    let (code, err, status) = boot_with(&node_c, dead, &a, true);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("using the TPM key imported on an earlier boot"), "{err}");
+    assert_eq!(status["source"], "cache-current", "{status}");
+    assert_eq!(status["key_source"], "TPM", "{status}");
+
+    // Reject: the blob is withdrawn; a node that reaches the server drops
+    // its imported copies and falls back (here: fails).
     ok(&["reject", "--data", d, "node42"]);
     let (code, err, _) = boot(&node_a, serve.port, &a);
     assert_ne!(code, 0, "{err}");
     assert!(!node_a.join("sysroot/etc/motd").exists());
+    assert!(err.contains("no longer publishes a TPM key for node42"), "{err}");
+    let (code, err, _) = boot_with(&node_c, serve.port, &a, true);
+    assert_ne!(code, 0, "{err}");
+    assert!(!node_c.join("cache/tpm/enrolled.sealed").exists());
 }

@@ -713,8 +713,9 @@ fn fetch_from_servers(ctx: &mut Ctx<'_>) -> Result<FetchResult, NetworkError> {
         // TPM becomes a sealed key the key ladder finds, or the node
         // enrols and the line says it waits for approval.
         let t = Instant::now();
-        let outcome =
-            crate::tpm_enrol::prepare(&transport, &bases, &node, &ctx.paths.sealed_dir, &ctx.config.tpm, deadline);
+        let cache = ctx.floor_from.as_ref().map(|c| c.dir().to_owned());
+        let places = crate::tpm_enrol::Places { sealed_dir: &ctx.paths.sealed_dir, cache: cache.as_deref() };
+        let outcome = crate::tpm_enrol::prepare(&transport, &bases, &node, &places, &ctx.config.tpm, deadline);
         if let crate::tpm_enrol::Outcome::Waiting(line) | crate::tpm_enrol::Outcome::Problem(line) = outcome {
             ctx.report.warnings.push(line);
         }

@@ -56,6 +56,22 @@ pub enum Outcome {
     Problem(String),
 }
 
+/// Where the imported key goes.
+#[derive(Debug, Clone, Copy)]
+pub struct Places<'a> {
+    /// The sealed-key directory the key ladder's TPM source reads.
+    pub sealed_dir: &'a Path,
+    /// The cache disk's root, when the node has one: a copy of the imported
+    /// key is kept there, so that a later boot that reaches no server can
+    /// still open the cached bundles.
+    pub cache: Option<&'a Path>,
+}
+
+/// The copy of the imported key on the cache disk.
+pub fn cached_file(cache: &Path) -> std::path::PathBuf {
+    cache.join("tpm").join("enrolled.sealed")
+}
+
 /// Where the imported key is written, in the sealed-key directory.
 pub fn imported_file(sealed_dir: &Path) -> std::path::PathBuf {
     sealed_dir.join("enrolled.sealed")
@@ -81,10 +97,11 @@ pub fn prepare(
     transport: &Transport,
     bases: &[String],
     node: &str,
-    sealed_dir: &Path,
+    places: &Places<'_>,
     tpm: &TpmSelector,
     deadline: Instant,
 ) -> Outcome {
+    let sealed_dir = places.sealed_dir;
     let until = || deadline.min(Instant::now() + REQUEST_TIME);
     let mut answered: Option<&String> = None;
     for base in bases {
@@ -97,7 +114,7 @@ pub fn prepare(
                     log::warn!("TPM key from {u}: {e}");
                     continue;
                 }
-                return import(&u, &text, sealed_dir, tpm);
+                return import(&u, &text, places, tpm);
             }
             Ok(Opened::NotFound | Opened::NotModified) => {
                 answered.get_or_insert(base);
@@ -105,11 +122,27 @@ pub fn prepare(
             Err(e) => log::debug!("TPM key from {u}: {}", chain(&e)),
         }
     }
-    let Some(base) = answered else { return Outcome::Nothing };
-    // Withdrawn (`reject`): a key imported on an earlier run of this root
-    // (a host-mode loader; an initramfs starts without one) goes too.
-    if fs::remove_file(imported_file(sealed_dir)).is_ok() {
-        log::warn!("{base} no longer publishes a TPM key for {node}; the imported one is removed");
+    let Some(base) = answered else {
+        // No server answered: the key imported on an earlier boot, from
+        // the cache disk, opens the cached bundles.
+        if let Some(copy) = places.cache.map(cached_file).filter(|p| p.is_file()) {
+            return match write_sealed(sealed_dir, &fs::read(&copy).unwrap_or_default()) {
+                Ok(()) => {
+                    let line = "no server answered; using the TPM key imported on an earlier boot (cache disk)";
+                    log::info!("{line}");
+                    Outcome::Imported(line.into())
+                }
+                Err(e) => problem(format!("TPM key from the cache disk: {e}")),
+            };
+        }
+        return Outcome::Nothing;
+    };
+    // Withdrawn (`reject`): a key imported on an earlier boot goes too,
+    // from the cache disk and from this root (a host-mode loader; an
+    // initramfs starts without one).
+    let cached = places.cache.map(cached_file).is_some_and(|p| fs::remove_file(p).is_ok());
+    if fs::remove_file(imported_file(sealed_dir)).is_ok() || cached {
+        log::warn!("{base} no longer publishes a TPM key for {node}; the one imported earlier is removed");
     }
     if has_sealed_key(sealed_dir) {
         return Outcome::Nothing;
@@ -134,7 +167,20 @@ fn problem(line: String) -> Outcome {
     Outcome::Problem(line)
 }
 
-fn import(url: &str, text: &[u8], sealed_dir: &Path, selector: &TpmSelector) -> Outcome {
+/// Writes a sealed-key file as the imported key (0600, atomically).
+fn write_sealed(dir: &Path, text: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(".enrolled.sealed.tmp");
+    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(text)?;
+    f.sync_all()?;
+    fs::rename(&tmp, imported_file(dir))
+}
+
+fn import(url: &str, text: &[u8], places: &Places<'_>, selector: &TpmSelector) -> Outcome {
+    let sealed_dir = places.sealed_dir;
     let wrapped = match WrappedKey::parse(text) {
         Ok(w) => w,
         Err(e) => return problem(format!("TPM key from {url} refused: {e}")),
@@ -148,16 +194,17 @@ fn import(url: &str, text: &[u8], sealed_dir: &Path, selector: &TpmSelector) -> 
         Err(e) => return problem(format!("TPM key from {url} refused: {}", chain(&e))),
     };
     let path = imported_file(sealed_dir);
-    let written = fs::create_dir_all(sealed_dir).and_then(|()| {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let tmp = sealed_dir.join(".enrolled.sealed.tmp");
-        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        f.write_all(sealed.to_text().as_bytes())?;
-        fs::rename(&tmp, &path)
-    });
-    match written {
+    let text = sealed.to_text();
+    match write_sealed(sealed_dir, text.as_bytes()) {
         Ok(()) => {
+            // The imported object is this TPM's own: useless elsewhere, so
+            // it may rest on the cache disk like a sealed key in the image.
+            if let Some(cache) = places.cache {
+                let copy = cached_file(cache);
+                if let Err(e) = copy.parent().map_or(Ok(()), |d| write_sealed(d, text.as_bytes())) {
+                    log::warn!("keeping the imported TPM key on the cache disk ({}): {e}", copy.display());
+                }
+            }
             let line = format!("imported key {} that {url} wrapped for this TPM", wrapped.sealed.key_id.short());
             log::info!("{line}");
             Outcome::Imported(line)
