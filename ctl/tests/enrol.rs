@@ -329,3 +329,93 @@ fn a_node_enrols_waits_for_approval_and_boots_with_the_key_its_tpm_was_sent() {
     assert_ne!(code, 0, "{err}");
     assert!(!node_c.join("cache/tpm/enrolled.sealed").exists());
 }
+
+// ---- EK certificates ----
+
+/// A local CA (swtpm_localca's root and issuer, created on first use in
+/// `ca`) and the swtpm_setup configuration that uses it.
+fn local_ca(ca: &Path) -> std::path::PathBuf {
+    fs::create_dir_all(ca).unwrap();
+    let d = ca.display();
+    fs::write(
+        ca.join("localca.conf"),
+        format!("statedir = {d}\nsigningkey = {d}/signkey.pem\nissuercert = {d}/issuercert.pem\ncertserial = {d}/certserial\n"),
+    )
+    .unwrap();
+    let setup = ca.join("setup.conf");
+    fs::write(
+        &setup,
+        format!(
+            "create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = {d}/localca.conf\n\
+             create_certs_tool_options = /etc/swtpm-localca.options\nactive_pcr_banks = sha256\n"
+        ),
+    )
+    .unwrap();
+    setup
+}
+
+/// A swtpm manufactured with an EK certificate signed by the CA in `ca`.
+fn tpm_with_ek_cert(ca: &Path) -> Swtpm {
+    let setup = local_ca(ca);
+    Swtpm::start_with(|state| {
+        let out = Command::new("swtpm_setup")
+            .args(["--tpm2", "--create-ek-cert", "--overwrite", "--tpmstate"])
+            .arg(state)
+            .arg("--config")
+            .arg(&setup)
+            .output()
+            .expect("swtpm_setup is not installed (swtpm-tools)");
+        assert!(out.status.success(), "swtpm_setup: {}", String::from_utf8_lossy(&out.stderr));
+    })
+}
+
+/// The CA file an admin gives `--ek-ca`: the local CA's issuer and root.
+fn ca_file(ca: &Path) -> String {
+    let mut pem = fs::read_to_string(ca.join("issuercert.pem")).unwrap();
+    pem.push_str(&fs::read_to_string(ca.join("swtpm-localca-rootca-cert.pem")).unwrap());
+    let path = ca.join("ek-ca.pem");
+    fs::write(&path, pem).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn the_ek_certificate_is_checked_against_the_manufacturer_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    fs::create_dir(&data).unwrap();
+    let d = data.to_str().unwrap();
+    let keyfile = dir.path().join("n.key");
+    stateless_keys::write_key_file(&keyfile, &Key::generate().unwrap(), false).unwrap();
+    let k = keyfile.to_str().unwrap();
+    let (ca1, ca2) = (dir.path().join("ca1"), dir.path().join("ca2"));
+    let (a, b) = (tpm_with_ek_cert(&ca1), tpm_with_ek_cert(&ca2));
+    let ea = open(&a).enrolment().unwrap();
+    let eb = open(&b).enrolment().unwrap();
+    let cert = ea.ek_cert.clone().expect("swtpm_setup --create-ek-cert provisions an EK certificate");
+    assert_eq!(cert.first(), Some(&0x30), "DER");
+    let serve = Serve::start(&data, &[]);
+
+    // A's EK, certified by CA 1.
+    assert_eq!(http(serve.port, "POST", "/v1/nodes/a/enrol", ea.to_json().as_bytes()).0, 201);
+    let out = ok(&["approve", "--data", d, "a", "--tpm-key", k, "--ek-ca", &ca_file(&ca1)]);
+    assert!(out.contains("EK certificate: verified against"), "{out}");
+    assert!(out.contains("published key"), "{out}");
+    // Present but not checked: said so.
+    let out = ok(&["approve", "--data", d, "a", "--tpm-key", k]);
+    assert!(out.contains("EK certificate: present, not checked (give --ek-ca)"), "{out}");
+
+    // B's certificate is from another CA: refused, and b is not approved.
+    assert_eq!(http(serve.port, "POST", "/v1/nodes/b/enrol", eb.to_json().as_bytes()).0, 201);
+    let err = fails(&["approve", "--data", d, "b", "--tpm-key", k, "--ek-ca", &ca_file(&ca1)]);
+    assert!(err.contains("the EK certificate of b does not chain to"), "{err}");
+    assert!(!data.join("state/nodes/b.json").exists());
+    assert!(!data.join("v1/nodes/b/tpm-key").exists());
+
+    // A node that sends a genuine certificate for another TPM's EK (A's
+    // certificate with B's keys): refused.
+    let mut forged = eb.clone();
+    forged.ek_cert = Some(cert);
+    assert_eq!(http(serve.port, "POST", "/v1/nodes/c/enrol", forged.to_json().as_bytes()).0, 201);
+    let err = fails(&["approve", "--data", d, "c", "--tpm-key", k, "--ek-ca", &ca_file(&ca1)]);
+    assert!(err.contains("certifies another key than its EK"), "{err}");
+}
