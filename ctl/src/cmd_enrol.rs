@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use stateless_bundle::key::hex_decode;
 use stateless_keys::read_key_file;
 use stateless_keys::sealed::{Bank, parse_pcr_list};
-use stateless_keys::tpm::import::{SrkPublic, WrapPolicy, wrap};
+use stateless_keys::tpm::import::{SrkPublic, WrapPolicy, wrap_bound};
 use stateless_keys::tpm::policy::read_policy_public_file;
 use stateless_server::enrol::{self, StoredEnrolment};
 use stateless_server::{DataDir, store};
@@ -73,7 +73,11 @@ pub fn approve_tpm(data: &DataDir, node: &str, a: &TpmApproval<'_>) -> anyhow::R
             (WrapPolicy::Pcrs(Bank::Sha256, values), format!("to PCR {text} (sha256) as the node reported them"))
         }
     };
-    let wrapped = wrap(&key, &srk, &policy).map_err(|err| anyhow::anyhow!("wrapping the key: {err}"))?;
+    // Bound to the EK: only the TPM holding the EK checked above, with this
+    // SRK loaded, can unwrap it (credential activation).
+    let ek = unhex(&e.request.ek_public, "ek_public")?;
+    let wrapped = wrap_bound(&key, &srk, &ek, &policy)
+        .map_err(|err| anyhow::anyhow!("wrapping the key for the EK node {node} enrolled: {err}"))?;
     enrol::publish(data, node, &wrapped.to_text()).context("publishing the wrapped key")?;
     store::audit(
         data,
@@ -83,6 +87,7 @@ pub fn approve_tpm(data: &DataDir, node: &str, a: &TpmApproval<'_>) -> anyhow::R
         store::by_uid(),
     )?;
     lines.push(format!("published key {} wrapped for {node}'s TPM {what} at v1/nodes/{node}/tpm-key", key.id()));
+    lines.push("the storage key is bound to the EK: only the TPM holding that EK can import it".into());
     Ok(lines)
 }
 

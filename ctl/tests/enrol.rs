@@ -147,9 +147,11 @@ fn enrol_approve_import_reject() {
     let out = ok(&["approve", "--data", d, "n1", "--tpm-key", k, "--ek-hash", &right]);
     assert!(out.contains(&format!("TPM of n1: EK SHA-256 {right}")), "{out}");
     assert!(out.contains(&format!("published key {} wrapped for n1's TPM to PCR 7", key.id())), "{out}");
+    assert!(out.contains("the storage key is bound to the EK"), "{out}");
     let (status, text) = http(serve.port, "GET", "/v1/nodes/n1/tpm-key", b"");
     assert_eq!(status, 200);
     let wrapped = WrappedKey::parse(text.as_bytes()).unwrap();
+    assert!(wrapped.credential.is_some(), "approve binds the SRK to the EK");
     let sealed = ta.import(&wrapped).unwrap();
     assert_eq!(ta.unseal(&sealed).unwrap().as_bytes(), key.as_bytes());
     // The blob is useless to TPM B.

@@ -113,3 +113,60 @@ fn damaged_wrapped_keys_are_refused_by_the_tpm_without_harm() {
     let s = ta.import(&wrapped).unwrap();
     assert_eq!(ta.unseal(&s).unwrap().id(), key.id());
 }
+
+/// The SRK is bound to the EK: the inner wrapper's key comes only from the
+/// TPM that holds the EK, with the SRK the credential names loaded.
+#[test]
+fn a_bound_key_needs_the_tpm_that_holds_the_ek() {
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    use stateless_keys::tpm::import::wrap_bound;
+    use stateless_keys::tpm::salt;
+
+    let (a, b) = (Swtpm::start(), Swtpm::start());
+    let (mut ta, mut tb) = (open(&a), open(&b));
+    let (ea, eb) = (ta.enrolment().unwrap(), tb.enrolment().unwrap());
+    let key = Key::generate().unwrap();
+    let srk_a = SrkPublic::parse(&ea.srk_public).unwrap();
+    let policy = WrapPolicy::Pcrs(Bank::Sha256, ta.pcr_read(Bank::Sha256, &[7]).unwrap());
+
+    // The honest case: A's EK and A's SRK.
+    let bound = wrap_bound(&key, &srk_a, &ea.ek_public, &policy).unwrap();
+    let bound = WrappedKey::parse(bound.to_text().as_bytes()).unwrap();
+    assert!(bound.credential.is_some());
+    let sealed = ta.import(&bound).unwrap();
+    assert_eq!(ta.unseal(&sealed).unwrap().as_bytes(), key.as_bytes());
+    for _ in 0..3 {
+        let s = ta.import(&bound).unwrap();
+        assert_eq!(ta.unseal(&s).unwrap().id(), key.id());
+    }
+
+    // The attack: a genuine EK (A's) sent with an SRK whose private key the
+    // sender holds in software.
+    let fake = p256::SecretKey::from_slice(&[9u8; 32]).unwrap();
+    let p = fake.public_key().to_encoded_point(false);
+    let fake_srk = SrkPublic::from_point(p.x().unwrap(), p.y().unwrap()).unwrap();
+    let w = wrap_bound(&key, &fake_srk, &ea.ek_public, &policy).unwrap();
+    // The sender removes the outer wrapper with its SRK key ...
+    let eph = p256::PublicKey::from_sec1_bytes(&[&[0x04][..], &w.seed[2..34], &w.seed[36..68]].concat()).unwrap();
+    let z = p256::ecdh::diffie_hellman(fake.to_nonzero_scalar(), eph.as_affine());
+    let seed = salt::kdfe(z.raw_secret_bytes(), "DUPLICATE", &w.seed[2..34], &fake_srk.x);
+    let name = stateless_keys::tpm::import::name_of(&w.sealed.public[2..]);
+    let mut inner = w.sealed.private[2 + 34..].to_vec();
+    salt::cfb_decrypt(&salt::kdfa(&seed, "STORAGE", &name, &[], 128), &[0; 16], &mut inner).unwrap();
+    // ... and finds the inner wrapper, not the key.
+    assert!(!inner.windows(32).any(|win| win == key.as_bytes()), "the key is readable without the EK's TPM");
+    // A's TPM will not give the inner key for that SRK name: the credential
+    // is bound to the fake SRK, and A's loaded SRK has another name.
+    let mut w_on_a = w.clone();
+    w_on_a.sealed.parent_name = srk_a.name.clone();
+    let err = ta.import(&w_on_a).unwrap_err();
+    assert!(matches!(err, TpmError::NotForThisTpm { .. }), "{err}");
+
+    // A credential made for B's EK, bound to A's SRK: A's TPM refuses it.
+    let for_b = wrap_bound(&key, &srk_a, &eb.ek_public, &policy).unwrap();
+    let err = ta.import(&for_b).unwrap_err();
+    assert!(matches!(err, TpmError::NotForThisTpm { .. }), "{err}");
+    // Everything was flushed: the honest blob still imports.
+    let s = ta.import(&bound).unwrap();
+    assert_eq!(ta.unseal(&s).unwrap().id(), key.id());
+}

@@ -152,6 +152,15 @@ fn seed_keys(corpus: &Path) {
         let w = wrap(&key, &srk, &WrapPolicy::Authorized(signer.public())).expect("wrap");
         write("keys_tpm_wrapped", "policy_key", w.to_text().as_bytes());
         write("keys_tpm_wrapped", "srk_public", &srk.public);
+        // Bound to a made-up RSA EK (the template with an odd modulus).
+        let mut ek = stateless_keys::tpm::enrol::ek_template();
+        let n = ek.len();
+        ek[n - 256] = 0xC0;
+        ek[n - 1] = 0x01;
+        let pcrs = vec![(7u8, vec![0u8; 32])];
+        let w = stateless_keys::tpm::import::wrap_bound(&key, &srk, &ek, &WrapPolicy::Pcrs(Bank::Sha256, pcrs))
+            .expect("wrap_bound");
+        write("keys_tpm_wrapped", "bound", w.to_text().as_bytes());
     }
 
     let mut a = stateless_keys::cpio::Archive::new(1_700_000_000);

@@ -6,12 +6,23 @@
 
 use sha2::{Digest, Sha256};
 
-use super::import::{SrkPublic, WrappedKey};
+use zeroize::Zeroizing;
+
+use super::import::{Credential, SrkPublic, WrappedKey};
 use super::wire::{self, Auth, Command};
 use super::{Tpm, TpmError};
 use crate::sealed::{Bank, SealedKey};
 
 const CC_IMPORT: u32 = 0x156;
+const CC_ACTIVATE_CREDENTIAL: u32 = 0x147;
+const CC_POLICY_SECRET: u32 = 0x151;
+const CC_START_AUTH_SESSION: u32 = 0x176;
+const RH_NULL: u32 = 0x4000_0007;
+const SE_POLICY: u8 = 0x01;
+const ALG_AES: u16 = 0x0006;
+const ALG_CFB: u16 = 0x0043;
+const ALG_NULL: u16 = 0x0010;
+const ALG_SHA256: u16 = 0x000B;
 const CC_READ_PUBLIC: u32 = 0x173;
 const CC_NV_READ_PUBLIC: u32 = 0x169;
 const CC_NV_READ: u32 = 0x14E;
@@ -195,15 +206,28 @@ impl Tpm {
         if wrapped.sealed.parent_name != srk_name {
             return Err(TpmError::SrkMismatch);
         }
-        // Nothing here is secret on the bus: the seed is encrypted to the
-        // SRK and the sensitive area under the seed. The key only leaves the
-        // TPM again through the salted, encrypted TPM2_Unseal.
+        let inner = match &wrapped.credential {
+            Some(c) => Some(self.activate(srk, c)?),
+            None => None,
+        };
+        // The seed is encrypted to the SRK and the sensitive area under the
+        // seed (and the inner key). The inner key crosses the bus in the
+        // clear here: someone reading the bus learns it, which only matters
+        // together with the SRK's private key, which never leaves the TPM.
+        // The key itself leaves the TPM only through the salted, encrypted
+        // TPM2_Unseal.
         let mut cmd = Command::new(CC_IMPORT, &[srk], &[Auth::EmptyPassword]);
-        cmd.u16(0); // encryptionKey: no inner wrapper
+        match &inner {
+            Some(k) => cmd.tpm2b(k.as_slice()),
+            None => cmd.u16(0), // encryptionKey: no inner wrapper
+        };
         cmd.bytes(&wrapped.sealed.public);
         cmd.bytes(&wrapped.sealed.private);
         cmd.tpm2b(&wrapped.seed);
-        cmd.u16(0x0010); // symmetricAlg: null (no inner wrapper)
+        match inner {
+            Some(_) => cmd.u16(ALG_AES).u16(128).u16(ALG_CFB),
+            None => cmd.u16(ALG_NULL),
+        };
         let reply = match self.run(&mut cmd, 0) {
             Ok(r) => r,
             Err(TpmError::Rc { rc, .. }) => return Err(TpmError::NotForThisTpm { rc }),
@@ -211,6 +235,75 @@ impl Tpm {
         };
         let private = wire::Reader::new(&reply.params).tpm2b_whole().map_err(|_| TpmError::Malformed("TPM2_Import"))?;
         Ok(SealedKey { private, ..wrapped.sealed.clone() })
+    }
+
+    /// `TPM2_ActivateCredential` of `credential` with the EK and the SRK
+    /// (`srk`): the inner wrapper key, which this TPM gives back only if it
+    /// holds the EK the credential was made for and the loaded SRK has the
+    /// name it was bound to.
+    fn activate(&mut self, srk: u32, credential: &Credential) -> Result<Zeroizing<Vec<u8>>, TpmError> {
+        let (ek, transient) = self.ek_handle()?;
+        let mut handles = Vec::new();
+        if transient {
+            handles.push(ek);
+        }
+        let result = self.activate_with(srk, ek, credential, &mut handles);
+        for h in handles.into_iter().rev() {
+            self.flush(h);
+        }
+        result
+    }
+
+    /// The EK's handle: the persistent one, or a transient one made from
+    /// the template (`true`: to be flushed).
+    fn ek_handle(&mut self) -> Result<(u32, bool), TpmError> {
+        let mut cmd = Command::new(CC_READ_PUBLIC, &[EK_PERSISTENT], &[]);
+        if self.run(&mut cmd, 0).is_ok() {
+            return Ok((EK_PERSISTENT, false));
+        }
+        let mut cmd = Command::new(CC_CREATE_PRIMARY, &[RH_ENDORSEMENT], &[Auth::EmptyPassword]);
+        cmd.u16(4).u16(0).u16(0).tpm2b(&ek_template()).u16(0).u32(0);
+        let reply = self.run(&mut cmd, 1).map_err(|e| named(e, "TPM2_CreatePrimary (EK)"))?;
+        Ok((Self::handle(&reply, "TPM2_CreatePrimary")?, true))
+    }
+
+    fn activate_with(
+        &mut self,
+        srk: u32,
+        ek: u32,
+        credential: &Credential,
+        handles: &mut Vec<u32>,
+    ) -> Result<Zeroizing<Vec<u8>>, TpmError> {
+        // The EK's policy is PolicySecret(TPM_RH_ENDORSEMENT): a policy
+        // session (unsalted: it carries nothing secret) satisfied with the
+        // endorsement hierarchy's (empty) password.
+        let nonce = self.nonce()?;
+        let mut cmd = Command::new(CC_START_AUTH_SESSION, &[RH_NULL, RH_NULL], &[]);
+        cmd.tpm2b(&nonce).u16(0).u8(SE_POLICY).u16(ALG_NULL).u16(ALG_SHA256);
+        let reply = self.run(&mut cmd, 1).map_err(|e| named(e, "TPM2_StartAuthSession"))?;
+        let session = Self::handle(&reply, "TPM2_StartAuthSession")?;
+        handles.push(session);
+        let mut cmd = Command::new(CC_POLICY_SECRET, &[RH_ENDORSEMENT, session], &[Auth::EmptyPassword]);
+        cmd.u16(0).u16(0).u16(0).u32(0); // nonceTPM, cpHashA, policyRef: empty; no expiration
+        self.run(&mut cmd, 0).map_err(|e| named(e, "TPM2_PolicySecret (endorsement)"))?;
+        let nonce = self.nonce()?;
+        let auths = [Auth::EmptyPassword, Auth::Session { handle: session, nonce, attrs: 0, hmac: None }];
+        let mut cmd = Command::new(CC_ACTIVATE_CREDENTIAL, &[srk, ek], &auths);
+        cmd.bytes(&credential.blob).tpm2b(&credential.secret);
+        let reply = match self.run(&mut cmd, 0) {
+            Ok(r) => r,
+            // Another EK, or an SRK other than the one it was bound to.
+            Err(TpmError::Rc { rc, .. }) => return Err(TpmError::NotForThisTpm { rc }),
+            Err(e) => return Err(e),
+        };
+        // The session ended with the command.
+        handles.retain(|h| *h != session);
+        let key =
+            wire::Reader::new(&reply.params).tpm2b().map_err(|_| TpmError::Malformed("TPM2_ActivateCredential"))?;
+        if key.len() != 16 {
+            return Err(TpmError::Malformed("TPM2_ActivateCredential"));
+        }
+        Ok(Zeroizing::new(key.to_vec()))
     }
 }
 

@@ -69,6 +69,12 @@ pub enum WrapError {
     /// The seed line is malformed.
     #[error("TPM-wrapped key file: line {0}: seed: not a P-256 point (TPMS_ECC_POINT in hex)")]
     Seed(usize),
+    /// A credential line is malformed, or only one of the two is there.
+    #[error("TPM-wrapped key file: line {0}: credential: {1}")]
+    Credential(usize, &'static str),
+    /// The endorsement key is not one a credential can be made for.
+    #[error("not the public area of an RSA endorsement key (TCG EK profile: RSA 2048 to 4096, SHA-256, AES-128-CFB)")]
+    BadEk,
 }
 
 /// The public area of a node's SRK as it sent it at enrolment: checked
@@ -143,7 +149,25 @@ pub struct WrappedKey {
     pub sealed: SealedKey,
     /// TPM2B_ENCRYPTED_SECRET contents: the ephemeral point (TPMS_ECC_POINT).
     pub seed: Vec<u8>,
+    /// The inner wrapper's key, as a credential to the node's EK bound to
+    /// the SRK's name ([`wrap_bound`]); `None` for an outer wrapper only.
+    pub credential: Option<Credential>,
 }
+
+/// The duplicate's inner wrapper key, made with `TPM2_MakeCredential` for
+/// the EK the admin approved and the SRK's name: only that TPM, with that
+/// SRK loaded, gets it back (`TPM2_ActivateCredential`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// TPM2B_ID_OBJECT, size included.
+    pub blob: Vec<u8>,
+    /// TPM2B_ENCRYPTED_SECRET contents: the seed, RSA-OAEP encrypted to the EK.
+    pub secret: Vec<u8>,
+}
+
+/// Largest credential field (an ID object is ~70 bytes; a 4096-bit RSA
+/// secret 512).
+const MAX_CREDENTIAL_FIELD: usize = 1024;
 
 /// The sealed-data object's public area. Policy-only: no userWithAuth, so
 /// even someone holding the imported object on this TPM needs the policy.
@@ -162,8 +186,35 @@ fn object_public(policy: &[u8; 32], unique: &[u8; 32]) -> Vec<u8> {
     t
 }
 
-/// Wraps `key` for the TPM whose SRK is `srk`, unsealable under `policy`.
+/// Wraps `key` for the TPM whose SRK is `srk`, unsealable under `policy`,
+/// with the outer wrapper only: whoever holds the SRK's private key can
+/// unwrap it. See [`wrap_bound`].
 pub fn wrap(key: &Key, srk: &SrkPublic, policy: &WrapPolicy) -> Result<WrappedKey, WrapError> {
+    wrap_with(key, srk, policy, None)
+}
+
+/// Wraps `key` for the SRK `srk` of the TPM whose endorsement key is
+/// `ek_public` (an RSA EK's TPMT_PUBLIC), unsealable under `policy`. The
+/// duplicate also has an inner wrapper whose key is sent as a credential
+/// to the EK, bound to the SRK's name: the SRK alone, without the TPM that
+/// holds that EK, cannot unwrap it. This is what makes checking the EK
+/// (hash, certificate) mean something for the SRK.
+pub fn wrap_bound(key: &Key, srk: &SrkPublic, ek_public: &[u8], policy: &WrapPolicy) -> Result<WrappedKey, WrapError> {
+    super::credential::rsa_public(ek_public)?;
+    let mut inner = Zeroizing::new([0u8; 16]);
+    getrandom::fill(inner.as_mut_slice()).map_err(|e| WrapError::Random(e.to_string()))?;
+    let mut w = wrap_with(key, srk, policy, Some(&inner))?;
+    let (blob, secret) = super::credential::make_credential(ek_public, &srk.name, inner.as_slice())?;
+    w.credential = Some(Credential { blob, secret });
+    Ok(w)
+}
+
+fn wrap_with(
+    key: &Key,
+    srk: &SrkPublic,
+    policy: &WrapPolicy,
+    inner: Option<&[u8; 16]>,
+) -> Result<WrappedKey, WrapError> {
     let random = |out: &mut [u8]| getrandom::fill(out).map_err(|e| WrapError::Random(e.to_string()));
     let (bank, pcrs, policy_key, digest) = match policy {
         WrapPolicy::Pcrs(bank, values) => (*bank, values.clone(), None, policy_pcr_digest(*bank, values)),
@@ -189,9 +240,27 @@ pub fn wrap(key: &Key, srk: &SrkPublic, policy: &WrapPolicy) -> Result<WrappedKe
     sensitive.extend_from_slice(&u16::try_from(KEY_LEN).unwrap_or(0).to_be_bytes());
     sensitive.extend_from_slice(key.as_bytes());
     // encSensitive is the TPM2B of it, size included, encrypted whole.
-    let mut enc = Zeroizing::new(Vec::with_capacity(sensitive.len() + 2));
-    enc.extend_from_slice(&u16::try_from(sensitive.len()).unwrap_or(0).to_be_bytes());
-    enc.extend_from_slice(&sensitive);
+    let mut enc = Zeroizing::new(Vec::with_capacity(sensitive.len() + 36));
+    let mut sensitive_2b = Zeroizing::new(Vec::with_capacity(sensitive.len() + 2));
+    sensitive_2b.extend_from_slice(&u16::try_from(sensitive.len()).unwrap_or(0).to_be_bytes());
+    sensitive_2b.extend_from_slice(&sensitive);
+    if let Some(inner) = inner {
+        // The inner wrapper (Part 1 §23.3.2.3): an integrity digest over the
+        // sensitive area and the name, then both AES-128-CFB encrypted
+        // (zero IV) under the inner key that TPM2_Import is given.
+        let integrity = {
+            let mut h = Sha256::new();
+            h.update(sensitive_2b.as_slice());
+            h.update(&name);
+            h.finalize()
+        };
+        enc.extend_from_slice(&32u16.to_be_bytes());
+        enc.extend_from_slice(&integrity);
+        enc.extend_from_slice(&sensitive_2b);
+        salt::cfb_encrypt(inner, &[0u8; 16], &mut enc).map_err(|_| WrapError::BadPoint)?;
+    } else {
+        enc.extend_from_slice(&sensitive_2b);
+    }
 
     // The seed, by ECDH with the SRK.
     let srk_point =
@@ -241,6 +310,7 @@ pub fn wrap(key: &Key, srk: &SrkPublic, policy: &WrapPolicy) -> Result<WrappedKe
             private: duplicate,
         },
         seed: seed_point,
+        credential: None,
     })
 }
 
@@ -256,6 +326,7 @@ impl WrappedKey {
         let mut magic_seen = false;
         let authorized = text.lines().any(|l| l.trim().starts_with("policy-key "));
         let mut seed = None;
+        let (mut blob, mut secret) = (None, None);
         // The same text as a sealed-key file, line for line (so that line
         // numbers in errors are the file's).
         let mut sealed = String::with_capacity(text.len());
@@ -279,6 +350,23 @@ impl WrappedKey {
                 }
                 seed = Some(parse_seed(v.trim()).ok_or(WrapError::Seed(i + 1))?);
                 "#".to_owned()
+            } else if let Some(v) = t.strip_prefix("credential ") {
+                if blob.is_some() {
+                    return Err(WrapError::Credential(i + 1, "given twice"));
+                }
+                let b = parse_hex(v.trim()).ok_or(WrapError::Credential(i + 1, "not hex of a TPM2B_ID_OBJECT"))?;
+                match b.as_slice() {
+                    [a, c, rest @ ..] if usize::from(u16::from_be_bytes([*a, *c])) == rest.len() => {}
+                    _ => return Err(WrapError::Credential(i + 1, "size prefix does not match its length")),
+                }
+                blob = Some(b);
+                "#".to_owned()
+            } else if let Some(v) = t.strip_prefix("credential-secret ") {
+                if secret.is_some() {
+                    return Err(WrapError::Credential(i + 1, "secret given twice"));
+                }
+                secret = Some(parse_hex(v.trim()).ok_or(WrapError::Credential(i + 1, "secret: not hex"))?);
+                "#".to_owned()
             } else if let Some(v) = t.strip_prefix("duplicate ") {
                 format!("private {v}")
             } else if t.starts_with("private ") || t.starts_with("stateless-sealed-") {
@@ -293,11 +381,16 @@ impl WrappedKey {
             return Err(WrapError::NotWrapped("no stateless-tpm-wrapped-v1 line"));
         }
         let seed = seed.ok_or(WrapError::Field(SealedError::Missing("seed")))?;
+        let credential = match (blob, secret) {
+            (Some(blob), Some(secret)) => Some(Credential { blob, secret }),
+            (None, None) => None,
+            _ => return Err(WrapError::Credential(0, "credential and credential-secret go together")),
+        };
         let sealed = SealedKey::parse(sealed.as_bytes()).map_err(|e| match e {
             SealedError::Missing("private") => SealedError::Missing("duplicate"),
             e => e,
         })?;
-        Ok(WrappedKey { sealed, seed })
+        Ok(WrappedKey { sealed, seed, credential })
     }
 
     /// The file text.
@@ -327,8 +420,21 @@ impl WrappedKey {
         let _ = writeln!(out, "public {}", hex_encode(&s.public));
         let _ = writeln!(out, "duplicate {}", hex_encode(&s.private));
         let _ = writeln!(out, "seed {}", hex_encode(&self.seed));
+        if let Some(c) = &self.credential {
+            let _ = writeln!(out, "credential {}", hex_encode(&c.blob));
+            let _ = writeln!(out, "credential-secret {}", hex_encode(&c.secret));
+        }
         out
     }
+}
+
+/// Non-empty hex of at most [`MAX_CREDENTIAL_FIELD`] bytes.
+fn parse_hex(hex: &str) -> Option<Vec<u8>> {
+    if hex.is_empty() || hex.len() % 2 != 0 || hex.len() / 2 > MAX_CREDENTIAL_FIELD {
+        return None;
+    }
+    let mut b = vec![0u8; hex.len() / 2];
+    hex_decode(hex, &mut b).then_some(b)
 }
 
 /// A TPMS_ECC_POINT of two 32-byte coordinates, in hex.
@@ -420,6 +526,38 @@ mod tests {
         for cut in 0..good.len() {
             let _ = WrappedKey::parse(&good.as_bytes()[..cut]);
         }
+        // Bound to an EK: both credential lines or none.
+        let mut ek = crate::tpm::enrol::ek_template();
+        let n = ek.len();
+        ek[n - 256] = 0xC0;
+        ek[n - 1] = 0x01;
+        let b = wrap_bound(&key, &srk, &ek, &WrapPolicy::Pcrs(Bank::Sha256, vec![(7, vec![0; 32])])).unwrap();
+        let text = b.to_text();
+        assert_eq!(WrappedKey::parse(text.as_bytes()).unwrap(), b);
+        let c = b.credential.clone().unwrap();
+        assert_eq!(c.secret.len(), 256);
+        let without = |prefix: &str| text.lines().filter(|l| !l.starts_with(prefix)).collect::<Vec<_>>().join("\n");
+        let cases: Vec<(String, &str)> = vec![
+            (without("credential-secret"), "go together"),
+            (without("credential "), "go together"),
+            (format!("{text}credential {}\n", hex_encode(&c.blob)), "given twice"),
+            (text.replace(&hex_encode(&c.blob), "0001"), "size prefix"),
+            (text.replace(&hex_encode(&c.secret), "zz"), "secret: not hex"),
+        ];
+        for (text, want) in cases {
+            let err = WrappedKey::parse(text.as_bytes()).unwrap_err().to_string();
+            assert!(err.contains(want), "{err:?} should contain {want:?}");
+        }
+        assert_eq!(
+            wrap_bound(
+                &key,
+                &srk,
+                &srk.public,
+                &WrapPolicy::Authorized(crate::tpm::policy::PolicySigningKey::generate().unwrap().public())
+            )
+            .unwrap_err(),
+            WrapError::BadEk
+        );
     }
 
     #[test]
