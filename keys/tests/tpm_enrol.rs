@@ -170,3 +170,75 @@ fn a_bound_key_needs_the_tpm_that_holds_the_ek() {
     let s = ta.import(&bound).unwrap();
     assert_eq!(ta.unseal(&s).unwrap().id(), key.id());
 }
+
+fn tpm2(swtpm: &Swtpm, dir: &std::path::Path, script: &str) -> String {
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("set -euo pipefail\nexport TPM2TOOLS_TCTI={}\n{script}", swtpm.selector()))
+        .current_dir(dir)
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "tpm2-tools failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// tpm2-tools take our wrapped key apart the same way the loader does:
+/// `tpm2_activatecredential` with the EK and our SRK gives the inner key,
+/// `tpm2_import` accepts the duplicate with it, and `tpm2_unseal` under the
+/// PCR policy gives the key.
+#[test]
+fn tpm2_tools_activate_import_and_unseal_a_wrapped_key() {
+    use stateless_keys::tpm::import::wrap_bound;
+    let a = Swtpm::start();
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let mut ta = open(&a);
+    let e = ta.enrolment().unwrap();
+    let key = Key::generate().unwrap();
+    let srk = SrkPublic::parse(&e.srk_public).unwrap();
+    let policy = WrapPolicy::Pcrs(Bank::Sha256, ta.pcr_read(Bank::Sha256, &[7]).unwrap());
+    let w = wrap_bound(&key, &srk, &e.ek_public, &policy).unwrap();
+    drop(ta);
+    let c = w.credential.clone().unwrap();
+    // tpm2_makecredential's file: magic, version, TPM2B_ID_OBJECT,
+    // TPM2B_ENCRYPTED_SECRET.
+    let mut cred = vec![0xBA, 0xDC, 0xC0, 0xDE, 0, 0, 0, 1];
+    cred.extend_from_slice(&c.blob);
+    cred.extend_from_slice(&(c.secret.len() as u16).to_be_bytes());
+    cred.extend_from_slice(&c.secret);
+    std::fs::write(p.join("cred.bin"), cred).unwrap();
+    std::fs::write(p.join("obj.pub"), &w.sealed.public).unwrap();
+    std::fs::write(p.join("obj.dup"), &w.sealed.private).unwrap();
+    let mut seed = (w.seed.len() as u16).to_be_bytes().to_vec();
+    seed.extend_from_slice(&w.seed);
+    std::fs::write(p.join("obj.seed"), seed).unwrap();
+    // swtpm has no resource manager: transient objects are flushed between
+    // tools.
+    let out = tpm2(
+        &a,
+        p,
+        "tpm2_createprimary -Q -C o -g sha256 -G ecc256:aes128cfb \
+           -a 'fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt' -c srk.ctx
+         tpm2_flushcontext -t
+         tpm2_createek -Q -c ek.ctx -G rsa -u ek.pub
+         tpm2_flushcontext -t
+         tpm2_startauthsession --policy-session -S s.ctx
+         tpm2_policysecret -Q -S s.ctx -c e
+         tpm2_activatecredential -Q -c srk.ctx -C ek.ctx -i cred.bin -o inner.key -P session:s.ctx
+         tpm2_flushcontext s.ctx
+         tpm2_flushcontext -t
+         tpm2_import -Q -C srk.ctx -u obj.pub -i obj.dup -s obj.seed -k inner.key -r obj.priv
+         tpm2_flushcontext -t
+         tpm2_load -Q -C srk.ctx -u obj.pub -r obj.priv -c obj.ctx
+         tpm2_flushcontext -t
+         tpm2_startauthsession --policy-session -S u.ctx
+         tpm2_policypcr -Q -S u.ctx -l sha256:7
+         tpm2_unseal -c obj.ctx -p session:u.ctx | xxd -p -c 64",
+    );
+    assert_eq!(out.trim(), stateless_bundle::key::hex_encode(key.as_bytes()));
+}
