@@ -66,9 +66,9 @@ pub struct ServeArgs {
     /// Refused reports one address may send per minute before it is answered 429; 0 for no limit.
     #[arg(long, value_name = "N", default_value_t = stateless_server::reports::DEFAULT_REFUSALS_PER_MINUTE)]
     pub report_refusals_per_minute: u32,
-    /// TPM enrolments (POST /v1/nodes/NODE/enrol) one address may send per minute before it is answered 429;
-    /// 0 for no limit.
-    #[arg(long, value_name = "N", default_value_t = 10)]
+    /// Refused or new TPM enrolments (POST /v1/nodes/NODE/enrol) one address may send per minute before it is
+    /// answered 429 (a node repeating its enrolment while it waits does not count); 0 for no limit.
+    #[arg(long, value_name = "N", default_value_t = 60)]
     pub enrol_per_minute: u32,
 }
 
@@ -320,6 +320,11 @@ pub fn approve(a: ApproveArgs) -> anyhow::Result<ExitCode> {
     );
     for l in tpm_lines {
         println!("{l}");
+    }
+    if a.tpm_key.is_none() {
+        if let Some(e) = stateless_server::enrol::read(&data, &a.node) {
+            println!("{} enrolled a TPM (EK SHA-256 {}); give --tpm-key KEYFILE to send it its key", a.node, e.ek_hash);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -169,22 +169,33 @@ fn enrol_approve_import_reject() {
     assert!(out.contains("its TPM key is withdrawn"), "{out}");
     assert_eq!(http(serve.port, "GET", "/v1/nodes/n1/tpm-key", b"").0, 404);
     assert_eq!(http(serve.port, "POST", "/v1/nodes/n1/enrol", eb.to_json().as_bytes()).0, 403);
-    // Approved again (without a key), it may enrol a new TPM.
+    // Approved again (without a key), it may enrol a new TPM; approve says
+    // there is one waiting for a key.
     ok(&["approve", "--data", d, "n1"]);
     assert_eq!(http(serve.port, "POST", "/v1/nodes/n1/enrol", eb.to_json().as_bytes()).0, 201);
+    let out = ok(&["approve", "--data", d, "n1"]);
+    assert!(out.contains(&format!("n1 enrolled a TPM (EK SHA-256 {wrong}); give --tpm-key")), "{out}");
 }
 
 #[test]
 fn enrolments_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let serve = Serve::start(dir.path(), &["--enrol-per-minute", "3"]);
-    let big = vec![b'a'; 20 * 1024];
-    assert_eq!(http(serve.port, "POST", "/v1/nodes/n1/enrol", &big).0, 413);
-    for _ in 0..2 {
-        assert_eq!(http(serve.port, "POST", "/v1/nodes/n1/enrol", b"{}").0, 422);
+    let swtpm = Swtpm::start();
+    let e = open(&swtpm).enrolment().unwrap();
+    // A new enrolment counts once; repeating it (a node rebooting while it
+    // waits) does not.
+    assert_eq!(http(serve.port, "POST", "/v1/nodes/n1/enrol", e.to_json().as_bytes()).0, 201);
+    for _ in 0..5 {
+        assert_eq!(http(serve.port, "POST", "/v1/nodes/n1/enrol", e.to_json().as_bytes()).0, 200);
     }
-    let (status, body) = http(serve.port, "POST", "/v1/nodes/n1/enrol", b"{}");
+    let big = vec![b'a'; 20 * 1024];
+    assert_eq!(http(serve.port, "POST", "/v1/nodes/n2/enrol", &big).0, 413);
+    assert_eq!(http(serve.port, "POST", "/v1/nodes/n2/enrol", b"{}").0, 422);
+    let (status, body) = http(serve.port, "POST", "/v1/nodes/n2/enrol", b"{}");
     assert_eq!(status, 429, "{body}");
+    // Now even a good enrolment from that address waits.
+    assert_eq!(http(serve.port, "POST", "/v1/nodes/n1/enrol", e.to_json().as_bytes()).0, 429);
     // Other paths are not enrolments.
     assert_eq!(http(serve.port, "POST", "/v1/nodes/n1/other", b"{}").0, 405);
 }

@@ -13,8 +13,8 @@
 //! the first enrolment of a node stays until `reject` clears it: the same
 //! enrolment again is accepted (a node reboots while it waits), a different
 //! one is refused (409). Bounds: the body ([`MAX_BODY`]), the fields' sizes,
-//! the number of enrolments kept ([`EnrolLimits::max_kept`]), and requests
-//! per address per minute ([`EnrolLimits::per_minute`]).
+//! the number of enrolments kept ([`EnrolLimits::max_kept`]), and refused or
+//! new enrolments per address per minute ([`EnrolLimits::per_minute`]).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -42,8 +42,8 @@ pub const TPM_KEY_FILE: &str = "tpm-key";
 /// The bounds on enrolment, set with `statelessctl serve`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EnrolLimits {
-    /// Enrolment requests (accepted or not) per address per minute before
-    /// 429; 0 for no limit.
+    /// Refused and new enrolments per address per minute before 429 (the
+    /// same enrolment again does not count); 0 for no limit.
     pub per_minute: u32,
     /// Most enrolments kept; new nodes are refused (503) beyond it.
     pub max_kept: usize,
@@ -51,7 +51,7 @@ pub struct EnrolLimits {
 
 impl Default for EnrolLimits {
     fn default() -> EnrolLimits {
-        EnrolLimits { per_minute: 10, max_kept: crate::registry::MAX_SEEN }
+        EnrolLimits { per_minute: 60, max_kept: crate::registry::MAX_SEEN }
     }
 }
 

@@ -1149,8 +1149,8 @@ fn handle_report(
 }
 
 /// Receives a TPM enrolment (see [`crate::enrol`]): the per-address rate
-/// (every request counts, as each may write), a rejected node, the size
-/// bound, then the body's shape. It also records the node as seen, so it is
+/// (refusals and new enrolments count, as each new one writes), a rejected
+/// node, the size bound, then the body's shape. It also records the node as seen, so it is
 /// listed as pending with its enrolment.
 fn handle_enrol(
     shared: &Shared,
@@ -1169,10 +1169,18 @@ fn handle_enrol(
         linger(conn);
         Ok(false)
     };
+    // Counted: refusals and new enrolments (each writes a file); the same
+    // enrolment again, from a node rebooting while it waits, is not.
+    let early = |conn: &mut Conn, status: u16, msg: &str, extra: Option<&str>| {
+        shared.enrol_quota.refused(addr, now());
+        early(conn, status, msg, extra)
+    };
     if shared.enrol_quota.exhausted(addr, cfg.enrol.per_minute, now()) {
-        return early(conn, 429, "too many enrolments from your address", Some("Retry-After: 60\r\n"));
+        log::debug!("enrolment of {node} from {peer}: address over its quota");
+        simple(conn, 429, "too many enrolments from your address", false, Some("Retry-After: 60\r\n"))?;
+        linger(conn);
+        return Ok(false);
     }
-    shared.enrol_quota.refused(addr, now());
     if registry::is_rejected(&cfg.data, node) {
         return early(conn, 403, "node is rejected", None);
     }
@@ -1190,11 +1198,18 @@ fn handle_enrol(
     let keep = head.keep_alive();
     let req = match EnrolRequest::parse(&body) {
         Ok(r) => r,
-        Err(e) => return simple(conn, 422, &e.to_string(), keep, None),
+        Err(e) => {
+            shared.enrol_quota.refused(addr, now());
+            return simple(conn, 422, &e.to_string(), keep, None);
+        }
     };
     let address = peer.ip().to_string();
     shared.seen.saw(node, &address);
-    match crate::enrol::store(&cfg.data, node, req, &address, now(), &cfg.enrol) {
+    let stored = crate::enrol::store(&cfg.data, node, req, &address, now(), &cfg.enrol);
+    if !matches!(stored, Ok(false)) {
+        shared.enrol_quota.refused(addr, now());
+    }
+    match stored {
         Ok(true) => {
             log::info!("{node} enrolled its TPM from {peer}; waiting for approval");
             simple(conn, 201, "enrolment kept; waiting for approval", keep, None)
