@@ -218,13 +218,18 @@ fn boot(dir: &Path, port: u16, tpm: &Swtpm) -> (i32, String, serde_json::Value) 
 
 /// [`boot`], with a cache disk (a directory) when `cache`.
 fn boot_with(dir: &Path, port: u16, tpm: &Swtpm, cache: bool) -> (i32, String, serde_json::Value) {
+    boot_servers(dir, &format!("http://127.0.0.1:{port}"), tpm, cache)
+}
+
+/// [`boot_with`] with `rd.stateless.server=` `servers`.
+fn boot_servers(dir: &Path, servers: &str, tpm: &Swtpm, cache: bool) -> (i32, String, serde_json::Value) {
     for d in ["sysroot/etc", "run", "cache"] {
         fs::create_dir_all(dir.join(d)).unwrap();
     }
     let _ = fs::remove_file(dir.join("sysroot/etc/motd"));
     let _ = fs::remove_file(dir.join("run/status.json"));
     let cmdline = format!(
-        "rd.stateless.server=http://127.0.0.1:{port} rd.stateless.node=node42 rd.stateless.key=tpm \
+        "rd.stateless.server={servers} rd.stateless.node=node42 rd.stateless.key=tpm \
          rd.stateless.tpm={} rd.stateless.timeout=5",
         tpm.selector()
     );
@@ -431,4 +436,61 @@ fn the_ek_certificate_is_checked_against_the_manufacturer_ca() {
     assert_eq!(http(serve.port, "POST", "/v1/nodes/c/enrol", forged.to_json().as_bytes()).0, 201);
     let err = fails(&["approve", "--data", d, "c", "--tpm-key", k, "--ek-ca", &ca_file(&ca1)]);
     assert!(err.contains("certifies another key than its EK"), "{err}");
+}
+
+/// A plain web server with nothing on it (a mirror without enrolments):
+/// 404 to every GET, 405 to every POST. Returns its port.
+fn plain_server() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { return };
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && c.read(&mut b).is_ok_and(|n| n == 1) {
+                head.push(b[0]);
+            }
+            let status = if head.starts_with(b"POST") { "405 Method Not Allowed" } else { "404 Not Found" };
+            let _ =
+                c.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes());
+        }
+    });
+    port
+}
+
+#[test]
+fn a_node_enrols_with_the_first_server_that_takes_enrolments_and_mirrors_carry_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    fs::create_dir(&data).unwrap();
+    let d = data.to_str().unwrap();
+    let keyfile = dir.path().join("k.key");
+    stateless_keys::write_key_file(&keyfile, &Key::generate().unwrap(), false).unwrap();
+    let serve = Serve::start(&data, &[]);
+    let plain = plain_server();
+    let a = Swtpm::start();
+    let node = dir.path().join("node");
+    let servers = format!("http://127.0.0.1:{plain},http://127.0.0.1:{}", serve.port);
+    let (code, err, _) = boot_servers(&node, &servers, &a, false);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains(&format!("TPM enrolled with http://127.0.0.1:{}", serve.port)), "{err}");
+    assert!(data.join("state/enrol/node42.json").exists());
+
+    // approve publishes the key; mirror copies it; reject then mirror
+    // --delete withdraws it from the mirror too.
+    ok(&["approve", "--data", d, "node42", "--tpm-key", keyfile.to_str().unwrap()]);
+    let m = dir.path().join("mirror");
+    let out = ok(&["mirror", "--data", d, "--to", m.to_str().unwrap()]);
+    assert!(out.contains("copy v1/nodes/node42/tpm-key"), "{out}");
+    assert_eq!(
+        fs::read(m.join("v1/nodes/node42/tpm-key")).unwrap(),
+        fs::read(data.join("v1/nodes/node42/tpm-key")).unwrap()
+    );
+    let out = ok(&["mirror", "--data", d, "--to", m.to_str().unwrap()]);
+    assert!(!out.contains("copy"), "{out}");
+    ok(&["reject", "--data", d, "node42"]);
+    let out = ok(&["mirror", "--data", d, "--to", m.to_str().unwrap(), "--delete"]);
+    assert!(out.contains("remove v1/nodes/node42/tpm-key"), "{out}");
+    assert!(!m.join("v1/nodes/node42/tpm-key").exists());
 }

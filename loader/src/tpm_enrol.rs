@@ -103,7 +103,7 @@ pub fn prepare(
 ) -> Outcome {
     let sealed_dir = places.sealed_dir;
     let until = || deadline.min(Instant::now() + REQUEST_TIME);
-    let mut answered: Option<&String> = None;
+    let mut answered: Vec<&String> = Vec::new();
     for base in bases {
         let u = url(base, node, "tpm-key");
         let req = Request { url: &u, if_none_match: None, limit: MAX_WRAPPED_LEN as u64, deadline: until() };
@@ -116,13 +116,11 @@ pub fn prepare(
                 }
                 return import(&u, &text, places, tpm);
             }
-            Ok(Opened::NotFound | Opened::NotModified) => {
-                answered.get_or_insert(base);
-            }
+            Ok(Opened::NotFound | Opened::NotModified) => answered.push(base),
             Err(e) => log::debug!("TPM key from {u}: {}", chain(&e)),
         }
     }
-    let Some(base) = answered else {
+    let Some(first) = answered.first() else {
         // No server answered: the key imported on an earlier boot, from
         // the cache disk, opens the cached bundles.
         if let Some(copy) = places.cache.map(cached_file).filter(|p| p.is_file()) {
@@ -142,12 +140,22 @@ pub fn prepare(
     // initramfs starts without one).
     let cached = places.cache.map(cached_file).is_some_and(|p| fs::remove_file(p).is_ok());
     if fs::remove_file(imported_file(sealed_dir)).is_ok() || cached {
-        log::warn!("{base} no longer publishes a TPM key for {node}; the one imported earlier is removed");
+        log::warn!("{first} no longer publishes a TPM key for {node}; the one imported earlier is removed");
     }
     if has_sealed_key(sealed_dir) {
         return Outcome::Nothing;
     }
-    enrol(transport, base, node, tpm, until())
+    // Mirrors (a plain web server) do not take enrolments: the first server
+    // that does gets it.
+    let mut tpm_open = None;
+    let mut last = Outcome::Nothing;
+    for base in answered {
+        match enrol(transport, base, node, tpm, &mut tpm_open, until()) {
+            Some(done) => return done,
+            None => last = problem(format!("TPM enrolment: {base} does not take enrolments")),
+        }
+    }
+    last
 }
 
 /// Whether the sealed-key directory holds a sealed key (not counting one
@@ -213,18 +221,33 @@ fn import(url: &str, text: &[u8], places: &Places<'_>, selector: &TpmSelector) -
     }
 }
 
-fn enrol(transport: &Transport, base: &str, node: &str, selector: &TpmSelector, deadline: Instant) -> Outcome {
-    let mut tpm = match open_tpm(selector) {
-        Ok(t) => t,
-        Err(e) => return problem(format!("TPM enrolment not sent: TPM {selector}: {e}")),
-    };
-    let enrolment = match tpm.enrolment() {
-        Ok(e) => e,
-        Err(e) => return problem(format!("TPM enrolment not sent: {}", chain(&e))),
+/// Posts the enrolment to `base`; `None` when that server does not take
+/// enrolments (404, 405, or no answer), so the next may be tried. The
+/// TPM's answer is read once (`cached`).
+fn enrol(
+    transport: &Transport,
+    base: &str,
+    node: &str,
+    selector: &TpmSelector,
+    cached: &mut Option<stateless_keys::tpm::enrol::Enrolment>,
+    deadline: Instant,
+) -> Option<Outcome> {
+    let enrolment = match cached {
+        Some(e) => e.clone(),
+        None => {
+            let mut tpm = match open_tpm(selector) {
+                Ok(t) => t,
+                Err(e) => return Some(problem(format!("TPM enrolment not sent: TPM {selector}: {e}"))),
+            };
+            match tpm.enrolment() {
+                Ok(e) => cached.insert(e).clone(),
+                Err(e) => return Some(problem(format!("TPM enrolment not sent: {}", chain(&e)))),
+            }
+        }
     };
     let u = url(base, node, "enrol");
     let Ok(parsed) = crate::fetch::parse_url(&u) else {
-        return problem(format!("TPM enrolment not sent: bad URL {u}"));
+        return Some(problem(format!("TPM enrolment not sent: bad URL {u}")));
     };
     let hash = ek_hash(&enrolment.ek_public);
     let body = enrolment.to_json();
@@ -234,8 +257,9 @@ fn enrol(transport: &Transport, base: &str, node: &str, selector: &TpmSelector, 
                 "TPM enrolled with {base} (EK SHA-256 {hash}); waiting for approval (statelessctl approve {node} --tpm-key KEYFILE); this boot goes on without the TPM key"
             );
             log::warn!("{line}");
-            Outcome::Waiting(line)
+            Some(Outcome::Waiting(line))
         }
+        Ok(404 | 405) => None,
         Ok(status) => {
             let why = match status {
                 409 => {
@@ -243,11 +267,13 @@ fn enrol(transport: &Transport, base: &str, node: &str, selector: &TpmSelector, 
                 }
                 403 => ": this node is rejected",
                 429 => ": too many enrolments from this address",
-                404 | 405 => ": the server does not take enrolments",
                 _ => "",
             };
-            problem(format!("TPM enrolment refused by {base}: HTTP {status}{why}"))
+            Some(problem(format!("TPM enrolment refused by {base}: HTTP {status}{why}")))
         }
-        Err(e) => problem(format!("TPM enrolment not sent to {base}: {}", chain(&e))),
+        Err(e) => {
+            log::warn!("TPM enrolment not sent to {base}: {}", chain(&e));
+            None
+        }
     }
 }
