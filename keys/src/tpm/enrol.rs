@@ -182,7 +182,13 @@ impl Tpm {
     pub fn enrolment(&mut self) -> Result<Enrolment, TpmError> {
         let ek_public = self.ek_public()?;
         let srk_public = self.srk_public()?.public;
-        let ek_cert = self.ek_certificate()?;
+        // A certificate that cannot be read (an index only the owner may
+        // read, say) is not worth failing the enrolment: the admin then
+        // sees "none" and compares the EK hash instead.
+        let ek_cert = self.ek_certificate().unwrap_or_else(|e| {
+            log::warn!("the TPM's EK certificate could not be read ({e}); enrolling without it");
+            None
+        });
         let all: Vec<u8> = (0..24).collect();
         let first: Vec<u8> = (0..16).collect();
         // A TPM without a SHA-256 bank (or with fewer PCRs) reports none;
