@@ -8,9 +8,10 @@
 //! A node that fetches between two steps sees either its old view or its
 //! new one over layers that are already there. Each file is copied to a
 //! temporary file beside its place, synced, and renamed over it, then the
-//! directory is synced, as `publish` does. With `--delete`, bundles gone
-//! from the source are removed in the reverse order: nodes first, layers
-//! last. `state/` is never copied: each server keeps its own registrations
+//! directory is synced, as `publish` does. The nodes' wrapped TPM keys
+//! (`v1/nodes/NODE/tpm-key`) are copied after the bundles. With `--delete`,
+//! TPM keys and bundles gone from the source are removed, bundles in the
+//! reverse order: nodes first, layers last. `state/` is never copied: each server keeps its own registrations
 //! and reports.
 
 use std::fs::{self, File};
@@ -71,6 +72,21 @@ fn bundles(root: &Path) -> Vec<(usize, String)> {
     out
 }
 
+/// Every node's wrapped TPM key (`v1/nodes/NODE/tpm-key`, see
+/// `approve --tpm-key`) below `root`, relative to `root`.
+fn tpm_keys(root: &Path) -> Vec<String> {
+    let Ok(rd) = fs::read_dir(root.join("v1/nodes")) else { return Vec::new() };
+    let mut out: Vec<String> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| stateless_server::check_name(n).is_ok())
+        .map(|n| format!("v1/nodes/{n}/{}", stateless_server::enrol::TPM_KEY_FILE))
+        .filter(|rel| fs::symlink_metadata(root.join(rel)).is_ok_and(|m| m.is_file()))
+        .collect();
+    out.sort();
+    out
+}
+
 fn info(path: &Path) -> Option<BundleInfo> {
     store::bundle_info(path).ok()
 }
@@ -127,7 +143,32 @@ pub fn run(a: MirrorArgs) -> anyhow::Result<ExitCode> {
         }
         copied += 1;
     }
+    // The nodes' wrapped TPM keys, after the bundles: a node that fetches
+    // its key from the mirror then finds the bundles it opens. Not
+    // bundles: compared byte for byte.
+    let keys = tpm_keys(&a.data);
+    for rel in &keys {
+        let (from, to) = (a.data.join(rel), a.to.join(rel));
+        let new = fs::read(&from).with_context(|| format!("reading {}", from.display()))?;
+        if fs::read(&to).is_ok_and(|old| old == new) {
+            same += 1;
+            continue;
+        }
+        writeln!(out, "copy {rel}")?;
+        if !a.dry_run {
+            copy_atomic(&from, &to)?;
+        }
+        copied += 1;
+    }
     if a.delete {
+        // A withdrawn TPM key (reject) goes first.
+        for rel in tpm_keys(&a.to).into_iter().filter(|r| !keys.contains(r)) {
+            writeln!(out, "remove {rel}")?;
+            if !a.dry_run {
+                fs::remove_file(a.to.join(&rel)).with_context(|| format!("removing {}", a.to.join(&rel).display()))?;
+            }
+            removed += 1;
+        }
         let keep: std::collections::HashSet<&String> = src.iter().map(|(_, r)| r).collect();
         let mut gone: Vec<(usize, String)> = bundles(&a.to).into_iter().filter(|(_, r)| !keep.contains(r)).collect();
         // Nodes first: a node's view goes before the layers it stacks.

@@ -243,6 +243,7 @@ fn blank(node: &str) -> NodeStatus {
         requests: 0,
         push: false,
         auto_accept: false,
+        tpm: None,
     }
 }
 
@@ -260,6 +261,9 @@ fn merge_status(have: &mut NodeStatus, s: NodeStatus) {
         have.group = s.group.clone();
         have.push = s.push;
         have.auto_accept = s.auto_accept;
+    }
+    if have.tpm.is_none() {
+        have.tpm = s.tpm.clone();
     }
     have.requests = have.requests.saturating_add(s.requests);
     if s.first_seen.is_some() && (have.first_seen.is_none() || s.first_seen < have.first_seen) {

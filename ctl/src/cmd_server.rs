@@ -66,6 +66,10 @@ pub struct ServeArgs {
     /// Refused reports one address may send per minute before it is answered 429; 0 for no limit.
     #[arg(long, value_name = "N", default_value_t = stateless_server::reports::DEFAULT_REFUSALS_PER_MINUTE)]
     pub report_refusals_per_minute: u32,
+    /// Refused or new TPM enrolments (POST /v1/nodes/NODE/enrol) one address may send per minute before it is
+    /// answered 429 (a node repeating its enrolment while it waits does not count); 0 for no limit.
+    #[arg(long, value_name = "N", default_value_t = 60)]
+    pub enrol_per_minute: u32,
 }
 
 /// `statelessctl publish`
@@ -127,6 +131,22 @@ pub struct ApproveArgs {
     /// Publish the node's pushes without review.
     #[arg(long)]
     pub auto_accept: bool,
+    /// Wrap this key (the node's or its group's) for the TPM the node enrolled and publish it at
+    /// v1/nodes/NODE/tpm-key: only that TPM can load it.
+    #[arg(long, value_name = "KEYFILE")]
+    pub tpm_key: Option<PathBuf>,
+    /// With --tpm-key: PCRs (sha256) the key unseals under, with the values the node reported when it enrolled.
+    #[arg(long, value_name = "LIST", default_value = "7", requires = "tpm_key")]
+    pub tpm_pcrs: String,
+    /// With --tpm-key: unseal under the PCR policies this policy key signs instead (policy.pub).
+    #[arg(long, value_name = "FILE", requires = "tpm_key")]
+    pub tpm_policy_key: Option<PathBuf>,
+    /// With --tpm-key: the EK certificate the TPM holds must chain to these CA certificates (PEM).
+    #[arg(long, value_name = "CA.pem", requires = "tpm_key")]
+    pub ek_ca: Option<PathBuf>,
+    /// With --tpm-key: refuse unless the enrolled EK has this SHA-256 (from an inventory).
+    #[arg(long, value_name = "HEX", requires = "tpm_key")]
+    pub ek_hash: Option<String>,
 }
 
 /// `statelessctl reject`
@@ -179,6 +199,7 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     cfg.io_timeout = std::time::Duration::from_secs(a.io_timeout.max(1));
     cfg.max_seen = a.max_seen.max(1);
     cfg.max_seen_per_address = a.max_seen_per_address.max(1);
+    cfg.enrol.per_minute = a.enrol_per_minute;
     cfg.reports = stateless_server::reports::ReportLimits {
         max_body: a.max_report,
         keep: a.keep_reports.max(1),
@@ -263,6 +284,22 @@ pub fn approve(a: ApproveArgs) -> anyhow::Result<ExitCode> {
         (None, None) => (None, None),
     };
     let seen = registry::list(&data).into_iter().any(|n| n.node == a.node && n.first_seen.is_some());
+    // The TPM key first: when the enrolment is refused (EK hash, EK
+    // certificate), the node is not approved either.
+    let tpm_lines = match &a.tpm_key {
+        Some(key) => crate::cmd_enrol::approve_tpm(
+            &data,
+            &a.node,
+            &crate::cmd_enrol::TpmApproval {
+                key,
+                pcrs: Some(&a.tpm_pcrs),
+                policy_key: a.tpm_policy_key.as_deref(),
+                ek_ca: a.ek_ca.as_deref(),
+                ek_hash: a.ek_hash.as_deref(),
+            },
+        )?,
+        None => Vec::new(),
+    };
     let rec = registry::approve(
         &data,
         &a.node,
@@ -281,14 +318,23 @@ pub fn approve(a: ApproveArgs) -> anyhow::Result<ExitCode> {
         },
         if seen { "" } else { " (not seen yet)" }
     );
+    for l in tpm_lines {
+        println!("{l}");
+    }
+    if a.tpm_key.is_none() {
+        if let Some(e) = stateless_server::enrol::read(&data, &a.node) {
+            println!("{} enrolled a TPM (EK SHA-256 {}); give --tpm-key KEYFILE to send it its key", a.node, e.ek_hash);
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn reject(a: RejectArgs) -> anyhow::Result<ExitCode> {
     stateless_server::check_name(&a.node)?;
     let data = open_data(&a.data)?;
+    let had_tpm_key = stateless_server::enrol::tpm_key_file(&data, &a.node).exists();
     registry::reject(&data, &a.node, by_uid()).with_context(|| format!("rejecting {}", a.node))?;
-    println!("rejected {}", a.node);
+    println!("rejected {}{}", a.node, if had_tpm_key { " (its TPM key is withdrawn)" } else { "" });
     Ok(ExitCode::SUCCESS)
 }
 

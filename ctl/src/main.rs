@@ -11,6 +11,7 @@ use clap::Parser;
 
 mod cli;
 mod cmd_bundle;
+mod cmd_enrol;
 mod cmd_history;
 mod cmd_import;
 mod cmd_initramfs;

@@ -401,6 +401,22 @@ pub fn keys_sealed(data: &[u8]) {
     }
 }
 
+/// `stateless_keys::tpm::import::WrappedKey::parse` (the key wrapped for
+/// one TPM, served in the clear at `v1/nodes/NODE/tpm-key`) over arbitrary
+/// text: an accepted file serialises and parses back to the same value. The
+/// same bytes as an SRK public area (sent by an enrolling node) must never
+/// panic either.
+pub fn keys_tpm_wrapped(data: &[u8]) {
+    use stateless_keys::tpm::import::{SrkPublic, WrappedKey};
+    if let Ok(w) = WrappedKey::parse(data) {
+        let again = WrappedKey::parse(w.to_text().as_bytes()).expect("a parsed wrapped key re-parses");
+        assert_eq!(again, w, "wrapped key round trip");
+    }
+    if let Ok(srk) = SrkPublic::parse(data) {
+        assert_eq!(srk.public, data, "SRK public area kept as sent");
+    }
+}
+
 /// `stateless_keys::cpio::read_archives` over arbitrary bytes: the stop
 /// offset and every entry lie within the input.
 pub fn keys_cpio(data: &[u8]) {
@@ -525,6 +541,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("image_open", image_open),
     ("tar_extract", tar_extract),
     ("keys_sealed", keys_sealed),
+    ("keys_tpm_wrapped", keys_tpm_wrapped),
     ("keys_cpio", keys_cpio),
     ("keys_usb", keys_usb),
     ("keys_tpm_response", keys_tpm_response),

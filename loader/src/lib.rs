@@ -38,4 +38,5 @@ pub mod srv;
 pub mod staging;
 pub mod sys;
 pub mod template;
+pub mod tpm_enrol;
 pub mod trust;

@@ -708,6 +708,19 @@ fn fetch_from_servers(ctx: &mut Ctx<'_>) -> Result<FetchResult, NetworkError> {
         ..TransportConfig::default()
     })
     .map_err(NetworkError::Tls)?;
+    if crate::tpm_enrol::wanted(&ctx.config.key) {
+        // Before any bundle is opened: a key the admin wrapped for this
+        // TPM becomes a sealed key the key ladder finds, or the node
+        // enrols and the line says it waits for approval.
+        let t = Instant::now();
+        let cache = ctx.floor_from.as_ref().map(|c| c.dir().to_owned());
+        let places = crate::tpm_enrol::Places { sealed_dir: &ctx.paths.sealed_dir, cache: cache.as_deref() };
+        let outcome = crate::tpm_enrol::prepare(&transport, &bases, &node, &places, &ctx.config.tpm, deadline);
+        if let crate::tpm_enrol::Outcome::Waiting(line) | crate::tpm_enrol::Outcome::Problem(line) = outcome {
+            ctx.report.warnings.push(line);
+        }
+        ctx.stage("tpm-enrol", t);
+    }
     let mut backoff = FIRST_BACKOFF;
     let mut last = String::from("no server answered");
     // Why each server's bundle was refused: such a server is not asked

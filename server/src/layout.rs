@@ -170,8 +170,13 @@ impl DataDir {
     /// writer). Anything but a regular file is [`io::ErrorKind::NotFound`].
     /// The data directory itself may be reached through a link.
     pub fn open_bundle(&self, target: &Target) -> io::Result<fs::File> {
+        self.open_public(&target.rel_path())
+    }
+
+    /// Opens a served file at `rel` (a path below the data directory made
+    /// of checked names) as [`DataDir::open_bundle`] does.
+    pub fn open_public(&self, rel: &str) -> io::Result<fs::File> {
         use rustix::fs::{CWD, Mode, OFlags, openat};
-        let rel = target.rel_path();
         let mut dir = openat(CWD, &self.root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
         let mut parts = rel.split('/').peekable();
         while let Some(part) = parts.next() {

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cleanup;
+pub mod enrol;
 pub mod http;
 pub mod layout;
 pub mod metrics;

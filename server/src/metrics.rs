@@ -14,7 +14,8 @@ use crate::layout::{DataDir, Target};
 use crate::reports;
 
 /// The kinds of path counted apart.
-pub const KINDS: [&str; 8] = ["node", "group", "default", "plugin", "report", "push", "metrics", "other"];
+pub const KINDS: [&str; 10] =
+    ["node", "group", "default", "plugin", "report", "push", "enrol", "tpm-key", "metrics", "other"];
 /// The statuses counted apart; anything else counts as `other`.
 const STATUSES: [u16; 22] =
     [200, 201, 202, 206, 304, 400, 401, 403, 404, 405, 408, 409, 411, 413, 416, 422, 429, 431, 500, 503, 505, 507];
@@ -27,6 +28,10 @@ pub fn kind(method: &str, path: &str) -> usize {
         "metrics"
     } else if reports::report_path(path).is_some() {
         "report"
+    } else if crate::enrol::enrol_path(path).is_some() {
+        "enrol"
+    } else if crate::enrol::tpm_key_path(path).is_some() {
+        "tpm-key"
     } else {
         match Target::from_url_path(path) {
             Some(Target::Node(_)) if method == "PUT" => "push",
@@ -164,6 +169,8 @@ mod tests {
         assert_eq!(KINDS[kind("GET", "/v1/nodes/n1/bundle")], "node");
         assert_eq!(KINDS[kind("PUT", "/v1/nodes/n1/bundle")], "push");
         assert_eq!(KINDS[kind("POST", "/v1/nodes/n1/report")], "report");
+        assert_eq!(KINDS[kind("POST", "/v1/nodes/n1/enrol")], "enrol");
+        assert_eq!(KINDS[kind("GET", "/v1/nodes/n1/tpm-key")], "tpm-key");
         assert_eq!(KINDS[kind("GET", "/v1/default/bundle")], "default");
         assert_eq!(KINDS[kind("GET", "/metrics")], "metrics");
         assert_eq!(KINDS[kind("GET", "/etc/passwd")], "other");

@@ -346,7 +346,15 @@ pub fn reject(data: &DataDir, node: &str, by: String) -> io::Result<()> {
     };
     let marker = serde_json::json!({ "node": node, "rejected": now() });
     write_atomic(&data.rejected(node), marker.to_string().as_bytes())?;
-    audit(data, "reject", Some(node), if was_known { "approval revoked".into() } else { String::new() }, by)
+    // A wrapped TPM key is withdrawn, and the enrolment forgotten.
+    let tpm_key = crate::enrol::withdraw(data, node)?;
+    let detail = match (was_known, tpm_key) {
+        (true, true) => "approval revoked, TPM key withdrawn",
+        (true, false) => "approval revoked",
+        (false, true) => "TPM key withdrawn",
+        (false, false) => "",
+    };
+    audit(data, "reject", Some(node), detail.into(), by)
 }
 
 /// One line of `statelessctl nodes`.
@@ -370,6 +378,10 @@ pub struct NodeStatus {
     pub push: bool,
     /// Pushes published without review.
     pub auto_accept: bool,
+    /// The TPM: `enrolled` (waiting for `approve --tpm-key`) or `key
+    /// published`, with the EK hash; `None` when it never enrolled one.
+    #[serde(default)]
+    pub tpm: Option<String>,
 }
 
 /// Every node the data directory knows of: approved, pending and rejected,
@@ -388,6 +400,7 @@ pub fn list(data: &DataDir) -> Vec<NodeStatus> {
         requests: 0,
         push: false,
         auto_accept: false,
+        tpm: None,
     };
     for name in json_names(&data.state().join("nodes")) {
         if let Some(rec) = node_record(data, &name) {
@@ -407,6 +420,12 @@ pub fn list(data: &DataDir) -> Vec<NodeStatus> {
         entry.last_seen = Some(time(s.last_seen));
         entry.address = Some(s.address);
         entry.requests = s.requests;
+    }
+    for name in json_names(&data.state().join("enrol")) {
+        let Some(e) = crate::enrol::read(data, &name) else { continue };
+        let entry = out.entry(name.clone()).or_insert_with(|| blank(&name, "pending"));
+        let published = crate::enrol::tpm_key_file(data, &name).exists();
+        entry.tpm = Some(format!("{} (EK {})", if published { "key published" } else { "enrolled" }, e.ek_hash));
     }
     let mut v: Vec<NodeStatus> = out.into_values().collect();
     let rank = |s: &str| match s {

@@ -29,6 +29,7 @@ use stateless_bundle::error_chain as chain;
 use stateless_bundle::header::HEADER_LEN;
 use stateless_bundle::{RawHeader, Scope};
 
+use crate::enrol::{EnrolError, EnrolLimits, EnrolRequest};
 use crate::http::{self, HeadError, RangeAnswer, RequestHead};
 use crate::layout::{DataDir, Target};
 use crate::push_auth::{AuthError, Proof, UsedProofs};
@@ -69,6 +70,8 @@ pub struct ServerConfig {
     pub flush_interval: Duration,
     /// Bounds on node reports (`POST /v1/nodes/{node}/report`).
     pub reports: ReportLimits,
+    /// Bounds on TPM enrolments (`POST /v1/nodes/{node}/enrol`).
+    pub enrol: EnrolLimits,
 }
 
 impl ServerConfig {
@@ -88,6 +91,7 @@ impl ServerConfig {
             keep_history: store::DEFAULT_HISTORY,
             flush_interval: Duration::from_secs(1),
             reports: ReportLimits::default(),
+            enrol: EnrolLimits::default(),
         }
     }
 }
@@ -129,6 +133,8 @@ struct Shared {
     used_proofs: UsedProofs,
     /// Refused report requests per address.
     report_quota: RefusalQuota,
+    /// Enrolment requests per address (every one counts: each may write).
+    enrol_quota: RefusalQuota,
     /// Counters for `GET /metrics`.
     metrics: crate::metrics::Metrics,
     etags: Mutex<EtagCache>,
@@ -157,6 +163,7 @@ impl Server {
             seen,
             used_proofs: UsedProofs::default(),
             report_quota: RefusalQuota::default(),
+            enrol_quota: RefusalQuota::default(),
             metrics: crate::metrics::Metrics::default(),
             etags: Mutex::new(HashMap::new()),
             workers: AtomicUsize::new(0),
@@ -691,9 +698,14 @@ fn handle(
         };
     }
     if head.method == "POST" {
+        if let Some(node) = crate::enrol::enrol_path(&head.path) {
+            return handle_enrol(shared, conn, head, buf, peer, node, content_length);
+        }
         return match crate::reports::report_path(&head.path) {
             Some(node) => handle_report(shared, conn, head, buf, peer, node, content_length),
-            None => simple(conn, 405, "only node reports can be posted", false, Some("Allow: GET, HEAD\r\n")),
+            None => {
+                simple(conn, 405, "only node reports and enrolments can be posted", false, Some("Allow: GET, HEAD\r\n"))
+            }
         };
     }
     // A body on anything else is not read: answer, then close so the
@@ -715,25 +727,30 @@ fn handle(
         conn.flush()?;
         return Ok(keep);
     }
+    if let Some(node) = crate::enrol::tpm_key_path(&head.path) {
+        // Served like a bundle, in the clear: only the node's TPM can use it.
+        let rel = format!("v1/nodes/{node}/{}", crate::enrol::TPM_KEY_FILE);
+        return serve_bundle(shared, conn, head, &rel, get, keep);
+    }
     let Some(target) = target else {
         return simple(conn, 404, "not found", keep, None);
     };
     if let Target::Node(node) = &target {
         shared.seen.saw(node, &peer.ip().to_string());
     }
-    serve_bundle(shared, conn, head, &target, get, keep)
+    serve_bundle(shared, conn, head, &target.rel_path(), get, keep)
 }
 
 fn serve_bundle(
     shared: &Shared,
     conn: &mut Conn,
     head: &RequestHead,
-    target: &Target,
+    rel: &str,
     get: bool,
     keep: bool,
 ) -> io::Result<bool> {
-    let path = shared.cfg.data.bundle(target);
-    let file = match shared.cfg.data.open_bundle(target) {
+    let path = shared.cfg.data.root().join(rel);
+    let file = match shared.cfg.data.open_public(rel) {
         Ok(f) => f,
         Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
             return simple(conn, 404, "no bundle here", keep, None);
@@ -1127,6 +1144,83 @@ fn handle_report(
         Err(e) => {
             log::warn!("keeping the report of {node}: {e}");
             simple(conn, 500, "cannot keep the report", keep, None)
+        }
+    }
+}
+
+/// Receives a TPM enrolment (see [`crate::enrol`]): the per-address rate
+/// (refusals and new enrolments count, as each new one writes), a rejected
+/// node, the size bound, then the body's shape. It also records the node as seen, so it is
+/// listed as pending with its enrolment.
+fn handle_enrol(
+    shared: &Shared,
+    conn: &mut Conn,
+    head: &RequestHead,
+    buf: &mut Vec<u8>,
+    peer: SocketAddr,
+    node: &str,
+    content_length: Option<u64>,
+) -> io::Result<bool> {
+    let cfg = &shared.cfg;
+    let addr = addr_key(peer.ip());
+    let early = |conn: &mut Conn, status: u16, msg: &str, extra: Option<&str>| {
+        log::info!("enrolment of {node} from {peer} refused: {msg}");
+        simple(conn, status, msg, false, extra)?;
+        linger(conn);
+        Ok(false)
+    };
+    // Counted: refusals and new enrolments (each writes a file); the same
+    // enrolment again, from a node rebooting while it waits, is not.
+    let early = |conn: &mut Conn, status: u16, msg: &str, extra: Option<&str>| {
+        shared.enrol_quota.refused(addr, now());
+        early(conn, status, msg, extra)
+    };
+    if shared.enrol_quota.exhausted(addr, cfg.enrol.per_minute, now()) {
+        log::debug!("enrolment of {node} from {peer}: address over its quota");
+        simple(conn, 429, "too many enrolments from your address", false, Some("Retry-After: 60\r\n"))?;
+        linger(conn);
+        return Ok(false);
+    }
+    if registry::is_rejected(&cfg.data, node) {
+        return early(conn, 403, "node is rejected", None);
+    }
+    let Some(len) = content_length else {
+        return early(conn, 411, "send the enrolment with a Content-Length", None);
+    };
+    if len > crate::enrol::MAX_BODY {
+        return early(conn, 413, &format!("enrolments are limited to {} bytes", crate::enrol::MAX_BODY), None);
+    }
+    if head.minor > 0 && head.header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
+        conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        conn.flush()?;
+    }
+    let body = read_body(conn, buf, len, cfg.io_timeout)?;
+    let keep = head.keep_alive();
+    let req = match EnrolRequest::parse(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            shared.enrol_quota.refused(addr, now());
+            return simple(conn, 422, &e.to_string(), keep, None);
+        }
+    };
+    let address = peer.ip().to_string();
+    shared.seen.saw(node, &address);
+    let stored = crate::enrol::store(&cfg.data, node, req, &address, now(), &cfg.enrol);
+    if !matches!(stored, Ok(false)) {
+        shared.enrol_quota.refused(addr, now());
+    }
+    match stored {
+        Ok(true) => {
+            log::info!("{node} enrolled its TPM from {peer}; waiting for approval");
+            simple(conn, 201, "enrolment kept; waiting for approval", keep, None)
+        }
+        Ok(false) => simple(conn, 200, "enrolment unchanged; waiting for approval", keep, None),
+        Err(e @ EnrolError::Conflict(_)) => simple(conn, 409, &e.to_string(), keep, None),
+        Err(e @ EnrolError::Full) => simple(conn, 503, &e.to_string(), keep, None),
+        Err(EnrolError::Io(e)) if out_of_room(&e) => simple(conn, 507, "the server has no room", keep, None),
+        Err(e) => {
+            log::warn!("keeping the enrolment of {node}: {e}");
+            simple(conn, 500, "cannot keep the enrolment", keep, None)
         }
     }
 }

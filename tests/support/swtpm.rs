@@ -15,6 +15,12 @@ pub struct Swtpm {
 
 impl Swtpm {
     pub fn start() -> Swtpm {
+        Self::start_with(|_| {})
+    }
+
+    /// Starts a TPM whose state directory `prepare` fills first (e.g. with
+    /// `swtpm_setup --create-ek-cert`).
+    pub fn start_with(prepare: impl Fn(&std::path::Path)) -> Swtpm {
         // Tests of one binary start TPMs on parallel threads. Port picking
         // binds probe listeners, so one thread's probe could sit on the port
         // another thread's swtpm is about to bind: that swtpm exits with
@@ -24,15 +30,16 @@ impl Swtpm {
         static STARTING: Mutex<()> = Mutex::new(());
         let _one = STARTING.lock().unwrap_or_else(|e| e.into_inner());
         for _ in 0..5 {
-            if let Some(tpm) = Self::try_start() {
+            if let Some(tpm) = Self::try_start(&prepare) {
                 return tpm;
             }
         }
         panic!("swtpm did not start on 127.0.0.1 after 5 tries");
     }
 
-    fn try_start() -> Option<Swtpm> {
+    fn try_start(prepare: &impl Fn(&std::path::Path)) -> Option<Swtpm> {
         let dir = tempfile::tempdir().unwrap();
+        prepare(dir.path());
         // tpm2-tools' swtpm TCTI expects the control port right after the
         // data port: find a free pair.
         let (port, ctrl) = loop {

@@ -11,9 +11,10 @@
 //! * `stream_decrypt`: a fixed test key followed by the payload encrypted
 //!   under the key the target derives from it;
 //! * `tar_extract`: the decompressed tar stream;
-//! * `keys_sealed`, `keys_cpio`, `keys_usb`, `keys_tpm_response`,
+//! * `keys_sealed`, `keys_tpm_wrapped`, `keys_cpio`, `keys_usb`, `keys_tpm_response`,
 //!   `keys_tpm_pcr_read`, `keys_pubkey_arg`: a few well-formed inputs made
-//!   here (a sealed-key file with made-up blobs, a key archive, a small FAT
+//!   here (a sealed-key file with made-up blobs, keys wrapped for a made-up
+//!   SRK and its public area, a key archive, a small FAT
 //!   image with a key file, TPM responses, PCR_Read parameters,
 //!   `rd.stateless.pubkey=` values);
 //! * `dns_answer`, `cmdline_split`: DNS answers and kernel command lines
@@ -128,6 +129,39 @@ fn seed_keys(corpus: &Path) {
         private: [&[0u8, 2][..], &[9, 9]].concat(),
     };
     write("keys_sealed", "two_pcrs", sealed.to_text().as_bytes());
+
+    // A key wrapped for a made-up SRK (a fixed P-256 key pair), under PCR
+    // values and under a policy key; and the SRK's public area itself.
+    {
+        use stateless_keys::tpm::import::{SrkPublic, WrapPolicy, wrap};
+        // The P-256 base point: on the curve, and nobody's SRK.
+        let (mut x, mut y) = ([0u8; 32], [0u8; 32]);
+        assert!(stateless_bundle::key::hex_decode(
+            "6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296",
+            &mut x
+        ));
+        assert!(stateless_bundle::key::hex_decode(
+            "4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5",
+            &mut y
+        ));
+        let srk = SrkPublic::from_point(&x, &y).expect("srk");
+        let pcrs = vec![(7u8, vec![0u8; 32])];
+        let w = wrap(&key, &srk, &WrapPolicy::Pcrs(Bank::Sha256, pcrs)).expect("wrap");
+        write("keys_tpm_wrapped", "pcr7", w.to_text().as_bytes());
+        let signer = stateless_keys::tpm::policy::PolicySigningKey::generate().expect("policy key");
+        let w = wrap(&key, &srk, &WrapPolicy::Authorized(signer.public())).expect("wrap");
+        write("keys_tpm_wrapped", "policy_key", w.to_text().as_bytes());
+        write("keys_tpm_wrapped", "srk_public", &srk.public);
+        // Bound to a made-up RSA EK (the template with an odd modulus).
+        let mut ek = stateless_keys::tpm::enrol::ek_template();
+        let n = ek.len();
+        ek[n - 256] = 0xC0;
+        ek[n - 1] = 0x01;
+        let pcrs = vec![(7u8, vec![0u8; 32])];
+        let w = stateless_keys::tpm::import::wrap_bound(&key, &srk, &ek, &WrapPolicy::Pcrs(Bank::Sha256, pcrs))
+            .expect("wrap_bound");
+        write("keys_tpm_wrapped", "bound", w.to_text().as_bytes());
+    }
 
     let mut a = stateless_keys::cpio::Archive::new(1_700_000_000);
     a.dir("etc", 0o755).expect("cpio");

@@ -32,6 +32,9 @@
 //! or booted with a different firmware configuration or boot chain (PCR 7:
 //! Secure Boot state and keys).
 
+pub mod credential;
+pub mod enrol;
+pub mod import;
 pub mod policy;
 pub mod salt;
 pub mod source;
@@ -143,6 +146,13 @@ pub enum TpmError {
     #[error("the sealed object was not made by this TPM or is corrupt (TPM2_Load: {})", rc_text(*rc))]
     WrongObject {
         /// The response code of TPM2_Load.
+        rc: u32,
+    },
+    /// A key wrapped for a TPM (zero-touch enrolment) that this TPM
+    /// refused to import: it was wrapped for another TPM, or edited.
+    #[error("the TPM refused the wrapped key: it was made for another TPM or is corrupt (TPM2_Import: {})", rc_text(*rc))]
+    NotForThisTpm {
+        /// The response code of TPM2_Import.
         rc: u32,
     },
     /// The unsealed bytes are not the key the file claims.
