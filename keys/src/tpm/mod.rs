@@ -32,6 +32,7 @@
 //! or booted with a different firmware configuration or boot chain (PCR 7:
 //! Secure Boot state and keys).
 
+pub mod nv;
 pub mod policy;
 pub mod salt;
 pub mod source;
