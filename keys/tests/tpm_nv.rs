@@ -177,3 +177,94 @@ fn a_taken_handle_range_and_a_full_nv_are_named() {
     // Reading without defining still answers: no counter.
     assert_eq!(tpm.rollback_floor("node:new", false).unwrap(), None);
 }
+
+/// Reads one TPM message (10-byte header with its size, then the rest).
+fn read_message(s: &mut std::net::TcpStream) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut msg = vec![0u8; 10];
+    s.read_exact(&mut msg).ok()?;
+    let size = u32::from_be_bytes(msg[2..6].try_into().unwrap()) as usize;
+    assert!((10..=8192).contains(&size), "TPM message of {size} bytes");
+    msg.resize(size, 0);
+    s.read_exact(&mut msg[10..]).ok()?;
+    Some(msg)
+}
+
+/// A hostile TPM: a proxy on 127.0.0.1 in front of swtpm that hands every
+/// successful answer to command `code` to `tamper` before passing it on.
+fn hostile(upstream: u16, code: u32, tamper: Tamper) -> u16 {
+    use std::io::Write;
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            let mut tpm = TcpStream::connect(("127.0.0.1", upstream)).unwrap();
+            while let Some(cmd) = read_message(&mut client) {
+                let cc = u32::from_be_bytes(cmd[6..10].try_into().unwrap());
+                tpm.write_all(&cmd).unwrap();
+                let Some(mut resp) = read_message(&mut tpm) else { break };
+                let rc = u32::from_be_bytes(resp[6..10].try_into().unwrap());
+                if cc == code && rc == 0 {
+                    tamper(&mut resp);
+                    let size = (resp.len() as u32).to_be_bytes();
+                    resp[2..6].copy_from_slice(&size);
+                }
+                if client.write_all(&resp).is_err() {
+                    break;
+                }
+            }
+            let _ = client.shutdown(Shutdown::Both);
+        }
+    });
+    port
+}
+
+/// What a hostile TPM does to an answer.
+type Tamper = fn(&mut Vec<u8>);
+
+/// Replaces the parameters of an answer with a session area.
+fn set_params(r: &mut Vec<u8>, params: &[u8]) {
+    let n = u32::from_be_bytes(r[10..14].try_into().unwrap()) as usize;
+    let auth = r[14 + n..].to_vec();
+    r.truncate(10);
+    r.extend_from_slice(&(params.len() as u32).to_be_bytes());
+    r.extend_from_slice(params);
+    r.extend_from_slice(&auth);
+}
+
+#[test]
+fn hostile_nv_answers_are_refused() {
+    const NV_READ: u32 = 0x14E;
+    const NV_READ_PUBLIC: u32 = 0x169;
+    let swtpm = Swtpm::start();
+    open(&swtpm).rollback_raise("node:n1", 5).unwrap();
+    let through = |port: u16| Tpm::open(&format!("swtpm:host=127.0.0.1,port={port}").parse().unwrap()).unwrap();
+    // TPM2_NV_Read answers with a session area: 10 header bytes, the
+    // parameter size, the parameters, the session area.
+    let cases: [(&str, u32, Tamper); 6] = [
+        // A counter read of four bytes, of nine, cut short, with a byte more.
+        ("short counter", NV_READ, |r| set_params(r, &[0, 4, 0, 0, 0, 1])),
+        ("long counter", NV_READ, |r| set_params(r, &[0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 1])),
+        ("cut counter", NV_READ, |r| set_params(r, &[0, 8, 0, 0, 0, 0, 0])),
+        ("trailing byte", NV_READ, |r| set_params(r, &[0, 8, 0, 0, 0, 0, 0, 0, 0, 1, 0])),
+        // NV_ReadPublic (no sessions): the public area made to look like an
+        // ordinary index (the type field, bits 4-7 of the attributes' last
+        // byte), the name left as it was; and the public area cut.
+        ("ordinary public", NV_READ_PUBLIC, |r| r[21] &= 0x0F),
+        ("cut public", NV_READ_PUBLIC, |r| r.truncate(20)),
+    ];
+    for (what, code, tamper) in cases {
+        let port = hostile(swtpm.port, code, tamper);
+        let err = through(port).rollback_floor("node:n1", true).unwrap_err();
+        let want = if code == NV_READ { "TPM2_NV_Read" } else { "TPM2_NV_ReadPublic" };
+        assert!(
+            matches!(&err, NvError::Tpm(stateless_keys::tpm::TpmError::Malformed(c)) if *c == want),
+            "{what}: {err:?}"
+        );
+        assert_eq!(err.to_string(), format!("{want}: malformed TPM response"), "{what}");
+    }
+    // Nothing was defined or raised on the way: the floor is as it was.
+    assert_eq!(open(&swtpm).rollback_floor("node:n1", false).unwrap().unwrap().generation, 5);
+}

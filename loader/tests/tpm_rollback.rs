@@ -229,3 +229,50 @@ fn a_full_nv_warns_or_with_tpm_strict_refuses() {
     assert!(warnings.contains("rollback state in the TPM not raised"), "{warnings}");
     assert_eq!(floor(&swtpm, "node:node42"), None);
 }
+
+#[test]
+fn a_wiped_cache_does_not_lower_the_floor_kept_in_the_tpm() {
+    let site = Site::new();
+    let nginx = Nginx::start(&site.www(), None, "");
+    let swtpm = Swtpm::start();
+    let node = Node::new();
+    let on = cmdline(&site, nginx.port, &swtpm.selector(), "rd.stateless.rollback=tpm");
+    let publish = |g: u64| {
+        site.publish("v1/nodes/node42/bundle", g, Scope::Node("node42".into()), &[("etc/motd", b"x\n")], true);
+    };
+    // With a cache disk: both floors are raised (the cache by keeping the
+    // bundle, the TPM by its counter).
+    publish(6);
+    node.fresh_sysroot();
+    let (code, err, _) = node.boot(&on);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(floor(&swtpm, "node:node42"), Some(6));
+
+    // Someone empties the cache disk; generation 5 is served after a reboot.
+    for e in std::fs::read_dir(node.dir.path().join("cache")).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() { std::fs::remove_dir_all(p).unwrap() } else { std::fs::remove_file(p).unwrap() }
+    }
+    swtpm.reboot();
+    publish(5);
+    node.fresh_sysroot();
+    let (code, err, _) = node.boot(&on);
+    assert_eq!(code, 10, "{err}");
+    assert!(err.contains("bundle generation 5 is older than generation 6 already applied"), "{err}");
+
+    // And the other way: a cache floor above the TPM's (the node moved to
+    // a new TPM) still refuses; the higher floor wins.
+    publish(9);
+    node.fresh_sysroot();
+    let (code, err, _) = node.boot(&on);
+    assert_eq!(code, 0, "{err}");
+    let other = Swtpm::start();
+    let new_tpm = cmdline(&site, nginx.port, &other.selector(), "rd.stateless.rollback=tpm");
+    publish(8);
+    node.fresh_sysroot();
+    let (code, err, status) = node.boot(&new_tpm);
+    assert_eq!(code, 0, "the cache applies its own slot: {err}");
+    assert_eq!(status["source"], "cache-current", "{status}");
+    assert!(err.contains("bundle generation 8 is older than generation 9 already applied"), "{err}");
+    assert_eq!(floor(&other, "node:node42"), None);
+}
