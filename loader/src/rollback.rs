@@ -10,6 +10,9 @@
 //! counter at the end of each run, applied or not, so nothing after the
 //! loader can raise one until the next reboot.
 //!
+//! A target's counter is made when its first bundle is checked, so that a
+//! counter someone deleted comes back (at least as high: see the module
+//! docs of [`stateless_keys::tpm::nv`]) before an older bundle could pass.
 //! A TPM that is missing or fails refuses the network bundle (the site
 //! asked for this check and it cannot be made; the cache still boots the
 //! node). A target whose counter does not fit in NV is checked against
@@ -37,6 +40,8 @@ pub struct TpmRollback {
     selector: TpmSelector,
     /// Why the TPM could not be opened, once it could not.
     broken: Option<String>,
+    /// Targets whose counter had no room in NV this run (not strict).
+    no_room: std::collections::BTreeSet<String>,
     /// Floors read this run, per target; `None`: no counter (first use,
     /// or no room and not strict).
     floors: BTreeMap<String, Option<u64>>,
@@ -55,6 +60,7 @@ impl TpmRollback {
             strict,
             selector: selector.clone(),
             broken: None,
+            no_room: std::collections::BTreeSet::new(),
             floors: BTreeMap::new(),
             warnings: Vec::new(),
         })
@@ -104,9 +110,12 @@ impl TpmRollback {
         let strict = self.strict;
         let refuse = |why: String| Refusal::RollbackState { target: target.to_owned(), why };
         let t = Instant::now();
-        // Strict: a target gets its counter before its bundle is applied,
-        // so that no room refuses the bundle; otherwise on first raise.
-        let read = self.with_tpm(|tpm| tpm.rollback_floor(target, strict)).map_err(refuse)?;
+        // A target without a counter gets one now, before its bundle is
+        // accepted: a counter someone deleted comes back at least as high
+        // as it was (the TPM starts new counters above every deleted one),
+        // so deleting it does not let an older bundle through; and a
+        // strict site learns of no room before anything is applied.
+        let read = self.with_tpm(|tpm| tpm.rollback_floor(target, true)).map_err(refuse)?;
         log::debug!("TPM rollback floor of {target}: {read:?} in {} ms", t.elapsed().as_millis());
         match read {
             Ok(Some(f)) => {
@@ -118,6 +127,7 @@ impl TpmRollback {
             Ok(None) => Ok(None),
             Err(e @ (NvError::Full { .. } | NvError::Exhausted { .. })) if !strict => {
                 self.warnings.push(format!("{e}; checked against the cache only"));
+                self.no_room.insert(target.to_owned());
                 Ok(None)
             }
             Err(e) => Err(refuse(chain(&e))),
@@ -128,6 +138,11 @@ impl TpmRollback {
     /// Failures are warnings: the bundles are applied already.
     pub fn raise(&mut self, applied: &[(String, u64)]) {
         let t = Instant::now();
+        // A target found without room this run was warned about already.
+        let applied: Vec<&(String, u64)> = applied.iter().filter(|(t, _)| !self.no_room.contains(t)).collect();
+        if applied.is_empty() {
+            return;
+        }
         let raised = self.with_tpm(|tpm| {
             applied.iter().map(|(target, generation)| tpm.rollback_raise(target, *generation)).collect::<Vec<_>>()
         });
@@ -139,9 +154,13 @@ impl TpmRollback {
             }
         };
         log::debug!("TPM rollback counters raised in {} ms", t.elapsed().as_millis());
-        for ((target, generation), raised) in applied.iter().zip(raised) {
+        for ((target, generation), raised) in applied.into_iter().zip(raised) {
             match raised {
                 Ok(Raised::To(g)) => log::info!("TPM rollback floor of {target} raised to generation {g}"),
+                // Above what was just applied: a counter made now started
+                // where the TPM starts new ones (or something raised it
+                // since the check); the next boot refuses below it.
+                Ok(Raised::Already(g)) if g > *generation => self.warnings.push(starts_high(target, g)),
                 Ok(Raised::Already(g)) => log::debug!("TPM rollback floor of {target} is generation {g}"),
                 Ok(Raised::Partly(g)) => self.warnings.push(format!(
                     "TPM rollback floor of {target} raised to generation {g} of {generation}: a TPM counter goes up \

@@ -224,9 +224,15 @@ fn a_full_nv_warns_or_with_tpm_strict_refuses() {
     let (code, err, status) = boot(&node, &on);
     assert_eq!(code, 0, "{err}");
     assert_eq!(node.read("etc/motd").as_deref(), Some("four\n"));
-    let warnings = status["warnings"].to_string();
-    assert!(warnings.contains("no room in the TPM's NV for the rollback counter of node:node42"), "{warnings}");
-    assert!(warnings.contains("rollback state in the TPM not raised"), "{warnings}");
+    let warnings = status["warnings"].as_array().unwrap();
+    assert_eq!(
+        warnings[0],
+        "no room in the TPM's NV for the rollback counter of node:node42 (TPM_RC_NV_SPACE): its generations are \
+         not kept in the TPM (see docs/keys.md); checked against the cache only",
+        "{status}"
+    );
+    // Said once, not again when the floors are raised.
+    assert_eq!(warnings.len(), 1, "{status}");
     assert_eq!(floor(&swtpm, "node:node42"), None);
 }
 
@@ -274,5 +280,42 @@ fn a_wiped_cache_does_not_lower_the_floor_kept_in_the_tpm() {
     assert_eq!(code, 0, "the cache applies its own slot: {err}");
     assert_eq!(status["source"], "cache-current", "{status}");
     assert!(err.contains("bundle generation 8 is older than generation 9 already applied"), "{err}");
-    assert_eq!(floor(&other, "node:node42"), None);
+    // The new TPM's counter was made at the check, and not raised.
+    assert_eq!(floor(&other, "node:node42"), Some(0));
+}
+
+#[test]
+fn deleting_a_counter_on_the_running_node_does_not_let_an_older_bundle_in() {
+    let site = Site::new();
+    let nginx = Nginx::start(&site.www(), None, "");
+    let swtpm = Swtpm::start();
+    let node = Node::new();
+    let on = cmdline(&site, nginx.port, &swtpm.selector(), "rd.stateless.rollback=tpm");
+    let publish = |g: u64| {
+        site.publish("v1/nodes/node42/bundle", g, Scope::Node("node42".into()), &[("etc/motd", b"x\n")], true);
+    };
+    publish(5);
+    let (code, err, _) = boot(&node, &on);
+    assert_eq!(code, 0, "{err}");
+    // Root on the running node, with the owner's empty auth, deletes the
+    // counter (locked or not, deleting is the owner's right).
+    let h = format!("{:#010x}", nv::first_handle("node:node42"));
+    assert!(tool(&swtpm, &["tpm2_nvundefine", &h, "-C", "o"]));
+    assert_eq!(floor(&swtpm, "node:node42"), None);
+    // After the reboot the loader makes the counter again before it accepts
+    // anything, and the TPM starts it above the deleted one's count: one
+    // generation higher than the floor was (a denial of service: the site
+    // publishes a newer bundle), never lower.
+    swtpm.reboot();
+    publish(4);
+    let (code, err, status) = boot(&node, &on);
+    assert_eq!(code, 10, "{err}");
+    assert!(err.contains("bundle generation 4 is older than generation 6 already applied"), "{err}");
+    let started = "the TPM started the new rollback counter of node:node42 at generation 6";
+    assert!(status["warnings"].to_string().contains(started), "{status}");
+    assert_eq!(floor(&swtpm, "node:node42"), Some(6));
+    swtpm.reboot();
+    publish(6);
+    let (code, err, _) = boot(&node, &on);
+    assert_eq!(code, 0, "{err}");
 }
