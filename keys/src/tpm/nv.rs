@@ -21,16 +21,19 @@
 //! counter (with the owner's auth, empty on most machines): the new one
 //! starts above the old value, so that only pushes the floor forward, a
 //! denial of service (the node refuses that target's bundles until the
-//! site publishes a higher generation), never a rollback.
+//! site publishes a higher generation), never a rollback. That holds as
+//! long as the caller reads a floor with `define` set before it accepts a
+//! bundle ([`Tpm::rollback_floor`]): a deleted counter must be made again
+//! (and start high) before the check, not be read as "no floor".
 //!
-//! **Which index.** A target (`default`, `plugin:NAME`, `group:NAME`,
-//! `node:ID`, `single`) is tagged by `SHA-256("stateless-rollback-v1\0" ||
-//! target)`, stored as the index's `authPolicy` (an unsatisfiable policy:
-//! no one knows a session that ends in that digest, and the counter is
-//! not `POLICYWRITE`/`POLICYREAD`, so it grants nothing) and read back
-//! with TPM2_NV_ReadPublic. Its handle is [`NV_BASE`] plus the first two
-//! bytes of the tag, probing the next [`PROBES`] handles past indices that
-//! are not this target's counter.
+//! **Which index.** A layer target (`default`, `plugin:NAME`,
+//! `group:NAME`, `node:ID`) is tagged by `SHA-256("stateless-rollback-v1\0"
+//! || target)`, stored as the index's `authPolicy` (an unsatisfiable
+//! policy: no one knows a session that ends in that digest, and the
+//! counter is not `POLICYWRITE`/`POLICYREAD`, so it grants nothing) and
+//! read back with TPM2_NV_ReadPublic. Its first handle is [`NV_BASE`] plus
+//! the first two bytes of the tag; [`PROBES`] handles from there are
+//! tried, past indices that are not this target's counter.
 //!
 //! Every answer from the TPM is parsed here with bounds checks and
 //! refused when it is not what was asked for (fuzzed: `keys_tpm_nv` in
@@ -597,7 +600,7 @@ mod tests {
 
     #[test]
     fn handles_stay_in_range_and_differ_per_target() {
-        for t in ["default", "single", "node:n1", "group:rack7", "plugin:acme"] {
+        for t in ["default", "node:n1", "group:rack7", "plugin:acme"] {
             let hs: Vec<u32> = probe_handles(t).collect();
             assert_eq!(hs.len(), PROBES as usize);
             assert!(hs.iter().all(|h| (NV_BASE..NV_BASE + NV_SLOTS).contains(h)), "{t}");
