@@ -268,3 +268,19 @@ fn hostile_nv_answers_are_refused() {
     // Nothing was defined or raised on the way: the floor is as it was.
     assert_eq!(open(&swtpm).rollback_floor("node:n1", false).unwrap().unwrap().generation, 5);
 }
+
+#[test]
+fn an_owner_password_stops_new_counters_but_not_existing_ones() {
+    let swtpm = Swtpm::start();
+    open(&swtpm).rollback_raise("node:n1", 2).unwrap();
+    assert!(tool(&swtpm, &["tpm2_changeauth", "-c", "owner", "site-secret"]));
+    let mut tpm = open(&swtpm);
+    let err = tpm.rollback_floor("group:new", true).unwrap_err();
+    assert!(matches!(err, NvError::OwnerAuth { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "the TPM's owner hierarchy has a password, so the rollback counter of group:new cannot be created (see docs/keys.md)"
+    );
+    // The counter made before is the index's own: read and raised as ever.
+    assert_eq!(tpm.rollback_raise("node:n1", 3).unwrap(), Raised::To(3));
+}

@@ -125,7 +125,7 @@ impl TpmRollback {
                 Ok(Some(f.generation))
             }
             Ok(None) => Ok(None),
-            Err(e @ (NvError::Full { .. } | NvError::Exhausted { .. })) if !strict => {
+            Err(e @ (NvError::Full { .. } | NvError::Exhausted { .. } | NvError::OwnerAuth { .. })) if !strict => {
                 self.warnings.push(format!("{e}; checked against the cache only"));
                 self.no_room.insert(target.to_owned());
                 Ok(None)

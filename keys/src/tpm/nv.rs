@@ -109,6 +109,10 @@ const RC_NV_UNINITIALIZED: u32 = 0x14A;
 const RC_NV_SPACE: u32 = 0x14B;
 /// `TPM_RC_NV_DEFINED`.
 const RC_NV_DEFINED: u32 = 0x14C;
+/// `TPM_RC_BAD_AUTH`, format one, without the session number.
+const RC_BAD_AUTH: u32 = 0x0A2;
+/// `TPM_RC_AUTH_FAIL`, format one, without the session number.
+const RC_AUTH_FAIL: u32 = 0x08E;
 /// `TPM_RC_HANDLE`, format one, without the handle number.
 const RC_HANDLE: u32 = 0x08B;
 
@@ -133,6 +137,15 @@ pub enum NvError {
         target: String,
         /// The target's first handle.
         first: u32,
+    },
+    /// The owner hierarchy has a password: the loader cannot define a
+    /// counter for a new target.
+    #[error(
+        "the TPM's owner hierarchy has a password, so the rollback counter of {target} cannot be created (see docs/keys.md)"
+    )]
+    OwnerAuth {
+        /// The layer target.
+        target: String,
     },
     /// The counter is write-locked until the next TPM reset: this boot
     /// did not reset the TPM (kexec), or something locked it early.
@@ -440,6 +453,11 @@ impl Tpm {
                     Ok(()) => {}
                     Err(TpmError::Rc { rc: RC_NV_SPACE, .. }) => {
                         return Err(NvError::Full { target: target.to_owned() });
+                    }
+                    // A wrong owner auth (format one, blaming session 1):
+                    // the site set an owner password.
+                    Err(TpmError::Rc { rc, .. }) if matches!(rc & 0xBF, RC_BAD_AUTH | RC_AUTH_FAIL) => {
+                        return Err(NvError::OwnerAuth { target: target.to_owned() });
                     }
                     // Someone defined it in between: look again.
                     Err(TpmError::Rc { rc: RC_NV_DEFINED, .. }) => return self.rollback_floor(target, false),
