@@ -150,7 +150,7 @@ pub enum NvError {
     /// The counter is write-locked until the next TPM reset: this boot
     /// did not reset the TPM (kexec), or something locked it early.
     #[error(
-        "the rollback counter of {target} ({handle:#010x}) is locked until the TPM is reset (a reboot without a TPM reset, such as kexec?); not raised"
+        "the rollback counter of {target} ({handle:#010x}) is locked until the TPM is reset (a reboot without a TPM reset, such as kexec?)"
     )]
     Locked {
         /// The layer target.
