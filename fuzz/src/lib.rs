@@ -455,6 +455,44 @@ pub fn keys_tpm_response(data: &[u8]) {
     while r.tpm2b_whole().is_ok() {}
 }
 
+/// The parsers of the TPM's answers about the rollback counters
+/// (`stateless_keys::tpm::nv`) over arbitrary bytes: the first byte picks
+/// the parser (NV_ReadPublic for the handle in the next four bytes, a
+/// counter read, a handle list, a property list), the rest are the
+/// response parameters. What parses re-encodes and parses back the same;
+/// a public area parses only with the name of its own bytes.
+pub fn keys_tpm_nv(data: &[u8]) {
+    use stateless_keys::tpm::nv::{parse_capability, parse_counter, parse_nv_public};
+    let Some((&which, rest)) = data.split_first() else { return };
+    match which % 4 {
+        0 => {
+            let Some((handle, params)) = rest.split_first_chunk::<4>() else { return };
+            let handle = u32::from_be_bytes(*handle);
+            let Some(public) = parse_nv_public(params, handle) else { return };
+            assert_eq!(public.index, handle, "a public area for another handle");
+            let bytes = public.to_bytes();
+            let name = public.name();
+            let mut again = u16::try_from(bytes.len()).expect("a small public area").to_be_bytes().to_vec();
+            again.extend_from_slice(&bytes);
+            again.extend_from_slice(&u16::try_from(name.len()).expect("a name").to_be_bytes());
+            again.extend_from_slice(&name);
+            assert_eq!(parse_nv_public(&again, handle).as_ref(), Some(&public), "NV public round trip");
+        }
+        1 => {
+            let Some(v) = parse_counter(rest) else { return };
+            let mut again = vec![0, 8];
+            again.extend_from_slice(&v.to_be_bytes());
+            assert_eq!(again, rest, "a counter is exactly eight bytes");
+        }
+        n => {
+            let capability = if n == 2 { 1 } else { 6 };
+            if let Some((_, list)) = parse_capability(rest, capability, 256) {
+                assert!(list.len() <= 256, "more entries than allowed");
+            }
+        }
+    }
+}
+
 /// `stateless_keys::tpm::parse_pcr_read` (the values the loader compares
 /// with a sealed key's PCRs, from the TPM's answer) over arbitrary bytes:
 /// the first byte picks the bank, the rest are the response parameters.
@@ -549,6 +587,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("dns_answer", loader::dns_answer),
     ("cmdline_split", loader::cmdline_split),
     ("keys_tpm_pcr_read", keys_tpm_pcr_read),
+    ("keys_tpm_nv", keys_tpm_nv),
     ("http_head", http_head),
     ("model_toml", model_toml),
     ("import_ignition", import_ignition),

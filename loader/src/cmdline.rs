@@ -67,6 +67,7 @@ pub const WORDS: &[(&str, &str)] = &[
     ("debug", "rd.stateless.debug[=0|1]"),
     ("overlay", "rd.stateless.overlay=0|1"),
     ("tpm", "rd.stateless.tpm=device:/PATH|swtpm:host=HOST,port=PORT"),
+    ("rollback", "rd.stateless.rollback=cache|tpm|tpm-strict"),
     // Fleet trust (issue 13), parsed by crate::trust.
     ("pubkey", "rd.stateless.pubkey=file:/PATH|ed25519:HEX[,...]"),
     ("max-age", "rd.stateless.max-age=DURATION"),
@@ -196,6 +197,31 @@ pub enum CacheDevice {
     Path(PathBuf),
 }
 
+/// Where the rollback floor is kept (`rollback=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Rollback {
+    /// In the cache disk's bundles only (no cache, no floor).
+    #[default]
+    Cache,
+    /// Also in TPM NV counters, one per layer target: a TPM that cannot
+    /// be read refuses network bundles; a target without room for its
+    /// counter is checked against the cache only, with a warning.
+    Tpm,
+    /// As `Tpm`, and a target without room for its counter is refused.
+    TpmStrict,
+}
+
+impl Rollback {
+    /// The word as written on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rollback::Cache => "cache",
+            Rollback::Tpm => "tpm",
+            Rollback::TpmStrict => "tpm-strict",
+        }
+    }
+}
+
 /// What the boot does when no bundle could be applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnFail {
@@ -269,6 +295,8 @@ pub struct Config {
     pub key: KeyChoice,
     /// `tpm=`: which TPM unseals TPM-sealed keys.
     pub tpm: stateless_keys::tpm::TpmSelector,
+    /// `rollback=`: where the rollback floor is kept.
+    pub rollback: Rollback,
     /// `cache=`.
     pub cache: CacheDevice,
     /// `timeout=`: total network budget.
@@ -306,6 +334,7 @@ impl Default for Config {
             groups: Vec::new(),
             key: KeyChoice::default(),
             tpm: stateless_keys::tpm::TpmSelector::default(),
+            rollback: Rollback::default(),
             cache: CacheDevice::default(),
             timeout: DEFAULT_TIMEOUT,
             onfail: OnFail::default(),
@@ -493,6 +522,7 @@ impl Config {
             "group" => self.groups = parse_groups(value)?,
             "key" => self.key = parse_key(value)?,
             "tpm" => self.tpm = parse_tpm(value)?,
+            "rollback" => self.rollback = parse_rollback(value)?,
             "cache" => self.cache = parse_cache(value)?,
             "timeout" => self.timeout = parse_timeout(value)?,
             "onfail" => self.onfail = parse_onfail(value)?,
@@ -522,6 +552,7 @@ impl Config {
             "group" => self.groups = d.groups,
             "key" => self.key = d.key,
             "tpm" => self.tpm = d.tpm,
+            "rollback" => self.rollback = d.rollback,
             "cache" => self.cache = d.cache,
             "timeout" => self.timeout = d.timeout,
             "onfail" => self.onfail = d.onfail,
@@ -741,6 +772,13 @@ fn parse_timeout(v: &str) -> Result<Duration, Reason> {
     Ok(Duration::from_secs(secs))
 }
 
+fn parse_rollback(v: &str) -> Result<Rollback, Reason> {
+    [Rollback::Cache, Rollback::Tpm, Rollback::TpmStrict]
+        .into_iter()
+        .find(|r| r.as_str() == v)
+        .ok_or(Reason::NotOneOf { choices: "cache, tpm, tpm-strict" })
+}
+
 fn parse_onfail(v: &str) -> Result<OnFail, Reason> {
     [OnFail::Emergency, OnFail::Continue, OnFail::Reboot, OnFail::Poweroff]
         .into_iter()
@@ -923,6 +961,9 @@ mod tests {
             ("rd.stateless.insecure=0".into(), |c| !c.insecure),
             ("rd.stateless.debug".into(), |c| c.debug),
             ("rd.stateless.debug=yes".into(), |c| c.debug),
+            ("rd.stateless.rollback=tpm".into(), |c| c.rollback == Rollback::Tpm),
+            ("rd.stateless.rollback=tpm-strict".into(), |c| c.rollback == Rollback::TpmStrict),
+            ("rd.stateless.rollback=cache".into(), |c| c.rollback == Rollback::Cache),
             ("rd.stateless.overlay=1".into(), |c| c.overlay == Some(true)),
             ("rd.stateless.overlay=0".into(), |c| c.overlay == Some(false)),
             ("BOOTIF=01-52-54-00-12-34-56".into(), |c| {
@@ -1063,6 +1104,7 @@ mod tests {
             ("rd.stateless.insecure=maybe", "rd.stateless.insecure=maybe: not 0 or 1"),
             ("rd.stateless.overlay", "rd.stateless.overlay: needs a value (rd.stateless.overlay=0|1)"),
             ("rd.stateless.overlay=2", "rd.stateless.overlay=2: not 0 or 1"),
+            ("rd.stateless.rollback=nv", "rd.stateless.rollback=nv: not one of cache, tpm, tpm-strict"),
             // A malformed word is an error even when a later one would override it.
             ("rd.stateless.timeout=x rd.stateless.timeout=5", "rd.stateless.timeout=x: not a number of seconds"),
         ];
@@ -1087,6 +1129,7 @@ mod tests {
             ("rd.stateless.onfail=reboot rd.stateless.onfail=poweroff", |c| c.onfail == OnFail::Poweroff),
             ("rd.stateless.key=tpm rd.stateless.key=", |c| c.key == KeyChoice::Auto),
             ("rd.stateless.overlay=1 rd.stateless.overlay=", |c| c.overlay.is_none()),
+            ("rd.stateless.rollback=tpm rd.stateless.rollback=", |c| c.rollback == Rollback::Cache),
             ("BOOTIF=01-00-00-00-00-00-01 BOOTIF=01-00-00-00-00-00-02", |c| {
                 c.bootif == Some(MacAddr([0, 0, 0, 0, 0, 2]))
             }),

@@ -79,6 +79,16 @@ pub enum Refusal {
         /// The highest generation applied on this node.
         applied: u64,
     },
+    /// `rd.stateless.rollback=tpm`: the layer's rollback floor in the TPM
+    /// could not be read (no TPM, a TPM error, or with `tpm-strict` no
+    /// room for its counter), so an older bundle could not be told apart.
+    #[error("rollback state in the TPM cannot be read for {target} ({why}); refused (rd.stateless.rollback=tpm)")]
+    RollbackState {
+        /// The layer target (`node:node42`).
+        target: String,
+        /// Why, as one line.
+        why: String,
+    },
     /// The generation applied before, with other contents.
     #[error("generation {0} already applied with a different digest; refused")]
     Replay(u64),
@@ -215,6 +225,7 @@ impl Refusal {
             Refusal::Server(e) => fetch_kind(e),
             Refusal::Scope { .. } => "scope",
             Refusal::Rollback { .. } | Refusal::Replay(_) => "rollback",
+            Refusal::RollbackState { .. } => "rollback-state",
             Refusal::Expired(_) => "expired",
             Refusal::Budget { .. } => "budget",
             Refusal::Internal(_) => "internal",
@@ -480,6 +491,7 @@ mod tests {
             (Refusal::Scope { scope: Scope::Any, node: "n".into(), group: "none".into() }, "scope"),
             (Refusal::Rollback { got: 1, applied: 2 }, "rollback"),
             (Refusal::Replay(2), "rollback"),
+            (Refusal::RollbackState { target: "default".into(), why: "no TPM".into() }, "rollback-state"),
             (Refusal::Expired("2026-01-01T00:00:00Z".into()), "expired"),
             (Refusal::Budget { budget: Duration::from_secs(5), phase: Phase::Extracting }, "budget"),
             (Refusal::Internal("boom".into()), "internal"),

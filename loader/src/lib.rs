@@ -34,6 +34,7 @@ pub mod overlay;
 pub mod pipeline;
 pub mod probe;
 pub mod report;
+pub mod rollback;
 pub mod srv;
 pub mod staging;
 pub mod sys;

@@ -198,6 +198,8 @@ struct Ctx<'a> {
     legacy_digest: Option<String>,
     /// Downloads are copied to the run directory (there is a cache).
     keep_downloads: bool,
+    /// `rd.stateless.rollback=tpm`: the floors in TPM NV counters.
+    rollback: Option<crate::rollback::TpmRollback>,
 }
 
 /// A bundle that authenticated and is extracted in staging.
@@ -234,11 +236,20 @@ pub fn run(config: &Config, paths: &Paths) -> Report {
         cached_stack: std::collections::BTreeMap::new(),
         legacy_digest: None,
         keep_downloads: false,
+        rollback: crate::rollback::TpmRollback::new(config.rollback, &config.tpm),
     };
     crash::set_status_target(paths.run_dir.clone(), config.onfail);
     // Each source is caught on its own; this catches what is left (the
     // discovery, the cache's bookkeeping) so that the report is written.
     let outcome = crash::catch(|| run_inner(&mut ctx)).unwrap_or_else(|p| Err(Failure::Internal(p.0)));
+    // Applied or not: nothing after the loader may raise a counter.
+    if let Some(rollback) = ctx.rollback.take() {
+        let t = Instant::now();
+        for w in rollback.finish() {
+            ctx.warn(w);
+        }
+        ctx.stage("tpm lock", t);
+    }
     let mut report = ctx.report;
     match outcome {
         Ok(line) => {
@@ -374,6 +385,9 @@ fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, Failure> {
                     ctx.report.source = origin;
                     ctx.report.server = Some(url.clone());
                     ctx.report.fetched = Some(now());
+                    let applied: Vec<(String, u64)> =
+                        reports.iter().map(|l| (l.target.clone(), l.generation)).collect();
+                    raise_tpm_floors(ctx, &applied);
                     let summary = stack::describe(&reports);
                     let n = reports.len();
                     ctx.report.layers = reports;
@@ -402,6 +416,9 @@ fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, Failure> {
                 .unwrap_or_else(|p| Err(Refusal::Internal(p.0)));
             let network = match applied {
                 Ok(()) => {
+                    if let Some(target) = &ready.target {
+                        raise_tpm_floors(ctx, &[(target.clone(), ready.header.generation)]);
+                    }
                     ctx.report.server = Some(url.clone());
                     ctx.report.fetched = Some(now());
                     if let (Some(c), Some(path)) = (&cache, &download) {
@@ -1113,6 +1130,9 @@ fn verify_reader<R: Read + Send>(
         }
     }
     check_policy(ctx, &header, &digest, source.starts_with("cache"))?;
+    if !source.starts_with("cache") {
+        check_tpm_floor(ctx, header.generation)?;
+    }
     let staging =
         Staging::create(&ctx.paths.sysroot).map_err(|err| Refusal::Staging { path: ctx.paths.sysroot.clone(), err })?;
     let target = ctx.layer.as_ref().map(stack::Target::key);
@@ -1193,6 +1213,34 @@ fn check_policy(ctx: &Ctx<'_>, h: &Header, digest: &str, from_cache: bool) -> Re
     };
     check_floor(floor.filter(|_| !from_cache), h.generation, digest)?;
     check_expiry(h)
+}
+
+/// `rd.stateless.rollback=tpm`: the layer's generation against its floor
+/// in the TPM ([`crate::rollback`]), taken together with the cache's (a
+/// bundle must pass both: the higher floor wins).
+fn check_tpm_floor(ctx: &mut Ctx<'_>, generation: u64) -> Result<(), Refusal> {
+    let (Some(rollback), Some(target)) = (ctx.rollback.as_mut(), ctx.layer.as_ref()) else { return Ok(()) };
+    let t = Instant::now();
+    let checked = rollback.check(&target.key(), generation);
+    let warnings = rollback.take_warnings();
+    for w in warnings {
+        ctx.warn(w);
+    }
+    ctx.stage("tpm floor", t);
+    checked
+}
+
+/// Raises the TPM floors of the layers just applied from a server or
+/// media.
+fn raise_tpm_floors(ctx: &mut Ctx<'_>, applied: &[(String, u64)]) {
+    let Some(rollback) = ctx.rollback.as_mut() else { return };
+    let t = Instant::now();
+    rollback.raise(applied);
+    let warnings = rollback.take_warnings();
+    for w in warnings {
+        ctx.warn(w);
+    }
+    ctx.stage("tpm raise", t);
 }
 
 /// The rollback rule against one floor (generation and digest).

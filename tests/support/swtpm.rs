@@ -82,6 +82,23 @@ impl Swtpm {
         Some(Swtpm { port, child, _dir: dir })
     }
 
+    /// A reboot as the TPM sees it: power cycle (swtpm's `CMD_INIT` on the
+    /// control port) and `TPM2_Startup(CLEAR)`. NV stays; PCRs, sessions
+    /// and `STCLEAR` locks are reset.
+    pub fn reboot(&self) {
+        use std::io::{Read, Write};
+        let mut ctrl = TcpStream::connect(("127.0.0.1", self.port + 1)).unwrap();
+        ctrl.write_all(&[0, 0, 0, 2, 0, 0, 0, 0]).unwrap();
+        let mut rc = [0u8; 4];
+        ctrl.read_exact(&mut rc).unwrap();
+        assert_eq!(rc, [0; 4], "swtpm CMD_INIT");
+        let mut data = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        data.write_all(&[0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x44, 0, 0]).unwrap();
+        let mut resp = [0u8; 10];
+        data.read_exact(&mut resp).unwrap();
+        assert_eq!(&resp[6..10], &[0, 0, 0, 0], "TPM2_Startup(CLEAR)");
+    }
+
     /// The `rd.stateless.tpm=` / `--tpm` selector for this TPM.
     pub fn selector(&self) -> String {
         format!("swtpm:host=127.0.0.1,port={}", self.port)

@@ -12,10 +12,10 @@
 //!   under the key the target derives from it;
 //! * `tar_extract`: the decompressed tar stream;
 //! * `keys_sealed`, `keys_tpm_wrapped`, `keys_cpio`, `keys_usb`, `keys_tpm_response`,
-//!   `keys_tpm_pcr_read`, `keys_pubkey_arg`: a few well-formed inputs made
+//!   `keys_tpm_pcr_read`, `keys_tpm_nv`, `keys_pubkey_arg`: a few well-formed inputs made
 //!   here (a sealed-key file with made-up blobs, keys wrapped for a made-up
 //!   SRK and its public area, a key archive, a small FAT
-//!   image with a key file, TPM responses, PCR_Read parameters,
+//!   image with a key file, TPM responses, PCR_Read parameters, NV answers,
 //!   `rd.stateless.pubkey=` values);
 //! * `dns_answer`, `cmdline_split`: DNS answers and kernel command lines
 //!   made here (`stateless_fuzz::loader::seed`).
@@ -217,6 +217,34 @@ fn seed_keys(corpus: &Path) {
     write("keys_tpm_pcr_read", "sha256_0_7", &two);
     write("keys_tpm_pcr_read", "sha1_beside_sha256", &mixed);
     write("keys_tpm_pcr_read", "none", &[1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
+
+    // Rollback counters (`keys_tpm_nv`, a selector byte first): the
+    // NV_ReadPublic answer for the loader's counter of node:n1, a counter
+    // read of 5, a handle list and a property list.
+    use stateless_keys::tpm::nv;
+    let handle = nv::first_handle("node:n1");
+    let public = nv::NvPublic {
+        index: handle,
+        name_alg: 0x000B,
+        attributes: nv::COUNTER_ATTRIBUTES | 1 << 29,
+        auth_policy: nv::target_tag("node:n1").to_vec(),
+        data_size: 8,
+    };
+    let mut read_public = vec![0];
+    read_public.extend_from_slice(&handle.to_be_bytes());
+    let bytes = public.to_bytes();
+    read_public.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+    read_public.extend_from_slice(&bytes);
+    read_public.extend_from_slice(&34u16.to_be_bytes());
+    read_public.extend_from_slice(&public.name());
+    write("keys_tpm_nv", "read_public_counter", &read_public);
+    write("keys_tpm_nv", "counter_5", &[1, 0, 8, 0, 0, 0, 0, 0, 0, 0, 5]);
+    let mut handles = vec![2, 0, 0, 0, 0, 1, 0, 0, 0, 2];
+    handles.extend_from_slice(&nv::NV_BASE.to_be_bytes());
+    handles.extend_from_slice(&handle.to_be_bytes());
+    write("keys_tpm_nv", "handles", &handles);
+    let props = [3, 0, 0, 0, 0, 6, 0, 0, 0, 1, 0, 0, 2, 0x0A, 0, 0, 0, 4];
+    write("keys_tpm_nv", "properties", &props);
 }
 
 /// Seeds for the server's request-head parser: good heads (so mutations

@@ -35,6 +35,7 @@
 pub mod credential;
 pub mod enrol;
 pub mod import;
+pub mod nv;
 pub mod policy;
 pub mod salt;
 pub mod source;
