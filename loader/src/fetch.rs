@@ -278,7 +278,7 @@ impl Transport {
             .timeout_connect(cfg.connect_timeout.unwrap_or(CONNECT_TIMEOUT))
             .timeout_read(cfg.stall_timeout.unwrap_or(STALL_TIMEOUT))
             .timeout_write(cfg.stall_timeout.unwrap_or(STALL_TIMEOUT))
-            .tls_config(Arc::new(tls))
+            .tls_connector(Arc::new(stateless_tls::Connector::new(Arc::new(tls))))
             // Followed in `open`, hop by hop, under the loader's policy.
             .redirects(0)
             .user_agent(concat!("stateless-loader/", env!("CARGO_PKG_VERSION")))
@@ -593,6 +593,9 @@ fn describe_transport(t: &ureq::Transport) -> String {
     // ureq's message includes the URL, which the caller already names.
     let msg = t.message().map(str::to_owned).unwrap_or_else(|| t.kind().to_string());
     match std::error::Error::source(t) {
+        // An I/O error with no words of ureq's own (a TLS handshake that
+        // failed, see stateless_tls): its cause alone, not "Network Error: …".
+        Some(s) if t.message().is_none() && t.kind() == ureq::ErrorKind::Io => stateless_bundle::error_chain(s),
         Some(s) => format!("{msg}: {}", stateless_bundle::error_chain(s)),
         None => msg,
     }

@@ -232,7 +232,7 @@ pub(crate) fn agent(url: &str, ca: Option<&Path>) -> anyhow::Result<ureq::Agent>
     match parse_server_url(url)?.scheme() {
         "https" => {
             let ca = ca.context("an https server needs its CA: give --ca or set ca = in the config file")?;
-            b = b.tls_config(Arc::new(tls_config(ca)?));
+            b = b.tls_connector(Arc::new(stateless_tls::Connector::new(Arc::new(tls_config(ca)?))));
         }
         "http" => {}
         _ => bail!("server URL must start with http:// or https://: {url}"),
