@@ -349,7 +349,9 @@ fn tpm_seal_then_unseal_by_statelessctl_and_the_key_source() {
     let key = new_key(p, "site.key");
     let sealed = seal(p, &swtpm, "site.key", "0,7", "node.sealed");
     assert_eq!(sealed.key_id, key.id());
-    assert_eq!(sealed.pcr_indices(), [0, 7]);
+    // The lock PCR comes with every PCR policy by default, at its boot value.
+    assert_eq!(sealed.pcr_indices(), [0, 7, 15]);
+    assert_eq!(sealed.pcrs[2].1, [0u8; 32]);
     let text = fs::read_to_string(p.join("node.sealed")).unwrap();
     assert!(!text.contains(&stateless_bundle::key::hex_encode(key.as_bytes())), "the key is in the file in the clear");
     let out = ok(&["key", "tpm-check", "node.sealed", "--tpm", &swtpm.selector()], p);
@@ -379,6 +381,27 @@ fn tpm_seal_then_unseal_by_statelessctl_and_the_key_source() {
     let empty = TpmSource { dir: p.join("none"), selector: swtpm.selector().parse().unwrap() };
     assert!(empty.lookup(key.id()).unwrap_err().to_string().contains("no sealed key"));
 
+    // The source closed the key after unsealing it (PCR 15): for the rest
+    // of this boot it stays sealed, and tpm-check says why without failing
+    // (the other PCRs hold the sealed values).
+    let err = src.lookup(key.id()).unwrap_err().to_string();
+    assert!(err.contains("PCR 15 (sha256) has moved since this boot's loader unsealed the key"), "{err}");
+    assert!(matches!(open_tpm(&swtpm).unseal(&sealed), Err(TpmError::Locked { .. })));
+    let out = ok(&["key", "tpm-check", "tpm/node.sealed", "--tpm", &swtpm.selector()], p);
+    assert!(out.contains("not unsealed: PCR 15 (sha256) has moved"), "{out}");
+    // Sealed again on the running system, after the lock: the policy still
+    // covers PCR 15's boot value, not the locked one it holds now.
+    let resealed = seal(p, &swtpm, "site.key", "7", "again.sealed");
+    assert_eq!(resealed.pcrs.iter().find(|(i, _)| *i == 15).unwrap().1, [0u8; 32]);
+}
+
+#[test]
+fn tpm_unseal_leaves_nothing_behind() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let swtpm = Swtpm::start();
+    new_key(p, "site.key");
+    let sealed = seal(p, &swtpm, "site.key", "7", "node.sealed");
     // Sealing and unsealing leave no objects or sessions behind (swtpm has
     // no resource manager: a leak would show up here).
     let mut tpm = open_tpm(&swtpm);
@@ -387,6 +410,36 @@ fn tpm_seal_then_unseal_by_statelessctl_and_the_key_source() {
     assert!(r1.len() == 32 && r1 != r2);
     for _ in 0..5 {
         tpm.unseal(&sealed).unwrap();
+    }
+    // Nor does the lock (an HMAC session and the SRK each time).
+    for _ in 0..5 {
+        tpm.lock(&sealed.parent_name).unwrap();
+    }
+    // Sealed without the lock: not closed by it (swtpm serves one
+    // connection at a time: statelessctl gets it alone).
+    drop(tpm);
+    let open = ok(
+        &[
+            "key",
+            "tpm-seal",
+            "--key",
+            "site.key",
+            "--pcrs",
+            "7",
+            "--no-lock",
+            "--tpm",
+            &swtpm.selector(),
+            "-o",
+            "open.sealed",
+        ],
+        p,
+    );
+    assert!(open.contains("sealed to PCR 7 (sha256)"), "{open}");
+    let open = read_sealed_file(&p.join("open.sealed")).unwrap();
+    assert_eq!(open.pcr_indices(), [7]);
+    let mut tpm = open_tpm(&swtpm);
+    for _ in 0..3 {
+        tpm.unseal(&open).unwrap();
     }
 }
 
@@ -478,9 +531,9 @@ tpm2_readpublic -c srk.ctx | sed -n 's/^name: //p' > srk.name
 tpm2_flushcontext -t
 tpm2_load -Q -C srk.ctx -u obj.pub -r obj.priv -c obj.ctx
 tpm2_flushcontext -t
-tpm2_unseal -c obj.ctx -p pcr:sha256:0,7 > unsealed.bin
+tpm2_unseal -c obj.ctx -p pcr:sha256:0,7,15 > unsealed.bin
 tpm2_flushcontext -t
-tpm2_createpolicy -Q --policy-pcr -l sha256:0,7 -L policy.bin
+tpm2_createpolicy -Q --policy-pcr -l sha256:0,7,15 -L policy.bin
 ",
         sel = swtpm.selector()
     );
@@ -540,7 +593,7 @@ fn tpm_signed_policies_through_statelessctl() {
         ],
         p,
     );
-    assert!(out.contains("for PCR 7,9 (sha256) signed -> a.signed"), "{out}");
+    assert!(out.contains("for PCR 7,9,15 (sha256) signed -> a.signed"), "{out}");
     let out = ok(&["key", "tpm-check", "n.sealed", "--policy", "a.signed", "--tpm", &sel], p);
     assert!(out.starts_with(&format!("key {} unseals", key.id())), "{out}");
 
@@ -638,4 +691,7 @@ fn tpm_signed_policies_through_statelessctl() {
         Lookup::Found(k) => assert_eq!(k.id(), key.id()),
         Lookup::Offered(_) => panic!("not found"),
     }
+    // Signed policies cover the lock PCR too: once unsealed, closed.
+    let err = src.lookup(key.id()).unwrap_err().to_string();
+    assert!(err.contains("PCR 15 (sha256) has moved since this boot's loader unsealed the key"), "{err}");
 }

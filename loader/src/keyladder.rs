@@ -21,13 +21,15 @@
 //! `bundle needs key 3f2a8c01…; key directory /etc/stateless/keys had 91bc4d22…; USB stick STATELESS: not found (waited 5 s); TPM: no sealed key (/etc/stateless/tpm does not exist)`.
 
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use stateless_bundle::{Key, KeyId};
 use stateless_keys::tpm::TpmSelector;
+use stateless_keys::tpm::source::BootKeys;
 use stateless_keys::usb::{DEFAULT_LABEL, Devices, UsbSource};
-use stateless_keys::{DirSource, FileSource, KeySource, Lookup, Offered, TpmSource, find_key};
+use stateless_keys::{DirSource, FileSource, KeySource, KeySourceError, Lookup, Offered, TpmSource, find_key};
 
 use crate::cmdline::KeyChoice;
 
@@ -38,6 +40,40 @@ const USB_POLL: Duration = Duration::from_millis(200);
 /// Set once this process has waited for a stick (the loader runs once per
 /// boot, so process-wide is per boot).
 static USB_WAITED: AtomicBool = AtomicBool::new(false);
+/// What the TPM unsealed on this boot, per TPM and sealed-key directory:
+/// the source closes the sealed keys after the first unseal (the lock PCR,
+/// see `stateless_keys::tpm::lock`), so every later bundle, the cache's
+/// rollback check and the boot report take their keys from here.
+static TPM_BOOT: Mutex<Vec<(String, PathBuf, BootKeys)>> = Mutex::new(Vec::new());
+
+/// The TPM source as the loader uses it: once per boot ([`TPM_BOOT`]).
+struct BootTpm(TpmSource);
+
+impl KeySource for BootTpm {
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+
+    fn keys(&self) -> Result<Vec<Key>, KeySourceError> {
+        self.0.keys()
+    }
+
+    fn lookup(&self, needed: KeyId) -> Result<Lookup, KeySourceError> {
+        let mut all = TPM_BOOT.lock().unwrap_or_else(|e| e.into_inner());
+        let selector = self.0.selector.to_string();
+        let at = match all.iter().position(|(s, d, _)| *s == selector && *d == self.0.dir) {
+            Some(i) => i,
+            None => {
+                all.push((selector, self.0.dir.clone(), BootKeys::default()));
+                all.len() - 1
+            }
+        };
+        match all.get_mut(at) {
+            Some((_, _, boot)) => self.0.lookup_for_boot(needed, boot),
+            None => self.0.lookup(needed),
+        }
+    }
+}
 
 /// Where each source looks.
 #[derive(Debug, Clone)]
@@ -62,7 +98,7 @@ pub fn pick_key(choice: &KeyChoice, places: &KeyPlaces, needed: KeyId) -> Result
         devices: places.usb.clone(),
         mount_dir: places.usb_mount.clone(),
     };
-    let tpm = || TpmSource { dir: places.sealed_dir.clone(), selector: places.tpm.clone() };
+    let tpm = || BootTpm(TpmSource { dir: places.sealed_dir.clone(), selector: places.tpm.clone() });
     // A stick `auto` leaves out, and why: named in the error.
     let mut excluded = None;
     let (sources, usb_at): (Vec<Box<dyn KeySource>>, Option<usize>) = match choice {

@@ -32,6 +32,7 @@
 //! or booted with a different firmware configuration or boot chain (PCR 7:
 //! Secure Boot state and keys).
 
+pub mod lock;
 pub mod policy;
 pub mod salt;
 pub mod source;
@@ -139,6 +140,16 @@ pub enum TpmError {
         /// The bank.
         bank: &'static str,
     },
+    /// Only the lock PCR differs from the policy: the key was unsealed on
+    /// this boot already and closed after use ([`lock`]).
+    #[error(
+        "PCR {} ({bank}) has moved since this boot's loader unsealed the key: it stays sealed until the next boot (see docs/keys.md)",
+        lock::LOCK_PCR
+    )]
+    Locked {
+        /// The bank.
+        bank: &'static str,
+    },
     /// The sealed object was not made by this TPM, or is corrupt.
     #[error("the sealed object was not made by this TPM or is corrupt (TPM2_Load: {})", rc_text(*rc))]
     WrongObject {
@@ -209,6 +220,7 @@ fn command_name(cc: u32) -> &'static str {
         CC_LOAD_EXTERNAL => "TPM2_LoadExternal",
         CC_VERIFY_SIGNATURE => "TPM2_VerifySignature",
         CC_POLICY_AUTHORIZE => "TPM2_PolicyAuthorize",
+        lock::CC_PCR_EVENT => "TPM2_PCR_Event",
         _ => "TPM command",
     }
 }
@@ -344,6 +356,28 @@ impl Tpm {
         let values = self.pcr_read(bank, pcrs)?;
         let policy = policy_pcr_digest(bank, &values);
         self.seal_to(key, bank, values, None, policy)
+    }
+
+    /// Seals `key` to the given `values` of PCRs of `bank` (ascending, as
+    /// [`Tpm::pcr_read`] returns them), which need not be the current ones:
+    /// the value [`lock::LOCK_PCR`] holds before the loader's extend.
+    pub fn seal_values(
+        &mut self,
+        key: &Key,
+        bank: Bank,
+        mut values: Vec<(u8, Vec<u8>)>,
+    ) -> Result<SealedKey, TpmError> {
+        values.sort_by_key(|(i, _)| *i);
+        values.dedup_by_key(|(i, _)| *i);
+        let policy = policy_pcr_digest(bank, &values);
+        self.seal_to(key, bank, values, None, policy)
+    }
+
+    /// The name of this TPM's SRK (the `parent-name` of keys it sealed).
+    pub fn srk_name(&mut self) -> Result<Vec<u8>, TpmError> {
+        let srk = self.create_srk()?;
+        self.flush(srk.handle);
+        Ok(srk.name)
     }
 
     /// Seals `key` under TPM2_PolicyAuthorize with `policy_key`: it unseals
@@ -484,18 +518,31 @@ impl Tpm {
     /// signed by another key, a signature that does not verify, the PCRs
     /// that differ, or what the TPM said.
     pub fn unseal_with(&mut self, sealed: &SealedKey, policies: &[(String, SignedPolicy)]) -> Result<Key, TpmError> {
+        self.unseal_with_policy(sealed, policies).map(|(key, _)| key)
+    }
+
+    /// [`Tpm::unseal_with`], also returning which of `policies` let the key
+    /// unseal (`None` for a key sealed to PCR values).
+    pub fn unseal_with_policy(
+        &mut self,
+        sealed: &SealedKey,
+        policies: &[(String, SignedPolicy)],
+    ) -> Result<(Key, Option<usize>), TpmError> {
         let Some(policy_key) = &sealed.policy_key else {
             // The TPM enforces the policy; reading the PCRs first only lets
             // the refusal name what changed.
             let changed = self.changed_pcrs(sealed)?;
+            if changed == [lock::LOCK_PCR] {
+                return Err(TpmError::Locked { bank: sealed.bank.name() });
+            }
             if !changed.is_empty() {
                 return Err(TpmError::PcrMismatch { pcrs: changed, bank: sealed.bank.name() });
             }
-            return self.unseal_once(sealed, None);
+            return self.unseal_once(sealed, None).map(|key| (key, None));
         };
         let name = policy_key.name();
         let mut reasons = Vec::new();
-        for (label, p) in policies {
+        for (index, (label, p)) in policies.iter().enumerate() {
             // Checked here only to name the reason: the TPM checks the
             // signature (TPM2_VerifySignature) and the PCRs itself.
             if p.key_name != name {
@@ -518,12 +565,20 @@ impl Tpm {
             };
             let changed: Vec<u8> =
                 p.pcrs.iter().zip(&now).filter(|((_, want), (_, have))| want != have).map(|((i, _), _)| *i).collect();
+            if changed == [lock::LOCK_PCR] {
+                reasons.push(format!(
+                    "{label}: PCR {} ({}) has moved since this boot's loader unsealed the key",
+                    lock::LOCK_PCR,
+                    p.bank.name()
+                ));
+                continue;
+            }
             if !changed.is_empty() {
                 reasons.push(format!("{label}: PCR {} ({}) differs", list(&changed), p.bank.name()));
                 continue;
             }
             match self.unseal_once(sealed, Some((policy_key, p))) {
-                Ok(key) => return Ok(key),
+                Ok(key) => return Ok((key, Some(index))),
                 // The TPM refused this policy (a PCR moved in between, or a
                 // TPM that disagrees with our check): try the next one.
                 Err(e @ TpmError::Rc { .. }) => reasons.push(format!("{label}: {e}")),
