@@ -145,12 +145,7 @@ impl TpmSource {
 
     /// Unseals `s`; returns the key and whether the policy that let it
     /// unseal covers the lock PCR.
-    fn unseal(
-        &self,
-        tpm: &mut Tpm,
-        s: &SealedKey,
-        policies: &mut Option<Policies>,
-    ) -> Result<(Key, bool), String> {
+    fn unseal(&self, tpm: &mut Tpm, s: &SealedKey, policies: &mut Option<Policies>) -> Result<(Key, bool), String> {
         let t = Instant::now();
         let result = if s.policy_key.is_some() {
             let (policies, unreadable) = policies.get_or_insert_with(|| self.policies());
