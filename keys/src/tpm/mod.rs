@@ -27,7 +27,12 @@
 //! SRK the TPM returns has the name recorded at sealing time, so an
 //! interposer cannot substitute its own key to learn the salt, and it checks
 //! the response HMAC. Sealing works the same way: `TPM2_Create` runs in an
-//! HMAC session salted with the SRK, with the key encrypted on its way in. The sealing protects
+//! HMAC session salted with the SRK, with the key encrypted on its way in;
+//! but at sealing the SRK is trusted as the TPM answers it (nothing checks
+//! it against the endorsement key): its name is what later unseals check.
+//! None of this stops someone who can send the TPM commands of their own
+//! while the PCRs match; the lock PCR ([`lock`]) closes the key after the
+//! loader's unseal, for the rest of the boot. The sealing protects
 //! against the disk or boot image being copied and used on another machine,
 //! or booted with a different firmware configuration or boot chain (PCR 7:
 //! Secure Boot state and keys).
@@ -770,22 +775,35 @@ impl Tpm {
     }
 }
 
+/// [`check_response_auth`] of a reply.
+fn check_response_hmac(session_key: &[u8], cc: u32, reply: &Reply, nonce: &[u8]) -> Result<Vec<u8>, TpmError> {
+    check_response_auth(session_key, cc, &reply.params, &reply.auth, nonce)
+}
+
 /// Checks the response HMAC of a command sent in a salted session: it
 /// proves the answer comes from the TPM that holds the SRK (only it knows
 /// the salt). HMAC(sessionKey, rpHash || nonceTPM || nonceCaller ||
-/// attributes), rpHash = SHA-256(rc || commandCode || parameters). Returns
-/// the TPM's new nonce.
-fn check_response_hmac(session_key: &[u8], cc: u32, reply: &Reply, nonce: &[u8]) -> Result<Vec<u8>, TpmError> {
+/// attributes), rpHash = SHA-256(rc || commandCode || parameters), over
+/// the response's parameter area `params` and its one-session
+/// authorization area `auth`. Returns the TPM's new nonce. The bytes are
+/// untrusted and fuzzed (`keys_tpm_hmac` in `fuzz/`).
+pub fn check_response_auth(
+    session_key: &[u8],
+    cc: u32,
+    params: &[u8],
+    auth: &[u8],
+    nonce: &[u8],
+) -> Result<Vec<u8>, TpmError> {
     use sha2::{Digest, Sha256};
     let malformed = || TpmError::Malformed(command_name(cc));
-    let mut auth = wire::Reader::new(&reply.auth);
+    let mut auth = wire::Reader::new(auth);
     let nonce_tpm = auth.tpm2b().map_err(|_| malformed())?;
     let attrs = auth.take(1).map_err(|_| malformed())?;
     let their_hmac = auth.tpm2b().map_err(|_| malformed())?;
     let mut h = Sha256::new();
     h.update(0u32.to_be_bytes());
     h.update(cc.to_be_bytes());
-    h.update(reply.params.as_slice());
+    h.update(params);
     let rp_hash: [u8; 32] = h.finalize().into();
     let want = salt::hmac(session_key, &[&rp_hash, nonce_tpm, nonce, attrs]).map_err(TpmError::Salt)?;
     // No early exit: the time taken must not say how many leading bytes matched.
@@ -809,7 +827,9 @@ struct Srk {
 /// From a TPM2_CreatePrimary response's parameters, the SRK's name
 /// (`000b` and the SHA-256 of its TPMT_PUBLIC) and its ECC point, checking
 /// that the public area is the ECC key of our template.
-fn parse_srk_public(params: &[u8]) -> Option<(Vec<u8>, Vec<u8>, Vec<u8>)> {
+/// The bytes come from the TPM (or whatever answers in its place):
+/// untrusted, and fuzzed (`keys_tpm_srk_public` in `fuzz/`).
+pub fn parse_srk_public(params: &[u8]) -> Option<(Vec<u8>, Vec<u8>, Vec<u8>)> {
     use sha2::{Digest, Sha256};
     let public = wire::Reader::new(params).tpm2b().ok()?;
     let mut r = wire::Reader::new(public);
