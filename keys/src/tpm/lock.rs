@@ -11,10 +11,11 @@
 //! unified kernel image and systemd-pcrphase's phase words, and sites sign
 //! policies that predict exactly those measurements (`systemd-measure`): a
 //! second "leave-initrd" from the loader would break them. PCR 15 is the
-//! PCR systemd itself uses for the same "extend after use" idea
-//! (systemd-cryptsetup `tpm2-measure-pcr=yes` measures a volume key there,
-//! and policies bind to its all-zero value to unseal only before that);
-//! nothing the firmware, shim, grub or systemd-stub measures goes there, so
+//! PCR systemd itself puts "this has happened" measurements in
+//! (systemd-cryptsetup `tpm2-measure-pcr=yes` measures a volume key there
+//! once the volume is open; systemd-pcrmachine the machine id, on a UKI
+//! boot, in the booted system); nothing the firmware, shim, grub or
+//! systemd-stub measures goes there, so
 //! in the initramfs before the loader it holds zeros, a value every node
 //! shares and an admin can sign without reading it. The extend is a
 //! `TPM2_PCR_Event` (the TPM hashes [`LOCK_EVENT`] into every bank it keeps)
