@@ -90,6 +90,39 @@ pub struct KeyPlaces {
     pub tpm: TpmSelector,
 }
 
+/// At the end of the loader's run: closes the TPM-sealed keys for the rest
+/// of the boot when this run did not (it unsealed none: the bundle failed
+/// before, or another source had the key), so that the emergency shell or
+/// the booted system cannot unseal them either. Only where `choice` lets the
+/// TPM be used; warns on failure, never fails the boot.
+pub fn close_tpm(choice: &KeyChoice, places: &KeyPlaces) {
+    let uses_tpm = match choice {
+        KeyChoice::Auto | KeyChoice::Tpm => true,
+        KeyChoice::List(items) => items.iter().any(|i| matches!(i, KeyChoice::Tpm)),
+        KeyChoice::File(_) | KeyChoice::Usb { .. } | KeyChoice::None => false,
+    };
+    if !uses_tpm {
+        return;
+    }
+    let src = TpmSource { dir: places.sealed_dir.clone(), selector: places.tpm.clone() };
+    let selector = src.selector.to_string();
+    let closed = TPM_BOOT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|(s, d, boot)| *s == selector && *d == src.dir && boot.locked);
+    if closed {
+        return;
+    }
+    match src.close() {
+        Ok(true) => {
+            log::debug!("closed the TPM-sealed keys for this boot (PCR {})", stateless_keys::tpm::lock::LOCK_PCR)
+        }
+        Ok(false) => {}
+        Err(e) => log::warn!("TPM: closing the sealed keys for this boot failed: {e}"),
+    }
+}
+
 /// Finds the key `needed` as `choice` says; returns it with a description
 /// of where it came from, or the console line saying what each source had.
 pub fn pick_key(choice: &KeyChoice, places: &KeyPlaces, needed: KeyId) -> Result<(Key, String), KeyError> {

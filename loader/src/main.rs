@@ -181,6 +181,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     // After the decision and its console line: the probe goes into
     // status.json and the report to the server, within report::BUDGET.
     report::after_boot(&config, &paths, &report);
+    // Last, after everything that needs a key: whatever happened, the
+    // TPM-sealed keys stay sealed for the rest of this boot.
+    pipeline::close_tpm(&config, &paths);
     Ok(ExitCode::from(pipeline::exit_code(&report, config.onfail)))
 }
 

@@ -236,6 +236,46 @@ impl TpmSource {
     }
 }
 
+impl TpmSource {
+    /// Closes the sealed keys for the rest of the boot without unsealing
+    /// them: extends the lock PCR when a sealed key here (or a signed
+    /// policy for one) covers it. For the end of a loader run that did not
+    /// unseal (a failed boot before its emergency shell, a key found
+    /// elsewhere), so that nothing after the loader can unseal them either.
+    /// Does not wait for a TPM device that is not there. Returns whether
+    /// the PCR was extended.
+    pub fn close(&self) -> Result<bool, KeySourceError> {
+        let Ok(sealed) = self.sealed() else { return Ok(false) };
+        let signed_covers = || self.policies().0.iter().any(|(_, p)| p.pcrs.iter().any(|(i, _)| *i == LOCK_PCR));
+        let mut parents: Vec<&[u8]> = Vec::new();
+        for s in &sealed {
+            let covers = if s.policy_key.is_some() { signed_covers() } else { covers_lock(s) };
+            if covers && !parents.contains(&s.parent_name.as_slice()) {
+                parents.push(&s.parent_name);
+            }
+        }
+        if parents.is_empty() {
+            return Ok(false);
+        }
+        if let TpmSelector::Device(p) = &self.selector {
+            if !p.exists() {
+                return Ok(false);
+            }
+        }
+        let mut tpm = Tpm::open(&self.selector).map_err(|e| KeySourceError::Failed(chain(&e)))?;
+        // The keys of another node's TPM (a shared boot image) have another
+        // SRK: the lock goes only to the SRK of this TPM's own keys.
+        for parent in parents.into_iter().take(4) {
+            match tpm.lock(parent) {
+                Ok(()) => return Ok(true),
+                Err(TpmError::SrkMismatch) => {}
+                Err(e) => return Err(KeySourceError::Failed(chain(&e))),
+            }
+        }
+        Ok(false)
+    }
+}
+
 impl KeySource for TpmSource {
     fn describe(&self) -> String {
         "TPM".into()
