@@ -295,7 +295,8 @@ fn sign_policy(args: SignPolicyArgs) -> anyhow::Result<ExitCode> {
             let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
             let all = parse_pcr_values(&text, args.bank).with_context(|| format!("reading {}", path.display()))?;
             let mut out = Vec::new();
-            for p in &pcrs {
+            // The lock PCR's value is not read from the file (below).
+            for p in pcrs.iter().filter(|p| args.no_lock || **p != LOCK_PCR) {
                 match all.iter().find(|(i, _)| i == p) {
                     Some(v) => out.push(v.clone()),
                     None => bail!("{}: no value for PCR {p}", path.display()),

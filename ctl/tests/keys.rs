@@ -437,6 +437,14 @@ fn tpm_unseal_leaves_nothing_behind() {
     assert!(open.contains("sealed to PCR 7 (sha256)"), "{open}");
     let open = read_sealed_file(&p.join("open.sealed")).unwrap();
     assert_eq!(open.pcr_indices(), [7]);
+    // Where something measures into PCR 15 before the loader: its value then.
+    let lock = "cd".repeat(32);
+    let sel = swtpm.selector();
+    ok(&["key", "tpm-seal", "--key", "site.key", "--lock-value", &lock, "--tpm", &sel, "-o", "l.sealed"], p);
+    let l = read_sealed_file(&p.join("l.sealed")).unwrap();
+    assert_eq!((l.pcr_indices(), stateless_bundle::key::hex_encode(&l.pcrs[1].1)), (vec![7, 15], lock.clone()));
+    let o = ctl(&["key", "tpm-seal", "--key", "site.key", "--no-lock", "--lock-value", &lock, "-o", "x"], p);
+    assert_eq!(o.status.code(), Some(2), "--no-lock and --lock-value conflict");
     let mut tpm = open_tpm(&swtpm);
     for _ in 0..3 {
         tpm.unseal(&open).unwrap();
@@ -691,6 +699,46 @@ fn tpm_signed_policies_through_statelessctl() {
         Lookup::Found(k) => assert_eq!(k.id(), key.id()),
         Lookup::Offered(_) => panic!("not found"),
     }
+    // --no-lock signs exactly the PCRs given; --lock-value sets PCR 15's
+    // pre-lock value (and a values file need not have PCR 15, nor can it
+    // override it); a bad value is one line.
+    let out = ok(
+        &["tpm", "sign-policy", "--policy-key", "policy.sign", "--pcrs", "7", "--current", "--no-lock", "--tpm", &sel]
+            .into_iter()
+            .chain(["-o", "n.signed"])
+            .collect::<Vec<_>>(),
+        p,
+    );
+    assert!(out.contains("for PCR 7 (sha256) signed"), "{out}");
+    let lock = "ab".repeat(32);
+    let out = ok(
+        &[
+            "tpm",
+            "sign-policy",
+            "--policy-key",
+            "policy.sign",
+            "--pcrs",
+            "7,15",
+            "--values",
+            "values.txt",
+            "--lock-value",
+            &lock,
+            "-o",
+            "l.signed",
+        ],
+        p,
+    );
+    assert!(out.contains("for PCR 7,15 (sha256) signed"), "{out}");
+    assert!(fs::read_to_string(p.join("l.signed")).unwrap().contains(&format!("pcr 15 {lock}")));
+    let err = fails(
+        &["tpm", "sign-policy", "--policy-key", "policy.sign", "--pcrs", "7", "--values", "values.txt"]
+            .into_iter()
+            .chain(["--lock-value", "abc", "-o", "x.signed"])
+            .collect::<Vec<_>>(),
+        p,
+    );
+    assert!(err.contains("--lock-value: not a sha256 value (64 hex digits)"), "{err}");
+
     // Signed policies cover the lock PCR too: once unsealed, closed.
     let err = src.lookup(key.id()).unwrap_err().to_string();
     assert!(err.contains("PCR 15 (sha256) has moved since this boot's loader unsealed the key"), "{err}");
