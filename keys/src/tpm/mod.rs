@@ -78,6 +78,10 @@ const SE_HMAC: u8 = 0x00;
 const SE_POLICY: u8 = 0x01;
 const ALG_AES: u16 = 0x0006;
 const ALG_CFB: u16 = 0x0043;
+/// The longest PIN: an auth value is at most the size of the object's
+/// name hash (SHA-256).
+pub const MAX_PIN_LEN: usize = 32;
+const CC_POLICY_AUTH_VALUE: u32 = 0x16B;
 /// How often a command is sent again after a "try again" warning.
 const RETRIES: usize = 5;
 
@@ -180,6 +184,15 @@ pub enum TpmError {
     /// The TPM loaded the policy key under another name than the file's.
     #[error("the TPM gives the policy key another name than the sealed-key file (corrupt file or not a TPM)")]
     PolicyKeyName,
+    /// The key is sealed with a PIN and none was given.
+    #[error("the key is sealed with a PIN and none was given")]
+    PinNeeded,
+    /// The TPM refused the PIN.
+    #[error("wrong PIN (the TPM counts failed tries and locks out for a while after too many)")]
+    WrongPin,
+    /// A PIN that is empty or too long.
+    #[error("a PIN is 1 to {MAX_PIN_LEN} bytes")]
+    BadPin,
     /// The SRK is not the one the key was sealed under.
     #[error(
         "the TPM's storage root key is not the one the key was sealed under (TPM cleared, another TPM, or someone between CPU and TPM)"
@@ -225,6 +238,7 @@ fn command_name(cc: u32) -> &'static str {
         CC_LOAD_EXTERNAL => "TPM2_LoadExternal",
         CC_VERIFY_SIGNATURE => "TPM2_VerifySignature",
         CC_POLICY_AUTHORIZE => "TPM2_PolicyAuthorize",
+        CC_POLICY_AUTH_VALUE => "TPM2_PolicyAuthValue",
         lock::CC_PCR_EVENT => "TPM2_PCR_Event",
         _ => "TPM command",
     }
@@ -234,6 +248,9 @@ fn command_name(cc: u32) -> &'static str {
 pub struct Tpm {
     transport: Transport,
     selector: TpmSelector,
+    /// The PIN for sealing with one and for unsealing keys sealed with one
+    /// ([`Tpm::set_pin`]).
+    pin: Option<Zeroizing<Vec<u8>>>,
 }
 
 impl fmt::Debug for Tpm {
@@ -255,7 +272,19 @@ impl Tpm {
     pub fn open(selector: &TpmSelector) -> Result<Tpm, TpmError> {
         let transport =
             Transport::open(selector).map_err(|err| TpmError::Io { selector: selector.to_string(), err })?;
-        Ok(Tpm { transport, selector: selector.clone() })
+        Ok(Tpm { transport, selector: selector.clone(), pin: None })
+    }
+
+    /// Sets the PIN (or none): keys sealed from now on need it (their policy
+    /// ends in TPM2_PolicyAuthValue and it is their auth value), and keys
+    /// sealed with one unseal with it. At most [`MAX_PIN_LEN`] bytes.
+    pub fn set_pin(&mut self, pin: Option<&[u8]>) -> Result<(), TpmError> {
+        self.pin = match pin {
+            None => None,
+            Some(p) if p.is_empty() || p.len() > MAX_PIN_LEN => return Err(TpmError::BadPin),
+            Some(p) => Some(Zeroizing::new(p.to_vec())),
+        };
+        Ok(())
     }
 
     /// Sends `cmd`, retrying on the TPM's "try again" warnings.
@@ -401,6 +430,8 @@ impl Tpm {
         policy_key: Option<PolicyPublicKey>,
         policy: [u8; 32],
     ) -> Result<SealedKey, TpmError> {
+        // With a PIN the policy also asks for the object's auth value.
+        let policy = if self.pin.is_some() { crate::sealed::policy_auth_value_digest(&policy) } else { policy };
         let srk = self.create_srk()?;
         let mut handles = vec![srk.handle];
         let result = self.create_sealed(&srk, key, &policy, &mut handles).map(|(public, private)| SealedKey {
@@ -430,13 +461,15 @@ impl Tpm {
         handles: &mut Vec<u32>,
     ) -> Result<(Vec<u8>, Vec<u8>), TpmError> {
         let (session, session_key, nonce_tpm) = self.salted_session(srk, SE_HMAC, handles)?;
-        // inSensitive: TPMS_SENSITIVE_CREATE { userAuth: empty, data: key },
+        // inSensitive: TPMS_SENSITIVE_CREATE { userAuth: the PIN or empty, data: key },
         // its contents encrypted (the size stays clear) under
         // KDFa(sessionKey, "CFB", nonceCaller, nonceTPM) — the SRK's auth
         // value, which would follow the session key, is empty.
         let nonce = self.nonce()?;
-        let mut sensitive = Zeroizing::new(Vec::with_capacity(4 + KEY_LEN));
-        sensitive.extend_from_slice(&0u16.to_be_bytes());
+        let mut sensitive = Zeroizing::new(Vec::with_capacity(4 + MAX_PIN_LEN + KEY_LEN));
+        let pin: &[u8] = self.pin.as_ref().map_or(&[], |p| p.as_slice());
+        sensitive.extend_from_slice(&u16::try_from(pin.len()).unwrap_or(0).to_be_bytes());
+        sensitive.extend_from_slice(pin);
         sensitive.extend_from_slice(&u16::try_from(KEY_LEN).unwrap_or(0).to_be_bytes());
         sensitive.extend_from_slice(key.as_bytes());
         let key_iv = salt::kdfa(&session_key, "CFB", &nonce, &nonce_tpm, 256);
@@ -533,6 +566,9 @@ impl Tpm {
         sealed: &SealedKey,
         policies: &[(String, SignedPolicy)],
     ) -> Result<(Key, Option<usize>), TpmError> {
+        if sealed.needs_pin() && self.pin.is_none() {
+            return Err(TpmError::PinNeeded);
+        }
         let Some(policy_key) = &sealed.policy_key else {
             // The TPM enforces the policy; reading the PCRs first only lets
             // the refusal name what changed.
@@ -687,6 +723,15 @@ impl Tpm {
             cmd.tpm2b(&policy.policy).tpm2b(policy::POLICY_REF).tpm2b(&key.name()).bytes(&ticket);
             self.run(&mut cmd, 0)?;
         }
+        // A PIN: the policy asks for the auth value, which then joins the
+        // session key in the HMACs (and proves the PIN without sending it).
+        let mut hmac_key = Zeroizing::new(session_key.to_vec());
+        if sealed.needs_pin() {
+            let pin = self.pin.clone().ok_or(TpmError::PinNeeded)?;
+            let mut cmd = Command::new(CC_POLICY_AUTH_VALUE, &[session], &[]);
+            self.run(&mut cmd, 0)?;
+            hmac_key.extend_from_slice(&pin);
+        }
 
         // A session with a session key needs the command HMAC:
         // HMAC(sessionKey, cpHash || nonceCaller || nonceTPM || attributes),
@@ -701,18 +746,27 @@ impl Tpm {
             h.finalize().into()
         };
         let attrs = wire::ATTR_ENCRYPT;
-        let hmac = salt::hmac(&session_key, &[&cp_hash, &nonce, &nonce_tpm, &[attrs]]).map_err(TpmError::Salt)?;
+        let hmac = salt::hmac(&hmac_key, &[&cp_hash, &nonce, &nonce_tpm, &[attrs]]).map_err(TpmError::Salt)?;
         let auth = Auth::Session { handle: session, nonce, attrs, hmac: Some(hmac) };
         let mut cmd = Command::new(CC_UNSEAL, &[object], &[auth]);
-        let reply = self.run(&mut cmd, 0)?;
+        let reply = match self.run(&mut cmd, 0) {
+            // TPM_RC_AUTH_FAIL for session 1: the HMAC with the PIN did
+            // not match the object's auth value.
+            Err(TpmError::Rc { rc, .. }) if sealed.needs_pin() && rc & 0xBF == 0x8E => {
+                handles.retain(|h| *h != session);
+                return Err(TpmError::WrongPin);
+            }
+            other => other?,
+        };
         // The session ended with the command (continueSession clear).
         handles.retain(|h| *h != session);
         let malformed = || TpmError::Malformed("TPM2_Unseal");
         let mut data = Zeroizing::new(wire::Reader::new(&reply.params).tpm2b().map_err(|_| malformed())?.to_vec());
-        let nonce_tpm = check_response_hmac(&session_key, CC_UNSEAL, &reply, &nonce)?;
-        // outData is AES-128-CFB encrypted under the session key with the
-        // response's nonces (TPM nonce newer, caller nonce older).
-        let key_iv = salt::kdfa(&session_key, "CFB", &nonce_tpm, &nonce, 256);
+        let nonce_tpm = check_response_hmac(&hmac_key, CC_UNSEAL, &reply, &nonce)?;
+        // outData is AES-128-CFB encrypted under the session key (and the
+        // auth value, with a PIN) with the response's nonces (TPM nonce
+        // newer, caller nonce older).
+        let key_iv = salt::kdfa(&hmac_key, "CFB", &nonce_tpm, &nonce, 256);
         let (k, iv) = key_iv.split_at(16);
         salt::cfb_decrypt(k, iv, &mut data).map_err(TpmError::Salt)?;
         let mut bytes: [u8; KEY_LEN] =
