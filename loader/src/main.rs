@@ -63,6 +63,10 @@ struct Args {
     #[arg(long, value_name = "DIR", default_value = stateless_keys::SEALED_DIR)]
     sealed_dir: PathBuf,
 
+    /// Where to ask for the PIN of a TPM key sealed with one (`key tpm-seal --pin`).
+    #[arg(long, value_name = "PATH", default_value = "/dev/console")]
+    console: PathBuf,
+
     /// Directory of publisher public keys (*.pub) embedded in the boot image
     #[arg(long, value_name = "DIR", default_value = stateless_keys::PUBLISHER_DIR)]
     publisher_dir: PathBuf,
@@ -137,6 +141,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(waited) = entropy::wait_for_pool().filter(|d| *d > Duration::from_millis(100)) {
         log::info!("waited {} ms for the kernel's random pool", waited.as_millis());
     }
+    stateless_loader::keyladder::ask_pins_on(&args.console);
     let paths = Paths {
         sysroot: args.sysroot.clone(),
         run_dir: args.run_dir.clone(),

@@ -3,7 +3,8 @@
 //! with three different keys, all sealed in swtpm, applies once; run again
 //! on the same boot (same swtpm state: root on the running system), the
 //! keys stay sealed; and a run that fails before it unseals anything closes
-//! them too, so the emergency shell cannot unseal them either.
+//! them too, so the emergency shell cannot unseal them either. A key sealed
+//! with a PIN is asked for on the console (`--console`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 mod support;
@@ -121,4 +122,58 @@ fn a_run_that_unseals_nothing_closes_the_keys_too() {
     assert_eq!(pcr15(&swtpm), locked_value(Bank::Sha256, &boot_value(Bank::Sha256)).unwrap());
     let refused = tpm(&swtpm).unseal(&file).unwrap_err();
     assert!(refused.to_string().starts_with("PCR 15 (sha256) has moved"), "{refused}");
+}
+
+#[test]
+fn a_key_sealed_with_a_pin_asks_for_it_on_the_console() {
+    let site = Site::new();
+    site.publish("v1/nodes/node42/bundle", 1, Scope::Node("node42".into()), &[("etc/motd", b"pinned\n")], true);
+    let nginx = Nginx::start(&site.www(), None, "");
+    let node = Node::new();
+    let swtpm = Swtpm::start();
+    let sealed = node.dir.path().join("tpm");
+    fs::create_dir_all(&sealed).unwrap();
+    // As `tpm-seal --pcrs 7 --no-lock --pin` does (no lock: the same swtpm
+    // boots several times here).
+    let mut t = tpm(&swtpm);
+    t.set_pin(Some(b"2468")).unwrap();
+    let file = t.seal(&site.key, Bank::Sha256, &[7]).unwrap();
+    drop(t);
+    fs::write(sealed.join("node.sealed"), file.to_text()).unwrap();
+    let console = node.dir.path().join("console");
+    let run = |typed: &str| {
+        fs::write(&console, typed).unwrap();
+        node.fresh_sysroot();
+        let cmdline = format!(
+            "rd.stateless.server=http://127.0.0.1:{} rd.stateless.node=node42 rd.stateless.timeout=3 \
+             rd.stateless.key=tpm rd.stateless.tpm={}",
+            nginx.port,
+            swtpm.selector()
+        );
+        let args = ["--sealed-dir", sealed.to_str().unwrap(), "--console", console.to_str().unwrap()];
+        let (code, err, _) = node.boot_args(&cmdline, false, &[], &args);
+        (code, err, fs::read_to_string(&console).unwrap())
+    };
+
+    let (code, err, shown) = run("2468\n");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(node.read("etc/motd").as_deref(), Some("pinned\n"));
+    assert!(shown.ends_with(&format!("stateless: PIN for TPM key {}: ", site.key.id().short())), "{shown:?}");
+
+    // Nothing typed: one line saying so.
+    let (code, err, _) = run("");
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!("TPM: key {}: sealed with a PIN, and none was typed", site.key.id().short())),
+        "{err}"
+    );
+
+    // A wrong PIN, asked three times, then refused.
+    let (code, err, shown) = run("1357\n");
+    assert_ne!(code, 0, "{err}");
+    assert_eq!(shown.matches("stateless: PIN for TPM key").count(), 3, "{shown:?}");
+    assert!(shown.contains(", again: "), "{shown:?}");
+    assert_eq!(node.read("etc/motd"), None);
+    let want = format!("TPM: key {}: wrong PIN (the TPM counts failed tries", site.key.id().short());
+    assert!(err.contains(&want), "{err}");
 }

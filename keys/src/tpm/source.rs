@@ -15,10 +15,12 @@
 //! lock is refused as the running system would be.
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use stateless_bundle::error_chain as chain;
 use stateless_bundle::{Key, KeyId};
+use zeroize::Zeroizing;
 
 use super::lock::{LOCK_PCR, covers_lock};
 use super::policy::{SignedPolicy, read_signed_policy_file};
@@ -35,6 +37,23 @@ pub const POLICY_SUBDIR: &str = "policies";
 /// How long to wait for the TPM device node when a sealed key needs it: a
 /// TPM driver built as a module may still be loading this early in boot.
 pub const TPM_DEVICE_WAIT: Duration = Duration::from_secs(2);
+
+/// How many times a person is asked for a key's PIN before the key is
+/// given up: each wrong PIN counts towards the TPM's dictionary-attack
+/// lockout, which on many TPMs starts after a few failures.
+pub const PIN_TRIES: usize = 3;
+
+/// Asks a person for the PIN of the key with this id (sealed with
+/// `tpm-seal --pin`); `None` when there is nobody to ask or nobody answered.
+pub type PinPrompt = fn(KeyId, usize) -> Option<Zeroizing<String>>;
+
+static PIN_PROMPT: OnceLock<PinPrompt> = OnceLock::new();
+
+/// Sets how the source asks for PINs (the loader: on the console). Without
+/// one, a key sealed with a PIN does not unseal.
+pub fn set_pin_prompt(prompt: PinPrompt) {
+    let _ = PIN_PROMPT.set(prompt);
+}
 
 /// The signed policies read (labelled) and the reasons of those that did
 /// not parse, read once per lookup.
@@ -147,7 +166,23 @@ impl TpmSource {
     /// unseal covers the lock PCR.
     fn unseal(&self, tpm: &mut Tpm, s: &SealedKey, policies: &mut Option<Policies>) -> Result<(Key, bool), String> {
         let t = Instant::now();
-        let result = if s.policy_key.is_some() {
+        if s.needs_pin() {
+            return self.unseal_with_pin(tpm, s, policies);
+        }
+        let (key, covers) =
+            self.unseal_plain(tpm, s, policies).map_err(|e| format!("key {}: {}", s.key_id.short(), chain(&e)))?;
+        log::debug!("unsealed key {} with {} in {} ms", s.key_id.short(), self.selector, t.elapsed().as_millis());
+        Ok((key, covers))
+    }
+
+    /// [`TpmSource::unseal`] with the PIN (if any) already set.
+    fn unseal_plain(
+        &self,
+        tpm: &mut Tpm,
+        s: &SealedKey,
+        policies: &mut Option<Policies>,
+    ) -> Result<(Key, bool), TpmError> {
+        if s.policy_key.is_some() {
             let (policies, unreadable) = policies.get_or_insert_with(|| self.policies());
             match tpm.unseal_with_policy(s, policies) {
                 Ok((key, used)) => {
@@ -164,10 +199,40 @@ impl TpmSource {
             }
         } else {
             tpm.unseal(s).map(|key| (key, covers_lock(s)))
+        }
+    }
+
+    /// [`TpmSource::unseal`] of a key sealed with a PIN: asks for it (up to
+    /// [`PIN_TRIES`] times while the TPM says it is wrong).
+    fn unseal_with_pin(
+        &self,
+        tpm: &mut Tpm,
+        s: &SealedKey,
+        policies: &mut Option<Policies>,
+    ) -> Result<(Key, bool), String> {
+        let short = s.key_id.short();
+        let Some(ask) = PIN_PROMPT.get() else {
+            return Err(format!("key {short}: sealed with a PIN, and there is no console to ask for it"));
         };
-        let (key, covers) = result.map_err(|e| format!("key {}: {}", s.key_id.short(), chain(&e)))?;
-        log::debug!("unsealed key {} with {} in {} ms", s.key_id.short(), self.selector, t.elapsed().as_millis());
-        Ok((key, covers))
+        let mut last = String::new();
+        for attempt in 1..=PIN_TRIES {
+            let Some(pin) = ask(s.key_id, attempt) else {
+                return Err(format!("key {short}: sealed with a PIN, and none was typed"));
+            };
+            let pin = Zeroizing::new(pin.trim_end_matches(['\r', '\n']).to_owned());
+            tpm.set_pin(Some(pin.as_bytes())).map_err(|e| format!("key {short}: {e}"))?;
+            let result = self.unseal_plain(tpm, s, policies);
+            let _ = tpm.set_pin(None);
+            match result {
+                Ok(found) => return Ok(found),
+                Err(e @ TpmError::WrongPin) if attempt < PIN_TRIES => log::warn!("TPM: key {short}: {e}"),
+                Err(e) => {
+                    last = format!("key {short}: {}", chain(&e));
+                    break;
+                }
+            }
+        }
+        Err(last)
     }
 
     /// Looks up `needed` with `boot` holding what this boot unsealed
