@@ -19,7 +19,7 @@ use stateless_keys::tpm::lock::{LOCK_PCR, LockState, boot_value, lock_state, wit
 use stateless_keys::tpm::policy::{
     PolicySigningKey, SignedPolicy, read_policy_public_file, read_policy_signing_file, read_signed_policy_file,
 };
-use stateless_keys::tpm::{Tpm, TpmError, TpmSelector};
+use stateless_keys::tpm::{MAX_PIN_LEN, Tpm, TpmError, TpmSelector};
 use zeroize::Zeroizing;
 
 /// Arguments of `statelessctl key tpm-seal`.
@@ -49,6 +49,10 @@ pub struct SealArgs {
     /// value at power-on; give it only where something else measures into PCR 15 before the loader).
     #[arg(long, value_name = "HEX", conflicts_with = "policy_key")]
     pub lock_value: Option<String>,
+    /// Also require a PIN to unseal (TPM2_PolicyAuthValue): asked on the terminal twice, or the
+    /// first line of stdin; the loader asks for it on the console at each boot.
+    #[arg(long)]
+    pub pin: bool,
     /// Where to write the sealed key (mode 0600).
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
@@ -87,7 +91,9 @@ pub fn seal(args: SealArgs) -> anyhow::Result<ExitCode> {
         bail!("{} exists (use --force to replace it)", args.output.display());
     }
     let lock = if args.no_lock { None } else { Some(lock_value(args.lock_value.as_deref(), bank)?) };
+    let pin = if args.pin { Some(read_pin(true)?) } else { None };
     let mut tpm = Tpm::open(&args.tpm).context("opening the TPM")?;
+    tpm.set_pin(pin.as_ref().map(|p| p.as_bytes())).context("--pin")?;
     let sealed = match (&policy_key, lock) {
         (Some(pk), _) => tpm.seal_authorized(&key, pk).context("sealing")?,
         (None, None) => tpm.seal(&key, bank, &pcrs).context("sealing")?,
@@ -102,9 +108,10 @@ pub fn seal(args: SealArgs) -> anyhow::Result<ExitCode> {
         }
     };
     write_file(&args.output, 0o600, sealed.to_text().as_bytes())?;
+    let with = if sealed.needs_pin() { " with a PIN" } else { "" };
     match &policy_key {
         Some(pk) => println!(
-            "key {} sealed under policy key {} -> {}",
+            "key {} sealed under policy key {}{with} -> {}",
             key.id(),
             stateless_bundle::key::hex_encode(&pk.name()),
             args.output.display()
@@ -112,7 +119,7 @@ pub fn seal(args: SealArgs) -> anyhow::Result<ExitCode> {
         None => {
             let list: Vec<String> = sealed.pcr_indices().iter().map(u8::to_string).collect();
             println!(
-                "key {} sealed to PCR {} ({}) -> {}",
+                "key {} sealed to PCR {} ({}){with} -> {}",
                 key.id(),
                 list.join(","),
                 bank.name(),
@@ -121,6 +128,43 @@ pub fn seal(args: SealArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads a PIN: on the terminal without echo (twice when `confirm`), or
+/// the first line of stdin when it is not a terminal (scripts, tests).
+fn read_pin(confirm: bool) -> anyhow::Result<Zeroizing<String>> {
+    use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    let tty = stdin.is_terminal();
+    let ask = |prompt: &str| -> anyhow::Result<Zeroizing<String>> {
+        let saved = if tty { tcgetattr(&stdin).ok() } else { None };
+        if tty {
+            eprint!("{prompt}");
+        }
+        if let Some(t) = &saved {
+            let mut quiet = t.clone();
+            quiet.local_modes.remove(LocalModes::ECHO);
+            let _ = tcsetattr(&stdin, OptionalActions::Now, &quiet);
+        }
+        let mut line = Zeroizing::new(String::new());
+        let read = stdin.lock().read_line(&mut line);
+        if let Some(t) = &saved {
+            let _ = tcsetattr(&stdin, OptionalActions::Now, t);
+            eprintln!();
+        }
+        read.context("reading the PIN")?;
+        let pin = Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned());
+        if pin.is_empty() || pin.len() > MAX_PIN_LEN {
+            bail!("a PIN is 1 to {MAX_PIN_LEN} bytes");
+        }
+        Ok(pin)
+    };
+    let pin = ask("PIN: ")?;
+    if confirm && tty && *ask("PIN again: ")? != *pin {
+        bail!("the two PINs differ");
+    }
+    Ok(pin)
 }
 
 /// The value of the lock PCR a policy covers: `--lock-value`, or the
@@ -172,8 +216,11 @@ fn write_file(path: &Path, mode: u32, data: &[u8]) -> anyhow::Result<()> {
 
 pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let sealed = read_sealed_file(&args.sealed).with_context(|| format!("reading {}", args.sealed.display()))?;
+    // A key sealed with a PIN: asked for (the terminal, or stdin's first line).
+    let pin = if sealed.needs_pin() { Some(read_pin(false)?) } else { None };
     let t = Instant::now();
     let mut tpm = Tpm::open(&args.tpm).context("opening the TPM")?;
+    tpm.set_pin(pin.as_ref().map(|p| p.as_bytes())).context("the PIN")?;
     let mut policies = Vec::new();
     for p in &args.policies {
         let policy = read_signed_policy_file(p).with_context(|| format!("reading {}", p.display()))?;

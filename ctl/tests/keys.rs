@@ -743,3 +743,53 @@ fn tpm_signed_policies_through_statelessctl() {
     let err = src.lookup(key.id()).unwrap_err().to_string();
     assert!(err.contains("PCR 15 (sha256) has moved since this boot's loader unsealed the key"), "{err}");
 }
+
+/// `statelessctl` with `stdin` as its standard input.
+fn ctl_in(args: &[&str], cwd: &Path, stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_statelessctl"))
+        .args(args)
+        .current_dir(cwd)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A command that fails before it reads stdin closes the pipe early.
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn tpm_seal_with_a_pin_and_check_it() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let swtpm = Swtpm::start();
+    let sel = swtpm.selector();
+    let key = new_key(p, "site.key");
+    let seal = ["key", "tpm-seal", "--key", "site.key", "--pcrs", "7", "--pin", "--tpm", &sel, "-o", "pin.sealed"];
+    let o = ctl_in(&seal, p, "2468\n");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(out.contains("sealed to PCR 7,15 (sha256) with a PIN -> pin.sealed"), "{out}");
+    let sealed = read_sealed_file(&p.join("pin.sealed")).unwrap();
+    assert!(sealed.needs_pin());
+    assert!(fs::read_to_string(p.join("pin.sealed")).unwrap().contains("\nauth pin\n"));
+
+    // tpm-check asks for it because the file says so.
+    let check = ["key", "tpm-check", "pin.sealed", "--tpm", &sel];
+    let o = ctl_in(&check, p, "2468\n");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8(o.stdout).unwrap().starts_with(&format!("key {} unseals", key.id())));
+    let o = ctl_in(&check, p, "1357\n");
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert!(err.contains("wrong PIN"), "{err}");
+    let seal_new = ["key", "tpm-seal", "--key", "site.key", "--pin", "--tpm", &sel, "-o", "new.sealed"];
+    for bad in ["\n", &format!("{}\n", "9".repeat(33))] {
+        let o = ctl_in(&seal_new, p, bad);
+        assert_eq!(o.status.code(), Some(1));
+        let err = String::from_utf8(o.stderr).unwrap();
+        assert!(err.contains("a PIN is 1 to 32 bytes"), "{err}");
+    }
+}
