@@ -144,6 +144,9 @@ fn seed_keys(corpus: &Path) {
         ..sealed.clone()
     };
     write("keys_sealed", "v2_policy_key", v2.to_text().as_bytes());
+    let pinned =
+        SealedKey { policy: stateless_keys::sealed::policy_auth_value_digest(&sealed.policy), ..sealed.clone() };
+    write("keys_sealed", "v1_pin", pinned.to_text().as_bytes());
     let lock = stateless_keys::tpm::lock::with_lock(vec![(7, vec![0x77; 32])], vec![0; 32]);
     let signed = SignedPolicy::sign(&signer, Bank::Sha256, lock).expect("signing");
     write("keys_tpm_signed_policy", "pcr_7_15", signed.to_text().as_bytes());
