@@ -752,8 +752,9 @@ impl Tpm {
         let reply = match self.run(&mut cmd, 0) {
             // TPM_RC_AUTH_FAIL for session 1: the HMAC with the PIN did
             // not match the object's auth value.
+            // A failed command leaves the session loaded: it stays in
+            // `handles`, to be flushed.
             Err(TpmError::Rc { rc, .. }) if sealed.needs_pin() && rc & 0xBF == 0x8E => {
-                handles.retain(|h| *h != session);
                 return Err(TpmError::WrongPin);
             }
             other => other?,
