@@ -230,6 +230,17 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         Ok(key) => key,
         // On the running system, after the loader: the other PCRs hold
         // the sealed values, and the key unseals again at the next boot.
+        // On the running system PCR 15 may also hold later measurements
+        // (systemd's machine id and file systems on a UKI boot): only the
+        // initramfs before the loader has its pre-lock value.
+        Err(TpmError::PcrMismatch { pcrs, bank }) if pcrs == [LOCK_PCR] => {
+            println!(
+                "key {}: not unsealed: PCR {LOCK_PCR} ({bank}) holds another value than the policy's here; the key unseals only where it holds that value (in the initramfs, before the loader); the other PCRs hold the sealed values ({} ms)",
+                sealed.key_id,
+                t.elapsed().as_millis()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
         Err(e @ TpmError::Locked { .. }) => {
             println!(
                 "key {}: not unsealed: {e}; the other PCRs hold the sealed values ({} ms)",

@@ -160,3 +160,15 @@ fn a_signed_policy_covering_the_lock_pcr_closes_too() {
         "{err}"
     );
 }
+
+#[test]
+fn pcr_15_moved_by_something_else_is_named_as_a_difference_not_as_the_lock() {
+    let swtpm = Swtpm::start();
+    let key = Key::generate().unwrap();
+    let sealed = seal_locked(&swtpm, &key);
+    // Something other than the loader measures into PCR 15 before it.
+    open(&swtpm).pcr_extend(LOCK_PCR, Bank::Sha256, &[0x42; 32]).unwrap();
+    let err = open(&swtpm).unseal(&sealed).unwrap_err();
+    assert!(matches!(err, TpmError::PcrMismatch { ref pcrs, .. } if pcrs == &[15]), "{err:?}");
+    assert!(err.to_string().starts_with("PCR 15 (sha256) differs from the sealed policy"), "{err}");
+}

@@ -90,6 +90,18 @@ pub fn with_lock(mut values: Vec<(u8, Vec<u8>)>, lock: Vec<u8>) -> Vec<(u8, Vec<
     values
 }
 
+/// Whether [`LOCK_PCR`] in `now` (PCR values as read) holds what the
+/// loader's lock makes of its value in `sealed` (PCR values of a policy):
+/// then the key was closed on this boot, rather than sealed to a value
+/// something else moved. SHA-1 cannot be computed here: assumed.
+pub fn closed_since(bank: Bank, sealed: &[(u8, Vec<u8>)], now: &[(u8, Vec<u8>)]) -> bool {
+    let value = |values: &[(u8, Vec<u8>)]| values.iter().find(|(i, _)| *i == LOCK_PCR).map(|(_, v)| v.clone());
+    match (value(sealed), value(now)) {
+        (Some(before), Some(after)) => locked_value(bank, &before).is_none_or(|v| v == after),
+        _ => false,
+    }
+}
+
 /// Whether a key sealed to PCR values (`stateless-sealed-v1`) has
 /// [`LOCK_PCR`] in its policy: only then does the extend close it.
 pub fn covers_lock(sealed: &SealedKey) -> bool {
@@ -160,6 +172,11 @@ mod tests {
         assert_eq!(lock_state(Bank::Sha256, &[0x42; 32]), LockState::Other);
         assert_eq!(locked_value(Bank::Sha384, &boot_value(Bank::Sha384)).unwrap().len(), 48);
         assert!(locked_value(Bank::Sha1, &boot_value(Bank::Sha1)).is_none());
+        let sealed = vec![(7, vec![7; 32]), (15, boot.clone())];
+        assert!(closed_since(Bank::Sha256, &sealed, &[(7, vec![7; 32]), (15, after.clone())]));
+        assert!(!closed_since(Bank::Sha256, &sealed, &[(7, vec![7; 32]), (15, vec![0x42; 32])]));
+        assert!(!closed_since(Bank::Sha256, &[(7, vec![7; 32])], &[(7, vec![7; 32])]));
+        assert!(closed_since(Bank::Sha1, &[(15, vec![0; 20])], &[(15, vec![1; 20])]));
         let v = with_lock(vec![(15, vec![1; 32]), (7, vec![7; 32]), (23, vec![2; 32])], boot.clone());
         assert_eq!(v, vec![(7, vec![7; 32]), (15, boot), (23, vec![2; 32])]);
     }

@@ -572,8 +572,15 @@ impl Tpm {
         let Some(policy_key) = &sealed.policy_key else {
             // The TPM enforces the policy; reading the PCRs first only lets
             // the refusal name what changed.
-            let changed = self.changed_pcrs(sealed)?;
-            if changed == [lock::LOCK_PCR] {
+            let now = self.pcr_read(sealed.bank, &sealed.pcr_indices())?;
+            let changed: Vec<u8> = sealed
+                .pcrs
+                .iter()
+                .zip(&now)
+                .filter(|((_, want), (_, have))| want != have)
+                .map(|((p, _), _)| *p)
+                .collect();
+            if changed == [lock::LOCK_PCR] && lock::closed_since(sealed.bank, &sealed.pcrs, &now) {
                 return Err(TpmError::Locked { bank: sealed.bank.name() });
             }
             if !changed.is_empty() {
@@ -606,7 +613,7 @@ impl Tpm {
             };
             let changed: Vec<u8> =
                 p.pcrs.iter().zip(&now).filter(|((_, want), (_, have))| want != have).map(|((i, _), _)| *i).collect();
-            if changed == [lock::LOCK_PCR] {
+            if changed == [lock::LOCK_PCR] && lock::closed_since(p.bank, &p.pcrs, &now) {
                 reasons.push(format!(
                     "{label}: PCR {} ({}) has moved since this boot's loader unsealed the key",
                     lock::LOCK_PCR,
