@@ -179,18 +179,48 @@ pub struct KeyPlaces {
     pub tpm: TpmSelector,
 }
 
+/// Whether `choice` lets the loader use the TPM.
+fn uses_tpm(choice: &KeyChoice) -> bool {
+    match choice {
+        KeyChoice::Auto | KeyChoice::Tpm => true,
+        KeyChoice::List(items) => items.iter().any(|i| matches!(i, KeyChoice::Tpm)),
+        KeyChoice::File(_) | KeyChoice::Usb { .. } | KeyChoice::None => false,
+    }
+}
+
+/// At the start of the loader's run: when a sealed key needs a PIN,
+/// unseals this TPM's keys now (asking for the PIN), before any network
+/// wait, so that the person typing it does not eat into
+/// `rd.stateless.timeout` (a bundle's verification runs under that
+/// deadline). The keys are kept for the run as for any lookup; a failure is
+/// kept too and named when a bundle needs that key.
+pub fn unseal_pins_early(choice: &KeyChoice, places: &KeyPlaces) {
+    if !uses_tpm(choice) {
+        return;
+    }
+    let src = TpmSource { dir: places.sealed_dir.clone(), selector: places.tpm.clone() };
+    let Ok(sealed) = src.sealed() else { return };
+    let mut tried: Vec<&[u8]> = Vec::new();
+    for s in sealed.iter().filter(|s| s.needs_pin()) {
+        // One lookup unseals every key of its SRK; another node's keys (a
+        // shared boot image) have another SRK.
+        if tried.contains(&s.parent_name.as_slice()) {
+            continue;
+        }
+        tried.push(&s.parent_name);
+        if let Ok(Lookup::Found(_)) = BootTpm(src.clone()).lookup(s.key_id) {
+            return;
+        }
+    }
+}
+
 /// At the end of the loader's run: closes the TPM-sealed keys for the rest
 /// of the boot when this run did not (it unsealed none: the bundle failed
 /// before, or another source had the key), so that the emergency shell or
 /// the booted system cannot unseal them either. Only where `choice` lets the
 /// TPM be used; warns on failure, never fails the boot.
 pub fn close_tpm(choice: &KeyChoice, places: &KeyPlaces) {
-    let uses_tpm = match choice {
-        KeyChoice::Auto | KeyChoice::Tpm => true,
-        KeyChoice::List(items) => items.iter().any(|i| matches!(i, KeyChoice::Tpm)),
-        KeyChoice::File(_) | KeyChoice::Usb { .. } | KeyChoice::None => false,
-    };
-    if !uses_tpm {
+    if !uses_tpm(choice) {
         return;
     }
     let src = TpmSource { dir: places.sealed_dir.clone(), selector: places.tpm.clone() };

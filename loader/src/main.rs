@@ -168,6 +168,8 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(pipeline::exit_code(&failed, config.onfail)));
         }
     }
+    // A person typing a TPM PIN: before anything runs under a deadline.
+    pipeline::unseal_pins_early(&config, &paths);
     let report = pipeline::run(&config, &paths);
     // The one line a person reads off the console: on stderr (the console
     // in the initramfs, whatever the kernel's loglevel) and in the kernel log.

@@ -160,6 +160,24 @@ fn a_key_sealed_with_a_pin_asks_for_it_on_the_console() {
     assert_eq!(node.read("etc/motd").as_deref(), Some("pinned\n"));
     assert!(shown.ends_with(&format!("stateless: PIN for TPM key {}: ", site.key.id().short())), "{shown:?}");
 
+    // Asked at the start of the run, before any network wait (so that the
+    // typing does not count against rd.stateless.timeout): also when no
+    // server answers and no bundle ever needs the key.
+    let (code, err, shown) = {
+        fs::write(&console, "2468\n").unwrap();
+        let dead = support::free_port();
+        let cmdline = format!(
+            "rd.stateless.server=http://127.0.0.1:{dead} rd.stateless.node=node42 rd.stateless.timeout=1 \
+             rd.stateless.key=tpm rd.stateless.tpm={}",
+            swtpm.selector()
+        );
+        let args = ["--sealed-dir", sealed.to_str().unwrap(), "--console", console.to_str().unwrap()];
+        let (code, err, _) = node.boot_args(&cmdline, false, &[], &args);
+        (code, err, fs::read_to_string(&console).unwrap())
+    };
+    assert_ne!(code, 0, "{err}");
+    assert!(shown.contains("stateless: PIN for TPM key"), "{shown:?}");
+
     // Nothing typed: one line saying so.
     let (code, err, _) = run("");
     assert_ne!(code, 0, "{err}");
