@@ -15,10 +15,11 @@ use anyhow::{Context, bail};
 use clap::{ArgGroup, Args, Subcommand};
 use stateless_keys::read_key_file;
 use stateless_keys::sealed::{Bank, PCR_COUNT, parse_pcr_list, read_sealed_file};
+use stateless_keys::tpm::lock::{LOCK_PCR, LockState, boot_value, lock_state, with_lock};
 use stateless_keys::tpm::policy::{
     PolicySigningKey, SignedPolicy, read_policy_public_file, read_policy_signing_file, read_signed_policy_file,
 };
-use stateless_keys::tpm::{Tpm, TpmSelector};
+use stateless_keys::tpm::{MAX_PIN_LEN, Tpm, TpmError, TpmSelector};
 use zeroize::Zeroizing;
 
 /// Arguments of `statelessctl key tpm-seal`.
@@ -40,6 +41,18 @@ pub struct SealArgs {
     /// Which TPM: device:/dev/tpmrm0 or swtpm:host=HOST,port=PORT.
     #[arg(long, value_name = "SELECTOR", default_value = "device:/dev/tpmrm0")]
     pub tpm: TpmSelector,
+    /// Leave out the lock: by default the policy also covers PCR 15 at its value before the loader
+    /// extends it after unsealing, so the key unseals once per boot, in the initramfs (docs/keys.md).
+    #[arg(long, conflicts_with_all = ["lock_value", "policy_key"])]
+    pub no_lock: bool,
+    /// The value PCR 15 holds in the initramfs before the loader (hex; default all zeros, its
+    /// value at power-on; give it only where something else measures into PCR 15 before the loader).
+    #[arg(long, value_name = "HEX", conflicts_with = "policy_key")]
+    pub lock_value: Option<String>,
+    /// Also require a PIN to unseal (TPM2_PolicyAuthValue): asked on the terminal twice, or the
+    /// first line of stdin; the loader asks for it on the console at each boot.
+    #[arg(long)]
+    pub pin: bool,
     /// Where to write the sealed key (mode 0600).
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
@@ -77,24 +90,36 @@ pub fn seal(args: SealArgs) -> anyhow::Result<ExitCode> {
     if !args.force && fs::symlink_metadata(&args.output).is_ok() {
         bail!("{} exists (use --force to replace it)", args.output.display());
     }
+    let lock = if args.no_lock { None } else { Some(lock_value(args.lock_value.as_deref(), bank)?) };
+    let pin = if args.pin { Some(read_pin(true)?) } else { None };
     let mut tpm = Tpm::open(&args.tpm).context("opening the TPM")?;
-    let sealed = match &policy_key {
-        Some(pk) => tpm.seal_authorized(&key, pk),
-        None => tpm.seal(&key, bank, &pcrs),
-    }
-    .context("sealing")?;
+    tpm.set_pin(pin.as_ref().map(|p| p.as_bytes())).context("--pin")?;
+    let sealed = match (&policy_key, lock) {
+        (Some(pk), _) => tpm.seal_authorized(&key, pk).context("sealing")?,
+        (None, None) => tpm.seal(&key, bank, &pcrs).context("sealing")?,
+        (None, Some(lock)) => {
+            let mut read = pcrs.clone();
+            read.push(LOCK_PCR);
+            let values = tpm.pcr_read(bank, &read).context("reading the PCRs")?;
+            if let Some((_, now)) = values.iter().find(|(i, _)| *i == LOCK_PCR) {
+                note_lock(bank, now, &lock);
+            }
+            tpm.seal_values(&key, bank, with_lock(values, lock)).context("sealing")?
+        }
+    };
     write_file(&args.output, 0o600, sealed.to_text().as_bytes())?;
+    let with = if sealed.needs_pin() { " with a PIN" } else { "" };
     match &policy_key {
         Some(pk) => println!(
-            "key {} sealed under policy key {} -> {}",
+            "key {} sealed under policy key {}{with} -> {}",
             key.id(),
             stateless_bundle::key::hex_encode(&pk.name()),
             args.output.display()
         ),
         None => {
-            let list: Vec<String> = pcrs.iter().map(u8::to_string).collect();
+            let list: Vec<String> = sealed.pcr_indices().iter().map(u8::to_string).collect();
             println!(
-                "key {} sealed to PCR {} ({}) -> {}",
+                "key {} sealed to PCR {} ({}){with} -> {}",
                 key.id(),
                 list.join(","),
                 bank.name(),
@@ -103,6 +128,74 @@ pub fn seal(args: SealArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads a PIN: on the terminal without echo (twice when `confirm`), or
+/// the first line of stdin when it is not a terminal (scripts, tests).
+fn read_pin(confirm: bool) -> anyhow::Result<Zeroizing<String>> {
+    use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    let tty = stdin.is_terminal();
+    let ask = |prompt: &str| -> anyhow::Result<Zeroizing<String>> {
+        let saved = if tty { tcgetattr(&stdin).ok() } else { None };
+        if tty {
+            eprint!("{prompt}");
+        }
+        if let Some(t) = &saved {
+            let mut quiet = t.clone();
+            quiet.local_modes.remove(LocalModes::ECHO);
+            let _ = tcsetattr(&stdin, OptionalActions::Now, &quiet);
+        }
+        let mut line = Zeroizing::new(String::new());
+        let read = stdin.lock().read_line(&mut line);
+        if let Some(t) = &saved {
+            let _ = tcsetattr(&stdin, OptionalActions::Now, t);
+            eprintln!();
+        }
+        read.context("reading the PIN")?;
+        let pin = Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned());
+        if pin.is_empty() || pin.len() > MAX_PIN_LEN {
+            bail!("a PIN is 1 to {MAX_PIN_LEN} bytes");
+        }
+        Ok(pin)
+    };
+    let pin = ask("PIN: ")?;
+    if confirm && tty && *ask("PIN again: ")? != *pin {
+        bail!("the two PINs differ");
+    }
+    Ok(pin)
+}
+
+/// The value of the lock PCR a policy covers: `--lock-value`, or the
+/// PCR's value at power-on.
+fn lock_value(given: Option<&str>, bank: Bank) -> anyhow::Result<Vec<u8>> {
+    let Some(hex) = given else { return Ok(boot_value(bank)) };
+    let hex = hex.strip_prefix("0x").unwrap_or(hex);
+    let mut v = vec![0u8; bank.digest_len()];
+    if hex.len() != 2 * bank.digest_len() || !stateless_bundle::key::hex_decode(hex, &mut v) {
+        bail!("--lock-value: not a {} value ({} hex digits)", bank.name(), 2 * bank.digest_len());
+    }
+    Ok(v)
+}
+
+/// Says, on stderr, what the lock PCR holds now when that is not what the
+/// policy covers: the values differ on purpose on a running system.
+fn note_lock(bank: Bank, now: &[u8], lock: &[u8]) {
+    if now == lock {
+        return;
+    }
+    match lock_state(bank, now) {
+        LockState::Closed => eprintln!(
+            "note: PCR {LOCK_PCR} holds the loader's lock of this boot; the policy covers its value before the lock, as in the initramfs"
+        ),
+        LockState::Open | LockState::Other => eprintln!(
+            "note: PCR {LOCK_PCR} ({}) holds {} now, not the value the policy covers ({}): if something measures into PCR {LOCK_PCR} before the loader, give that value with --lock-value, or --no-lock (docs/keys.md)",
+            bank.name(),
+            stateless_bundle::key::hex_encode(now),
+            stateless_bundle::key::hex_encode(lock)
+        ),
+    }
 }
 
 /// Writes `data` to `path` with `mode` through a temporary file and a
@@ -123,15 +216,41 @@ fn write_file(path: &Path, mode: u32, data: &[u8]) -> anyhow::Result<()> {
 
 pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let sealed = read_sealed_file(&args.sealed).with_context(|| format!("reading {}", args.sealed.display()))?;
+    // A key sealed with a PIN: asked for (the terminal, or stdin's first line).
+    let pin = if sealed.needs_pin() { Some(read_pin(false)?) } else { None };
     let t = Instant::now();
     let mut tpm = Tpm::open(&args.tpm).context("opening the TPM")?;
+    tpm.set_pin(pin.as_ref().map(|p| p.as_bytes())).context("the PIN")?;
     let mut policies = Vec::new();
     for p in &args.policies {
         let policy = read_signed_policy_file(p).with_context(|| format!("reading {}", p.display()))?;
         policies.push((p.display().to_string(), policy));
     }
-    let key =
-        tpm.unseal_with(&sealed, &policies).with_context(|| format!("unsealing key {}", sealed.key_id.short()))?;
+    let key = match tpm.unseal_with(&sealed, &policies) {
+        Ok(key) => key,
+        // On the running system, after the loader: the other PCRs hold
+        // the sealed values, and the key unseals again at the next boot.
+        // On the running system PCR 15 may also hold later measurements
+        // (systemd's machine id and file systems on a UKI boot): only the
+        // initramfs before the loader has its pre-lock value.
+        Err(TpmError::PcrMismatch { pcrs, bank }) if pcrs == [LOCK_PCR] => {
+            println!(
+                "key {}: not unsealed: PCR {LOCK_PCR} ({bank}) holds another value than the policy's here; the key unseals only where it holds that value (in the initramfs, before the loader); the other PCRs hold the sealed values ({} ms)",
+                sealed.key_id,
+                t.elapsed().as_millis()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e @ TpmError::Locked { .. }) => {
+            println!(
+                "key {}: not unsealed: {e}; the other PCRs hold the sealed values ({} ms)",
+                sealed.key_id,
+                t.elapsed().as_millis()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e).with_context(|| format!("unsealing key {}", sealed.key_id.short())),
+    };
     // Only the id, never the key.
     println!("key {} unseals ({} ms)", key.id(), t.elapsed().as_millis());
     Ok(ExitCode::SUCCESS)
@@ -178,6 +297,14 @@ pub struct SignPolicyArgs {
     /// Which TPM, with --current: device:/dev/tpmrm0 or swtpm:host=HOST,port=PORT.
     #[arg(long, value_name = "SELECTOR", default_value = "device:/dev/tpmrm0")]
     pub tpm: TpmSelector,
+    /// Leave out the lock: by default the policy also covers PCR 15 at its value before the loader
+    /// extends it after unsealing, so the key unseals once per boot, in the initramfs (docs/keys.md).
+    #[arg(long, conflicts_with = "lock_value")]
+    pub no_lock: bool,
+    /// The value PCR 15 holds in the initramfs before the loader (hex; default all zeros, its
+    /// value at power-on; give it only where something else measures into PCR 15 before the loader).
+    #[arg(long, value_name = "HEX")]
+    pub lock_value: Option<String>,
     /// Where to write the signed policy (mode 0644: it is not secret).
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
@@ -226,7 +353,8 @@ fn sign_policy(args: SignPolicyArgs) -> anyhow::Result<ExitCode> {
             let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
             let all = parse_pcr_values(&text, args.bank).with_context(|| format!("reading {}", path.display()))?;
             let mut out = Vec::new();
-            for p in &pcrs {
+            // The lock PCR's value is not read from the file (below).
+            for p in pcrs.iter().filter(|p| args.no_lock || **p != LOCK_PCR) {
                 match all.iter().find(|(i, _)| i == p) {
                     Some(v) => out.push(v.clone()),
                     None => bail!("{}: no value for PCR {p}", path.display()),
@@ -239,12 +367,27 @@ fn sign_policy(args: SignPolicyArgs) -> anyhow::Result<ExitCode> {
             tpm.pcr_read(args.bank, &pcrs).context("reading the PCRs")?
         }
     };
+    let values = match (args.no_lock, &args.values) {
+        (true, _) => values,
+        (false, from_file) => {
+            let lock = lock_value(args.lock_value.as_deref(), args.bank)?;
+            if from_file.is_none() {
+                let mut tpm = Tpm::open(&args.tpm).context("opening the TPM")?;
+                let now = tpm.pcr_read(args.bank, &[LOCK_PCR]).context("reading the PCRs")?;
+                if let Some((_, now)) = now.first() {
+                    note_lock(args.bank, now, &lock);
+                }
+            }
+            with_lock(values, lock)
+        }
+    };
     let signed = SignedPolicy::sign(&key, args.bank, values).context("signing")?;
     write_file(&args.output, 0o644, signed.to_text().as_bytes())?;
+    let list: Vec<String> = signed.pcrs.iter().map(|(i, _)| i.to_string()).collect();
     println!(
         "policy {} for PCR {} ({}) signed -> {}",
         stateless_bundle::key::hex_encode(&signed.policy),
-        args.pcrs,
+        list.join(","),
         args.bank.name(),
         args.output.display()
     );

@@ -349,7 +349,9 @@ fn tpm_seal_then_unseal_by_statelessctl_and_the_key_source() {
     let key = new_key(p, "site.key");
     let sealed = seal(p, &swtpm, "site.key", "0,7", "node.sealed");
     assert_eq!(sealed.key_id, key.id());
-    assert_eq!(sealed.pcr_indices(), [0, 7]);
+    // The lock PCR comes with every PCR policy by default, at its boot value.
+    assert_eq!(sealed.pcr_indices(), [0, 7, 15]);
+    assert_eq!(sealed.pcrs[2].1, [0u8; 32]);
     let text = fs::read_to_string(p.join("node.sealed")).unwrap();
     assert!(!text.contains(&stateless_bundle::key::hex_encode(key.as_bytes())), "the key is in the file in the clear");
     let out = ok(&["key", "tpm-check", "node.sealed", "--tpm", &swtpm.selector()], p);
@@ -379,6 +381,32 @@ fn tpm_seal_then_unseal_by_statelessctl_and_the_key_source() {
     let empty = TpmSource { dir: p.join("none"), selector: swtpm.selector().parse().unwrap() };
     assert!(empty.lookup(key.id()).unwrap_err().to_string().contains("no sealed key"));
 
+    // The source closed the key after unsealing it (PCR 15): for the rest
+    // of this boot it stays sealed, and tpm-check says why without failing
+    // (the other PCRs hold the sealed values).
+    let err = src.lookup(key.id()).unwrap_err().to_string();
+    assert!(err.contains("PCR 15 (sha256) has moved since this boot's loader unsealed the key"), "{err}");
+    assert!(matches!(open_tpm(&swtpm).unseal(&sealed), Err(TpmError::Locked { .. })));
+    let out = ok(&["key", "tpm-check", "tpm/node.sealed", "--tpm", &swtpm.selector()], p);
+    assert!(out.contains("not unsealed: PCR 15 (sha256) has moved"), "{out}");
+    // Later measurements into PCR 15 on the running system (systemd's
+    // machine id on a UKI boot): still not a failure of the sealed key.
+    open_tpm(&swtpm).pcr_extend(15, Bank::Sha256, &[0x42; 32]).unwrap();
+    let out = ok(&["key", "tpm-check", "tpm/node.sealed", "--tpm", &swtpm.selector()], p);
+    assert!(out.contains("not unsealed: PCR 15 (sha256) holds another value than the policy's here"), "{out}");
+    // Sealed again on the running system, after the lock: the policy still
+    // covers PCR 15's boot value, not the locked one it holds now.
+    let resealed = seal(p, &swtpm, "site.key", "7", "again.sealed");
+    assert_eq!(resealed.pcrs.iter().find(|(i, _)| *i == 15).unwrap().1, [0u8; 32]);
+}
+
+#[test]
+fn tpm_unseal_leaves_nothing_behind() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let swtpm = Swtpm::start();
+    new_key(p, "site.key");
+    let sealed = seal(p, &swtpm, "site.key", "7", "node.sealed");
     // Sealing and unsealing leave no objects or sessions behind (swtpm has
     // no resource manager: a leak would show up here).
     let mut tpm = open_tpm(&swtpm);
@@ -387,6 +415,44 @@ fn tpm_seal_then_unseal_by_statelessctl_and_the_key_source() {
     assert!(r1.len() == 32 && r1 != r2);
     for _ in 0..5 {
         tpm.unseal(&sealed).unwrap();
+    }
+    // Nor does the lock (an HMAC session and the SRK each time).
+    for _ in 0..5 {
+        tpm.lock(&sealed.parent_name).unwrap();
+    }
+    // Sealed without the lock: not closed by it (swtpm serves one
+    // connection at a time: statelessctl gets it alone).
+    drop(tpm);
+    let open = ok(
+        &[
+            "key",
+            "tpm-seal",
+            "--key",
+            "site.key",
+            "--pcrs",
+            "7",
+            "--no-lock",
+            "--tpm",
+            &swtpm.selector(),
+            "-o",
+            "open.sealed",
+        ],
+        p,
+    );
+    assert!(open.contains("sealed to PCR 7 (sha256)"), "{open}");
+    let open = read_sealed_file(&p.join("open.sealed")).unwrap();
+    assert_eq!(open.pcr_indices(), [7]);
+    // Where something measures into PCR 15 before the loader: its value then.
+    let lock = "cd".repeat(32);
+    let sel = swtpm.selector();
+    ok(&["key", "tpm-seal", "--key", "site.key", "--lock-value", &lock, "--tpm", &sel, "-o", "l.sealed"], p);
+    let l = read_sealed_file(&p.join("l.sealed")).unwrap();
+    assert_eq!((l.pcr_indices(), stateless_bundle::key::hex_encode(&l.pcrs[1].1)), (vec![7, 15], lock.clone()));
+    let o = ctl(&["key", "tpm-seal", "--key", "site.key", "--no-lock", "--lock-value", &lock, "-o", "x"], p);
+    assert_eq!(o.status.code(), Some(2), "--no-lock and --lock-value conflict");
+    let mut tpm = open_tpm(&swtpm);
+    for _ in 0..3 {
+        tpm.unseal(&open).unwrap();
     }
 }
 
@@ -478,9 +544,9 @@ tpm2_readpublic -c srk.ctx | sed -n 's/^name: //p' > srk.name
 tpm2_flushcontext -t
 tpm2_load -Q -C srk.ctx -u obj.pub -r obj.priv -c obj.ctx
 tpm2_flushcontext -t
-tpm2_unseal -c obj.ctx -p pcr:sha256:0,7 > unsealed.bin
+tpm2_unseal -c obj.ctx -p pcr:sha256:0,7,15 > unsealed.bin
 tpm2_flushcontext -t
-tpm2_createpolicy -Q --policy-pcr -l sha256:0,7 -L policy.bin
+tpm2_createpolicy -Q --policy-pcr -l sha256:0,7,15 -L policy.bin
 ",
         sel = swtpm.selector()
     );
@@ -540,7 +606,7 @@ fn tpm_signed_policies_through_statelessctl() {
         ],
         p,
     );
-    assert!(out.contains("for PCR 7,9 (sha256) signed -> a.signed"), "{out}");
+    assert!(out.contains("for PCR 7,9,15 (sha256) signed -> a.signed"), "{out}");
     let out = ok(&["key", "tpm-check", "n.sealed", "--policy", "a.signed", "--tpm", &sel], p);
     assert!(out.starts_with(&format!("key {} unseals", key.id())), "{out}");
 
@@ -637,5 +703,98 @@ fn tpm_signed_policies_through_statelessctl() {
     match src.lookup(key.id()).unwrap() {
         Lookup::Found(k) => assert_eq!(k.id(), key.id()),
         Lookup::Offered(_) => panic!("not found"),
+    }
+    // --no-lock signs exactly the PCRs given; --lock-value sets PCR 15's
+    // pre-lock value (and a values file need not have PCR 15, nor can it
+    // override it); a bad value is one line.
+    let out = ok(
+        &["tpm", "sign-policy", "--policy-key", "policy.sign", "--pcrs", "7", "--current", "--no-lock", "--tpm", &sel]
+            .into_iter()
+            .chain(["-o", "n.signed"])
+            .collect::<Vec<_>>(),
+        p,
+    );
+    assert!(out.contains("for PCR 7 (sha256) signed"), "{out}");
+    let lock = "ab".repeat(32);
+    let out = ok(
+        &[
+            "tpm",
+            "sign-policy",
+            "--policy-key",
+            "policy.sign",
+            "--pcrs",
+            "7,15",
+            "--values",
+            "values.txt",
+            "--lock-value",
+            &lock,
+            "-o",
+            "l.signed",
+        ],
+        p,
+    );
+    assert!(out.contains("for PCR 7,15 (sha256) signed"), "{out}");
+    assert!(fs::read_to_string(p.join("l.signed")).unwrap().contains(&format!("pcr 15 {lock}")));
+    let err = fails(
+        &["tpm", "sign-policy", "--policy-key", "policy.sign", "--pcrs", "7", "--values", "values.txt"]
+            .into_iter()
+            .chain(["--lock-value", "abc", "-o", "x.signed"])
+            .collect::<Vec<_>>(),
+        p,
+    );
+    assert!(err.contains("--lock-value: not a sha256 value (64 hex digits)"), "{err}");
+
+    // Signed policies cover the lock PCR too: once unsealed, closed.
+    let err = src.lookup(key.id()).unwrap_err().to_string();
+    assert!(err.contains("PCR 15 (sha256) has moved since this boot's loader unsealed the key"), "{err}");
+}
+
+/// `statelessctl` with `stdin` as its standard input.
+fn ctl_in(args: &[&str], cwd: &Path, stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_statelessctl"))
+        .args(args)
+        .current_dir(cwd)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A command that fails before it reads stdin closes the pipe early.
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn tpm_seal_with_a_pin_and_check_it() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let swtpm = Swtpm::start();
+    let sel = swtpm.selector();
+    let key = new_key(p, "site.key");
+    let seal = ["key", "tpm-seal", "--key", "site.key", "--pcrs", "7", "--pin", "--tpm", &sel, "-o", "pin.sealed"];
+    let o = ctl_in(&seal, p, "2468\n");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(out.contains("sealed to PCR 7,15 (sha256) with a PIN -> pin.sealed"), "{out}");
+    let sealed = read_sealed_file(&p.join("pin.sealed")).unwrap();
+    assert!(sealed.needs_pin());
+    assert!(fs::read_to_string(p.join("pin.sealed")).unwrap().contains("\nauth pin\n"));
+
+    // tpm-check asks for it because the file says so.
+    let check = ["key", "tpm-check", "pin.sealed", "--tpm", &sel];
+    let o = ctl_in(&check, p, "2468\n");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8(o.stdout).unwrap().starts_with(&format!("key {} unseals", key.id())));
+    let o = ctl_in(&check, p, "1357\n");
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert!(err.contains("wrong PIN"), "{err}");
+    let seal_new = ["key", "tpm-seal", "--key", "site.key", "--pin", "--tpm", &sel, "-o", "new.sealed"];
+    for bad in ["\n", &format!("{}\n", "9".repeat(33))] {
+        let o = ctl_in(&seal_new, p, bad);
+        assert_eq!(o.status.code(), Some(1));
+        let err = String::from_utf8(o.stderr).unwrap();
+        assert!(err.contains("a PIN is 1 to 32 bytes"), "{err}");
     }
 }

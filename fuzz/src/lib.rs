@@ -524,6 +524,116 @@ pub fn keys_tpm_pcr_read(data: &[u8]) {
     assert_eq!(parse_pcr_read(&again, bank).as_ref(), Some(&values), "PCR read round trip");
 }
 
+/// The SRK public area the TPM answers `TPM2_CreatePrimary` with
+/// (`stateless_keys::tpm::parse_srk_public`; the loader sends its salt to
+/// that point): what parses is our template with a P-256-sized point, its
+/// name is `000b` and the SHA-256 of the area, and it re-encodes to the
+/// same bytes. The salt is then made for the point (refused, not a panic,
+/// when the point is not on the curve).
+pub fn keys_tpm_srk_public(data: &[u8]) {
+    use sha2::{Digest, Sha256};
+    use stateless_keys::tpm::{parse_srk_public, salt, srk_template};
+    let Some((name, x, y)) = parse_srk_public(data) else { return };
+    let size = usize::from(u16::from_be_bytes([data[0], data[1]]));
+    let public = &data[2..2 + size];
+    assert_eq!(name[..2], [0, 0x0b]);
+    assert_eq!(name[2..], Sha256::digest(public)[..], "the name is not the area's hash");
+    let t = srk_template();
+    let mut again = t[..t.len() - 4].to_vec();
+    for c in [&x, &y] {
+        again.extend_from_slice(&u16::try_from(c.len()).expect("a coordinate").to_be_bytes());
+        again.extend_from_slice(c);
+    }
+    assert_eq!(again, public, "SRK public round trip");
+    let mut counter = 0u8;
+    let mut random = |out: &mut [u8]| {
+        counter = counter.wrapping_add(1);
+        out.fill(counter);
+        Ok(())
+    };
+    if let Ok(s) = salt::make_salt(&x, &y, &mut random) {
+        assert_eq!((s.encrypted.len(), s.salt.len()), (68, 32));
+    }
+}
+
+/// The response HMAC check of a salted session
+/// (`stateless_keys::tpm::check_response_auth`) over a whole response as
+/// it comes off the wire: the first 32 bytes are the session key, the next
+/// 16 the caller's nonce, two bytes pick the command, the rest is the
+/// response. A response it accepts must be refused again once any byte of
+/// its parameters or authorization area is changed.
+pub fn keys_tpm_hmac(data: &[u8]) {
+    use stateless_keys::tpm::check_response_auth;
+    use stateless_keys::tpm::wire::{Parsed, parse_response};
+    if data.len() < 50 {
+        return;
+    }
+    let (key, rest) = data.split_at(32);
+    let (nonce, rest) = rest.split_at(16);
+    let (pick, response) = rest.split_at(2);
+    let cc = [0x15E, 0x153, 0x13C][usize::from(pick[0] % 3)];
+    let Ok(Parsed::Ok(r)) = parse_response(response, usize::from(pick[1] % 2)) else { return };
+    let (params, auth) = (r.params.rest().to_vec(), r.auth.rest().to_vec());
+    let Ok(nonce_tpm) = check_response_auth(key, cc, &params, &auth, nonce) else { return };
+    assert!(auth.len() >= 2 + nonce_tpm.len() + 1 + 2 + 32, "accepted without a full HMAC");
+    for i in 0..params.len().min(64) {
+        let mut p = params.clone();
+        p[i] ^= 1;
+        assert!(check_response_auth(key, cc, &p, &auth, nonce).is_err(), "parameter byte {i} not covered");
+    }
+    for i in 0..auth.len().min(128) {
+        let mut a = auth.clone();
+        a[i] ^= 1;
+        assert!(check_response_auth(key, cc, &params, &a, nonce).is_err(), "auth byte {i} not covered");
+    }
+}
+
+/// A response accepted by [`keys_tpm_hmac`]: a TPM2_Unseal answer (4
+/// bytes of outData) with the HMAC the TPM would compute, for the seeds.
+pub fn keys_tpm_hmac_seed() -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let (key, nonce, nonce_tpm) = ([7u8; 32], [9u8; 16], [0x5a; 16]);
+    let params = [0u8, 4, 1, 2, 3, 4];
+    let rp: [u8; 32] = Sha256::new()
+        .chain_update(0u32.to_be_bytes())
+        .chain_update(0x15Eu32.to_be_bytes())
+        .chain_update(params)
+        .finalize()
+        .into();
+    let hmac = stateless_keys::tpm::salt::hmac(&key, &[&rp, &nonce_tpm, &nonce, &[0x40]]).expect("HMAC");
+    let mut auth = vec![0, 16];
+    auth.extend_from_slice(&nonce_tpm);
+    auth.push(0x40);
+    auth.extend_from_slice(&[0, 32]);
+    auth.extend_from_slice(&hmac);
+    let mut resp = vec![0x80, 0x02, 0, 0, 0, 0, 0, 0, 0, 0];
+    resp.extend_from_slice(&u32::try_from(params.len()).expect("small").to_be_bytes());
+    resp.extend_from_slice(&params);
+    resp.extend_from_slice(&auth);
+    let len = u32::try_from(resp.len()).expect("small").to_be_bytes();
+    resp[2..6].copy_from_slice(&len);
+    let mut out = key.to_vec();
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&resp);
+    out
+}
+
+/// Signed PCR policy and policy public key files
+/// (`stateless_keys::tpm::policy`) over arbitrary text: what parses
+/// serialises and parses back the same.
+pub fn keys_tpm_signed_policy(data: &[u8]) {
+    use stateless_keys::tpm::policy::{PolicyPublicKey, SignedPolicy};
+    if let Ok(p) = SignedPolicy::parse(data) {
+        let again = SignedPolicy::parse(p.to_text().as_bytes()).expect("a parsed signed policy re-parses");
+        assert_eq!(again, p, "signed policy round trip");
+    }
+    if let Ok(k) = PolicyPublicKey::parse(data) {
+        let again = PolicyPublicKey::parse(k.to_text().as_bytes()).expect("a parsed policy key re-parses");
+        assert_eq!(again, k, "policy public key round trip");
+    }
+}
+
 /// The server's HTTP request-head parser (`stateless_server::http`), fed
 /// as the server feeds it: the bytes a client sent so far. Beyond not
 /// panicking: a head it accepts has one unambiguous framing (at most one
@@ -588,6 +698,9 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("cmdline_split", loader::cmdline_split),
     ("keys_tpm_pcr_read", keys_tpm_pcr_read),
     ("keys_tpm_nv", keys_tpm_nv),
+    ("keys_tpm_srk_public", keys_tpm_srk_public),
+    ("keys_tpm_hmac", keys_tpm_hmac),
+    ("keys_tpm_signed_policy", keys_tpm_signed_policy),
     ("http_head", http_head),
     ("model_toml", model_toml),
     ("import_ignition", import_ignition),

@@ -33,6 +33,10 @@
 //! private <hex>
 //! ```
 //!
+//! A key sealed with a PIN (`tpm-seal --pin`) has, in either version, an
+//! `auth pin` line before `policy`, and its policy digest ends in
+//! TPM2_PolicyAuthValue ([`policy_auth_value_digest`]).
+//!
 //! Everything in the file is untrusted until the TPM unseals: the key id is
 //! used only to skip objects a bundle does not need and is checked against
 //! the unsealed key; the PCR values only explain a refusal (the TPM enforces
@@ -158,6 +162,20 @@ pub fn pcr_digest(values: &[(u8, Vec<u8>)]) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// The TPM_CC of TPM2_PolicyAuthValue.
+const TPM_CC_POLICY_AUTH_VALUE: u32 = 0x0000_016B;
+
+/// The policy digest after `prev` and a TPM2_PolicyAuthValue (TPM 2.0
+/// Part 3, 23.17): `SHA-256(prev || TPM_CC_PolicyAuthValue)`. A key sealed
+/// with a PIN (`tpm-seal --pin`) has this after its PCR or authorize policy,
+/// and the PIN as the object's auth value.
+pub fn policy_auth_value_digest(prev: &[u8; 32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(TPM_CC_POLICY_AUTH_VALUE.to_be_bytes());
+    h.finalize().into()
+}
+
 /// The policy digest of a policy that is exactly one TPM2_PolicyPCR
 /// (TPM 2.0 Part 3, 23.7): `SHA-256(0^32 || TPM_CC_PolicyPCR || pcrs || digest)`.
 pub fn policy_pcr_digest(bank: Bank, values: &[(u8, Vec<u8>)]) -> [u8; 32] {
@@ -266,6 +284,7 @@ impl SealedKey {
             _ => return Err(SealedError::NotSealed("no stateless-sealed-v1 line")),
         };
         let mut policy_key = None;
+        let mut pin = None;
         let (mut key_id, mut bank, mut parent, mut policy, mut public, mut private) =
             (None, None, None, None, None, None);
         let mut parent_name: Option<Vec<u8>> = None;
@@ -333,6 +352,13 @@ impl SealedKey {
                     }
                     policy = Some(d);
                 }
+                "auth" => {
+                    once(pin.is_some())?;
+                    if value != "pin" {
+                        return Err(bad(format!("unknown auth {value:?} (this build knows pin)")));
+                    }
+                    pin = Some(());
+                }
                 "public" => {
                     once(public.is_some())?;
                     public = Some(decode_blob(value, n, "public")?);
@@ -348,7 +374,7 @@ impl SealedKey {
         if authorized {
             let key = policy_key.ok_or(SealedError::Missing("policy-key"))?;
             let policy = policy.ok_or(SealedError::Missing("policy"))?;
-            if policy != crate::tpm::policy::policy_authorize_digest(&key.name()) {
+            if policy != with_pin(crate::tpm::policy::policy_authorize_digest(&key.name()), pin.is_some()) {
                 return Err(SealedError::PolicyMismatch);
             }
             return Ok(SealedKey {
@@ -368,7 +394,7 @@ impl SealedKey {
             return Err(SealedError::Missing("pcr"));
         }
         let policy = policy.ok_or(SealedError::Missing("policy"))?;
-        if policy != policy_pcr_digest(bank, &pcrs) {
+        if policy != with_pin(policy_pcr_digest(bank, &pcrs), pin.is_some()) {
             return Err(SealedError::PolicyMismatch);
         }
         Ok(SealedKey {
@@ -381,6 +407,21 @@ impl SealedKey {
             public: public.ok_or(SealedError::Missing("public"))?,
             private: private.ok_or(SealedError::Missing("private"))?,
         })
+    }
+
+    /// The policy before a PIN: the TPM2_PolicyPCR digest of the PCR
+    /// values, or the TPM2_PolicyAuthorize digest of the policy key.
+    pub fn base_policy(&self) -> [u8; 32] {
+        match &self.policy_key {
+            Some(key) => crate::tpm::policy::policy_authorize_digest(&key.name()),
+            None => policy_pcr_digest(self.bank, &self.pcrs),
+        }
+    }
+
+    /// Whether the key was sealed with a PIN (`tpm-seal --pin`): its policy
+    /// ends in TPM2_PolicyAuthValue, and the PIN is the object's auth value.
+    pub fn needs_pin(&self) -> bool {
+        self.policy != self.base_policy() && self.policy == policy_auth_value_digest(&self.base_policy())
     }
 
     /// The PCR indices of the policy, ascending.
@@ -396,10 +437,11 @@ impl SealedKey {
                  # policy key {name}. Only the TPM that sealed it can unseal it, and only while the\n\
                  # PCRs match a policy that key signed. Not secret, but keep it 0600. See docs/keys.md.\n\
                  {SEALED_AUTHORIZED_MAGIC}\nkey-id {id}\nparent {PARENT_SRK_ECC}\nparent-name {parent}\n\
-                 policy-key {point}\npolicy {policy}\npublic {public}\nprivate {private}\n",
+                 policy-key {point}\n{auth}policy {policy}\npublic {public}\nprivate {private}\n",
                 id = self.key_id,
                 name = hex_encode(&key.name()),
                 point = hex_encode(&key.point()),
+                auth = if self.needs_pin() { "auth pin\n" } else { "" },
                 parent = hex_encode(&self.parent_name),
                 policy = hex_encode(&self.policy),
                 public = hex_encode(&self.public),
@@ -420,11 +462,19 @@ impl SealedKey {
         for (i, v) in &self.pcrs {
             let _ = writeln!(s, "pcr {i} {}", hex_encode(v));
         }
+        if self.needs_pin() {
+            s.push_str("auth pin\n");
+        }
         let _ = writeln!(s, "policy {}", hex_encode(&self.policy));
         let _ = writeln!(s, "public {}", hex_encode(&self.public));
         let _ = writeln!(s, "private {}", hex_encode(&self.private));
         s
     }
+}
+
+/// `policy`, followed by TPM2_PolicyAuthValue when `pin`.
+fn with_pin(policy: [u8; 32], pin: bool) -> [u8; 32] {
+    if pin { policy_auth_value_digest(&policy) } else { policy }
 }
 
 /// Reads and parses a sealed-key file, refusing anything over the size limit
@@ -508,6 +558,34 @@ mod tests {
         ];
         for (text, want) in cases {
             let err = SealedKey::parse(text.as_bytes()).unwrap_err().to_string();
+            assert!(err.contains(want), "{err:?} should contain {want:?}");
+        }
+    }
+
+    #[test]
+    fn a_pin_is_an_auth_line_and_a_policy_auth_value() {
+        let plain = sample();
+        assert!(!plain.needs_pin());
+        let pinned = SealedKey { policy: policy_auth_value_digest(&plain.policy), ..sample() };
+        assert!(pinned.needs_pin());
+        let text = pinned.to_text();
+        assert!(text.contains("\nauth pin\npolicy "), "{text}");
+        assert_eq!(SealedKey::parse(text.as_bytes()).unwrap(), pinned);
+        let key = crate::tpm::policy::PolicySigningKey::generate().unwrap().public();
+        let base = crate::tpm::policy::policy_authorize_digest(&key.name());
+        let v2 =
+            SealedKey { pcrs: Vec::new(), policy: policy_auth_value_digest(&base), policy_key: Some(key), ..sample() };
+        assert!(v2.needs_pin());
+        assert_eq!(SealedKey::parse(v2.to_text().as_bytes()).unwrap(), v2);
+        // The line and the digest must agree; only `pin` is known.
+        let cases = [
+            (text.replace("auth pin\n", ""), "policy digest does not match"),
+            (plain.to_text().replace("policy ", "auth pin\npolicy "), "policy digest does not match"),
+            (text.replace("auth pin", "auth fido"), "unknown auth"),
+            (text.replace("auth pin", "auth pin\nauth pin"), "auth given twice"),
+        ];
+        for (t, want) in cases {
+            let err = SealedKey::parse(t.as_bytes()).unwrap_err().to_string();
             assert!(err.contains(want), "{err:?} should contain {want:?}");
         }
     }

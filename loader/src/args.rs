@@ -86,6 +86,12 @@ pub const FLAGS: &[Flag] = &[
         "Directory of TPM-sealed keys embedded in the boot image",
     ),
     value(
+        "console",
+        "PATH",
+        Some("/dev/console"),
+        "Where to ask for the PIN of a TPM key sealed with one (key tpm-seal --pin)",
+    ),
+    value(
         "publisher-dir",
         "DIR",
         Some(stateless_keys::PUBLISHER_DIR),
@@ -111,6 +117,7 @@ pub struct Args {
     pub log_stderr: bool,
     pub key_dir: PathBuf,
     pub sealed_dir: PathBuf,
+    pub console: PathBuf,
     pub publisher_dir: PathBuf,
     pub usb_devices: Vec<PathBuf>,
 }
@@ -118,7 +125,7 @@ pub struct Args {
 /// What the command line asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Invocation {
-    Run(Args),
+    Run(Box<Args>),
     /// `--help` / `-h`: print this and exit 0.
     Help(String),
     /// `--version` / `-V`: print this and exit 0.
@@ -175,7 +182,7 @@ where
         }
         given.push((flag, value));
     }
-    Ok(Invocation::Run(Args::from_given(&given)?))
+    Ok(Invocation::Run(Box::new(Args::from_given(&given)?)))
 }
 
 /// The part of `--name=value` after the first `=`, bytes kept as they are.
@@ -205,6 +212,7 @@ impl Args {
             log_stderr: last("log-stderr").is_some(),
             key_dir: path("key-dir"),
             sealed_dir: path("sealed-dir"),
+            console: path("console"),
             publisher_dir: path("publisher-dir"),
             usb_devices: given.iter().filter(|(f, _)| f.long == "usb-device").map(|(_, v)| PathBuf::from(v)).collect(),
         })
@@ -260,7 +268,7 @@ mod tests {
 
     fn run(argv: &[&str]) -> Args {
         match parse(argv.iter().copied()) {
-            Ok(Invocation::Run(a)) => a,
+            Ok(Invocation::Run(a)) => *a,
             other => panic!("{argv:?}: {other:?}"),
         }
     }
@@ -281,6 +289,7 @@ mod tests {
         assert_eq!(a.key_dir, PathBuf::from(stateless_keys::EMBEDDED_KEY_DIR));
         assert_eq!(a.sealed_dir, PathBuf::from(stateless_keys::SEALED_DIR));
         assert_eq!(a.publisher_dir, PathBuf::from(stateless_keys::PUBLISHER_DIR));
+        assert_eq!(a.console, PathBuf::from("/dev/console"));
         assert!(a.usb_devices.is_empty());
     }
 

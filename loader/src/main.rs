@@ -31,7 +31,7 @@ fn main() -> ExitCode {
         return code;
     }
     let args = match args::parse(std::env::args_os().skip(1)) {
-        Ok(Invocation::Run(args)) => args,
+        Ok(Invocation::Run(args)) => *args,
         Ok(Invocation::Help(text) | Invocation::Version(text)) => {
             print!("{text}");
             return ExitCode::SUCCESS;
@@ -100,6 +100,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(waited) = entropy::wait_for_pool().filter(|d| *d > Duration::from_millis(100)) {
         log::info!("waited {} ms for the kernel's random pool", waited.as_millis());
     }
+    stateless_loader::keyladder::ask_pins_on(&args.console);
     let paths = Paths {
         sysroot: args.sysroot.clone(),
         run_dir: args.run_dir.clone(),
@@ -126,6 +127,8 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(pipeline::exit_code(&failed, config.onfail)));
         }
     }
+    // A person typing a TPM PIN: before anything runs under a deadline.
+    pipeline::unseal_pins_early(&config, &paths);
     let report = pipeline::run(&config, &paths);
     // The one line a person reads off the console: on stderr (the console
     // in the initramfs, whatever the kernel's loglevel) and in the kernel log.
@@ -144,6 +147,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     // After the decision and its console line: the probe goes into
     // status.json and the report to the server, within report::BUDGET.
     report::after_boot(&config, &paths, &report);
+    // Last, after everything that needs a key: whatever happened, the
+    // TPM-sealed keys stay sealed for the rest of this boot.
+    pipeline::close_tpm(&config, &paths);
     Ok(ExitCode::from(pipeline::exit_code(&report, config.onfail)))
 }
 
@@ -204,7 +210,7 @@ mod tests {
         let Ok(Invocation::Run(args)) = args::parse(["--cmdline", "rd.stateless.timeout=abc"]) else {
             panic!("flags not parsed");
         };
-        let err = run(args).map(|_| ()).map_err(|e| format!("{e:#}"));
+        let err = run(*args).map(|_| ()).map_err(|e| format!("{e:#}"));
         assert_eq!(
             err,
             Err("reading the kernel command line: rd.stateless.timeout=abc: not a number of seconds".to_owned())

@@ -1168,6 +1168,27 @@ fn verify_reader<R: Read + Send>(
     Ok((Ready { header, digest, key_source, signer, target, image: None }, staging))
 }
 
+/// The key places of a run, for the TPM's steps outside a bundle.
+fn tpm_places(config: &Config, paths: &Paths) -> KeyPlaces {
+    KeyPlaces {
+        key_dir: paths.key_dir.clone(),
+        sealed_dir: paths.sealed_dir.clone(),
+        usb: Devices::List(Vec::new()),
+        usb_mount: paths.run_dir.join("usb"),
+        tpm: config.tpm.clone(),
+    }
+}
+
+/// [`keyladder::close_tpm`] with the run's places.
+pub fn close_tpm(config: &Config, paths: &Paths) {
+    keyladder::close_tpm(&config.key, &tpm_places(config, paths));
+}
+
+/// [`keyladder::unseal_pins_early`] with the run's places.
+pub fn unseal_pins_early(config: &Config, paths: &Paths) {
+    keyladder::unseal_pins_early(&config.key, &tpm_places(config, paths));
+}
+
 fn pick_key(ctx: &Ctx<'_>, needed: KeyId) -> Result<(Key, String), Refusal> {
     let usb = if ctx.paths.usb_devices.is_empty() {
         Devices::Scan { sys: ctx.paths.host_root.join("sys"), dev: ctx.paths.host_root.join("dev") }

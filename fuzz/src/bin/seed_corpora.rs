@@ -12,11 +12,13 @@
 //!   under the key the target derives from it;
 //! * `tar_extract`: the decompressed tar stream;
 //! * `keys_sealed`, `keys_tpm_wrapped`, `keys_cpio`, `keys_usb`, `keys_tpm_response`,
-//!   `keys_tpm_pcr_read`, `keys_tpm_nv`, `keys_pubkey_arg`: a few well-formed inputs made
-//!   here (a sealed-key file with made-up blobs, keys wrapped for a made-up
-//!   SRK and its public area, a key archive, a small FAT
-//!   image with a key file, TPM responses, PCR_Read parameters, NV answers,
-//!   `rd.stateless.pubkey=` values);
+//!   `keys_tpm_pcr_read`, `keys_tpm_nv`, `keys_tpm_srk_public`, `keys_tpm_hmac`,
+//!   `keys_tpm_signed_policy`, `keys_pubkey_arg`: a few well-formed inputs
+//!   made here (sealed-key files of both versions with made-up blobs, keys
+//!   wrapped for a made-up SRK and its public area, a key archive, a small
+//!   FAT image with a key file, TPM responses, PCR_Read parameters, NV
+//!   answers, an SRK public area, a response with a good HMAC, a signed
+//!   policy and a policy public key, `rd.stateless.pubkey=` values);
 //! * `dns_answer`, `cmdline_split`: DNS answers and kernel command lines
 //!   made here (`stateless_fuzz::loader::seed`).
 //!
@@ -162,6 +164,44 @@ fn seed_keys(corpus: &Path) {
             .expect("wrap_bound");
         write("keys_tpm_wrapped", "bound", w.to_text().as_bytes());
     }
+    // Signed policies: a policy key made from a constant scalar (the seeds
+    // are made at run time and never committed), a sealed-key file of
+    // version 2 under it, a signed policy with the lock PCR, its public half.
+    use stateless_keys::tpm::policy::{KEY_MAGIC, PolicySigningKey, SignedPolicy, policy_authorize_digest};
+    let signer =
+        PolicySigningKey::parse(format!("{KEY_MAGIC}\nsecret {}\n", "11".repeat(32)).as_bytes()).expect("policy key");
+    let v2 = SealedKey {
+        pcrs: Vec::new(),
+        policy: policy_authorize_digest(&signer.public().name()),
+        policy_key: Some(signer.public()),
+        ..sealed.clone()
+    };
+    write("keys_sealed", "v2_policy_key", v2.to_text().as_bytes());
+    let pinned =
+        SealedKey { policy: stateless_keys::sealed::policy_auth_value_digest(&sealed.policy), ..sealed.clone() };
+    write("keys_sealed", "v1_pin", pinned.to_text().as_bytes());
+    let lock = stateless_keys::tpm::lock::with_lock(vec![(7, vec![0x77; 32])], vec![0; 32]);
+    let signed = SignedPolicy::sign(&signer, Bank::Sha256, lock).expect("signing");
+    write("keys_tpm_signed_policy", "pcr_7_15", signed.to_text().as_bytes());
+    write("keys_tpm_signed_policy", "policy_pub", signer.public().to_text().as_bytes());
+
+    // TPM2_CreatePrimary's SRK public area (our template, a point on the
+    // curve: the P-256 generator), and a response with a good HMAC.
+    let mut area = stateless_keys::tpm::srk_template();
+    area.truncate(area.len() - 4);
+    for c in [
+        "6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296",
+        "4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5",
+    ] {
+        let mut b = [0u8; 32];
+        assert!(stateless_bundle::key::hex_decode(c, &mut b));
+        area.extend_from_slice(&[0, 32]);
+        area.extend_from_slice(&b);
+    }
+    let mut srk = (area.len() as u16).to_be_bytes().to_vec();
+    srk.extend_from_slice(&area);
+    write("keys_tpm_srk_public", "p256_generator", &srk);
+    write("keys_tpm_hmac", "unseal_good_hmac", &stateless_fuzz::keys_tpm_hmac_seed());
 
     let mut a = stateless_keys::cpio::Archive::new(1_700_000_000);
     a.dir("etc", 0o755).expect("cpio");

@@ -27,7 +27,12 @@
 //! SRK the TPM returns has the name recorded at sealing time, so an
 //! interposer cannot substitute its own key to learn the salt, and it checks
 //! the response HMAC. Sealing works the same way: `TPM2_Create` runs in an
-//! HMAC session salted with the SRK, with the key encrypted on its way in. The sealing protects
+//! HMAC session salted with the SRK, with the key encrypted on its way in;
+//! but at sealing the SRK is trusted as the TPM answers it (nothing checks
+//! it against the endorsement key): its name is what later unseals check.
+//! None of this stops someone who can send the TPM commands of their own
+//! while the PCRs match; the lock PCR ([`lock`]) closes the key after the
+//! loader's unseal, for the rest of the boot. The sealing protects
 //! against the disk or boot image being copied and used on another machine,
 //! or booted with a different firmware configuration or boot chain (PCR 7:
 //! Secure Boot state and keys).
@@ -35,6 +40,7 @@
 pub mod credential;
 pub mod enrol;
 pub mod import;
+pub mod lock;
 pub mod nv;
 pub mod policy;
 pub mod salt;
@@ -76,6 +82,10 @@ const SE_HMAC: u8 = 0x00;
 const SE_POLICY: u8 = 0x01;
 const ALG_AES: u16 = 0x0006;
 const ALG_CFB: u16 = 0x0043;
+/// The longest PIN: an auth value is at most the size of the object's
+/// name hash (SHA-256).
+pub const MAX_PIN_LEN: usize = 32;
+const CC_POLICY_AUTH_VALUE: u32 = 0x16B;
 /// How often a command is sent again after a "try again" warning.
 const RETRIES: usize = 5;
 
@@ -143,6 +153,16 @@ pub enum TpmError {
         /// The bank.
         bank: &'static str,
     },
+    /// Only the lock PCR differs from the policy: the key was unsealed on
+    /// this boot already and closed after use ([`lock`]).
+    #[error(
+        "PCR {} ({bank}) has moved since this boot's loader unsealed the key: it stays sealed until the next boot (see docs/keys.md)",
+        lock::LOCK_PCR
+    )]
+    Locked {
+        /// The bank.
+        bank: &'static str,
+    },
     /// The sealed object was not made by this TPM, or is corrupt.
     #[error("the sealed object was not made by this TPM or is corrupt (TPM2_Load: {})", rc_text(*rc))]
     WrongObject {
@@ -175,6 +195,15 @@ pub enum TpmError {
     /// The TPM loaded the policy key under another name than the file's.
     #[error("the TPM gives the policy key another name than the sealed-key file (corrupt file or not a TPM)")]
     PolicyKeyName,
+    /// The key is sealed with a PIN and none was given.
+    #[error("the key is sealed with a PIN and none was given")]
+    PinNeeded,
+    /// The TPM refused the PIN.
+    #[error("wrong PIN (the TPM counts failed tries and locks out for a while after too many)")]
+    WrongPin,
+    /// A PIN that is empty or too long.
+    #[error("a PIN is 1 to {MAX_PIN_LEN} bytes")]
+    BadPin,
     /// The SRK is not the one the key was sealed under.
     #[error(
         "the TPM's storage root key is not the one the key was sealed under (TPM cleared, another TPM, or someone between CPU and TPM)"
@@ -220,6 +249,8 @@ fn command_name(cc: u32) -> &'static str {
         CC_LOAD_EXTERNAL => "TPM2_LoadExternal",
         CC_VERIFY_SIGNATURE => "TPM2_VerifySignature",
         CC_POLICY_AUTHORIZE => "TPM2_PolicyAuthorize",
+        CC_POLICY_AUTH_VALUE => "TPM2_PolicyAuthValue",
+        lock::CC_PCR_EVENT => "TPM2_PCR_Event",
         _ => "TPM command",
     }
 }
@@ -228,6 +259,9 @@ fn command_name(cc: u32) -> &'static str {
 pub struct Tpm {
     transport: Transport,
     selector: TpmSelector,
+    /// The PIN for sealing with one and for unsealing keys sealed with one
+    /// ([`Tpm::set_pin`]).
+    pin: Option<Zeroizing<Vec<u8>>>,
 }
 
 impl fmt::Debug for Tpm {
@@ -249,7 +283,19 @@ impl Tpm {
     pub fn open(selector: &TpmSelector) -> Result<Tpm, TpmError> {
         let transport =
             Transport::open(selector).map_err(|err| TpmError::Io { selector: selector.to_string(), err })?;
-        Ok(Tpm { transport, selector: selector.clone() })
+        Ok(Tpm { transport, selector: selector.clone(), pin: None })
+    }
+
+    /// Sets the PIN (or none): keys sealed from now on need it (their policy
+    /// ends in TPM2_PolicyAuthValue and it is their auth value), and keys
+    /// sealed with one unseal with it. At most [`MAX_PIN_LEN`] bytes.
+    pub fn set_pin(&mut self, pin: Option<&[u8]>) -> Result<(), TpmError> {
+        self.pin = match pin {
+            None => None,
+            Some(p) if p.is_empty() || p.len() > MAX_PIN_LEN => return Err(TpmError::BadPin),
+            Some(p) => Some(Zeroizing::new(p.to_vec())),
+        };
+        Ok(())
     }
 
     /// Sends `cmd`, retrying on the TPM's "try again" warnings.
@@ -357,6 +403,28 @@ impl Tpm {
         self.seal_to(key, bank, values, None, policy)
     }
 
+    /// Seals `key` to the given `values` of PCRs of `bank` (ascending, as
+    /// [`Tpm::pcr_read`] returns them), which need not be the current ones:
+    /// the value [`lock::LOCK_PCR`] holds before the loader's extend.
+    pub fn seal_values(
+        &mut self,
+        key: &Key,
+        bank: Bank,
+        mut values: Vec<(u8, Vec<u8>)>,
+    ) -> Result<SealedKey, TpmError> {
+        values.sort_by_key(|(i, _)| *i);
+        values.dedup_by_key(|(i, _)| *i);
+        let policy = policy_pcr_digest(bank, &values);
+        self.seal_to(key, bank, values, None, policy)
+    }
+
+    /// The name of this TPM's SRK (the `parent-name` of keys it sealed).
+    pub fn srk_name(&mut self) -> Result<Vec<u8>, TpmError> {
+        let srk = self.create_srk()?;
+        self.flush(srk.handle);
+        Ok(srk.name)
+    }
+
     /// Seals `key` under TPM2_PolicyAuthorize with `policy_key`: it unseals
     /// while the PCRs match any PCR policy the holder of its private half
     /// signed ([`SignedPolicy`]).
@@ -373,6 +441,8 @@ impl Tpm {
         policy_key: Option<PolicyPublicKey>,
         policy: [u8; 32],
     ) -> Result<SealedKey, TpmError> {
+        // With a PIN the policy also asks for the object's auth value.
+        let policy = if self.pin.is_some() { crate::sealed::policy_auth_value_digest(&policy) } else { policy };
         let srk = self.create_srk()?;
         let mut handles = vec![srk.handle];
         let result = self.create_sealed(&srk, key, &policy, &mut handles).map(|(public, private)| SealedKey {
@@ -402,13 +472,15 @@ impl Tpm {
         handles: &mut Vec<u32>,
     ) -> Result<(Vec<u8>, Vec<u8>), TpmError> {
         let (session, session_key, nonce_tpm) = self.salted_session(srk, SE_HMAC, handles)?;
-        // inSensitive: TPMS_SENSITIVE_CREATE { userAuth: empty, data: key },
+        // inSensitive: TPMS_SENSITIVE_CREATE { userAuth: the PIN or empty, data: key },
         // its contents encrypted (the size stays clear) under
         // KDFa(sessionKey, "CFB", nonceCaller, nonceTPM) — the SRK's auth
         // value, which would follow the session key, is empty.
         let nonce = self.nonce()?;
-        let mut sensitive = Zeroizing::new(Vec::with_capacity(4 + KEY_LEN));
-        sensitive.extend_from_slice(&0u16.to_be_bytes());
+        let mut sensitive = Zeroizing::new(Vec::with_capacity(4 + MAX_PIN_LEN + KEY_LEN));
+        let pin: &[u8] = self.pin.as_ref().map_or(&[], |p| p.as_slice());
+        sensitive.extend_from_slice(&u16::try_from(pin.len()).unwrap_or(0).to_be_bytes());
+        sensitive.extend_from_slice(pin);
         sensitive.extend_from_slice(&u16::try_from(KEY_LEN).unwrap_or(0).to_be_bytes());
         sensitive.extend_from_slice(key.as_bytes());
         let key_iv = salt::kdfa(&session_key, "CFB", &nonce, &nonce_tpm, 256);
@@ -495,18 +567,41 @@ impl Tpm {
     /// signed by another key, a signature that does not verify, the PCRs
     /// that differ, or what the TPM said.
     pub fn unseal_with(&mut self, sealed: &SealedKey, policies: &[(String, SignedPolicy)]) -> Result<Key, TpmError> {
+        self.unseal_with_policy(sealed, policies).map(|(key, _)| key)
+    }
+
+    /// [`Tpm::unseal_with`], also returning which of `policies` let the key
+    /// unseal (`None` for a key sealed to PCR values).
+    pub fn unseal_with_policy(
+        &mut self,
+        sealed: &SealedKey,
+        policies: &[(String, SignedPolicy)],
+    ) -> Result<(Key, Option<usize>), TpmError> {
+        if sealed.needs_pin() && self.pin.is_none() {
+            return Err(TpmError::PinNeeded);
+        }
         let Some(policy_key) = &sealed.policy_key else {
             // The TPM enforces the policy; reading the PCRs first only lets
             // the refusal name what changed.
-            let changed = self.changed_pcrs(sealed)?;
+            let now = self.pcr_read(sealed.bank, &sealed.pcr_indices())?;
+            let changed: Vec<u8> = sealed
+                .pcrs
+                .iter()
+                .zip(&now)
+                .filter(|((_, want), (_, have))| want != have)
+                .map(|((p, _), _)| *p)
+                .collect();
+            if changed == [lock::LOCK_PCR] && lock::closed_since(sealed.bank, &sealed.pcrs, &now) {
+                return Err(TpmError::Locked { bank: sealed.bank.name() });
+            }
             if !changed.is_empty() {
                 return Err(TpmError::PcrMismatch { pcrs: changed, bank: sealed.bank.name() });
             }
-            return self.unseal_once(sealed, None);
+            return self.unseal_once(sealed, None).map(|key| (key, None));
         };
         let name = policy_key.name();
         let mut reasons = Vec::new();
-        for (label, p) in policies {
+        for (index, (label, p)) in policies.iter().enumerate() {
             // Checked here only to name the reason: the TPM checks the
             // signature (TPM2_VerifySignature) and the PCRs itself.
             if p.key_name != name {
@@ -529,12 +624,20 @@ impl Tpm {
             };
             let changed: Vec<u8> =
                 p.pcrs.iter().zip(&now).filter(|((_, want), (_, have))| want != have).map(|((i, _), _)| *i).collect();
+            if changed == [lock::LOCK_PCR] && lock::closed_since(p.bank, &p.pcrs, &now) {
+                reasons.push(format!(
+                    "{label}: PCR {} ({}) has moved since this boot's loader unsealed the key",
+                    lock::LOCK_PCR,
+                    p.bank.name()
+                ));
+                continue;
+            }
             if !changed.is_empty() {
                 reasons.push(format!("{label}: PCR {} ({}) differs", list(&changed), p.bank.name()));
                 continue;
             }
             match self.unseal_once(sealed, Some((policy_key, p))) {
-                Ok(key) => return Ok(key),
+                Ok(key) => return Ok((key, Some(index))),
                 // The TPM refused this policy (a PCR moved in between, or a
                 // TPM that disagrees with our check): try the next one.
                 Err(e @ TpmError::Rc { .. }) => reasons.push(format!("{label}: {e}")),
@@ -638,6 +741,15 @@ impl Tpm {
             cmd.tpm2b(&policy.policy).tpm2b(policy::POLICY_REF).tpm2b(&key.name()).bytes(&ticket);
             self.run(&mut cmd, 0)?;
         }
+        // A PIN: the policy asks for the auth value, which then joins the
+        // session key in the HMACs (and proves the PIN without sending it).
+        let mut hmac_key = Zeroizing::new(session_key.to_vec());
+        if sealed.needs_pin() {
+            let pin = self.pin.clone().ok_or(TpmError::PinNeeded)?;
+            let mut cmd = Command::new(CC_POLICY_AUTH_VALUE, &[session], &[]);
+            self.run(&mut cmd, 0)?;
+            hmac_key.extend_from_slice(&pin);
+        }
 
         // A session with a session key needs the command HMAC:
         // HMAC(sessionKey, cpHash || nonceCaller || nonceTPM || attributes),
@@ -652,18 +764,28 @@ impl Tpm {
             h.finalize().into()
         };
         let attrs = wire::ATTR_ENCRYPT;
-        let hmac = salt::hmac(&session_key, &[&cp_hash, &nonce, &nonce_tpm, &[attrs]]).map_err(TpmError::Salt)?;
+        let hmac = salt::hmac(&hmac_key, &[&cp_hash, &nonce, &nonce_tpm, &[attrs]]).map_err(TpmError::Salt)?;
         let auth = Auth::Session { handle: session, nonce, attrs, hmac: Some(hmac) };
         let mut cmd = Command::new(CC_UNSEAL, &[object], &[auth]);
-        let reply = self.run(&mut cmd, 0)?;
+        let reply = match self.run(&mut cmd, 0) {
+            // TPM_RC_AUTH_FAIL for session 1: the HMAC with the PIN did
+            // not match the object's auth value.
+            // A failed command leaves the session loaded: it stays in
+            // `handles`, to be flushed.
+            Err(TpmError::Rc { rc, .. }) if sealed.needs_pin() && rc & 0xBF == 0x8E => {
+                return Err(TpmError::WrongPin);
+            }
+            other => other?,
+        };
         // The session ended with the command (continueSession clear).
         handles.retain(|h| *h != session);
         let malformed = || TpmError::Malformed("TPM2_Unseal");
         let mut data = Zeroizing::new(wire::Reader::new(&reply.params).tpm2b().map_err(|_| malformed())?.to_vec());
-        let nonce_tpm = check_response_hmac(&session_key, CC_UNSEAL, &reply, &nonce)?;
-        // outData is AES-128-CFB encrypted under the session key with the
-        // response's nonces (TPM nonce newer, caller nonce older).
-        let key_iv = salt::kdfa(&session_key, "CFB", &nonce_tpm, &nonce, 256);
+        let nonce_tpm = check_response_hmac(&hmac_key, CC_UNSEAL, &reply, &nonce)?;
+        // outData is AES-128-CFB encrypted under the session key (and the
+        // auth value, with a PIN) with the response's nonces (TPM nonce
+        // newer, caller nonce older).
+        let key_iv = salt::kdfa(&hmac_key, "CFB", &nonce_tpm, &nonce, 256);
         let (k, iv) = key_iv.split_at(16);
         salt::cfb_decrypt(k, iv, &mut data).map_err(TpmError::Salt)?;
         let mut bytes: [u8; KEY_LEN] =
@@ -726,22 +848,35 @@ impl Tpm {
     }
 }
 
+/// [`check_response_auth`] of a reply.
+fn check_response_hmac(session_key: &[u8], cc: u32, reply: &Reply, nonce: &[u8]) -> Result<Vec<u8>, TpmError> {
+    check_response_auth(session_key, cc, &reply.params, &reply.auth, nonce)
+}
+
 /// Checks the response HMAC of a command sent in a salted session: it
 /// proves the answer comes from the TPM that holds the SRK (only it knows
 /// the salt). HMAC(sessionKey, rpHash || nonceTPM || nonceCaller ||
-/// attributes), rpHash = SHA-256(rc || commandCode || parameters). Returns
-/// the TPM's new nonce.
-fn check_response_hmac(session_key: &[u8], cc: u32, reply: &Reply, nonce: &[u8]) -> Result<Vec<u8>, TpmError> {
+/// attributes), rpHash = SHA-256(rc || commandCode || parameters), over
+/// the response's parameter area `params` and its one-session
+/// authorization area `auth`. Returns the TPM's new nonce. The bytes are
+/// untrusted and fuzzed (`keys_tpm_hmac` in `fuzz/`).
+pub fn check_response_auth(
+    session_key: &[u8],
+    cc: u32,
+    params: &[u8],
+    auth: &[u8],
+    nonce: &[u8],
+) -> Result<Vec<u8>, TpmError> {
     use sha2::{Digest, Sha256};
     let malformed = || TpmError::Malformed(command_name(cc));
-    let mut auth = wire::Reader::new(&reply.auth);
+    let mut auth = wire::Reader::new(auth);
     let nonce_tpm = auth.tpm2b().map_err(|_| malformed())?;
     let attrs = auth.take(1).map_err(|_| malformed())?;
     let their_hmac = auth.tpm2b().map_err(|_| malformed())?;
     let mut h = Sha256::new();
     h.update(0u32.to_be_bytes());
     h.update(cc.to_be_bytes());
-    h.update(reply.params.as_slice());
+    h.update(params);
     let rp_hash: [u8; 32] = h.finalize().into();
     let want = salt::hmac(session_key, &[&rp_hash, nonce_tpm, nonce, attrs]).map_err(TpmError::Salt)?;
     // No early exit: the time taken must not say how many leading bytes matched.
@@ -765,7 +900,9 @@ struct Srk {
 /// From a TPM2_CreatePrimary response's parameters, the SRK's name
 /// (`000b` and the SHA-256 of its TPMT_PUBLIC) and its ECC point, checking
 /// that the public area is the ECC key of our template.
-fn parse_srk_public(params: &[u8]) -> Option<(Vec<u8>, Vec<u8>, Vec<u8>)> {
+/// The bytes come from the TPM (or whatever answers in its place):
+/// untrusted, and fuzzed (`keys_tpm_srk_public` in `fuzz/`).
+pub fn parse_srk_public(params: &[u8]) -> Option<(Vec<u8>, Vec<u8>, Vec<u8>)> {
     use sha2::{Digest, Sha256};
     let public = wire::Reader::new(params).tpm2b().ok()?;
     let mut r = wire::Reader::new(public);
