@@ -262,6 +262,35 @@ CONF
     PIDFILES+=("$d/nginx.pid")
 }
 
+# start_serve NAME DATA: the project's own server (`statelessctl serve`) on
+# plain HTTP at 127.0.0.1:$SERVE_PORT over DATA, which the guest reaches as
+# $HOST_FROM_GUEST. Its log is $SDIR/serve-NAME.log.
+start_serve() {
+    local name=$1 data=$2 log=$SDIR/serve-$1.log i
+    SERVE_PORT=$(free_port)
+    "$CTL" serve --data "$data" --listen "127.0.0.1:$SERVE_PORT" > "$log" 2>&1 &
+    echo $! > "$SDIR/serve-$name.pid"
+    PIDFILES+=("$SDIR/serve-$name.pid")
+    for ((i = 0; i < 100; i++)); do
+        if (exec 3<> "/dev/tcp/127.0.0.1/$SERVE_PORT") 2> /dev/null; then return 0; fi
+        sleep 0.1
+    done
+    die "statelessctl serve $name did not start: $(tail -3 "$log")"
+}
+
+# start_swtpm: a software TPM 2.0 for the next boot (it ends with QEMU);
+# its state directory ($SDIR/tpm) is kept across boots like a real TPM's.
+# Sets TPM_ARGS for QEMU.
+start_swtpm() {
+    local sock=$SDIR/swtpm.sock
+    rm -f "$sock"
+    mkdir -p "$SDIR/tpm"
+    swtpm socket --tpm2 --tpmstate "dir=$SDIR/tpm" --ctrl "type=unixio,path=$sock" \
+        --pid "file=$SDIR/swtpm.pid" --log "file=$SDIR/swtpm.log" --terminate --daemon
+    PIDFILES+=("$SDIR/swtpm.pid")
+    TPM_ARGS=(-chardev "socket,id=chrtpm,path=$sock" -tpmdev "emulator,id=tpm0,chardev=chrtpm" -device "tpm-tis,tpmdev=tpm0")
+}
+
 # stop_pidfile FILE: stops one server this harness started.
 stop_pidfile() {
     local pid
