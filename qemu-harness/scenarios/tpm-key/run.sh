@@ -50,14 +50,3 @@ scenario() {
     expect_console "^stateless: no bundle applied: .*PCR 1 \(sha256\) differs" "boot 3 console line"
     TIMES="unsealed: loader $l2 s, boot $t2 s; PCR changed: refused, boot stopped after $BOOT_SECONDS s"
 }
-
-# start_swtpm: a software TPM 2.0 for the next boot (it ends with QEMU);
-# its state directory is kept across boots like a real TPM's.
-start_swtpm() {
-    local sock=$SDIR/swtpm.sock
-    rm -f "$sock"
-    swtpm socket --tpm2 --tpmstate "dir=$SDIR/tpm" --ctrl "type=unixio,path=$sock" \
-        --pid "file=$SDIR/swtpm.pid" --log "file=$SDIR/swtpm.log" --terminate --daemon
-    PIDFILES+=("$SDIR/swtpm.pid")
-    TPM_ARGS=(-chardev "socket,id=chrtpm,path=$sock" -tpmdev "emulator,id=tpm0,chardev=chrtpm" -device "tpm-tis,tpmdev=tpm0")
-}
