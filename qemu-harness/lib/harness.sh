@@ -360,6 +360,20 @@ boot() {
     CONSOLE=$console
 }
 
+# start_swtpm [NAME]: a software TPM 2.0 for the next boot (it ends with
+# QEMU, --terminate); its state directory $SDIR/NAME (default tpm) is kept
+# across boots like a real TPM's. Sets TPM_ARGS (QEMU's tpm-tis device).
+start_swtpm() {
+    local name=${1:-tpm}
+    local sock=$SDIR/$name.sock
+    mkdir -p "$SDIR/$name"
+    rm -f "$sock"
+    swtpm socket --tpm2 --tpmstate "dir=$SDIR/$name" --ctrl "type=unixio,path=$sock" \
+        --pid "file=$SDIR/$name.pid" --log "file=$SDIR/$name.log" --terminate --daemon
+    PIDFILES+=("$SDIR/$name.pid")
+    TPM_ARGS=(-chardev "socket,id=chrtpm,path=$sock" -tpmdev "emulator,id=tpm0,chardev=chrtpm" -device "tpm-tis,tpmdev=tpm0")
+}
+
 # The default kernel command line of the harness.
 base_cmdline() {
     echo "console=ttyS0 panic=-1 rd.shell=0 rd.emergency=poweroff rd.stateless.debug printk.devkmsg=on"
