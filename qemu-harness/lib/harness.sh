@@ -278,19 +278,6 @@ start_serve() {
     die "statelessctl serve $name did not start: $(tail -3 "$log")"
 }
 
-# start_swtpm: a software TPM 2.0 for the next boot (it ends with QEMU);
-# its state directory ($SDIR/tpm) is kept across boots like a real TPM's.
-# Sets TPM_ARGS for QEMU.
-start_swtpm() {
-    local sock=$SDIR/swtpm.sock
-    rm -f "$sock"
-    mkdir -p "$SDIR/tpm"
-    swtpm socket --tpm2 --tpmstate "dir=$SDIR/tpm" --ctrl "type=unixio,path=$sock" \
-        --pid "file=$SDIR/swtpm.pid" --log "file=$SDIR/swtpm.log" --terminate --daemon
-    PIDFILES+=("$SDIR/swtpm.pid")
-    TPM_ARGS=(-chardev "socket,id=chrtpm,path=$sock" -tpmdev "emulator,id=tpm0,chardev=chrtpm" -device "tpm-tis,tpmdev=tpm0")
-}
-
 # stop_pidfile FILE: stops one server this harness started.
 stop_pidfile() {
     local pid
