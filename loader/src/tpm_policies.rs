@@ -75,20 +75,24 @@ pub fn wanted(choice: &KeyChoice, sealed_dir: &Path, tpm: &TpmSelector) -> bool 
 /// (removing those the cache disk has none of): what an offline boot uses.
 pub fn restore(sealed_dir: &Path, cache: Option<&Path>) {
     for name in LISTS {
-        let copy = cache.map(|c| cached_file(c, name));
-        match copy.as_deref().map(read_list) {
-            Some(Ok(text)) => {
-                if let Err(e) = write_atomic(&fetched_file(sealed_dir, name), &text) {
-                    log::warn!("TPM policies: putting the cache disk's {name} list in place: {e}");
-                }
+        restore_one(sealed_dir, cache, name);
+    }
+}
+
+fn restore_one(sealed_dir: &Path, cache: Option<&Path>, name: &str) {
+    let copy = cache.map(|c| cached_file(c, name));
+    match copy.as_deref().map(read_list) {
+        Some(Ok(text)) => {
+            if let Err(e) = write_atomic(&fetched_file(sealed_dir, name), &text) {
+                log::warn!("TPM policies: putting the cache disk's {name} list in place: {e}");
             }
-            Some(Err(e)) if e.kind() != std::io::ErrorKind::NotFound => {
-                log::warn!("TPM policies: the cache disk's {name} list: {e}");
-                let _ = fs::remove_file(fetched_file(sealed_dir, name));
-            }
-            _ => {
-                let _ = fs::remove_file(fetched_file(sealed_dir, name));
-            }
+        }
+        Some(Err(e)) if e.kind() != std::io::ErrorKind::NotFound => {
+            log::warn!("TPM policies: the cache disk's {name} list: {e}");
+            let _ = fs::remove_file(fetched_file(sealed_dir, name));
+        }
+        _ => {
+            let _ = fs::remove_file(fetched_file(sealed_dir, name));
         }
     }
 }
@@ -116,6 +120,7 @@ pub fn fetch(
     let mut warnings = Vec::new();
     for name in LISTS {
         let rel = server_path(name, node);
+        let mut decided = false;
         for base in bases {
             let u = format!("{}/{rel}", base.trim_end_matches('/'));
             let req = Request {
@@ -143,9 +148,11 @@ pub fn fetch(
                             warnings.push(line);
                         }
                     }
+                    decided = true;
                     break;
                 }
                 Ok(Opened::NotFound) => {
+                    decided = true;
                     let _ = fs::remove_file(fetched_file(sealed_dir, name));
                     if cache.is_some_and(|c| fs::remove_file(cached_file(c, name)).is_ok()) {
                         log::info!("TPM policies: {u} has none; the copy on the cache disk is removed");
@@ -159,10 +166,17 @@ pub fn fetch(
                     let line = format!("TPM policies from {u} refused: {e}");
                     log::warn!("{line}");
                     warnings.push(line);
+                    decided = true;
                     break;
                 }
                 Err(e) => log::debug!("TPM policies from {u}: {}", chain(&e)),
             }
+        }
+        if !decided {
+            // No server answered: the copy of the last answer, again (a
+            // key imported from the cache disk since the start of the run
+            // may need it).
+            restore_one(sealed_dir, cache, name);
         }
     }
     warnings

@@ -221,3 +221,52 @@ fn a_malformed_server_list_keeps_the_cached_copy_and_a_404_removes_it() {
     assert!(err.contains("no signed policy was found"), "{err}");
     assert!(!cached.exists());
 }
+
+/// With the lock: the served policy covers PCR 15 at its pre-lock value, so
+/// each boot unseals once and closes the key; after a reboot, with the
+/// server down, the copy on the cache disk opens it again.
+#[test]
+fn a_served_policy_with_the_lock_opens_the_key_once_per_boot_also_from_the_cache() {
+    use stateless_keys::tpm::lock::{LOCK_PCR, boot_value, with_lock};
+    let site = Site::new();
+    site.publish("v1/nodes/node42/bundle", 1, Scope::Node("node42".into()), &[("etc/motd", b"keyed\n")], true);
+    let nginx = Nginx::start(&site.www(), None, "");
+    let node = Node::new();
+    let swtpm = Swtpm::start();
+    let tpm = || Tpm::open(&swtpm.selector().parse().unwrap()).unwrap();
+    let sealed_dir = node.dir.path().join("tpm");
+    fs::create_dir_all(&sealed_dir).unwrap();
+    let signer = PolicySigningKey::generate().unwrap();
+    let sealed = tpm().seal_authorized(&site.key, &signer.public()).unwrap();
+    fs::write(sealed_dir.join("node42.sealed"), sealed.to_text()).unwrap();
+    let values = with_lock(tpm().pcr_read(Bank::Sha256, &[7]).unwrap(), boot_value(Bank::Sha256));
+    site.put(
+        "v1/nodes/node42/tpm-policies",
+        SignedPolicy::sign(&signer, Bank::Sha256, values).unwrap().to_text().as_bytes(),
+    );
+    let cmdline = format!(
+        "rd.stateless.server=http://127.0.0.1:{} rd.stateless.node=node42 rd.stateless.timeout=3 \
+         rd.stateless.key=tpm rd.stateless.tpm={}",
+        nginx.port,
+        swtpm.selector()
+    );
+    let sealed_arg = sealed_dir.to_str().unwrap().to_owned();
+    let boot = || {
+        node.fresh_sysroot();
+        let (code, err, _) = node.boot_args(&cmdline, true, &[], &["--sealed-dir", &sealed_arg]);
+        (code, err)
+    };
+    let pcr15 = || tpm().pcr_read(Bank::Sha256, &[LOCK_PCR]).unwrap()[0].1.clone();
+
+    let (code, err) = boot();
+    assert_eq!(code, 0, "{err}");
+    assert_ne!(pcr15(), boot_value(Bank::Sha256), "the run closes the key");
+    assert!(!err.contains("does not cover PCR 15"), "{err}");
+
+    drop(nginx);
+    swtpm.reboot();
+    let (code, err) = boot();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(node.read("etc/motd").as_deref(), Some("keyed\n"));
+    assert_ne!(pcr15(), boot_value(Bank::Sha256), "closed again");
+}
