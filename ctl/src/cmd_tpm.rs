@@ -2,7 +2,8 @@
 //! machine's TPM and PCR values (or under a policy signing key), and check
 //! that a sealed key still unseals. `statelessctl tpm new-policy-key` and
 //! `tpm sign-policy`: make a policy signing key and sign PCR policies with
-//! it (signed policies, `docs/keys.md`).
+//! it (signed policies, `docs/keys.md`); `tpm publish-policy`: publish
+//! signed policies on the server for the loader to fetch.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -273,6 +274,25 @@ pub enum TpmCmd {
     },
     /// Sign a PCR policy: keys sealed under the policy key unseal while these PCRs hold these values.
     SignPolicy(SignPolicyArgs),
+    /// Publish signed policies on the server (v1/default/tpm-policies, or the node's), replacing those
+    /// published there before; the loader fetches them and keeps them on the cache disk.
+    PublishPolicy {
+        /// The server's data directory.
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// Publish for this node only (v1/nodes/NODE/tpm-policies); default: for every node.
+        #[arg(long, value_name = "NODE")]
+        node: Option<String>,
+        /// Check that each policy is signed by this policy key (the public half, `.pub`).
+        #[arg(long, value_name = "FILE")]
+        policy_pub: Option<PathBuf>,
+        /// Signed policies (from `tpm sign-policy`); none with --remove.
+        #[arg(value_name = "POLICY", required_unless_present = "remove", conflicts_with = "remove")]
+        policies: Vec<PathBuf>,
+        /// Withdraw the published policies instead.
+        #[arg(long)]
+        remove: bool,
+    },
 }
 
 /// Arguments of `statelessctl tpm sign-policy`.
@@ -337,8 +357,69 @@ pub fn run(cmd: TpmCmd) -> anyhow::Result<ExitCode> {
             );
         }
         TpmCmd::SignPolicy(args) => return sign_policy(args),
+        TpmCmd::PublishPolicy { data, node, policy_pub, policies, remove } => {
+            publish_policy(&data, node.as_deref(), policy_pub.as_deref(), &policies, remove)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `tpm publish-policy`: the signed policies, checked (each parses, is
+/// signed by `policy_pub` when given, the list fits the loader's bounds),
+/// written as one list atomically; or the list removed.
+fn publish_policy(
+    data: &Path,
+    node: Option<&str>,
+    policy_pub: Option<&Path>,
+    files: &[PathBuf],
+    remove: bool,
+) -> anyhow::Result<()> {
+    use stateless_keys::tpm::policy::{MAX_POLICY_LIST_LEN, parse_signed_policy_list};
+    use stateless_keys::tpm::source::MAX_POLICY_FILES;
+    let data =
+        stateless_server::DataDir::open(data).with_context(|| format!("opening data directory {}", data.display()))?;
+    let path = stateless_server::enrol::tpm_policies_file(&data, node).with_context(|| format!("node {node:?}"))?;
+    if remove {
+        match fs::remove_file(&path) {
+            Ok(()) => println!("removed {}", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => println!("nothing published at {}", path.display()),
+            Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+        }
+        return Ok(());
+    }
+    let public = match policy_pub {
+        Some(p) => Some(read_policy_public_file(p).with_context(|| format!("reading {}", p.display()))?),
+        None => None,
+    };
+    let mut list: Vec<SignedPolicy> = Vec::new();
+    for f in files {
+        let policy = read_signed_policy_file(f).with_context(|| format!("reading {}", f.display()))?;
+        if let Some(public) = &public {
+            if policy.key_name != public.name() || !public.verifies(&policy.policy, &policy.signature) {
+                bail!("{}: not signed by the policy key {}", f.display(), policy_pub.unwrap_or(f).display());
+            }
+        }
+        // The same policy twice would only take a place of the loader's.
+        if !list.contains(&policy) {
+            list.push(policy);
+        }
+    }
+    if list.len() > MAX_POLICY_FILES {
+        bail!("{} policies: the loader reads at most {MAX_POLICY_FILES}", list.len());
+    }
+    let text: String = list.iter().map(SignedPolicy::to_text).collect();
+    if text.len() > MAX_POLICY_LIST_LEN {
+        bail!("{} bytes: the loader reads at most {MAX_POLICY_LIST_LEN}", text.len());
+    }
+    // What the loader will read back, checked before it is published.
+    let back = parse_signed_policy_list(text.as_bytes()).context("the list does not read back")?;
+    if back.len() != list.len() || back.iter().any(Result::is_err) {
+        bail!("the list does not read back as the {} policies given", list.len());
+    }
+    let path = stateless_server::enrol::publish_policies(&data, node, &text)
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("{} signed policies -> {}", list.len(), path.display());
+    Ok(())
 }
 
 fn sign_policy(args: SignPolicyArgs) -> anyhow::Result<ExitCode> {

@@ -494,3 +494,87 @@ fn a_node_enrols_with_the_first_server_that_takes_enrolments_and_mirrors_carry_t
     assert!(out.contains("remove v1/nodes/node42/tpm-key"), "{out}");
     assert!(!m.join("v1/nodes/node42/tpm-key").exists());
 }
+
+#[test]
+fn published_signed_policies_are_served_in_the_clear_and_open_a_sealed_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let data = dir.path().join("data");
+    fs::create_dir(&data).unwrap();
+    let d = data.to_str().unwrap();
+    let key = Key::generate().unwrap();
+    let tree = dir.path().join("tree");
+    fs::create_dir_all(tree.join("etc")).unwrap();
+    fs::write(tree.join("etc/motd"), "opened with a published policy\n").unwrap();
+    let opts = stateless_bundle::PackOptions {
+        key: Some(&key),
+        generation: 1,
+        created: 1_760_000_000,
+        expires: None,
+        scope: stateless_bundle::Scope::Node("node42".into()),
+        level: 3,
+        threads: 0,
+        deletions: vec![],
+        limits: stateless_bundle::Limits::default(),
+    };
+    stateless_bundle::pack(&tree, fs::File::create(p("b1")).unwrap(), &opts).unwrap();
+    ok(&["publish", "--data", d, "--node", "node42", &p("b1")]);
+    let tpm = Swtpm::start();
+    let sel = tpm.selector();
+    ok(&["tpm", "new-policy-key", "-o", &p("policy.sign")]);
+    ok(&["tpm", "new-policy-key", "-o", &p("other.sign")]);
+    let public = stateless_keys::tpm::policy::read_policy_public_file(&dir.path().join("policy.pub")).unwrap();
+    let node = dir.path().join("node");
+    fs::create_dir_all(node.join("tpm")).unwrap();
+    fs::write(node.join("tpm/node42.sealed"), open(&tpm).seal_authorized(&key, &public).unwrap().to_text()).unwrap();
+    for (signer, out) in [("policy.sign", "good.signed"), ("other.sign", "foreign.signed")] {
+        let args = ["--pcrs", "7", "--current", "--tpm", &sel, "--no-lock", "-o", &p(out)];
+        ok(&[&["tpm", "sign-policy", "--policy-key", &p(signer)][..], &args].concat());
+    }
+
+    // Checked against the policy key before anything is published.
+    let err = fails(&["tpm", "publish-policy", "--data", d, "--policy-pub", &p("policy.pub"), &p("foreign.signed")]);
+    assert!(err.contains("foreign.signed: not signed by the policy key"), "{err}");
+    fs::write(p("junk.signed"), "junk\n").unwrap();
+    let err = fails(&["tpm", "publish-policy", "--data", d, &p("junk.signed")]);
+    assert!(err.contains("junk.signed"), "{err}");
+    assert!(!data.join("v1/default/tpm-policies").exists());
+    let err = fails(&["tpm", "publish-policy", "--data", d, "--node", "../x", &p("good.signed")]);
+    assert!(err.contains("node"), "{err}");
+
+    // Another key's policy for every node, this key's for node42 (given
+    // twice: published once).
+    let out = ok(&["tpm", "publish-policy", "--data", d, &p("foreign.signed")]);
+    assert!(out.contains("1 signed policies -> "), "{out}");
+    let args = ["--policy-pub", &p("policy.pub"), &p("good.signed"), &p("good.signed")];
+    let out = ok(&[&["tpm", "publish-policy", "--data", d, "--node", "node42"][..], &args].concat());
+    assert!(out.contains("1 signed policies -> "), "{out}");
+    let serve = Serve::start(&data, &[]);
+    let (status, body) = http(serve.port, "GET", "/v1/nodes/node42/tpm-policies", b"");
+    assert_eq!(status, 200);
+    assert_eq!(body, fs::read_to_string(p("good.signed")).unwrap());
+    assert_eq!(http(serve.port, "GET", "/v1/default/tpm-policies", b"").0, 200);
+    assert_eq!(http(serve.port, "HEAD", "/v1/default/tpm-policies", b"").0, 200);
+    assert_eq!(http(serve.port, "GET", "/v1/nodes/other/tpm-policies", b"").0, 404);
+
+    // The node boots with the node's policy; the foreign one is only named.
+    let (code, err, _) = boot_with(&node, serve.port, &tpm, true);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(fs::read_to_string(node.join("sysroot/etc/motd")).unwrap(), "opened with a published policy\n");
+    // Offline: the policies kept on the cache disk.
+    let port = serve.port;
+    drop(serve);
+    let (code, err, _) = boot_with(&node, port, &tpm, true);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(fs::read_to_string(node.join("sysroot/etc/motd")).unwrap(), "opened with a published policy\n");
+
+    // Withdrawn: the server has none; the node's cached copy goes too.
+    let out = ok(&["tpm", "publish-policy", "--data", d, "--node", "node42", "--remove"]);
+    assert!(out.contains("removed"), "{out}");
+    let serve = Serve::start(&data, &[]);
+    assert_eq!(http(serve.port, "GET", "/v1/nodes/node42/tpm-policies", b"").0, 404);
+    let (code, err, _) = boot_with(&node, serve.port, &tpm, true);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("default.policies #1: signed by another policy key"), "{err}");
+    assert!(!node.join("cache/tpm/policies/node.policies").exists());
+}

@@ -621,9 +621,22 @@ pub fn keys_tpm_hmac_seed() -> Vec<u8> {
 
 /// Signed PCR policy and policy public key files
 /// (`stateless_keys::tpm::policy`) over arbitrary text: what parses
-/// serialises and parses back the same.
+/// serialises and parses back the same. The same text as a policy list
+/// (what a server publishes): each entry that parses round-trips, and the
+/// entries that parse, written one after another, read back as a list of
+/// exactly those.
 pub fn keys_tpm_signed_policy(data: &[u8]) {
-    use stateless_keys::tpm::policy::{PolicyPublicKey, SignedPolicy};
+    use stateless_keys::tpm::policy::{MAX_POLICY_LIST_LEN, PolicyPublicKey, SignedPolicy, parse_signed_policy_list};
+    if let Ok(entries) = parse_signed_policy_list(data) {
+        let good: Vec<SignedPolicy> = entries.into_iter().filter_map(Result::ok).collect();
+        let text: String = good.iter().map(SignedPolicy::to_text).collect();
+        // Written out with its comments a list may outgrow the limit its
+        // compact input fitted.
+        if text.len() <= MAX_POLICY_LIST_LEN {
+            let back = parse_signed_policy_list(text.as_bytes()).expect("a list of parsed policies re-parses");
+            assert_eq!(back, good.into_iter().map(Ok).collect::<Vec<_>>(), "policy list round trip");
+        }
+    }
     if let Ok(p) = SignedPolicy::parse(data) {
         let again = SignedPolicy::parse(p.to_text().as_bytes()).expect("a parsed signed policy re-parses");
         assert_eq!(again, p, "signed policy round trip");

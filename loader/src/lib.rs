@@ -40,4 +40,5 @@ pub mod staging;
 pub mod sys;
 pub mod template;
 pub mod tpm_enrol;
+pub mod tpm_policies;
 pub mod trust;

@@ -353,6 +353,11 @@ fn run_inner(ctx: &mut Ctx<'_>) -> Result<String, Failure> {
     // Kept until the end of the run: dropping it unmounts the cache device.
     let (cache, _mounted) = open_cache(ctx);
     ctx.floor_from = cache.clone();
+    if crate::tpm_policies::tpm_in(&ctx.config.key) {
+        // The signed policies fetched on an earlier boot, for a boot that
+        // reaches no server; one that answers replaces them.
+        crate::tpm_policies::restore(&ctx.paths.sealed_dir, cache.as_ref().map(|c| c.dir()));
+    }
     ctx.legacy_digest =
         cache.as_ref().and_then(|c| c.slots().into_iter().next()).and_then(|s| s.ok()).map(|(_, m)| m.digest);
     ctx.cached_stack = cache.as_ref().map(stack::cached_current).unwrap_or_default();
@@ -737,6 +742,15 @@ fn fetch_from_servers(ctx: &mut Ctx<'_>) -> Result<FetchResult, NetworkError> {
             ctx.report.warnings.push(line);
         }
         ctx.stage("tpm-enrol", t);
+    }
+    if crate::tpm_policies::wanted(&ctx.config.key, &ctx.paths.sealed_dir, &ctx.config.tpm) {
+        let t = Instant::now();
+        let cache = ctx.floor_from.as_ref().map(|c| c.dir().to_owned());
+        let sealed_dir = ctx.paths.sealed_dir.clone();
+        for line in crate::tpm_policies::fetch(&transport, &bases, &node, &sealed_dir, cache.as_deref(), deadline) {
+            ctx.report.warnings.push(line);
+        }
+        ctx.stage("tpm-policies", t);
     }
     let mut backoff = FIRST_BACKOFF;
     let mut last = String::from("no server answered");

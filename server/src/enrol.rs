@@ -38,6 +38,9 @@ pub const MAX_SRK_PUBLIC: usize = 256;
 pub const MAX_EK_CERT: usize = 4096;
 /// The published wrapped key's file name in the node's directory.
 pub const TPM_KEY_FILE: &str = "tpm-key";
+/// The published signed PCR policies' file name, in `v1/default/` and in a
+/// node's directory (`statelessctl tpm publish-policy`, docs/keys.md).
+pub const TPM_POLICIES_FILE: &str = "tpm-policies";
 
 /// The bounds on enrolment, set with `statelessctl serve`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +68,39 @@ pub fn enrol_path(path: &str) -> Option<&str> {
 pub fn tpm_key_path(path: &str) -> Option<&str> {
     let node = path.strip_prefix("/v1/nodes/")?.strip_suffix("/tpm-key")?;
     check_name(node).ok().map(|()| node)
+}
+
+/// The data-directory path of a signed-policy list path:
+/// `/v1/default/tpm-policies` or `/v1/nodes/{node}/tpm-policies`. Served in
+/// the clear: a signed policy is public and only authorises with the policy
+/// key it was signed by.
+pub fn tpm_policies_path(path: &str) -> Option<String> {
+    if path == "/v1/default/tpm-policies" {
+        return Some(format!("v1/default/{TPM_POLICIES_FILE}"));
+    }
+    let node = path.strip_prefix("/v1/nodes/")?.strip_suffix("/tpm-policies")?;
+    check_name(node).ok().map(|()| format!("v1/nodes/{node}/{TPM_POLICIES_FILE}"))
+}
+
+/// Where signed policies are published: for every node, or for `node`.
+pub fn tpm_policies_file(data: &DataDir, node: Option<&str>) -> io::Result<PathBuf> {
+    match node {
+        None => Ok(data.root().join("v1/default").join(TPM_POLICIES_FILE)),
+        Some(node) => {
+            check_name(node).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            Ok(data.root().join("v1/nodes").join(node).join(TPM_POLICIES_FILE))
+        }
+    }
+}
+
+/// Publishes a signed-policy list (atomically); the caller has checked it.
+pub fn publish_policies(data: &DataDir, node: Option<&str>, text: &str) -> io::Result<PathBuf> {
+    let path = tpm_policies_file(data, node)?;
+    if let Some(p) = path.parent() {
+        fs::create_dir_all(p)?;
+    }
+    write_atomic(&path, text.as_bytes())?;
+    Ok(path)
 }
 
 /// The request body, as the node sends it: hex of the marshalled areas.
@@ -278,6 +314,11 @@ mod tests {
             assert_eq!(enrol_path(bad), None, "{bad}");
         }
         assert_eq!(tpm_key_path("/v1/nodes/.x/tpm-key"), None);
+        assert_eq!(tpm_policies_path("/v1/default/tpm-policies").as_deref(), Some("v1/default/tpm-policies"));
+        assert_eq!(tpm_policies_path("/v1/nodes/n1/tpm-policies").as_deref(), Some("v1/nodes/n1/tpm-policies"));
+        for bad in ["/v1/nodes/../tpm-policies", "/v1/nodes/a/b/tpm-policies", "/v1/groups/g/tpm-policies"] {
+            assert_eq!(tpm_policies_path(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -732,6 +732,11 @@ fn handle(
         let rel = format!("v1/nodes/{node}/{}", crate::enrol::TPM_KEY_FILE);
         return serve_bundle(shared, conn, head, &rel, get, keep);
     }
+    if let Some(rel) = crate::enrol::tpm_policies_path(&head.path) {
+        // Signed PCR policies, in the clear: each authorises only with the
+        // policy key it was signed by.
+        return serve_bundle(shared, conn, head, &rel, get, keep);
+    }
     let Some(target) = target else {
         return simple(conn, 404, "not found", keep, None);
     };

@@ -184,6 +184,8 @@ fn seed_keys(corpus: &Path) {
     let signed = SignedPolicy::sign(&signer, Bank::Sha256, lock).expect("signing");
     write("keys_tpm_signed_policy", "pcr_7_15", signed.to_text().as_bytes());
     write("keys_tpm_signed_policy", "policy_pub", signer.public().to_text().as_bytes());
+    let list = format!("# published\n{}{}", signed.to_text(), signed.to_text().replace("bank sha256", "bank md5"));
+    write("keys_tpm_signed_policy", "policy_list", list.as_bytes());
 
     // TPM2_CreatePrimary's SRK public area (our template, a point on the
     // curve: the P-256 generator), and a response with a good HMAC.

@@ -68,6 +68,9 @@ pub const SIGNED_MAGIC: &str = "stateless-tpm-signed-policy-v1";
 pub const POLICY_REF: &[u8] = b"";
 /// Files larger than this are refused unread.
 pub const MAX_POLICY_FILE_LEN: usize = 8 * 1024;
+/// Largest policy list: several signed policies in one file, as a server
+/// publishes them (`v1/default/tpm-policies`, docs/keys.md).
+pub const MAX_POLICY_LIST_LEN: usize = 256 * 1024;
 /// TPM_CC_PolicyAuthorize, part of the policy digest.
 pub const TPM_CC_POLICY_AUTHORIZE: u32 = 0x0000_016A;
 const ALG_ECC: u16 = 0x0023;
@@ -110,6 +113,9 @@ pub enum PolicyError {
     /// The point or scalar is not a valid P-256 key.
     #[error("not a valid P-256 key")]
     BadKey,
+    /// A policy list larger than [`MAX_POLICY_LIST_LEN`].
+    #[error("larger than {MAX_POLICY_LIST_LEN} bytes")]
+    ListTooLarge,
     /// Larger than [`MAX_POLICY_FILE_LEN`].
     #[error("larger than {MAX_POLICY_FILE_LEN} bytes")]
     TooLarge,
@@ -489,6 +495,39 @@ pub fn read_signed_policy_file(path: &Path) -> Result<SignedPolicy, PolicyError>
     SignedPolicy::parse(&read_limited(path)?)
 }
 
+/// Parses a policy list: complete signed policy texts one after another
+/// (what `statelessctl tpm publish-policy` writes). Each entry begins at a
+/// line that is [`SIGNED_MAGIC`] and is parsed by [`SignedPolicy::parse`],
+/// so one bad entry is one error and does not hide the others. Comment
+/// lines before an entry's magic end up in the entry before, where they are
+/// comments still. The list as a whole is refused when it is too large, not
+/// UTF-8, or has anything but comments before its first entry; an empty
+/// list (comments only) has no entries.
+pub fn parse_signed_policy_list(text: &[u8]) -> Result<Vec<Result<SignedPolicy, PolicyError>>, PolicyError> {
+    if text.len() > MAX_POLICY_LIST_LEN {
+        return Err(PolicyError::ListTooLarge);
+    }
+    let wrong = PolicyError::Magic { what: "signed policy list", magic: SIGNED_MAGIC };
+    let text = std::str::from_utf8(text).map_err(|_| wrong.clone())?;
+    let mut starts = Vec::new();
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        let l = line.trim();
+        if l == SIGNED_MAGIC {
+            starts.push(at);
+        } else if starts.is_empty() && !l.is_empty() && !l.starts_with('#') {
+            return Err(wrong);
+        }
+        at += line.len();
+    }
+    let ends = starts.iter().skip(1).copied().chain([text.len()]);
+    Ok(starts
+        .iter()
+        .zip(ends)
+        .map(|(&a, b)| SignedPolicy::parse(text.get(a..b).unwrap_or_default().as_bytes()))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -539,6 +578,28 @@ mod tests {
         assert!(
             PolicySigningKey::parse(public.as_bytes()).unwrap_err().to_string().contains("policy signing key file")
         );
+    }
+
+    #[test]
+    fn policy_lists() {
+        let key = PolicySigningKey::generate().unwrap();
+        let a = SignedPolicy::sign(&key, Bank::Sha256, vec![(7, vec![0x77; 32])]).unwrap();
+        let b = SignedPolicy::sign(&key, Bank::Sha1, vec![(9, vec![0x99; 20])]).unwrap();
+        let bad = b.to_text().replace("bank sha1", "bank md5");
+        let list = format!("# published\n\n{}{bad}{}", a.to_text(), b.to_text());
+        let got = parse_signed_policy_list(list.as_bytes()).unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0], Ok(a.clone()));
+        assert!(got[1].as_ref().unwrap_err().to_string().contains("unknown PCR bank"));
+        assert_eq!(got[2], Ok(b));
+        // Without trailing newline, and empty.
+        assert_eq!(parse_signed_policy_list(a.to_text().trim_end().as_bytes()).unwrap(), vec![Ok(a.clone())]);
+        assert_eq!(parse_signed_policy_list(b"# none yet\n").unwrap(), vec![]);
+        for text in
+            [format!("junk\n{}", a.to_text()).into_bytes(), vec![0xff, 0xfe], vec![b'#'; MAX_POLICY_LIST_LEN + 1]]
+        {
+            assert!(parse_signed_policy_list(&text).is_err());
+        }
     }
 
     #[test]

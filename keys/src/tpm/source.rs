@@ -2,7 +2,10 @@
 //! image, `/etc/stateless/tpm/*.sealed`), unsealed by the TPM on demand.
 //! A key sealed under a policy key (`stateless-sealed-v2`) is unsealed with
 //! the signed PCR policies in the `policies/` directory beside the sealed
-//! keys (`/etc/stateless/tpm/policies/*.signed`), tried in name order.
+//! keys (`/etc/stateless/tpm/policies/*.signed`), tried in name order,
+//! then with those in the policy lists in `fetched-policies/*.policies`
+//! (the loader writes there what the server publishes, or the copy it kept
+//! on the cache disk; docs/keys.md "Signed PCR policies").
 //!
 //! **Once per boot.** After unsealing, the source extends the lock PCR
 //! ([`super::lock`]) so that the blobs cannot be unsealed again until the
@@ -23,17 +26,23 @@ use stateless_bundle::{Key, KeyId};
 use zeroize::Zeroizing;
 
 use super::lock::{LOCK_PCR, covers_lock};
-use super::policy::{SignedPolicy, read_signed_policy_file};
+use super::policy::{MAX_POLICY_LIST_LEN, SignedPolicy, parse_signed_policy_list, read_signed_policy_file};
 use super::{Tpm, TpmError, TpmSelector};
 use crate::sealed::{SealedKey, read_sealed_file};
 use crate::source::{KeySource, KeySourceError, Lookup};
 
 /// Most sealed-key files read from the directory.
 pub const MAX_SEALED_FILES: usize = 64;
-/// Most signed policy files read from the `policies/` directory.
+/// Most signed policies read: the `policies/` files and the entries of the
+/// fetched lists together.
 pub const MAX_POLICY_FILES: usize = 64;
 /// The directory of signed policies, inside the sealed-key directory.
 pub const POLICY_SUBDIR: &str = "policies";
+/// The directory of fetched policy lists (`*.policies`), inside the
+/// sealed-key directory.
+pub const FETCHED_POLICY_SUBDIR: &str = "fetched-policies";
+/// The extension of a policy list file.
+pub const POLICY_LIST_EXT: &str = "policies";
 /// How long to wait for the TPM device node when a sealed key needs it: a
 /// TPM driver built as a module may still be loading this early in boot.
 pub const TPM_DEVICE_WAIT: Duration = Duration::from_secs(2);
@@ -116,29 +125,53 @@ impl TpmSource {
         Ok(out)
     }
 
-    /// The signed policies in `dir/policies/*.signed`, labelled with their
-    /// file names. A file that does not parse is kept as a reason for the
-    /// error (named if no other policy works), not silently dropped.
+    /// The signed policies in `dir/policies/*.signed`, then those in the
+    /// lists `dir/fetched-policies/*.policies`, each in name order and
+    /// labelled with its file name (and place in its list), at most
+    /// [`MAX_POLICY_FILES`] in all. A policy that does not parse is kept as a
+    /// reason for the error (named if no other policy works), not silently
+    /// dropped; nor does it stop the others.
     pub fn policies(&self) -> (Vec<(String, SignedPolicy)>, Vec<String>) {
-        let dir = self.dir.join(POLICY_SUBDIR);
-        let mut paths: Vec<PathBuf> = match std::fs::read_dir(&dir) {
-            Ok(rd) => rd
-                .take(1024)
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "signed"))
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        paths.sort();
         let (mut good, mut bad) = (Vec::new(), Vec::new());
-        for p in paths.into_iter().take(MAX_POLICY_FILES) {
+        let mut room = MAX_POLICY_FILES;
+        for p in files_with(&self.dir.join(POLICY_SUBDIR), "signed") {
             let label = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if room == 0 {
+                log::warn!("skipping {} and the policies after it: more than {MAX_POLICY_FILES}", p.display());
+                return (good, bad);
+            }
+            room -= 1;
             match read_signed_policy_file(&p) {
                 Ok(policy) => good.push((label, policy)),
                 Err(e) => {
                     log::warn!("skipping {}: {e}", p.display());
                     bad.push(format!("{label}: {e}"));
+                }
+            }
+        }
+        for p in files_with(&self.dir.join(FETCHED_POLICY_SUBDIR), POLICY_LIST_EXT) {
+            let label = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let entries = match read_policy_list(&p) {
+                Ok(entries) => entries,
+                Err(e) => {
+                    log::warn!("skipping {}: {e}", p.display());
+                    bad.push(format!("{label}: {e}"));
+                    continue;
+                }
+            };
+            for (n, entry) in entries.into_iter().enumerate() {
+                let label = format!("{label} #{}", n + 1);
+                if room == 0 {
+                    log::warn!("skipping {label} and the policies after it: more than {MAX_POLICY_FILES}");
+                    return (good, bad);
+                }
+                room -= 1;
+                match entry {
+                    Ok(policy) => good.push((label, policy)),
+                    Err(e) => {
+                        log::warn!("skipping {label} ({}): {e}", p.display());
+                        bad.push(format!("{label}: {e}"));
+                    }
                 }
             }
         }
@@ -339,6 +372,34 @@ impl TpmSource {
         }
         Ok(false)
     }
+}
+
+/// The files in `dir` ending in `.ext`, in name order (none when `dir`
+/// cannot be read).
+fn files_with(dir: &std::path::Path, ext: &str) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .take(1024)
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == ext))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    paths.sort();
+    paths
+}
+
+/// Reads and parses a policy list file, at most [`MAX_POLICY_LIST_LEN`].
+fn read_policy_list(
+    path: &std::path::Path,
+) -> Result<Vec<Result<SignedPolicy, super::policy::PolicyError>>, super::policy::PolicyError> {
+    use std::io::Read;
+    let mut text = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_POLICY_LIST_LEN as u64 + 1).read_to_end(&mut text))
+        .map_err(|e| super::policy::PolicyError::Io(e.to_string()))?;
+    parse_signed_policy_list(&text)
 }
 
 impl KeySource for TpmSource {
