@@ -16,6 +16,7 @@ use anyhow::{Context, bail};
 use clap::{ArgGroup, Args, Subcommand};
 use stateless_keys::read_key_file;
 use stateless_keys::sealed::{Bank, PCR_COUNT, parse_pcr_list, read_sealed_file};
+use stateless_keys::tpm::import::WrappedKey;
 use stateless_keys::tpm::lock::{LOCK_PCR, LockState, boot_value, lock_state, with_lock};
 use stateless_keys::tpm::policy::{
     PolicySigningKey, SignedPolicy, read_policy_public_file, read_policy_signing_file, read_signed_policy_file,
@@ -70,6 +71,10 @@ pub struct CheckArgs {
     /// A signed policy (from `tpm sign-policy`) for a key sealed under a policy key (repeatable).
     #[arg(long = "policy", value_name = "FILE")]
     pub policies: Vec<PathBuf>,
+    /// SEALED is a key wrapped for this TPM by `approve --tpm-key` (the `v1/nodes/NODE/tpm-key` file of
+    /// zero-touch enrolment): import it first (TPM2_Import, as the loader does at boot), then unseal it.
+    #[arg(long)]
+    pub wrapped: bool,
     /// Which TPM: device:/dev/tpmrm0 or swtpm:host=HOST,port=PORT.
     #[arg(long, value_name = "SELECTOR", default_value = "device:/dev/tpmrm0")]
     pub tpm: TpmSelector,
@@ -216,11 +221,22 @@ fn write_file(path: &Path, mode: u32, data: &[u8]) -> anyhow::Result<()> {
 }
 
 pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let sealed = read_sealed_file(&args.sealed).with_context(|| format!("reading {}", args.sealed.display()))?;
-    // A key sealed with a PIN: asked for (the terminal, or stdin's first line).
-    let pin = if sealed.needs_pin() { Some(read_pin(false)?) } else { None };
+    let wrapped = if args.wrapped {
+        let text = read_limited(&args.sealed)?;
+        Some(WrappedKey::parse(&text).with_context(|| format!("reading {}", args.sealed.display()))?)
+    } else {
+        None
+    };
     let t = Instant::now();
     let mut tpm = Tpm::open(&args.tpm).context("opening the TPM")?;
+    let sealed = match &wrapped {
+        // The loader's boot path: import under this TPM's SRK, then unseal
+        // the result like any sealed key.
+        Some(w) => tpm.import(w).with_context(|| format!("importing {}", args.sealed.display()))?,
+        None => read_sealed_file(&args.sealed).with_context(|| format!("reading {}", args.sealed.display()))?,
+    };
+    // A key sealed with a PIN: asked for (the terminal, or stdin's first line).
+    let pin = if sealed.needs_pin() { Some(read_pin(false)?) } else { None };
     tpm.set_pin(pin.as_ref().map(|p| p.as_bytes())).context("the PIN")?;
     let mut policies = Vec::new();
     for p in &args.policies {
@@ -255,6 +271,17 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     // Only the id, never the key.
     println!("key {} unseals ({} ms)", key.id(), t.elapsed().as_millis());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads a wrapped-key file, at most one byte over the format's limit
+/// (`WrappedKey::parse` refuses that with a clear message).
+fn read_limited(path: &Path) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    const MAX: u64 = stateless_keys::tpm::import::MAX_WRAPPED_LEN as u64;
+    let f = fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut text = Vec::new();
+    f.take(MAX + 1).read_to_end(&mut text).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text)
 }
 
 /// `statelessctl tpm …`

@@ -578,3 +578,70 @@ fn published_signed_policies_are_served_in_the_clear_and_open_a_sealed_key() {
     assert!(err.contains("default.policies #1: signed by another policy key"), "{err}");
     assert!(!node.join("cache/tpm/policies/node.policies").exists());
 }
+
+// ---- key tpm-check --wrapped ----
+
+#[test]
+fn tpm_check_imports_and_unseals_a_wrapped_key_under_signed_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let data = dir.path().join("data");
+    fs::create_dir(&data).unwrap();
+    let d = data.to_str().unwrap();
+    let key = Key::generate().unwrap();
+    stateless_keys::write_key_file(&dir.path().join("n1.key"), &key, false).unwrap();
+    let serve = Serve::start(&data, &[]);
+    let (a, b) = (Swtpm::start(), Swtpm::start());
+    let ea = open(&a).enrolment().unwrap();
+    assert_eq!(http(serve.port, "POST", "/v1/nodes/n1/enrol", ea.to_json().as_bytes()).0, 201);
+    ok(&["tpm", "new-policy-key", "-o", &p("pol.sign")]);
+    let out = ok(&["approve", "--data", d, "n1", "--tpm-key", &p("n1.key"), "--tpm-policy-key", &p("pol.pub")]);
+    assert!(out.contains("published key"), "{out}");
+    let (status, blob) = http(serve.port, "GET", "/v1/nodes/n1/tpm-key", b"");
+    assert_eq!(status, 200);
+    fs::write(p("n1.tpm-key"), blob).unwrap();
+    let (sa, sb) = (a.selector(), b.selector());
+    ok(&[
+        "tpm",
+        "sign-policy",
+        "--policy-key",
+        &p("pol.sign"),
+        "--pcrs",
+        "7",
+        "--current",
+        "--tpm",
+        &sa,
+        "-o",
+        &p("a.signed"),
+    ]);
+
+    let check = |tpm: &str, policies: &[&str]| {
+        let mut args = vec!["key".to_owned(), "tpm-check".to_owned(), p("n1.tpm-key"), "--wrapped".to_owned()];
+        for s in policies {
+            args.extend(["--policy".to_owned(), p(s)]);
+        }
+        args.extend(["--tpm".to_owned(), tpm.to_owned()]);
+        run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    // Imported and unsealed on the TPM it was wrapped for; only the id is printed.
+    let out = check(&sa, &["a.signed"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("key {} unseals", key.id())), "{stdout}");
+    assert!(!stdout.contains(&stateless_bundle::key::hex_encode(key.as_bytes())));
+    // Again: a boot imports it every time.
+    assert!(check(&sa, &["a.signed"]).status.success());
+    // Without a signed policy it stays sealed.
+    let out = check(&sa, &[]);
+    assert!(!out.status.success());
+    // Another TPM cannot import it.
+    let out = check(&sb, &["a.signed"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("importing") && err.contains("another TPM"), "{err}");
+    // A sealed-key file is not a wrapped key: a clear refusal.
+    fs::write(p("junk"), "stateless-sealed-v1\n").unwrap();
+    let out = run(&["key", "tpm-check", &p("junk"), "--wrapped", "--tpm", &sa]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("junk"), "{}", String::from_utf8_lossy(&out.stderr));
+}
