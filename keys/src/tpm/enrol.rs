@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 
 use super::import::{Credential, SrkPublic, WrappedKey};
 use super::wire::{self, Auth, Command};
-use super::{Tpm, TpmError};
+use super::{RH_OWNER, Tpm, TpmError};
 use crate::sealed::{Bank, SealedKey};
 
 const CC_IMPORT: u32 = 0x156;
@@ -27,6 +27,7 @@ const CC_READ_PUBLIC: u32 = 0x173;
 const CC_NV_READ_PUBLIC: u32 = 0x169;
 const CC_NV_READ: u32 = 0x14E;
 const CC_CREATE_PRIMARY: u32 = 0x131;
+const CC_EVICT_CONTROL: u32 = 0x120;
 const RH_ENDORSEMENT: u32 = 0x4000_000B;
 /// Where the TCG EK Credential Profile has a provisioned RSA EK persisted.
 pub const EK_PERSISTENT: u32 = 0x8101_0001;
@@ -270,7 +271,23 @@ impl Tpm {
         let mut cmd = Command::new(CC_CREATE_PRIMARY, &[RH_ENDORSEMENT], &[Auth::EmptyPassword]);
         cmd.u16(4).u16(0).u16(0).tpm2b(&ek_template()).u16(0).u32(0);
         let reply = self.run(&mut cmd, 1).map_err(|e| named(e, "TPM2_CreatePrimary (EK)"))?;
-        Ok((Self::handle(&reply, "TPM2_CreatePrimary")?, true))
+        let ek = Self::handle(&reply, "TPM2_CreatePrimary")?;
+        // Made once, kept at the TCG's EK handle: creating an RSA EK is the
+        // slowest step of every later boot's import (about 20 ms on swtpm,
+        // seconds on some chips; docs/performance.md "TPM unseal"). Best
+        // effort: an owner password or a full NV leaves it transient.
+        let mut cmd = Command::new(CC_EVICT_CONTROL, &[RH_OWNER, ek], &[Auth::EmptyPassword]);
+        cmd.u32(EK_PERSISTENT);
+        match self.run(&mut cmd, 0) {
+            Ok(_) => {
+                self.flush(ek);
+                Ok((EK_PERSISTENT, false))
+            }
+            Err(e) => {
+                log::debug!("keeping the EK at {EK_PERSISTENT:#x}: {e}; it stays transient");
+                Ok((ek, true))
+            }
+        }
     }
 
     fn activate_with(
