@@ -123,21 +123,15 @@ impl Tpm {
     /// The EK's public area: the provisioned one at [`EK_PERSISTENT`] when
     /// there is one, otherwise the one [`ek_template`] makes.
     pub fn ek_public(&mut self) -> Result<Vec<u8>, TpmError> {
-        let mut cmd = Command::new(CC_READ_PUBLIC, &[EK_PERSISTENT], &[]);
-        if let Ok(reply) = self.run(&mut cmd, 0) {
-            let public =
-                wire::Reader::new(&reply.params).tpm2b().map_err(|_| TpmError::Malformed("TPM2_ReadPublic"))?;
-            return Ok(public.to_vec());
+        let (handle, transient) = self.ek_handle()?;
+        let mut cmd = Command::new(CC_READ_PUBLIC, &[handle], &[]);
+        let reply = self.run(&mut cmd, 0).map_err(|e| named(e, "TPM2_ReadPublic (EK)"));
+        if transient {
+            self.flush(handle);
         }
-        let mut cmd = Command::new(CC_CREATE_PRIMARY, &[RH_ENDORSEMENT], &[Auth::EmptyPassword]);
-        cmd.u16(4).u16(0).u16(0);
-        cmd.tpm2b(&ek_template());
-        cmd.u16(0).u32(0);
-        let reply = self.run(&mut cmd, 1).map_err(|e| named(e, "TPM2_CreatePrimary (EK)"))?;
-        let handle = Self::handle(&reply, "TPM2_CreatePrimary")?;
-        let public = wire::Reader::new(&reply.params).tpm2b().map(<[u8]>::to_vec);
-        self.flush(handle);
-        public.map_err(|_| TpmError::Malformed("TPM2_CreatePrimary (EK)"))
+        let reply = reply?;
+        let public = wire::Reader::new(&reply.params).tpm2b().map_err(|_| TpmError::Malformed("TPM2_ReadPublic"))?;
+        Ok(public.to_vec())
     }
 
     /// The RSA EK certificate from NV, `None` when the TPM has none.
