@@ -10,23 +10,16 @@ use zeroize::Zeroizing;
 
 use super::import::{Credential, SrkPublic, WrappedKey};
 use super::wire::{self, Auth, Command};
-use super::{RH_OWNER, Tpm, TpmError};
+use super::{
+    ALG_AES, ALG_CFB, ALG_NULL, ALG_SHA256, CC_CREATE_PRIMARY, CC_NV_READ, CC_NV_READ_PUBLIC, CC_START_AUTH_SESSION,
+    RH_NULL, RH_OWNER, SE_POLICY, Tpm, TpmError,
+};
 use crate::sealed::{Bank, SealedKey};
 
 const CC_IMPORT: u32 = 0x156;
 const CC_ACTIVATE_CREDENTIAL: u32 = 0x147;
 const CC_POLICY_SECRET: u32 = 0x151;
-const CC_START_AUTH_SESSION: u32 = 0x176;
-const RH_NULL: u32 = 0x4000_0007;
-const SE_POLICY: u8 = 0x01;
-const ALG_AES: u16 = 0x0006;
-const ALG_CFB: u16 = 0x0043;
-const ALG_NULL: u16 = 0x0010;
-const ALG_SHA256: u16 = 0x000B;
 const CC_READ_PUBLIC: u32 = 0x173;
-const CC_NV_READ_PUBLIC: u32 = 0x169;
-const CC_NV_READ: u32 = 0x14E;
-const CC_CREATE_PRIMARY: u32 = 0x131;
 const CC_EVICT_CONTROL: u32 = 0x120;
 const RH_ENDORSEMENT: u32 = 0x4000_000B;
 /// Where the TCG EK Credential Profile has a provisioned RSA EK persisted.

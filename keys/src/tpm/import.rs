@@ -35,7 +35,7 @@ use stateless_bundle::key::{KEY_LEN, hex_decode, hex_encode};
 use zeroize::Zeroizing;
 
 use super::policy::{PolicyPublicKey, policy_authorize_digest};
-use super::salt;
+use super::{ALG_NULL, ALG_SHA256, salt};
 use crate::sealed::{Bank, SEALED_AUTHORIZED_MAGIC, SEALED_MAGIC, SealedError, SealedKey, policy_pcr_digest};
 
 /// First line of a wrapped-key file (after comments).
@@ -44,8 +44,6 @@ pub const WRAPPED_MAGIC: &str = "stateless-tpm-wrapped-v1";
 pub const MAX_WRAPPED_LEN: usize = crate::sealed::MAX_SEALED_FILE_LEN;
 
 const ALG_KEYEDHASH: u16 = 0x0008;
-const ALG_SHA256: u16 = 0x000B;
-const ALG_NULL: u16 = 0x0010;
 
 /// Why a key could not be wrapped, or a wrapped-key file was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -73,6 +73,9 @@ const CC_PCR_EXTEND: u32 = 0x182;
 const CC_LOAD_EXTERNAL: u32 = 0x167;
 const CC_VERIFY_SIGNATURE: u32 = 0x177;
 const CC_POLICY_AUTHORIZE: u32 = 0x16A;
+// Shared by the enrolment (EK certificate) and the rollback counters.
+const CC_NV_READ: u32 = 0x14E;
+const CC_NV_READ_PUBLIC: u32 = 0x169;
 
 const RH_OWNER: u32 = 0x4000_0001;
 const RH_NULL: u32 = 0x4000_0007;

@@ -44,7 +44,7 @@
 use sha2::{Digest, Sha256};
 
 use super::wire::{self, Auth, Command};
-use super::{ALG_SHA256, RH_OWNER, Tpm, TpmError};
+use super::{ALG_SHA256, CC_NV_READ, CC_NV_READ_PUBLIC, RH_OWNER, Tpm, TpmError};
 
 /// The first NV handle of the loader's range (the owner's range of the TCG
 /// handle registry, 0x01000000-0x013FFFFF).
@@ -63,8 +63,6 @@ pub const MAX_STEPS: u64 = 256;
 const CC_NV_DEFINE_SPACE: u32 = 0x12A;
 const CC_NV_INCREMENT: u32 = 0x134;
 const CC_NV_WRITE_LOCK: u32 = 0x138;
-const CC_NV_READ: u32 = 0x14E;
-const CC_NV_READ_PUBLIC: u32 = 0x169;
 const CC_GET_CAPABILITY: u32 = 0x17A;
 
 /// `TPMA_NV_AUTHWRITE`.

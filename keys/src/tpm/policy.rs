@@ -54,6 +54,7 @@ use sha2::{Digest, Sha256};
 use stateless_bundle::key::{hex_decode, hex_encode};
 use zeroize::Zeroizing;
 
+use super::{ALG_NULL, ALG_SHA256};
 use crate::sealed::{Bank, PCR_COUNT, pcr_values, policy_pcr_digest};
 
 /// First line of a policy signing key file.
@@ -74,8 +75,6 @@ pub const MAX_POLICY_LIST_LEN: usize = 256 * 1024;
 /// TPM_CC_PolicyAuthorize, part of the policy digest.
 pub const TPM_CC_POLICY_AUTHORIZE: u32 = 0x0000_016A;
 const ALG_ECC: u16 = 0x0023;
-const ALG_SHA256: u16 = 0x000B;
-const ALG_NULL: u16 = 0x0010;
 const ALG_ECDSA: u16 = 0x0018;
 const CURVE_NIST_P256: u16 = 0x0003;
 /// objectAttributes of the loaded public key: sign | userWithAuth.
