@@ -923,9 +923,7 @@ fn handle_push(
     let unauthorized = |conn: &mut Conn, e: AuthError| {
         log::info!("push for {node} from {peer} refused: {e}");
         let www = format!("WWW-Authenticate: {}\r\n", crate::push_auth::SCHEME);
-        simple(conn, 401, &e.to_string(), false, Some(&www))?;
-        linger(conn);
-        Ok(false)
+        refuse_early(conn, 401, &e.to_string(), Some(&www))
     };
     let proof = match Proof::parse(head.header("authorization")) {
         Ok(p) => p,
@@ -945,9 +943,7 @@ fn handle_push(
         return simple(conn, 411, "send the bundle with a Content-Length", false, None);
     };
     if len > cfg.max_push {
-        simple(conn, 413, &format!("pushed bundles are limited to {} bytes", cfg.max_push), false, None)?;
-        linger(conn);
-        return Ok(false);
+        return refuse_early(conn, 413, &format!("pushed bundles are limited to {} bytes", cfg.max_push), None);
     }
     // Never to an HTTP/1.0 client, which does not know 1xx (RFC 9110 15.2).
     if head.minor > 0 && head.header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
@@ -956,9 +952,7 @@ fn handle_push(
     }
     let full = |conn: &mut Conn, e: &io::Error| {
         log::warn!("push for {node} from {peer} refused: {}: {e}", data.spool().display());
-        simple(conn, 507, "the server has no room for this bundle", false, None)?;
-        linger(conn);
-        Ok(false)
+        refuse_early(conn, 507, "the server has no room for this bundle", None)
     };
     // A push that cannot fit is refused before its body is read. (Room for
     // its review copy is not reserved: a write that fails later is
@@ -1099,15 +1093,11 @@ fn handle_report(
     let refuse = |conn: &mut Conn, status: u16, msg: &str, extra: Option<&str>| {
         shared.report_quota.refused(addr, now());
         log::info!("report for {node} from {peer} refused: {msg}");
-        simple(conn, status, msg, false, extra)?;
-        linger(conn);
-        Ok(false)
+        refuse_early(conn, status, msg, extra)
     };
     if shared.report_quota.exhausted(addr, limits.refusals_per_minute, now()) {
         log::debug!("report for {node} from {peer}: address over its refusal quota");
-        simple(conn, 429, "too many refused reports from your address", false, Some("Retry-After: 60\r\n"))?;
-        linger(conn);
-        return Ok(false);
+        return refuse_early(conn, 429, "too many refused reports from your address", Some("Retry-After: 60\r\n"));
     }
     let www = format!("WWW-Authenticate: {}\r\n", crate::push_auth::SCHEME);
     let proof = match Proof::parse(head.header("authorization")) {
@@ -1175,9 +1165,7 @@ fn handle_enrol(
     let addr = addr_key(peer.ip());
     let early = |conn: &mut Conn, status: u16, msg: &str, extra: Option<&str>| {
         log::info!("enrolment of {node} from {peer} refused: {msg}");
-        simple(conn, status, msg, false, extra)?;
-        linger(conn);
-        Ok(false)
+        refuse_early(conn, status, msg, extra)
     };
     // Counted: refusals and new enrolments (each writes a file); the same
     // enrolment again, from a node rebooting while it waits, is not.
@@ -1187,9 +1175,7 @@ fn handle_enrol(
     };
     if shared.enrol_quota.exhausted(addr, cfg.enrol.per_minute, now()) {
         log::debug!("enrolment of {node} from {peer}: address over its quota");
-        simple(conn, 429, "too many enrolments from your address", false, Some("Retry-After: 60\r\n"))?;
-        linger(conn);
-        return Ok(false);
+        return refuse_early(conn, 429, "too many enrolments from your address", Some("Retry-After: 60\r\n"));
     }
     if registry::is_rejected(&cfg.data, node) {
         return early(conn, 403, "node is rejected", None);
@@ -1284,6 +1270,15 @@ fn out_of_room(e: &io::Error) -> bool {
 /// then read and discard what the client still sends, for a short while, so
 /// that closing with unread data does not reset the connection before the
 /// client has read the answer.
+/// Answers `status` and ends the connection before its body is read (the
+/// client still sees the answer: see [`linger`]). Always `Ok(false)`: the
+/// connection is not kept.
+fn refuse_early(conn: &mut Conn, status: u16, msg: &str, extra: Option<&str>) -> io::Result<bool> {
+    simple(conn, status, msg, false, extra)?;
+    linger(conn);
+    Ok(false)
+}
+
 fn linger(conn: &mut Conn) {
     if let Conn::Tls(t) = conn {
         t.conn.send_close_notify();
