@@ -27,7 +27,7 @@ FUZZ_SECONDS="${FUZZ_SECONDS:-}"
 FUZZ_RUNS="${FUZZ_RUNS:-4000}"
 TARGETS=(header_parse stream_decrypt bundle_open image_open tar_extract keys_sealed keys_tpm_wrapped keys_cpio keys_usb
     keys_tpm_response keys_tpm_pcr_read keys_tpm_nv keys_tpm_srk_public keys_tpm_hmac keys_tpm_signed_policy keys_pubkey_arg
-    dns_answer cmdline_split http_head model_toml import_ignition)
+    dns_answer cmdline_split http_head server_bodies model_toml import_ignition)
 MANIFEST=fuzz/Cargo.toml
 start=$SECONDS
 

@@ -695,6 +695,38 @@ pub fn http_head(data: &[u8]) {
 }
 
 /// The targets by name, for `replay`.
+/// The bodies the server reads from nodes before it keeps anything: a TPM
+/// enrolment (`POST /v1/nodes/{node}/enrol`) and a boot report (`POST
+/// /v1/nodes/{node}/report`). Whatever is accepted is within the bounds
+/// the server documents.
+pub fn server_bodies(data: &[u8]) {
+    use stateless_server::enrol::{EnrolRequest, MAX_EK_CERT, MAX_EK_PUBLIC, MAX_SRK_PUBLIC};
+    use stateless_server::reports::UnverifiedReport;
+    let lower_hex = |s: &str, max: usize| {
+        !s.is_empty()
+            && s.len() % 2 == 0
+            && s.len() / 2 <= max
+            && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    if let Ok(r) = EnrolRequest::parse(data) {
+        assert!(lower_hex(&r.ek_public, MAX_EK_PUBLIC), "ek_public");
+        assert!(lower_hex(&r.srk_public, MAX_SRK_PUBLIC), "srk_public");
+        assert!(r.ek_cert.as_deref().is_none_or(|c| lower_hex(c, MAX_EK_CERT)), "ek_cert");
+        assert!(r.pcrs.len() <= 24);
+        for (i, v) in &r.pcrs {
+            assert!(i.parse::<u8>().is_ok_and(|i| i < 24), "pcr index {i:?}");
+            assert!(v.len() == 64 && lower_hex(v, 32), "pcr value");
+        }
+    }
+    // A report naming another node is refused; one naming none, or this
+    // one, is kept under the path's node.
+    if (UnverifiedReport { node: "node42", body: data }).check().is_ok() {
+        let v: serde_json::Value = serde_json::from_slice(data).expect("accepted but not JSON");
+        let named = v.get("node").and_then(|n| n.as_str());
+        assert!(named.is_none_or(|n| n == "node42"), "report for {named:?} kept under node42");
+    }
+}
+
 pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("header_parse", header_parse),
     ("stream_decrypt", stream_decrypt),
@@ -715,6 +747,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("keys_tpm_hmac", keys_tpm_hmac),
     ("keys_tpm_signed_policy", keys_tpm_signed_policy),
     ("http_head", http_head),
+    ("server_bodies", server_bodies),
     ("model_toml", model_toml),
     ("import_ignition", import_ignition),
 ];

@@ -24,7 +24,8 @@
 //!
 //! * `http_head`: well-formed request heads as the loader, `persist` and
 //!   common clients send them, and every framing ambiguity the server must
-//!   refuse (`stateless_server::http::AMBIGUOUS_HEADS`).
+//!   refuse (`stateless_server::http::AMBIGUOUS_HEADS`);
+//! * `server_bodies`: enrolment and boot-report bodies made here.
 //!
 //! Nothing is committed: `fuzz/corpus` is ignored by git.
 
@@ -107,6 +108,7 @@ fn main() {
     seed_keys(corpus);
     stateless_fuzz::loader::seed(corpus);
     seed_http(corpus);
+    seed_server_bodies(corpus);
     println!("seeded {} from {n} vectors ({plains} payloads recovered)", corpus.display());
 }
 
@@ -287,6 +289,28 @@ fn seed_keys(corpus: &Path) {
     write("keys_tpm_nv", "handles", &handles);
     let props = [3, 0, 0, 0, 0, 6, 0, 0, 0, 1, 0, 0, 2, 0x0A, 0, 0, 0, 4];
     write("keys_tpm_nv", "properties", &props);
+}
+
+/// Seeds for the bodies nodes send: an enrolment with and without an EK
+/// certificate, and boot reports naming the node, another node, or none.
+fn seed_server_bodies(corpus: &Path) {
+    let dir = corpus.join("server_bodies");
+    fs::create_dir_all(&dir).expect("creating corpus directory");
+    let pcr = "ab".repeat(32);
+    let seeds = [
+        format!(
+            r#"{{"ek_public":"{}","srk_public":"{}","pcrs":{{"7":"{pcr}","15":"{pcr}"}}}}"#,
+            "01".repeat(314),
+            "02".repeat(90)
+        ),
+        format!(r#"{{"ek_public":"0A0b","srk_public":"0c","ek_cert":"{}"}}"#, "30".repeat(40)),
+        r#"{"result":"applied","node":"node42","generation":3,"capabilities":{"tpm":{"present":true}}}"#.to_owned(),
+        r#"{"result":"failed","node":"node43"}"#.to_owned(),
+        r#"{"result":"applied"}"#.to_owned(),
+    ];
+    for (i, seed) in seeds.iter().enumerate() {
+        fs::write(dir.join(format!("seed{i}")), seed).expect("writing seed");
+    }
 }
 
 /// Seeds for the server's request-head parser: good heads (so mutations
