@@ -14,8 +14,8 @@ use crate::layout::{DataDir, Target};
 use crate::reports;
 
 /// The kinds of path counted apart.
-pub const KINDS: [&str; 10] =
-    ["node", "group", "default", "plugin", "report", "push", "enrol", "tpm-key", "metrics", "other"];
+pub const KINDS: [&str; 11] =
+    ["node", "group", "default", "plugin", "report", "push", "enrol", "tpm-key", "tpm-policies", "metrics", "other"];
 /// The statuses counted apart; anything else counts as `other`.
 const STATUSES: [u16; 22] =
     [200, 201, 202, 206, 304, 400, 401, 403, 404, 405, 408, 409, 411, 413, 416, 422, 429, 431, 500, 503, 505, 507];
@@ -32,6 +32,8 @@ pub fn kind(method: &str, path: &str) -> usize {
         "enrol"
     } else if crate::enrol::tpm_key_path(path).is_some() {
         "tpm-key"
+    } else if crate::enrol::tpm_policies_path(path).is_some() {
+        "tpm-policies"
     } else {
         match Target::from_url_path(path) {
             Some(Target::Node(_)) if method == "PUT" => "push",
@@ -171,6 +173,8 @@ mod tests {
         assert_eq!(KINDS[kind("POST", "/v1/nodes/n1/report")], "report");
         assert_eq!(KINDS[kind("POST", "/v1/nodes/n1/enrol")], "enrol");
         assert_eq!(KINDS[kind("GET", "/v1/nodes/n1/tpm-key")], "tpm-key");
+        assert_eq!(KINDS[kind("GET", "/v1/nodes/n1/tpm-policies")], "tpm-policies");
+        assert_eq!(KINDS[kind("GET", "/v1/default/tpm-policies")], "tpm-policies");
         assert_eq!(KINDS[kind("GET", "/v1/default/bundle")], "default");
         assert_eq!(KINDS[kind("GET", "/metrics")], "metrics");
         assert_eq!(KINDS[kind("GET", "/etc/passwd")], "other");
