@@ -176,6 +176,11 @@ impl DataDir {
     /// Opens a served file at `rel` (a path below the data directory made
     /// of checked names) as [`DataDir::open_bundle`] does.
     pub fn open_public(&self, rel: &str) -> io::Result<fs::File> {
+        self.open_public_stat(rel).map(|(f, _)| f)
+    }
+
+    /// [`DataDir::open_public`], with the file's status.
+    pub fn open_public_stat(&self, rel: &str) -> io::Result<(fs::File, rustix::fs::Stat)> {
         use rustix::fs::{CWD, Mode, OFlags, ResolveFlags, openat, openat2};
         let mut dir = openat(CWD, &self.root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
         // One openat2 that refuses any link on the way (RESOLVE_NO_SYMLINKS,
@@ -185,13 +190,7 @@ impl DataDir {
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
         let resolve = ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
         match openat2(&dir, rel, flags, Mode::empty(), resolve) {
-            Ok(fd) => {
-                let file = fs::File::from(fd);
-                if !file.metadata()?.is_file() {
-                    return Err(io::Error::new(io::ErrorKind::NotFound, "not a regular file"));
-                }
-                return Ok(file);
-            }
+            Ok(fd) => return regular(fs::File::from(fd)),
             Err(e) if e == rustix::io::Errno::NOSYS || e == rustix::io::Errno::PERM => {}
             Err(e) => return Err(e.into()),
         }
@@ -202,11 +201,7 @@ impl DataDir {
                 dir = openat(&dir, part, flags, Mode::empty())?;
             } else {
                 let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-                let file = fs::File::from(openat(&dir, part, flags, Mode::empty())?);
-                if !file.metadata()?.is_file() {
-                    return Err(io::Error::new(io::ErrorKind::NotFound, "not a regular file"));
-                }
-                return Ok(file);
+                return regular(fs::File::from(openat(&dir, part, flags, Mode::empty())?));
             }
         }
         Err(io::ErrorKind::NotFound.into())
@@ -256,6 +251,16 @@ impl DataDir {
     pub fn lock_file(&self) -> PathBuf {
         self.state().join("lock")
     }
+}
+
+/// A file opened for serving, with its status; anything but a regular
+/// file is not found.
+fn regular(file: fs::File) -> io::Result<(fs::File, rustix::fs::Stat)> {
+    let st = rustix::fs::fstat(&file)?;
+    if !rustix::fs::FileType::from_raw_mode(st.st_mode).is_file() {
+        return Err(io::Error::new(io::ErrorKind::NotFound, "not a regular file"));
+    }
+    Ok((file, st))
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 
 pub mod cleanup;
 pub mod enrol;
+mod front;
 pub mod http;
 pub mod layout;
 pub mod metrics;

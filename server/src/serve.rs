@@ -14,14 +14,14 @@
 //! closed after `idle_timeout`, and a response or an upload must move
 //! 64 KiB in every `io_timeout`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
@@ -102,19 +102,22 @@ impl ServerConfig {
 pub const DEFAULT_PER_ADDRESS: usize = 256;
 /// Requests served on one connection before it is closed (so a single
 /// client cannot hold a slot forever).
-const MAX_REQUESTS_PER_CONNECTION: usize = 1000;
+pub(crate) const MAX_REQUESTS_PER_CONNECTION: usize = 1000;
 /// Listen backlog: a boot storm connects all at once, and the standard
 /// library's 128 would drop SYNs (clients then retry after a second). The
 /// kernel caps it at `net.core.somaxconn`.
 const LISTEN_BACKLOG: i32 = 4096;
 /// Workers started with the server.
 const INITIAL_WORKERS: usize = 16;
+/// Most front threads (one per CPU up to this): each accepts and reads
+/// request heads for thousands of connections.
+const MAX_FRONTS: usize = 16;
 /// Idle workers kept for the next burst; more exit. A storm of 1,000
-/// nodes that each open a new connection per request leaves hundreds of
-/// workers idle for an instant between requests: with a lower bound they
-/// exited and were started again thousands of times a second (clone,
-/// stack mapping and unmapping were a tenth of the server's time in the
-/// 304 storm). An idle worker costs its touched stack pages.
+/// nodes that each fetch a bundle leaves hundreds of workers idle for an
+/// instant between requests: with a lower bound they exited and were
+/// started again thousands of times a second (clone, stack mapping and
+/// unmapping were a tenth of the server's time in a storm). An idle worker
+/// costs its touched stack pages.
 const MAX_IDLE_WORKERS: usize = 1024;
 /// Stack of a connection thread: the request path is shallow.
 const THREAD_STACK: usize = 256 * 1024;
@@ -125,15 +128,15 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 const ETAG_CACHE: usize = 10_000;
 
 /// Device, inode, size and modification time: a published file's identity.
-type FileId = (u64, u64, u64, i64, i64);
+pub(crate) type FileId = (u64, u64, u64, i64, i64);
 /// Entity tags by path, valid while the file's identity is unchanged.
 type EtagCache = HashMap<PathBuf, (FileId, Option<Arc<str>>)>;
 
-struct Shared {
-    cfg: ServerConfig,
+pub(crate) struct Shared {
+    pub(crate) cfg: ServerConfig,
     /// Connections open per source address (see [`addr_key`]).
     per_address: Mutex<HashMap<IpAddr, usize>>,
-    seen: SeenTable,
+    pub(crate) seen: SeenTable,
     /// Push proofs already accepted (each is good once).
     used_proofs: UsedProofs,
     /// Refused report requests per address.
@@ -141,11 +144,21 @@ struct Shared {
     /// Enrolment requests per address (every one counts: each may write).
     enrol_quota: RefusalQuota,
     /// Counters for `GET /metrics`.
-    metrics: crate::metrics::Metrics,
+    pub(crate) metrics: crate::metrics::Metrics,
     etags: Mutex<EtagCache>,
+    /// Connections open (at most `max_connections`), whether a front
+    /// thread or a worker holds them.
+    pub(crate) open: AtomicUsize,
+    /// Set while clients wait in the listen backlog because every
+    /// connection slot is taken (see [`Shared::full`]).
+    pub(crate) waiting: AtomicBool,
+    /// Connections handed over to the workers, oldest first.
+    queue: Mutex<VecDeque<Job>>,
+    /// Signalled when a job is queued.
+    ready: Condvar,
     /// Connection workers alive.
     workers: AtomicUsize,
-    /// Workers waiting in `accept`.
+    /// Workers waiting for a job.
     idle: AtomicUsize,
 }
 
@@ -171,6 +184,10 @@ impl Server {
             enrol_quota: RefusalQuota::default(),
             metrics: crate::metrics::Metrics::default(),
             etags: Mutex::new(HashMap::new()),
+            open: AtomicUsize::new(0),
+            waiting: AtomicBool::new(false),
+            queue: Mutex::new(VecDeque::new()),
+            ready: Condvar::new(),
             workers: AtomicUsize::new(0),
             idle: AtomicUsize::new(0),
         });
@@ -182,21 +199,33 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// Serves forever: starts the connection workers, then writes the
-    /// table of seen nodes every `flush_interval` on this thread.
+    /// Serves forever: starts the front threads (see [`crate::front`]) and
+    /// the first connection workers, then writes the table of seen nodes
+    /// every `flush_interval` on this thread.
     pub fn run(self) -> io::Result<()> {
         raise_fd_limit(self.shared.cfg.max_connections);
+        self.listener.set_nonblocking(true)?;
         let listener = Arc::new(self.listener);
         let initial = INITIAL_WORKERS.min(self.shared.cfg.max_connections.max(1));
         for _ in 0..initial {
-            // Clients may already be connecting, and busy workers start
-            // more: a refusal only means `max_connections` are running.
-            if !spawn_worker(&self.shared, &listener) {
+            // More start when connections are handed over and none is
+            // idle: a refusal here only means the system is short of threads.
+            if !spawn_worker(&self.shared) {
                 if self.shared.workers.load(Ordering::Acquire) == 0 {
                     return Err(io::Error::other("cannot start connection threads"));
                 }
                 break;
             }
+        }
+        let fronts = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_FRONTS);
+        for i in 0..fronts {
+            let (sh, l) = (self.shared.clone(), listener.clone());
+            let front = crate::front::Front::new(sh, l)?;
+            std::thread::Builder::new()
+                .name(format!("front{i}"))
+                .stack_size(THREAD_STACK)
+                .spawn(move || front.run())
+                .map_err(|e| io::Error::other(format!("starting a front thread: {e}")))?;
         }
         loop {
             std::thread::sleep(self.shared.cfg.flush_interval);
@@ -224,15 +253,15 @@ fn raise_fd_limit(max_connections: usize) {
 }
 
 /// Starts a worker if fewer than `max_connections` exist; counts it idle.
-fn spawn_worker(shared: &Arc<Shared>, listener: &Arc<TcpListener>) -> bool {
+fn spawn_worker(shared: &Arc<Shared>) -> bool {
     let max = shared.cfg.max_connections.max(1);
     if shared.workers.fetch_add(1, Ordering::AcqRel) >= max {
         shared.workers.fetch_sub(1, Ordering::AcqRel);
         return false;
     }
     shared.idle.fetch_add(1, Ordering::AcqRel);
-    let (sh, l) = (shared.clone(), listener.clone());
-    match std::thread::Builder::new().stack_size(THREAD_STACK).spawn(move || worker(&sh, &l)) {
+    let sh = shared.clone();
+    match std::thread::Builder::new().stack_size(THREAD_STACK).spawn(move || worker(&sh)) {
         Ok(_) => true,
         Err(e) => {
             log::warn!("starting a connection thread: {e}");
@@ -243,33 +272,44 @@ fn spawn_worker(shared: &Arc<Shared>, listener: &Arc<TcpListener>) -> bool {
     }
 }
 
-/// A connection worker: accepts one connection, serves it to the end, and
-/// goes back to accepting. The last idle worker to take a connection starts
-/// another (up to `max_connections`), so one is always accepting while
-/// there is room; when all are busy, new clients wait in the listen
-/// backlog. Workers beyond [`MAX_IDLE_WORKERS`] idle ones exit. Reusing
-/// threads keeps thread creation off the path of every connection.
-fn worker(shared: &Arc<Shared>, listener: &Arc<TcpListener>) {
+/// Gives a connection to a worker: the front threads never block, so
+/// everything that may (a file sent, a body read, a TLS handshake, a
+/// disk write) is served on a worker thread. When no worker is idle,
+/// another starts (up to `max_connections`, which also bounds the open
+/// connections, so a job never waits for a worker that cannot start).
+pub(crate) fn hand_over(shared: &Arc<Shared>, job: Job) {
+    if let Ok(mut q) = shared.queue.lock() {
+        q.push_back(job);
+    }
+    if shared.idle.load(Ordering::Acquire) == 0 {
+        spawn_worker(shared);
+    }
+    shared.ready.notify_one();
+}
+
+/// A connection worker: serves the connections handed over to it, one at
+/// a time, each to its end. Workers beyond [`MAX_IDLE_WORKERS`] idle ones
+/// exit. Reusing threads keeps thread creation off the path of every
+/// connection.
+fn worker(shared: &Arc<Shared>) {
     loop {
-        let accepted = listener.accept();
-        if shared.idle.fetch_sub(1, Ordering::AcqRel) == 1 {
-            spawn_worker(shared, listener);
-        }
-        match accepted {
-            Ok((stream, peer)) => match AddressSlot::take(shared, peer.ip()) {
-                Some(_slot) => {
-                    shared.metrics.opened();
-                    serve_connection(shared, stream, peer);
-                    shared.metrics.closed();
+        let job = {
+            let Ok(mut q) = shared.queue.lock() else { return };
+            loop {
+                if let Some(job) = q.pop_front() {
+                    break job;
                 }
-                None => refuse_busy(stream, peer, shared.cfg.tls.is_none()),
-            },
-            Err(e) => {
-                log::warn!("accept: {e}");
-                // Out of file descriptors: give connections time to end.
-                std::thread::sleep(Duration::from_millis(50));
+                q = match shared.ready.wait(q) {
+                    Ok(q) => q,
+                    Err(_) => return,
+                };
             }
+        };
+        if shared.idle.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The last idle worker took this job: one more for the next.
+            spawn_worker(shared);
         }
+        serve_connection(shared, job);
         if shared.idle.fetch_add(1, Ordering::AcqRel) >= MAX_IDLE_WORKERS {
             shared.idle.fetch_sub(1, Ordering::AcqRel);
             shared.workers.fetch_sub(1, Ordering::AcqRel);
@@ -291,27 +331,46 @@ pub fn addr_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// One of an address's connection slots, given back when dropped.
-struct AddressSlot<'a> {
-    shared: &'a Shared,
+/// An accepted connection and the slots it holds.
+pub(crate) struct Accepted {
+    pub(crate) stream: TcpStream,
+    pub(crate) peer: SocketAddr,
+    slot: Slot,
+}
+
+/// One of `max_connections` and one of an address's connection slots,
+/// given back when dropped.
+struct Slot {
+    shared: Arc<Shared>,
     key: IpAddr,
 }
 
-impl<'a> AddressSlot<'a> {
-    fn take(shared: &'a Shared, ip: IpAddr) -> Option<AddressSlot<'a>> {
-        let key = addr_key(ip);
+impl Accepted {
+    /// Takes the slots for a connection just accepted (already counted in
+    /// `open`, which the caller checked against `max_connections`); `None`,
+    /// after a short 503, when its address holds too many.
+    pub(crate) fn new(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> Option<Accepted> {
+        let key = addr_key(peer.ip());
         let limit = shared.cfg.max_connections_per_address;
-        let mut map = shared.per_address.lock().ok()?;
-        let n = map.entry(key).or_insert(0);
-        if limit != 0 && *n >= limit {
+        let taken = shared.per_address.lock().is_ok_and(|mut map| {
+            let n = map.entry(key).or_insert(0);
+            if limit != 0 && *n >= limit {
+                return false;
+            }
+            *n += 1;
+            true
+        });
+        if !taken {
+            shared.open.fetch_sub(1, Ordering::AcqRel);
+            refuse_busy(stream, peer, shared.cfg.tls.is_none());
             return None;
         }
-        *n += 1;
-        Some(AddressSlot { shared, key })
+        shared.metrics.opened();
+        Some(Accepted { stream, peer, slot: Slot { shared: shared.clone(), key } })
     }
 }
 
-impl Drop for AddressSlot<'_> {
+impl Drop for Slot {
     fn drop(&mut self) {
         if let Ok(mut map) = self.shared.per_address.lock() {
             if let Some(n) = map.get_mut(&self.key) {
@@ -321,7 +380,32 @@ impl Drop for AddressSlot<'_> {
                 }
             }
         }
+        self.shared.metrics.closed();
+        self.shared.open.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// A connection handed from a front thread to a worker.
+pub(crate) struct Job {
+    pub(crate) conn: Accepted,
+    /// Bytes already read (plain HTTP): a request head not yet answered.
+    pub(crate) buf: Vec<u8>,
+    /// Requests already answered on the connection.
+    pub(crate) served: usize,
+    /// When the head (and TLS handshake) of the next request must be in.
+    pub(crate) deadline: Instant,
+    pub(crate) start: Start,
+}
+
+/// What a worker does first with a [`Job`].
+pub(crate) enum Start {
+    /// Serve requests from `buf` and the socket.
+    Serve,
+    /// The head deadline passed with part of a head read: answer 408.
+    HeadTimedOut,
+    /// Write these bytes (the rest of an answer), then go on as `Serve`,
+    /// or close (`false`).
+    Finish(Vec<u8>, bool),
 }
 
 /// An address over its connection limit gets a short 503 without a
@@ -536,8 +620,14 @@ impl Write for Conn {
     }
 }
 
-fn serve_connection(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
+fn serve_connection(shared: &Shared, job: Job) {
     let cfg = &shared.cfg;
+    let Job { conn: Accepted { stream, peer, slot: _slot }, mut buf, served, deadline, start } = job;
+    // The front threads read with non-blocking sockets; here every read
+    // and write blocks with a deadline (see `Sock`).
+    if stream.set_nonblocking(false).is_err() {
+        return;
+    }
     let _ = stream.set_nodelay(true);
     if stream.set_write_timeout(Some(cfg.io_timeout)).is_err() {
         return;
@@ -553,12 +643,32 @@ fn serve_connection(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
             }
         },
     };
-    let mut buf: Vec<u8> = Vec::with_capacity(2048);
-    for i in 0..MAX_REQUESTS_PER_CONNECTION {
-        let wait = if i == 0 { cfg.head_timeout } else { cfg.idle_timeout };
+    match start {
+        Start::Serve => {}
+        Start::HeadTimedOut => {
+            let _ = simple(&mut conn, 408, "request head not received in time", false, None);
+            linger(&mut conn);
+            return;
+        }
+        Start::Finish(rest, keep) => {
+            if conn.write_all(&rest).and_then(|()| conn.flush()).is_err() {
+                return;
+            }
+            shared.metrics.sent(rest.len() as u64);
+            if !keep {
+                if !buf.is_empty() {
+                    linger(&mut conn);
+                }
+                return;
+            }
+        }
+    }
+    buf.reserve(2048);
+    for i in served..MAX_REQUESTS_PER_CONNECTION {
+        let wait = if i == 0 { deadline } else { Instant::now() + cfg.idle_timeout };
         // One deadline for the TLS handshake (on the first request) and
         // the whole request head.
-        let read = read_head(&mut conn, &mut buf, Instant::now() + wait, (i > 0).then_some(shared));
+        let read = read_head(&mut conn, &mut buf, wait, (i > 0).then_some(shared));
         conn.set_deadline(None, cfg.io_timeout);
         let head = match read {
             Ok(Some(h)) => h,
@@ -660,17 +770,21 @@ fn read_head(
     }
 }
 
-/// Writes a response head. `extra` lines end in `\r\n`.
-fn write_head(conn: &mut Conn, status: u16, len: Option<u64>, extra: &str, keep: bool) -> io::Result<()> {
-    conn.sock_mut().status = status;
+/// A response head. `extra` lines end in `\r\n`.
+pub(crate) fn head_text(status: u16, len: Option<u64>, extra: &str, keep: bool) -> String {
     let len = len.map(|n| format!("Content-Length: {n}\r\n")).unwrap_or_default();
-    let head = format!(
+    format!(
         "HTTP/1.1 {status} {}\r\nServer: statelessctl\r\nDate: {}\r\n{len}{extra}{}\r\n",
         http::reason(status),
         http::http_date(SystemTime::now()),
         if keep { "" } else { "Connection: close\r\n" },
-    );
-    conn.write_all(head.as_bytes())
+    )
+}
+
+/// Writes a response head. `extra` lines end in `\r\n`.
+fn write_head(conn: &mut Conn, status: u16, len: Option<u64>, extra: &str, keep: bool) -> io::Result<()> {
+    conn.sock_mut().status = status;
+    conn.write_all(head_text(status, len, extra, keep).as_bytes())
 }
 
 /// A response with a one-line text body.
@@ -732,23 +846,33 @@ fn handle(
         conn.flush()?;
         return Ok(keep);
     }
-    if let Some(node) = crate::enrol::tpm_key_path(&head.path) {
-        // Served like a bundle, in the clear: only the node's TPM can use it.
-        let rel = format!("v1/nodes/{node}/{}", crate::enrol::TPM_KEY_FILE);
-        return serve_bundle(shared, conn, head, &rel, get, keep);
-    }
-    if let Some(rel) = crate::enrol::tpm_policies_path(&head.path) {
-        // Signed PCR policies, in the clear: each authorises only with the
-        // policy key it was signed by.
-        return serve_bundle(shared, conn, head, &rel, get, keep);
-    }
-    let Some(target) = target else {
+    let Some((rel, node)) = public_file(&head.path) else {
         return simple(conn, 404, "not found", keep, None);
     };
-    if let Target::Node(node) = &target {
-        shared.seen.saw(node, &peer.ip().to_string());
+    if let Some(node) = node {
+        shared.seen.saw(&node, &peer.ip().to_string());
     }
-    serve_bundle(shared, conn, head, &target.rel_path(), get, keep)
+    serve_bundle(shared, conn, head, &rel, get, keep)
+}
+
+/// The published file a `GET` or `HEAD` of `path` is answered with, and
+/// the node whose bundle it is (recorded as seen).
+pub(crate) fn public_file(path: &str) -> Option<(String, Option<String>)> {
+    if let Some(node) = crate::enrol::tpm_key_path(path) {
+        // Served like a bundle, in the clear: only the node's TPM can use it.
+        return Some((format!("v1/nodes/{node}/{}", crate::enrol::TPM_KEY_FILE), None));
+    }
+    if let Some(rel) = crate::enrol::tpm_policies_path(path) {
+        // Signed PCR policies, in the clear: each authorises only with the
+        // policy key it was signed by.
+        return Some((rel, None));
+    }
+    let target = Target::from_url_path(path)?;
+    let node = match &target {
+        Target::Node(node) => Some(node.clone()),
+        _ => None,
+    };
+    Some((target.rel_path(), node))
 }
 
 fn serve_bundle(
@@ -760,7 +884,7 @@ fn serve_bundle(
     keep: bool,
 ) -> io::Result<bool> {
     let path = shared.cfg.data.root().join(rel);
-    let file = match shared.cfg.data.open_public(rel) {
+    let (file, st) = match shared.cfg.data.open_public_stat(rel) {
         Ok(f) => f,
         Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
             return simple(conn, 404, "no bundle here", keep, None);
@@ -774,10 +898,9 @@ fn serve_bundle(
             return simple(conn, 500, "cannot read the bundle", keep, None);
         }
     };
-    let meta = file.metadata()?;
-    let len = meta.len();
-    let etag = shared.etag(&path, &file, &meta);
-    let last_modified = meta.modified().map(http::http_date).unwrap_or_default();
+    let len = u64::try_from(st.st_size).unwrap_or(0);
+    let etag = shared.etag(&path, &file, file_id(&st));
+    let last_modified = http::http_date(mtime(&st));
     let mut extra = format!("Last-Modified: {last_modified}\r\n");
     if let Some(tag) = &etag {
         extra.push_str(&format!("ETag: {tag}\r\n"));
@@ -826,17 +949,15 @@ fn serve_bundle(
 }
 
 impl Shared {
-    /// Whether every connection slot is taken (no worker waits in
-    /// `accept`, and no more may start): new clients wait in the backlog.
+    /// Whether every connection slot is taken while new clients wait in
+    /// the backlog: idle keep-alive connections then give theirs up.
     fn full(&self) -> bool {
-        self.idle.load(Ordering::Acquire) == 0
-            && self.workers.load(Ordering::Acquire) >= self.cfg.max_connections.max(1)
+        self.waiting.load(Ordering::Acquire) && self.open.load(Ordering::Acquire) >= self.cfg.max_connections.max(1)
     }
 
     /// The quoted bundle digest of a file, cached by file identity so a boot
     /// storm reads each header once.
-    fn etag(&self, path: &Path, file: &File, meta: &std::fs::Metadata) -> Option<Arc<str>> {
-        let id: FileId = (meta.dev(), meta.ino(), meta.size(), meta.mtime(), meta.mtime_nsec());
+    fn etag(&self, path: &Path, file: &File, id: FileId) -> Option<Arc<str>> {
         if let Ok(cache) = self.etags.lock() {
             if let Some((cid, tag)) = cache.get(path) {
                 if *cid == id {
@@ -860,6 +981,43 @@ impl Shared {
         }
         tag
     }
+
+    /// The entity tag and modification time of the published file at `rel`
+    /// from the cache alone, when the file there is still the one a worker
+    /// opened and tagged: one `stat` and no open. The path is resolved
+    /// without the worker's refusal of links, which is safe because only
+    /// the same inode (same device, inode, size and modification time)
+    /// matches, and that file was opened without following any link.
+    pub(crate) fn cached_etag(&self, rel: &str) -> Option<(Arc<str>, SystemTime)> {
+        use rustix::fs::{AtFlags, CWD, FileType, statat};
+        let path = self.cfg.data.root().join(rel);
+        let st = statat(CWD, &path, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        if !FileType::from_raw_mode(st.st_mode).is_file() {
+            return None;
+        }
+        let cache = self.etags.lock().ok()?;
+        let (cid, tag) = cache.get(&path)?;
+        if *cid != file_id(&st) {
+            return None;
+        }
+        Some((tag.clone()?, mtime(&st)))
+    }
+}
+
+/// A file's identity for the entity-tag cache.
+fn file_id(st: &rustix::fs::Stat) -> FileId {
+    (
+        st.st_dev,
+        st.st_ino,
+        u64::try_from(st.st_size).unwrap_or(0),
+        st.st_mtime,
+        i64::try_from(st.st_mtime_nsec).unwrap_or(0),
+    )
+}
+
+/// A file's modification time.
+fn mtime(st: &rustix::fs::Stat) -> SystemTime {
+    u64::try_from(st.st_mtime).map_or(SystemTime::UNIX_EPOCH, |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
 }
 
 /// Sends `count` bytes of `file` from `start`: `sendfile(2)` on plain
