@@ -107,6 +107,9 @@ pub(crate) const MAX_REQUESTS_PER_CONNECTION: usize = 1000;
 /// library's 128 would drop SYNs (clients then retry after a second). The
 /// kernel caps it at `net.core.somaxconn`.
 const LISTEN_BACKLOG: i32 = 4096;
+/// `TCP_DEFER_ACCEPT`: a client that connects and sends nothing reaches
+/// `accept` (and its head deadline) after about this long.
+const DEFER_ACCEPT_SECS: u32 = 1;
 /// Workers started with the server.
 const INITIAL_WORKERS: usize = 16;
 /// Most front threads (one per CPU up to this): each accepts and reads
@@ -435,6 +438,12 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     sockopt::set_socket_reuseaddr(&fd, true)?;
     rustix::net::bind(&fd, &addr)?;
     rustix::net::listen(&fd, LISTEN_BACKLOG)?;
+    // Accept a connection once its request (or ClientHello) is there: see
+    // `sys`. Without it (an old kernel) every connection waits in epoll
+    // for its first bytes instead, which is correct, only slower.
+    if let Err(e) = crate::sys::set_defer_accept(&fd, DEFER_ACCEPT_SECS) {
+        log::debug!("TCP_DEFER_ACCEPT: {e}");
+    }
     Ok(TcpListener::from(fd))
 }
 
