@@ -1464,3 +1464,170 @@ fn trickled_uploads_and_slow_tls_readers_are_cut() {
     };
     assert!(closed && got < want_len, "TLS reader: closed {closed} after {got} of {want_len} bytes");
 }
+
+/// Reads one answer from a kept-alive connection: (status, head, body).
+/// `body` tells whether one follows (not for HEAD or 304).
+fn read_answer(s: &mut TcpStream, body: bool) -> (u16, String, Vec<u8>) {
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut byte).unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&got).into_owned();
+    let status = head[9..12].parse().unwrap();
+    let mut data = Vec::new();
+    if body {
+        let len: usize = header(&head, "content-length").unwrap().parse().unwrap();
+        data.resize(len, 0);
+        s.read_exact(&mut data).unwrap();
+    }
+    (status, head, data)
+}
+
+/// The head without its `Date` line (which moves with the clock).
+fn undated(head: &str) -> String {
+    head.lines().filter(|l| !l.starts_with("Date:")).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn cached_304s_are_answered_like_every_other_and_follow_a_publish() {
+    let site = Site::new();
+    let b1 = site.bundle("b1", 1, node_scope(), &[("etc/motd", b"gen1\n")]);
+    site.publish(&["--node", "node42"], &b1);
+    let srv = Serve::start(&site.data(), &[]);
+    let etag = format!("\"{}\"", Site::digest(&b1));
+    let want = fs::read(&b1).unwrap();
+    let inm = [("If-None-Match", etag.as_str())];
+
+    // The first 304 comes from a worker (nothing is cached yet), the next
+    // ones from the front thread's cache: the same answer.
+    let first = http(srv.port, "GET", NODE_PATH, &inm, b"");
+    assert_eq!(first.0, 304, "{}", first.1);
+    for _ in 0..3 {
+        let again = http(srv.port, "GET", NODE_PATH, &inm, b"");
+        assert_eq!(undated(&again.1), undated(&first.1));
+        assert!(again.2.is_empty());
+    }
+    assert_eq!(header(&first.1, "etag"), Some(etag.as_str()));
+    assert_eq!(header(&first.1, "connection"), Some("close"));
+    assert!(header(&first.1, "last-modified").is_some(), "{}", first.1);
+    let (_, full, _) = http(srv.port, "HEAD", NODE_PATH, &[], b"");
+    assert_eq!(header(&first.1, "last-modified"), header(&full, "last-modified"));
+
+    // One kept-alive connection moves between the front thread and a
+    // worker: 304, the whole bundle, 304 again, then two pipelined
+    // requests, the second closing.
+    let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let get = |inm: bool, close: bool, method: &str| {
+        format!(
+            "{method} {NODE_PATH} HTTP/1.1\r\nHost: a\r\n{}{}\r\n",
+            if inm { format!("If-None-Match: {etag}\r\n") } else { String::new() },
+            if close { "Connection: close\r\n" } else { "" }
+        )
+    };
+    s.write_all(get(true, false, "GET").as_bytes()).unwrap();
+    let (status, head, _) = read_answer(&mut s, false);
+    assert_eq!(status, 304);
+    assert_eq!(header(&head, "connection"), None, "kept alive: {head}");
+    s.write_all(get(false, false, "GET").as_bytes()).unwrap();
+    let (status, head, body) = read_answer(&mut s, true);
+    assert_eq!((status, header(&head, "etag")), (200, Some(etag.as_str())));
+    assert!(body == want, "the whole bundle");
+    s.write_all(get(true, false, "GET").as_bytes()).unwrap();
+    assert_eq!(read_answer(&mut s, false).0, 304);
+    s.write_all((get(true, false, "HEAD") + &get(true, true, "GET")).as_bytes()).unwrap();
+    assert_eq!(read_answer(&mut s, false).0, 304);
+    let (status, head, _) = read_answer(&mut s, false);
+    assert_eq!((status, header(&head, "connection")), (304, Some("close")));
+    assert_eq!(s.read(&mut [0u8; 16]).unwrap(), 0, "closed after the last answer");
+
+    // Two pipelined on a new connection (both from the cache).
+    let (status, answers, text) = raw(srv.port, (get(true, false, "GET") + &get(true, true, "GET")).as_bytes());
+    assert_eq!((status, answers), (304, 2), "{text}");
+
+    // A publish replaces the file: the old tag gets the new bundle at once.
+    let b2 = site.bundle("b2", 2, node_scope(), &[("etc/motd", b"gen2\n")]);
+    site.publish(&["--node", "node42"], &b2);
+    let (status, head, body) = http(srv.port, "GET", NODE_PATH, &inm, b"");
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(body, fs::read(&b2).unwrap());
+    let etag2 = format!("\"{}\"", Site::digest(&b2));
+    assert_eq!(header(&head, "etag"), Some(etag2.as_str()));
+    for _ in 0..2 {
+        assert_eq!(http(srv.port, "GET", NODE_PATH, &[("If-None-Match", &etag2)], b"").0, 304);
+        assert_eq!(http(srv.port, "GET", NODE_PATH, &inm, b"").0, 200);
+    }
+
+    // Every request counted as the node's, the cached 304s too: 1 + 3 +
+    // 1 (HEAD) + 5 (kept-alive) + 2 (pipelined) + 1 + 4.
+    wait_for(
+        || {
+            nodes_json(&site)
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["node"] == "node42" && n["requests"].as_u64() == Some(17))
+        },
+        "node42 seen 17 times",
+    );
+}
+
+#[test]
+fn connections_held_by_the_front_threads_keep_the_deadlines_and_the_limits() {
+    let site = Site::new();
+    let b = site.bundle("b1", 1, node_scope(), &[("etc/motd", b"x\n")]);
+    site.publish(&["--node", "node42"], &b);
+    let srv = Serve::start(&site.data(), &["--head-timeout", "2", "--max-connections", "4"]);
+    let etag = format!("\"{}\"", Site::digest(&b));
+    // Cached from now on: the front threads answer.
+    assert_eq!(http(srv.port, "GET", NODE_PATH, &[("If-None-Match", &etag)], b"").0, 304);
+
+    // Part of a head, then nothing: 408 at the head deadline.
+    let t = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(format!("GET {NODE_PATH} HT").as_bytes()).unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(1500) && took < Duration::from_secs(8), "partial head cut after {took:?}");
+
+    // Nothing at all: the kernel holds the connection about a second
+    // (deferred accept), then the head deadline runs; closed, no answer.
+    let t = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let took = t.elapsed();
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(10),
+        "silent connection cut after {took:?}"
+    );
+
+    // Four clients take every slot with a kept-alive 304 and stay; a node
+    // arriving now is served at once, not after their idle timeout.
+    let mut idle = Vec::new();
+    for a in 2..6u8 {
+        let mut s = connect_from([127, 0, 0, a], srv.port);
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(format!("GET {NODE_PATH} HTTP/1.1\r\nHost: a\r\nIf-None-Match: {etag}\r\n\r\n").as_bytes())
+            .unwrap();
+        assert_eq!(read_answer(&mut s, false).0, 304);
+        idle.push(s);
+    }
+    let t = Instant::now();
+    assert_eq!(http(srv.port, "GET", NODE_PATH, &[], b"").0, 200);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    // Idle ones were closed to make room.
+    for s in &idle {
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    }
+    let closed = idle.iter_mut().map(|s| s.read(&mut [0u8; 16])).filter(|r| matches!(r, Ok(0) | Err(_))).count();
+    assert!(closed >= 1, "no idle connection gave its slot up");
+}
