@@ -1,11 +1,16 @@
-//! The HTTP(S) server: one thread per connection with blocking I/O, up to a
+//! The HTTP(S) server: front threads that accept connections and read
+//! request heads for many connections at once ([`crate::front`]), and
+//! worker threads that serve one connection each with blocking I/O, up to a
 //! bounded number of connections, threads reused from connection to
 //! connection.
 //!
-//! Why threads: every request is a file send (with `sendfile(2)` on plain
-//! HTTP, so bytes go from the page cache to the socket without passing
-//! through user space) or a small upload; a blocked thread costs a small
-//! stack and no work. When `max_connections` are open, no thread accepts and
+//! Why both: the request of a power-cut storm (a node that already has its
+//! bundle, answered `304`) is answered by a front thread from the
+//! entity-tag cache without waking another thread; every other request is
+//! a file send (with `sendfile(2)` on plain HTTP, so bytes go from the page
+//! cache to the socket without passing through user space), a small upload
+//! or a TLS handshake, for which a blocked worker costs a small stack and
+//! no work. When `max_connections` are open, no connection is accepted and
 //! further clients wait in the kernel's listen backlog, which is the
 //! back-pressure a boot storm needs, and one address may hold at most
 //! `max_connections_per_address` of them. Every read and write has a
@@ -221,17 +226,28 @@ impl Server {
             }
         }
         let fronts = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_FRONTS);
+        let mut running = Vec::with_capacity(fronts);
         for i in 0..fronts {
             let (sh, l) = (self.shared.clone(), listener.clone());
             let front = crate::front::Front::new(sh, l)?;
-            std::thread::Builder::new()
+            let handle = std::thread::Builder::new()
                 .name(format!("front{i}"))
                 .stack_size(THREAD_STACK)
                 .spawn(move || front.run())
                 .map_err(|e| io::Error::other(format!("starting a front thread: {e}")))?;
+            running.push(handle);
         }
         loop {
             std::thread::sleep(self.shared.cfg.flush_interval);
+            // A front thread never returns; one that ended has panicked,
+            // and a server accepting with fewer threads than it started
+            // should stop loudly (and be restarted) rather than slow down.
+            if running.iter().any(std::thread::JoinHandle::is_finished) {
+                let _ = self.shared.seen.flush(&self.shared.cfg.data);
+                return Err(io::Error::other(
+                    "a front thread stopped; the server cannot accept connections as it should",
+                ));
+            }
             if let Err(e) = self.shared.seen.flush(&self.shared.cfg.data) {
                 log::warn!("writing {}: {e}", self.shared.cfg.data.seen().display());
             }
@@ -557,6 +573,32 @@ impl Write for Sock {
         }
     }
 
+    /// Several buffers in one system call: rustls hands over every TLS
+    /// record it has ready at once (a handshake flight, an answer and its
+    /// `close_notify`), which then leave in one segment instead of one each.
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        if let Some(left) = self.left()? {
+            self.tcp.set_write_timeout(Some(left))?;
+            let n = (&self.tcp).write_vectored(bufs)?;
+            self.sent += n as u64;
+            return Ok(n);
+        }
+        use rustix::net::{SendAncillaryBuffer, SendFlags, sendmsg};
+        loop {
+            let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+            match sendmsg(&self.tcp, bufs, &mut SendAncillaryBuffer::default(), flags) {
+                Ok(n) => {
+                    self.progress.moved(n);
+                    self.sent += n as u64;
+                    return Ok(n);
+                }
+                Err(rustix::io::Errno::AGAIN) => wait_writable(&self.tcp, self.progress.until())?,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         self.tcp.flush()
     }
@@ -617,7 +659,17 @@ impl Write for Conn {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Conn::Plain(s) => s.write(buf),
-            Conn::Tls(t) => t.write(buf),
+            // Into rustls's buffer only: the records leave on `flush` (or
+            // when the buffer is full), so an answer's head, body and
+            // `close_notify` go out together.
+            Conn::Tls(t) => {
+                let n = t.conn.writer().write(buf)?;
+                if n > 0 || buf.is_empty() {
+                    return Ok(n);
+                }
+                t.flush()?;
+                t.conn.writer().write(buf)
+            }
         }
     }
 
@@ -796,13 +848,22 @@ fn write_head(conn: &mut Conn, status: u16, len: Option<u64>, extra: &str, keep:
     conn.write_all(head_text(status, len, extra, keep).as_bytes())
 }
 
+/// Sends what is buffered of an answer; on a TLS connection that closes
+/// after it, with the `close_notify` in the same write.
+fn end_answer(conn: &mut Conn, keep: bool) -> io::Result<()> {
+    if let (Conn::Tls(t), false) = (&mut *conn, keep) {
+        t.conn.send_close_notify();
+    }
+    conn.flush()
+}
+
 /// A response with a one-line text body.
 fn simple(conn: &mut Conn, status: u16, msg: &str, keep: bool, extra: Option<&str>) -> io::Result<bool> {
     let body = format!("{msg}\n");
     let extra = format!("Content-Type: text/plain; charset=utf-8\r\n{}", extra.unwrap_or(""));
     write_head(conn, status, Some(body.len() as u64), &extra, keep)?;
     conn.write_all(body.as_bytes())?;
-    conn.flush()?;
+    end_answer(conn, keep)?;
     Ok(keep)
 }
 
@@ -852,7 +913,7 @@ fn handle(
         if get {
             conn.write_all(text.as_bytes())?;
         }
-        conn.flush()?;
+        end_answer(conn, keep)?;
         return Ok(keep);
     }
     let Some((rel, node)) = public_file(&head.path) else {
@@ -918,7 +979,7 @@ fn serve_bundle(
         if http::none_match(inm, tag) {
             // No Content-Length: on a 304 it would describe the body not sent.
             write_head(conn, 304, None, &extra, keep)?;
-            conn.flush()?;
+            end_answer(conn, keep)?;
             return Ok(keep);
         }
     }
@@ -953,7 +1014,7 @@ fn serve_bundle(
     if get {
         send_file(conn, &file, start, count)?;
     }
-    conn.flush()?;
+    end_answer(conn, keep)?;
     Ok(keep)
 }
 
