@@ -33,7 +33,7 @@ use rustix::event::{Timespec, epoll};
 use rustix::net::{SendFlags, SocketFlags};
 
 use crate::http::{self, RequestHead};
-use crate::serve::{Accepted, Job, MAX_REQUESTS_PER_CONNECTION, Shared, Start, hand_over};
+use crate::serve::{Accepted, Job, LocalEtags, MAX_REQUESTS_PER_CONNECTION, Shared, Start, hand_over};
 
 /// The listener's epoll token (connections use slot and serial).
 const LISTENER: u64 = u64::MAX;
@@ -63,6 +63,8 @@ pub(crate) struct Front {
     /// and skipped.
     heads: VecDeque<(Instant, u64)>,
     idles: VecDeque<(Instant, u64)>,
+    /// Entity tags this thread answered from (see `Shared::cached_etag`).
+    etags: LocalEtags,
 }
 
 /// A connection a front thread holds.
@@ -101,6 +103,7 @@ impl Front {
             serial: 0,
             heads: VecDeque::new(),
             idles: VecDeque::new(),
+            etags: LocalEtags::new(),
         };
         front.arm()?;
         Ok(front)
@@ -300,7 +303,9 @@ impl Front {
         }
         let Some(inm) = head.header("if-none-match") else { return Answer::HandOver(Start::Serve) };
         let Some((rel, node)) = crate::serve::public_file(&head.path) else { return Answer::HandOver(Start::Serve) };
-        let Some((tag, modified)) = shared.cached_etag(&rel) else { return Answer::HandOver(Start::Serve) };
+        let Some((tag, modified)) = shared.cached_etag(&rel, &mut self.etags) else {
+            return Answer::HandOver(Start::Serve);
+        };
         if !http::none_match(inm, &tag) {
             return Answer::HandOver(Start::Serve);
         }

@@ -139,6 +139,8 @@ const ETAG_CACHE: usize = 10_000;
 pub(crate) type FileId = (u64, u64, u64, i64, i64);
 /// Entity tags by path, valid while the file's identity is unchanged.
 type EtagCache = HashMap<PathBuf, (FileId, Option<Arc<str>>)>;
+/// A front thread's copy of the [`EtagCache`] entries it answered from.
+pub(crate) type LocalEtags = HashMap<PathBuf, (FileId, Arc<str>)>;
 
 pub(crate) struct Shared {
     pub(crate) cfg: ServerConfig,
@@ -361,7 +363,8 @@ pub(crate) struct Accepted {
 /// given back when dropped.
 struct Slot {
     shared: Arc<Shared>,
-    key: IpAddr,
+    /// The address counted, when there is a per-address limit.
+    key: Option<IpAddr>,
 }
 
 impl Accepted {
@@ -369,15 +372,19 @@ impl Accepted {
     /// `open`, which the caller checked against `max_connections`); `None`,
     /// after a short 503, when its address holds too many.
     pub(crate) fn new(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> Option<Accepted> {
-        let key = addr_key(peer.ip());
         let limit = shared.cfg.max_connections_per_address;
-        let taken = shared.per_address.lock().is_ok_and(|mut map| {
-            let n = map.entry(key).or_insert(0);
-            if limit != 0 && *n >= limit {
-                return false;
-            }
-            *n += 1;
-            true
+        // Without a limit (a site whose nodes share an address, or a
+        // benchmark) nothing is counted.
+        let key = (limit != 0).then(|| addr_key(peer.ip()));
+        let taken = key.is_none_or(|key| {
+            shared.per_address.lock().is_ok_and(|mut map| {
+                let n = map.entry(key).or_insert(0);
+                if *n >= limit {
+                    return false;
+                }
+                *n += 1;
+                true
+            })
         });
         if !taken {
             shared.open.fetch_sub(1, Ordering::AcqRel);
@@ -391,11 +398,13 @@ impl Accepted {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Ok(mut map) = self.shared.per_address.lock() {
-            if let Some(n) = map.get_mut(&self.key) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    map.remove(&self.key);
+        if let Some(key) = self.key {
+            if let Ok(mut map) = self.shared.per_address.lock() {
+                if let Some(n) = map.get_mut(&key) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        map.remove(&key);
+                    }
                 }
             }
         }
@@ -1058,19 +1067,36 @@ impl Shared {
     /// without the worker's refusal of links, which is safe because only
     /// the same inode (same device, inode, size and modification time)
     /// matches, and that file was opened without following any link.
-    pub(crate) fn cached_etag(&self, rel: &str) -> Option<(Arc<str>, SystemTime)> {
+    ///
+    /// `local` is the calling thread's copy of the entries it used, checked
+    /// the same way, so that the shared cache's lock is taken only when a
+    /// file changed.
+    pub(crate) fn cached_etag(&self, rel: &str, local: &mut LocalEtags) -> Option<(Arc<str>, SystemTime)> {
         use rustix::fs::{AtFlags, CWD, FileType, statat};
         let path = self.cfg.data.root().join(rel);
         let st = statat(CWD, &path, AtFlags::SYMLINK_NOFOLLOW).ok()?;
         if !FileType::from_raw_mode(st.st_mode).is_file() {
             return None;
         }
-        let cache = self.etags.lock().ok()?;
-        let (cid, tag) = cache.get(&path)?;
-        if *cid != file_id(&st) {
-            return None;
+        let id = file_id(&st);
+        if let Some((cid, tag)) = local.get(&path) {
+            if *cid == id {
+                return Some((tag.clone(), mtime(&st)));
+            }
         }
-        Some((tag.clone()?, mtime(&st)))
+        let tag = {
+            let cache = self.etags.lock().ok()?;
+            let (cid, tag) = cache.get(&path)?;
+            if *cid != id {
+                return None;
+            }
+            tag.clone()?
+        };
+        if local.len() >= ETAG_CACHE {
+            local.clear();
+        }
+        local.insert(path, (id, tag.clone()));
+        Some((tag, mtime(&st)))
     }
 }
 
