@@ -78,6 +78,10 @@ struct Waiting {
     deadline: Instant,
     /// Its epoll token, once registered.
     token: Option<u64>,
+    /// The deadline already in a deadline queue: a connection that drips
+    /// its head a byte at a time waits many times for one deadline, and
+    /// must not add an entry each time.
+    queued: Option<Instant>,
 }
 
 /// What became of a request head read by a front thread.
@@ -243,6 +247,7 @@ impl Front {
             served: 0,
             deadline: Instant::now() + self.shared.cfg.head_timeout,
             token: None,
+            queued: None,
         };
         if self.shared.cfg.tls.is_some() {
             // The handshake is a worker's; hand over once the client has
@@ -366,9 +371,10 @@ impl Front {
                 token
             }
         };
-        let queue = if w.served == 0 { &mut self.heads } else { &mut self.idles };
-        if queue.back().is_none_or(|(d, t)| *t != token || *d != w.deadline) {
+        if w.queued != Some(w.deadline) {
+            let queue = if w.served == 0 { &mut self.heads } else { &mut self.idles };
             queue.push_back((w.deadline, token));
+            w.queued = Some(w.deadline);
         }
         if let Some(slot) = self.conns.get_mut(slot_of(token)) {
             *slot = Some(w);
@@ -397,7 +403,7 @@ impl Front {
 
     /// Gives a connection to a worker.
     fn hand_over(&mut self, w: Waiting, start: Start) {
-        let Waiting { conn, buf, served, deadline, token } = w;
+        let Waiting { conn, buf, served, deadline, token, .. } = w;
         if let Some(t) = token {
             let _ = epoll::delete(&self.epoll, &conn.stream);
             self.free.push(slot_of(t));
