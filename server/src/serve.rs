@@ -561,25 +561,7 @@ impl Read for Sock {
 
 impl Write for Sock {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if let Some(left) = self.left()? {
-            self.tcp.set_write_timeout(Some(left))?;
-            let n = self.tcp.write(buf)?;
-            self.sent += n as u64;
-            return Ok(n);
-        }
-        use rustix::net::{SendFlags, send};
-        loop {
-            match send(&self.tcp, buf, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
-                Ok(n) => {
-                    self.progress.moved(n);
-                    self.sent += n as u64;
-                    return Ok(n);
-                }
-                Err(rustix::io::Errno::AGAIN) => wait_writable(&self.tcp, self.progress.until())?,
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        self.write_vectored(&[io::IoSlice::new(buf)])
     }
 
     /// Several buffers in one system call: rustls hands over every TLS
