@@ -54,6 +54,9 @@ pub struct BuildArgs {
     /// How many earlier bundles of each layer to keep in the history.
     #[arg(long, default_value_t = stateless_server::store::DEFAULT_HISTORY)]
     pub keep: usize,
+    /// Withdraw the layers an earlier build published that the site no longer has (removed nodes, groups, plugins); they stay in the history.
+    #[arg(long)]
+    pub prune: bool,
 }
 
 pub fn run(cmd: SiteCmd) -> anyhow::Result<ExitCode> {
@@ -119,16 +122,27 @@ fn build(a: BuildArgs) -> anyhow::Result<ExitCode> {
         keep: a.keep,
         mtime,
         created,
+        prune: a.prune,
     };
     let planned = stateless_site::build(&c, &opts).with_context(|| format!("building {}", a.site.display()))?;
     let mut out = std::io::stdout().lock();
     let verb = if a.dry_run { "would publish" } else { "published" };
     let mut n = 0;
+    let mut removed = 0;
     for p in &planned {
         let short = p.content.get(..16).unwrap_or(&p.content);
         match p.change {
             Change::Unchanged => {
                 writeln!(out, "{}: unchanged (generation {}, content {short})", p.id, p.generation)?;
+            }
+            Change::Removed => {
+                removed += 1;
+                let what = match (a.prune, a.dry_run) {
+                    (true, true) => "would withdraw",
+                    (true, false) => "withdrew",
+                    (false, _) => "still published (withdraw it with --prune):",
+                };
+                writeln!(out, "{}: no longer in the site: {what} generation {}", p.id, p.generation)?;
             }
             c => {
                 n += 1;
@@ -136,7 +150,15 @@ fn build(a: BuildArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    writeln!(out, "{n} of {} layers {verb}", planned.len())?;
+    writeln!(out, "{n} of {} layers {verb}", planned.len() - removed)?;
+    if removed > 0 {
+        let verb = match (a.prune, a.dry_run) {
+            (true, true) => "would be withdrawn",
+            (true, false) => "withdrawn",
+            (false, _) => "no longer in the site and still published",
+        };
+        writeln!(out, "{removed} {} {verb}", if removed == 1 { "layer" } else { "layers" })?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -484,3 +484,60 @@ fn a_built_site_is_served_layer_by_layer() {
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(fs::metadata(p.join("data/state")).unwrap().permissions().mode() & 0o777, 0o700);
 }
+
+/// A node (and a group only it used) removed from site.toml: the build says
+/// so and leaves them published; `--prune` withdraws them into the history
+/// (node first), and a node added back continues its generations.
+#[test]
+fn layers_removed_from_the_site_are_withdrawn_with_prune() {
+    let d = site();
+    let p = d.path();
+    build(p, &[]);
+    assert_eq!(generation(p, "v1/nodes/n2/bundle"), 1);
+    // n2 and its group rack8 leave the site.
+    let without = SITE_TOML
+        .replace("[groups.rack8]\nvars = { ntp = \"10.0.8.1\" }\n", "")
+        .replace("[nodes.n2]\ngroups = [\"rack8\"]\n", "");
+    assert!(!without.contains("n2") && !without.contains("rack8"), "{without}");
+    write(p, "site/site.toml", &without);
+    fs::remove_dir_all(p.join("site/groups/rack8")).unwrap();
+
+    let out = build(p, &[]);
+    assert!(
+        out.contains("node n2: no longer in the site: still published (withdraw it with --prune): generation 1"),
+        "{out}"
+    );
+    assert!(out.contains("group rack8: no longer in the site: still published"), "{out}");
+    assert!(out.contains("2 layers no longer in the site and still published"), "{out}");
+    assert!(p.join("data/v1/nodes/n2/bundle").is_file());
+
+    let before = snapshot(&p.join("data"));
+    let out = build(p, &["--prune", "--dry-run"]);
+    assert!(out.contains("node n2: no longer in the site: would withdraw generation 1"), "{out}");
+    assert_eq!(snapshot(&p.join("data")), before, "a dry run writes nothing");
+
+    let out = build(p, &["--prune"]);
+    assert!(out.contains("node n2: no longer in the site: withdrew generation 1"), "{out}");
+    assert!(out.contains("group rack8: no longer in the site: withdrew generation 1"), "{out}");
+    assert!(out.contains("2 layers withdrawn"), "{out}");
+    for rel in ["v1/nodes/n2/bundle", "v1/groups/rack8/bundle"] {
+        assert!(!p.join("data").join(rel).exists(), "{rel} still published");
+    }
+    assert!(p.join("data/state/history/nodes/n2/00000000000000000001.bundle").is_file());
+    assert!(p.join("data/v1/nodes/n1/bundle").is_file(), "the others stay");
+    let audit = fs::read_to_string(p.join("data/state/audit.log")).unwrap();
+    let withdrawals: Vec<&str> = audit.lines().filter(|l| l.contains("\"withdraw\"")).collect();
+    assert_eq!(withdrawals.len(), 2, "{audit}");
+    assert!(
+        withdrawals[0].contains("v1/nodes/n2/bundle") && withdrawals[1].contains("v1/groups/rack8/bundle"),
+        "{audit}"
+    );
+
+    // Nothing left to withdraw; n2 added back gets generation 2.
+    let out = build(p, &["--prune"]);
+    assert!(!out.contains("no longer"), "{out}");
+    write(p, "site/site.toml", &format!("{without}\n[nodes.n2]\n"));
+    let out = build(p, &[]);
+    assert!(out.contains("node n2: changed: published generation 2"), "{out}");
+    assert_eq!(generation(p, "v1/nodes/n2/bundle"), 2);
+}

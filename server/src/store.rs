@@ -211,6 +211,33 @@ pub fn publish(
     Ok(Published { info, previous: current.map(|c| c.generation) })
 }
 
+/// Withdraws `target`'s published bundle: it is kept in the history (the
+/// newest `keep`) and its public name removed, so the server and any mirror
+/// answer 404 for it from then on. Returns the withdrawn bundle, `None` when
+/// nothing was published. The caller holds the [`PublishLock`].
+pub fn withdraw(
+    data: &DataDir,
+    target: &Target,
+    keep: usize,
+    _lock: &PublishLock,
+) -> Result<Option<BundleInfo>, PublishError> {
+    refuse_links(data, target)?;
+    let Some(current) = published(data, target) else { return Ok(None) };
+    let dest = data.bundle(target);
+    let hist = data.history(target);
+    fs::create_dir_all(&hist).map_err(io_err(&hist))?;
+    let old = hist.join(format!("{:020}.bundle", current.generation));
+    if !old.exists() {
+        fs::hard_link(&dest, &old).or_else(|_| fs::copy(&dest, &old).map(|_| ())).map_err(io_err(&old))?;
+    }
+    File::open(&hist).and_then(|d| d.sync_all()).map_err(io_err(&hist))?;
+    prune_history(&hist, keep.max(1)).map_err(io_err(&hist))?;
+    fs::remove_file(&dest).map_err(io_err(&dest))?;
+    let dir = dest.parent().unwrap_or(data.root()).to_owned();
+    File::open(&dir).and_then(|d| d.sync_all()).map_err(io_err(&dir))?;
+    Ok(Some(current))
+}
+
 /// Fails if any path component below the data directory on the way to
 /// `target`'s bundle (the bundle included) is a symbolic link.
 fn refuse_links(data: &DataDir, target: &Target) -> Result<(), PublishError> {

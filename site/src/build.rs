@@ -76,6 +76,9 @@ pub struct BuildOptions<'a> {
     pub mtime: i64,
     /// The bundle header's creation time (Unix seconds).
     pub created: i64,
+    /// Withdraw the layers this site built before that it no longer has
+    /// (nodes, groups or plugins removed from it).
+    pub prune: bool,
 }
 
 /// How a layer compares with what is published.
@@ -87,6 +90,9 @@ pub enum Change {
     Changed,
     /// Same content: not repacked, not republished.
     Unchanged,
+    /// Built by this site before and still published, but no longer in
+    /// it: withdrawn with `prune`, else left as it is.
+    Removed,
 }
 
 impl std::fmt::Display for Change {
@@ -95,6 +101,7 @@ impl std::fmt::Display for Change {
             Change::New => "new",
             Change::Changed => "changed",
             Change::Unchanged => "unchanged",
+            Change::Removed => "no longer in the site",
         })
     }
 }
@@ -189,7 +196,47 @@ pub fn plan(c: &Compiled, data: &Path, keys: &Keys) -> Result<Vec<Planned>, Buil
         };
         out.push(Planned { id: id.clone(), change, content, generation, digest });
     }
+    // What an earlier build of this site published and the site no longer
+    // has. Only layers with a build record count: a bundle published by
+    // hand is never this build's to withdraw. The record stays when a
+    // layer is withdrawn, so a layer added back continues its generations.
+    for id in recorded(data) {
+        if c.layers.contains_key(&id) {
+            continue;
+        }
+        let (Some(rec), Some(pubd)) = (read_record(data, &id), published(data, &id)) else { continue };
+        out.push(Planned {
+            id,
+            change: Change::Removed,
+            content: rec.content,
+            generation: pubd.generation,
+            digest: Some(pubd.digest),
+        });
+    }
     Ok(out)
+}
+
+/// The layers with a build record in `data`.
+fn recorded(data: &Path) -> Vec<LayerId> {
+    let dir = data.join("state/site");
+    let names = |sub: &str| -> Vec<String> {
+        fs::read_dir(dir.join(sub))
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json").map(str::to_owned))
+            .filter(|n| stateless_server::check_name(n).is_ok())
+            .collect()
+    };
+    let mut out = Vec::new();
+    if dir.join("default.json").is_file() {
+        out.push(LayerId::Default);
+    }
+    out.extend(names("plugins").into_iter().map(LayerId::Plugin));
+    out.extend(names("groups").into_iter().map(LayerId::Group));
+    out.extend(names("nodes").into_iter().map(LayerId::Node));
+    out.sort_by_key(|id| (id.dir(), id.to_string()));
+    out
 }
 
 /// Packs and publishes every layer that is new or changed, in the order
@@ -216,7 +263,9 @@ pub fn build(c: &Compiled, opts: &BuildOptions<'_>) -> Result<Vec<Planned>, Buil
     // between the plan and the publications.
     let lock = PublishLock::take(&data).map_err(io(&data.lock_file()))?;
     let mut planned = plan(c, opts.data, opts.keys)?;
-    if planned.iter().all(|p| p.change == Change::Unchanged) {
+    let publishes = |p: &Planned| matches!(p.change, Change::New | Change::Changed);
+    let withdraws = |p: &Planned| opts.prune && p.change == Change::Removed;
+    if !planned.iter().any(|p| publishes(p) || withdraws(p)) {
         return Ok(planned);
     }
     let tmp = tempfile::tempdir().map_err(io(&std::env::temp_dir()))?;
@@ -231,7 +280,7 @@ pub fn build(c: &Compiled, opts: &BuildOptions<'_>) -> Result<Vec<Planned>, Buil
     };
     for phase in 0..4 {
         let todo: Vec<usize> = (0..planned.len())
-            .filter(|&i| planned.get(i).is_some_and(|p| rank(&p.id) == phase && p.change != Change::Unchanged))
+            .filter(|&i| planned.get(i).is_some_and(|p| rank(&p.id) == phase && publishes(p)))
             .collect();
         let next = AtomicUsize::new(0);
         let results: Mutex<Vec<(usize, Result<String, BuildError>)>> = Mutex::new(Vec::new());
@@ -265,6 +314,28 @@ pub fn build(c: &Compiled, opts: &BuildOptions<'_>) -> Result<Vec<Planned>, Buil
             if let Some(p) = planned.get_mut(i) {
                 p.digest = Some(digest);
             }
+        }
+    }
+    // Withdrawn in the reverse order of publishing: a node layer that
+    // names a group goes before the group.
+    let mut gone: Vec<&Planned> = planned.iter().filter(|p| withdraws(p)).collect();
+    gone.sort_by_key(|p| std::cmp::Reverse(rank(&p.id)));
+    for p in gone {
+        let target = p.id.target();
+        let done = store::withdraw(&data, &target, opts.keep, &lock)
+            .map_err(|source| BuildError::Publish { layer: p.id.to_string(), source })?;
+        if let Some(info) = done {
+            let node = match &p.id {
+                LayerId::Node(n) => Some(n.as_str()),
+                _ => None,
+            };
+            let detail = format!(
+                "{}: withdrawn (no longer in the site), generation {} digest {}",
+                target.rel_path(),
+                info.generation,
+                info.digest
+            );
+            store::audit(&data, "withdraw", node, detail, store::by_uid()).map_err(io(&data.audit_log()))?;
         }
     }
     Ok(planned)
