@@ -6,11 +6,14 @@
 //! burst of a power cut); each node then posts one report every INTERVAL
 //! seconds until SECONDS have passed since the start, at most MAX reports.
 //!
+//! With CA_PEM, every report goes over TLS (a full handshake each, as a
+//! booting node makes), trusting that certificate for 127.0.0.1.
+//!
 //! Prints one line: `sent N kept K refused R errors E` (kept: answered
 //! 201; refused: any other status; errors: no answer). The bench compares
 //! K with the report files the server stored: none may be lost.
 //!
-//! Usage: report_storm PORT KEYFILE NODES PREFIX DELAY SECONDS INTERVAL MAX
+//! Usage: report_storm PORT KEYFILE NODES PREFIX DELAY SECONDS INTERVAL MAX [CA_PEM]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 use std::io::{Read, Write};
@@ -33,10 +36,11 @@ struct Counts {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 9 {
-        eprintln!("usage: report_storm PORT KEYFILE NODES PREFIX DELAY SECONDS INTERVAL MAX");
+    if args.len() != 9 && args.len() != 10 {
+        eprintln!("usage: report_storm PORT KEYFILE NODES PREFIX DELAY SECONDS INTERVAL MAX [CA_PEM]");
         std::process::exit(2);
     }
+    let tls = args.get(9).map(|ca| client_config(ca));
     let port: u16 = args[1].parse().unwrap();
     let key = Key::from_file_text(&std::fs::read(&args[2]).unwrap()).unwrap();
     let nodes: usize = args[3].parse().unwrap();
@@ -53,7 +57,7 @@ fn main() {
     for i in 0..nodes {
         let node = format!("{prefix}{i:04}");
         let signer = PushSigner::new(&key, &node).unwrap();
-        let (counts, start) = (Arc::clone(&counts), Arc::clone(&start));
+        let (counts, start, tls) = (Arc::clone(&counts), Arc::clone(&start), tls.clone());
         let t = std::thread::Builder::new().stack_size(128 * 1024).spawn(move || {
             start.wait();
             let t0 = Instant::now();
@@ -66,7 +70,7 @@ fn main() {
                     std::thread::sleep(wait);
                 }
                 counts.sent.fetch_add(1, Ordering::Relaxed);
-                match post(port, &node, &signer, n) {
+                match post(port, &node, &signer, n, tls.as_ref()) {
                     Some(201) => counts.kept.fetch_add(1, Ordering::Relaxed),
                     Some(_) => counts.refused.fetch_add(1, Ordering::Relaxed),
                     None => counts.errors.fetch_add(1, Ordering::Relaxed),
@@ -89,8 +93,25 @@ fn main() {
     );
 }
 
+/// A TLS client that trusts the certificate in `ca` (PEM).
+fn client_config(ca: &str) -> Arc<rustls::ClientConfig> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
 /// One report on a new connection: the status, `None` when no answer came.
-fn post(port: u16, node: &str, signer: &PushSigner, n: u64) -> Option<u16> {
+fn post(port: u16, node: &str, signer: &PushSigner, n: u64, tls: Option<&Arc<rustls::ClientConfig>>) -> Option<u16> {
     let path = format!("/v1/nodes/{node}/report");
     let body = format!(
         r#"{{"result":"applied","source":"server","node":"{node}","generation":{n},"message":"applied generation {n}","capabilities":{{"cpus":2,"tpm":{{"present":true,"version":"2.0"}}}}}}"#
@@ -103,10 +124,23 @@ fn post(port: u16, node: &str, signer: &PushSigner, n: u64) -> Option<u16> {
          Authorization: {auth}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
-    s.write_all(req.as_bytes()).ok()?;
     let mut resp = Vec::new();
-    let _ = s.read_to_end(&mut resp);
+    match tls {
+        None => {
+            let mut s = s;
+            s.write_all(req.as_bytes()).ok()?;
+            let _ = s.read_to_end(&mut resp);
+        }
+        Some(config) => {
+            let name = rustls_pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+            let conn = rustls::ClientConnection::new(Arc::clone(config), name).ok()?;
+            let mut s = rustls::StreamOwned::new(conn, s);
+            s.write_all(req.as_bytes()).ok()?;
+            s.flush().ok()?;
+            let _ = s.read_to_end(&mut resp);
+        }
+    }
     std::str::from_utf8(resp.get(9..12)?).ok()?.parse().ok()
 }
